@@ -1,0 +1,162 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_WAITING_FOR_UPLOADS: _ClassVar[RunState]
+    RUN_STATE_QUEUED: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_DONE: _ClassVar[RunState]
+    RUN_STATE_FAILED: _ClassVar[RunState]
+
+class ReleaseKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RELEASE_KIND_UNSPECIFIED: _ClassVar[ReleaseKind]
+    RELEASE_KIND_OWN_ROWS: _ClassVar[ReleaseKind]
+    RELEASE_KIND_PAIRS: _ClassVar[ReleaseKind]
+    RELEASE_KIND_COUNT: _ClassVar[ReleaseKind]
+    RELEASE_KIND_NOTHING: _ClassVar[ReleaseKind]
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_WAITING_FOR_UPLOADS: RunState
+RUN_STATE_QUEUED: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_DONE: RunState
+RUN_STATE_FAILED: RunState
+RELEASE_KIND_UNSPECIFIED: ReleaseKind
+RELEASE_KIND_OWN_ROWS: ReleaseKind
+RELEASE_KIND_PAIRS: ReleaseKind
+RELEASE_KIND_COUNT: ReleaseKind
+RELEASE_KIND_NOTHING: ReleaseKind
+
+class CreateProjectRequest(_message.Message):
+    __slots__ = ("agreement",)
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    agreement: bytes
+    def __init__(self, agreement: _Optional[bytes] = ...) -> None: ...
+
+class Project(_message.Message):
+    __slots__ = ("project_id", "agreement")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    agreement: bytes
+    def __init__(self, project_id: _Optional[str] = ..., agreement: _Optional[bytes] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BIT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    count: int
+    bit_length: int
+    schema_sha256: str
+    content_sha256: bytes
+    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ...) -> None: ...
+
+class UploadRequest(_message.Message):
+    __slots__ = ("header", "encodings")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    encodings: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., encodings: _Optional[bytes] = ...) -> None: ...
+
+class UploadReceipt(_message.Message):
+    __slots__ = ("project_id", "party", "count", "content_sha256")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    party: str
+    count: int
+    content_sha256: bytes
+    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., count: _Optional[int] = ..., content_sha256: _Optional[bytes] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("project_id",)
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    def __init__(self, project_id: _Optional[str] = ...) -> None: ...
+
+class RunProgress(_message.Message):
+    __slots__ = ("state", "stage", "done", "total", "message")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    state: RunState
+    stage: str
+    done: int
+    total: int
+    message: str
+    def __init__(self, state: _Optional[_Union[RunState, str]] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetReleaseRequest(_message.Message):
+    __slots__ = ("project_id",)
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    def __init__(self, project_id: _Optional[str] = ...) -> None: ...
+
+class Release(_message.Message):
+    __slots__ = ("project_id", "party", "kind", "match_count", "own_rows", "other_rows")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OWN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OTHER_ROWS_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    party: str
+    kind: ReleaseKind
+    match_count: int
+    own_rows: _containers.RepeatedScalarFieldContainer[int]
+    other_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., kind: _Optional[_Union[ReleaseKind, str]] = ..., match_count: _Optional[int] = ..., own_rows: _Optional[_Iterable[int]] = ..., other_rows: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ("project_id",)
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    def __init__(self, project_id: _Optional[str] = ...) -> None: ...
+
+class PartyUpload(_message.Message):
+    __slots__ = ("party", "uploaded", "count")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    party: str
+    uploaded: bool
+    count: int
+    def __init__(self, party: _Optional[str] = ..., uploaded: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ProjectStatus(_message.Message):
+    __slots__ = ("project_id", "uploads", "run")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    uploads: _containers.RepeatedCompositeFieldContainer[PartyUpload]
+    run: RunProgress
+    def __init__(self, project_id: _Optional[str] = ..., uploads: _Optional[_Iterable[_Union[PartyUpload, _Mapping]]] = ..., run: _Optional[_Union[RunProgress, _Mapping]] = ...) -> None: ...
+
+class DeleteProjectRequest(_message.Message):
+    __slots__ = ("project_id",)
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    def __init__(self, project_id: _Optional[str] = ...) -> None: ...
+
+class DeleteProjectResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

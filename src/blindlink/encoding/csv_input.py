@@ -1,0 +1,141 @@
+"""Reading a party's CSV file and validating every record against the linkage schema.
+
+Error messages name the file, line, column and field, and never repeat the offending value:
+they may end up in logs or tickets, and the values are identity data.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from clkhash.field_formats import FieldSpec, InvalidEntryError
+
+from blindlink.encoding.schema import LinkageSchema
+from blindlink.errors import InputError
+
+
+@dataclass(frozen=True)
+class CsvSummary:
+    """What a validation pass found: the record IDs in file order."""
+
+    ids: list[str]
+
+
+def check_utf8(path: Path) -> None:
+    """Raise InputError naming the line and column of the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        offset = 0
+        for block in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                bad = offset + exc.start
+                line, line_start = _line_of(path, bad)
+                raise InputError(
+                    str(path), "the file is not UTF-8 (save it as UTF-8 and try again)",
+                    line=line, column=bad - line_start + 1,
+                ) from None
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            line, _ = _line_of(path, offset)
+            raise InputError(str(path), "the file ends inside a multi-byte UTF-8 character",
+                             line=line) from None
+
+
+def _line_of(path: Path, byte_offset: int) -> tuple[int, int]:
+    """1-based line number containing byte_offset, and the offset where that line starts."""
+    with open(path, "rb") as f:
+        data = f.read(byte_offset)
+    return data.count(b"\n") + 1, data.rfind(b"\n") + 1
+
+
+def iter_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) for every record, validating header, shape and values."""
+    fields = schema.clkhash.fields
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise InputError(str(path), "the file is empty; expected a header row naming "
+                                 f"the columns {', '.join(schema.columns)}")
+            _check_header(path, header, schema)
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != len(fields):
+                    raise InputError(str(path), f"expected {len(fields)} fields, found {len(row)}",
+                                     line=line)
+                _check_values(path, line, row, fields)
+                yield line, row
+        except csv.Error as exc:
+            raise InputError(str(path), f"malformed CSV: {exc}", line=reader.line_num) from None
+
+
+def _check_header(path: Path, header: list[str], schema: LinkageSchema) -> None:
+    expected = schema.columns
+    if header == expected:
+        return
+    missing = [c for c in expected if c not in header]
+    unexpected = [c for c in header if c not in expected]
+    if missing:
+        problem = f"missing column(s) {', '.join(missing)}"
+    elif unexpected:
+        problem = f"unexpected column(s) {', '.join(unexpected)}"
+    else:
+        problem = "columns are in a different order"
+    raise InputError(str(path), f"header does not match the schema: {problem}; expected "
+                     f"{','.join(expected)}", line=1)
+
+
+def _check_values(path: Path, line: int, row: list[str], fields: list[FieldSpec]) -> None:
+    for column, (value, spec) in enumerate(zip(row, fields, strict=True), start=1):
+        try:
+            spec.validate(value)
+        except InvalidEntryError as exc:
+            raise InputError(str(path), _redact(str(exc), value), line=line, column=column,
+                             field=spec.identifier) from None
+
+
+def _redact(message: str, value: str) -> str:
+    """clkhash quotes the offending value in its messages; keep identity data out of errors."""
+    if value:
+        message = message.replace(value, "…")
+    return " ".join(message.split())
+
+
+def validate_csv(path: Path, schema: LinkageSchema, id_column: str) -> CsvSummary:
+    """Validate the whole file and return its record IDs; raise InputError at the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), "file not found")
+    check_utf8(path)
+    if id_column not in schema.columns:
+        raise InputError(str(path), f"the ID column '{id_column}' is not in the schema; add it "
+                         "as an ignored feature or pass --id-column")
+    id_index = schema.columns.index(id_column)
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for line, row in iter_records(path, schema):
+        record_id = row[id_index]
+        if not record_id:
+            raise InputError(str(path), "record ID is empty", line=line,
+                             column=id_index + 1, field=id_column)
+        if record_id in seen:
+            raise InputError(str(path), f"duplicate record ID (first seen on line "
+                             f"{seen[record_id]})", line=line, column=id_index + 1,
+                             field=id_column)
+        seen[record_id] = line
+        ids.append(record_id)
+    if not ids:
+        raise InputError(str(path), "the file has a header but no records")
+    return CsvSummary(ids)
+

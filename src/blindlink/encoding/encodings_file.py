@@ -1,0 +1,141 @@
+"""The encodings file: what a party uploads. Binary, self-describing, integrity-checked.
+
+Layout (little-endian):
+    magic          8 bytes   b"BLNKENC1"
+    bit_length     u32       bits per encoding, a multiple of 8
+    count          u64       number of encodings
+    schema_sha256  32 bytes  content hash of the linkage schema
+    content_sha256 32 bytes  SHA-256 of the payload
+    payload        count * bit_length / 8 bytes, encodings in row-reference order
+
+A party's row reference is an encoding's position in the payload. The file holds no IDs and no
+plaintext; the mapping back to the party's IDs is the local ID map, which never leaves the party.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from blindlink.errors import EncodingsFileError
+
+MAGIC = b"BLNKENC1"
+_HEADER = struct.Struct("<8sIQ32s32s")
+HEADER_SIZE = _HEADER.size
+
+
+@dataclass(frozen=True)
+class EncodingsHeader:
+    bit_length: int
+    count: int
+    schema_sha256: str
+    content_sha256: bytes
+
+    @property
+    def record_bytes(self) -> int:
+        return self.bit_length // 8
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.count * self.record_bytes
+
+
+def write_encodings(path: Path, bit_length: int, schema_sha256: str,
+                    chunks: Iterable[bytes]) -> EncodingsHeader:
+    """Write payload chunks to `path` atomically (temporary file, fsync, rename)."""
+    if bit_length <= 0 or bit_length % 8:
+        raise EncodingsFileError(f"bit length must be a positive multiple of 8, not {bit_length}")
+    record_bytes = bit_length // 8
+    tmp = Path(f"{path}.partial")
+    digest = hashlib.sha256()
+    size = 0
+    with open(tmp, "wb") as f:
+        f.write(b"\0" * HEADER_SIZE)
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            f.write(chunk)
+        if size % record_bytes:
+            tmp.unlink()
+            raise EncodingsFileError(f"payload of {size} bytes is not a whole number of "
+                                     f"{bit_length}-bit encodings")
+        header = EncodingsHeader(bit_length, size // record_bytes, schema_sha256, digest.digest())
+        f.seek(0)
+        f.write(_pack(header))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return header
+
+
+def _pack(header: EncodingsHeader) -> bytes:
+    return _HEADER.pack(MAGIC, header.bit_length, header.count,
+                        bytes.fromhex(header.schema_sha256), header.content_sha256)
+
+
+def read_header(path: Path) -> EncodingsHeader:
+    """Read and sanity-check the header; the payload is verified by `read_payload`."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_SIZE)
+    except FileNotFoundError:
+        raise EncodingsFileError(f"{path}: file not found") from None
+    if len(raw) < HEADER_SIZE or not raw.startswith(MAGIC):
+        raise EncodingsFileError(f"{path}: not a blindlink encodings file")
+    _, bit_length, count, schema_hash, content_hash = _HEADER.unpack(raw)
+    if bit_length == 0 or bit_length % 8:
+        raise EncodingsFileError(f"{path}: invalid bit length {bit_length}")
+    header = EncodingsHeader(bit_length, count, schema_hash.hex(), content_hash)
+    actual = os.path.getsize(path) - HEADER_SIZE
+    if actual != header.payload_bytes:
+        raise EncodingsFileError(f"{path}: truncated or padded: header promises {count} "
+                                 f"encodings ({header.payload_bytes} bytes), file holds {actual}")
+    return header
+
+
+def read_payload(path: Path) -> tuple[EncodingsHeader, bytes]:
+    """Read the whole payload and check it against the header's content hash."""
+    header = read_header(path)
+    with open(path, "rb") as f:
+        f.seek(HEADER_SIZE)
+        payload = f.read()
+    if hashlib.sha256(payload).digest() != header.content_sha256:
+        raise EncodingsFileError(f"{path}: content hash mismatch; the file is corrupt")
+    return header, payload
+
+
+def iter_payload_chunks(path: Path, chunk_bytes: int) -> Iterable[bytes]:
+    """Yield the payload in chunks of at most chunk_bytes."""
+    with open(path, "rb") as f:
+        f.seek(HEADER_SIZE)
+        yield from iter(lambda: f.read(chunk_bytes), b"")
+
+
+def import_clkhash_json(source: Path, out: Path, schema_sha256: str) -> EncodingsHeader:
+    """Convert clkhash's JSON output ({"clks": [base64, ...]}) into an encodings file."""
+    try:
+        document = json.loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EncodingsFileError(f"{source}: not a readable JSON file ({exc})") from None
+    clks = document.get("clks") if isinstance(document, dict) else None
+    if not isinstance(clks, list) or not clks:
+        raise EncodingsFileError(f'{source}: expected a JSON object {{"clks": [...]}} with at '
+                                 "least one encoding")
+    decoded = []
+    for i, item in enumerate(clks):
+        try:
+            decoded.append(base64.b64decode(item, validate=True))
+        except (TypeError, binascii.Error):
+            raise EncodingsFileError(f"{source}: clks[{i}] is not valid base64") from None
+    lengths = {len(d) for d in decoded}
+    if len(lengths) != 1:
+        raise EncodingsFileError(f"{source}: encodings have different lengths "
+                                 f"({sorted(8 * n for n in lengths)} bits)")
+    return write_encodings(out, 8 * lengths.pop(), schema_sha256, decoded)
