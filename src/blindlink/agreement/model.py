@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from blindlink.canonical import canonical_json
@@ -30,7 +30,7 @@ ROLES = ("requester", "custodian")
 DEFAULT_MAX_RECORDS = 10_000_000
 
 
-class ReleaseKind(str, Enum):
+class ReleaseKind(StrEnum):
     """What one party receives once a run is done."""
 
     OWN_ROWS = "own_rows"
@@ -62,8 +62,15 @@ class Agreement:
         return ROLES[1 - ROLES.index(role)]
 
 
-_TOP_KEYS = {"blindlink_agreement", "reference", "parties", "encoding", "matching", "release",
-             "limits"}
+_TOP_KEYS = {
+    "blindlink_agreement",
+    "reference",
+    "parties",
+    "encoding",
+    "matching",
+    "release",
+    "limits",
+}
 
 
 def parse_agreement(raw: bytes) -> Agreement:
@@ -77,12 +84,17 @@ def parse_agreement(raw: bytes) -> Agreement:
         raise AgreementError(f"agreement.blindlink_agreement must be {FORMAT_VERSION}")
     reference = section.get("reference")
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
-        raise AgreementError("agreement.reference must be a non-empty string (at most 200 "
-                             "characters)")
+        raise AgreementError(
+            "agreement.reference must be a non-empty string (at most 200 characters)"
+        )
     parties = _object(section.get("parties"), "parties", set(ROLES), required=set(ROLES))
     names = {role: _party_name(parties[role], role) for role in ROLES}
-    encoding = _object(section.get("encoding"), "encoding", {"schema_sha256", "bit_length"},
-                       required={"schema_sha256", "bit_length"})
+    encoding = _object(
+        section.get("encoding"),
+        "encoding",
+        {"schema_sha256", "bit_length"},
+        required={"schema_sha256", "bit_length"},
+    )
     matching = _object(section.get("matching"), "matching", {"threshold"}, required={"threshold"})
     release = _object(section.get("release"), "release", set(ROLES), required=set(ROLES))
     limits = _object(section.get("limits", {}), "limits", {"max_records_per_upload"})
@@ -95,19 +107,22 @@ def parse_agreement(raw: bytes) -> Agreement:
         release={role: _release_kind(release[role], role) for role in ROLES},
         max_records_per_upload=_positive_int(
             limits.get("max_records_per_upload", DEFAULT_MAX_RECORDS),
-            "limits.max_records_per_upload"),
+            "limits.max_records_per_upload",
+        ),
         document=document,
     )
 
 
-def _object(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()
-            ) -> dict[str, Any]:
+def _object(
+    value: Any, where: str, allowed: set[str], required: set[str] = frozenset()
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise AgreementError(f"{where} must be a JSON object")
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise AgreementError(f"{where}: unknown key '{unknown[0]}' (allowed: "
-                             f"{', '.join(sorted(allowed))})")
+        raise AgreementError(
+            f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})"
+        )
     missing = sorted(required - set(value))
     if missing:
         raise AgreementError(f"{where}: missing key '{missing[0]}'")
@@ -124,8 +139,9 @@ def _party_name(value: Any, role: str) -> str:
 
 def _schema_hash(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise AgreementError("encoding.schema_sha256 must be 64 lowercase hex digits "
-                             "(see `blindlink schema hash`)")
+        raise AgreementError(
+            "encoding.schema_sha256 must be 64 lowercase hex digits (see `blindlink schema hash`)"
+        )
     return value
 
 
@@ -156,10 +172,17 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
-def new_agreement_document(reference: str, requester: str, custodian: str, schema_sha256: str,
-                           bit_length: int, threshold: float, requester_release: str = "own_rows",
-                           custodian_release: str = "count",
-                           max_records_per_upload: int = DEFAULT_MAX_RECORDS) -> dict[str, Any]:
+def new_agreement_document(
+    reference: str,
+    requester: str,
+    custodian: str,
+    schema_sha256: str,
+    bit_length: int,
+    threshold: float,
+    requester_release: str = "own_rows",
+    custodian_release: str = "count",
+    max_records_per_upload: int = DEFAULT_MAX_RECORDS,
+) -> dict[str, Any]:
     """A new agreement document, validated."""
     document = {
         "blindlink_agreement": FORMAT_VERSION,

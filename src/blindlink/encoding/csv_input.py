@@ -37,16 +37,19 @@ def check_utf8(path: Path) -> None:
                 bad = offset + exc.start
                 line, line_start = _line_of(path, bad)
                 raise InputError(
-                    str(path), "the file is not UTF-8 (save it as UTF-8 and try again)",
-                    line=line, column=bad - line_start + 1,
+                    str(path),
+                    "the file is not UTF-8 (save it as UTF-8 and try again)",
+                    line=line,
+                    column=bad - line_start + 1,
                 ) from None
             offset += len(block)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             line, _ = _line_of(path, offset)
-            raise InputError(str(path), "the file ends inside a multi-byte UTF-8 character",
-                             line=line) from None
+            raise InputError(
+                str(path), "the file ends inside a multi-byte UTF-8 character", line=line
+            ) from None
 
 
 def _line_of(path: Path, byte_offset: int) -> tuple[int, int]:
@@ -64,16 +67,20 @@ def iter_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[
         try:
             header = next(reader, None)
             if header is None:
-                raise InputError(str(path), "the file is empty; expected a header row naming "
-                                 f"the columns {', '.join(schema.columns)}")
+                raise InputError(
+                    str(path),
+                    "the file is empty; expected a header row naming "
+                    f"the columns {', '.join(schema.columns)}",
+                )
             _check_header(path, header, schema)
             for row in reader:
                 line = reader.line_num
                 if not row:
                     continue
                 if len(row) != len(fields):
-                    raise InputError(str(path), f"expected {len(fields)} fields, found {len(row)}",
-                                     line=line)
+                    raise InputError(
+                        str(path), f"expected {len(fields)} fields, found {len(row)}", line=line
+                    )
                 _check_values(path, line, row, fields)
                 yield line, row
         except csv.Error as exc:
@@ -92,8 +99,11 @@ def _check_header(path: Path, header: list[str], schema: LinkageSchema) -> None:
         problem = f"unexpected column(s) {', '.join(unexpected)}"
     else:
         problem = "columns are in a different order"
-    raise InputError(str(path), f"header does not match the schema: {problem}; expected "
-                     f"{','.join(expected)}", line=1)
+    raise InputError(
+        str(path),
+        f"header does not match the schema: {problem}; expected {','.join(expected)}",
+        line=1,
+    )
 
 
 def _check_values(path: Path, line: int, row: list[str], fields: list[FieldSpec]) -> None:
@@ -101,8 +111,9 @@ def _check_values(path: Path, line: int, row: list[str], fields: list[FieldSpec]
         try:
             spec.validate(value)
         except InvalidEntryError as exc:
-            raise InputError(str(path), _redact(str(exc), value), line=line, column=column,
-                             field=spec.identifier) from None
+            raise InputError(
+                str(path), _redact(str(exc), value), line=line, column=column, field=spec.identifier
+            ) from None
 
 
 def _redact(message: str, value: str) -> str:
@@ -119,23 +130,30 @@ def validate_csv(path: Path, schema: LinkageSchema, id_column: str) -> CsvSummar
         raise InputError(str(path), "file not found")
     check_utf8(path)
     if id_column not in schema.columns:
-        raise InputError(str(path), f"the ID column '{id_column}' is not in the schema; add it "
-                         "as an ignored feature or pass --id-column")
+        raise InputError(
+            str(path),
+            f"the ID column '{id_column}' is not in the schema; add it "
+            "as an ignored feature or pass --id-column",
+        )
     id_index = schema.columns.index(id_column)
     ids: list[str] = []
     seen: dict[str, int] = {}
     for line, row in iter_records(path, schema):
         record_id = row[id_index]
         if not record_id:
-            raise InputError(str(path), "record ID is empty", line=line,
-                             column=id_index + 1, field=id_column)
+            raise InputError(
+                str(path), "record ID is empty", line=line, column=id_index + 1, field=id_column
+            )
         if record_id in seen:
-            raise InputError(str(path), f"duplicate record ID (first seen on line "
-                             f"{seen[record_id]})", line=line, column=id_index + 1,
-                             field=id_column)
+            raise InputError(
+                str(path),
+                f"duplicate record ID (first seen on line {seen[record_id]})",
+                line=line,
+                column=id_index + 1,
+                field=id_column,
+            )
         seen[record_id] = line
         ids.append(record_id)
     if not ids:
         raise InputError(str(path), "the file has a header but no records")
     return CsvSummary(ids)
-

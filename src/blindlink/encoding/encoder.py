@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from clkhash import clk, schema as clkhash_schema
+from clkhash import clk
+from clkhash import schema as clkhash_schema
 from clkhash.key_derivation import generate_key_lists
 
 from blindlink.encoding.csv_input import iter_records, validate_csv
@@ -41,8 +42,12 @@ class _Hasher:
     def __init__(self, schema_document: dict[str, Any], secret: bytes) -> None:
         self.schema = clkhash_schema.from_json_dict(schema_document)
         self.keys = generate_key_lists(
-            secret, len(self.schema.fields), key_size=self.schema.kdf_key_size,
-            salt=self.schema.kdf_salt, info=self.schema.kdf_info, kdf=self.schema.kdf_type,
+            secret,
+            len(self.schema.fields),
+            key_size=self.schema.kdf_key_size,
+            salt=self.schema.kdf_salt,
+            info=self.schema.kdf_info,
+            kdf=self.schema.kdf_type,
             hash_algo=self.schema.kdf_hash,
         )
 
@@ -75,10 +80,12 @@ def _chunks(path: Path, schema: LinkageSchema) -> Iterator[list[list[str]]]:
         yield chunk
 
 
-def _encode_parallel(path: Path, schema: LinkageSchema, secret: bytes, workers: int,
-                     progress: Progress) -> Iterator[bytes]:
-    with ProcessPoolExecutor(workers, initializer=_init_worker,
-                             initargs=(schema.document, secret)) as pool:
+def _encode_parallel(
+    path: Path, schema: LinkageSchema, secret: bytes, workers: int, progress: Progress
+) -> Iterator[bytes]:
+    with ProcessPoolExecutor(
+        workers, initializer=_init_worker, initargs=(schema.document, secret)
+    ) as pool:
         pending: deque[Future[bytes]] = deque()
         for chunk in _chunks(path, schema):
             pending.append(pool.submit(_encode_in_worker, chunk))
@@ -94,8 +101,9 @@ def _collect(future: Future[bytes], schema: LinkageSchema, progress: Progress) -
     return data
 
 
-def _encode_serial(path: Path, schema: LinkageSchema, secret: bytes,
-                   progress: Progress) -> Iterator[bytes]:
+def _encode_serial(
+    path: Path, schema: LinkageSchema, secret: bytes, progress: Progress
+) -> Iterator[bytes]:
     hasher = _Hasher(schema.document, secret)
     for chunk in _chunks(path, schema):
         progress(len(chunk))
@@ -112,21 +120,34 @@ def encode_csv(
     workers: int | None = None,
     progress: Progress = lambda n: None,
 ) -> EncodeResult:
-    """Validate `path`, encode every record, and write the encodings file and local ID map.
+    """Validate `path`, then encode it (see `encode_validated`)."""
+    ids = validate_csv(Path(path), schema, id_column).ids
+    return encode_validated(path, ids, schema, secret, out, id_map_out, workers, progress)
+
+
+def encode_validated(
+    path: Path,
+    ids: list[str],
+    schema: LinkageSchema,
+    secret: bytes,
+    out: Path,
+    id_map_out: Path,
+    workers: int | None = None,
+    progress: Progress = lambda n: None,
+) -> EncodeResult:
+    """Encode every record of a file `validate_csv` accepted (with record IDs `ids`), and write
+    the encodings file and the local ID map.
 
     Rows are written in a random order so that a row reference reveals nothing about the
-    record's position in the party's file. Nothing is written if the input is invalid.
+    record's position in the party's file.
     """
-    path = Path(path)
-    ids = validate_csv(path, schema, id_column).ids
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(ids) >= POOL_MIN_RECORDS:
-        parts = _encode_parallel(path, schema, secret, workers, progress)
+        parts = _encode_parallel(Path(path), schema, secret, workers, progress)
     else:
-        parts = _encode_serial(path, schema, secret, progress)
+        parts = _encode_serial(Path(path), schema, secret, progress)
     encodings = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(ids), -1)
     order = np.random.default_rng(secrets.randbits(128)).permutation(len(ids))
-    header = write_encodings(out, schema.bit_length, schema.sha256,
-                             [encodings[order].tobytes()])
+    header = write_encodings(out, schema.bit_length, schema.sha256, [encodings[order].tobytes()])
     write_id_map(id_map_out, IdMap(header.content_sha256.hex(), [ids[i] for i in order]))
     return EncodeResult(header, Path(out), Path(id_map_out))

@@ -47,8 +47,9 @@ class EncodingsHeader:
         return self.count * self.record_bytes
 
 
-def write_encodings(path: Path, bit_length: int, schema_sha256: str,
-                    chunks: Iterable[bytes]) -> EncodingsHeader:
+def write_encodings(
+    path: Path, bit_length: int, schema_sha256: str, chunks: Iterable[bytes]
+) -> EncodingsHeader:
     """Write payload chunks to `path` atomically (temporary file, fsync, rename)."""
     if bit_length <= 0 or bit_length % 8:
         raise EncodingsFileError(f"bit length must be a positive multiple of 8, not {bit_length}")
@@ -64,8 +65,9 @@ def write_encodings(path: Path, bit_length: int, schema_sha256: str,
             f.write(chunk)
         if size % record_bytes:
             tmp.unlink()
-            raise EncodingsFileError(f"payload of {size} bytes is not a whole number of "
-                                     f"{bit_length}-bit encodings")
+            raise EncodingsFileError(
+                f"payload of {size} bytes is not a whole number of {bit_length}-bit encodings"
+            )
         header = EncodingsHeader(bit_length, size // record_bytes, schema_sha256, digest.digest())
         f.seek(0)
         f.write(_pack(header))
@@ -76,8 +78,13 @@ def write_encodings(path: Path, bit_length: int, schema_sha256: str,
 
 
 def _pack(header: EncodingsHeader) -> bytes:
-    return _HEADER.pack(MAGIC, header.bit_length, header.count,
-                        bytes.fromhex(header.schema_sha256), header.content_sha256)
+    return _HEADER.pack(
+        MAGIC,
+        header.bit_length,
+        header.count,
+        bytes.fromhex(header.schema_sha256),
+        header.content_sha256,
+    )
 
 
 def read_header(path: Path) -> EncodingsHeader:
@@ -95,8 +102,10 @@ def read_header(path: Path) -> EncodingsHeader:
     header = EncodingsHeader(bit_length, count, schema_hash.hex(), content_hash)
     actual = os.path.getsize(path) - HEADER_SIZE
     if actual != header.payload_bytes:
-        raise EncodingsFileError(f"{path}: truncated or padded: header promises {count} "
-                                 f"encodings ({header.payload_bytes} bytes), file holds {actual}")
+        raise EncodingsFileError(
+            f"{path}: truncated or padded: header promises {count} "
+            f"encodings ({header.payload_bytes} bytes), file holds {actual}"
+        )
     return header
 
 
@@ -126,8 +135,9 @@ def import_clkhash_json(source: Path, out: Path, schema_sha256: str) -> Encoding
         raise EncodingsFileError(f"{source}: not a readable JSON file ({exc})") from None
     clks = document.get("clks") if isinstance(document, dict) else None
     if not isinstance(clks, list) or not clks:
-        raise EncodingsFileError(f'{source}: expected a JSON object {{"clks": [...]}} with at '
-                                 "least one encoding")
+        raise EncodingsFileError(
+            f'{source}: expected a JSON object {{"clks": [...]}} with at least one encoding'
+        )
     decoded = []
     for i, item in enumerate(clks):
         try:
@@ -136,6 +146,7 @@ def import_clkhash_json(source: Path, out: Path, schema_sha256: str) -> Encoding
             raise EncodingsFileError(f"{source}: clks[{i}] is not valid base64") from None
     lengths = {len(d) for d in decoded}
     if len(lengths) != 1:
-        raise EncodingsFileError(f"{source}: encodings have different lengths "
-                                 f"({sorted(8 * n for n in lengths)} bits)")
+        raise EncodingsFileError(
+            f"{source}: encodings have different lengths ({sorted(8 * n for n in lengths)} bits)"
+        )
     return write_encodings(out, 8 * lengths.pop(), schema_sha256, decoded)

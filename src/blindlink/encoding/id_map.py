@@ -21,15 +21,19 @@ class IdMap:
         """The IDs for released row references; refuses references outside the map."""
         bad = [r for r in rows if r >= len(self.ids)]
         if bad:
-            raise InputError("release", f"row reference {bad[0]} is outside the local ID map "
-                             f"({len(self.ids)} rows); is this the map of the uploaded file?")
+            raise InputError(
+                "release",
+                f"row reference {bad[0]} is outside the local ID map "
+                f"({len(self.ids)} rows); is this the map of the uploaded file?",
+            )
         return [self.ids[r] for r in rows]
 
 
 def write_id_map(path: Path, id_map: IdMap) -> None:
     tmp = Path(f"{path}.partial")
-    tmp.write_text(json.dumps({"content_sha256": id_map.content_sha256, "ids": id_map.ids}),
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"content_sha256": id_map.content_sha256, "ids": id_map.ids}), encoding="utf-8"
+    )
     os.replace(tmp, path)
 
 

@@ -23,13 +23,30 @@ _KEYS = {
     "clkConfig": {"l", "kdf"},
     "kdf": {"type", "hash", "salt", "info", "keySize"},
     "feature": {"identifier", "description", "ignored", "format", "hashing"},
-    "format": {"type", "encoding", "case", "minLength", "maxLength", "pattern", "format",
-               "values", "minimum", "maximum", "description"},
+    "format": {
+        "type",
+        "encoding",
+        "case",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "values",
+        "minimum",
+        "maximum",
+        "description",
+    },
     "hashing": {"hash", "strategy", "comparison", "missingValue"},
     "hash": {"type", "prevent_singularity"},
     "strategy": {"bitsPerToken", "bitsPerFeature"},
-    "comparison": {"type", "n", "positional", "thresholdDistance", "resolution",
-                   "fractional_precision"},
+    "comparison": {
+        "type",
+        "n",
+        "positional",
+        "thresholdDistance",
+        "resolution",
+        "fractional_precision",
+    },
     "missingValue": {"sentinel", "replaceWith"},
 }
 
@@ -72,8 +89,10 @@ def parse_schema(document: Any, source: str = "schema") -> LinkageSchema:
     if not isinstance(document, dict):
         raise SchemaError(f"{source}: the schema must be a JSON object")
     if document.get("version") != 3:
-        raise SchemaError(f"{source}: only clkhash schema version 3 is supported "
-                          f"(found version {document.get('version')!r})")
+        raise SchemaError(
+            f"{source}: only clkhash schema version 3 is supported "
+            f"(found version {document.get('version')!r})"
+        )
     _check_keys(document, source)
     try:
         parsed = clkhash_schema.from_json_dict(document)

@@ -18,8 +18,11 @@ def read_secret(path: Path) -> bytes:
     except FileNotFoundError:
         raise InputError(str(path), "secret file not found") from None
     if len(secret) < MIN_SECRET_BYTES:
-        raise InputError(str(path), f"secret is too short: at least {MIN_SECRET_BYTES} bytes "
-                         "are needed (make one with `blindlink secret new`)")
+        raise InputError(
+            str(path),
+            f"secret is too short: at least {MIN_SECRET_BYTES} bytes "
+            "are needed (make one with `blindlink secret new`)",
+        )
     return secret
 
 

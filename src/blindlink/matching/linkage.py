@@ -46,23 +46,27 @@ def to_bitarrays(payload: bytes, bit_length: int) -> list[bitarray]:
     result = []
     for start in range(0, len(payload), size):
         record = bitarray()
-        record.frombytes(payload[start:start + size])
+        record.frombytes(payload[start : start + size])
         result.append(record)
     return result
 
 
-def find_candidates(requester: list[bitarray], custodian: list[bitarray], threshold: float,
-                    progress: Progress = lambda done, total: None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def find_candidates(
+    requester: list[bitarray],
+    custodian: list[bitarray],
+    threshold: float,
+    progress: Progress = lambda done, total: None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs with Dice similarity >= threshold, as (similarities, requester rows, custodian
     rows) sorted by decreasing similarity, then requester row, then custodian row."""
     total = len(requester) * len(custodian)
     step = max(1, SLICE_COMPARISONS // max(1, len(custodian)))
     sims, rows0, rows1 = [], [], []
     for start in range(0, len(requester), step):
-        block = requester[start:start + step]
-        s, _, (r0, r1) = find_candidate_pairs([block, custodian], dice_coefficient_accelerated,
-                                              threshold)
+        block = requester[start : start + step]
+        s, _, (r0, r1) = find_candidate_pairs(
+            [block, custodian], dice_coefficient_accelerated, threshold
+        )
         sims.append(np.frombuffer(s, dtype=np.float64))
         rows0.append(np.frombuffer(r0, dtype=np.uint32).astype(np.int64) + start)
         rows1.append(np.frombuffer(r1, dtype=np.uint32).astype(np.int64))
@@ -80,7 +84,10 @@ def solve_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> M
     candidates = (
         array("d", sim.astype(np.float64).tobytes()),
         (array("I", bytes(4 * n)), array("I", np.ones(n, dtype=np.uint32).tobytes())),
-        (array("I", rows0.astype(np.uint32).tobytes()), array("I", rows1.astype(np.uint32).tobytes())),
+        (
+            array("I", rows0.astype(np.uint32).tobytes()),
+            array("I", rows1.astype(np.uint32).tobytes()),
+        ),
     )
     pairs = []
     for group in greedy_solve(candidates):
@@ -93,8 +100,9 @@ def solve_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> M
     return Matches(req, cus, similarity)
 
 
-def _pair_similarities(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray,
-                       req: np.ndarray, cus: np.ndarray) -> np.ndarray:
+def _pair_similarities(
+    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, req: np.ndarray, cus: np.ndarray
+) -> np.ndarray:
     if not len(req):
         return np.empty(0)
     width = int(max(rows1.max(), cus.max())) + 1
@@ -104,8 +112,12 @@ def _pair_similarities(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray,
     return sim[order][positions]
 
 
-def match(requester: list[bitarray], custodian: list[bitarray], threshold: float,
-          progress: Progress = lambda done, total: None) -> Matches:
+def match(
+    requester: list[bitarray],
+    custodian: list[bitarray],
+    threshold: float,
+    progress: Progress = lambda done, total: None,
+) -> Matches:
     """Candidates above `threshold`, then greedy 1:1 matches."""
     sim, rows0, rows1 = find_candidates(requester, custodian, threshold, progress)
     return solve_one_to_one(sim, rows0, rows1)

@@ -1,0 +1,3 @@
+from blindlink.cli.main import main
+
+raise SystemExit(main())

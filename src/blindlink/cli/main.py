@@ -1,0 +1,153 @@
+"""`blindlink`: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from blindlink.cli import party, setup_commands
+from blindlink.errors import BlindlinkError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blindlink",
+        description=(
+            "Privacy-preserving record matching: encode identities locally, link encodings on a "
+            "server that never sees plaintext, release only what the agreement grants."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_setup_commands(commands)
+    _add_party_commands(commands)
+    serve_cmd = commands.add_parser("serve", help="run the linkage server")
+    serve_cmd.add_argument("--data-dir", type=Path, required=True, help="where state is kept")
+    serve_cmd.add_argument("--listen", default="localhost:50051", help="HOST:PORT (port 0: any)")
+    serve_cmd.add_argument("--port-file", type=Path, help="write the bound port here")
+    serve_cmd.set_defaults(run=_lazy("blindlink.cli.serve", "serve"))
+    demo = commands.add_parser("demo", help="run a complete linkage on generated data")
+    demo.add_argument("--records", type=int, default=10_000, help="records per party")
+    demo.add_argument("--overlap", type=float, default=0.5, help="fraction of shared people")
+    demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--workdir", type=Path, help="keep all files here (default: temporary)")
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.set_defaults(run=_lazy("blindlink.cli.demo", "demo"))
+    return parser
+
+
+def _lazy(module: str, name: str):  # type: ignore[no-untyped-def]
+    """Import heavy command modules only when their command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return run
+
+
+def _add_setup_commands(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="write synthetic party files with ground truth")
+    gen.add_argument("--records", type=int, required=True, help="records per party")
+    gen.add_argument("--overlap", type=float, default=0.5, help="fraction of shared people")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--corruption",
+        type=float,
+        default=1.0,
+        help="multiplier on the default corruption rates (0: clean copies)",
+    )
+    gen.add_argument("--out", type=Path, required=True, help="output directory")
+    gen.set_defaults(run=setup_commands.generate)
+
+    secret = commands.add_parser("secret", help="the linkage secret").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    new_secret = secret.add_parser("new", help="write a fresh random secret")
+    new_secret.add_argument("--out", type=Path, required=True)
+    new_secret.set_defaults(run=setup_commands.secret_new)
+
+    schema = commands.add_parser("schema", help="linkage schemas").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    hash_cmd = schema.add_parser("hash", help="print a schema's content hash")
+    hash_cmd.add_argument("schema", type=Path, nargs="?", help="default: the shipped schema")
+    hash_cmd.set_defaults(run=setup_commands.schema_hash)
+    schema.add_parser("default", help="print the shipped default schema").set_defaults(
+        run=setup_commands.schema_show_default
+    )
+
+    agreement = commands.add_parser("agreement", help="linkage agreements").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    new = agreement.add_parser("new", help="write a new agreement document")
+    new.add_argument("--reference", required=True, help="your agreement reference")
+    new.add_argument("--requester", required=True, help="requester's name")
+    new.add_argument("--custodian", required=True, help="custodian's name")
+    new.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
+    new.add_argument("--threshold", type=float, default=0.8, help="Dice threshold")
+    new.add_argument(
+        "--requester-release", default="own_rows", choices=setup_commands.RELEASE_CHOICES
+    )
+    new.add_argument("--custodian-release", default="count", choices=setup_commands.RELEASE_CHOICES)
+    new.add_argument(
+        "--max-records", type=int, default=10_000_000, help="maximum records per upload"
+    )
+    new.add_argument("--out", type=Path, required=True)
+    new.set_defaults(run=setup_commands.agreement_new)
+
+    project = commands.add_parser("project", help="projects on a server").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = project.add_parser("create", help="create a project from an agreement")
+    create.add_argument("--server", default="localhost:50051")
+    create.add_argument("--party", required=True, choices=("requester", "custodian"))
+    create.add_argument("--agreement", type=Path, required=True)
+    create.set_defaults(run=setup_commands.project_create)
+
+
+def _add_party_commands(commands: argparse._SubParsersAction) -> None:
+    enc = commands.add_parser("encode", help="validate a CSV and encode it with clkhash")
+    enc.add_argument("input", type=Path, help="the party's CSV file")
+    enc.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
+    enc.add_argument("--secret-file", type=Path, required=True)
+    enc.add_argument("--out", type=Path, required=True, help="encodings file to write")
+    enc.add_argument("--id-map", type=Path, help="local ID map (default: OUT.idmap.json)")
+    enc.add_argument("--id-column", default="id")
+    enc.add_argument("--workers", type=int, help="processes (default: every core)")
+    enc.set_defaults(run=party.encode)
+
+    up = commands.add_parser("upload", help="upload encodings to a project")
+    party.add_party_arguments(up)
+    up.add_argument(
+        "encodings", type=Path, help="a blindlink encodings file or clkhash JSON output"
+    )
+    up.add_argument("--schema", type=Path, help="schema of clkhash JSON input")
+    up.set_defaults(run=party.upload)
+
+    status = commands.add_parser("status", help="show a project's status")
+    party.add_party_arguments(status)
+    status.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    status.set_defaults(run=party.status)
+
+    res = commands.add_parser("results", help="fetch your release and map it to your IDs")
+    party.add_party_arguments(res)
+    res.add_argument("--id-map", type=Path, required=True, help="your local ID map")
+    res.add_argument("--out", type=Path, required=True, help="CSV of your matched IDs")
+    res.set_defaults(run=party.results)
+
+    delete = commands.add_parser("delete", help="delete a project's data from the server")
+    party.add_party_arguments(delete)
+    delete.set_defaults(run=party.delete)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except BlindlinkError as exc:
+        print(f"blindlink: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

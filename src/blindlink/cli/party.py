@@ -1,0 +1,166 @@
+"""Commands a party runs on its own machine: encode, upload, status, results, delete."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+from blindlink._generated import linkage_pb2 as pb
+from blindlink.cli.progress import bar
+from blindlink.client.linkage_client import LinkageClient
+from blindlink.encoding.csv_input import validate_csv
+from blindlink.encoding.encoder import encode_validated
+from blindlink.encoding.encodings_file import import_clkhash_json, read_header
+from blindlink.encoding.id_map import read_id_map
+from blindlink.encoding.schema import default_schema_path, load_schema
+from blindlink.encoding.secret import read_secret
+from blindlink.errors import InputError
+
+_STATE_NAMES = {
+    v: k.removeprefix("RUN_STATE_").lower().replace("_", " ") for k, v in pb.RunState.items()
+}
+_KIND_NAMES = {v: k.removeprefix("RELEASE_KIND_").lower() for k, v in pb.ReleaseKind.items()}
+
+
+def add_party_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default="localhost:50051", help="HOST:PORT of the server")
+    parser.add_argument(
+        "--party",
+        required=True,
+        choices=("requester", "custodian"),
+        help="your role in the agreement",
+    )
+    parser.add_argument("--project", required=True, help="project ID (the agreement hash)")
+
+
+def encode(args: argparse.Namespace) -> int:
+    schema = load_schema(args.schema or default_schema_path())
+    secret = read_secret(args.secret_file)
+    id_map = args.id_map or Path(f"{args.out}.idmap.json")
+    # A first pass validates every row, so a bad file is reported before any encoding starts.
+    ids = validate_csv(args.input, schema, args.id_column).ids
+    with bar(len(ids), "encoding") as progress:
+        result = encode_validated(
+            args.input, ids, schema, secret, args.out, id_map, args.workers, progress.update
+        )
+    print(
+        f"encoded {result.header.count} records ({result.header.bit_length} bits) to "
+        f"{result.encodings_path}"
+    )
+    print(f"local ID map (keep it; never upload it): {result.id_map_path}")
+    return 0
+
+
+def upload(args: argparse.Namespace) -> int:
+    path = Path(args.encodings)
+    with tempfile.TemporaryDirectory() as tmp:
+        if _looks_like_json(path):
+            if not args.schema:
+                raise InputError(
+                    str(path),
+                    "clkhash JSON output carries no schema hash; pass "
+                    "--schema with the linkage schema it was made with",
+                )
+            converted = Path(tmp) / "encodings.bin"
+            import_clkhash_json(path, converted, load_schema(args.schema).sha256)
+            path = converted
+        header = read_header(path)
+        with (
+            LinkageClient(args.server, args.party) as client,
+            bar(header.payload_bytes, "uploading", unit="B") as progress,
+        ):
+            receipt = client.upload(args.project, path, progress.update)
+    print(
+        f"uploaded {receipt.count} encodings as {receipt.party}; content SHA-256 "
+        f"{receipt.content_sha256.hex()}"
+    )
+    return 0
+
+
+def _looks_like_json(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).lstrip()[:1] == b"{"
+    except FileNotFoundError:
+        raise InputError(str(path), "file not found") from None
+
+
+def status(args: argparse.Namespace) -> int:
+    with LinkageClient(args.server, args.party) as client:
+        if args.watch:
+            return _watch(client, args.project)
+        reply = client.status(args.project)
+    for upload_status in reply.uploads:
+        detail = f" ({upload_status.count} records)" if upload_status.count else ""
+        print(
+            f"{upload_status.party}: {'uploaded' if upload_status.uploaded else 'not uploaded'}"
+            f"{detail}"
+        )
+    print(f"run: {describe_progress(reply.run)}")
+    return 0
+
+
+def _watch(client: LinkageClient, project_id: str) -> int:
+    state = pb.RUN_STATE_UNSPECIFIED
+    with bar(0, "matching", unit="cmp") as progress:
+        for update in client.watch(project_id):
+            state = update.state
+            if update.total:
+                progress.total = update.total
+                progress.update(update.done - progress.n)
+            progress.set_postfix_str(describe_progress(update))
+    print(f"run: {describe_progress(update)}")
+    return 0 if state == pb.RUN_STATE_DONE else 1
+
+
+def describe_progress(progress: pb.RunProgress) -> str:
+    text = _STATE_NAMES[progress.state]
+    if progress.stage:
+        text += f", {progress.stage}"
+    if progress.total:
+        text += f" {progress.done}/{progress.total}"
+    if progress.message:
+        text += f" ({progress.message})"
+    return text
+
+
+def results(args: argparse.Namespace) -> int:
+    id_map = read_id_map(args.id_map)
+    with LinkageClient(args.server, args.party) as client:
+        release = client.release(args.project)
+    kind = _KIND_NAMES[release.kind]
+    if release.kind in (pb.RELEASE_KIND_OWN_ROWS, pb.RELEASE_KIND_PAIRS):
+        ids = id_map.lookup(list(release.own_rows))
+        header = ["id"] if release.kind == pb.RELEASE_KIND_OWN_ROWS else ["id", "other_row"]
+        rows = (
+            [[i] for i in ids]
+            if release.kind == pb.RELEASE_KIND_OWN_ROWS
+            else [[i, r] for i, r in zip(ids, release.other_rows, strict=True)]
+        )
+        _write_csv(args.out, header, rows)
+        print(f"release ({kind}): {release.match_count} matches; IDs written to {args.out}")
+    elif release.kind == pb.RELEASE_KIND_COUNT:
+        _write_csv(args.out, ["match_count"], [[release.match_count]])
+        print(f"release (count): {release.match_count} matches; written to {args.out}")
+    else:
+        print("release (nothing): the agreement grants this party nothing")
+    return 0
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    tmp = Path(f"{path}.partial")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def delete(args: argparse.Namespace) -> int:
+    with LinkageClient(args.server, args.party) as client:
+        client.delete(args.project)
+    print(f"deleted project {args.project}")
+    return 0

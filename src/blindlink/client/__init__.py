@@ -1,0 +1,1 @@
+"""The party-side gRPC client."""

@@ -1,0 +1,1 @@
+"""The linkage server: gRPC servicer, interceptors, background runs and lifecycle."""
