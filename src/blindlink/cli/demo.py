@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     schema = load_schema(default_schema_path())
     agreement_path = work / "agreement.json"
     agreement = new_agreement_document(
-        "demo",
+        f"blindlink demo {time.strftime('%Y-%m-%dT%H:%M:%S')}",
         "Requesting agency",
         "Custodian agency",
         schema.sha256,
