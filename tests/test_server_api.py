@@ -1,0 +1,370 @@
+"""The linkage server over real gRPC sockets: uploads, refusals that change nothing, releases."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from blindlink._generated import linkage_pb2 as pb
+from blindlink._generated import linkage_pb2_grpc as pb_grpc
+from blindlink.client.linkage_client import LinkageClient, ServerError
+from blindlink.encoding.encodings_file import write_encodings
+from blindlink.encoding.schema import LinkageSchema
+from blindlink.server.app import RunningServer
+
+BITS = 1024
+
+
+def make_encodings(path: Path, rows: np.ndarray, schema_sha256: str) -> Path:
+    write_encodings(path, rows.shape[1] * 8, schema_sha256, [rows.tobytes()])
+    return path
+
+
+def random_rows(n: int, seed: int, bits: int = BITS) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
+
+
+def snapshot(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
+    """Every table row and every non-database file under the data dir."""
+    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
+    rows = [line for line in db.iterdump() if line.startswith("INSERT")]
+    db.close()
+    files = {
+        str(p.relative_to(server.store.data_dir)): p.read_bytes()
+        for p in server.store.data_dir.rglob("*")
+        if p.is_file() and not p.name.startswith("blindlink.db")
+    }
+    return rows, files
+
+
+def raw_upload(address: str, party: str, messages: list[pb.UploadRequest]) -> None:
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.LinkageStub(channel).Upload(iter(messages), metadata=(("blindlink-party", party),))
+
+
+def header_for(
+    project_id: str, rows: np.ndarray, schema_hash: str, **changes: object
+) -> pb.UploadRequest:
+    header = pb.UploadHeader(
+        project_id=project_id,
+        count=len(rows),
+        bit_length=rows.shape[1] * 8,
+        schema_sha256=schema_hash,
+        content_sha256=hashlib.sha256(rows.tobytes()).digest(),
+    )
+    for name, value in changes.items():
+        setattr(header, name, value)
+    return pb.UploadRequest(header=header)
+
+
+@pytest.fixture
+def project(requester: LinkageClient, make_agreement: Callable[..., bytes]) -> str:
+    return requester.create_project(make_agreement()).project_id
+
+
+def wait_done(client: LinkageClient, project_id: str) -> pb.RunProgress:
+    updates = list(client.watch(project_id))
+    return updates[-1]
+
+
+def test_health_and_reflection_are_served(address: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage")
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert "blindlink.v1.Linkage" in names
+
+
+def test_create_project_twice_is_refused(
+    requester: LinkageClient, make_agreement: Callable[..., bytes]
+) -> None:
+    first = requester.create_project(make_agreement())
+    assert first.project_id == hashlib.sha256(first.agreement).hexdigest()
+    with pytest.raises(ServerError) as err:
+        requester.create_project(make_agreement())
+    assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_invalid_agreement_is_refused(requester: LinkageClient, server: RunningServer) -> None:
+    before = snapshot(server)
+    with pytest.raises(ServerError) as err:
+        requester.create_project(b'{"blindlink_agreement": 1, "reference": "x"}')
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parties" in err.value.details
+    assert snapshot(server) == before
+
+
+def test_call_without_party_is_unauthenticated(address: str, project: str) -> None:
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.LinkageStub(channel).GetStatus(pb.GetStatusRequest(project_id=project))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_upload_to_unknown_project(
+    requester: LinkageClient, server: RunningServer, schema: LinkageSchema, tmp_path: Path
+) -> None:
+    path = make_encodings(tmp_path / "e.bin", random_rows(5, 1), schema.sha256)
+    before = snapshot(server)
+    with pytest.raises(ServerError) as err:
+        requester.upload("0" * 64, path)
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert snapshot(server) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"bit_length": 512}, grpc.StatusCode.INVALID_ARGUMENT, "512 bits"),
+        (
+            {"schema_sha256": "ab" * 32},
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "different linkage schema",
+        ),
+        ({"count": 20_000}, grpc.StatusCode.FAILED_PRECONDITION, "limit of 10000"),
+        ({"count": 0}, grpc.StatusCode.INVALID_ARGUMENT, "at least one"),
+        ({"content_sha256": b"short"}, grpc.StatusCode.INVALID_ARGUMENT, "32 bytes"),
+    ],
+)
+def test_bad_upload_header_is_refused_and_changes_nothing(
+    address: str,
+    server: RunningServer,
+    project: str,
+    schema: LinkageSchema,
+    change: dict[str, object],
+    code: grpc.StatusCode,
+    words: str,
+) -> None:
+    rows = random_rows(5, 2)
+    before = snapshot(server)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_upload(
+            address,
+            "requester",
+            [
+                header_for(project, rows, schema.sha256, **change),
+                pb.UploadRequest(encodings=rows.tobytes()),
+            ],
+        )
+    assert err.value.code() == code
+    assert words in err.value.details()
+    assert snapshot(server) == before
+
+
+def test_wrong_bit_length_encodings_file_is_refused(
+    requester: LinkageClient,
+    server: RunningServer,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    path = make_encodings(tmp_path / "e.bin", random_rows(5, 3, bits=512), schema.sha256)
+    before = snapshot(server)
+    with pytest.raises(ServerError) as err:
+        requester.upload(project, path)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the agreement says 1024" in err.value.details
+    assert snapshot(server) == before
+
+
+@pytest.mark.parametrize("kind", ["truncated", "oversized", "altered", "no header", "two headers"])
+def test_bad_upload_stream_is_refused_and_changes_nothing(
+    address: str, server: RunningServer, project: str, schema: LinkageSchema, kind: str
+) -> None:
+    rows = random_rows(10, 4)
+    header = header_for(project, rows, schema.sha256)
+    data = rows.tobytes()
+    messages = {
+        "truncated": [header, pb.UploadRequest(encodings=data[: len(data) // 2])],
+        "oversized": [header, pb.UploadRequest(encodings=data + data[:128])],
+        "altered": [header, pb.UploadRequest(encodings=bytes([data[0] ^ 1]) + data[1:])],
+        "no header": [pb.UploadRequest(encodings=data)],
+        "two headers": [header, header],
+    }[kind]
+    before = snapshot(server)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_upload(address, "requester", messages)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details()
+    assert snapshot(server) == before
+    # The refused upload left the slot free: a correct one is accepted.
+    raw_upload(address, "requester", [header, pb.UploadRequest(encodings=data)])
+
+
+def test_cancelled_upload_stream_leaves_nothing(
+    address: str, server: RunningServer, project: str, schema: LinkageSchema
+) -> None:
+    rows = random_rows(10, 5)
+    before = snapshot(server)
+    sent_half = []
+
+    def messages() -> Iterator[pb.UploadRequest]:
+        yield header_for(project, rows, schema.sha256)
+        yield pb.UploadRequest(encodings=rows.tobytes()[:640])
+        sent_half.append(True)
+        time.sleep(30)  # the client gives up long before this
+
+    with grpc.insecure_channel(address) as channel:
+        future = pb_grpc.LinkageStub(channel).Upload.future(
+            messages(), metadata=(("blindlink-party", "requester"),)
+        )
+        deadline = time.monotonic() + 10
+        while not sent_half and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        future.cancel()
+    deadline = time.monotonic() + 10
+    while snapshot(server) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert snapshot(server) == before
+
+
+def test_duplicate_upload_is_refused_and_keeps_the_first(
+    requester: LinkageClient,
+    server: RunningServer,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    first = make_encodings(tmp_path / "a.bin", random_rows(5, 6), schema.sha256)
+    requester.upload(project, first)
+    before = snapshot(server)
+    second = make_encodings(tmp_path / "b.bin", random_rows(5, 7), schema.sha256)
+    for path in (first, second):
+        with pytest.raises(ServerError) as err:
+            requester.upload(project, path)
+        assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert snapshot(server) == before
+
+
+def _shared_rows() -> tuple[np.ndarray, np.ndarray]:
+    """Requester rows 0-9 appear, in reverse, as custodian rows 10-19; the rest are distinct."""
+    requester_rows = random_rows(20, 10)
+    custodian_rows = np.concatenate([random_rows(10, 11), requester_rows[9::-1]])
+    return requester_rows, custodian_rows
+
+
+def _run_project(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+    **policy: object,
+) -> str:
+    project = requester.create_project(make_agreement(**policy)).project_id
+    req_rows, cus_rows = _shared_rows()
+    requester.upload(project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256))
+    custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
+    assert wait_done(requester, project).state == pb.RUN_STATE_DONE
+    return project
+
+
+def test_release_before_the_run_is_refused(requester: LinkageClient, project: str) -> None:
+    with pytest.raises(ServerError) as err:
+        requester.release(project)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_own_rows_for_requester_count_for_custodian(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project = _run_project(requester, custodian, make_agreement, schema, tmp_path)
+    mine = requester.release(project)
+    assert mine.kind == pb.RELEASE_KIND_OWN_ROWS
+    assert list(mine.own_rows) == list(range(10))
+    assert list(mine.other_rows) == []
+    theirs = custodian.release(project)
+    assert theirs.kind == pb.RELEASE_KIND_COUNT
+    assert theirs.match_count == 10
+    assert list(theirs.own_rows) == [] and list(theirs.other_rows) == []
+
+
+def test_pairs_and_nothing(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project = _run_project(
+        requester,
+        custodian,
+        make_agreement,
+        schema,
+        tmp_path,
+        requester_release="nothing",
+        custodian_release="pairs",
+    )
+    assert requester.release(project) == pb.Release(
+        project_id=project, party="requester", kind=pb.RELEASE_KIND_NOTHING
+    )
+    pairs = custodian.release(project)
+    assert pairs.kind == pb.RELEASE_KIND_PAIRS
+    assert sorted(zip(pairs.own_rows, pairs.other_rows)) == [(10 + i, 9 - i) for i in range(10)]
+
+
+def test_custodian_own_rows(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project = _run_project(
+        requester, custodian, make_agreement, schema, tmp_path, custodian_release="own_rows"
+    )
+    assert list(custodian.release(project).own_rows) == list(range(10, 20))
+
+
+def test_status_hides_the_other_partys_count(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    requester.upload(project, make_encodings(tmp_path / "r.bin", random_rows(7, 12), schema.sha256))
+    own = {u.party: u for u in requester.status(project).uploads}
+    other = {u.party: u for u in custodian.status(project).uploads}
+    assert own["requester"].uploaded and own["requester"].count == 7
+    assert other["requester"].uploaded and other["requester"].count == 0
+    assert custodian.status(project).run.state == pb.RUN_STATE_WAITING_FOR_UPLOADS
+
+
+def test_delete_removes_encodings_and_results(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    server: RunningServer,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project = _run_project(requester, custodian, make_agreement, schema, tmp_path)
+    custodian.delete(project)
+    assert list(server.store.encodings_dir.iterdir()) == []
+    rows, _ = snapshot(server)
+    assert rows == []
+    with pytest.raises(ServerError) as err:
+        requester.release(project)
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
