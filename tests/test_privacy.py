@@ -1,0 +1,132 @@
+"""The server never receives or stores plaintext identity data or the linkage secret.
+
+Both parties encode and upload through a recording TCP proxy in front of a real server, then
+fetch their releases. Every byte the server received, every file in its data directory and its
+log are searched for every identity value of both CSV files and for the secret.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blindlink._generated import linkage_pb2 as pb
+from blindlink.client.linkage_client import LinkageClient
+from blindlink.encoding.encoder import encode_csv
+from blindlink.encoding.schema import LinkageSchema
+from blindlink.server.app import RunningServer, start_server
+from blindlink.synthetic import generate_datasets
+
+SECRET = b"privacy test secret: never leaves the parties"
+
+
+class RecordingProxy:
+    """Forwards TCP connections to `upstream`, keeping every byte sent towards it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.received = bytearray()
+        self._upstream = upstream_port
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if record:
+                    with self._lock:
+                        self.received.extend(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def identity_values(*paths: Path) -> set[bytes]:
+    """Every distinctive value in the CSV files (short all-digit values excepted: four digits
+    occur by chance in any binary file)."""
+    values = set()
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for value in row.values():
+                    if len(value) >= 5 or (len(value) >= 3 and not value.isdigit()):
+                        values.add(value.encode())
+    return values
+
+
+def found_in(haystack: bytes, needles: set[bytes]) -> set[bytes]:
+    return {n for n in needles if n in haystack}
+
+
+@pytest.fixture
+def linked(tmp_path: Path, schema: LinkageSchema, make_agreement, caplog: pytest.LogCaptureFixture
+           ) -> Iterator[tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]]]:
+    caplog.set_level(logging.DEBUG)
+    files = generate_datasets(tmp_path / "data", 300, 0.5, seed=11)
+    server = start_server(tmp_path / "server", "127.0.0.1:0")
+    proxy = RecordingProxy(server.port)
+    address = f"127.0.0.1:{proxy.port}"
+    releases = {}
+    try:
+        with LinkageClient(address, "requester") as requester, \
+                LinkageClient(address, "custodian") as custodian:
+            project = requester.create_project(make_agreement(custodian_release="pairs"))
+            for client, csv_path in ((requester, files.requester), (custodian, files.custodian)):
+                out = tmp_path / client.party
+                out.mkdir()
+                encode_csv(csv_path, schema, SECRET, out / "enc.bin", out / "ids.json")
+                client.upload(project.project_id, out / "enc.bin")
+            assert list(requester.watch(project.project_id))[-1].state == pb.RUN_STATE_DONE
+            releases = {c.party: c.release(project.project_id) for c in (requester, custodian)}
+            requester.status(project.project_id)
+        yield server, proxy, tmp_path / "data", releases
+    finally:
+        proxy.close()
+        server.stop(grace=1)
+
+
+def test_server_receives_and_stores_no_plaintext_or_secret(
+        linked: tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    server, proxy, data_dir, releases = linked
+    plaintext = identity_values(data_dir / "requester.csv", data_dir / "custodian.csv")
+    secrets = {SECRET, SECRET.hex().encode(), SECRET[:16]}
+    # The search works: it finds the values where they are, and the run really happened.
+    assert len(plaintext) > 1000
+    assert found_in((data_dir / "custodian.csv").read_bytes(), plaintext)
+    assert len(proxy.received) > 600 * 128
+    assert releases["requester"].match_count > 100
+
+    assert found_in(bytes(proxy.received), plaintext | secrets) == set()
+    stored = [p for p in server.store.data_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "blindlink.db" for p in stored)
+    assert any(p.suffix == ".bin" for p in stored)
+    for path in stored:
+        assert found_in(path.read_bytes(), plaintext | secrets) == set(), path
+    assert found_in(caplog.text.encode(), plaintext | secrets) == set()
