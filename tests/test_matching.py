@@ -15,8 +15,10 @@ def _noisy_pair(n: int, seed: int) -> tuple[list, list]:
     base = rng.random((n, 256)) < 0.3
     noisy = base ^ (rng.random((n, 256)) < 0.04)
     order = rng.permutation(n)
-    return (to_bitarrays(np.packbits(base, axis=1).tobytes(), 256),
-            to_bitarrays(np.packbits(noisy[order], axis=1).tobytes(), 256))
+    return (
+        to_bitarrays(np.packbits(base, axis=1).tobytes(), 256),
+        to_bitarrays(np.packbits(noisy[order], axis=1).tobytes(), 256),
+    )
 
 
 def test_sliced_matching_equals_single_anonlink_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,7 +29,10 @@ def test_sliced_matching_equals_single_anonlink_call(monkeypatch: pytest.MonkeyP
 
     candidates = find_candidate_pairs([requester, custodian], dice_coefficient_accelerated, 0.6)
     expected = sorted((dict(g)[0], dict(g)[1]) for g in greedy_solve(candidates))
-    assert list(zip(result.requester_rows.tolist(), result.custodian_rows.tolist())) == expected
+    assert (
+        list(zip(result.requester_rows.tolist(), result.custodian_rows.tolist(), strict=True))
+        == expected
+    )
     assert len(updates) > 10
     assert [d for d, _ in updates] == sorted(d for d, _ in updates)
     assert updates[-1] == (600 * 600, 600 * 600)
@@ -38,7 +43,9 @@ def test_matches_are_one_to_one_with_their_similarity() -> None:
     result = match(requester, custodian, 0.5)
     assert len(set(result.requester_rows.tolist())) == len(result)
     assert len(set(result.custodian_rows.tolist())) == len(result)
-    for r, c, s in zip(result.requester_rows, result.custodian_rows, result.similarities):
+    for r, c, s in zip(
+        result.requester_rows, result.custodian_rows, result.similarities, strict=True
+    ):
         a, b = requester[r], custodian[c]
         assert s == pytest.approx(2 * (a & b).count() / (a.count() + b.count()))
         assert s >= 0.5

@@ -7,6 +7,7 @@ log are searched for every identity value of both CSV files and for the secret.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import socket
@@ -58,10 +59,8 @@ class RecordingProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self._listener.close()
@@ -85,8 +84,9 @@ def found_in(haystack: bytes, needles: set[bytes]) -> set[bytes]:
 
 
 @pytest.fixture
-def linked(tmp_path: Path, schema: LinkageSchema, make_agreement, caplog: pytest.LogCaptureFixture
-           ) -> Iterator[tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]]]:
+def linked(
+    tmp_path: Path, schema: LinkageSchema, make_agreement, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]]]:
     caplog.set_level(logging.DEBUG)
     files = generate_datasets(tmp_path / "data", 300, 0.5, seed=11)
     server = start_server(tmp_path / "server", "127.0.0.1:0")
@@ -94,8 +94,10 @@ def linked(tmp_path: Path, schema: LinkageSchema, make_agreement, caplog: pytest
     address = f"127.0.0.1:{proxy.port}"
     releases = {}
     try:
-        with LinkageClient(address, "requester") as requester, \
-                LinkageClient(address, "custodian") as custodian:
+        with (
+            LinkageClient(address, "requester") as requester,
+            LinkageClient(address, "custodian") as custodian,
+        ):
             project = requester.create_project(make_agreement(custodian_release="pairs"))
             for client, csv_path in ((requester, files.requester), (custodian, files.custodian)):
                 out = tmp_path / client.party
@@ -112,8 +114,9 @@ def linked(tmp_path: Path, schema: LinkageSchema, make_agreement, caplog: pytest
 
 
 def test_server_receives_and_stores_no_plaintext_or_secret(
-        linked: tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]],
-        caplog: pytest.LogCaptureFixture) -> None:
+    linked: tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     server, proxy, data_dir, releases = linked
     plaintext = identity_values(data_dir / "requester.csv", data_dir / "custodian.csv")
     secrets = {SECRET, SECRET.hex().encode(), SECRET[:16]}

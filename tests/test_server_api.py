@@ -320,7 +320,9 @@ def test_pairs_and_nothing(
     )
     pairs = custodian.release(project)
     assert pairs.kind == pb.RELEASE_KIND_PAIRS
-    assert sorted(zip(pairs.own_rows, pairs.other_rows)) == [(10 + i, 9 - i) for i in range(10)]
+    assert sorted(zip(pairs.own_rows, pairs.other_rows, strict=True)) == [
+        (10 + i, 9 - i) for i in range(10)
+    ]
 
 
 def test_custodian_own_rows(

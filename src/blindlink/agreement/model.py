@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from blindlink.canonical import canonical_json
+from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import AgreementError
 
 FORMAT_VERSION = 1
@@ -76,11 +76,12 @@ _TOP_KEYS = {
 def parse_agreement(raw: bytes) -> Agreement:
     """Parse and validate agreement bytes; unknown keys and inconsistent settings are errors."""
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise AgreementError(f"agreement is not UTF-8 JSON: {exc}") from None
     section = _object(document, "agreement", _TOP_KEYS)
-    if section.get("blindlink_agreement") != FORMAT_VERSION:
+    version = section.get("blindlink_agreement")
+    if type(version) is not int or version != FORMAT_VERSION:
         raise AgreementError(f"agreement.blindlink_agreement must be {FORMAT_VERSION}")
     reference = section.get("reference")
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:

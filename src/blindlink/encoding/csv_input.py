@@ -28,28 +28,34 @@ class CsvSummary:
 def check_utf8(path: Path) -> None:
     """Raise InputError naming the line and column of the first byte that is not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes fed to the decoder so far
     with open(path, "rb") as f:
-        offset = 0
         for block in iter(lambda: f.read(1 << 20), b""):
+            # Bytes of a character split across blocks are held by the decoder and counted
+            # in exc.start of the next block.
+            pending = len(decoder.getstate()[0])
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as exc:
-                bad = offset + exc.start
-                line, line_start = _line_of(path, bad)
-                raise InputError(
-                    str(path),
-                    "the file is not UTF-8 (save it as UTF-8 and try again)",
-                    line=line,
-                    column=bad - line_start + 1,
-                ) from None
+                _raise_not_utf8(path, offset - pending + exc.start)
             offset += len(block)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            line, _ = _line_of(path, offset)
-            raise InputError(
-                str(path), "the file ends inside a multi-byte UTF-8 character", line=line
-            ) from None
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        line, _ = _line_of(path, offset)
+        raise InputError(
+            str(path), "the file ends inside a multi-byte UTF-8 character", line=line
+        ) from None
+
+
+def _raise_not_utf8(path: Path, bad_offset: int) -> None:
+    line, line_start = _line_of(path, bad_offset)
+    raise InputError(
+        str(path),
+        "the file is not UTF-8 (save it as UTF-8 and try again)",
+        line=line,
+        column=bad_offset - line_start + 1,
+    )
 
 
 def _line_of(path: Path, byte_offset: int) -> tuple[int, int]:
@@ -60,10 +66,12 @@ def _line_of(path: Path, byte_offset: int) -> tuple[int, int]:
 
 
 def iter_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number, fields) for every record, validating header, shape and values."""
+    """Yield (line number where the record starts, fields) for every record, validating header,
+    shape and values."""
     fields = schema.clkhash.fields
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, strict=True)
+        line = 1
         try:
             header = next(reader, None)
             if header is None:
@@ -73,24 +81,31 @@ def iter_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[
                     f"the columns {', '.join(schema.columns)}",
                 )
             _check_header(path, header, schema)
+            line = reader.line_num + 1
             for row in reader:
-                line = reader.line_num
-                if not row:
-                    continue
-                if len(row) != len(fields):
-                    raise InputError(
-                        str(path), f"expected {len(fields)} fields, found {len(row)}", line=line
-                    )
-                _check_values(path, line, row, fields)
-                yield line, row
+                if row:
+                    if len(row) != len(fields):
+                        raise InputError(
+                            str(path), f"expected {len(fields)} fields, found {len(row)}", line=line
+                        )
+                    _check_values(path, line, row, fields)
+                    yield line, row
+                line = reader.line_num + 1
         except csv.Error as exc:
-            raise InputError(str(path), f"malformed CSV: {exc}", line=reader.line_num) from None
+            raise InputError(
+                str(path), f"malformed CSV: {exc} (in the record starting on this line)", line=line
+            ) from None
 
 
 def _check_header(path: Path, header: list[str], schema: LinkageSchema) -> None:
     expected = schema.columns
     if header == expected:
         return
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise InputError(
+            str(path), f"header names column(s) {', '.join(duplicated)} more than once", line=1
+        )
     missing = [c for c in expected if c not in header]
     unexpected = [c for c in header if c not in expected]
     if missing:
@@ -117,9 +132,11 @@ def _check_values(path: Path, line: int, row: list[str], fields: list[FieldSpec]
 
 
 def _redact(message: str, value: str) -> str:
-    """clkhash quotes the offending value in its messages; keep identity data out of errors."""
+    """clkhash quotes the offending value in its messages, raw or as repr(); keep identity data
+    out of errors by replacing every quoted form of it."""
     if value:
-        message = message.replace(value, "…")
+        for quoted in (repr(value), f"'{value}'", f'"{value}"'):
+            message = message.replace(quoted, "'…'")
     return " ".join(message.split())
 
 

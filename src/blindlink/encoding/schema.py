@@ -12,7 +12,7 @@ from typing import Any
 
 from clkhash import schema as clkhash_schema
 
-from blindlink.canonical import canonical_json
+from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import SchemaError
 
 # Keys of each object in a clkhash v3 schema. clkhash's master schema lets unknown keys through
@@ -76,10 +76,12 @@ def default_schema_path() -> Path:
 def load_schema(path: Path) -> LinkageSchema:
     """Load and strictly validate a clkhash v3 linkage schema file."""
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = json.loads(
+            Path(path).read_text(encoding="utf-8"), object_pairs_hook=reject_duplicate_keys
+        )
     except FileNotFoundError:
         raise SchemaError(f"{path}: schema file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise SchemaError(f"{path}: not a valid UTF-8 JSON file ({exc})") from None
     return parse_schema(document, source=str(path))
 
