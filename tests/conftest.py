@@ -1,19 +1,49 @@
-"""Shared fixtures: a real linkage server on a loopback port with its own data directory."""
+"""Shared fixtures: TLS material, signing keys, and a real linkage server on a loopback port."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blindlink.agreement.model import new_agreement_document
-from blindlink.canonical import canonical_json
-from blindlink.client.linkage_client import LinkageClient
+from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
+from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
-from blindlink.server.app import RunningServer, start_server
+from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
+from blindlink.security.pki import (
+    PkiFiles,
+    certificate_fingerprint,
+    init_pki,
+    issue_client_certificate,
+)
+from blindlink.server.app import RunningServer, ServerTls, start_server
 
-SECRET = b"a shared secret for the blindlink tests"
+ROLES = ("requester", "custodian")
+
+
+@dataclass(frozen=True)
+class Identities:
+    """A development CA with certificates for both parties and an outsider, each party's
+    signing key, and a certificate from an unrelated CA."""
+
+    pki: PkiFiles
+    signing_keys: dict[str, Ed25519PrivateKey]
+    outsider: ClientTls
+    foreign: ClientTls
+
+    def tls(self, role: str) -> ClientTls:
+        return ClientTls(self.pki.ca_cert, self.pki.party_certs[role], self.pki.party_keys[role])
+
+    def party(self, role: str) -> PartyInfo:
+        return PartyInfo(
+            f"{role} agency",
+            public_key_text(self.signing_keys[role]),
+            certificate_fingerprint(self.pki.party_certs[role].read_bytes()),
+        )
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +51,59 @@ def schema() -> LinkageSchema:
     return load_schema(default_schema_path())
 
 
+@pytest.fixture(scope="session")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
+    root = tmp_path_factory.mktemp("identities")
+    pki = init_pki(root / "pki", ROLES)
+    keys = {}
+    for role in ROLES:
+        private, _ = generate_signing_key(root / role)
+        keys[role] = load_private_key(private)
+    outsider_cert, outsider_key = issue_client_certificate(
+        pki.ca_cert, pki.ca_key, "outsider", root / "outsider"
+    )
+    other = init_pki(root / "other-ca", ("requester",))
+    return Identities(
+        pki,
+        keys,
+        ClientTls(pki.ca_cert, outsider_cert, outsider_key),
+        ClientTls(pki.ca_cert, other.party_certs["requester"], other.party_keys["requester"]),
+    )
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(tmp_path / "server-data", "127.0.0.1:0")
+def make_agreement(identities: Identities, schema: LinkageSchema) -> Callable[..., bytes]:
+    """Signed agreement bytes for the default schema; keyword arguments are settings of
+    `new_agreement_document`, plus `signers` (default: both parties)."""
+
+    def make(
+        reference: str = "test agreement", signers: tuple[str, ...] = ROLES, **settings: object
+    ) -> bytes:
+        document = new_agreement_document(
+            reference=reference,
+            requester=identities.party("requester"),
+            custodian=identities.party("custodian"),
+            schema_sha256=schema.sha256,
+            bit_length=schema.bit_length,
+            **settings,
+        )  # type: ignore[arg-type]
+        signed = SignedAgreement(agreement_from_document(document), {})
+        for role in signers:
+            signed = sign_as(signed, role, identities.signing_keys[role])
+        return signed.to_bytes()
+
+    return make
+
+
+@pytest.fixture
+def server(tmp_path: Path, identities: Identities) -> Iterator[RunningServer]:
+    pki = identities.pki
+    running = start_server(
+        tmp_path / "server-data",
+        "127.0.0.1:0",
+        ServerTls(pki.server_cert, pki.server_key, pki.ca_cert),
+        purge_interval=0.2,
+    )
     yield running
     running.stop(grace=1)
 
@@ -34,44 +114,12 @@ def address(server: RunningServer) -> str:
 
 
 @pytest.fixture
-def requester(address: str) -> Iterator[LinkageClient]:
-    with LinkageClient(address, "requester") as client:
+def requester(address: str, identities: Identities) -> Iterator[LinkageClient]:
+    with LinkageClient(address, "requester", identities.tls("requester")) as client:
         yield client
 
 
 @pytest.fixture
-def custodian(address: str) -> Iterator[LinkageClient]:
-    with LinkageClient(address, "custodian") as client:
+def custodian(address: str, identities: Identities) -> Iterator[LinkageClient]:
+    with LinkageClient(address, "custodian", identities.tls("custodian")) as client:
         yield client
-
-
-@pytest.fixture
-def make_agreement(schema: LinkageSchema) -> Callable[..., bytes]:
-    """Agreement bytes for the default schema; keyword arguments replace its settings."""
-    return lambda reference="test agreement", **overrides: agreement_bytes(
-        schema, reference, **overrides
-    )
-
-
-def agreement_bytes(schema: LinkageSchema, reference: str, **overrides: object) -> bytes:
-    """A valid agreement for the default schema; keyword arguments replace its settings."""
-    settings: dict[str, object] = {
-        "requester_release": "own_rows",
-        "custodian_release": "count",
-        "threshold": 0.8,
-        "max_records_per_upload": 10_000,
-        "bit_length": schema.bit_length,
-    }
-    settings.update(overrides)
-    document = new_agreement_document(
-        reference,
-        "Requesting agency",
-        "Custodian agency",
-        schema.sha256,
-        settings["bit_length"],
-        settings["threshold"],
-        settings["requester_release"],
-        settings["custodian_release"],
-        settings["max_records_per_upload"],
-    )
-    return canonical_json(document)

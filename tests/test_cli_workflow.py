@@ -1,4 +1,4 @@
-"""The party workflow through the `blindlink` command line against a real server."""
+"""The party workflow through the `blindlink` command line against a real TLS server."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from clkhash import clk
 from clkhash.serialization import serialize_bitarray
+from conftest import Identities
 
 from blindlink.cli.main import main
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
@@ -17,16 +18,22 @@ from blindlink.synthetic import generate_datasets
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    assert main(list(args)) == 0, capsys.readouterr().err
+    assert main(list(args)) == 0, capsys.readouterr()
     return capsys.readouterr().out
 
 
-def test_encode_upload_watch_results(
-    tmp_path: Path, address: str, schema: LinkageSchema, capsys: pytest.CaptureFixture[str]
+def tls_args(identities: Identities, role: str) -> list[str]:
+    tls = identities.tls(role)
+    return ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
+
+
+def test_keys_agreement_sign_verify(
+    tmp_path: Path, identities: Identities, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    files = generate_datasets(tmp_path / "data", 400, 0.5, seed=5)
-    secret = tmp_path / "secret"
-    run(capsys, "secret", "new", "--out", str(secret))
+    for role in ("requester", "custodian"):
+        run(capsys, "keys", "new", "--out", str(tmp_path / role))
+    pki = identities.pki
+    agreement = tmp_path / "agreement.json"
     run(
         capsys,
         "agreement",
@@ -35,13 +42,73 @@ def test_encode_upload_watch_results(
         "cli test",
         "--requester",
         "A",
+        "--requester-key",
+        str(tmp_path / "requester" / "signing.pub"),
+        "--requester-cert",
+        str(pki.party_certs["requester"]),
         "--custodian",
         "B",
-        "--custodian-release",
-        "own_rows",
+        "--custodian-key",
+        str(tmp_path / "custodian" / "signing.pub"),
+        "--custodian-cert",
+        str(pki.party_certs["custodian"]),
         "--out",
-        str(tmp_path / "agreement.json"),
+        str(agreement),
     )
+    assert main(["agreement", "verify", str(agreement)]) == 1
+    assert "has not signed" in capsys.readouterr().out
+    run(
+        capsys,
+        "agreement",
+        "sign",
+        str(agreement),
+        "--role",
+        "requester",
+        "--key",
+        str(tmp_path / "requester" / "signing.key"),
+    )
+    # The custodian's key cannot sign as the requester, nor the requester's as the custodian.
+    assert (
+        main(
+            [
+                "agreement",
+                "sign",
+                str(agreement),
+                "--role",
+                "custodian",
+                "--key",
+                str(tmp_path / "requester" / "signing.key"),
+            ]
+        )
+        == 2
+    )
+    run(
+        capsys,
+        "agreement",
+        "sign",
+        str(agreement),
+        "--role",
+        "custodian",
+        "--key",
+        str(tmp_path / "custodian" / "signing.key"),
+    )
+    assert "signed by both parties" in run(capsys, "agreement", "verify", str(agreement))
+
+
+def test_encode_upload_watch_results(
+    tmp_path: Path,
+    address: str,
+    identities: Identities,
+    make_agreement,
+    schema: LinkageSchema,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = generate_datasets(tmp_path / "data", 400, 0.5, seed=5)
+    secret = tmp_path / "secret"
+    run(capsys, "secret", "new", "--out", str(secret))
+    agreement = tmp_path / "agreement.json"
+    agreement.write_bytes(make_agreement(custodian_release="own_rows"))
+    req, cus = tls_args(identities, "requester"), tls_args(identities, "custodian")
     project = run(
         capsys,
         "project",
@@ -50,35 +117,13 @@ def test_encode_upload_watch_results(
         address,
         "--party",
         "requester",
+        *req,
         "--agreement",
-        str(tmp_path / "agreement.json"),
+        str(agreement),
     ).strip()
     assert len(project) == 64
 
-    # The requester uses blindlink's encoder...
-    run(
-        capsys,
-        "encode",
-        str(files.requester),
-        "--secret-file",
-        str(secret),
-        "--out",
-        str(tmp_path / "r.bin"),
-        "--id-map",
-        str(tmp_path / "r.json"),
-    )
-    run(
-        capsys,
-        "upload",
-        "--server",
-        address,
-        "--party",
-        "requester",
-        "--project",
-        project,
-        str(tmp_path / "r.bin"),
-    )
-    # ...the custodian uploads clkhash's own JSON output, made with the same schema and secret.
+    # The custodian uploads clkhash's own JSON output, made with the same schema and secret...
     with open(files.custodian, encoding="utf-8") as f:
         clks = clk.generate_clk_from_csv(
             f, secret.read_bytes().strip(), schema.clkhash, progress_bar=False, max_workers=1
@@ -91,6 +136,7 @@ def test_encode_upload_watch_results(
         address,
         "--party",
         "custodian",
+        *cus,
         "--project",
         project,
         str(tmp_path / "c.json"),
@@ -98,14 +144,43 @@ def test_encode_upload_watch_results(
         str(default_schema_path()),
     )
     assert "uploaded 400 encodings as custodian" in out
+    # ...the requester uses blindlink's encoder.
+    run(
+        capsys,
+        "encode",
+        str(files.requester),
+        "--secret-file",
+        str(secret),
+        "--out",
+        str(tmp_path / "r.bin"),
+        "--id-map",
+        str(tmp_path / "r.json"),
+    )
+    out = run(
+        capsys,
+        "upload",
+        "--server",
+        address,
+        "--party",
+        "requester",
+        *req,
+        "--project",
+        project,
+        str(tmp_path / "r.bin"),
+        "--receipt",
+        str(tmp_path / "receipt.json"),
+    )
+    assert "run " in out
+    assert json.loads((tmp_path / "receipt.json").read_text())["kind"] == "upload_committed"
 
-    assert "run: done" in run(
+    assert "done" in run(
         capsys,
         "status",
         "--server",
         address,
         "--party",
         "requester",
+        *req,
         "--project",
         project,
         "--watch",
@@ -117,6 +192,7 @@ def test_encode_upload_watch_results(
         address,
         "--party",
         "requester",
+        *req,
         "--project",
         project,
         "--id-map",
@@ -140,6 +216,7 @@ def test_encode_upload_watch_results(
         address,
         "--party",
         "custodian",
+        *cus,
         "--project",
         project,
         "--id-map",
@@ -154,6 +231,29 @@ def test_encode_upload_watch_results(
     assert len(custodian_released & {truth[r] for r in released if r in truth}) >= 0.95 * len(
         released
     )
+
+
+def test_party_commands_need_tls_material(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["status", "--server", "127.0.0.1:1", "--party", "requester", "--project", "x"]) == 2
+    )
+    assert "no TLS material" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "status",
+                "--server",
+                "example.org:443",
+                "--party",
+                "requester",
+                "--project",
+                "x",
+                "--insecure",
+            ]
+        )
+        == 2
+    )
+    assert "only for servers on loopback" in capsys.readouterr().err
 
 
 def test_schema_hash_matches_the_loaded_schema(

@@ -12,7 +12,7 @@ import csv
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,27 +85,35 @@ def found_in(haystack: bytes, needles: set[bytes]) -> set[bytes]:
 
 @pytest.fixture
 def linked(
-    tmp_path: Path, schema: LinkageSchema, make_agreement, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    schema: LinkageSchema,
+    make_agreement: Callable[..., bytes],
+    caplog: pytest.LogCaptureFixture,
 ) -> Iterator[tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]]]:
     caplog.set_level(logging.DEBUG)
     files = generate_datasets(tmp_path / "data", 300, 0.5, seed=11)
-    server = start_server(tmp_path / "server", "127.0.0.1:0")
+    # Plaintext gRPC on loopback, so that the proxy records exactly the bytes the server's
+    # application receives; with TLS it would record ciphertext and prove nothing.
+    server = start_server(tmp_path / "server", "127.0.0.1:0", None)
     proxy = RecordingProxy(server.port)
     address = f"127.0.0.1:{proxy.port}"
     releases = {}
     try:
         with (
-            LinkageClient(address, "requester") as requester,
-            LinkageClient(address, "custodian") as custodian,
+            LinkageClient(address, "requester", None) as requester,
+            LinkageClient(address, "custodian", None) as custodian,
         ):
             project = requester.create_project(make_agreement(custodian_release="pairs"))
-            for client, csv_path in ((requester, files.requester), (custodian, files.custodian)):
+            run_id = ""
+            for client, csv_path in ((custodian, files.custodian), (requester, files.requester)):
                 out = tmp_path / client.party
                 out.mkdir()
                 encode_csv(csv_path, schema, SECRET, out / "enc.bin", out / "ids.json")
-                client.upload(project.project_id, out / "enc.bin")
-            assert list(requester.watch(project.project_id))[-1].state == pb.RUN_STATE_DONE
-            releases = {c.party: c.release(project.project_id) for c in (requester, custodian)}
+                run_id = client.upload(project.project_id, out / "enc.bin").run_id
+            assert requester.wait(project.project_id, run_id).state == pb.RUN_STATE_DONE
+            releases = {
+                c.party: c.release(project.project_id, run_id) for c in (requester, custodian)
+            }
             requester.status(project.project_id)
         yield server, proxy, tmp_path / "data", releases
     finally:

@@ -1,4 +1,5 @@
-"""The linkage server over real gRPC sockets: uploads, refusals that change nothing, releases."""
+"""The linkage server over real gRPC sockets with mutual TLS: uploads, refusals that change
+nothing, runs and releases."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import Identities
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema
+from blindlink.security.tls import channel_credentials
 from blindlink.server.app import RunningServer
 
 BITS = 1024
@@ -33,7 +37,7 @@ def random_rows(n: int, seed: int, bits: int = BITS) -> np.ndarray:
 
 
 def snapshot(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
-    """Every table row and every non-database file under the data dir."""
+    """Every row of every table and every non-database file under the data dir."""
     db = sqlite3.connect(server.store.data_dir / "blindlink.db")
     rows = [line for line in db.iterdump() if line.startswith("INSERT")]
     db.close()
@@ -45,9 +49,16 @@ def snapshot(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
     return rows, files
 
 
-def raw_upload(address: str, party: str, messages: list[pb.UploadRequest]) -> None:
-    with grpc.insecure_channel(address) as channel:
-        pb_grpc.LinkageStub(channel).Upload(iter(messages), metadata=(("blindlink-party", party),))
+def secure_channel(address: str, identities: Identities, role: str) -> grpc.Channel:
+    tls = identities.tls(role)
+    return grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key))
+
+
+def raw_upload(
+    address: str, identities: Identities, messages: list[pb.UploadRequest], role: str = "requester"
+) -> pb.UploadReceipt:
+    with secure_channel(address, identities, role) as channel:
+        return pb_grpc.LinkageStub(channel).Upload(iter(messages))
 
 
 def header_for(
@@ -70,19 +81,12 @@ def project(requester: LinkageClient, make_agreement: Callable[..., bytes]) -> s
     return requester.create_project(make_agreement()).project_id
 
 
-def wait_done(client: LinkageClient, project_id: str) -> pb.RunProgress:
-    updates = list(client.watch(project_id))
-    return updates[-1]
-
-
-def test_health_and_reflection_are_served(address: str) -> None:
-    with grpc.insecure_channel(address) as channel:
+def test_health_and_reflection_are_served(address: str, identities: Identities) -> None:
+    with secure_channel(address, identities, "requester") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage")
         )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
@@ -96,6 +100,7 @@ def test_create_project_twice_is_refused(
 ) -> None:
     first = requester.create_project(make_agreement())
     assert first.project_id == hashlib.sha256(first.agreement).hexdigest()
+    assert first.server_public_key.startswith("ed25519:")
     with pytest.raises(ServerError) as err:
         requester.create_project(make_agreement())
     assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
@@ -108,12 +113,6 @@ def test_invalid_agreement_is_refused(requester: LinkageClient, server: RunningS
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "parties" in err.value.details
     assert snapshot(server) == before
-
-
-def test_call_without_party_is_unauthenticated(address: str, project: str) -> None:
-    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
-        pb_grpc.LinkageStub(channel).GetStatus(pb.GetStatusRequest(project_id=project))
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_upload_to_unknown_project(
@@ -136,13 +135,13 @@ def test_upload_to_unknown_project(
             grpc.StatusCode.FAILED_PRECONDITION,
             "different linkage schema",
         ),
-        ({"count": 20_000}, grpc.StatusCode.FAILED_PRECONDITION, "limit of 10000"),
         ({"count": 0}, grpc.StatusCode.INVALID_ARGUMENT, "at least one"),
         ({"content_sha256": b"short"}, grpc.StatusCode.INVALID_ARGUMENT, "32 bytes"),
     ],
 )
 def test_bad_upload_header_is_refused_and_changes_nothing(
     address: str,
+    identities: Identities,
     server: RunningServer,
     project: str,
     schema: LinkageSchema,
@@ -155,7 +154,7 @@ def test_bad_upload_header_is_refused_and_changes_nothing(
     with pytest.raises(grpc.RpcError) as err:
         raw_upload(
             address,
-            "requester",
+            identities,
             [
                 header_for(project, rows, schema.sha256, **change),
                 pb.UploadRequest(encodings=rows.tobytes()),
@@ -184,7 +183,12 @@ def test_wrong_bit_length_encodings_file_is_refused(
 
 @pytest.mark.parametrize("kind", ["truncated", "oversized", "altered", "no header", "two headers"])
 def test_bad_upload_stream_is_refused_and_changes_nothing(
-    address: str, server: RunningServer, project: str, schema: LinkageSchema, kind: str
+    address: str,
+    identities: Identities,
+    server: RunningServer,
+    project: str,
+    schema: LinkageSchema,
+    kind: str,
 ) -> None:
     rows = random_rows(10, 4)
     header = header_for(project, rows, schema.sha256)
@@ -198,16 +202,16 @@ def test_bad_upload_stream_is_refused_and_changes_nothing(
     }[kind]
     before = snapshot(server)
     with pytest.raises(grpc.RpcError) as err:
-        raw_upload(address, "requester", messages)
+        raw_upload(address, identities, messages)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details()
     assert snapshot(server) == before
-    # The refused upload left the slot free: a correct one is accepted.
-    raw_upload(address, "requester", [header, pb.UploadRequest(encodings=data)])
+    # The refused upload left the project as it was: a correct one is accepted.
+    assert raw_upload(address, identities, [header, pb.UploadRequest(encodings=data)]).run_id
 
 
 def test_cancelled_upload_stream_leaves_nothing(
-    address: str, server: RunningServer, project: str, schema: LinkageSchema
+    address: str, identities: Identities, server: RunningServer, project: str, schema: LinkageSchema
 ) -> None:
     rows = random_rows(10, 5)
     before = snapshot(server)
@@ -219,10 +223,8 @@ def test_cancelled_upload_stream_leaves_nothing(
         sent_half.append(True)
         time.sleep(30)  # the client gives up long before this
 
-    with grpc.insecure_channel(address) as channel:
-        future = pb_grpc.LinkageStub(channel).Upload.future(
-            messages(), metadata=(("blindlink-party", "requester"),)
-        )
+    with secure_channel(address, identities, "requester") as channel:
+        future = pb_grpc.LinkageStub(channel).Upload.future(messages())
         deadline = time.monotonic() + 10
         while not sent_half and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -234,20 +236,20 @@ def test_cancelled_upload_stream_leaves_nothing(
     assert snapshot(server) == before
 
 
-def test_duplicate_upload_is_refused_and_keeps_the_first(
-    requester: LinkageClient,
+def test_duplicate_custodian_upload_is_refused_and_keeps_the_first(
+    custodian: LinkageClient,
     server: RunningServer,
     project: str,
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
     first = make_encodings(tmp_path / "a.bin", random_rows(5, 6), schema.sha256)
-    requester.upload(project, first)
+    custodian.upload(project, first)
     before = snapshot(server)
     second = make_encodings(tmp_path / "b.bin", random_rows(5, 7), schema.sha256)
     for path in (first, second):
         with pytest.raises(ServerError) as err:
-            requester.upload(project, path)
+            custodian.upload(project, path)
         assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert snapshot(server) == before
 
@@ -259,26 +261,51 @@ def _shared_rows() -> tuple[np.ndarray, np.ndarray]:
     return requester_rows, custodian_rows
 
 
-def _run_project(
+def run_project(
     requester: LinkageClient,
     custodian: LinkageClient,
-    make_agreement: Callable[..., bytes],
+    agreement: bytes,
     schema: LinkageSchema,
     tmp_path: Path,
-    **policy: object,
-) -> str:
-    project = requester.create_project(make_agreement(**policy)).project_id
+) -> tuple[str, str]:
+    """Create a project, upload both sides, wait for the run: (project ID, run ID)."""
+    project = requester.create_project(agreement).project_id
     req_rows, cus_rows = _shared_rows()
-    requester.upload(project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256))
     custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
-    assert wait_done(requester, project).state == pb.RUN_STATE_DONE
-    return project
+    run_id = requester.upload(
+        project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256)
+    ).run_id
+    assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
+    return project, run_id
 
 
-def test_release_before_the_run_is_refused(requester: LinkageClient, project: str) -> None:
+def test_release_before_the_run_is_refused(
+    requester: LinkageClient, project: str, schema: LinkageSchema, tmp_path: Path
+) -> None:
+    run_id = requester.upload(
+        project, make_encodings(tmp_path / "r.bin", random_rows(5, 8), schema.sha256)
+    ).run_id
     with pytest.raises(ServerError) as err:
-        requester.release(project)
+        requester.release(project, run_id)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "waiting" in err.value.details
+
+
+def test_requester_batch_waits_for_the_custodian(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    req_rows, cus_rows = _shared_rows()
+    run_id = requester.upload(
+        project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256)
+    ).run_id
+    assert next(requester.watch(project, run_id)).state == pb.RUN_STATE_WAITING_FOR_UPLOADS
+    custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
+    assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
+    assert list(requester.release(project, run_id).own_rows) == list(range(10))
 
 
 def test_own_rows_for_requester_count_for_custodian(
@@ -288,12 +315,12 @@ def test_own_rows_for_requester_count_for_custodian(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    project = _run_project(requester, custodian, make_agreement, schema, tmp_path)
-    mine = requester.release(project)
+    project, run_id = run_project(requester, custodian, make_agreement(), schema, tmp_path)
+    mine = requester.release(project, run_id)
     assert mine.kind == pb.RELEASE_KIND_OWN_ROWS
     assert list(mine.own_rows) == list(range(10))
     assert list(mine.other_rows) == []
-    theirs = custodian.release(project)
+    theirs = custodian.release(project, run_id)
     assert theirs.kind == pb.RELEASE_KIND_COUNT
     assert theirs.match_count == 10
     assert list(theirs.own_rows) == [] and list(theirs.other_rows) == []
@@ -306,19 +333,12 @@ def test_pairs_and_nothing(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    project = _run_project(
-        requester,
-        custodian,
-        make_agreement,
-        schema,
-        tmp_path,
-        requester_release="nothing",
-        custodian_release="pairs",
-    )
-    assert requester.release(project) == pb.Release(
-        project_id=project, party="requester", kind=pb.RELEASE_KIND_NOTHING
-    )
-    pairs = custodian.release(project)
+    agreement = make_agreement(requester_release="nothing", custodian_release="pairs")
+    project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
+    nothing = requester.release(project, run_id)
+    assert nothing.kind == pb.RELEASE_KIND_NOTHING
+    assert (nothing.match_count, list(nothing.own_rows), list(nothing.other_rows)) == (0, [], [])
+    pairs = custodian.release(project, run_id)
     assert pairs.kind == pb.RELEASE_KIND_PAIRS
     assert sorted(zip(pairs.own_rows, pairs.other_rows, strict=True)) == [
         (10 + i, 9 - i) for i in range(10)
@@ -332,16 +352,15 @@ def test_custodian_own_rows(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    project = _run_project(
-        requester, custodian, make_agreement, schema, tmp_path, custodian_release="own_rows"
+    project, run_id = run_project(
+        requester, custodian, make_agreement(custodian_release="own_rows"), schema, tmp_path
     )
-    assert list(custodian.release(project).own_rows) == list(range(10, 20))
+    assert list(custodian.release(project, run_id).own_rows) == list(range(10, 20))
 
 
 def test_status_hides_the_other_partys_count(
     requester: LinkageClient,
     custodian: LinkageClient,
-    make_agreement: Callable[..., bytes],
     project: str,
     schema: LinkageSchema,
     tmp_path: Path,
@@ -351,22 +370,24 @@ def test_status_hides_the_other_partys_count(
     other = {u.party: u for u in custodian.status(project).uploads}
     assert own["requester"].uploaded and own["requester"].count == 7
     assert other["requester"].uploaded and other["requester"].count == 0
-    assert custodian.status(project).run.state == pb.RUN_STATE_WAITING_FOR_UPLOADS
+    assert not other["requester"].upload_id
+    assert not own["custodian"].uploaded
 
 
 def test_delete_removes_encodings_and_results(
     requester: LinkageClient,
     custodian: LinkageClient,
-    make_agreement: Callable[..., bytes],
     server: RunningServer,
+    make_agreement: Callable[..., bytes],
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    project = _run_project(requester, custodian, make_agreement, schema, tmp_path)
-    custodian.delete(project)
+    project, run_id = run_project(requester, custodian, make_agreement(), schema, tmp_path)
+    receipt = custodian.delete(project).receipt
+    assert '"data_deleted"' in receipt
     assert list(server.store.encodings_dir.iterdir()) == []
     rows, _ = snapshot(server)
-    assert rows == []
+    assert [r for r in rows if not r.startswith('INSERT INTO "audit_log"')] == []
     with pytest.raises(ServerError) as err:
-        requester.release(project)
+        requester.release(project, run_id)
     assert err.value.code == grpc.StatusCode.NOT_FOUND

@@ -24,45 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62lindlink/v1/linkage.proto\x12\x0c\x62lindlink.v1\")\n\x14\x43reateProjectRequest\x12\x11\n\tagreement\x18\x01 \x01(\x0c\"0\n\x07Project\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tagreement\x18\x02 \x01(\x0c\"t\n\x0cUploadHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nbit_length\x18\x03 \x01(\r\x12\x15\n\rschema_sha256\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\"Z\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.blindlink.v1.UploadHeaderH\x00\x12\x13\n\tencodings\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"Y\n\rUploadReceipt\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\"%\n\x0fWatchRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"q\n\x0bRunProgress\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\"\'\n\x11GetReleaseRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x90\x01\n\x07Release\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.blindlink.v1.ReleaseKind\x12\x13\n\x0bmatch_count\x18\x04 \x01(\x04\x12\x10\n\x08own_rows\x18\x05 \x03(\r\x12\x12\n\nother_rows\x18\x06 \x03(\r\"&\n\x10GetStatusRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"=\n\x0bPartyUpload\x12\r\n\x05party\x18\x01 \x01(\t\x12\x10\n\x08uploaded\x18\x02 \x01(\x08\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"w\n\rProjectStatus\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x07uploads\x18\x02 \x03(\x0b\x32\x19.blindlink.v1.PartyUpload\x12&\n\x03run\x18\x03 \x01(\x0b\x32\x19.blindlink.v1.RunProgress\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProjectResponse*\x9f\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_STATE_WAITING_FOR_UPLOADS\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x12\n\x0eRUN_STATE_DONE\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05*\x90\x01\n\x0bReleaseKind\x12\x1c\n\x18RELEASE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_KIND_OWN_ROWS\x10\x01\x12\x16\n\x12RELEASE_KIND_PAIRS\x10\x02\x12\x16\n\x12RELEASE_KIND_COUNT\x10\x03\x12\x18\n\x14RELEASE_KIND_NOTHING\x10\x04\x32\xcd\x03\n\x07Linkage\x12J\n\rCreateProject\x12\".blindlink.v1.CreateProjectRequest\x1a\x15.blindlink.v1.Project\x12\x44\n\x06Upload\x12\x1b.blindlink.v1.UploadRequest\x1a\x1b.blindlink.v1.UploadReceipt(\x01\x12\x46\n\x08WatchRun\x12\x1d.blindlink.v1.WatchRunRequest\x1a\x19.blindlink.v1.RunProgress0\x01\x12\x44\n\nGetRelease\x12\x1f.blindlink.v1.GetReleaseRequest\x1a\x15.blindlink.v1.Release\x12H\n\tGetStatus\x12\x1e.blindlink.v1.GetStatusRequest\x1a\x1b.blindlink.v1.ProjectStatus\x12X\n\rDeleteProject\x12\".blindlink.v1.DeleteProjectRequest\x1a#.blindlink.v1.DeleteProjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62lindlink/v1/linkage.proto\x12\x0c\x62lindlink.v1\"0\n\x14\x43reateProjectRequest\x12\x18\n\x10signed_agreement\x18\x01 \x01(\x0c\"\\\n\x07Project\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tagreement\x18\x02 \x01(\x0c\x12\x19\n\x11server_public_key\x18\x03 \x01(\t\x12\x0f\n\x07receipt\x18\x04 \x01(\t\"\x87\x01\n\x0cUploadHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nbit_length\x18\x03 \x01(\r\x12\x15\n\rschema_sha256\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x11\n\tthreshold\x18\x06 \x01(\x01\"Z\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.blindlink.v1.UploadHeaderH\x00\x12\x13\n\tencodings\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8d\x01\n\rUploadReceipt\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12\x11\n\tupload_id\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x0f\n\x07receipt\x18\x07 \x01(\t\"5\n\x0fWatchRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\x81\x01\n\x0bRunProgress\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"7\n\x11\x41pproveRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xbe\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x16\n\x0e\x63ounts_visible\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_count\x18\x06 \x01(\x04\x12\x16\n\x0ewithheld_count\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\"7\n\x11GetReleaseRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xc9\x01\n\x07Release\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.blindlink.v1.ReleaseKind\x12\x13\n\x0bmatch_count\x18\x04 \x01(\x04\x12\x10\n\x08own_rows\x18\x05 \x03(\r\x12\x12\n\nother_rows\x18\x06 \x03(\r\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x16\n\x0ewithheld_count\x18\x08 \x01(\x04\x12\x0f\n\x07receipt\x18\t \x01(\t\"&\n\x10GetStatusRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"P\n\x0bPartyUpload\x12\r\n\x05party\x18\x01 \x01(\t\x12\x10\n\x08uploaded\x18\x02 \x01(\x08\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x11\n\tupload_id\x18\x04 \x01(\t\"w\n\rProjectStatus\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x07uploads\x18\x02 \x03(\x0b\x32\x19.blindlink.v1.PartyUpload\x12&\n\x04runs\x18\x03 \x03(\x0b\x32\x18.blindlink.v1.RunSummary\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteProjectResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\t*\x9f\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_STATE_WAITING_FOR_UPLOADS\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x12\n\x0eRUN_STATE_DONE\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05*\x90\x01\n\x0bReleaseKind\x12\x1c\n\x18RELEASE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_KIND_OWN_ROWS\x10\x01\x12\x16\n\x12RELEASE_KIND_PAIRS\x10\x02\x12\x16\n\x12RELEASE_KIND_COUNT\x10\x03\x12\x18\n\x14RELEASE_KIND_NOTHING\x10\x04\x32\x96\x04\n\x07Linkage\x12J\n\rCreateProject\x12\".blindlink.v1.CreateProjectRequest\x1a\x15.blindlink.v1.Project\x12\x44\n\x06Upload\x12\x1b.blindlink.v1.UploadRequest\x1a\x1b.blindlink.v1.UploadReceipt(\x01\x12\x46\n\x08WatchRun\x12\x1d.blindlink.v1.WatchRunRequest\x1a\x19.blindlink.v1.RunProgress0\x01\x12G\n\nApproveRun\x12\x1f.blindlink.v1.ApproveRunRequest\x1a\x18.blindlink.v1.RunSummary\x12\x44\n\nGetRelease\x12\x1f.blindlink.v1.GetReleaseRequest\x1a\x15.blindlink.v1.Release\x12H\n\tGetStatus\x12\x1e.blindlink.v1.GetStatusRequest\x1a\x1b.blindlink.v1.ProjectStatus\x12X\n\rDeleteProject\x12\".blindlink.v1.DeleteProjectRequest\x1a#.blindlink.v1.DeleteProjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'blindlink.v1.linkage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=1074
-  _globals['_RUNSTATE']._serialized_end=1233
-  _globals['_RELEASEKIND']._serialized_start=1236
-  _globals['_RELEASEKIND']._serialized_end=1380
+  _globals['_RUNSTATE']._serialized_start=1590
+  _globals['_RUNSTATE']._serialized_end=1749
+  _globals['_RELEASEKIND']._serialized_start=1752
+  _globals['_RELEASEKIND']._serialized_end=1896
   _globals['_CREATEPROJECTREQUEST']._serialized_start=44
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=85
-  _globals['_PROJECT']._serialized_start=87
-  _globals['_PROJECT']._serialized_end=135
-  _globals['_UPLOADHEADER']._serialized_start=137
-  _globals['_UPLOADHEADER']._serialized_end=253
-  _globals['_UPLOADREQUEST']._serialized_start=255
-  _globals['_UPLOADREQUEST']._serialized_end=345
-  _globals['_UPLOADRECEIPT']._serialized_start=347
-  _globals['_UPLOADRECEIPT']._serialized_end=436
-  _globals['_WATCHRUNREQUEST']._serialized_start=438
-  _globals['_WATCHRUNREQUEST']._serialized_end=475
-  _globals['_RUNPROGRESS']._serialized_start=477
-  _globals['_RUNPROGRESS']._serialized_end=590
-  _globals['_GETRELEASEREQUEST']._serialized_start=592
-  _globals['_GETRELEASEREQUEST']._serialized_end=631
-  _globals['_RELEASE']._serialized_start=634
-  _globals['_RELEASE']._serialized_end=778
-  _globals['_GETSTATUSREQUEST']._serialized_start=780
-  _globals['_GETSTATUSREQUEST']._serialized_end=818
-  _globals['_PARTYUPLOAD']._serialized_start=820
-  _globals['_PARTYUPLOAD']._serialized_end=881
-  _globals['_PROJECTSTATUS']._serialized_start=883
-  _globals['_PROJECTSTATUS']._serialized_end=1002
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=1004
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=1046
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1048
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1071
-  _globals['_LINKAGE']._serialized_start=1383
-  _globals['_LINKAGE']._serialized_end=1844
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=92
+  _globals['_PROJECT']._serialized_start=94
+  _globals['_PROJECT']._serialized_end=186
+  _globals['_UPLOADHEADER']._serialized_start=189
+  _globals['_UPLOADHEADER']._serialized_end=324
+  _globals['_UPLOADREQUEST']._serialized_start=326
+  _globals['_UPLOADREQUEST']._serialized_end=416
+  _globals['_UPLOADRECEIPT']._serialized_start=419
+  _globals['_UPLOADRECEIPT']._serialized_end=560
+  _globals['_WATCHRUNREQUEST']._serialized_start=562
+  _globals['_WATCHRUNREQUEST']._serialized_end=615
+  _globals['_RUNPROGRESS']._serialized_start=618
+  _globals['_RUNPROGRESS']._serialized_end=747
+  _globals['_APPROVERUNREQUEST']._serialized_start=749
+  _globals['_APPROVERUNREQUEST']._serialized_end=804
+  _globals['_RUNSUMMARY']._serialized_start=807
+  _globals['_RUNSUMMARY']._serialized_end=997
+  _globals['_GETRELEASEREQUEST']._serialized_start=999
+  _globals['_GETRELEASEREQUEST']._serialized_end=1054
+  _globals['_RELEASE']._serialized_start=1057
+  _globals['_RELEASE']._serialized_end=1258
+  _globals['_GETSTATUSREQUEST']._serialized_start=1260
+  _globals['_GETSTATUSREQUEST']._serialized_end=1298
+  _globals['_PARTYUPLOAD']._serialized_start=1300
+  _globals['_PARTYUPLOAD']._serialized_end=1380
+  _globals['_PROJECTSTATUS']._serialized_start=1382
+  _globals['_PROJECTSTATUS']._serialized_end=1501
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=1503
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=1545
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1547
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=1587
+  _globals['_LINKAGE']._serialized_start=1899
+  _globals['_LINKAGE']._serialized_end=2433
 # @@protoc_insertion_point(module_scope)

@@ -36,32 +36,38 @@ RELEASE_KIND_COUNT: ReleaseKind
 RELEASE_KIND_NOTHING: ReleaseKind
 
 class CreateProjectRequest(_message.Message):
-    __slots__ = ("agreement",)
-    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
-    agreement: bytes
-    def __init__(self, agreement: _Optional[bytes] = ...) -> None: ...
+    __slots__ = ("signed_agreement",)
+    SIGNED_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    signed_agreement: bytes
+    def __init__(self, signed_agreement: _Optional[bytes] = ...) -> None: ...
 
 class Project(_message.Message):
-    __slots__ = ("project_id", "agreement")
+    __slots__ = ("project_id", "agreement", "server_public_key", "receipt")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     agreement: bytes
-    def __init__(self, project_id: _Optional[str] = ..., agreement: _Optional[bytes] = ...) -> None: ...
+    server_public_key: str
+    receipt: str
+    def __init__(self, project_id: _Optional[str] = ..., agreement: _Optional[bytes] = ..., server_public_key: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256")
+    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256", "threshold")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BIT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_SHA256_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     count: int
     bit_length: int
     schema_sha256: str
     content_sha256: bytes
-    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ...) -> None: ...
+    threshold: float
+    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "encodings")
@@ -72,58 +78,104 @@ class UploadRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., encodings: _Optional[bytes] = ...) -> None: ...
 
 class UploadReceipt(_message.Message):
-    __slots__ = ("project_id", "party", "count", "content_sha256")
+    __slots__ = ("project_id", "party", "count", "content_sha256", "upload_id", "run_id", "receipt")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     party: str
     count: int
     content_sha256: bytes
-    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., count: _Optional[int] = ..., content_sha256: _Optional[bytes] = ...) -> None: ...
+    upload_id: str
+    run_id: str
+    receipt: str
+    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., count: _Optional[int] = ..., content_sha256: _Optional[bytes] = ..., upload_id: _Optional[str] = ..., run_id: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("project_id",)
+    __slots__ = ("project_id", "run_id")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     project_id: str
-    def __init__(self, project_id: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, project_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class RunProgress(_message.Message):
-    __slots__ = ("state", "stage", "done", "total", "message")
+    __slots__ = ("state", "stage", "done", "total", "message", "run_id")
     STATE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     state: RunState
     stage: str
     done: int
     total: int
     message: str
-    def __init__(self, state: _Optional[_Union[RunState, str]] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, state: _Optional[_Union[RunState, str]] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class ApproveRunRequest(_message.Message):
+    __slots__ = ("project_id", "run_id")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    run_id: str
+    def __init__(self, project_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class RunSummary(_message.Message):
+    __slots__ = ("run_id", "state", "threshold", "approved", "counts_visible", "match_count", "withheld_count", "message")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_VISIBLE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    state: RunState
+    threshold: float
+    approved: bool
+    counts_visible: bool
+    match_count: int
+    withheld_count: int
+    message: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., threshold: _Optional[float] = ..., approved: _Optional[bool] = ..., counts_visible: _Optional[bool] = ..., match_count: _Optional[int] = ..., withheld_count: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetReleaseRequest(_message.Message):
-    __slots__ = ("project_id",)
+    __slots__ = ("project_id", "run_id")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     project_id: str
-    def __init__(self, project_id: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, project_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Release(_message.Message):
-    __slots__ = ("project_id", "party", "kind", "match_count", "own_rows", "other_rows")
+    __slots__ = ("project_id", "party", "kind", "match_count", "own_rows", "other_rows", "run_id", "withheld_count", "receipt")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
     OWN_ROWS_FIELD_NUMBER: _ClassVar[int]
     OTHER_ROWS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     party: str
     kind: ReleaseKind
     match_count: int
     own_rows: _containers.RepeatedScalarFieldContainer[int]
     other_rows: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., kind: _Optional[_Union[ReleaseKind, str]] = ..., match_count: _Optional[int] = ..., own_rows: _Optional[_Iterable[int]] = ..., other_rows: _Optional[_Iterable[int]] = ...) -> None: ...
+    run_id: str
+    withheld_count: int
+    receipt: str
+    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., kind: _Optional[_Union[ReleaseKind, str]] = ..., match_count: _Optional[int] = ..., own_rows: _Optional[_Iterable[int]] = ..., other_rows: _Optional[_Iterable[int]] = ..., run_id: _Optional[str] = ..., withheld_count: _Optional[int] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("project_id",)
@@ -132,24 +184,26 @@ class GetStatusRequest(_message.Message):
     def __init__(self, project_id: _Optional[str] = ...) -> None: ...
 
 class PartyUpload(_message.Message):
-    __slots__ = ("party", "uploaded", "count")
+    __slots__ = ("party", "uploaded", "count", "upload_id")
     PARTY_FIELD_NUMBER: _ClassVar[int]
     UPLOADED_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     party: str
     uploaded: bool
     count: int
-    def __init__(self, party: _Optional[str] = ..., uploaded: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
+    upload_id: str
+    def __init__(self, party: _Optional[str] = ..., uploaded: _Optional[bool] = ..., count: _Optional[int] = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class ProjectStatus(_message.Message):
-    __slots__ = ("project_id", "uploads", "run")
+    __slots__ = ("project_id", "uploads", "runs")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     UPLOADS_FIELD_NUMBER: _ClassVar[int]
-    RUN_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     uploads: _containers.RepeatedCompositeFieldContainer[PartyUpload]
-    run: RunProgress
-    def __init__(self, project_id: _Optional[str] = ..., uploads: _Optional[_Iterable[_Union[PartyUpload, _Mapping]]] = ..., run: _Optional[_Union[RunProgress, _Mapping]] = ...) -> None: ...
+    runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    def __init__(self, project_id: _Optional[str] = ..., uploads: _Optional[_Iterable[_Union[PartyUpload, _Mapping]]] = ..., runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
 
 class DeleteProjectRequest(_message.Message):
     __slots__ = ("project_id",)
@@ -158,5 +212,7 @@ class DeleteProjectRequest(_message.Message):
     def __init__(self, project_id: _Optional[str] = ...) -> None: ...
 
 class DeleteProjectResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: str
+    def __init__(self, receipt: _Optional[str] = ...) -> None: ...

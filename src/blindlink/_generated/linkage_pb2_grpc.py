@@ -26,12 +26,13 @@ if _version_not_supported:
 
 
 class LinkageStub:
-    """The linkage service. A project is created from an agreement between a requester and a
-    custodian; each party uploads its encodings; the server matches them and releases to each
-    party only what the agreement grants it.
+    """The linkage service. A project is created from an agreement signed by a requester and a
+    custodian. The custodian uploads its records once; the requester uploads batches, each of
+    which is matched against them in a run. Each party receives, per run, only what the agreement
+    grants it.
 
-    The calling party is identified by the transport (request metadata `blindlink-party`, the
-    party's role), never by a field in the request body.
+    The calling party is identified by its TLS client certificate (the agreement names each
+    party's certificate fingerprint), never by a field in the request.
     """
 
     def __init__(self, channel):
@@ -55,6 +56,11 @@ class LinkageStub:
                 request_serializer=blindlink_dot_v1_dot_linkage__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=blindlink_dot_v1_dot_linkage__pb2.RunProgress.FromString,
                 _registered_method=True)
+        self.ApproveRun = channel.unary_unary(
+                '/blindlink.v1.Linkage/ApproveRun',
+                request_serializer=blindlink_dot_v1_dot_linkage__pb2.ApproveRunRequest.SerializeToString,
+                response_deserializer=blindlink_dot_v1_dot_linkage__pb2.RunSummary.FromString,
+                _registered_method=True)
         self.GetRelease = channel.unary_unary(
                 '/blindlink.v1.Linkage/GetRelease',
                 request_serializer=blindlink_dot_v1_dot_linkage__pb2.GetReleaseRequest.SerializeToString,
@@ -73,37 +79,45 @@ class LinkageStub:
 
 
 class LinkageServicer:
-    """The linkage service. A project is created from an agreement between a requester and a
-    custodian; each party uploads its encodings; the server matches them and releases to each
-    party only what the agreement grants it.
+    """The linkage service. A project is created from an agreement signed by a requester and a
+    custodian. The custodian uploads its records once; the requester uploads batches, each of
+    which is matched against them in a run. Each party receives, per run, only what the agreement
+    grants it.
 
-    The calling party is identified by the transport (request metadata `blindlink-party`, the
-    party's role), never by a field in the request body.
+    The calling party is identified by its TLS client certificate (the agreement names each
+    party's certificate fingerprint), never by a field in the request.
     """
 
     def CreateProject(self, request, context):
-        """Create a project from an agreement. The project ID is the agreement's content hash.
+        """Create a project from a signed agreement. The project ID is the agreement's content hash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request_iterator, context):
-        """Upload the calling party's encodings: one header message, then encoding bytes in chunks.
+        """Upload encodings: one header message, then encoding bytes in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Stream run progress until the run is done or has failed.
+        """Stream a run's progress until it is done or has failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveRun(self, request, context):
+        """The custodian approves a finished run's counts, where the agreement requires approval.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRelease(self, request, context):
-        """Fetch the calling party's release, in the form the agreement grants it.
+        """Fetch the calling party's release of a run, in the form the agreement grants it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +155,11 @@ def add_LinkageServicer_to_server(servicer, server):
                     request_deserializer=blindlink_dot_v1_dot_linkage__pb2.WatchRunRequest.FromString,
                     response_serializer=blindlink_dot_v1_dot_linkage__pb2.RunProgress.SerializeToString,
             ),
+            'ApproveRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRun,
+                    request_deserializer=blindlink_dot_v1_dot_linkage__pb2.ApproveRunRequest.FromString,
+                    response_serializer=blindlink_dot_v1_dot_linkage__pb2.RunSummary.SerializeToString,
+            ),
             'GetRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRelease,
                     request_deserializer=blindlink_dot_v1_dot_linkage__pb2.GetReleaseRequest.FromString,
@@ -165,12 +184,13 @@ def add_LinkageServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Linkage:
-    """The linkage service. A project is created from an agreement between a requester and a
-    custodian; each party uploads its encodings; the server matches them and releases to each
-    party only what the agreement grants it.
+    """The linkage service. A project is created from an agreement signed by a requester and a
+    custodian. The custodian uploads its records once; the requester uploads batches, each of
+    which is matched against them in a run. Each party receives, per run, only what the agreement
+    grants it.
 
-    The calling party is identified by the transport (request metadata `blindlink-party`, the
-    party's role), never by a field in the request body.
+    The calling party is identified by its TLS client certificate (the agreement names each
+    party's certificate fingerprint), never by a field in the request.
     """
 
     @staticmethod
@@ -244,6 +264,33 @@ class Linkage:
             '/blindlink.v1.Linkage/WatchRun',
             blindlink_dot_v1_dot_linkage__pb2.WatchRunRequest.SerializeToString,
             blindlink_dot_v1_dot_linkage__pb2.RunProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindlink.v1.Linkage/ApproveRun',
+            blindlink_dot_v1_dot_linkage__pb2.ApproveRunRequest.SerializeToString,
+            blindlink_dot_v1_dot_linkage__pb2.RunSummary.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,33 +1,30 @@
-"""The agreement document, its strict parsing, canonical bytes and content hash (the project ID).
+"""The agreement document: strict parsing against its published JSON Schema, canonical bytes,
+content hash (the project ID), and the signed envelope both parties sign.
 
-An agreement is a JSON object:
-
-    {
-      "blindlink_agreement": 1,
-      "reference": "DSA-2026-017",                  # the parties' own reference; makes IDs unique
-      "parties": {"requester": {"name": "..."}, "custodian": {"name": "..."}},
-      "encoding": {"schema_sha256": "<hex>", "bit_length": 1024},
-      "matching": {"threshold": 0.8},
-      "release": {"requester": "own_rows", "custodian": "count"},
-      "limits": {"max_records_per_upload": 2000000}
-    }
+The schema is `agreement.schema.json` beside this module (`blindlink agreement schema` prints
+it). A signed agreement is the envelope `{"agreement": {...}, "signatures": {role: sig}}`, each
+signature an Ed25519 signature over the agreement's canonical bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cache
+from importlib import resources
 from typing import Any
+
+import jsonschema
 
 from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import AgreementError
 
 FORMAT_VERSION = 1
 ROLES = ("requester", "custodian")
-DEFAULT_MAX_RECORDS = 10_000_000
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class ReleaseKind(StrEnum):
@@ -40,15 +37,39 @@ class ReleaseKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class Party:
+    role: str
+    name: str
+    public_key: str
+    certificate_sha256: str
+
+
+@dataclass(frozen=True)
 class Agreement:
-    reference: str
-    party_names: dict[str, str]
+    """A parsed, validated agreement. Field names follow the document's sections."""
+
+    document: dict[str, Any]
+    parties: dict[str, Party]
     schema_sha256: str
     bit_length: int
     threshold: float
+    threshold_floor: float
     release: dict[str, ReleaseKind]
+    ambiguity_margin: float
+    custodian_approval: bool
     max_records_per_upload: int
-    document: dict[str, Any]
+    period_seconds: int
+    max_uploads_per_period: int
+    max_records_per_period: int
+    valid_from: datetime
+    valid_until: datetime
+    delete_encodings_after_release: bool
+    encodings_ttl_seconds: int
+    results_ttl_seconds: int
+
+    @property
+    def reference(self) -> str:
+        return str(self.document["reference"])
 
     @property
     def canonical_bytes(self) -> bytes:
@@ -58,141 +79,161 @@ class Agreement:
     def project_id(self) -> str:
         return hashlib.sha256(self.canonical_bytes).hexdigest()
 
-    def other_role(self, role: str) -> str:
-        return ROLES[1 - ROLES.index(role)]
+    def role_for_certificate(self, fingerprint: str | None) -> str | None:
+        """The role whose TLS client certificate has this SHA-256, if any."""
+        for party in self.parties.values():
+            if fingerprint is not None and party.certificate_sha256 == fingerprint:
+                return party.role
+        return None
 
 
-_TOP_KEYS = {
-    "blindlink_agreement",
-    "reference",
-    "parties",
-    "encoding",
-    "matching",
-    "release",
-    "limits",
-}
+@cache
+def agreement_json_schema() -> dict[str, Any]:
+    """The published JSON Schema of the agreement document."""
+    text = (resources.files("blindlink.agreement") / "agreement.schema.json").read_text("utf-8")
+    return dict(json.loads(text))
+
+
+def load_json(raw: bytes, what: str) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AgreementError(f"{what} is not valid UTF-8 JSON: {exc}") from None
 
 
 def parse_agreement(raw: bytes) -> Agreement:
-    """Parse and validate agreement bytes; unknown keys and inconsistent settings are errors."""
-    try:
-        document = json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AgreementError(f"agreement is not UTF-8 JSON: {exc}") from None
-    section = _object(document, "agreement", _TOP_KEYS)
-    version = section.get("blindlink_agreement")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise AgreementError(f"agreement.blindlink_agreement must be {FORMAT_VERSION}")
-    reference = section.get("reference")
-    if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
-        raise AgreementError(
-            "agreement.reference must be a non-empty string (at most 200 characters)"
-        )
-    parties = _object(section.get("parties"), "parties", set(ROLES), required=set(ROLES))
-    names = {role: _party_name(parties[role], role) for role in ROLES}
-    encoding = _object(
-        section.get("encoding"),
-        "encoding",
-        {"schema_sha256", "bit_length"},
-        required={"schema_sha256", "bit_length"},
-    )
-    matching = _object(section.get("matching"), "matching", {"threshold"}, required={"threshold"})
-    release = _object(section.get("release"), "release", set(ROLES), required=set(ROLES))
-    limits = _object(section.get("limits", {}), "limits", {"max_records_per_upload"})
-    return Agreement(
-        reference=reference,
-        party_names=names,
-        schema_sha256=_schema_hash(encoding["schema_sha256"]),
-        bit_length=_bit_length(encoding["bit_length"]),
-        threshold=_threshold(matching["threshold"]),
-        release={role: _release_kind(release[role], role) for role in ROLES},
-        max_records_per_upload=_positive_int(
-            limits.get("max_records_per_upload", DEFAULT_MAX_RECORDS),
-            "limits.max_records_per_upload",
-        ),
+    """Parse and validate agreement bytes (the agreement object itself, not the envelope)."""
+    return agreement_from_document(load_json(raw, "agreement"))
+
+
+def agreement_from_document(document: Any) -> Agreement:
+    """Validate a document against the JSON Schema and the rules a schema cannot express."""
+    validator = jsonschema.Draft202012Validator(agreement_json_schema())
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = ".".join(str(p) for p in first.absolute_path) or "agreement"
+        raise AgreementError(f"{where}: {first.message}")
+    parties = {role: Party(role, **document["parties"][role]) for role in ROLES}
+    matching, release = document["matching"], document["release"]
+    limits, retention = document["limits"], document["retention"]
+    agreement = Agreement(
         document=document,
+        parties=parties,
+        schema_sha256=document["encoding"]["schema_sha256"],
+        bit_length=document["encoding"]["bit_length"],
+        threshold=float(matching["threshold"]),
+        threshold_floor=float(matching["threshold_floor"]),
+        release={role: ReleaseKind(release[role]) for role in ROLES},
+        ambiguity_margin=float(release["ambiguity_margin"]),
+        custodian_approval=release["custodian_approval"],
+        max_records_per_upload=limits["max_records_per_upload"],
+        period_seconds=limits["period_seconds"],
+        max_uploads_per_period=limits["max_uploads_per_period"],
+        max_records_per_period=limits["max_records_per_period"],
+        valid_from=parse_timestamp(limits["valid_from"], "limits.valid_from"),
+        valid_until=parse_timestamp(limits["valid_until"], "limits.valid_until"),
+        delete_encodings_after_release=retention["delete_encodings_after_release"],
+        encodings_ttl_seconds=retention["encodings_ttl_seconds"],
+        results_ttl_seconds=retention["results_ttl_seconds"],
     )
+    _check_consistency(agreement)
+    return agreement
 
 
-def _object(
-    value: Any, where: str, allowed: set[str], required: set[str] = frozenset()
-) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise AgreementError(f"{where} must be a JSON object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise AgreementError(
-            f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})"
-        )
-    missing = sorted(required - set(value))
-    if missing:
-        raise AgreementError(f"{where}: missing key '{missing[0]}'")
-    return value
+def _check_consistency(agreement: Agreement) -> None:
+    if agreement.threshold_floor > agreement.threshold:
+        raise AgreementError("matching.threshold_floor must not exceed matching.threshold")
+    if agreement.valid_from >= agreement.valid_until:
+        raise AgreementError("limits.valid_from must be before limits.valid_until")
+    requester, custodian = agreement.parties["requester"], agreement.parties["custodian"]
+    if requester.public_key == custodian.public_key:
+        raise AgreementError("parties: the requester and the custodian have the same public key")
+    if requester.certificate_sha256 == custodian.certificate_sha256:
+        raise AgreementError("parties: the requester and the custodian have the same certificate")
 
 
-def _party_name(value: Any, role: str) -> str:
-    party = _object(value, f"parties.{role}", {"name"}, required={"name"})
-    name = party["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise AgreementError(f"parties.{role}.name must be a non-empty string")
-    return name
-
-
-def _schema_hash(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise AgreementError(
-            "encoding.schema_sha256 must be 64 lowercase hex digits (see `blindlink schema hash`)"
-        )
-    return value
-
-
-def _bit_length(value: Any) -> int:
-    bits = _positive_int(value, "encoding.bit_length")
-    if bits % 8 or bits > 1 << 16:
-        raise AgreementError("encoding.bit_length must be a multiple of 8, at most 65536")
-    return bits
-
-
-def _threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise AgreementError("matching.threshold must be a number in (0, 1]")
-    return float(value)
-
-
-def _release_kind(value: Any, role: str) -> ReleaseKind:
+def parse_timestamp(text: str, where: str) -> datetime:
     try:
-        return ReleaseKind(value)
+        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
     except ValueError:
-        options = ", ".join(k.value for k in ReleaseKind)
-        raise AgreementError(f"release.{role} must be one of {options}") from None
+        raise AgreementError(
+            f"{where}: {text!r} is not a UTC time like 2026-12-01T00:00:00Z"
+        ) from None
 
 
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise AgreementError(f"{where} must be a positive integer")
-    return value
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+@dataclass(frozen=True)
+class PartyInfo:
+    """What names a party in a new agreement."""
+
+    name: str
+    public_key: str
+    certificate_sha256: str
 
 
 def new_agreement_document(
+    *,
     reference: str,
-    requester: str,
-    custodian: str,
+    requester: PartyInfo,
+    custodian: PartyInfo,
     schema_sha256: str,
     bit_length: int,
-    threshold: float,
+    threshold: float = 0.8,
+    threshold_floor: float | None = None,
     requester_release: str = "own_rows",
     custodian_release: str = "count",
-    max_records_per_upload: int = DEFAULT_MAX_RECORDS,
+    ambiguity_margin: float = 0.0,
+    custodian_approval: bool = False,
+    max_records_per_upload: int = 10_000_000,
+    period_seconds: int = 86_400,
+    max_uploads_per_period: int = 100,
+    max_records_per_period: int = 100_000_000,
+    valid_from: datetime | None = None,
+    valid_days: int = 365,
+    delete_encodings_after_release: bool = True,
+    encodings_ttl_seconds: int = 30 * 86_400,
+    results_ttl_seconds: int = 30 * 86_400,
 ) -> dict[str, Any]:
-    """A new agreement document, validated."""
+    """A new, validated agreement document. Validity starts now unless `valid_from` is given."""
+    start = (valid_from or datetime.now(UTC)).replace(microsecond=0)
     document = {
         "blindlink_agreement": FORMAT_VERSION,
         "reference": reference,
-        "parties": {"requester": {"name": requester}, "custodian": {"name": custodian}},
-        "encoding": {"schema_sha256": schema_sha256, "bit_length": bit_length},
-        "matching": {"threshold": threshold},
-        "release": {"requester": requester_release, "custodian": custodian_release},
-        "limits": {"max_records_per_upload": max_records_per_upload},
+        "parties": {
+            "requester": vars(requester).copy(),
+            "custodian": vars(custodian).copy(),
+        },
+        "encoding": {"schema_sha256": schema_sha256, "bit_length": bit_length, "hardening": []},
+        "matching": {
+            "threshold": threshold,
+            "threshold_floor": threshold if threshold_floor is None else threshold_floor,
+            "blocking": "none",
+            "solver": "greedy",
+        },
+        "release": {
+            "requester": requester_release,
+            "custodian": custodian_release,
+            "ambiguity_margin": ambiguity_margin,
+            "custodian_approval": custodian_approval,
+        },
+        "limits": {
+            "max_records_per_upload": max_records_per_upload,
+            "period_seconds": period_seconds,
+            "max_uploads_per_period": max_uploads_per_period,
+            "max_records_per_period": max_records_per_period,
+            "valid_from": format_timestamp(start),
+            "valid_until": format_timestamp(start + timedelta(days=valid_days)),
+        },
+        "retention": {
+            "delete_encodings_after_release": delete_encodings_after_release,
+            "encodings_ttl_seconds": encodings_ttl_seconds,
+            "results_ttl_seconds": results_ttl_seconds,
+        },
     }
-    parse_agreement(canonical_json(document))
+    agreement_from_document(document)
     return document

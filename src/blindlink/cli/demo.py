@@ -1,8 +1,10 @@
 """`blindlink demo`: a complete linkage on generated data, with every party a separate process.
 
-A real server runs on a free localhost port; the requester and the custodian each encode and
-upload from their own process and directory; each fetches only its own release; the summary
-scores the requester's release against the ground truth.
+A development CA issues the server's and each party's TLS certificate; each party makes its own
+signing key and signs the agreement; a real server runs with mutual TLS on a free localhost
+port; the requester and the custodian encode, upload and fetch their releases from their own
+processes; at the end the operator exports the audit log and the parties' receipts are checked
+against it. The summary scores the requester's release against the ground truth.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from blindlink._generated import linkage_pb2 as pb
-from blindlink.agreement.model import new_agreement_document
-from blindlink.canonical import canonical_json
-from blindlink.client.linkage_client import LinkageClient
+from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
+from blindlink.agreement.signing import SignedAgreement
+from blindlink.audit.export import read_export
+from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import BlindlinkError
 from blindlink.evaluation import membership_quality, read_truth
+from blindlink.security.keys import generate_signing_key, load_public_key_text
+from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
 from blindlink.synthetic import generate_datasets
 
 ROLES = ("requester", "custodian")
@@ -48,43 +53,65 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     with _stage(seconds, "generate"):
         files = generate_datasets(work / "data", args.records, args.overlap, args.seed)
     say(f"generated {args.records} records per party, {files.true_matches} shared ({work})")
+    dirs = {role: work / role for role in ROLES}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    inputs = {"requester": files.requester, "custodian": files.custodian}
 
-    secret = work / "shared-secret.txt"
-    write_new_secret(secret)
-    schema = load_schema(default_schema_path())
-    agreement_path = work / "agreement.json"
-    agreement = new_agreement_document(
-        f"blindlink demo {time.strftime('%Y-%m-%dT%H:%M:%S')}",
-        "Requesting agency",
-        "Custodian agency",
-        schema.sha256,
-        schema.bit_length,
-        0.8,
-        "own_rows",
-        "count",
-    )
-    agreement_path.write_text(json.dumps(agreement, indent=2), encoding="utf-8")
-
-    with _server(work / "server") as address:
-        say(f"linkage server listening on {address}")
-        with LinkageClient(address, "requester") as client:
-            project_id = client.create_project(canonical_json(agreement)).project_id
-        say(f"project {project_id[:16]}… created from the agreement")
-
+    with _stage(seconds, "setup"):
+        pki = init_pki(work / "pki", ROLES)
         for role in ROLES:
-            (work / role).mkdir(exist_ok=True)
+            generate_signing_key(dirs[role])
+        write_new_secret(work / "shared-secret.txt")
+        agreement_path = _write_agreement(work, pki, dirs)
+        _parallel(
+            [
+                _cli(
+                    "agreement",
+                    "sign",
+                    str(agreement_path),
+                    "--role",
+                    role,
+                    "--key",
+                    str(dirs[role] / "signing.key"),
+                )
+                for role in ROLES
+            ]
+        )
+        _parallel([_cli("agreement", "verify", str(agreement_path))])
+    say("development CA issued TLS certificates; both parties signed the agreement")
+
+    with _server(work / "server", work / "pki") as address:
+        say(f"linkage server listening on {address} (mutual TLS)")
+        tls = {role: _tls_args(pki, role) for role in ROLES}
+        project_id = _parallel(
+            [
+                _cli(
+                    "project",
+                    "create",
+                    "--server",
+                    address,
+                    "--party",
+                    "requester",
+                    *tls["requester"],
+                    "--agreement",
+                    str(agreement_path),
+                )
+            ]
+        )[0].strip()
+        say(f"project {project_id[:16]}… created from the signed agreement")
         with _stage(seconds, "encode"):
             _parallel(
                 [
                     _cli(
                         "encode",
-                        str(files.requester if r == "requester" else files.custodian),
+                        str(inputs[r]),
                         "--secret-file",
-                        str(secret),
+                        str(work / "shared-secret.txt"),
                         "--out",
-                        str(work / r / "enc.bin"),
+                        str(dirs[r] / "enc.bin"),
                         "--id-map",
-                        str(work / r / "idmap.json"),
+                        str(dirs[r] / "idmap.json"),
                     )
                     for r in ROLES
                 ]
@@ -99,45 +126,96 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                         address,
                         "--party",
                         r,
+                        *tls[r],
                         "--project",
                         project_id,
-                        str(work / r / "enc.bin"),
+                        str(dirs[r] / "enc.bin"),
+                        "--receipt",
+                        str(dirs[r] / "upload-receipt.json"),
                     )
                     for r in ROLES
                 ]
             )
         say("both parties uploaded their encodings")
         with _stage(seconds, "match"):
-            final = _wait_for_run(address, project_id)
+            final = _wait_for_run(address, pki, project_id)
         if final.state != pb.RUN_STATE_DONE:
             raise BlindlinkError(f"the run did not finish: {final.message}")
         say("the server matched the encodings")
         with _stage(seconds, "release"):
-            outputs = [
-                _cli(
-                    "results",
-                    "--server",
-                    address,
-                    "--party",
-                    r,
-                    "--project",
-                    project_id,
-                    "--id-map",
-                    str(work / r / "idmap.json"),
-                    "--out",
-                    str(work / r / "matches.csv"),
-                )
-                for r in ROLES
-            ]
-            _parallel(outputs)
+            _parallel(
+                [
+                    _cli(
+                        "results",
+                        "--server",
+                        address,
+                        "--party",
+                        r,
+                        *tls[r],
+                        "--project",
+                        project_id,
+                        "--id-map",
+                        str(dirs[r] / "idmap.json"),
+                        "--out",
+                        str(dirs[r] / "matches.csv"),
+                        "--receipt",
+                        str(dirs[r] / "release-receipt.json"),
+                    )
+                    for r in ROLES
+                ]
+            )
 
+    with _stage(seconds, "audit"):
+        audit_entries = _verify_audit(work, dirs)
+    say(f"audit log verified: {audit_entries} signed, chained entries; receipts match")
     seconds["total"] = round(time.perf_counter() - started, 3)
     summary = _summary(args, work, files.truth, files.true_matches, project_id, seconds)
+    summary["audit_entries_verified"] = audit_entries
     if args.json:
         print(json.dumps(summary))
     else:
         _print_summary(summary)
     return 0
+
+
+def _write_agreement(work: Path, pki: PkiFiles, dirs: dict[str, Path]) -> Path:
+    schema = load_schema(default_schema_path())
+    parties = {
+        role: PartyInfo(
+            f"{role.title()} agency",
+            load_public_key_text(dirs[role] / "signing.pub"),
+            certificate_fingerprint(pki.party_certs[role].read_bytes()),
+        )
+        for role in ROLES
+    }
+    document = new_agreement_document(
+        reference=f"blindlink demo {time.strftime('%Y-%m-%dT%H:%M:%S')}",
+        requester=parties["requester"],
+        custodian=parties["custodian"],
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+        threshold=0.8,
+        requester_release="own_rows",
+        custodian_release="count",
+    )
+    path = work / "agreement.json"
+    signed = SignedAgreement(agreement_from_document(document), {})
+    path.write_text(
+        json.dumps({"agreement": document, "signatures": signed.signatures}, indent=2),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _tls_args(pki: PkiFiles, role: str) -> list[str]:
+    return [
+        "--ca",
+        str(pki.ca_cert),
+        "--cert",
+        str(pki.party_certs[role]),
+        "--key",
+        str(pki.party_keys[role]),
+    ]
 
 
 @contextmanager
@@ -161,13 +239,15 @@ def _parallel(commands: list[list[str]]) -> list[str]:
     for command, proc in zip(commands, procs, strict=True):
         out, err = proc.communicate()
         if proc.returncode != 0:
-            raise BlindlinkError(f"`blindlink {' '.join(command[3:5])}` failed: {err.strip()}")
+            raise BlindlinkError(
+                f"`blindlink {' '.join(command[3:5])}` failed: {(err or out).strip()}"
+            )
         outputs.append(out)
     return outputs
 
 
 @contextmanager
-def _server(data_dir: Path) -> Iterator[str]:
+def _server(data_dir: Path, tls_dir: Path) -> Iterator[str]:
     """A `blindlink serve` process on a free localhost port, stopped gracefully at the end."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port_file = data_dir / "port"
@@ -181,6 +261,8 @@ def _server(data_dir: Path) -> Iterator[str]:
             "127.0.0.1:0",
             "--port-file",
             str(port_file),
+            "--tls-dir",
+            str(tls_dir),
         ),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -201,10 +283,31 @@ def _server(data_dir: Path) -> Iterator[str]:
         log.close()
 
 
-def _wait_for_run(address: str, project_id: str) -> pb.RunProgress:
-    with LinkageClient(address, "requester") as client:
-        updates = list(client.watch(project_id))
-    return updates[-1] if updates else pb.RunProgress()
+def _wait_for_run(address: str, pki: PkiFiles, project_id: str) -> pb.RunProgress:
+    tls = ClientTls(pki.ca_cert, pki.party_certs["requester"], pki.party_keys["requester"])
+    with LinkageClient(address, "requester", tls) as client:
+        return client.wait(project_id, client.status(project_id).runs[-1].run_id)
+
+
+def _verify_audit(work: Path, dirs: dict[str, Path]) -> int:
+    """The operator exports the log; an auditor checks it and the parties' receipts."""
+    export = work / "audit.jsonl"
+    _parallel([_cli("audit", "export", "--data-dir", str(work / "server"), "--out", str(export))])
+    receipts = [str(p) for d in dirs.values() for p in sorted(d.glob("*-receipt.json"))]
+    receipt_args = [a for r in receipts for a in ("--receipt", r)]
+    _parallel(
+        [
+            _cli(
+                "audit",
+                "verify",
+                str(export),
+                "--server-key",
+                str(work / "server" / "server-signing.pub"),
+                *receipt_args,
+            )
+        ]
+    )
+    return len(read_export(export))
 
 
 def _summary(
@@ -222,6 +325,7 @@ def _summary(
         "records_per_party": args.records,
         "true_matches": true_matches,
         "project_id": project_id,
+        "agreement_sha256": project_id,
         "released_requester": len(released),
         "released_custodian": custodian_count,
         "precision": round(quality.precision, 4),
@@ -239,7 +343,7 @@ def _print_summary(summary: dict[str, object]) -> None:
     seconds = summary["seconds"]
     assert isinstance(seconds, dict)
     print()
-    print(f"project (agreement hash)   {summary['project_id']}")
+    print(f"agreement hash (project)   {summary['agreement_sha256']}")
     print(f"records per party          {summary['records_per_party']}")
     print(f"true shared people         {summary['true_matches']}")
     print(f"released to requester      {summary['released_requester']} matched IDs")
@@ -247,5 +351,9 @@ def _print_summary(summary: dict[str, object]) -> None:
     print(
         f"precision / recall         {summary['precision']:.4f} / {summary['recall']:.4f}"
         "  (requester's released IDs against the ground truth)"
+    )
+    print(
+        f"audit log                  {summary['audit_entries_verified']} entries verified "
+        "(hash chain, server signatures, parties' receipts)"
     )
     print("seconds                    " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from blindlink.cli import party, setup_commands
+from blindlink.cli.audit_commands import add_audit_commands
+from blindlink.cli.security_commands import add_security_commands
 from blindlink.errors import BlindlinkError
 
 
@@ -21,10 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_setup_commands(commands)
     _add_party_commands(commands)
+    add_security_commands(commands)
+    add_audit_commands(commands)
     serve_cmd = commands.add_parser("serve", help="run the linkage server")
     serve_cmd.add_argument("--data-dir", type=Path, required=True, help="where state is kept")
     serve_cmd.add_argument("--listen", default="localhost:50051", help="HOST:PORT (port 0: any)")
     serve_cmd.add_argument("--port-file", type=Path, help="write the bound port here")
+    serve_cmd.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="directory with server.pem, server.key and the client CA ca.pem",
+    )
+    serve_cmd.add_argument("--cert", type=Path, help="server certificate")
+    serve_cmd.add_argument("--key", type=Path, help="server certificate's key")
+    serve_cmd.add_argument("--client-ca", type=Path, help="CA of accepted client certificates")
+    serve_cmd.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext and self-declared party roles; loopback only",
+    )
+    serve_cmd.add_argument(
+        "--purge-interval", type=float, default=60.0, help="seconds between retention purges"
+    )
     serve_cmd.set_defaults(run=_lazy("blindlink.cli.serve", "serve"))
     demo = commands.add_parser("demo", help="run a complete linkage on generated data")
     demo.add_argument("--records", type=int, default=10_000, help="records per party")
@@ -81,30 +101,82 @@ def _add_setup_commands(commands: argparse._SubParsersAction) -> None:
     agreement = commands.add_parser("agreement", help="linkage agreements").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    new = agreement.add_parser("new", help="write a new agreement document")
-    new.add_argument("--reference", required=True, help="your agreement reference")
-    new.add_argument("--requester", required=True, help="requester's name")
-    new.add_argument("--custodian", required=True, help="custodian's name")
-    new.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
-    new.add_argument("--threshold", type=float, default=0.8, help="Dice threshold")
-    new.add_argument(
-        "--requester-release", default="own_rows", choices=setup_commands.RELEASE_CHOICES
+    _add_agreement_new(agreement)
+    sign = agreement.add_parser("sign", help="sign an agreement as one party")
+    sign.add_argument("agreement", type=Path)
+    sign.add_argument("--role", required=True, choices=("requester", "custodian"))
+    sign.add_argument("--key", type=Path, required=True, help="your signing key (keys new)")
+    sign.set_defaults(run=setup_commands.agreement_sign)
+    verify = agreement.add_parser("verify", help="check both parties' signatures")
+    verify.add_argument("agreement", type=Path)
+    verify.set_defaults(run=setup_commands.agreement_verify)
+    agreement.add_parser("schema", help="print the agreement's JSON Schema").set_defaults(
+        run=setup_commands.agreement_schema
     )
-    new.add_argument("--custodian-release", default="count", choices=setup_commands.RELEASE_CHOICES)
-    new.add_argument(
-        "--max-records", type=int, default=10_000_000, help="maximum records per upload"
-    )
-    new.add_argument("--out", type=Path, required=True)
-    new.set_defaults(run=setup_commands.agreement_new)
 
     project = commands.add_parser("project", help="projects on a server").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    create = project.add_parser("create", help="create a project from an agreement")
-    create.add_argument("--server", default="localhost:50051")
-    create.add_argument("--party", required=True, choices=("requester", "custodian"))
+    create = project.add_parser("create", help="create a project from a signed agreement")
+    party.add_connection_arguments(create)
     create.add_argument("--agreement", type=Path, required=True)
     create.set_defaults(run=setup_commands.project_create)
+
+
+def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
+    new = agreement.add_parser("new", help="write a new agreement for both parties to sign")
+    new.add_argument("--reference", required=True, help="your agreement reference")
+    for role in ("requester", "custodian"):
+        new.add_argument(f"--{role}", required=True, help=f"the {role}'s name")
+        new.add_argument(
+            f"--{role}-key",
+            type=Path,
+            required=True,
+            help=f"the {role}'s public signing key file (keys new)",
+        )
+        new.add_argument(
+            f"--{role}-cert", type=Path, required=True, help=f"the {role}'s TLS client certificate"
+        )
+        new.add_argument(
+            f"--{role}-release",
+            default="own_rows" if role == "requester" else "count",
+            choices=setup_commands.RELEASE_CHOICES,
+            help=f"what the {role} receives",
+        )
+    new.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
+    new.add_argument("--threshold", type=float, default=0.8, help="Dice threshold of a run")
+    new.add_argument(
+        "--threshold-floor",
+        type=float,
+        help="lowest threshold a batch may ask for (default: --threshold)",
+    )
+    new.add_argument(
+        "--ambiguity-margin",
+        type=float,
+        default=0.0,
+        help="withhold matches with a rival within this similarity (0: off)",
+    )
+    new.add_argument(
+        "--custodian-approval",
+        action="store_true",
+        help="results are released only after the custodian approves a run",
+    )
+    new.add_argument("--max-records-per-upload", type=int, default=10_000_000)
+    new.add_argument(
+        "--period-seconds", type=int, default=86_400, help="rolling period of the two limits below"
+    )
+    new.add_argument("--max-uploads-per-period", type=int, default=100)
+    new.add_argument("--max-records-per-period", type=int, default=100_000_000)
+    new.add_argument("--valid-days", type=int, default=365, help="validity from now")
+    new.add_argument(
+        "--keep-encodings-after-release",
+        action="store_true",
+        help="do not delete a batch's encodings once its release is fetched",
+    )
+    new.add_argument("--encodings-ttl", type=int, default=30 * 86_400, help="seconds")
+    new.add_argument("--results-ttl", type=int, default=30 * 86_400, help="seconds")
+    new.add_argument("--out", type=Path, required=True)
+    new.set_defaults(run=setup_commands.agreement_new)
 
 
 def _add_party_commands(commands: argparse._SubParsersAction) -> None:
@@ -124,17 +196,32 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
         "encodings", type=Path, help="a blindlink encodings file or clkhash JSON output"
     )
     up.add_argument("--schema", type=Path, help="schema of clkhash JSON input")
+    up.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="requester batches: the run's threshold (default: the agreement's)",
+    )
+    up.add_argument("--receipt", type=Path, help="write the server's signed receipt here")
     up.set_defaults(run=party.upload)
 
     status = commands.add_parser("status", help="show a project's status")
     party.add_party_arguments(status)
-    status.add_argument("--watch", action="store_true", help="follow the run until it ends")
+    status.add_argument("--watch", action="store_true", help="follow a run until it ends")
+    status.add_argument("--run", dest="run_id", help="the run to watch (default: the latest)")
     status.set_defaults(run=party.status)
 
     res = commands.add_parser("results", help="fetch your release and map it to your IDs")
     party.add_party_arguments(res)
     res.add_argument("--id-map", type=Path, required=True, help="your local ID map")
     res.add_argument("--out", type=Path, required=True, help="CSV of your matched IDs")
+    res.add_argument("--run", dest="run_id", help="the run (default: the latest)")
+    res.add_argument("--receipt", type=Path, help="write the server's signed receipt here")
+
+    approve = commands.add_parser("approve", help="custodian: approve a run's results")
+    party.add_party_arguments(approve)
+    approve.add_argument("--run", dest="run_id", required=True)
+    approve.set_defaults(run=party.approve)
     res.set_defaults(run=party.results)
 
     delete = commands.add_parser("delete", help="delete a project's data from the server")

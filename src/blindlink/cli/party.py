@@ -1,4 +1,5 @@
-"""Commands a party runs on its own machine: encode, upload, status, results, delete."""
+"""Commands a party runs on its own machine: encode, upload, status, approve, results,
+delete."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.cli.progress import bar
-from blindlink.client.linkage_client import LinkageClient
+from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.csv_input import validate_csv
 from blindlink.encoding.encoder import encode_validated
 from blindlink.encoding.encodings_file import import_clkhash_json, read_header
@@ -18,6 +19,7 @@ from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import read_secret
 from blindlink.errors import InputError
+from blindlink.security.tls import is_loopback
 
 _STATE_NAMES = {
     v: k.removeprefix("RUN_STATE_").lower().replace("_", " ") for k, v in pb.RunState.items()
@@ -25,7 +27,8 @@ _STATE_NAMES = {
 _KIND_NAMES = {v: k.removeprefix("RELEASE_KIND_").lower() for k, v in pb.ReleaseKind.items()}
 
 
-def add_party_arguments(parser: argparse.ArgumentParser) -> None:
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a party reaches the server: address, role and TLS material."""
     parser.add_argument("--server", default="localhost:50051", help="HOST:PORT of the server")
     parser.add_argument(
         "--party",
@@ -33,7 +36,54 @@ def add_party_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("requester", "custodian"),
         help="your role in the agreement",
     )
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="directory with ca.pem, PARTY.pem and PARTY.key (pki init layout)",
+    )
+    parser.add_argument("--ca", type=Path, help="CA certificate the server's certificate is from")
+    parser.add_argument("--cert", type=Path, help="your client certificate")
+    parser.add_argument("--key", type=Path, help="your client certificate's key")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, for a development server on loopback only",
+    )
+
+
+def add_party_arguments(parser: argparse.ArgumentParser) -> None:
+    add_connection_arguments(parser)
     parser.add_argument("--project", required=True, help="project ID (the agreement hash)")
+
+
+def connect(args: argparse.Namespace) -> LinkageClient:
+    """A client for the party and server the arguments name."""
+    return LinkageClient(args.server, args.party, client_tls(args))
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls | None:
+    if args.insecure:
+        if not is_loopback(args.server):
+            raise InputError(args.server, "--insecure is only for servers on loopback")
+        return None
+    if args.tls_dir:
+        return ClientTls.from_dir(args.tls_dir, args.party)
+    if args.ca and args.cert and args.key:
+        return ClientTls(args.ca, args.cert, args.key)
+    raise InputError(
+        args.server,
+        "no TLS material: pass --tls-dir (or --ca, --cert and --key), "
+        "or --insecure for a development server on loopback",
+    )
+
+
+def _latest_run(client: LinkageClient, project_id: str) -> str:
+    runs = client.status(project_id).runs
+    if not runs:
+        raise InputError(
+            project_id, "the project has no runs yet: the requester's upload starts one"
+        )
+    return runs[-1].run_id
 
 
 def encode(args: argparse.Namespace) -> int:
@@ -68,15 +118,16 @@ def upload(args: argparse.Namespace) -> int:
             import_clkhash_json(path, converted, load_schema(args.schema).sha256)
             path = converted
         header = read_header(path)
-        with (
-            LinkageClient(args.server, args.party) as client,
-            bar(header.payload_bytes, "uploading", unit="B") as progress,
-        ):
-            receipt = client.upload(args.project, path, progress.update)
+        with connect(args) as client, bar(header.payload_bytes, "uploading", unit="B") as bar_:
+            receipt = client.upload(args.project, path, args.threshold, bar_.update)
     print(
         f"uploaded {receipt.count} encodings as {receipt.party}; content SHA-256 "
         f"{receipt.content_sha256.hex()}"
     )
+    if receipt.run_id:
+        print(f"run {receipt.run_id} matches this batch")
+    if args.receipt:
+        args.receipt.write_text(receipt.receipt + "\n", encoding="utf-8")
     return 0
 
 
@@ -89,30 +140,47 @@ def _looks_like_json(path: Path) -> bool:
 
 
 def status(args: argparse.Namespace) -> int:
-    with LinkageClient(args.server, args.party) as client:
+    with connect(args) as client:
         if args.watch:
-            return _watch(client, args.project)
+            return _watch(client, args.project, args.run_id or _latest_run(client, args.project))
         reply = client.status(args.project)
     for upload_status in reply.uploads:
-        detail = f" ({upload_status.count} records)" if upload_status.count else ""
-        print(
-            f"{upload_status.party}: {'uploaded' if upload_status.uploaded else 'not uploaded'}"
-            f"{detail}"
-        )
-    print(f"run: {describe_progress(reply.run)}")
+        if upload_status.upload_id:
+            print(
+                f"{upload_status.party}: upload {upload_status.upload_id} "
+                f"({upload_status.count} records)"
+            )
+        else:
+            print(
+                f"{upload_status.party}: {'uploaded' if upload_status.uploaded else 'not uploaded'}"
+            )
+    for run in reply.runs:
+        print(f"run {run.run_id}: {describe_summary(run)}")
     return 0
 
 
-def _watch(client: LinkageClient, project_id: str) -> int:
+def describe_summary(run: pb.RunSummary) -> str:
+    text = f"{_STATE_NAMES[run.state]}, threshold {run.threshold:g}"
+    if run.counts_visible:
+        text += f", {run.match_count} matches, {run.withheld_count} withheld as ambiguous"
+    if run.approved:
+        text += ", approved by the custodian"
+    if run.message:
+        text += f" ({run.message})"
+    return text
+
+
+def _watch(client: LinkageClient, project_id: str, run_id: str) -> int:
     state = pb.RUN_STATE_UNSPECIFIED
+    update = pb.RunProgress()
     with bar(0, "matching", unit="cmp") as progress:
-        for update in client.watch(project_id):
+        for update in client.watch(project_id, run_id):
             state = update.state
             if update.total:
                 progress.total = update.total
                 progress.update(update.done - progress.n)
             progress.set_postfix_str(describe_progress(update))
-    print(f"run: {describe_progress(update)}")
+    print(f"run {run_id}: {describe_progress(update)}")
     return 0 if state == pb.RUN_STATE_DONE else 1
 
 
@@ -129,8 +197,10 @@ def describe_progress(progress: pb.RunProgress) -> str:
 
 def results(args: argparse.Namespace) -> int:
     id_map = read_id_map(args.id_map)
-    with LinkageClient(args.server, args.party) as client:
-        release = client.release(args.project)
+    with connect(args) as client:
+        release = client.release(args.project, args.run_id or _latest_run(client, args.project))
+    if args.receipt:
+        args.receipt.write_text(release.receipt + "\n", encoding="utf-8")
     kind = _KIND_NAMES[release.kind]
     if release.kind in (pb.RELEASE_KIND_OWN_ROWS, pb.RELEASE_KIND_PAIRS):
         ids = id_map.lookup(list(release.own_rows))
@@ -141,13 +211,23 @@ def results(args: argparse.Namespace) -> int:
             else [[i, r] for i, r in zip(ids, release.other_rows, strict=True)]
         )
         _write_csv(args.out, header, rows)
-        print(f"release ({kind}): {release.match_count} matches; IDs written to {args.out}")
+        print(
+            f"release ({kind}) of run {release.run_id}: {release.match_count} matches"
+            f"{_withheld(release)}; IDs written to {args.out}"
+        )
     elif release.kind == pb.RELEASE_KIND_COUNT:
         _write_csv(args.out, ["match_count"], [[release.match_count]])
-        print(f"release (count): {release.match_count} matches; written to {args.out}")
+        print(
+            f"release (count) of run {release.run_id}: {release.match_count} matches"
+            f"{_withheld(release)}; written to {args.out}"
+        )
     else:
         print("release (nothing): the agreement grants this party nothing")
     return 0
+
+
+def _withheld(release: pb.Release) -> str:
+    return f" ({release.withheld_count} withheld as ambiguous)" if release.withheld_count else ""
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
@@ -159,8 +239,15 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
     os.replace(tmp, path)
 
 
+def approve(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        summary = client.approve(args.project, args.run_id)
+    print(f"run {summary.run_id}: {describe_summary(summary)}")
+    return 0
+
+
 def delete(args: argparse.Namespace) -> int:
-    with LinkageClient(args.server, args.party) as client:
+    with connect(args) as client:
         client.delete(args.project)
     print(f"deleted project {args.project}")
     return 0

@@ -9,12 +9,16 @@ import signal
 import threading
 from pathlib import Path
 
-from blindlink.server.app import start_server
+from blindlink.errors import InputError
+from blindlink.server.app import ServerTls, start_server
 
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    running = start_server(Path(args.data_dir), args.listen)
+    running = start_server(
+        Path(args.data_dir), args.listen, _tls(args), purge_interval=args.purge_interval
+    )
+    print(f"audit log signing key: {running.public_key}", flush=True)
     if args.port_file:
         tmp = Path(f"{args.port_file}.partial")
         tmp.write_text(f"{running.port}\n")
@@ -26,3 +30,17 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("blindlink.server").info("shutting down")
     running.stop()
     return 0
+
+
+def _tls(args: argparse.Namespace) -> ServerTls | None:
+    if args.insecure:
+        return None
+    if args.tls_dir:
+        return ServerTls.from_dir(args.tls_dir)
+    if args.cert and args.key and args.client_ca:
+        return ServerTls(args.cert, args.key, args.client_ca)
+    raise InputError(
+        args.listen,
+        "no TLS material: pass --tls-dir (or --cert, --key and "
+        "--client-ca), or --insecure for development on loopback",
+    )

@@ -6,13 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
-from blindlink.agreement.model import ReleaseKind, new_agreement_document, parse_agreement
-from blindlink.canonical import canonical_json
+from blindlink.agreement.model import (
+    PartyInfo,
+    ReleaseKind,
+    agreement_from_document,
+    agreement_json_schema,
+    new_agreement_document,
+)
+from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
+from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
-from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
-from blindlink.errors import InputError
+from blindlink.errors import AgreementError, InputError
+from blindlink.security.keys import load_private_key, load_public_key_text
+from blindlink.security.pki import certificate_fingerprint
 from blindlink.synthetic import CorruptionRates, generate_datasets
 
 RELEASE_CHOICES = [k.value for k in ReleaseKind]
@@ -57,31 +65,92 @@ def schema_show_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _party(name: str, key_file: Path, cert_file: Path) -> PartyInfo:
+    try:
+        cert = cert_file.read_bytes()
+    except FileNotFoundError:
+        raise InputError(str(cert_file), "certificate not found") from None
+    return PartyInfo(name, load_public_key_text(key_file), certificate_fingerprint(cert))
+
+
 def agreement_new(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema or default_schema_path())
     document = new_agreement_document(
-        args.reference,
-        args.requester,
-        args.custodian,
-        schema.sha256,
-        schema.bit_length,
-        args.threshold,
-        args.requester_release,
-        args.custodian_release,
-        args.max_records,
+        reference=args.reference,
+        requester=_party(args.requester, args.requester_key, args.requester_cert),
+        custodian=_party(args.custodian, args.custodian_key, args.custodian_cert),
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+        threshold=args.threshold,
+        threshold_floor=args.threshold_floor,
+        requester_release=args.requester_release,
+        custodian_release=args.custodian_release,
+        ambiguity_margin=args.ambiguity_margin,
+        custodian_approval=args.custodian_approval,
+        max_records_per_upload=args.max_records_per_upload,
+        period_seconds=args.period_seconds,
+        max_uploads_per_period=args.max_uploads_per_period,
+        max_records_per_period=args.max_records_per_period,
+        valid_days=args.valid_days,
+        delete_encodings_after_release=not args.keep_encodings_after_release,
+        encodings_ttl_seconds=args.encodings_ttl,
+        results_ttl_seconds=args.results_ttl,
     )
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    project_id = parse_agreement(canonical_json(document)).project_id
-    print(f"wrote {args.out}; its project ID is {project_id}")
+    signed = SignedAgreement(agreement_from_document(document), {})
+    _write_signed(args.out, signed)
+    print(
+        f"wrote {args.out}; its project ID is {signed.agreement.project_id}; each party now "
+        "signs it with `blindlink agreement sign`"
+    )
+    return 0
+
+
+def _read_signed(path: Path) -> SignedAgreement:
+    try:
+        return parse_signed(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise InputError(str(path), "agreement file not found") from None
+    except AgreementError as exc:
+        raise AgreementError(f"{path}: {exc}") from None
+
+
+def _write_signed(path: Path, signed: SignedAgreement) -> None:
+    document = {"agreement": signed.agreement.document, "signatures": signed.signatures}
+    tmp = Path(f"{path}.partial")
+    tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def agreement_sign(args: argparse.Namespace) -> int:
+    signed = sign_as(_read_signed(args.agreement), args.role, load_private_key(args.key))
+    _write_signed(args.agreement, signed)
+    missing = [p for p in signed.problems() if "not signed" in p]
+    print(
+        f"signed {args.agreement} as the {args.role}"
+        + (f"; still to sign: {', '.join(missing)}" if missing else "; both parties signed")
+    )
+    return 0
+
+
+def agreement_verify(args: argparse.Namespace) -> int:
+    signed = _read_signed(args.agreement)
+    problems = signed.problems()
+    for problem in problems:
+        print(f"{args.agreement}: {problem}")
+    if problems:
+        return 1
+    print(f"{args.agreement}: signed by both parties; project ID {signed.agreement.project_id}")
+    return 0
+
+
+def agreement_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(agreement_json_schema(), indent=2))
     return 0
 
 
 def project_create(args: argparse.Namespace) -> int:
-    try:
-        raw = Path(args.agreement).read_bytes()
-    except FileNotFoundError:
-        raise InputError(str(args.agreement), "agreement file not found") from None
-    with LinkageClient(args.server, args.party) as client:
-        project = client.create_project(raw)
+    signed = _read_signed(args.agreement)
+    with connect(args) as client:
+        project = client.create_project(signed.to_bytes())
     print(project.project_id)
     return 0

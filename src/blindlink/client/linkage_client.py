@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,6 +13,7 @@ from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.encoding.encodings_file import iter_payload_chunks, read_payload
 from blindlink.errors import BlindlinkError
+from blindlink.security.tls import channel_credentials
 from blindlink.server.identity import PARTY_METADATA_KEY
 
 CHUNK_BYTES = 1 << 20
@@ -29,19 +31,36 @@ class ServerError(BlindlinkError):
         self.details = details
 
 
-class LinkageClient:
-    """One party's connection to a linkage server."""
+@dataclass(frozen=True)
+class ClientTls:
+    """The CA that signed the server's certificate, and this party's certificate and key."""
 
-    def __init__(self, address: str, party: str) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_dir(cls, directory: Path, party: str) -> ClientTls:
+        """The layout `blindlink pki init` writes: ca.pem, PARTY.pem, PARTY.key."""
+        return cls(directory / "ca.pem", directory / f"{party}.pem", directory / f"{party}.key")
+
+
+class LinkageClient:
+    """One party's connection to a linkage server (TLS unless `tls` is None)."""
+
+    def __init__(self, address: str, party: str, tls: ClientTls | None) -> None:
         self.party = party
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._channel = (
+            grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key), options)
+            if tls
+            else grpc.insecure_channel(address, options)
         )
         self._stub = pb_grpc.LinkageStub(self._channel)
+        # Only a development server without TLS reads the role from here.
         self._metadata = ((PARTY_METADATA_KEY, party),)
 
     def close(self) -> None:
@@ -59,15 +78,19 @@ class LinkageClient:
         except grpc.RpcError as exc:
             raise ServerError(exc.code(), exc.details() or "") from None
 
-    def create_project(self, agreement: bytes) -> pb.Project:
+    def create_project(self, signed_agreement: bytes) -> pb.Project:
         return self._call(
             lambda: self._stub.CreateProject(
-                pb.CreateProjectRequest(agreement=agreement), metadata=self._metadata
+                pb.CreateProjectRequest(signed_agreement=signed_agreement), metadata=self._metadata
             )
         )
 
     def upload(
-        self, project_id: str, encodings: Path, progress: Callable[[int], None] = lambda n: None
+        self,
+        project_id: str,
+        encodings: Path,
+        threshold: float = 0.0,
+        progress: Callable[[int], None] = lambda n: None,
     ) -> pb.UploadReceipt:
         """Upload an encodings file after checking its integrity; `progress` gets byte counts."""
         header, _ = read_payload(encodings)
@@ -77,6 +100,7 @@ class LinkageClient:
             bit_length=header.bit_length,
             schema_sha256=header.schema_sha256,
             content_sha256=header.content_sha256,
+            threshold=threshold,
         )
 
         def messages() -> Iterator[pb.UploadRequest]:
@@ -87,18 +111,32 @@ class LinkageClient:
 
         return self._call(lambda: self._stub.Upload(messages(), metadata=self._metadata))
 
-    def watch(self, project_id: str) -> Iterator[pb.RunProgress]:
+    def watch(self, project_id: str, run_id: str) -> Iterator[pb.RunProgress]:
         try:
             yield from self._stub.WatchRun(
-                pb.WatchRunRequest(project_id=project_id), metadata=self._metadata
+                pb.WatchRunRequest(project_id=project_id, run_id=run_id), metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise ServerError(exc.code(), exc.details() or "") from None
 
-    def release(self, project_id: str) -> pb.Release:
+    def wait(self, project_id: str, run_id: str) -> pb.RunProgress:
+        """Block until the run is done or failed; its last progress."""
+        last = pb.RunProgress()
+        for last in self.watch(project_id, run_id):  # noqa: B007 - the last one is wanted
+            pass
+        return last
+
+    def approve(self, project_id: str, run_id: str) -> pb.RunSummary:
+        return self._call(
+            lambda: self._stub.ApproveRun(
+                pb.ApproveRunRequest(project_id=project_id, run_id=run_id), metadata=self._metadata
+            )
+        )
+
+    def release(self, project_id: str, run_id: str) -> pb.Release:
         return self._call(
             lambda: self._stub.GetRelease(
-                pb.GetReleaseRequest(project_id=project_id), metadata=self._metadata
+                pb.GetReleaseRequest(project_id=project_id, run_id=run_id), metadata=self._metadata
             )
         )
 
@@ -109,8 +147,8 @@ class LinkageClient:
             )
         )
 
-    def delete(self, project_id: str) -> None:
-        self._call(
+    def delete(self, project_id: str) -> pb.DeleteProjectResponse:
+        return self._call(
             lambda: self._stub.DeleteProject(
                 pb.DeleteProjectRequest(project_id=project_id), metadata=self._metadata
             )

@@ -121,3 +121,40 @@ def match(
     """Candidates above `threshold`, then greedy 1:1 matches."""
     sim, rows0, rows1 = find_candidates(requester, custodian, threshold, progress)
     return solve_one_to_one(sim, rows0, rows1)
+
+
+def ambiguous(
+    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, matches: Matches, margin: float
+) -> np.ndarray:
+    """For each match, whether a rival candidate (another candidate pair sharing either of its
+    records) has a similarity within `margin` of the match's own. Rivals are the candidates at
+    or above the run's threshold; lower ones were never computed."""
+    if margin <= 0 or not len(matches):
+        return np.zeros(len(matches), dtype=bool)
+    rival = np.maximum(
+        _best_rival(rows0, rows1, sim, matches.requester_rows, matches.custodian_rows),
+        _best_rival(rows1, rows0, sim, matches.custodian_rows, matches.requester_rows),
+    )
+    return matches.similarities - rival < margin
+
+
+def _best_rival(
+    own: np.ndarray,
+    partner: np.ndarray,
+    sim: np.ndarray,
+    matched_own: np.ndarray,
+    matched_partner: np.ndarray,
+) -> np.ndarray:
+    """Per match, the best similarity of `matched_own`'s candidates other than its partner
+    (-inf when it has none)."""
+    order = np.lexsort((-sim, own))  # by record, best candidate first
+    own_sorted, partner_sorted, sim_sorted = own[order], partner[order], sim[order]
+    starts = np.searchsorted(own_sorted, matched_own, side="left")
+    ends = np.searchsorted(own_sorted, matched_own, side="right")
+    rival = np.full(len(matched_own), -np.inf)
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        for j in range(start, min(end, start + 2)):  # the best two hold the best rival
+            if partner_sorted[j] != matched_partner[i]:
+                rival[i] = sim_sorted[j]
+                break
+    return rival

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -12,6 +13,9 @@ import grpc
 from blindlink.server.status import ServiceError
 
 log = logging.getLogger("blindlink.server")
+
+# The method being handled, e.g. "GetRelease", for audit entries of refused requests.
+current_method: ContextVar[str] = ContextVar("current_method", default="")
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -57,6 +61,7 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
 
 def _guard(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        current_method.set(method.rsplit("/", 1)[-1])
         try:
             return behaviour(request, context)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
@@ -71,6 +76,7 @@ def _guard_stream(
     behaviour: Callable[..., Iterator[Any]], method: str
 ) -> Callable[..., Iterator[Any]]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        current_method.set(method.rsplit("/", 1)[-1])
         try:
             yield from behaviour(request, context)
         except Exception as exc:  # noqa: BLE001

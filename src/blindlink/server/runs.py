@@ -1,4 +1,4 @@
-"""Background matching runs: one worker thread takes queued projects and links them."""
+"""Background matching runs: one worker thread takes queued runs and links them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
-from blindlink.matching.linkage import match, to_bitarrays
+from blindlink.matching.linkage import ambiguous, find_candidates, solve_one_to_one, to_bitarrays
 from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Store
 
 log = logging.getLogger("blindlink.server.runs")
@@ -25,85 +25,96 @@ class RunProgress:
     message: str = ""
 
 
+class RunFailed(Exception):
+    """A run cannot complete, for a reason the parties may be told."""
+
+
 class RunQueue:
-    """Runs queued projects one at a time; progress is kept in memory, outcomes in the store."""
+    """Runs queued runs one at a time; progress is kept in memory, outcomes in the store."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="blindlink-runs", daemon=True)
 
     def start(self) -> None:
         """Start the worker and requeue runs a previous server process left unfinished."""
-        for project_id in self._store.unfinished_runs():
-            log.info("resuming run %s", project_id[:12])
-            self.enqueue(project_id)
+        for project_id, run_id in self._store.unfinished_runs():
+            log.info("resuming run %s", run_id[:12])
+            self.enqueue(project_id, run_id)
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def enqueue(self, project_id: str) -> None:
-        self._set(project_id, RunProgress(QUEUED))
-        self._queue.put(project_id)
+    def enqueue(self, project_id: str, run_id: str) -> None:
+        self._set(run_id, RunProgress(QUEUED))
+        self._queue.put((project_id, run_id))
 
-    def progress(self, project_id: str) -> RunProgress | None:
-        """Live progress if this process has seen the run, else what the store recorded."""
+    def progress(self, run_id: str) -> RunProgress | None:
+        """Live progress of a run this process is working on or has queued."""
         with self._lock:
-            live = self._progress.get(project_id)
-        if live is not None:
-            return live
-        record = self._store.run(project_id)
-        return RunProgress(record.state, message=record.message) if record else None
+            return self._progress.get(run_id)
 
-    def forget(self, project_id: str) -> None:
+    def _set(self, run_id: str, progress: RunProgress) -> None:
         with self._lock:
-            self._progress.pop(project_id, None)
+            self._progress[run_id] = progress
 
-    def _set(self, project_id: str, progress: RunProgress) -> None:
+    def _forget(self, run_id: str) -> None:
         with self._lock:
-            self._progress[project_id] = progress
+            self._progress.pop(run_id, None)
 
     def _work(self) -> None:
-        while (project_id := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            project_id, run_id = item
             try:
-                self._run(project_id)
+                self._run(project_id, run_id)
             except Exception as exc:  # noqa: BLE001 - a failed run must not stop the worker
-                log.error("run %s failed: %s", project_id[:12], type(exc).__name__)
-                message = f"run failed: {type(exc).__name__}"
-                self._store.set_run_state(project_id, FAILED, message)
-                self._set(project_id, RunProgress(FAILED, message=message))
+                reason = str(exc) if isinstance(exc, RunFailed) else type(exc).__name__
+                log.error("run %s failed: %s", run_id[:12], reason)
+                self._store.fail_run(project_id, run_id, f"run failed: {reason}")
+            self._forget(run_id)
 
-    def _run(self, project_id: str) -> None:
+    def _run(self, project_id: str, run_id: str) -> None:
         raw = self._store.agreement(project_id)
-        if raw is None:  # deleted while queued
-            self.forget(project_id)
-            return
+        run = self._store.run(project_id, run_id) if raw else None
+        if raw is None or run is None or run.state in (DONE, FAILED):
+            return  # deleted or finished meanwhile
         agreement = parse_agreement(raw)
         started = time.monotonic()
-        self._store.set_run_state(project_id, RUNNING)
-        self._set(project_id, RunProgress(RUNNING, "loading"))
-        uploads = self._store.uploads(project_id)
+        self._store.start_run(project_id, run_id)
+        self._set(run_id, RunProgress(RUNNING, "loading"))
+        batch, reference = self._store.upload(run_id), self._store.live_custodian_upload(project_id)
+        if batch is None or batch.path is None or reference is None or reference.path is None:
+            raise RunFailed("encodings were deleted under the agreement's retention rules")
         datasets = []
-        for role in ("requester", "custodian"):
-            header, payload = read_payload(uploads[role].path)
+        for upload in (batch, reference):
+            header, payload = read_payload(upload.path)
             datasets.append(to_bitarrays(payload, header.bit_length))
 
         def report(done: int, total: int) -> None:
-            self._set(project_id, RunProgress(RUNNING, "comparing", done, total))
+            self._set(run_id, RunProgress(RUNNING, "comparing", done, total))
 
-        matches = match(datasets[0], datasets[1], agreement.threshold, report)
-        self._set(project_id, RunProgress(RUNNING, "storing", len(matches), len(matches)))
+        sim, rows0, rows1 = find_candidates(datasets[0], datasets[1], run.threshold, report)
+        self._set(run_id, RunProgress(RUNNING, "solving"))
+        matches = solve_one_to_one(sim, rows0, rows1)
+        withheld = ambiguous(sim, rows0, rows1, matches, agreement.ambiguity_margin)
+        self._set(run_id, RunProgress(RUNNING, "storing"))
         self._store.finish_run(
-            project_id, matches.requester_rows, matches.custodian_rows, matches.similarities
+            project_id,
+            run_id,
+            matches.requester_rows,
+            matches.custodian_rows,
+            matches.similarities,
+            withheld,
         )
-        self._set(project_id, RunProgress(DONE, "done", len(matches), len(matches)))
         log.info(
-            "run %s done: %d matches in %.1f s",
-            project_id[:12],
-            len(matches),
+            "run %s done: %d matches, %d withheld, in %.1f s",
+            run_id[:12],
+            len(matches) - int(withheld.sum()),
+            int(withheld.sum()),
             time.monotonic() - started,
         )

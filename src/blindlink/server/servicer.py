@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -11,17 +13,37 @@ import grpc
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.agreement.model import ROLES, Agreement, ReleaseKind, parse_agreement
+from blindlink.agreement.policy import (
+    PastUpload,
+    PolicyViolation,
+    check_release,
+    check_upload,
+    counts_visible,
+    run_threshold,
+)
+from blindlink.agreement.signing import parse_signed
+from blindlink.audit.chain import AuditEntry
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
-from blindlink.server.identity import caller_role
-from blindlink.server.runs import RunProgress, RunQueue
-from blindlink.server.status import already_exists, invalid, not_found, precondition
-from blindlink.store.sqlite import DONE, FAILED, AlreadyExists, Store, UploadRecord
+from blindlink.server.identity import PartyResolver
+from blindlink.server.interceptors import current_method
+from blindlink.server.retention import release_complete
+from blindlink.server.runs import RunQueue
+from blindlink.server.status import (
+    ServiceError,
+    already_exists,
+    denied,
+    invalid,
+    not_found,
+    precondition,
+)
+from blindlink.store.sqlite import DONE, FAILED, AlreadyExists, NotFound, RunRecord, Store
 
 MAX_AGREEMENT_BYTES = 1 << 20
 WATCH_INTERVAL_S = 0.2
 
 _RUN_STATES = {
+    "waiting": pb.RUN_STATE_WAITING_FOR_UPLOADS,
     "queued": pb.RUN_STATE_QUEUED,
     "running": pb.RUN_STATE_RUNNING,
     DONE: pb.RUN_STATE_DONE,
@@ -35,48 +57,111 @@ _RELEASE_KINDS = {
 }
 
 
+def receipt_json(entry: AuditEntry) -> str:
+    return json.dumps(entry.to_json(), sort_keys=True)
+
+
 class LinkageServicer(pb_grpc.LinkageServicer):
-    def __init__(self, store: Store, runs: RunQueue) -> None:
+    def __init__(
+        self, store: Store, runs: RunQueue, resolver: PartyResolver, server_public_key: str
+    ) -> None:
         self._store = store
         self._runs = runs
+        self._resolver = resolver
+        self._server_key = server_public_key
 
-    def _agreement(self, project_id: str) -> Agreement:
+    # Helpers shared by the handlers
+
+    def _project(self, project_id: str, context: grpc.ServicerContext) -> tuple[Agreement, str]:
+        """The project's agreement and the caller's role in it."""
         raw = self._store.agreement(project_id)
         if raw is None:
             raise not_found(f"no project {project_id!r} on this server")
-        return parse_agreement(raw)
+        agreement = parse_agreement(raw)
+        try:
+            return agreement, self._resolver.role(context, agreement)
+        except ServiceError as exc:
+            self._store.record_refusal(
+                project_id, "", {"rule": "parties", "method": current_method.get()}
+            )
+            raise exc
+
+    def _refuse(self, project_id: str, role: str, violation: PolicyViolation) -> ServiceError:
+        """Log a refusal in the audit log; the caller raises the returned error."""
+        self._store.record_refusal(
+            project_id, role, {"rule": violation.rule, "method": current_method.get()}
+        )
+        return precondition(str(violation))
+
+    def _run(self, project_id: str, run_id: str) -> RunRecord:
+        run = self._store.run(project_id, run_id)
+        if run is None:
+            raise not_found(f"no run {run_id!r} in this project")
+        return run
+
+    # Handlers
 
     def CreateProject(
         self, request: pb.CreateProjectRequest, context: grpc.ServicerContext
     ) -> pb.Project:
-        if len(request.agreement) > MAX_AGREEMENT_BYTES:
+        if len(request.signed_agreement) > MAX_AGREEMENT_BYTES:
             raise invalid(f"agreement is larger than {MAX_AGREEMENT_BYTES} bytes")
         try:
-            agreement = parse_agreement(request.agreement)
+            signed = parse_signed(request.signed_agreement)
         except AgreementError as exc:
             raise invalid(f"invalid agreement: {exc}") from None
+        agreement = signed.agreement
+        role = self._resolver.role(context, agreement)
+        problems = signed.problems()
+        if problems:
+            raise denied(
+                "signatures: the server creates a project only when both parties "
+                "signed exactly this agreement: " + "; ".join(problems)
+            )
         try:
-            self._store.create_project(agreement.project_id, agreement.canonical_bytes)
+            entry = self._store.create_project(
+                agreement.project_id,
+                agreement.canonical_bytes,
+                {
+                    "agreement_sha256": agreement.project_id,
+                    "reference": agreement.reference,
+                    "signers": {r: agreement.parties[r].public_key for r in ROLES},
+                },
+                role,
+            )
         except AlreadyExists:
             raise already_exists(
                 f"project {agreement.project_id} exists already (same "
                 "agreement); change agreement.reference for a new one"
             ) from None
-        return pb.Project(project_id=agreement.project_id, agreement=agreement.canonical_bytes)
+        return pb.Project(
+            project_id=agreement.project_id,
+            agreement=agreement.canonical_bytes,
+            server_public_key=self._server_key,
+            receipt=receipt_json(entry),
+        )
 
     def Upload(
         self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext
     ) -> pb.UploadReceipt:
-        role = caller_role(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
             raise invalid("the first message of an upload must be its header")
         header = first.header
-        agreement = self._agreement(header.project_id)
+        agreement, role = self._project(header.project_id, context)
         _check_header(header, agreement)
-        if role in self._store.uploads(header.project_id):
+        past = [
+            PastUpload(u.committed_at, u.count)
+            for u in self._store.uploads(header.project_id, role)
+        ]
+        try:
+            threshold = run_threshold(agreement, role, header.threshold)
+            check_upload(agreement, header.count, past, datetime.now(UTC))
+        except PolicyViolation as violation:
+            raise self._refuse(header.project_id, role, violation) from None
+        if role == "custodian" and self._store.live_custodian_upload(header.project_id):
             raise already_exists(
-                f"the {role} has already uploaded to this project; uploads cannot be replaced"
+                "the custodian's encodings are on the server already; they cannot be replaced"
             )
         incoming = self._store.incoming_path()
         try:
@@ -86,47 +171,50 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 header.schema_sha256,
                 _payload_chunks(request_iterator, header),
             )
+            if written.content_sha256 != header.content_sha256:
+                raise invalid(
+                    "content hash does not match the header's content_sha256; the "
+                    "data was altered or truncated in transit"
+                )
+            commit = self._store.commit_upload(
+                header.project_id,
+                role,
+                incoming,
+                header.count,
+                header.bit_length,
+                written.content_sha256,
+                threshold,
+            )
         except EncodingsFileError as exc:
             raise invalid(str(exc)) from None
-        finally:
-            Path(f"{incoming}.partial").unlink(missing_ok=True)
-        if written.content_sha256 != header.content_sha256:
-            incoming.unlink(missing_ok=True)
-            raise invalid(
-                "content hash does not match the header's content_sha256; the data "
-                "was altered or truncated in transit"
-            )
-        record = UploadRecord(
-            header.project_id,
-            role,
-            header.count,
-            header.bit_length,
-            written.content_sha256,
-            incoming,
-        )
-        try:
-            complete = self._store.commit_upload(record, ROLES)
         except AlreadyExists:
-            raise already_exists(f"the {role} has already uploaded to this project") from None
-        if complete:
-            self._runs.enqueue(header.project_id)
+            raise already_exists("the custodian has already uploaded to this project") from None
+        finally:
+            incoming.unlink(missing_ok=True)
+            Path(f"{incoming}.partial").unlink(missing_ok=True)
+        for run_id in commit.queued_runs:
+            self._runs.enqueue(header.project_id, run_id)
         return pb.UploadReceipt(
             project_id=header.project_id,
             party=role,
             count=header.count,
             content_sha256=written.content_sha256,
+            upload_id=commit.upload_id,
+            run_id=commit.run_id,
+            receipt=receipt_json(commit.receipt),
         )
 
     def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RunProgress]:
-        role = caller_role(context)
-        self._agreement(request.project_id)
+        self._project(request.project_id, context)
+        self._run(request.project_id, request.run_id)
         last = None
         while context.is_active():
-            if self._store.agreement(request.project_id) is None:
-                raise not_found("the project was deleted")
-            progress = self._progress(request.project_id, role)
+            run = self._store.run(request.project_id, request.run_id)
+            if run is None:
+                raise not_found("the run was deleted")
+            progress = self._progress(run)
             if progress != last:
                 yield progress
                 last = progress
@@ -134,65 +222,138 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 return
             time.sleep(WATCH_INTERVAL_S)
 
-    def _progress(self, project_id: str, role: str) -> pb.RunProgress:
-        progress = self._runs.progress(project_id)
-        if progress is None:
-            missing = [r for r in ROLES if r not in self._store.uploads(project_id)]
+    def _progress(self, run: RunRecord) -> pb.RunProgress:
+        live = self._runs.progress(run.run_id)
+        if live is None or run.state in (DONE, FAILED):
+            waiting = "waiting for the custodian's encodings" if run.state == "waiting" else ""
             return pb.RunProgress(
-                state=pb.RUN_STATE_WAITING_FOR_UPLOADS, message="waiting for: " + ", ".join(missing)
+                state=_RUN_STATES[run.state], run_id=run.run_id, message=run.message or waiting
             )
-        return _to_message(progress)
+        return pb.RunProgress(
+            state=_RUN_STATES[live.state],
+            stage=live.stage,
+            done=live.done,
+            total=live.total,
+            message=live.message,
+            run_id=run.run_id,
+        )
+
+    def _summary(self, run: RunRecord, agreement: Agreement, role: str) -> pb.RunSummary:
+        summary = pb.RunSummary(
+            run_id=run.run_id,
+            state=_RUN_STATES[run.state],
+            threshold=run.threshold,
+            approved=run.approved,
+            message=run.message,
+        )
+        if run.state == DONE and counts_visible(agreement, role):
+            summary.counts_visible = True
+            summary.match_count = run.match_count
+            summary.withheld_count = run.withheld_count
+        return summary
+
+    def ApproveRun(
+        self, request: pb.ApproveRunRequest, context: grpc.ServicerContext
+    ) -> pb.RunSummary:
+        agreement, role = self._project(request.project_id, context)
+        run = self._run(request.project_id, request.run_id)
+        if role != "custodian":
+            self._store.record_refusal(
+                request.project_id,
+                role,
+                {"rule": "release.custodian_approval", "method": current_method.get()},
+            )
+            raise denied("release.custodian_approval: only the custodian approves runs")
+        if not agreement.custodian_approval:
+            raise precondition(
+                "release.custodian_approval: this agreement releases results without approval"
+            )
+        if run.state != DONE:
+            raise precondition(f"only a finished run can be approved; this one is {run.state}")
+        self._store.approve_run(request.project_id, request.run_id)
+        return self._summary(self._run(request.project_id, request.run_id), agreement, role)
 
     def GetRelease(
         self, request: pb.GetReleaseRequest, context: grpc.ServicerContext
     ) -> pb.Release:
-        role = caller_role(context)
-        agreement = self._agreement(request.project_id)
-        run = self._store.run(request.project_id)
-        if run is None or run.state != DONE:
-            state = run.state if run else "waiting for uploads"
-            raise precondition(f"nothing to release: the run is {state}")
+        agreement, role = self._project(request.project_id, context)
+        run = self._run(request.project_id, request.run_id)
+        try:
+            check_release(
+                agreement, run.state, run.approved, run.results_deleted, datetime.now(UTC)
+            )
+        except PolicyViolation as violation:
+            raise self._refuse(request.project_id, role, violation) from None
         kind = agreement.release[role]
-        release = pb.Release(project_id=request.project_id, party=role, kind=_RELEASE_KINDS[kind])
-        if kind is ReleaseKind.NOTHING:
-            return release
-        requester_rows, custodian_rows = self._store.matches(request.project_id)
-        release.match_count = len(requester_rows)
-        own, other = (
-            (requester_rows, custodian_rows)
-            if role == "requester"
-            else (custodian_rows, requester_rows)
+        release = pb.Release(
+            project_id=request.project_id, party=role, run_id=run.run_id, kind=_RELEASE_KINDS[kind]
         )
-        if kind is ReleaseKind.OWN_ROWS:
-            release.own_rows.extend(sorted(own))
-        elif kind is ReleaseKind.PAIRS:
-            release.own_rows.extend(own)
-            release.other_rows.extend(other)
+        if kind is not ReleaseKind.NOTHING:
+            requester_rows, custodian_rows = self._store.matches(run.run_id)
+            release.match_count = len(requester_rows)
+            release.withheld_count = run.withheld_count
+            own, other = (
+                (requester_rows, custodian_rows)
+                if role == "requester"
+                else (custodian_rows, requester_rows)
+            )
+            if kind is ReleaseKind.OWN_ROWS:
+                release.own_rows.extend(sorted(own))
+            elif kind is ReleaseKind.PAIRS:
+                release.own_rows.extend(own)
+                release.other_rows.extend(other)
+        entry = self._store.record_release(
+            request.project_id,
+            run.run_id,
+            role,
+            {
+                "kind": kind.value,
+                "matches": release.match_count,
+                "rows": len(release.own_rows) + len(release.other_rows),
+            },
+        )
+        release.receipt = receipt_json(entry)
+        self._apply_release_retention(agreement, request.project_id, run.run_id)
         return release
+
+    def _apply_release_retention(self, agreement: Agreement, project_id: str, run_id: str) -> None:
+        run = self._run(project_id, run_id)
+        batch = self._store.upload(run_id)
+        if (
+            agreement.delete_encodings_after_release
+            and batch is not None
+            and release_complete(agreement, run.fetched_by)
+        ):
+            self._store.delete_encodings(batch, "retention.delete_encodings_after_release")
 
     def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.ProjectStatus:
-        role = caller_role(context)
-        self._agreement(request.project_id)
-        uploads = self._store.uploads(request.project_id)
-        status = pb.ProjectStatus(
-            project_id=request.project_id, run=self._progress(request.project_id, role)
-        )
+        agreement, role = self._project(request.project_id, context)
+        status = pb.ProjectStatus(project_id=request.project_id)
         for party in ROLES:
-            # The other party's record count is not the caller's to know.
-            count = uploads[party].count if party == role and party in uploads else 0
-            status.uploads.add(party=party, uploaded=party in uploads, count=count)
+            uploads = self._store.uploads(request.project_id, party)
+            if party == role:
+                for upload in uploads:
+                    status.uploads.add(
+                        party=party, uploaded=True, count=upload.count, upload_id=upload.upload_id
+                    )
+            if party != role or not uploads:
+                # The other party's record counts are not the caller's to know.
+                status.uploads.add(party=party, uploaded=bool(uploads))
+        for run in self._store.runs(request.project_id):
+            status.runs.append(self._summary(run, agreement, role))
         return status
 
     def DeleteProject(
         self, request: pb.DeleteProjectRequest, context: grpc.ServicerContext
     ) -> pb.DeleteProjectResponse:
-        caller_role(context)
-        if not self._store.delete_project(request.project_id):
-            raise not_found(f"no project {request.project_id!r} on this server")
-        self._runs.forget(request.project_id)
-        return pb.DeleteProjectResponse()
+        _, role = self._project(request.project_id, context)
+        try:
+            entry = self._store.delete_project(request.project_id, role, f"deleted by {role}")
+        except NotFound:
+            raise not_found(f"no project {request.project_id!r} on this server") from None
+        return pb.DeleteProjectResponse(receipt=receipt_json(entry))
 
 
 def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
@@ -208,11 +369,6 @@ def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
         )
     if header.count == 0:
         raise invalid("an upload must hold at least one encoding")
-    if header.count > agreement.max_records_per_upload:
-        raise precondition(
-            f"{header.count} records exceed the agreement's limit of "
-            f"{agreement.max_records_per_upload} per upload"
-        )
     if len(header.content_sha256) != 32:
         raise invalid("content_sha256 must be 32 bytes")
 
@@ -237,13 +393,3 @@ def _payload_chunks(
             f"the stream ended after {received} of {expected} bytes "
             f"({header.count} encodings announced); nothing was stored"
         )
-
-
-def _to_message(progress: RunProgress) -> pb.RunProgress:
-    return pb.RunProgress(
-        state=_RUN_STATES[progress.state],
-        stage=progress.stage,
-        done=progress.done,
-        total=progress.total,
-        message=progress.message,
-    )

@@ -1,11 +1,12 @@
 """The server's state: one SQLite database (WAL) plus one encodings file per committed upload.
 
 Invariants:
-- An upload is committed by renaming its verified file into place and inserting its row in one
-  transaction; a file without a row is garbage from a crash and is removed at start-up.
-- Matches are stored in the same transaction that marks a run done: a run is either done with
+- Every state change and its audit-log entry are committed in one transaction.
+- An upload is committed by renaming its verified file into place and inserting its row in the
+  same transaction; a file without a row is garbage from a crash and is removed at start-up.
+- A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
-- Reads never return another project's data; per-party filtering is the caller's policy.
+- Reads are per project (and per run); what a party may see is the caller's policy.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from blindlink.audit.chain import SCHEMA_SQL as AUDIT_SCHEMA
+from blindlink.audit.chain import AuditEntry, append_entry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -29,63 +35,103 @@ CREATE TABLE IF NOT EXISTS projects (
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY,
     project_id TEXT NOT NULL REFERENCES projects(project_id) ON DELETE CASCADE,
     party TEXT NOT NULL,
     count INTEGER NOT NULL,
     bit_length INTEGER NOT NULL,
     content_sha256 BLOB NOT NULL,
-    file TEXT NOT NULL,
-    committed_at REAL NOT NULL,
-    PRIMARY KEY (project_id, party)
+    file TEXT,  -- NULL once the encodings were deleted
+    committed_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS uploads_by_project ON uploads(project_id, party);
 CREATE TABLE IF NOT EXISTS runs (
-    project_id TEXT PRIMARY KEY REFERENCES projects(project_id) ON DELETE CASCADE,
+    run_id TEXT PRIMARY KEY,  -- the requester batch's upload_id
+    project_id TEXT NOT NULL REFERENCES projects(project_id) ON DELETE CASCADE,
     state TEXT NOT NULL,
+    threshold REAL NOT NULL,
     message TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    approved INTEGER NOT NULL DEFAULT 0,
+    match_count INTEGER NOT NULL DEFAULT 0,
+    withheld_count INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    results_deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS matches (
-    project_id TEXT NOT NULL REFERENCES projects(project_id) ON DELETE CASCADE,
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     requester_row INTEGER NOT NULL,
     custodian_row INTEGER NOT NULL,
-    similarity REAL NOT NULL
+    similarity REAL NOT NULL,
+    withheld INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS matches_by_project ON matches(project_id);
+CREATE INDEX IF NOT EXISTS matches_by_run ON matches(run_id);
+CREATE TABLE IF NOT EXISTS releases (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    party TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (run_id, party)
+);
 """
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+WAITING, QUEUED, RUNNING, DONE, FAILED = "waiting", "queued", "running", "done", "failed"
 
 
 class AlreadyExists(Exception):
     """The row being created exists already."""
 
 
+class NotFound(Exception):
+    """No such project or run."""
+
+
 @dataclass(frozen=True)
 class UploadRecord:
+    upload_id: str
     project_id: str
     party: str
     count: int
     bit_length: int
     content_sha256: bytes
-    path: Path
+    path: Path | None  # None once the encodings were deleted
+    committed_at: float
 
 
 @dataclass(frozen=True)
 class RunRecord:
+    run_id: str
     project_id: str
     state: str
+    threshold: float
     message: str
+    approved: bool
+    match_count: int
+    withheld_count: int
+    finished_at: float | None
+    results_deleted: bool
+    fetched_by: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What committing an upload did."""
+
+    upload_id: str
+    run_id: str  # "" for a custodian upload
+    queued_runs: list[str]
+    receipt: AuditEntry
 
 
 class Store:
     """Thread-safe access to the server's state under `data_dir`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, signing_key: Ed25519PrivateKey) -> None:
         self.data_dir = Path(data_dir)
         self.encodings_dir = self.data_dir / "encodings"
         self.incoming_dir = self.data_dir / "incoming"
         for d in (self.data_dir, self.encodings_dir, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._key = signing_key
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.data_dir / "blindlink.db", check_same_thread=False, isolation_level=None
@@ -93,7 +139,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + AUDIT_SCHEMA)
         self._remove_orphan_files()
 
     def close(self) -> None:
@@ -111,17 +157,33 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    def _audit(
+        self,
+        db: sqlite3.Connection,
+        kind: str,
+        project_id: str,
+        party: str,
+        details: dict[str, Any],
+    ) -> AuditEntry:
+        return append_entry(db, self._key, kind, project_id, party, details)
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
     def _remove_orphan_files(self) -> None:
         for leftover in self.incoming_dir.iterdir():
             leftover.unlink()
-        committed = {row[0] for row in self._db.execute("SELECT file FROM uploads")}
+        committed = {r[0] for r in self._read("SELECT file FROM uploads WHERE file IS NOT NULL")}
         for path in self.encodings_dir.iterdir():
             if path.name not in committed:
                 path.unlink()
 
     # Projects
 
-    def create_project(self, project_id: str, agreement: bytes) -> None:
+    def create_project(
+        self, project_id: str, agreement: bytes, details: dict[str, Any], party: str
+    ) -> AuditEntry:
         """MUST raise AlreadyExists, changing nothing, when the project exists."""
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM projects WHERE project_id=?", (project_id,)).fetchone():
@@ -129,26 +191,30 @@ class Store:
             db.execute(
                 "INSERT INTO projects VALUES (?, ?, ?)", (project_id, agreement, time.time())
             )
+            return self._audit(db, "project_created", project_id, party, details)
 
     def agreement(self, project_id: str) -> bytes | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT agreement FROM projects WHERE project_id=?", (project_id,)
-            ).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT agreement FROM projects WHERE project_id=?", (project_id,))
+        return rows[0][0] if rows else None
 
-    def delete_project(self, project_id: str) -> bool:
-        """Delete the project's rows, then its encodings files. False if there was no project."""
+    def delete_project(self, project_id: str, party: str, reason: str) -> AuditEntry:
+        """Delete the project's rows, then its encodings files; the audit log keeps the record."""
         with self._transaction() as db:
             files = [
                 r[0]
-                for r in db.execute("SELECT file FROM uploads WHERE project_id=?", (project_id,))
+                for r in db.execute(
+                    "SELECT file FROM uploads WHERE project_id=? AND file IS NOT NULL",
+                    (project_id,),
+                )
             ]
-            deleted = db.execute("DELETE FROM projects WHERE project_id=?", (project_id,)).rowcount
-            db.execute("DELETE FROM matches WHERE project_id=?", (project_id,))
+            if not db.execute("DELETE FROM projects WHERE project_id=?", (project_id,)).rowcount:
+                raise NotFound(project_id)
+            entry = self._audit(
+                db, "data_deleted", project_id, party, {"what": "project", "reason": reason}
+            )
         for name in files:
             (self.encodings_dir / name).unlink(missing_ok=True)
-        return bool(deleted)
+        return entry
 
     # Uploads
 
@@ -156,129 +222,290 @@ class Store:
         """A fresh path for an upload in progress."""
         return self.incoming_dir / f"{uuid.uuid4().hex}.bin"
 
-    def commit_upload(self, upload: UploadRecord, parties: tuple[str, ...]) -> bool:
-        """Move the verified file at `upload.path` into place and record it, atomically.
+    def commit_upload(
+        self,
+        project_id: str,
+        party: str,
+        path: Path,
+        count: int,
+        bit_length: int,
+        content_sha256: bytes,
+        threshold: float,
+    ) -> Commit:
+        """Move the verified file at `path` into place and record it, atomically.
 
-        MUST raise AlreadyExists (removing the file, changing nothing else) when the party has
-        uploaded already. Returns True when this upload completes the set of `parties`, in which
-        case a queued run is recorded in the same transaction.
+        A custodian upload MUST raise AlreadyExists (removing the file, changing nothing else)
+        while the custodian has encodings on the server. A requester upload is a batch and
+        creates a run, queued at once if the custodian's encodings are there, else waiting.
         """
-        name = f"{upload.project_id[:16]}-{upload.party}-{uuid.uuid4().hex}.bin"
+        upload_id = uuid.uuid4().hex
+        name = f"{upload_id}.bin"
         final = self.encodings_dir / name
         try:
             with self._transaction() as db:
-                if db.execute(
-                    "SELECT 1 FROM uploads WHERE project_id=? AND party=?",
-                    (upload.project_id, upload.party),
-                ).fetchone():
-                    raise AlreadyExists(f"{upload.project_id}/{upload.party}")
-                os.replace(upload.path, final)
+                custodian_live = (
+                    db.execute(
+                        "SELECT 1 FROM uploads WHERE project_id=? AND party='custodian' "
+                        "AND file IS NOT NULL",
+                        (project_id,),
+                    ).fetchone()
+                    is not None
+                )
+                if party == "custodian" and custodian_live:
+                    raise AlreadyExists(f"{project_id}/custodian")
+                os.replace(path, final)
                 _fsync_dir(self.encodings_dir)
                 db.execute(
-                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        upload.project_id,
-                        upload.party,
-                        upload.count,
-                        upload.bit_length,
-                        upload.content_sha256,
+                        upload_id,
+                        project_id,
+                        party,
+                        count,
+                        bit_length,
+                        content_sha256,
                         name,
                         time.time(),
                     ),
                 )
-                uploaded = {
-                    r[0]
-                    for r in db.execute(
-                        "SELECT party FROM uploads WHERE project_id=?", (upload.project_id,)
-                    )
-                }
-                complete = uploaded >= set(parties)
-                if complete:
+                receipt = self._audit(
+                    db,
+                    "upload_committed",
+                    project_id,
+                    party,
+                    {
+                        "upload_id": upload_id,
+                        "count": count,
+                        "bit_length": bit_length,
+                        "content_sha256": content_sha256.hex(),
+                    },
+                )
+                run_id, queued = "", []
+                if party == "requester":
+                    run_id = upload_id
                     db.execute(
-                        "INSERT INTO runs VALUES (?, ?, '', ?)",
-                        (upload.project_id, QUEUED, time.time()),
+                        "INSERT INTO runs (run_id, project_id, state, threshold, "
+                        "created_at) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            run_id,
+                            project_id,
+                            QUEUED if custodian_live else WAITING,
+                            threshold,
+                            time.time(),
+                        ),
+                    )
+                    queued = [run_id] if custodian_live else []
+                else:
+                    queued = [
+                        r[0]
+                        for r in db.execute(
+                            "SELECT run_id FROM runs WHERE project_id=? AND state=? "
+                            "ORDER BY created_at",
+                            (project_id, WAITING),
+                        )
+                    ]
+                    db.execute(
+                        "UPDATE runs SET state=? WHERE project_id=? AND state=?",
+                        (QUEUED, project_id, WAITING),
                     )
         except BaseException:
-            upload.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
             raise
-        return complete
+        return Commit(upload_id, run_id, queued, receipt)
 
-    def uploads(self, project_id: str) -> dict[str, UploadRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT party, count, bit_length, content_sha256, file FROM uploads "
-                "WHERE project_id=?",
-                (project_id,),
-            ).fetchall()
-        return {
-            party: UploadRecord(project_id, party, count, bits, digest, self.encodings_dir / name)
-            for party, count, bits, digest, name in rows
-        }
+    def uploads(self, project_id: str, party: str | None = None) -> list[UploadRecord]:
+        """The project's uploads (of one party, if given), oldest first."""
+        rows = self._read(
+            "SELECT upload_id, party, count, bit_length, content_sha256, file, committed_at "
+            "FROM uploads WHERE project_id=? AND (? IS NULL OR party=?) ORDER BY committed_at",
+            (project_id, party, party),
+        )
+        return [
+            UploadRecord(
+                uid,
+                project_id,
+                p,
+                count,
+                bits,
+                digest,
+                self.encodings_dir / name if name else None,
+                at,
+            )
+            for uid, p, count, bits, digest, name, at in rows
+        ]
+
+    def upload(self, upload_id: str) -> UploadRecord | None:
+        rows = self._read("SELECT project_id FROM uploads WHERE upload_id=?", (upload_id,))
+        if not rows:
+            return None
+        return next(u for u in self.uploads(rows[0][0]) if u.upload_id == upload_id)
+
+    def live_custodian_upload(self, project_id: str) -> UploadRecord | None:
+        live = [u for u in self.uploads(project_id, "custodian") if u.path is not None]
+        return live[-1] if live else None
+
+    def delete_encodings(self, upload: UploadRecord, reason: str) -> None:
+        """Delete an upload's encodings file, keeping its metadata; audited."""
+        with self._transaction() as db:
+            if not db.execute(
+                "UPDATE uploads SET file=NULL WHERE upload_id=? AND file IS NOT NULL",
+                (upload.upload_id,),
+            ).rowcount:
+                return
+            self._audit(
+                db,
+                "data_deleted",
+                upload.project_id,
+                "",
+                {
+                    "what": "encodings",
+                    "upload_id": upload.upload_id,
+                    "party": upload.party,
+                    "reason": reason,
+                },
+            )
+        if upload.path is not None:
+            upload.path.unlink(missing_ok=True)
 
     # Runs
 
-    def run(self, project_id: str) -> RunRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT state, message FROM runs WHERE project_id=?", (project_id,)
-            ).fetchone()
-        return RunRecord(project_id, row[0], row[1]) if row else None
+    def runs(self, project_id: str) -> list[RunRecord]:
+        rows = self._read(
+            "SELECT run_id, state, threshold, message, approved, match_count, withheld_count, "
+            "finished_at, results_deleted, (SELECT group_concat(party) FROM releases r "
+            "WHERE r.run_id = runs.run_id) FROM runs WHERE project_id=? ORDER BY created_at",
+            (project_id,),
+        )
+        return [_run_record(project_id, row) for row in rows]
 
-    def unfinished_runs(self) -> list[str]:
-        """Runs queued or running, e.g. when the server stopped; oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT project_id FROM runs WHERE state IN (?, ?) ORDER BY updated_at",
-                (QUEUED, RUNNING),
-            ).fetchall()
-        return [r[0] for r in rows]
+    def run(self, project_id: str, run_id: str) -> RunRecord | None:
+        return next((r for r in self.runs(project_id) if r.run_id == run_id), None)
 
-    def set_run_state(self, project_id: str, state: str, message: str = "") -> None:
+    def unfinished_runs(self) -> list[tuple[str, str]]:
+        """(project, run) of runs queued or running, e.g. when the server stopped; oldest first."""
+        rows = self._read(
+            "SELECT project_id, run_id FROM runs WHERE state IN (?, ?) ORDER BY created_at",
+            (QUEUED, RUNNING),
+        )
+        return [(p, r) for p, r in rows]
+
+    def start_run(self, project_id: str, run_id: str) -> None:
         with self._transaction() as db:
-            db.execute(
-                "UPDATE runs SET state=?, message=?, updated_at=? WHERE project_id=?",
-                (state, message, time.time(), project_id),
+            db.execute("UPDATE runs SET state=?, message='' WHERE run_id=?", (RUNNING, run_id))
+            threshold = db.execute(
+                "SELECT threshold FROM runs WHERE run_id=?", (run_id,)
+            ).fetchone()[0]
+            self._audit(
+                db, "run_started", project_id, "", {"run_id": run_id, "threshold": threshold}
             )
 
     def finish_run(
         self,
         project_id: str,
+        run_id: str,
         requester_rows: np.ndarray,
         custodian_rows: np.ndarray,
         similarities: np.ndarray,
+        withheld: np.ndarray,
     ) -> None:
-        """Store the matches and mark the run done, atomically; replaces any earlier matches."""
+        """Store the matches and mark the run done, atomically; replaces earlier matches."""
         rows = zip(
-            [project_id] * len(requester_rows),
+            [run_id] * len(requester_rows),
             requester_rows.tolist(),
             custodian_rows.tolist(),
             similarities.tolist(),
+            withheld.tolist(),
             strict=True,
         )
+        withheld_count = int(withheld.sum())
+        match_count = len(requester_rows) - withheld_count
         with self._transaction() as db:
-            db.execute("DELETE FROM matches WHERE project_id=?", (project_id,))
-            db.executemany("INSERT INTO matches VALUES (?, ?, ?, ?)", rows)
+            db.execute("DELETE FROM matches WHERE run_id=?", (run_id,))
+            db.executemany("INSERT INTO matches VALUES (?, ?, ?, ?, ?)", rows)
             db.execute(
-                "UPDATE runs SET state=?, message='', updated_at=? WHERE project_id=?",
-                (DONE, time.time(), project_id),
+                "UPDATE runs SET state=?, message='', match_count=?, withheld_count=?, "
+                "finished_at=? WHERE run_id=?",
+                (DONE, match_count, withheld_count, time.time(), run_id),
+            )
+            self._audit(
+                db,
+                "run_finished",
+                project_id,
+                "",
+                {"run_id": run_id, "matches": match_count, "withheld": withheld_count},
             )
 
-    def matches(self, project_id: str) -> tuple[list[int], list[int]]:
-        """(requester rows, custodian rows) of the project's matches, by requester row."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT requester_row, custodian_row FROM matches WHERE project_id=? "
-                "ORDER BY requester_row",
-                (project_id,),
-            ).fetchall()
+    def fail_run(self, project_id: str, run_id: str, message: str) -> None:
+        with self._transaction() as db:
+            if db.execute(
+                "UPDATE runs SET state=?, message=?, finished_at=? WHERE run_id=?",
+                (FAILED, message, time.time(), run_id),
+            ).rowcount:
+                self._audit(db, "run_failed", project_id, "", {"run_id": run_id, "reason": message})
+
+    def approve_run(self, project_id: str, run_id: str) -> AuditEntry:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET approved=1 WHERE run_id=?", (run_id,))
+            return self._audit(db, "run_approved", project_id, "custodian", {"run_id": run_id})
+
+    def matches(self, run_id: str) -> tuple[list[int], list[int]]:
+        """(requester rows, custodian rows) of a run's released (not withheld) matches."""
+        rows = self._read(
+            "SELECT requester_row, custodian_row FROM matches WHERE run_id=? AND "
+            "withheld=0 ORDER BY requester_row",
+            (run_id,),
+        )
         return [r[0] for r in rows], [r[1] for r in rows]
 
-    def match_count(self, project_id: str) -> int:
-        with self._lock:
-            return self._db.execute(
-                "SELECT COUNT(*) FROM matches WHERE project_id=?", (project_id,)
-            ).fetchone()[0]
+    def record_release(
+        self, project_id: str, run_id: str, party: str, details: dict[str, Any]
+    ) -> AuditEntry:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO releases VALUES (?, ?, ?)", (run_id, party, time.time())
+            )
+            return self._audit(
+                db, "release_fetched", project_id, party, {"run_id": run_id, **details}
+            )
+
+    def record_refusal(self, project_id: str, party: str, details: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            self._audit(db, "request_refused", project_id, party, details)
+
+    def delete_results(self, project_id: str, run_id: str, reason: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM matches WHERE run_id=?", (run_id,))
+            if db.execute(
+                "UPDATE runs SET results_deleted=1 WHERE run_id=? AND results_deleted=0", (run_id,)
+            ).rowcount:
+                self._audit(
+                    db,
+                    "data_deleted",
+                    project_id,
+                    "",
+                    {"what": "results", "run_id": run_id, "reason": reason},
+                )
+
+    def project_ids(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT project_id FROM projects ORDER BY created_at")]
+
+
+def _run_record(project_id: str, row: tuple[Any, ...]) -> RunRecord:
+    run_id, state, threshold, message, approved, matches, withheld, finished, deleted, fetched = row
+    return RunRecord(
+        run_id,
+        project_id,
+        state,
+        threshold,
+        message,
+        bool(approved),
+        matches,
+        withheld,
+        finished,
+        bool(deleted),
+        frozenset(fetched.split(",")) if fetched else frozenset(),
+    )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,115 @@
+"""The agreement's rules as checks. Each refusal names the rule (the agreement key) it enforces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from blindlink.agreement.model import Agreement, ReleaseKind, format_timestamp
+
+
+@dataclass(frozen=True)
+class PolicyViolation(Exception):
+    """A request the agreement does not allow. `rule` is the agreement key, e.g.
+    "limits.max_uploads_per_period"."""
+
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PastUpload:
+    committed_at: float
+    count: int
+
+
+def check_validity(agreement: Agreement, now: datetime) -> None:
+    """Nothing is accepted or released outside the agreement's validity window."""
+    if now < agreement.valid_from:
+        raise PolicyViolation(
+            "limits.valid_from",
+            f"the agreement is not valid before {format_timestamp(agreement.valid_from)}",
+        )
+    if now >= agreement.valid_until:
+        raise PolicyViolation(
+            "limits.valid_until",
+            f"the agreement expired at {format_timestamp(agreement.valid_until)}",
+        )
+
+
+def run_threshold(agreement: Agreement, party: str, requested: float) -> float:
+    """The threshold of a requester batch's run: the agreement's, or the requested one if it
+    does not go below the floor."""
+    if requested == 0:
+        return agreement.threshold
+    if party != "requester":
+        raise PolicyViolation(
+            "matching.threshold", "only the requester's batches choose a threshold"
+        )
+    if not 0 < requested <= 1:
+        raise PolicyViolation("matching.threshold", f"{requested} is not in (0, 1]")
+    if requested < agreement.threshold_floor:
+        raise PolicyViolation(
+            "matching.threshold_floor",
+            f"threshold {requested} is below the agreed floor {agreement.threshold_floor}",
+        )
+    return requested
+
+
+def check_upload(
+    agreement: Agreement, count: int, past: Sequence[PastUpload], now: datetime
+) -> None:
+    """Per-upload and rolling-period limits of one party's uploads (`past`: its earlier ones)."""
+    check_validity(agreement, now)
+    if count > agreement.max_records_per_upload:
+        raise PolicyViolation(
+            "limits.max_records_per_upload",
+            f"{count} records exceed the limit of {agreement.max_records_per_upload} per upload",
+        )
+    since = now.timestamp() - agreement.period_seconds
+    recent = [u for u in past if u.committed_at > since]
+    if len(recent) + 1 > agreement.max_uploads_per_period:
+        raise PolicyViolation(
+            "limits.max_uploads_per_period",
+            f"{len(recent)} uploads in the "
+            f"last {agreement.period_seconds} s already reach the limit of "
+            f"{agreement.max_uploads_per_period}",
+        )
+    records = sum(u.count for u in recent) + count
+    if records > agreement.max_records_per_period:
+        raise PolicyViolation(
+            "limits.max_records_per_period",
+            f"{records} records in the last "
+            f"{agreement.period_seconds} s would exceed the limit of "
+            f"{agreement.max_records_per_period}",
+        )
+
+
+def check_release(
+    agreement: Agreement, state: str, approved: bool, results_deleted: bool, now: datetime
+) -> None:
+    """Whether a finished run's results may be released now."""
+    check_validity(agreement, now)
+    if state != "done":
+        raise PolicyViolation("run", f"nothing to release: the run is {state}")
+    if agreement.custodian_approval and not approved:
+        raise PolicyViolation(
+            "release.custodian_approval", "the custodian has not approved this run's results yet"
+        )
+    if results_deleted:
+        raise PolicyViolation(
+            "retention.results_ttl_seconds",
+            "the run's results were deleted under the agreement's retention rules",
+        )
+
+
+def counts_visible(agreement: Agreement, party: str) -> bool:
+    """A party may see a run's counts if it is granted any release, or, as the custodian, when
+    it must approve them."""
+    return agreement.release[party] is not ReleaseKind.NOTHING or (
+        party == "custodian" and agreement.custodian_approval
+    )

@@ -1,0 +1,455 @@
+"""The audit log: a real SQLite chain verifies, and each kind of tampering by an operator with
+database access is named at the entry it affects."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from blindlink.audit.chain import (
+    GENESIS,
+    SCHEMA_SQL,
+    AuditEntry,
+    AuditFormatError,
+    append_entry,
+    entry_hash,
+    read_entries,
+)
+from blindlink.audit.export import export_log, read_export
+from blindlink.audit.verify import (
+    Problem,
+    check_receipts_in_log,
+    verify_entries,
+    verify_receipt,
+)
+from blindlink.canonical import canonical_json
+from blindlink.cli.audit_commands import add_audit_commands
+from blindlink.errors import BlindlinkError, InputError
+from blindlink.security.keys import public_key_text, sign, verify_signature
+
+SERVER_KEY = Ed25519PrivateKey.generate()
+SERVER_PUB = public_key_text(SERVER_KEY)
+START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+PROJECT_A, PROJECT_B = "a" * 64, "b" * 64
+EVENTS = [
+    ("project_created", PROJECT_A, "requester", {"reference": "DSA-2026-017"}),
+    ("upload_committed", PROJECT_A, "requester", {"count": 1000, "bit_length": 1024}),
+    ("project_created", PROJECT_B, "custodian", {"reference": "other"}),
+    ("upload_committed", PROJECT_A, "custodian", {"count": 900, "bit_length": 1024}),
+    ("run_started", PROJECT_A, "", {}),
+    ("run_finished", PROJECT_A, "", {"matches": 480}),
+    ("release_fetched", PROJECT_A, "requester", {"release": "own_rows", "rows": 480}),
+    ("request_refused", PROJECT_B, "", {"method": "GetRelease", "reason": "no run"}),
+    ("release_fetched", PROJECT_A, "custodian", {"release": "count"}),
+    ("data_deleted", PROJECT_A, "requester", {"files": 2}),
+]
+EDITED = "entry_hash does not match the entry's fields (edited)"
+BAD_SIGNATURE = "signature does not match the entry (edited, or signed by another key)"
+NO_ENTRIES_BEFORE_3 = "first entry has seq 3; a full log starts at seq 1 (entries 1-2 are missing)"
+
+
+def unlinked(before: int) -> str:
+    return (
+        f"prev_hash does not match entry seq {before} "
+        "(an entry was removed, inserted or reordered before it)"
+    )
+
+
+@dataclass(frozen=True)
+class Log:
+    path: Path
+    receipts: list[AuditEntry]  # what append_entry returned, as handed to the parties
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Log:
+    """A server-like database (WAL, one transaction per event) holding the 10 EVENTS."""
+    path = tmp_path_factory.mktemp("pristine") / "blindlink.db"
+    receipts = []
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA_SQL)
+        for minute, (kind, project, party, details) in enumerate(EVENTS):
+            conn.execute("BEGIN IMMEDIATE")
+            now = START + timedelta(minutes=minute)
+            receipts.append(append_entry(conn, SERVER_KEY, kind, project, party, details, now))
+            conn.execute("COMMIT")
+    assert not path.with_name("blindlink.db-wal").exists()  # the file alone is the database
+    return Log(path, receipts)
+
+
+@pytest.fixture
+def db(pristine: Log, tmp_path: Path) -> Path:
+    """A copy of the pristine database file, for one test to tamper with."""
+    data_dir = tmp_path / "server-data"
+    data_dir.mkdir()
+    return Path(shutil.copy(pristine.path, data_dir / "blindlink.db"))
+
+
+def tamper(db: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    """What a malicious operator does: SQL straight into the server's database."""
+    with closing(sqlite3.connect(db)) as conn:
+        for sql, params in statements:
+            conn.execute(sql, params)
+        conn.commit()
+
+
+def exported(db: Path, project: str | None = None) -> list[AuditEntry]:
+    out = db.parent.parent / "audit.jsonl"
+    export_log(db, out, project)
+    return read_export(out)
+
+
+def verified(db: Path) -> list[Problem]:
+    return verify_entries(exported(db), SERVER_PUB).problems
+
+
+def forged(seq: int, prev_hash: str, key: Ed25519PrivateKey) -> AuditEntry:
+    """A well-formed entry with a correct hash, signed by `key`."""
+    fields = (seq, "2026-05-01T10:00:00.000000Z", "run_approved", PROJECT_A, "", {}, prev_hash)
+    digest = entry_hash(*fields)
+    return AuditEntry(*fields, digest, sign(key, digest.encode("ascii")))
+
+
+def test_real_database_chain_verifies(db: Path, pristine: Log) -> None:
+    entries = exported(db)
+    assert entries == pristine.receipts
+    assert [e.seq for e in entries] == list(range(1, 11))
+    assert entries[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.entry_hash for a, b in zip(entries, entries[1:], strict=False))
+    assert entries[1].time == "2026-05-01T09:01:00.000000Z"
+    report = verify_entries(entries, SERVER_PUB)
+    assert report.ok and report.entries == 10 and report.problems == []
+
+
+def test_project_export_verifies_as_partial_log(db: Path) -> None:
+    entries = exported(db, PROJECT_B)
+    assert [e.seq for e in entries] == [3, 8]
+    assert verify_entries(entries, SERVER_PUB, partial=True).ok
+    assert verify_entries(entries, SERVER_PUB).problems == [
+        Problem(
+            0, 3, "first entry has seq 3; a full log starts at seq 1 (entries 1-2 are missing)"
+        ),
+        Problem(1, 8, "seq 8 follows seq 3 (entries 4-7 are missing)"),
+        Problem(1, 8, unlinked(3)),
+    ]
+
+
+def test_edited_details_named_at_that_entry(db: Path) -> None:
+    tamper(db, ("UPDATE audit_log SET details=? WHERE seq=6", ('{"matches":999}',)))
+    assert verified(db) == [Problem(5, 6, EDITED)]
+
+
+def test_edited_details_with_recomputed_hash_fails_signature(db: Path, pristine: Log) -> None:
+    original = pristine.receipts[2]
+    details = {"reference": "rewritten"}
+    digest = entry_hash(
+        3, original.time, original.kind, original.project_id, "", details, original.prev_hash
+    )
+    tamper(
+        db,
+        (
+            "UPDATE audit_log SET details=?, party='', entry_hash=? WHERE seq=3",
+            (json.dumps(details), digest),
+        ),
+    )
+    assert verified(db) == [Problem(2, 3, BAD_SIGNATURE)]
+
+
+def test_entry_hash_and_signature_cover_exactly_the_fields(pristine: Log) -> None:
+    entry = pristine.receipts[6]
+    fields = {k: v for k, v in entry.to_json().items() if k not in ("entry_hash", "signature")}
+    assert entry.entry_hash == hashlib.sha256(canonical_json(fields)).hexdigest()
+    assert verify_signature(SERVER_PUB, entry.entry_hash.encode("ascii"), entry.signature)
+
+
+def test_edited_prev_hash_named_at_that_entry(db: Path) -> None:
+    tamper(db, ("UPDATE audit_log SET prev_hash=? WHERE seq=5", (GENESIS,)))
+    assert verified(db) == [Problem(4, 5, unlinked(4)), Problem(4, 5, EDITED)]
+
+
+def test_deleted_middle_entry_named_at_its_successor(db: Path) -> None:
+    tamper(db, ("DELETE FROM audit_log WHERE seq=5", ()))
+    assert verified(db) == [
+        Problem(4, 6, "seq 6 follows seq 4 (entry 5 is missing)"),
+        Problem(4, 6, unlinked(4)),
+    ]
+
+
+def test_deleted_first_entries_named(db: Path) -> None:
+    tamper(db, ("DELETE FROM audit_log WHERE seq<=2", ()))
+    assert verified(db) == [Problem(0, 3, NO_ENTRIES_BEFORE_3)]
+
+
+def test_deleted_last_entry_caught_only_by_its_receipt(db: Path, pristine: Log) -> None:
+    tamper(db, ("DELETE FROM audit_log WHERE seq=10", ()))
+    entries = exported(db)
+    assert verify_entries(entries, SERVER_PUB).ok  # a truncated log is a valid log
+    receipts = [r.to_json() for r in pristine.receipts]
+    assert check_receipts_in_log(receipts[:9], entries) == []
+    assert check_receipts_in_log(receipts, entries) == [
+        "receipt for seq 10 (data_deleted): no such entry in the log (removed)"
+    ]
+
+
+def test_receipt_names_edited_log_entry(db: Path, pristine: Log) -> None:
+    tamper(db, ("UPDATE audit_log SET details='{}', party='' WHERE seq=7", ()))
+    receipts = [r.to_json() for r in pristine.receipts]
+    assert check_receipts_in_log(receipts, exported(db)) == [
+        "receipt for seq 7 (release_fetched): the log's entry differs in party, details"
+    ]
+
+
+def test_swapped_entries_named_as_reordered(db: Path) -> None:
+    tamper(
+        db,
+        ("UPDATE audit_log SET seq=0 WHERE seq=4", ()),
+        ("UPDATE audit_log SET seq=4 WHERE seq=6", ()),
+        ("UPDATE audit_log SET seq=6 WHERE seq=0", ()),
+    )
+    assert verified(db) == [
+        Problem(3, 4, "prev_hash links to seq 5, not to seq 3 before it (reordered)"),
+        Problem(3, 4, EDITED),
+        Problem(5, 6, "prev_hash links to seq 3, not to seq 5 before it (reordered)"),
+        Problem(5, 6, EDITED),
+    ]
+
+
+def test_forged_entry_with_fresh_key_named(db: Path, pristine: Log) -> None:
+    fake = forged(11, pristine.receipts[-1].entry_hash, Ed25519PrivateKey.generate())
+    columns = ", ".join(fake.to_json())
+    values = [json.dumps(v) if isinstance(v, dict) else v for v in fake.to_json().values()]
+    tamper(db, (f"INSERT INTO audit_log ({columns}) VALUES ({', '.join('?' * 9)})", tuple(values)))
+    assert verified(db) == [Problem(10, 11, BAD_SIGNATURE)]
+
+
+def test_forged_line_inserted_in_export_named_as_inserted(pristine: Log) -> None:
+    fake = forged(6, pristine.receipts[4].entry_hash, Ed25519PrivateKey.generate())
+    entries = [*pristine.receipts[:5], fake, *pristine.receipts[5:]]
+    assert verify_entries(entries, SERVER_PUB).problems == [
+        Problem(5, 6, BAD_SIGNATURE),
+        Problem(5, 6, "not part of the chain: seq 6 links past it to seq 5 (inserted)"),
+    ]
+
+
+def test_reordered_export_lines_named(pristine: Log) -> None:
+    entries = list(pristine.receipts)
+    entries[4], entries[5] = entries[5], entries[4]
+    assert verify_entries(entries, SERVER_PUB).problems == [
+        Problem(4, 6, "seq 6 follows seq 4 (reordered: the entries between appear elsewhere)"),
+        Problem(4, 6, "prev_hash links to seq 5, not to seq 4 before it (reordered)"),
+        Problem(5, 5, "seq 5 appears after seq 6 (reordered)"),
+    ]
+
+
+def test_gap_with_some_entries_elsewhere_named(pristine: Log) -> None:
+    first, second, _, fourth, fifth = pristine.receipts[:5]
+    problems = verify_entries([first, second, fifth, fourth], SERVER_PUB).problems
+    assert problems == [
+        Problem(2, 5, "seq 5 follows seq 2 (1 of the 2 entries between are missing)"),
+        Problem(2, 5, "prev_hash links to seq 4, not to seq 2 before it (reordered)"),
+        Problem(3, 4, "seq 4 appears after seq 5 (reordered)"),
+    ]
+
+
+def test_duplicated_export_line_named(pristine: Log) -> None:
+    entries = [*pristine.receipts[:4], pristine.receipts[3], *pristine.receipts[4:]]
+    assert verify_entries(entries, SERVER_PUB).problems == [
+        Problem(4, 4, "seq 4 appears twice (duplicate)")
+    ]
+
+
+def test_another_servers_key_fails_every_signature(pristine: Log) -> None:
+    other = public_key_text(Ed25519PrivateKey.generate())
+    problems = verify_entries(pristine.receipts, other).problems
+    assert problems == [Problem(i, i + 1, BAD_SIGNATURE) for i in range(10)]
+    with pytest.raises(BlindlinkError, match="ed25519:"):
+        verify_entries(pristine.receipts, "not a key")
+
+
+def test_append_is_part_of_the_callers_transaction(db: Path) -> None:
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE state (note TEXT)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO state VALUES ('rolled back')")
+        append_entry(conn, SERVER_KEY, "run_approved", PROJECT_A, "custodian", {})
+        conn.execute("ROLLBACK")
+        assert len(read_entries(conn)) == 10
+        assert conn.execute("SELECT COUNT(*) FROM state").fetchone() == (0,)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO state VALUES ('kept')")
+        details = {"rows": (1, 2)}
+        entry = append_entry(conn, SERVER_KEY, "run_approved", PROJECT_A, "custodian", details)
+        conn.execute("COMMIT")
+        assert read_entries(conn)[-1] == entry and entry.seq == 11
+        assert conn.execute("SELECT COUNT(*) FROM state").fetchone() == (1,)
+        with pytest.raises(RuntimeError, match="transaction"):
+            append_entry(conn, SERVER_KEY, "run_approved", PROJECT_A, "custodian", {})
+        assert len(read_entries(conn)) == 11
+    assert verify_entries(exported(db), SERVER_PUB).ok
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "anything"}, "unknown audit entry kind"),
+        ({"party": "Agency A"}, "audit party must be one of"),
+        ({"now": datetime(2026, 5, 1, 9, 0)}, "timezone-aware"),
+    ],
+)
+def test_append_refuses_bad_arguments(change: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {"kind": "run_started", "party": "", "now": START}
+    arguments.update(change)
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        conn.executescript(SCHEMA_SQL)
+        conn.execute("BEGIN")
+        with pytest.raises(ValueError, match=message):
+            append_entry(conn, SERVER_KEY, project_id=PROJECT_A, details={}, **arguments)
+        assert read_entries(conn) == []
+
+
+def test_append_records_utc_time() -> None:
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        conn.executescript(SCHEMA_SQL)
+        conn.execute("BEGIN")
+        local = datetime(2026, 5, 1, 11, 30, tzinfo=timezone(timedelta(hours=2)))
+        entry = append_entry(conn, SERVER_KEY, "run_started", PROJECT_A, "", {}, local)
+    assert entry.time == "2026-05-01T09:30:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    "alter",
+    [
+        lambda r: r["details"].update(matches=1),
+        lambda r: r.update(seq=7),
+        lambda r: r.update(signature=r["signature"][:-4] + "AAA="),
+        lambda r: r.pop("prev_hash"),
+        lambda r: r.update(seq="6"),
+    ],
+)
+def test_receipt_verifies_and_fails_when_altered(
+    pristine: Log, alter: Callable[[dict], object]
+) -> None:
+    receipt = pristine.receipts[5].to_json()
+    assert verify_receipt(receipt, SERVER_PUB)
+    alter(receipt)
+    assert not verify_receipt(receipt, SERVER_PUB)
+    assert verify_receipt(pristine.receipts[5].to_json(), SERVER_PUB)  # to_json is a copy
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seq": None}, "field 'seq' must be a JSON integer"),
+        ({"seq": True}, "field 'seq' must be a JSON integer"),
+        ({"details": []}, "field 'details' must be a JSON object"),
+        ({"extra": 1}, "unknown field"),
+    ],
+)
+def test_from_json_names_the_bad_field(
+    pristine: Log, change: dict[str, object], message: str
+) -> None:
+    document = pristine.receipts[0].to_json() | change
+    with pytest.raises(AuditFormatError, match=message):
+        AuditEntry.from_json(document)
+    document = pristine.receipts[0].to_json()
+    del document["time"]
+    with pytest.raises(AuditFormatError, match="lacks field.*time"):
+        AuditEntry.from_json(document)
+
+
+def test_read_export_names_the_bad_line(db: Path) -> None:
+    out = db.parent / "audit.jsonl"
+    export_log(db, out)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join([lines[0], lines[1][:-1], *lines[2:]]), encoding="utf-8")
+    with pytest.raises(InputError, match="line 2: not JSON"):
+        read_export(out)
+    out.write_text("\n".join([lines[0], lines[1], "{}"]), encoding="utf-8")
+    with pytest.raises(InputError, match="line 3: audit entry lacks field"):
+        read_export(out)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    parser = argparse.ArgumentParser()
+    add_audit_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code = args.run(args)
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_cli_export_and_verify(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    export = tmp_path / "audit.jsonl"
+    export_args = ["audit", "export", "--data-dir", str(db.parent), "--out", str(export)]
+    assert run_cli(export_args, capsys) == (0, [f"wrote 10 audit entries to {export}"])
+    pub = tmp_path / "server.pub"
+    pub.write_text(SERVER_PUB + "\n", encoding="ascii")
+    for key in (SERVER_PUB, str(pub)):
+        verify_args = ["audit", "verify", str(export), "--server-key", key]
+        assert run_cli(verify_args, capsys) == (0, ["audit log OK: 10 entries"])
+
+    tamper(db, ("UPDATE audit_log SET details='{}' WHERE seq=6", ()))
+    assert run_cli(export_args, capsys)[0] == 0
+    assert run_cli(["audit", "verify", str(export), "--server-key", SERVER_PUB], capsys) == (
+        1,
+        [f"entry at line 6 (seq 6): {EDITED}"],
+    )
+
+
+def test_cli_verifies_a_project_export_as_partial(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    export = tmp_path / "project.jsonl"
+    export_args = ["audit", "export", "--data-dir", str(db.parent), "--out", str(export)]
+    assert run_cli([*export_args, "--project", PROJECT_B], capsys)[0] == 0
+    verify_args = ["audit", "verify", str(export), "--server-key", SERVER_PUB]
+    assert run_cli([*verify_args, "--partial"], capsys) == (0, ["audit log OK: 2 entries"])
+    code, lines = run_cli(verify_args, capsys)
+    assert code == 1 and lines[0] == f"entry at line 1 (seq 3): {NO_ENTRIES_BEFORE_3}"
+
+
+def test_cli_verify_checks_receipts(
+    db: Path, pristine: Log, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    tamper(db, ("DELETE FROM audit_log WHERE seq=10", ()))
+    export = tmp_path / "audit.jsonl"
+    export_log(db, export)
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps([r.to_json() for r in pristine.receipts[:9]]), encoding="utf-8")
+    last = tmp_path / "last.json"
+    last.write_text(json.dumps(pristine.receipts[9].to_json()), encoding="utf-8")
+    base = ["audit", "verify", str(export), "--server-key", SERVER_PUB, "--receipt", str(kept)]
+    assert run_cli(base, capsys) == (0, ["audit log OK: 9 entries"])
+    assert run_cli([*base, "--receipt", str(last)], capsys) == (
+        1,
+        [f"receipt {last}: receipt for seq 10 (data_deleted): no such entry in the log (removed)"],
+    )
+    forged_receipt = pristine.receipts[9].to_json() | {"details": {"files": 0}}
+    last.write_text(json.dumps(forged_receipt), encoding="utf-8")
+    assert run_cli([*base, "--receipt", str(last)], capsys) == (
+        1,
+        [f"receipt {last}: receipt 1 is not validly signed by the server key"],
+    )
+
+
+def test_cli_refuses_a_bad_key_or_missing_database(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_audit_commands(parser.add_subparsers(dest="command", required=True))
+    missing = tmp_path / "no.pub"
+    args = parser.parse_args(["audit", "verify", "x.jsonl", "--server-key", str(missing)])
+    with pytest.raises(InputError, match="no.pub"):
+        args.run(args)
+    args = parser.parse_args(["audit", "export", "--data-dir", str(tmp_path), "--out", "x"])
+    with pytest.raises(InputError, match="database not found"):
+        args.run(args)
