@@ -21,6 +21,7 @@ import jsonschema
 
 from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import AgreementError
+from blindlink.matching.blocking import LshBlocking
 
 FORMAT_VERSION = 1
 ROLES = ("requester", "custodian")
@@ -54,6 +55,7 @@ class Agreement:
     bit_length: int
     threshold: float
     threshold_floor: float
+    blocking: LshBlocking | None
     release: dict[str, ReleaseKind]
     ambiguity_margin: float
     custodian_approval: bool
@@ -125,6 +127,7 @@ def agreement_from_document(document: Any) -> Agreement:
         bit_length=document["encoding"]["bit_length"],
         threshold=float(matching["threshold"]),
         threshold_floor=float(matching["threshold_floor"]),
+        blocking=_blocking(matching["blocking"]),
         release={role: ReleaseKind(release[role]) for role in ROLES},
         ambiguity_margin=float(release["ambiguity_margin"]),
         custodian_approval=release["custodian_approval"],
@@ -140,6 +143,12 @@ def agreement_from_document(document: Any) -> Agreement:
     )
     _check_consistency(agreement)
     return agreement
+
+
+def _blocking(section: dict[str, Any]) -> LshBlocking | None:
+    if section["method"] == "none":
+        return None
+    return LshBlocking(section["bands"], section["bits_per_band"], section["seed"])
 
 
 def _check_consistency(agreement: Agreement) -> None:
@@ -185,6 +194,7 @@ def new_agreement_document(
     bit_length: int,
     threshold: float = 0.8,
     threshold_floor: float | None = None,
+    blocking: dict[str, Any] | None = None,
     requester_release: str = "own_rows",
     custodian_release: str = "count",
     ambiguity_margin: float = 0.0,
@@ -212,7 +222,7 @@ def new_agreement_document(
         "matching": {
             "threshold": threshold,
             "threshold_floor": threshold if threshold_floor is None else threshold_floor,
-            "blocking": "none",
+            "blocking": blocking or {"method": "none"},
             "solver": "greedy",
         },
         "release": {

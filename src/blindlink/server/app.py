@@ -19,7 +19,7 @@ from blindlink.security.tls import is_loopback, server_credentials
 from blindlink.server.identity import PartyResolver
 from blindlink.server.interceptors import ErrorInterceptor
 from blindlink.server.retention import Purger
-from blindlink.server.runs import RunQueue
+from blindlink.server.runs import MatchingSettings, RunQueue
 from blindlink.server.servicer import LinkageServicer
 from blindlink.store.sqlite import Store
 
@@ -79,6 +79,7 @@ def start_server(
     tls: ServerTls | None,
     workers: int = 16,
     purge_interval: float = 60.0,
+    matching: MatchingSettings | None = None,
 ) -> RunningServer:
     """Open the store, resume unfinished runs and serve on `listen` (HOST:PORT).
 
@@ -93,7 +94,7 @@ def start_server(
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     key = server_signing_key(Path(data_dir))
     store = Store(data_dir, key)
-    runs = RunQueue(store)
+    runs = RunQueue(store, matching or MatchingSettings.local())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blindlink-rpc"),
         interceptors=[ErrorInterceptor()],

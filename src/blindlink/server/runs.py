@@ -6,14 +6,27 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
-from blindlink.matching.linkage import ambiguous, find_candidates, solve_one_to_one, to_bitarrays
+from blindlink.matching.engine import (
+    DEFAULT_LIMITS,
+    MatchingLimits,
+    SharedEncodings,
+    find_candidates,
+)
+from blindlink.matching.executors import Executor, LocalPoolExecutor, SerialExecutor
+from blindlink.matching.linkage import ambiguous, solve_one_to_one
 from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Store
 
 log = logging.getLogger("blindlink.server.runs")
+
+# Below this many comparisons a run stays in the server process (about 0.1 s of work).
+POOL_MIN_COMPARISONS = 25_000_000
 
 
 @dataclass(frozen=True)
@@ -25,6 +38,29 @@ class RunProgress:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class MatchingSettings:
+    """The operator's choices for running matches: where, on how many workers, within what."""
+
+    executor: Executor
+    workers: int
+    limits: MatchingLimits
+
+    def executor_for(self, comparisons: int) -> tuple[Executor, int]:
+        """The executor and worker count for a run of this size: small runs stay in this
+        process, where starting workers would cost more than it saves."""
+        if isinstance(self.executor, LocalPoolExecutor) and comparisons < POOL_MIN_COMPARISONS:
+            return SerialExecutor(), 1
+        return self.executor, self.workers
+
+    @classmethod
+    def local(
+        cls, workers: int | None = None, limits: MatchingLimits = DEFAULT_LIMITS
+    ) -> MatchingSettings:
+        pool = LocalPoolExecutor(workers)
+        return cls(pool, pool.workers, limits)
+
+
 class RunFailed(Exception):
     """A run cannot complete, for a reason the parties may be told."""
 
@@ -32,8 +68,9 @@ class RunFailed(Exception):
 class RunQueue:
     """Runs queued runs one at a time; progress is kept in memory, outcomes in the store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, matching: MatchingSettings) -> None:
         self._store = store
+        self._matching = matching
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._lock = threading.Lock()
@@ -90,16 +127,28 @@ class RunQueue:
         batch, reference = self._store.upload(run_id), self._store.live_custodian_upload(project_id)
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
-        datasets = []
+        encodings = []
         for upload in (batch, reference):
             header, payload = read_payload(upload.path)
-            datasets.append(to_bitarrays(payload, header.bit_length))
-
-        def report(done: int, total: int) -> None:
-            self._set(run_id, RunProgress(RUNNING, "comparing", done, total))
-
-        sim, rows0, rows1 = find_candidates(datasets[0], datasets[1], run.threshold, report)
+            encodings.append(np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1))
+        shared = SharedEncodings.of(encodings[0], encodings[1])
+        report = _ProgressReporter(lambda p: self._set(run_id, p), agreement.blocking is None)
+        executor, workers = self._matching.executor_for(len(encodings[0]) * len(encodings[1]))
+        candidates = find_candidates(
+            shared,
+            run.threshold,
+            executor,
+            workers,
+            agreement.blocking,
+            self._matching.limits,
+            report,
+        )
         self._set(run_id, RunProgress(RUNNING, "solving"))
+        sim, rows0, rows1 = (
+            candidates.similarities,
+            candidates.requester_rows,
+            candidates.custodian_rows,
+        )
         matches = solve_one_to_one(sim, rows0, rows1)
         withheld = ambiguous(sim, rows0, rows1, matches, agreement.ambiguity_margin)
         self._set(run_id, RunProgress(RUNNING, "storing"))
@@ -112,9 +161,36 @@ class RunQueue:
             withheld,
         )
         log.info(
-            "run %s done: %d matches, %d withheld, in %.1f s",
+            "run %s done on %s: %d comparisons (reduction ratio %.6f), %d matches, "
+            "%d withheld, in %.1f s",
             run_id[:12],
+            executor.describe(),
+            candidates.comparisons,
+            candidates.reduction_ratio,
             len(matches) - int(withheld.sum()),
             int(withheld.sum()),
             time.monotonic() - started,
+        )
+
+
+class _ProgressReporter:
+    """Turns work done into progress with a rate and an estimated time to finish."""
+
+    def __init__(self, publish: Callable[[RunProgress], None], comparisons: bool) -> None:
+        self._publish = publish
+        self._unit = "comparisons" if comparisons else "bands"
+        self._started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else 0.0
+        self._publish(
+            RunProgress(
+                RUNNING,
+                "comparing",
+                done,
+                total,
+                f"{rate:,.0f} {self._unit}/s, about {eta:,.0f} s left",
+            )
         )

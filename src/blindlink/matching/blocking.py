@@ -1,0 +1,68 @@
+"""Blocking from the encodings alone: locality-sensitive hashing by bit sampling.
+
+Each of `bands` bands samples `bits_per_band` bit positions (chosen from a public seed in the
+agreement; they reveal nothing the server does not hold already). Two records are compared when
+their sampled bits agree in at least one band. A pair whose encodings differ in a fraction d of
+their bits shares a band with probability 1 - (1 - (1 - d)^bits_per_band)^bands, so close pairs
+nearly always meet and distant ones rarely do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LshBlocking:
+    bands: int
+    bits_per_band: int
+    seed: int
+
+    def positions(self, bit_length: int) -> np.ndarray:
+        """(bands, bits_per_band) bit positions, deterministic for the seed."""
+        rng = np.random.default_rng(self.seed)
+        return np.stack(
+            [rng.choice(bit_length, self.bits_per_band, replace=False) for _ in range(self.bands)]
+        )
+
+
+def band_keys(encodings: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Per record, the sampled bits of one band packed into an integer key."""
+    keys = np.zeros(len(encodings), dtype=np.uint64)
+    for position in positions:
+        bit = (encodings[:, position // 8] >> np.uint8(7 - position % 8)) & np.uint8(1)
+        keys = (keys << np.uint64(1)) | bit.astype(np.uint64)
+    return keys
+
+
+def band_pairs(keys_a: np.ndarray, keys_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (i, j) with keys_a[i] == keys_b[j]."""
+    order_b = np.argsort(keys_b, kind="stable")
+    sorted_b = keys_b[order_b]
+    starts = np.searchsorted(sorted_b, keys_a, side="left")
+    counts = np.searchsorted(sorted_b, keys_a, side="right") - starts
+    rows_a = np.repeat(np.arange(len(keys_a)), counts)
+    # Position of each pair within its block, then the matching index into sorted_b.
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows_b = order_b[np.repeat(starts, counts) + offsets]
+    return rows_a, rows_b
+
+
+def dice(
+    encodings_a: np.ndarray,
+    encodings_b: np.ndarray,
+    rows_a: np.ndarray,
+    rows_b: np.ndarray,
+    popcount_a: np.ndarray,
+    popcount_b: np.ndarray,
+) -> np.ndarray:
+    """Dice coefficients of the given pairs."""
+    common = np.bitwise_count(encodings_a[rows_a] & encodings_b[rows_b]).sum(axis=1)
+    total = popcount_a[rows_a] + popcount_b[rows_b]
+    return np.divide(2.0 * common, total, out=np.zeros(len(total)), where=total > 0)
+
+
+def popcounts(encodings: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(encodings).sum(axis=1).astype(np.int64)

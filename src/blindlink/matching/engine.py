@@ -1,0 +1,230 @@
+"""Parallel candidate generation: plan tasks, run them on an executor, merge, enforce limits.
+
+Without blocking the work is anonlink's all-pairs comparison, split into chunks with anonlink's
+`split_to_chunks`; with LSH blocking each band is a task. Either way the merged candidates are
+sorted exactly as anonlink sorts them, so the 1:1 solution is identical whatever the executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from bitarray import bitarray
+
+from blindlink.matching.blocking import LshBlocking, band_keys, band_pairs, dice, popcounts
+from blindlink.matching.executors import Executor
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    from anonlink.candidate_generation import find_candidate_pairs
+    from anonlink.concurrency import split_to_chunks
+    from anonlink.similarities import dice_coefficient_accelerated
+
+CHUNK_COMPARISONS = 100_000_000
+# Bytes per record that the in-memory bitarray form costs beyond the encoding itself.
+BITARRAY_OVERHEAD_BYTES = 100
+
+Progress = Callable[[int, int], None]
+
+
+class MatchingAborted(Exception):
+    """The run would break an operator limit; the message says which and by how much."""
+
+
+@dataclass(frozen=True)
+class MatchingLimits:
+    """Operator limits on one run."""
+
+    max_candidate_pairs: int = 100_000_000
+    max_memory_bytes: int = 8 << 30
+
+
+DEFAULT_LIMITS = MatchingLimits()
+
+
+@dataclass(frozen=True)
+class SharedEncodings:
+    """Both parties' encodings, shipped once to every worker."""
+
+    requester: np.ndarray  # uint8, (records, bytes per encoding)
+    custodian: np.ndarray
+    key: str = field(default="")
+
+    @classmethod
+    def of(cls, requester: np.ndarray, custodian: np.ndarray) -> SharedEncodings:
+        digest = hashlib.sha256(requester.tobytes() + custodian.tobytes()).hexdigest()
+        return cls(requester, custodian, digest)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    requester: tuple[int, int]
+    custodian: tuple[int, int]
+    threshold: float
+
+    @property
+    def comparisons(self) -> int:
+        return (self.requester[1] - self.requester[0]) * (self.custodian[1] - self.custodian[0])
+
+
+@dataclass(frozen=True)
+class BandTask:
+    positions: np.ndarray
+    threshold: float
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    similarities: np.ndarray
+    requester_rows: np.ndarray
+    custodian_rows: np.ndarray
+    comparisons: int
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate pairs sorted by decreasing similarity, then requester row, custodian row."""
+
+    similarities: np.ndarray
+    requester_rows: np.ndarray
+    custodian_rows: np.ndarray
+    comparisons: int
+    all_pairs: int
+
+    @property
+    def reduction_ratio(self) -> float:
+        """1 - comparisons / all pairs (blocking counts a pair once per band it shares)."""
+        return 1.0 - self.comparisons / self.all_pairs if self.all_pairs else 0.0
+
+
+_bitarray_cache: dict[str, tuple[list[bitarray], list[bitarray]]] = {}
+
+
+def _bitarrays(shared: SharedEncodings) -> tuple[list[bitarray], list[bitarray]]:
+    """The shared encodings as bitarrays, converted once per worker process."""
+    if shared.key not in _bitarray_cache:
+        _bitarray_cache.clear()
+        _bitarray_cache[shared.key] = (
+            _to_bitarrays(shared.requester),
+            _to_bitarrays(shared.custodian),
+        )
+    return _bitarray_cache[shared.key]
+
+
+def _to_bitarrays(encodings: np.ndarray) -> list[bitarray]:
+    result = []
+    for row in encodings:
+        record = bitarray()
+        record.frombytes(row.tobytes())
+        result.append(record)
+    return result
+
+
+def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
+    """anonlink all-pairs comparison of one chunk."""
+    requester, custodian = _bitarrays(shared)
+    (a, b), (c, d) = task.requester, task.custodian
+    sims, _, (r0, r1) = find_candidate_pairs(
+        [requester[a:b], custodian[c:d]], dice_coefficient_accelerated, task.threshold
+    )
+    return TaskResult(
+        np.frombuffer(sims, dtype=np.float64),
+        np.frombuffer(r0, dtype=np.uint32).astype(np.int64) + a,
+        np.frombuffer(r1, dtype=np.uint32).astype(np.int64) + c,
+        task.comparisons,
+    )
+
+
+def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
+    """Dice of the pairs that share one LSH band, kept at or above the threshold."""
+    rows_a, rows_b = band_pairs(
+        band_keys(shared.requester, task.positions), band_keys(shared.custodian, task.positions)
+    )
+    sims = dice(
+        shared.requester,
+        shared.custodian,
+        rows_a,
+        rows_b,
+        popcounts(shared.requester),
+        popcounts(shared.custodian),
+    )
+    keep = sims >= task.threshold
+    return TaskResult(sims[keep], rows_a[keep], rows_b[keep], len(rows_a))
+
+
+def plan(
+    shared: SharedEncodings,
+    threshold: float,
+    blocking: LshBlocking | None,
+    chunk_comparisons: int = CHUNK_COMPARISONS,
+) -> list[ChunkTask] | list[BandTask]:
+    sizes = [len(shared.requester), len(shared.custodian)]
+    if blocking is not None:
+        positions = blocking.positions(shared.requester.shape[1] * 8)
+        return [BandTask(p, threshold) for p in positions]
+    return [
+        ChunkTask(tuple(c[0]["range"]), tuple(c[1]["range"]), threshold)  # type: ignore[misc]
+        for c in split_to_chunks(chunk_comparisons, dataset_sizes=sizes)
+    ]
+
+
+def check_memory(shared: SharedEncodings, workers: int, limits: MatchingLimits) -> None:
+    """Refuse before starting when the encodings, copied to every worker, would not fit."""
+    records = len(shared.requester) + len(shared.custodian)
+    per_copy = records * (shared.requester.shape[1] + BITARRAY_OVERHEAD_BYTES)
+    needed = per_copy * (workers + 1)
+    if needed > limits.max_memory_bytes:
+        raise MatchingAborted(
+            f"matching {records} records on {workers} workers needs about "
+            f"{needed / 2**30:.1f} GiB, above the operator's limit of "
+            f"{limits.max_memory_bytes / 2**30:.1f} GiB"
+        )
+
+
+def find_candidates(
+    shared: SharedEncodings,
+    threshold: float,
+    executor: Executor,
+    workers: int,
+    blocking: LshBlocking | None = None,
+    limits: MatchingLimits = DEFAULT_LIMITS,
+    progress: Progress = lambda done, total: None,
+) -> Candidates:
+    """Candidate pairs at or above `threshold`, with blocking if given, within `limits`."""
+    check_memory(shared, workers, limits)
+    tasks = plan(shared, threshold, blocking)
+    all_pairs = len(shared.requester) * len(shared.custodian)
+    total = all_pairs if blocking is None else len(tasks)
+    parts: list[TaskResult] = []
+    kept = done = comparisons = 0
+    compare = compare_chunk if blocking is None else compare_band
+    for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
+        parts.append(result)
+        kept += len(result.similarities)
+        comparisons += result.comparisons
+        done += result.comparisons if blocking is None else 1
+        if kept > limits.max_candidate_pairs:
+            raise MatchingAborted(
+                f"more than {limits.max_candidate_pairs} candidate pairs (the operator's "
+                f"limit) after {done} of {total} units of work; raise the threshold or use "
+                "blocking"
+            )
+        progress(done, total)
+    return _merge(parts, comparisons, all_pairs, deduplicate=blocking is not None)
+
+
+def _merge(
+    parts: list[TaskResult], comparisons: int, all_pairs: int, deduplicate: bool
+) -> Candidates:
+    sim = np.concatenate([p.similarities for p in parts]) if parts else np.empty(0)
+    r0 = np.concatenate([p.requester_rows for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    r1 = np.concatenate([p.custodian_rows for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    if deduplicate and len(sim):  # a pair may share several bands
+        _, first = np.unique(np.stack([r0, r1]), axis=1, return_index=True)
+        sim, r0, r1 = sim[first], r0[first], r1[first]
+    order = np.lexsort((r1, r0, -sim))
+    return Candidates(sim[order], r0[order], r1[order], comparisons, all_pairs)

@@ -1,0 +1,111 @@
+"""Where matching tasks run: this process, a local process pool, or a Dask cluster.
+
+Every executor ships the shared data (both parties' encodings) to each worker once, not once per
+task: the pool through its initialiser, Dask by broadcasting it with `scatter`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Protocol
+
+from blindlink.errors import BlindlinkError
+
+TaskFunction = Callable[[Any, Any], Any]  # (task, shared) -> result
+
+_shared_in_worker: Any = None
+
+
+class Executor(Protocol):
+    def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
+        """Results of fn(task, shared) for every task, in completion order; stops early (and
+        cancels what is left) when the consumer stops iterating."""
+        ...  # pragma: no cover - protocol
+
+    def describe(self) -> str: ...  # pragma: no cover - protocol
+
+
+class SerialExecutor:
+    def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
+        for task in tasks:
+            yield fn(task, shared)
+
+    def describe(self) -> str:
+        return "this process"
+
+
+def _install(shared: Any) -> None:
+    global _shared_in_worker
+    _shared_in_worker = shared
+
+
+def _call_with_installed(fn: TaskFunction, task: Any) -> Any:
+    return fn(task, _shared_in_worker)
+
+
+class LocalPoolExecutor:
+    """A process pool; by default one worker per core."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+
+    def describe(self) -> str:
+        return f"local pool of {self.workers} processes"
+
+    def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
+        # forkserver: forking a process that runs gRPC threads is unsafe.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_install, initargs=(shared,)
+        ) as pool:
+            pending: set[Future[Any]] = set()
+            queue = iter(tasks)
+            try:
+                # Keep every worker busy without queueing every task (and its result) at once.
+                for task in queue:
+                    pending.add(pool.submit(_call_with_installed, fn, task))
+                    if len(pending) >= 2 * self.workers:
+                        break
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        for task in queue:
+                            pending.add(pool.submit(_call_with_installed, fn, task))
+                            break
+                        yield future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+class DaskExecutor:
+    """Tasks on a Dask distributed cluster at `address` (tcp://HOST:PORT)."""
+
+    def __init__(self, address: str) -> None:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise BlindlinkError(
+                "Dask is not installed; install blindlink with the 'dask' "
+                "extra (pip install 'blindlink[dask]')"
+            ) from None
+        self.address = address
+        self._client_class = Client
+
+    def describe(self) -> str:
+        return f"Dask cluster at {self.address}"
+
+    def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
+        from dask.distributed import as_completed
+
+        with self._client_class(self.address, timeout="30s") as client:
+            shared_future = client.scatter(shared, broadcast=True, hash=False)
+            futures = [client.submit(fn, task, shared_future, pure=False) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            finally:
+                client.cancel(futures)
