@@ -45,6 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--purge-interval", type=float, default=60.0, help="seconds between retention purges"
     )
+    serve_cmd.add_argument(
+        "--matching-workers", type=int, help="processes for matching (default: every core)"
+    )
+    serve_cmd.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run matching on this Dask cluster (tcp://HOST:PORT)",
+    )
+    serve_cmd.add_argument(
+        "--max-candidate-pairs",
+        type=int,
+        default=100_000_000,
+        help="fail a run that finds more candidate pairs",
+    )
+    serve_cmd.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=8.0,
+        help="fail a run whose encodings would need more memory",
+    )
     serve_cmd.set_defaults(run=_lazy("blindlink.cli.serve", "serve"))
     demo = commands.add_parser("demo", help="run a complete linkage on generated data")
     demo.add_argument("--records", type=int, default=10_000, help="records per party")

@@ -10,13 +10,20 @@ import threading
 from pathlib import Path
 
 from blindlink.errors import InputError
+from blindlink.matching.engine import MatchingLimits
+from blindlink.matching.executors import DaskExecutor
 from blindlink.server.app import ServerTls, start_server
+from blindlink.server.runs import MatchingSettings
 
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     running = start_server(
-        Path(args.data_dir), args.listen, _tls(args), purge_interval=args.purge_interval
+        Path(args.data_dir),
+        args.listen,
+        _tls(args),
+        purge_interval=args.purge_interval,
+        matching=_matching(args),
     )
     print(f"audit log signing key: {running.public_key}", flush=True)
     if args.port_file:
@@ -44,3 +51,12 @@ def _tls(args: argparse.Namespace) -> ServerTls | None:
         "no TLS material: pass --tls-dir (or --cert, --key and "
         "--client-ca), or --insecure for development on loopback",
     )
+
+
+def _matching(args: argparse.Namespace) -> MatchingSettings:
+    limits = MatchingLimits(args.max_candidate_pairs, int(args.max_memory_gb * 2**30))
+    if args.dask_scheduler:
+        # The cluster's workers are not known here; memory is checked as for one copy each
+        # of the server and a worker.
+        return MatchingSettings(DaskExecutor(args.dask_scheduler), 1, limits)
+    return MatchingSettings.local(args.matching_workers, limits)

@@ -157,10 +157,7 @@ def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
 
 
 def plan(
-    shared: SharedEncodings,
-    threshold: float,
-    blocking: LshBlocking | None,
-    chunk_comparisons: int = CHUNK_COMPARISONS,
+    shared: SharedEncodings, threshold: float, blocking: LshBlocking | None
 ) -> list[ChunkTask] | list[BandTask]:
     sizes = [len(shared.requester), len(shared.custodian)]
     if blocking is not None:
@@ -168,7 +165,7 @@ def plan(
         return [BandTask(p, threshold) for p in positions]
     return [
         ChunkTask(tuple(c[0]["range"]), tuple(c[1]["range"]), threshold)  # type: ignore[misc]
-        for c in split_to_chunks(chunk_comparisons, dataset_sizes=sizes)
+        for c in split_to_chunks(CHUNK_COMPARISONS, dataset_sizes=sizes)
     ]
 
 

@@ -15,6 +15,7 @@ from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
 from blindlink.matching.engine import (
     DEFAULT_LIMITS,
+    MatchingAborted,
     MatchingLimits,
     SharedEncodings,
     find_candidates,
@@ -110,7 +111,9 @@ class RunQueue:
             try:
                 self._run(project_id, run_id)
             except Exception as exc:  # noqa: BLE001 - a failed run must not stop the worker
-                reason = str(exc) if isinstance(exc, RunFailed) else type(exc).__name__
+                reason = (
+                    str(exc) if isinstance(exc, RunFailed | MatchingAborted) else type(exc).__name__
+                )
                 log.error("run %s failed: %s", run_id[:12], reason)
                 self._store.fail_run(project_id, run_id, f"run failed: {reason}")
             self._forget(run_id)

@@ -1,0 +1,140 @@
+"""Parallel matching: identical results on every executor, blocking, and operator limits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blindlink._generated import linkage_pb2 as pb
+from blindlink.client.linkage_client import LinkageClient
+from blindlink.errors import BlindlinkError
+from blindlink.matching import engine
+from blindlink.matching.blocking import LshBlocking
+from blindlink.matching.engine import (
+    MatchingAborted,
+    MatchingLimits,
+    SharedEncodings,
+    find_candidates,
+)
+from blindlink.matching.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
+from blindlink.matching.linkage import find_candidates as single_call
+from blindlink.matching.linkage import to_bitarrays
+from blindlink.server.app import start_server
+from blindlink.server.runs import MatchingSettings
+
+
+def encodings(n: int, seed: int, noise: float = 0.03) -> SharedEncodings:
+    """n requester records; the custodian holds noisy copies of them, shuffled."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((n, 512)) < 0.3
+    noisy = base ^ (rng.random((n, 512)) < noise)
+    return SharedEncodings.of(
+        np.packbits(base, axis=1), np.packbits(noisy[rng.permutation(n)], axis=1)
+    )
+
+
+def as_tuples(c: engine.Candidates) -> list[tuple[float, int, int]]:
+    return list(
+        zip(
+            c.similarities.tolist(),
+            c.requester_rows.tolist(),
+            c.custodian_rows.tolist(),
+            strict=True,
+        )
+    )
+
+
+@pytest.fixture
+def many_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "CHUNK_COMPARISONS", 40_000)
+
+
+def test_pool_equals_single_anonlink_call(many_chunks: None) -> None:
+    shared = encodings(900, seed=1)
+    pooled = find_candidates(shared, 0.6, LocalPoolExecutor(2), 2)
+    sims, rows0, rows1 = single_call(
+        to_bitarrays(shared.requester.tobytes(), 512),
+        to_bitarrays(shared.custodian.tobytes(), 512),
+        0.6,
+    )
+    assert len(engine.plan(shared, 0.6, None)) > 10
+    assert as_tuples(pooled) == list(
+        zip(sims.tolist(), rows0.tolist(), rows1.tolist(), strict=True)
+    )
+    assert pooled.comparisons == 900 * 900
+    assert as_tuples(find_candidates(shared, 0.6, SerialExecutor(), 1)) == as_tuples(pooled)
+
+
+def test_dask_local_cluster_equals_single_process(many_chunks: None) -> None:
+    distributed = pytest.importorskip("dask.distributed")
+    shared = encodings(600, seed=2)
+    expected = find_candidates(shared, 0.6, SerialExecutor(), 1)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        on_dask = find_candidates(shared, 0.6, DaskExecutor(cluster.scheduler_address), 2)
+    assert as_tuples(on_dask) == as_tuples(expected)
+    assert len(expected.similarities) >= 590
+
+
+def test_missing_dask_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    with pytest.raises(BlindlinkError, match="'dask' extra"):
+        DaskExecutor("tcp://127.0.0.1:1")
+
+
+def test_lsh_blocking_finds_close_pairs_with_far_fewer_comparisons() -> None:
+    shared = encodings(2000, seed=3)
+    blocking = LshBlocking(bands=16, bits_per_band=16, seed=7)
+    all_pairs = find_candidates(shared, 0.7, SerialExecutor(), 1)
+    blocked = find_candidates(shared, 0.7, SerialExecutor(), 1, blocking)
+    assert blocked.reduction_ratio > 0.95
+    assert set(as_tuples(blocked)) <= set(as_tuples(all_pairs))
+    assert len(blocked.similarities) >= 0.99 * len(all_pairs.similarities)
+    pooled = find_candidates(shared, 0.7, LocalPoolExecutor(2), 2, blocking)
+    assert as_tuples(pooled) == as_tuples(blocked)
+
+
+def test_candidate_cap_aborts_with_the_reason() -> None:
+    shared = encodings(300, seed=4)
+    with pytest.raises(MatchingAborted, match="more than 100 candidate pairs"):
+        find_candidates(
+            shared, 0.0 + 1e-9, SerialExecutor(), 1, limits=MatchingLimits(max_candidate_pairs=100)
+        )
+
+
+def test_memory_cap_refuses_before_starting() -> None:
+    shared = encodings(300, seed=5)
+    with pytest.raises(MatchingAborted, match="above the operator's limit"):
+        find_candidates(
+            shared, 0.8, SerialExecutor(), 1, limits=MatchingLimits(max_memory_bytes=10_000)
+        )
+
+
+def test_capped_run_fails_cleanly_on_the_server(tmp_path: Path, make_agreement, schema) -> None:
+    from test_server_api import make_encodings, random_rows
+
+    settings = MatchingSettings(SerialExecutor(), 1, MatchingLimits(max_candidate_pairs=5))
+    server = start_server(tmp_path / "server", "127.0.0.1:0", None, matching=settings)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        with (
+            LinkageClient(address, "requester", None) as requester,
+            LinkageClient(address, "custodian", None) as custodian,
+        ):
+            project = requester.create_project(make_agreement(threshold=0.5)).project_id
+            rows = random_rows(20, 1)
+            custodian.upload(project, make_encodings(tmp_path / "c.bin", rows, schema.sha256))
+            run_id = requester.upload(
+                project, make_encodings(tmp_path / "r.bin", rows, schema.sha256)
+            ).run_id
+            final = requester.wait(project, run_id)
+            assert final.state == pb.RUN_STATE_FAILED
+            assert "more than 5 candidate pairs" in final.message
+            with pytest.raises(BlindlinkError, match="nothing to release"):
+                requester.release(project, run_id)
+    finally:
+        server.stop(grace=1)
