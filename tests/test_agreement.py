@@ -1,4 +1,5 @@
-"""Agreement documents: strict parsing, canonical bytes and the project ID."""
+"""The agreement document (strict parsing against the published JSON Schema, canonical bytes,
+project ID) and the signed envelope both parties sign."""
 
 from __future__ import annotations
 
@@ -6,39 +7,60 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jsonschema
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blindlink.agreement.model import ReleaseKind, new_agreement_document, parse_agreement
+from blindlink.agreement.model import (
+    ROLES,
+    Agreement,
+    PartyInfo,
+    ReleaseKind,
+    agreement_from_document,
+    agreement_json_schema,
+    new_agreement_document,
+    parse_agreement,
+)
+from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
 from blindlink.canonical import canonical_json
 from blindlink.errors import AgreementError
+from blindlink.matching.blocking import LshBlocking
+from blindlink.security.keys import public_key_text, sign, verify_signature
 
-SCHEMA_HASH = hashlib.sha256(b"a linkage schema").hexdigest()
 Document = dict[str, Any]
+SCHEMA_HASH = hashlib.sha256(b"a linkage schema").hexdigest()
+KEYS = {
+    role: Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32) for n, role in enumerate(ROLES, 1)
+}
+CERTS = {role: hashlib.sha256(f"{role} certificate".encode()).hexdigest() for role in ROLES}
+START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def document(**changes: Any) -> Document:
-    """A valid agreement document; keyword arguments replace new_agreement_document's."""
-    settings: dict[str, Any] = {
-        "reference": "DSA-2026-017",
-        "requester": "Requesting agency",
-        "custodian": "Custodian agency",
-        "schema_sha256": SCHEMA_HASH,
-        "bit_length": 1024,
-        "threshold": 0.8,
-        "requester_release": "own_rows",
-        "custodian_release": "count",
-        "max_records_per_upload": 50_000,
-    }
-    settings.update(changes)
-    return new_agreement_document(**settings)
+def party(role: str) -> PartyInfo:
+    return PartyInfo(f"{role} agency", public_key_text(KEYS[role]), CERTS[role])
+
+
+def document(**settings: Any) -> Document:
+    """A valid agreement document; keyword arguments are new_agreement_document's settings."""
+    base: dict[str, Any] = {"reference": "DSA-2026-017", "valid_from": START}
+    base.update(settings)
+    return new_agreement_document(
+        requester=party("requester"),
+        custodian=party("custodian"),
+        schema_sha256=SCHEMA_HASH,
+        bit_length=1024,
+        **base,
+    )
 
 
 def edited(edit: Callable[[Document], None]) -> bytes:
-    doc = copy.deepcopy(document())
-    edit(doc)
-    return json.dumps(doc).encode()
+    """The JSON of a valid document after `edit` changed a copy of it."""
+    changed = copy.deepcopy(document())
+    edit(changed)
+    return json.dumps(changed).encode()
 
 
 def agreement_error(raw: bytes) -> str:
@@ -47,277 +69,561 @@ def agreement_error(raw: bytes) -> str:
     return str(info.value)
 
 
+def signed_by(roles: tuple[str, ...] = ROLES, doc: Document | None = None) -> SignedAgreement:
+    signed = SignedAgreement(agreement_from_document(doc or document()), {})
+    for role in roles:
+        signed = sign_as(signed, role, KEYS[role])
+    return signed
+
+
+def envelope(signed: SignedAgreement) -> Document:
+    return dict(json.loads(signed.to_bytes()))
+
+
+def set_key(path: str, value: Any) -> Callable[[Document], None]:
+    """An edit that sets the dotted `path` (creating the last key if need be)."""
+
+    def edit(doc: Document) -> None:
+        *parents, last = path.split(".")
+        target = doc
+        for name in parents:
+            target = target[name]
+        target[last] = value
+
+    return edit
+
+
+def delete_key(path: str) -> Callable[[Document], None]:
+    def edit(doc: Document) -> None:
+        *parents, last = path.split(".")
+        target = doc
+        for name in parents:
+            target = target[name]
+        del target[last]
+
+    return edit
+
+
 # --- valid documents -------------------------------------------------------------------------
 
 
-def test_valid_document_round_trips() -> None:
-    doc = document()
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"threshold": 0.95, "threshold_floor": 0.7, "ambiguity_margin": 0.05},
+        {"blocking": {"method": "lsh", "bands": 20, "bits_per_band": 16, "seed": 7}},
+        {"requester_release": "pairs", "custodian_release": "nothing", "custodian_approval": True},
+        {
+            "requester_release": "count",
+            "custodian_release": "own_rows",
+            "valid_days": 1,
+            "delete_encodings_after_release": False,
+            "encodings_ttl_seconds": 1,
+            "results_ttl_seconds": 1,
+            "period_seconds": 1,
+            "max_uploads_per_period": 1,
+            "max_records_per_period": 1,
+            "max_records_per_upload": 1,
+        },
+    ],
+)
+def test_new_document_validates_against_the_published_schema(settings: dict[str, Any]) -> None:
+    schema = agreement_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    doc = document(**settings)
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    assert doc["blindlink_agreement"] == 1
+
+
+def test_document_round_trips_through_canonical_bytes() -> None:
+    doc = document(
+        threshold=0.9,
+        threshold_floor=0.75,
+        requester_release="pairs",
+        custodian_release="nothing",
+        ambiguity_margin=0.02,
+        custodian_approval=True,
+        max_records_per_upload=500,
+        period_seconds=3600,
+        max_uploads_per_period=3,
+        max_records_per_period=900,
+        valid_days=10,
+        delete_encodings_after_release=False,
+        encodings_ttl_seconds=60,
+        results_ttl_seconds=120,
+    )
     agreement = parse_agreement(canonical_json(doc))
-    assert agreement.reference == "DSA-2026-017"
-    assert agreement.party_names == {
-        "requester": "Requesting agency",
-        "custodian": "Custodian agency",
-    }
-    assert agreement.schema_sha256 == SCHEMA_HASH
-    assert agreement.bit_length == 1024
-    assert agreement.threshold == 0.8
-    assert agreement.release == {"requester": ReleaseKind.OWN_ROWS, "custodian": ReleaseKind.COUNT}
-    assert agreement.max_records_per_upload == 50_000
     assert agreement.document == doc
     assert agreement.canonical_bytes == canonical_json(doc)
-    assert parse_agreement(agreement.canonical_bytes) == agreement
+    assert agreement.reference == "DSA-2026-017"
+    assert {
+        r: (p.name, p.public_key, p.certificate_sha256) for r, p in agreement.parties.items()
+    } == {r: (f"{r} agency", public_key_text(KEYS[r]), CERTS[r]) for r in ROLES}
+    assert (agreement.schema_sha256, agreement.bit_length) == (SCHEMA_HASH, 1024)
+    assert (agreement.threshold, agreement.threshold_floor) == (0.9, 0.75)
+    assert agreement.release == {"requester": ReleaseKind.PAIRS, "custodian": ReleaseKind.NOTHING}
+    assert (agreement.ambiguity_margin, agreement.custodian_approval) == (0.02, True)
+    assert (
+        agreement.max_records_per_upload,
+        agreement.period_seconds,
+        agreement.max_uploads_per_period,
+        agreement.max_records_per_period,
+    ) == (500, 3600, 3, 900)
+    assert agreement.valid_from == START
+    assert agreement.valid_until == START + timedelta(days=10)
+    assert (
+        agreement.delete_encodings_after_release,
+        agreement.encodings_ttl_seconds,
+        agreement.results_ttl_seconds,
+    ) == (False, 60, 120)
 
 
-def test_limits_section_is_optional() -> None:
-    raw = edited(lambda d: d.pop("limits"))
-    assert parse_agreement(raw).max_records_per_upload == 10_000_000
+def test_threshold_floor_defaults_to_the_threshold() -> None:
+    agreement = agreement_from_document(document(threshold=0.85))
+    assert agreement.threshold_floor == agreement.threshold == 0.85
 
 
-def test_other_role() -> None:
-    agreement = parse_agreement(canonical_json(document()))
-    assert agreement.other_role("requester") == "custodian"
-    assert agreement.other_role("custodian") == "requester"
+def test_blocking_is_none_unless_lsh_is_agreed() -> None:
+    assert agreement_from_document(document()).blocking is None
+    lsh = {"method": "lsh", "bands": 20, "bits_per_band": 16, "seed": 7}
+    assert agreement_from_document(document(blocking=lsh)).blocking == LshBlocking(20, 16, 7)
 
 
-def test_project_id_is_sha256_of_canonical_bytes() -> None:
+def test_validity_starts_now_unless_given() -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    agreement = agreement_from_document(document(valid_from=None, valid_days=2))
+    after = datetime.now(UTC)
+    assert before <= agreement.valid_from <= after
+    assert agreement.valid_until - agreement.valid_from == timedelta(days=2)
+
+
+def test_project_id_is_the_sha256_of_the_canonical_bytes() -> None:
     doc = document()
-    agreement = parse_agreement(json.dumps(doc, indent=4).encode())
+    agreement = parse_agreement(json.dumps(doc).encode())
     assert agreement.project_id == hashlib.sha256(canonical_json(doc)).hexdigest()
-    assert canonical_json(doc) == json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    assert (
+        canonical_json(doc)
+        == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
 
 
-def test_project_id_ignores_formatting() -> None:
-    doc = document(reference="Überprüfung 2026/17", custodian="Ærø Sundhed")
-    expected = parse_agreement(canonical_json(doc)).project_id
+def test_project_id_does_not_depend_on_formatting_or_key_order() -> None:
+    doc = document(reference="Überweisung № 7")
+    expected = agreement_from_document(doc).project_id
+
+    def reversed_keys(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: reversed_keys(value[k]) for k in reversed(list(value))}
+        return value
+
     variants = [
-        json.dumps(doc),
-        json.dumps(doc, indent=2),
-        json.dumps(doc, indent="\t", ensure_ascii=True),
-        json.dumps(dict(reversed(list(doc.items()))), separators=(" , ", " : ")),
-        "\n\n  " + json.dumps(doc, sort_keys=True) + "  \n",
+        canonical_json(doc),
+        json.dumps(doc, indent=4).encode(),
+        json.dumps(reversed_keys(doc), ensure_ascii=True).encode(),
+        json.dumps(reversed_keys(doc), indent="\t", separators=(" , ", " : ")).encode(),
     ]
-    for text in variants:
-        assert parse_agreement(text.encode("utf-8")).project_id == expected
+    assert len(set(variants)) == len(variants)
+    assert {parse_agreement(raw).project_id for raw in variants} == {expected}
+
+
+def test_project_id_does_not_depend_on_how_a_whole_number_is_written() -> None:
+    """JSON has one number type: 1024 and 1024.0 are the same number, so the same agreement.
+    A document that writes them differently must get the same project ID (or be refused)."""
+    expected = agreement_from_document(document()).project_id
+    for path, value in [
+        ("encoding.bit_length", 1024.0),
+        ("blindlink_agreement", 1.0),
+        ("limits.period_seconds", 86400.0),
+    ]:
+        raw = edited(set_key(path, value))
+        try:
+            project_id = parse_agreement(raw).project_id
+        except AgreementError:
+            continue
+        assert project_id == expected, f"{path} written as {value!r} changes the project ID"
 
 
 def test_project_id_changes_with_the_reference() -> None:
-    first = parse_agreement(canonical_json(document(reference="DSA-2026-017"))).project_id
-    second = parse_agreement(canonical_json(document(reference="DSA-2026-018"))).project_id
-    assert first != second
+    first = agreement_from_document(document(reference="DSA-2026-017"))
+    second = agreement_from_document(document(reference="DSA-2026-018"))
+    assert first.project_id != second.project_id
+    assert len(first.project_id) == 64
 
 
-def test_project_id_changes_with_any_setting() -> None:
-    base = parse_agreement(canonical_json(document())).project_id
-    for change in (
-        {"threshold": 0.85},
-        {"custodian_release": "nothing"},
-        {"bit_length": 2048},
-        {"max_records_per_upload": 50_001},
-        {"requester": "Another agency"},
-    ):
-        assert parse_agreement(canonical_json(document(**change))).project_id != base
+def test_role_for_certificate() -> None:
+    agreement = agreement_from_document(document())
+    assert agreement.role_for_certificate(CERTS["requester"]) == "requester"
+    assert agreement.role_for_certificate(CERTS["custodian"]) == "custodian"
+    assert agreement.role_for_certificate("0" * 64) is None
+    assert agreement.role_for_certificate(None) is None
 
 
-# --- unknown and missing keys ------------------------------------------------------------------
+# --- invalid documents: every refusal names the path -----------------------------------------
+
+SECTIONS = ["parties", "encoding", "matching", "release", "limits", "retention"]
+UNKNOWN_KEY_PLACES = ["", "parties", "parties.requester", "parties.custodian", *SECTIONS[1:]]
+
+
+@pytest.mark.parametrize("place", UNKNOWN_KEY_PLACES, ids=lambda p: p or "top level")
+def test_unknown_key_is_refused_naming_its_section(place: str) -> None:
+    path = f"{place}.surprise" if place else "surprise"
+    message = agreement_error(edited(set_key(path, 1)))
+    assert message.startswith(f"{place or 'agreement'}: ")
+    assert "'surprise'" in message
+
+
+@pytest.mark.parametrize("section", [*SECTIONS, "reference", "blindlink_agreement"])
+def test_missing_section_is_refused(section: str) -> None:
+    message = agreement_error(edited(delete_key(section)))
+    assert message.startswith("agreement: ")
+    assert f"'{section}' is a required property" in message
 
 
 @pytest.mark.parametrize(
-    ("edit", "expected"),
+    "path",
     [
-        (
-            lambda d: d.update(notes="x"),
-            "agreement: unknown key 'notes' (allowed: blindlink_agreement, encoding, limits, "
-            "matching, parties, reference, release)",
-        ),
-        (
-            lambda d: d["parties"].update(auditor={"name": "x"}),
-            "parties: unknown key 'auditor' (allowed: custodian, requester)",
-        ),
-        (
-            lambda d: d["parties"]["requester"].update(email="x@example.org"),
-            "parties.requester: unknown key 'email' (allowed: name)",
-        ),
-        (
-            lambda d: d["parties"]["custodian"].update(nmae="x"),
-            "parties.custodian: unknown key 'nmae' (allowed: name)",
-        ),
-        (
-            lambda d: d["encoding"].update(xor_folds=1),
-            "encoding: unknown key 'xor_folds' (allowed: bit_length, schema_sha256)",
-        ),
-        (
-            lambda d: d["matching"].update(tresh=0.9),
-            "matching: unknown key 'tresh' (allowed: threshold)",
-        ),
-        (
-            lambda d: d["release"].update(server="pairs"),
-            "release: unknown key 'server' (allowed: custodian, requester)",
-        ),
-        (
-            lambda d: d["limits"].update(max_records=5),
-            "limits: unknown key 'max_records' (allowed: max_records_per_upload)",
-        ),
-    ],
-    ids=[
-        "top",
-        "parties",
-        "requester",
-        "custodian",
-        "encoding",
-        "matching",
-        "release",
-        "limits",
+        "parties.requester.public_key",
+        "encoding.hardening",
+        "matching.solver",
+        "release.custodian_approval",
+        "limits.valid_until",
+        "retention.results_ttl_seconds",
     ],
 )
-def test_unknown_key_is_rejected(edit: Callable[[Document], None], expected: str) -> None:
-    assert agreement_error(edited(edit)) == expected
+def test_missing_key_inside_a_section_is_refused(path: str) -> None:
+    section, _, key = path.rpartition(".")
+    message = agreement_error(edited(delete_key(path)))
+    assert message.startswith(f"{section}: ")
+    assert f"'{key}' is a required property" in message
 
 
-@pytest.mark.parametrize("role", ["requester", "custodian"])
-def test_missing_party(role: str) -> None:
-    raw = edited(lambda d: d["parties"].pop(role))
-    assert agreement_error(raw) == f"parties: missing key '{role}'"
+INVALID_VALUES = [
+    ("release.requester", "everything", "is not one of"),
+    ("release.custodian", "own_row", "is not one of"),
+    ("release.custodian", None, "is not one of"),
+    ("matching.threshold", 0, "less than or equal to the minimum of 0"),
+    ("matching.threshold", 1.5, "greater than the maximum of 1"),
+    ("matching.threshold", "0.8", "is not of type 'number'"),
+    ("matching.threshold", True, "is not of type 'number'"),
+    ("matching.threshold_floor", 0, "less than or equal to the minimum of 0"),
+    ("matching.blocking", "none", "is not valid under any of the given schemas"),
+    ("matching.blocking", {"method": "sorted-neighbourhood"}, "is not valid under any of"),
+    (
+        "matching.blocking",
+        {"method": "lsh", "bands": 0, "bits_per_band": 8, "seed": 1},
+        "is not valid under any of",
+    ),
+    ("matching.solver", "optimal", "is not one of"),
+    ("release.ambiguity_margin", -0.1, "less than the minimum of 0"),
+    ("release.custodian_approval", 1, "is not of type 'boolean'"),
+    ("encoding.bit_length", 1001, "is not a multiple of 8"),
+    ("encoding.bit_length", 0, "less than the minimum of 8"),
+    ("encoding.bit_length", "1024", "is not of type 'integer'"),
+    ("encoding.schema_sha256", SCHEMA_HASH.upper(), "does not match"),
+    ("encoding.schema_sha256", SCHEMA_HASH[:63], "does not match"),
+    ("encoding.schema_sha256", "g" * 64, "does not match"),
+    ("encoding.schema_sha256", SCHEMA_HASH + "0", "does not match"),
+    ("encoding.hardening", ["bit-flip"], "expected to be empty"),
+    ("parties.requester.public_key", "ed25519:short=", "does not match"),
+    ("parties.requester.public_key", public_key_text(KEYS["requester"])[8:], "does not match"),
+    (
+        "parties.custodian.public_key",
+        "rsa:" + public_key_text(KEYS["custodian"])[8:],
+        "does not match",
+    ),
+    ("parties.custodian.certificate_sha256", "sha256:" + CERTS["custodian"], "does not match"),
+    ("parties.requester.certificate_sha256", CERTS["requester"][:40], "does not match"),
+    ("parties.requester.name", "", "should be non-empty"),
+    ("limits.max_records_per_upload", 0, "less than the minimum of 1"),
+    ("limits.period_seconds", 1.5, "is not of type 'integer'"),
+    ("retention.encodings_ttl_seconds", -1, "less than the minimum of 1"),
+    ("retention.delete_encodings_after_release", "yes", "is not of type 'boolean'"),
+    ("limits.valid_from", "2026-12-01 00:00:00", "does not match"),
+    ("limits.valid_until", "2026-12-01T00:00:00+01:00", "does not match"),
+    ("limits.valid_from", "2026-13-01T00:00:00Z", "is not a UTC time"),
+    ("limits.valid_until", "2027-02-30T00:00:00Z", "is not a UTC time"),
+    ("blindlink_agreement", True, "is not of type 'integer'"),
+    ("blindlink_agreement", 2, "1 was expected"),
+    ("reference", "", "should be non-empty"),
+    ("parties", [], "is not of type 'object'"),
+]
 
 
-def test_missing_party_name() -> None:
-    raw = edited(lambda d: d["parties"]["custodian"].pop("name"))
-    assert agreement_error(raw) == "parties.custodian: missing key 'name'"
+@pytest.mark.parametrize(
+    ("path", "value", "words"), INVALID_VALUES, ids=[f"{p}={v!r}" for p, v, _ in INVALID_VALUES]
+)
+def test_invalid_value_is_refused_naming_its_path(path: str, value: Any, words: str) -> None:
+    message = agreement_error(edited(set_key(path, value)))
+    assert message.startswith(f"{path}: ") or message.startswith(f"{path} ")
+    assert words in message
 
 
-@pytest.mark.parametrize("section", ["parties", "encoding", "matching", "release"])
-def test_missing_section(section: str) -> None:
-    raw = edited(lambda d: d.pop(section))
-    assert agreement_error(raw) == f"{section} must be a JSON object"
+def test_threshold_floor_above_threshold_is_refused() -> None:
+    message = agreement_error(edited(set_key("matching.threshold_floor", 0.85)))
+    assert message.startswith("matching.threshold_floor")
+    assert "matching.threshold" in message
+    with pytest.raises(AgreementError, match="threshold_floor"):
+        document(threshold=0.8, threshold_floor=0.81)
+    assert agreement_from_document(document(threshold=0.8, threshold_floor=0.8))
 
 
-def test_missing_format_version() -> None:
-    raw = edited(lambda d: d.pop("blindlink_agreement"))
-    assert agreement_error(raw) == "agreement.blindlink_agreement must be 1"
+@pytest.mark.parametrize("valid_until", ["2026-03-01T11:59:59Z", "2026-03-01T12:00:00Z"])
+def test_validity_window_must_not_be_empty(valid_until: str) -> None:
+    message = agreement_error(edited(set_key("limits.valid_until", valid_until)))
+    assert message.startswith("limits.valid_from")
+    assert "limits.valid_until" in message
 
 
-@pytest.mark.parametrize("version", [2, "1", True])
-def test_wrong_format_version(version: Any) -> None:
-    # JSON true is not the number 1, even though Python's True == 1.
-    raw = edited(lambda d: d.update(blindlink_agreement=version))
-    assert agreement_error(raw) == "agreement.blindlink_agreement must be 1"
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [("public_key", "same public key"), ("certificate_sha256", "same certificate")],
+)
+def test_both_parties_with_the_same_identity_are_refused(field: str, words: str) -> None:
+    def same(doc: Document) -> None:
+        doc["parties"]["custodian"][field] = doc["parties"]["requester"][field]
+
+    message = agreement_error(edited(same))
+    assert message.startswith("parties: ")
+    assert words in message
 
 
-def test_duplicate_keys_are_rejected() -> None:
-    # A reader of the file sees the first "custodian" release; json.loads keeps the last.
-    raw = canonical_json(document()).replace(
-        b'"custodian":"count"', b'"custodian":"count","custodian":"pairs"'
-    )
-    assert raw.count(b'"custodian":"') == 2
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"reference": "a", "reference": "b"}',
+        canonical_json(document())[:-1] + b',"reference":"again"}',
+        canonical_json(document()).replace(b'"matching":{', b'"matching":{"solver":"greedy",', 1),
+    ],
+)
+def test_duplicate_json_keys_are_refused(raw: bytes) -> None:
     message = agreement_error(raw)
-    assert "custodian" in message
-    assert "duplicate" in message.lower()
+    assert "duplicate key" in message
+    assert "'reference'" in message or "'solver'" in message
 
 
-# --- invalid values ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (canonical_json(document()).replace(b"DSA", b"\xff\xfeDSA"), "UTF-8"),
+        (json.dumps(document()).encode("utf-16"), "UTF-8"),
+        (b"", "not valid UTF-8 JSON"),
+        (b"reference: DSA-2026-017", "not valid UTF-8 JSON"),
+        (canonical_json(document())[:-1], "not valid UTF-8 JSON"),
+    ],
+)
+def test_bytes_that_are_not_utf8_json_are_refused(raw: bytes, words: str) -> None:
+    message = agreement_error(raw)
+    assert message.startswith("agreement is not valid UTF-8 JSON")
+    assert words in message
 
 
-@pytest.mark.parametrize("role", ["requester", "custodian"])
-@pytest.mark.parametrize("kind", ["everything", "OWN_ROWS", "", None, 1])
-def test_bad_release_kind(role: str, kind: Any) -> None:
-    raw = edited(lambda d: d["release"].update({role: kind}))
-    assert agreement_error(raw) == f"release.{role} must be one of own_rows, pairs, count, nothing"
+@pytest.mark.parametrize("raw", [b"[]", b'"agreement"', b"null", b"1"])
+def test_json_that_is_not_an_object_is_refused(raw: bytes) -> None:
+    assert "is not of type 'object'" in agreement_error(raw)
 
 
-@pytest.mark.parametrize("threshold", [0, 0.0, -0.5, 1.5, 1.0000001, "0.8", True, False, None])
-def test_bad_threshold(threshold: Any) -> None:
-    raw = edited(lambda d: d["matching"].update(threshold=threshold))
-    assert agreement_error(raw) == "matching.threshold must be a number in (0, 1]"
-
-
-def test_non_finite_threshold() -> None:
-    for token in (b"NaN", b"Infinity"):
-        raw = canonical_json(document()).replace(b'"threshold":0.8', b'"threshold":' + token)
-        assert agreement_error(raw) == "matching.threshold must be a number in (0, 1]"
-
-
-@pytest.mark.parametrize("threshold", [1, 1.0, 0.5, 1e-9])
-def test_threshold_bounds_accepted(threshold: float) -> None:
-    raw = edited(lambda d: d["matching"].update(threshold=threshold))
-    assert parse_agreement(raw).threshold == threshold
-
-
-def test_new_agreement_document_validates() -> None:
-    with pytest.raises(AgreementError, match=r"matching\.threshold must be a number in \(0, 1\]"):
+def test_new_agreement_document_refuses_invalid_settings() -> None:
+    with pytest.raises(AgreementError, match="^release.requester: "):
+        document(requester_release="all")
+    with pytest.raises(AgreementError, match="^matching.threshold: "):
         document(threshold=0)
-    with pytest.raises(AgreementError, match="release.custodian must be one of"):
-        document(custodian_release="all")
+    with pytest.raises(AgreementError, match="^parties: .*same public key"):
+        new_agreement_document(
+            reference="x",
+            requester=party("requester"),
+            custodian=PartyInfo("c", party("requester").public_key, CERTS["custodian"]),
+            schema_sha256=SCHEMA_HASH,
+            bit_length=1024,
+        )
 
 
-@pytest.mark.parametrize("bits", [1001, 1020, 1004])
-def test_bit_length_not_a_multiple_of_8(bits: int) -> None:
-    raw = edited(lambda d: d["encoding"].update(bit_length=bits))
-    assert agreement_error(raw) == "encoding.bit_length must be a multiple of 8, at most 65536"
+# --- signatures ------------------------------------------------------------------------------
 
 
-def test_bit_length_too_large() -> None:
-    raw = edited(lambda d: d["encoding"].update(bit_length=65544))
-    assert agreement_error(raw) == "encoding.bit_length must be a multiple of 8, at most 65536"
+def test_both_signatures_are_accepted() -> None:
+    signed = signed_by()
+    assert signed.problems() == []
+    assert set(signed.signatures) == set(ROLES)
+    for role in ROLES:
+        assert verify_signature(
+            public_key_text(KEYS[role]), signed.agreement.canonical_bytes, signed.signatures[role]
+        )
 
 
-@pytest.mark.parametrize("bits", [0, -8, 1024.0, "1024", True])
-def test_bit_length_not_a_positive_integer(bits: Any) -> None:
-    raw = edited(lambda d: d["encoding"].update(bit_length=bits))
-    assert agreement_error(raw) == "encoding.bit_length must be a positive integer"
+def test_sign_as_keeps_earlier_signatures_and_the_agreement() -> None:
+    unsigned = SignedAgreement(agreement_from_document(document()), {})
+    once = sign_as(unsigned, "custodian", KEYS["custodian"])
+    twice = sign_as(once, "requester", KEYS["requester"])
+    assert unsigned.signatures == {}
+    assert set(once.signatures) == {"custodian"}
+    assert twice.signatures["custodian"] == once.signatures["custodian"]
+    assert twice.agreement is unsigned.agreement
 
 
 @pytest.mark.parametrize(
-    "value",
+    ("role", "key"),
     [
-        "abc",
-        SCHEMA_HASH[:-1],
-        SCHEMA_HASH + "0",
-        SCHEMA_HASH.upper(),
-        "g" * 64,
-        SCHEMA_HASH + "\n",
-        " " + SCHEMA_HASH[1:],
-        "",
-        None,
+        ("requester", KEYS["custodian"]),
+        ("custodian", KEYS["requester"]),
+        ("requester", Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)),
     ],
 )
-def test_schema_hash_must_be_64_lowercase_hex(value: Any) -> None:
-    raw = edited(lambda d: d["encoding"].update(schema_sha256=value))
-    assert agreement_error(raw).startswith("encoding.schema_sha256 must be 64 lowercase hex digits")
+def test_sign_as_refuses_a_key_the_agreement_does_not_name_for_the_role(
+    role: str, key: Ed25519PrivateKey
+) -> None:
+    unsigned = SignedAgreement(agreement_from_document(document()), {})
+    with pytest.raises(AgreementError, match=f"not the {role}'s key"):
+        sign_as(unsigned, role, key)
 
 
-@pytest.mark.parametrize("reference", ["", "   ", "x" * 201, 17, None])
-def test_bad_reference(reference: Any) -> None:
-    raw = edited(lambda d: d.update(reference=reference))
-    assert agreement_error(raw) == (
-        "agreement.reference must be a non-empty string (at most 200 characters)"
-    )
-
-
-@pytest.mark.parametrize("limit", [0, -1, 2.5, "100"])
-def test_bad_record_limit(limit: Any) -> None:
-    raw = edited(lambda d: d["limits"].update(max_records_per_upload=limit))
-    assert agreement_error(raw) == "limits.max_records_per_upload must be a positive integer"
-
-
-# --- not a document ----------------------------------------------------------------------------
-
-
-def test_non_utf8_bytes() -> None:
-    raw = json.dumps(document(reference="M\u00fcller"), ensure_ascii=False).encode("latin-1")
-    assert b"M\xfcller" in raw
-    message = agreement_error(raw)
-    assert message.startswith("agreement is not UTF-8 JSON: ")
-    assert "utf-8" in message.lower()
+@pytest.mark.parametrize("role", ["operator", "Requester", ""])
+def test_sign_as_refuses_an_unknown_role(role: str) -> None:
+    unsigned = SignedAgreement(agreement_from_document(document()), {})
+    with pytest.raises(AgreementError, match="unknown role"):
+        sign_as(unsigned, role, KEYS["requester"])
 
 
 @pytest.mark.parametrize(
-    "raw", [b"", b"reference: DSA-2026-017\n", b'{"blindlink_agreement": 1,}', b"{"]
+    ("signers", "missing"),
+    [
+        (("requester",), ["custodian"]),
+        (("custodian",), ["requester"]),
+        ((), ["requester", "custodian"]),
+    ],
 )
-def test_not_json(raw: bytes) -> None:
-    assert agreement_error(raw).startswith("agreement is not UTF-8 JSON: ")
+def test_problems_reports_a_missing_signature(signers: tuple[str, ...], missing: list[str]) -> None:
+    assert signed_by(signers).problems() == [f"the {role} has not signed" for role in missing]
 
 
-@pytest.mark.parametrize("raw", [b"[]", b"1", b'"agreement"', b"null"])
-def test_json_that_is_not_an_object(raw: bytes) -> None:
-    assert agreement_error(raw) == "agreement must be a JSON object"
+def test_problems_reports_a_signature_by_the_wrong_partys_key() -> None:
+    signed = signed_by()
+    swapped = SignedAgreement(
+        signed.agreement,
+        {
+            "requester": sign(KEYS["custodian"], signed.agreement.canonical_bytes),
+            "custodian": signed.signatures["custodian"],
+        },
+    )
+    problems = swapped.problems()
+    assert len(problems) == 1
+    assert "requester's signature does not match" in problems[0]
+    both_swapped = SignedAgreement(
+        signed.agreement,
+        {"requester": signed.signatures["custodian"], "custodian": signed.signatures["requester"]},
+    )
+    assert len(both_swapped.problems()) == 2
+
+
+@pytest.mark.parametrize("signature", ["", "not base64!", "AAAA", "a" * 88])
+def test_problems_reports_a_malformed_signature(signature: str) -> None:
+    signed = signed_by()
+    broken = SignedAgreement(signed.agreement, {**signed.signatures, "custodian": signature})
+    assert broken.problems() == [
+        "the custodian's signature does not match these agreement bytes and the custodian's "
+        "public key"
+    ]
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("matching.threshold", 0.9),
+        ("release.custodian", "pairs"),
+        ("reference", "DSA-2026-017 "),
+        ("limits.valid_until", "2099-01-01T00:00:00Z"),
+    ],
+)
+def test_problems_reports_both_signatures_after_the_agreement_changed(
+    path: str, value: Any
+) -> None:
+    outer = envelope(signed_by())
+    set_key(path, value)(outer["agreement"])
+    changed = parse_signed(json.dumps(outer).encode())
+    problems = changed.problems()
+    assert [p.split("'s signature")[0] for p in problems] == ["the requester", "the custodian"]
+    assert all("does not match these agreement bytes" in p for p in problems)
+
+
+def test_parse_signed_accepts_an_envelope() -> None:
+    signed = signed_by()
+    parsed = parse_signed(json.dumps(envelope(signed), indent=2).encode())
+    assert parsed.signatures == signed.signatures
+    assert parsed.agreement.project_id == signed.agreement.project_id
+    assert parsed.problems() == []
+
+
+def test_parse_signed_accepts_a_bare_agreement_without_signatures() -> None:
+    doc = document()
+    parsed = parse_signed(canonical_json(doc))
+    assert parsed.signatures == {}
+    assert parsed.agreement.document == doc
+    assert parsed.problems() == ["the requester has not signed", "the custodian has not signed"]
+
+
+def test_parse_signed_accepts_an_envelope_with_one_or_no_signatures() -> None:
+    outer = envelope(signed_by(("custodian",)))
+    assert set(parse_signed(json.dumps(outer).encode()).signatures) == {"custodian"}
+    outer["signatures"] = {}
+    assert parse_signed(json.dumps(outer).encode()).signatures == {}
+
+
+@pytest.mark.parametrize(
+    "signatures",
+    [
+        ["sig", "sig"],
+        "sig",
+        None,
+        {"operator": "sig"},
+        {"requester": "sig", "server": "sig"},
+        {"requester": 1},
+        {"custodian": None},
+        {"requester": ["sig"]},
+    ],
+)
+def test_parse_signed_refuses_malformed_signatures(signatures: Any) -> None:
+    outer = envelope(signed_by())
+    outer["signatures"] = signatures
+    with pytest.raises(AgreementError, match="^signatures must map a role"):
+        parse_signed(json.dumps(outer).encode())
+
+
+def test_parse_signed_refuses_an_invalid_agreement_inside_an_envelope() -> None:
+    outer = envelope(signed_by())
+    outer["agreement"]["matching"]["threshold"] = 2
+    with pytest.raises(AgreementError, match="^matching.threshold: "):
+        parse_signed(json.dumps(outer).encode())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"agreement": {}, "signatures": {}, "agreement": {}}',
+        b"\xff",
+        b"{",
+    ],
+)
+def test_parse_signed_refuses_bytes_that_are_not_strict_json(raw: bytes) -> None:
+    with pytest.raises(AgreementError, match="^signed agreement is not valid UTF-8 JSON"):
+        parse_signed(raw)
+
+
+def test_parse_signed_refuses_an_envelope_with_extra_keys() -> None:
+    outer = envelope(signed_by())
+    outer["comment"] = "please sign"
+    with pytest.raises(AgreementError, match="^agreement: "):
+        parse_signed(json.dumps(outer).encode())
+
+
+def test_to_bytes_round_trips_through_parse_signed() -> None:
+    signed = signed_by()
+    raw = signed.to_bytes()
+    parsed = parse_signed(raw)
+    assert parsed == signed
+    assert isinstance(parsed.agreement, Agreement)
+    assert parsed.to_bytes() == raw
+    assert raw == canonical_json(json.loads(raw))
+    assert json.loads(raw) == {
+        "agreement": signed.agreement.document,
+        "signatures": signed.signatures,
+    }

@@ -35,8 +35,9 @@ def test_reference_was_made_with_clkhash_pins() -> None:
 def test_clkhash_encodes_identically(schema: LinkageSchema) -> None:
     reference = _reference()
     text = (DATA / "clkhash_reference.csv").read_text(encoding="utf-8")
-    clks = clk.generate_clk_from_csv(io.StringIO(text), reference["secret"], schema.clkhash,
-                                     progress_bar=False, max_workers=1)
+    clks = clk.generate_clk_from_csv(
+        io.StringIO(text), reference["secret"], schema.clkhash, progress_bar=False, max_workers=1
+    )
     assert [c.tobytes().hex() for c in clks] == reference["clks_hex"]
 
 

@@ -98,11 +98,13 @@ def test_health_and_reflection_are_served(address: str, identities: Identities) 
 def test_create_project_twice_is_refused(
     requester: LinkageClient, make_agreement: Callable[..., bytes]
 ) -> None:
-    first = requester.create_project(make_agreement())
+    # The same signed bytes twice (a new document would carry a new validity start time).
+    agreement = make_agreement()
+    first = requester.create_project(agreement)
     assert first.project_id == hashlib.sha256(first.agreement).hexdigest()
     assert first.server_public_key.startswith("ed25519:")
     with pytest.raises(ServerError) as err:
-        requester.create_project(make_agreement())
+        requester.create_project(agreement)
     assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
 
 

@@ -96,6 +96,16 @@ def agreement_json_schema() -> dict[str, Any]:
     return dict(json.loads(text))
 
 
+# JSON Schema counts 1024.0 as an integer; the agreement does not, because a document that
+# writes 1024.0 hashes to a different project ID than one that writes 1024.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+
+
 def load_json(raw: bytes, what: str) -> Any:
     """Strict JSON: UTF-8, no duplicate keys."""
     try:
@@ -111,7 +121,7 @@ def parse_agreement(raw: bytes) -> Agreement:
 
 def agreement_from_document(document: Any) -> Agreement:
     """Validate a document against the JSON Schema and the rules a schema cannot express."""
-    validator = jsonschema.Draft202012Validator(agreement_json_schema())
+    validator = _Validator(agreement_json_schema())
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]

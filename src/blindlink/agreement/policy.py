@@ -9,16 +9,16 @@ from datetime import datetime
 from blindlink.agreement.model import Agreement, ReleaseKind, format_timestamp
 
 
-@dataclass(frozen=True)
 class PolicyViolation(Exception):
     """A request the agreement does not allow. `rule` is the agreement key, e.g.
-    "limits.max_uploads_per_period"."""
+    "limits.max_uploads_per_period"; `denied` when the caller's role may never do this
+    (PERMISSION_DENIED) rather than not now."""
 
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.rule}: {self.message}"
+    def __init__(self, rule: str, message: str, denied: bool = False) -> None:
+        super().__init__(f"{rule}: {message}")
+        self.rule = rule
+        self.message = message
+        self.denied = denied
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,24 @@ def check_release(
         )
 
 
-def counts_visible(agreement: Agreement, party: str) -> bool:
-    """A party may see a run's counts if it is granted any release, or, as the custodian, when
-    it must approve them."""
-    return agreement.release[party] is not ReleaseKind.NOTHING or (
-        party == "custodian" and agreement.custodian_approval
-    )
+def check_approval(agreement: Agreement, party: str, state: str) -> None:
+    """Whether `party` may approve a run in `state` now."""
+    if party != "custodian":
+        raise PolicyViolation(
+            "release.custodian_approval", "only the custodian approves runs", denied=True
+        )
+    if not agreement.custodian_approval:
+        raise PolicyViolation(
+            "release.custodian_approval", "this agreement releases results without approval"
+        )
+    if state != "done":
+        raise PolicyViolation("run", f"only a finished run can be approved; this one is {state}")
+
+
+def counts_visible(agreement: Agreement, party: str, approved: bool) -> bool:
+    """A party may see a run's counts when it would be released at least the count (after
+    approval, where approval is required), and the custodian whenever it must approve them."""
+    if party == "custodian" and agreement.custodian_approval:
+        return True
+    released = not agreement.custodian_approval or approved
+    return agreement.release[party] is not ReleaseKind.NOTHING and released

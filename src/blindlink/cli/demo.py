@@ -64,20 +64,20 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             generate_signing_key(dirs[role])
         write_new_secret(work / "shared-secret.txt")
         agreement_path = _write_agreement(work, pki, dirs)
-        _parallel(
-            [
-                _cli(
-                    "agreement",
-                    "sign",
-                    str(agreement_path),
-                    "--role",
-                    role,
-                    "--key",
-                    str(dirs[role] / "signing.key"),
-                )
-                for role in ROLES
-            ]
-        )
+        for role in ROLES:  # in turn: each party adds its signature to the same document
+            _parallel(
+                [
+                    _cli(
+                        "agreement",
+                        "sign",
+                        str(agreement_path),
+                        "--role",
+                        role,
+                        "--key",
+                        str(dirs[role] / "signing.key"),
+                    )
+                ]
+            )
         _parallel([_cli("agreement", "verify", str(agreement_path))])
     say("development CA issued TLS certificates; both parties signed the agreement")
 

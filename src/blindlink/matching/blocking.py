@@ -28,11 +28,12 @@ class LshBlocking:
         )
 
 
-def band_keys(encodings: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Per record, the sampled bits of one band packed into an integer key."""
-    keys = np.zeros(len(encodings), dtype=np.uint64)
+def band_keys(columns: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Per record, the sampled bits of one band packed into an integer key. `columns` is the
+    encodings transposed (bytes, records), so that each sampled bit is read contiguously."""
+    keys = np.zeros(columns.shape[1], dtype=np.uint64)
     for position in positions:
-        bit = (encodings[:, position // 8] >> np.uint8(7 - position % 8)) & np.uint8(1)
+        bit = (columns[position // 8] >> np.uint8(7 - position % 8)) & np.uint8(1)
         keys = (keys << np.uint64(1)) | bit.astype(np.uint64)
     return keys
 

@@ -139,19 +139,34 @@ def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
     )
 
 
+@dataclass(frozen=True)
+class _BandData:
+    """Per-worker forms of the encodings for blocking: transposed columns and popcounts."""
+
+    columns: tuple[np.ndarray, np.ndarray]
+    popcounts: tuple[np.ndarray, np.ndarray]
+
+
+_band_cache: dict[str, _BandData] = {}
+
+
+def _band_data(shared: SharedEncodings) -> _BandData:
+    if shared.key not in _band_cache:
+        _band_cache.clear()
+        _band_cache[shared.key] = _BandData(
+            (np.ascontiguousarray(shared.requester.T), np.ascontiguousarray(shared.custodian.T)),
+            (popcounts(shared.requester), popcounts(shared.custodian)),
+        )
+    return _band_cache[shared.key]
+
+
 def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
     """Dice of the pairs that share one LSH band, kept at or above the threshold."""
+    data = _band_data(shared)
     rows_a, rows_b = band_pairs(
-        band_keys(shared.requester, task.positions), band_keys(shared.custodian, task.positions)
+        band_keys(data.columns[0], task.positions), band_keys(data.columns[1], task.positions)
     )
-    sims = dice(
-        shared.requester,
-        shared.custodian,
-        rows_a,
-        rows_b,
-        popcounts(shared.requester),
-        popcounts(shared.custodian),
-    )
+    sims = dice(shared.requester, shared.custodian, rows_a, rows_b, *data.popcounts)
     keep = sims >= task.threshold
     return TaskResult(sims[keep], rows_a[keep], rows_b[keep], len(rows_a))
 

@@ -55,7 +55,7 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
         log.info("%s refused: %s", method, exc.code.name)
         context.abort(exc.code, exc.message)
     request_id = uuid.uuid4().hex[:12]
-    log.error("%s failed (request %s): %s", method, request_id, type(exc).__name__)
+    log.error("%s failed (request %s): %s", method, request_id, type(exc).__name__, exc_info=True)
     context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request {request_id})")
 
 

@@ -16,6 +16,7 @@ from blindlink.agreement.model import ROLES, Agreement, ReleaseKind, parse_agree
 from blindlink.agreement.policy import (
     PastUpload,
     PolicyViolation,
+    check_approval,
     check_release,
     check_upload,
     counts_visible,
@@ -91,7 +92,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         self._store.record_refusal(
             project_id, role, {"rule": violation.rule, "method": current_method.get()}
         )
-        return precondition(str(violation))
+        return denied(str(violation)) if violation.denied else precondition(str(violation))
 
     def _run(self, project_id: str, run_id: str) -> RunRecord:
         run = self._store.run(project_id, run_id)
@@ -150,13 +151,16 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         header = first.header
         agreement, role = self._project(header.project_id, context)
         _check_header(header, agreement)
-        past = [
-            PastUpload(u.committed_at, u.count)
-            for u in self._store.uploads(header.project_id, role)
-        ]
+
+        def check_limits(past: list[tuple[float, int]]) -> None:
+            check_upload(agreement, header.count, [PastUpload(*p) for p in past], datetime.now(UTC))
+
         try:
             threshold = run_threshold(agreement, role, header.threshold)
-            check_upload(agreement, header.count, past, datetime.now(UTC))
+            # Checked before the data is streamed, and again when it is committed.
+            check_limits(
+                [(u.committed_at, u.count) for u in self._store.uploads(header.project_id, role)]
+            )
         except PolicyViolation as violation:
             raise self._refuse(header.project_id, role, violation) from None
         if role == "custodian" and self._store.live_custodian_upload(header.project_id):
@@ -184,7 +188,10 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 header.bit_length,
                 written.content_sha256,
                 threshold,
+                check_limits,
             )
+        except PolicyViolation as violation:
+            raise self._refuse(header.project_id, role, violation) from None
         except EncodingsFileError as exc:
             raise invalid(str(exc)) from None
         except AlreadyExists:
@@ -246,7 +253,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             approved=run.approved,
             message=run.message,
         )
-        if run.state == DONE and counts_visible(agreement, role):
+        if run.state == DONE and counts_visible(agreement, role, run.approved):
             summary.counts_visible = True
             summary.match_count = run.match_count
             summary.withheld_count = run.withheld_count
@@ -257,19 +264,10 @@ class LinkageServicer(pb_grpc.LinkageServicer):
     ) -> pb.RunSummary:
         agreement, role = self._project(request.project_id, context)
         run = self._run(request.project_id, request.run_id)
-        if role != "custodian":
-            self._store.record_refusal(
-                request.project_id,
-                role,
-                {"rule": "release.custodian_approval", "method": current_method.get()},
-            )
-            raise denied("release.custodian_approval: only the custodian approves runs")
-        if not agreement.custodian_approval:
-            raise precondition(
-                "release.custodian_approval: this agreement releases results without approval"
-            )
-        if run.state != DONE:
-            raise precondition(f"only a finished run can be approved; this one is {run.state}")
+        try:
+            check_approval(agreement, role, run.state)
+        except PolicyViolation as violation:
+            raise self._refuse(request.project_id, role, violation) from None
         self._store.approve_run(request.project_id, request.run_id)
         return self._summary(self._run(request.project_id, request.run_id), agreement, role)
 

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,27 +231,37 @@ class Store:
         bit_length: int,
         content_sha256: bytes,
         threshold: float,
+        check_limits: Callable[[list[tuple[float, int]]], None],
     ) -> Commit:
         """Move the verified file at `path` into place and record it, atomically.
 
-        A custodian upload MUST raise AlreadyExists (removing the file, changing nothing else)
-        while the custodian has encodings on the server. A requester upload is a batch and
-        creates a run, queued at once if the custodian's encodings are there, else waiting.
+        `check_limits` gets the party's earlier uploads as (committed_at, count) inside the
+        transaction, so concurrent uploads cannot both pass a limit; whatever it raises aborts
+        the commit. A custodian upload MUST raise AlreadyExists (removing the file, changing
+        nothing else) while the custodian has encodings on the server. A requester upload is a
+        batch and creates a run: queued if the custodian has uploaded (the run fails if those
+        encodings were deleted meanwhile), else waiting for the custodian.
         """
         upload_id = uuid.uuid4().hex
         name = f"{upload_id}.bin"
         final = self.encodings_dir / name
         try:
             with self._transaction() as db:
-                custodian_live = (
+                check_limits(
                     db.execute(
-                        "SELECT 1 FROM uploads WHERE project_id=? AND party='custodian' "
-                        "AND file IS NOT NULL",
-                        (project_id,),
-                    ).fetchone()
-                    is not None
+                        "SELECT committed_at, count FROM uploads WHERE project_id=? AND party=?",
+                        (project_id, party),
+                    ).fetchall()
                 )
-                if party == "custodian" and custodian_live:
+                custodian_files = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT file FROM uploads WHERE project_id=? AND party='custodian'",
+                        (project_id,),
+                    )
+                ]
+                custodian_uploaded = bool(custodian_files)
+                if party == "custodian" and any(custodian_files):
                     raise AlreadyExists(f"{project_id}/custodian")
                 os.replace(path, final)
                 _fsync_dir(self.encodings_dir)
@@ -289,12 +299,12 @@ class Store:
                         (
                             run_id,
                             project_id,
-                            QUEUED if custodian_live else WAITING,
+                            QUEUED if custodian_uploaded else WAITING,
                             threshold,
                             time.time(),
                         ),
                     )
-                    queued = [run_id] if custodian_live else []
+                    queued = [run_id] if custodian_uploaded else []
                 else:
                     queued = [
                         r[0]

@@ -1,0 +1,410 @@
+"""Who may do what: transport identity (mutual TLS), membership of the agreement, signatures,
+isolation between the two parties, signed receipts, and the loopback-only insecure mode."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import Identities
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_server_api import make_encodings, random_rows, run_project, snapshot
+
+from blindlink._generated import linkage_pb2 as pb
+from blindlink._generated import linkage_pb2_grpc as pb_grpc
+from blindlink.agreement.signing import SignedAgreement, parse_signed
+from blindlink.audit.chain import AuditEntry, read_entries
+from blindlink.audit.verify import verify_receipt
+from blindlink.client.linkage_client import LinkageClient, ServerError
+from blindlink.encoding.schema import LinkageSchema
+from blindlink.errors import BlindlinkError
+from blindlink.security.keys import public_key_text, sign
+from blindlink.server.app import RunningServer, start_server
+from blindlink.server.identity import PARTY_METADATA_KEY
+
+Agreements = Callable[..., bytes]
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+TIMEOUT = 5.0
+OTHER_KEY = public_key_text(Ed25519PrivateKey.from_private_bytes(b"\x07" * 32))
+
+
+def audit(server: RunningServer, project: str | None = None) -> list[AuditEntry]:
+    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
+    try:
+        return read_entries(db, project)
+    finally:
+        db.close()
+
+
+def state(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
+    """Every table row but the audit log's, and every file."""
+    rows, files = snapshot(server)
+    return [r for r in rows if not r.startswith('INSERT INTO "audit_log"')], files
+
+
+def encodings(tmp_path: Path, name: str, rows: np.ndarray, schema: LinkageSchema) -> Path:
+    return make_encodings(tmp_path / f"{name}.bin", rows, schema.sha256)
+
+
+def uploads_by_party(status: pb.ProjectStatus) -> dict[str, list[pb.PartyUpload]]:
+    found: dict[str, list[pb.PartyUpload]] = {"requester": [], "custodian": []}
+    for entry in status.uploads:
+        found[entry.party].append(entry)
+    return found
+
+
+def resigned(signed_bytes: bytes, signatures: dict[str, str]) -> bytes:
+    """The same agreement with other signatures."""
+    signed = parse_signed(signed_bytes)
+    return SignedAgreement(signed.agreement, signatures).to_bytes()
+
+
+@pytest.fixture
+def outsider(address: str, identities: Identities) -> Iterator[LinkageClient]:
+    with LinkageClient(address, "requester", identities.outsider) as client:
+        yield client
+
+
+@pytest.fixture
+def project(requester: LinkageClient, make_agreement: Agreements) -> str:
+    return requester.create_project(make_agreement()).project_id
+
+
+# --- transport: mutual TLS with the project's CA ---------------------------------------------
+
+
+def _status_over(channel: grpc.Channel, project: str) -> None:
+    pb_grpc.LinkageStub(channel).GetStatus(pb.GetStatusRequest(project_id=project), timeout=TIMEOUT)
+
+
+def test_client_without_a_certificate_cannot_connect(
+    address: str, identities: Identities, server: RunningServer, project: str
+) -> None:
+    logged = len(audit(server))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=identities.pki.ca_cert.read_bytes()
+    )
+    with grpc.secure_channel(address, credentials) as channel, pytest.raises(grpc.RpcError) as err:
+        _status_over(channel, project)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(audit(server)) == logged
+
+
+def test_client_with_a_certificate_from_another_ca_cannot_connect(
+    address: str, identities: Identities, server: RunningServer, project: str
+) -> None:
+    logged = len(audit(server))
+    with (
+        LinkageClient(address, "requester", identities.foreign) as foreign,
+        pytest.raises(ServerError) as err,
+    ):
+        foreign.status(project)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert len(audit(server)) == logged
+
+
+def test_plaintext_client_cannot_connect(address: str, server: RunningServer, project: str) -> None:
+    logged = len(audit(server))
+    with LinkageClient(address, "requester", None) as plaintext, pytest.raises(ServerError) as err:
+        plaintext.status(project)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert len(audit(server)) == logged
+
+
+def test_both_parties_connect_with_their_certificates(
+    requester: LinkageClient, custodian: LinkageClient, project: str
+) -> None:
+    assert requester.status(project).project_id == project
+    assert custodian.status(project).project_id == project
+
+
+# --- membership: only the two parties the agreement names ------------------------------------
+
+
+def test_outsider_cannot_create_a_project_it_is_not_named_in(
+    outsider: LinkageClient, server: RunningServer, make_agreement: Agreements
+) -> None:
+    before = state(server)
+    with pytest.raises(ServerError) as err:
+        outsider.create_project(make_agreement())
+    assert err.value.code == DENIED
+    assert err.value.details.startswith("parties:")
+    assert state(server) == before
+    assert server.store.project_ids() == []
+
+
+OUTSIDER_CALLS: dict[str, Callable[[LinkageClient, str, str, Path], object]] = {
+    "GetStatus": lambda c, p, r, f: c.status(p),
+    "Upload": lambda c, p, r, f: c.upload(p, f),
+    "WatchRun": lambda c, p, r, f: list(c.watch(p, r)),
+    "GetRelease": lambda c, p, r, f: c.release(p, r),
+    "ApproveRun": lambda c, p, r, f: c.approve(p, r),
+    "DeleteProject": lambda c, p, r, f: c.delete(p),
+}
+
+
+@pytest.mark.parametrize("method", OUTSIDER_CALLS)
+def test_outsider_is_refused_on_an_existing_project(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    outsider: LinkageClient,
+    server: RunningServer,
+    make_agreement: Agreements,
+    schema: LinkageSchema,
+    tmp_path: Path,
+    method: str,
+) -> None:
+    project, run_id = run_project(
+        requester, custodian, make_agreement(custodian_approval=True), schema, tmp_path
+    )
+    path = encodings(tmp_path, "outsider", random_rows(5, 70), schema)
+    logged = len(audit(server, project))
+    before = state(server)
+    with pytest.raises(ServerError) as err:
+        OUTSIDER_CALLS[method](outsider, project, run_id, path)
+    assert err.value.code == DENIED
+    assert err.value.details.startswith("parties:")
+    new = audit(server, project)[logged:]
+    assert [(e.kind, e.party, e.details) for e in new] == [
+        ("request_refused", "", {"rule": "parties", "method": method})
+    ]
+    assert state(server) == before
+    # The parties are unaffected.
+    assert [r.run_id for r in requester.status(project).runs] == [run_id]
+    assert not requester.status(project).runs[0].approved
+
+
+# --- CreateProject: both parties' signatures over exactly these bytes ------------------------
+
+
+@pytest.mark.parametrize(
+    ("signers", "missing"),
+    [
+        (("requester",), ["custodian"]),
+        (("custodian",), ["requester"]),
+        ((), ["requester", "custodian"]),
+    ],
+)
+def test_create_project_needs_both_signatures(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    server: RunningServer,
+    make_agreement: Agreements,
+    signers: tuple[str, ...],
+    missing: list[str],
+) -> None:
+    before = state(server)
+    for client in (requester, custodian):
+        with pytest.raises(ServerError) as err:
+            client.create_project(make_agreement(signers=signers))
+        assert err.value.code == DENIED
+        assert err.value.details.startswith("signatures:")
+        for role in missing:
+            assert f"the {role} has not signed" in err.value.details
+    assert state(server) == before
+    assert custodian.create_project(make_agreement()).project_id
+
+
+def test_create_project_refuses_signatures_over_other_bytes(
+    requester: LinkageClient, server: RunningServer, make_agreement: Agreements
+) -> None:
+    signed = json.loads(make_agreement(reference="what was signed"))
+    other = json.loads(make_agreement(reference="what is submitted"))
+    forged = json.dumps(
+        {"agreement": other["agreement"], "signatures": signed["signatures"]}
+    ).encode()
+    before = state(server)
+    with pytest.raises(ServerError) as err:
+        requester.create_project(forged)
+    assert err.value.code == DENIED
+    assert err.value.details.startswith("signatures:")
+    assert "requester's signature does not match" in err.value.details
+    assert "custodian's signature does not match" in err.value.details
+    assert state(server) == before
+
+
+def test_create_project_refuses_a_signature_by_the_wrong_key(
+    requester: LinkageClient,
+    server: RunningServer,
+    identities: Identities,
+    make_agreement: Agreements,
+) -> None:
+    genuine = make_agreement()
+    agreement = parse_signed(genuine).agreement
+    by_custodian = sign(identities.signing_keys["custodian"], agreement.canonical_bytes)
+    forged = resigned(genuine, {"requester": by_custodian, "custodian": by_custodian})
+    before = state(server)
+    with pytest.raises(ServerError) as err:
+        requester.create_project(forged)
+    assert err.value.code == DENIED
+    assert "requester's signature does not match" in err.value.details
+    assert "custodian's signature" not in err.value.details
+    assert state(server) == before
+    assert requester.create_project(genuine).project_id == agreement.project_id
+
+
+# --- isolation between the parties -----------------------------------------------------------
+
+
+def test_requester_cannot_read_the_custodians_release_view(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Agreements,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    agreement = make_agreement(requester_release="count", custodian_release="own_rows")
+    project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
+    theirs = custodian.release(project, run_id)
+    assert list(theirs.own_rows) == list(range(10, 20))
+    mine = requester.release(project, run_id)
+    assert (mine.party, mine.kind, mine.match_count) == ("requester", pb.RELEASE_KIND_COUNT, 10)
+    assert (list(mine.own_rows), list(mine.other_rows)) == ([], [])
+    assert json.loads(mine.receipt)["details"]["rows"] == 0
+
+
+def test_requester_uploads_are_always_requester_batches(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    server: RunningServer,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    rows = random_rows(6, 71)
+    receipts = [
+        requester.upload(project, encodings(tmp_path, f"r{i}", rows, schema)) for i in range(2)
+    ]
+    assert [(r.party, bool(r.run_id)) for r in receipts] == [("requester", True)] * 2
+    for client in (requester, custodian):
+        assert [u.uploaded for u in uploads_by_party(client.status(project))["custodian"]] == [
+            False
+        ]
+    assert server.store.live_custodian_upload(project) is None
+    assert [u.party for u in server.store.uploads(project)] == ["requester", "requester"]
+    # The custodian's slot is still free, and only the custodian fills it.
+    receipt = custodian.upload(project, encodings(tmp_path, "c", rows, schema))
+    assert (receipt.party, receipt.run_id) == ("custodian", "")
+
+
+def test_status_never_shows_the_other_partys_counts_or_upload_ids(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    batches = [
+        requester.upload(project, encodings(tmp_path, f"r{n}", random_rows(n, n), schema))
+        for n in (7, 9)
+    ]
+    reference = custodian.upload(project, encodings(tmp_path, "c", random_rows(13, 72), schema))
+    for batch in batches:
+        assert requester.wait(project, batch.run_id).state == pb.RUN_STATE_DONE
+
+    mine = uploads_by_party(requester.status(project))
+    assert [(u.uploaded, u.count, u.upload_id) for u in mine["requester"]] == [
+        (True, b.count, b.upload_id) for b in batches
+    ]
+    assert [(u.uploaded, u.count, u.upload_id) for u in mine["custodian"]] == [(True, 0, "")]
+    assert reference.upload_id not in str(requester.status(project))
+
+    theirs = uploads_by_party(custodian.status(project))
+    assert [(u.uploaded, u.count, u.upload_id) for u in theirs["custodian"]] == [
+        (True, 13, reference.upload_id)
+    ]
+    assert [(u.uploaded, u.count, u.upload_id) for u in theirs["requester"]] == [(True, 0, "")]
+
+
+# --- receipts --------------------------------------------------------------------------------
+
+
+def test_receipts_verify_and_are_in_the_audit_log(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    server: RunningServer,
+    make_agreement: Agreements,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    created = requester.create_project(make_agreement())
+    project = created.project_id
+    assert created.server_public_key == server.public_key
+    uploaded = [
+        custodian.upload(project, encodings(tmp_path, "c", random_rows(8, 73), schema)),
+        requester.upload(project, encodings(tmp_path, "r", random_rows(5, 74), schema)),
+    ]
+    run_id = uploaded[1].run_id
+    assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
+    released = [requester.release(project, run_id), custodian.release(project, run_id)]
+    receipts = (
+        [json.loads(created.receipt)]
+        + [json.loads(u.receipt) for u in uploaded]
+        + [json.loads(r.receipt) for r in released]
+    )
+    assert [(r["kind"], r["party"]) for r in receipts] == [
+        ("project_created", "requester"),
+        ("upload_committed", "custodian"),
+        ("upload_committed", "requester"),
+        ("release_fetched", "requester"),
+        ("release_fetched", "custodian"),
+    ]
+    logged = {e.seq: e for e in audit(server, project)}
+    for receipt in receipts:
+        assert verify_receipt(receipt, created.server_public_key), receipt["kind"]
+        assert logged[receipt["seq"]] == AuditEntry.from_json(receipt)
+        assert receipt["project_id"] == project
+    altered = {**receipts[1], "details": {**receipts[1]["details"], "count": 80}}
+    assert not verify_receipt(altered, created.server_public_key)
+    assert not verify_receipt(receipts[1], OTHER_KEY)
+
+
+# --- insecure (plaintext) mode ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "192.0.2.1:0", "example.org:0"])
+def test_insecure_server_refuses_to_listen_beyond_loopback(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(BlindlinkError, match="TLS"):
+        start_server(tmp_path / "data", listen, None)
+    assert not (tmp_path / "data").exists()
+
+
+def test_insecure_server_on_loopback_identifies_parties_by_metadata(
+    tmp_path: Path, make_agreement: Agreements, schema: LinkageSchema
+) -> None:
+    running = start_server(tmp_path / "data", "127.0.0.1:0", None, purge_interval=0.2)
+    address = f"127.0.0.1:{running.port}"
+    try:
+        with (
+            LinkageClient(address, "requester", None) as requester,
+            LinkageClient(address, "custodian", None) as custodian,
+        ):
+            project, run_id = run_project(requester, custodian, make_agreement(), schema, tmp_path)
+            mine, theirs = requester.release(project, run_id), custodian.release(project, run_id)
+            assert (mine.party, list(mine.own_rows)) == ("requester", list(range(10)))
+            assert (theirs.party, theirs.kind, theirs.match_count) == (
+                "custodian",
+                pb.RELEASE_KIND_COUNT,
+                10,
+            )
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.LinkageStub(channel)
+            request = pb.GetStatusRequest(project_id=project)
+            claims: list[tuple[str, ...]] = [(), ("operator",), ("requester", "custodian")]
+            for claimed in claims:
+                metadata = tuple((PARTY_METADATA_KEY, role) for role in claimed)
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.GetStatus(request, metadata=metadata, timeout=TIMEOUT)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert PARTY_METADATA_KEY in err.value.details()
+            reply = stub.GetStatus(
+                request, metadata=((PARTY_METADATA_KEY, "custodian"),), timeout=TIMEOUT
+            )
+            assert reply.runs[0].match_count == 10
+    finally:
+        running.stop(grace=1)
