@@ -1,0 +1,1 @@
+"""Benchmark machinery: measurements that say how they were made, written as JSON results."""
