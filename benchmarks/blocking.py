@@ -9,7 +9,7 @@ a band, i.e. were compared at all) is computed from the same encodings and band 
 Peak memory is the machine's used memory (MemTotal - MemAvailable) above its level before
 the server started, sampled every 0.5 s. Prints and writes benchmarks/results/blocking.json.
 
-    python benchmarks/blocking.py [--records 1000000] [--bands 300] [--bits-per-band 20]
+    python benchmarks/blocking.py [--records 1000000] [--bands 300] [--bits-per-band 22]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000, help="records per party")
     parser.add_argument("--bands", type=int, default=300)
-    parser.add_argument("--bits-per-band", type=int, default=20)
+    parser.add_argument("--bits-per-band", type=int, default=22)
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--workdir", type=Path, help="keep generated data here")
     args = parser.parse_args()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DICE_SLICE = 65_536
+
 
 @dataclass(frozen=True)
 class LshBlocking:
@@ -59,10 +61,23 @@ def dice(
     popcount_a: np.ndarray,
     popcount_b: np.ndarray,
 ) -> np.ndarray:
-    """Dice coefficients of the given pairs."""
-    common = np.bitwise_count(encodings_a[rows_a] & encodings_b[rows_b]).sum(axis=1)
+    """Dice coefficients of the given pairs, computed in slices that stay in cache."""
+    words_a, words_b = _words(encodings_a), _words(encodings_b)
+    common = np.empty(len(rows_a), dtype=np.int64)
+    for start in range(0, len(rows_a), DICE_SLICE):
+        block = words_a[rows_a[start : start + DICE_SLICE]]
+        block &= words_b[rows_b[start : start + DICE_SLICE]]
+        common[start : start + DICE_SLICE] = np.bitwise_count(block).sum(axis=1, dtype=np.int64)
     total = popcount_a[rows_a] + popcount_b[rows_b]
     return np.divide(2.0 * common, total, out=np.zeros(len(total)), where=total > 0)
+
+
+def _words(encodings: np.ndarray) -> np.ndarray:
+    """The encodings as 64-bit words where their length allows: a quarter of the work of
+    counting bits byte by byte."""
+    if encodings.shape[1] % 8 == 0:
+        return np.ascontiguousarray(encodings).view(np.uint64)
+    return encodings
 
 
 def popcounts(encodings: np.ndarray) -> np.ndarray:
