@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 from blindlink.cli import party, setup_commands
+from blindlink.cli.admin_commands import add_admin_commands
 from blindlink.cli.audit_commands import add_audit_commands
 from blindlink.cli.security_commands import add_security_commands
 from blindlink.errors import BlindlinkError
+from blindlink.server.config import add_arguments as add_server_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,47 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_party_commands(commands)
     add_security_commands(commands)
     add_audit_commands(commands)
-    serve_cmd = commands.add_parser("serve", help="run the linkage server")
-    serve_cmd.add_argument("--data-dir", type=Path, required=True, help="where state is kept")
-    serve_cmd.add_argument("--listen", default="localhost:50051", help="HOST:PORT (port 0: any)")
-    serve_cmd.add_argument("--port-file", type=Path, help="write the bound port here")
-    serve_cmd.add_argument(
-        "--tls-dir",
-        type=Path,
-        help="directory with server.pem, server.key and the client CA ca.pem",
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the linkage server",
+        description="Run the linkage server. Every setting can also be given in the --config "
+        "file or a BLINDLINK_* environment variable (flag > environment > file > default).",
     )
-    serve_cmd.add_argument("--cert", type=Path, help="server certificate")
-    serve_cmd.add_argument("--key", type=Path, help="server certificate's key")
-    serve_cmd.add_argument("--client-ca", type=Path, help="CA of accepted client certificates")
-    serve_cmd.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plaintext and self-declared party roles; loopback only",
-    )
-    serve_cmd.add_argument(
-        "--purge-interval", type=float, default=60.0, help="seconds between retention purges"
-    )
-    serve_cmd.add_argument(
-        "--matching-workers", type=int, help="processes for matching (default: every core)"
-    )
-    serve_cmd.add_argument(
-        "--dask-scheduler",
-        metavar="ADDRESS",
-        help="run matching on this Dask cluster (tcp://HOST:PORT)",
-    )
-    serve_cmd.add_argument(
-        "--max-candidate-pairs",
-        type=int,
-        default=100_000_000,
-        help="fail a run that finds more candidate pairs",
-    )
-    serve_cmd.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=8.0,
-        help="fail a run whose encodings would need more memory",
-    )
+    add_server_arguments(serve_cmd)
     serve_cmd.set_defaults(run=_lazy("blindlink.cli.serve", "serve"))
+    add_admin_commands(commands)
     demo = commands.add_parser("demo", help="run a complete linkage on generated data")
     demo.add_argument("--records", type=int, default=10_000, help="records per party")
     demo.add_argument("--overlap", type=float, default=0.5, help="fraction of shared people")

@@ -1,11 +1,21 @@
-"""Building, starting and stopping the linkage server."""
+"""Building, starting and stopping the linkage server.
+
+Start-up binds the port first and reports NOT_SERVING (Linkage calls are answered UNAVAILABLE)
+until the store is open, leftovers of a crash are removed, unfinished runs are requeued and
+retention is applied; then SERVING. Stopping reports NOT_SERVING, refuses new calls, lets calls
+in flight and a running match finish within the grace period, and leaves anything unfinished to
+be resumed at the next start.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,32 +26,27 @@ from blindlink._generated import linkage_pb2, linkage_pb2_grpc
 from blindlink.errors import BlindlinkError
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.tls import is_loopback, server_credentials
+from blindlink.server.config import ServerTls
 from blindlink.server.identity import PartyResolver
-from blindlink.server.interceptors import ErrorInterceptor
-from blindlink.server.retention import Purger
+from blindlink.server.interceptors import (
+    DecodingInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    RequestLogInterceptor,
+    StreamDeadlineInterceptor,
+    StreamLimits,
+)
+from blindlink.server.metrics import MetricsEndpoint, ServerMetrics
+from blindlink.server.retention import Purger, purge_once
 from blindlink.server.runs import MatchingSettings, RunQueue
 from blindlink.server.servicer import LinkageServicer
+from blindlink.store.directory import SIGNING_KEY_NAME
 from blindlink.store.sqlite import Store
 
 SERVICE_NAME = linkage_pb2.DESCRIPTOR.services_by_name["Linkage"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SIGNING_KEY_NAME = "server-signing"
 
 log = logging.getLogger("blindlink.server")
-
-
-@dataclass(frozen=True)
-class ServerTls:
-    """The server's certificate and key, and the CA whose client certificates it accepts."""
-
-    cert: Path
-    key: Path
-    client_ca: Path
-
-    @classmethod
-    def from_dir(cls, directory: Path) -> ServerTls:
-        """The layout `blindlink pki init` writes: server.pem, server.key, ca.pem."""
-        return cls(directory / "server.pem", directory / "server.key", directory / "ca.pem")
 
 
 @dataclass
@@ -55,14 +60,26 @@ class RunningServer:
     purger: Purger
     health: health.HealthServicer
     public_key: str
+    stopping: threading.Event = field(default_factory=threading.Event)
+    metrics: MetricsEndpoint | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port if self.metrics else None
 
     def stop(self, grace: float = 5.0) -> None:
-        """Report NOT_SERVING, stop taking calls, let calls in flight finish, stop the workers."""
+        """Report NOT_SERVING, refuse new calls, give calls in flight and a running match
+        `grace` seconds (in all) to finish, then stop; unfinished runs resume at next start."""
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
+        self.stopping.set()
         self.server.stop(grace).wait()
+        self.runs.stop(timeout=max(0.0, deadline - time.monotonic()))
         self.purger.stop()
-        self.runs.stop(timeout=grace)
+        if self.metrics:
+            self.metrics.stop()
         self.store.close()
+        log.info("stopped")
 
 
 def server_signing_key(data_dir: Path) -> Ed25519PrivateKey:
@@ -73,15 +90,58 @@ def server_signing_key(data_dir: Path) -> Ed25519PrivateKey:
     return load_private_key(path)
 
 
+class _LinkageWhenReady(grpc.GenericRpcHandler):
+    """The Linkage service's handlers once the servicer is ready; until then every Linkage
+    call is answered UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self._ready: grpc.GenericRpcHandler | None = None
+
+    def attach(self, servicer: LinkageServicer) -> None:
+        registration = _Registration()
+        linkage_pb2_grpc.add_LinkageServicer_to_server(servicer, registration)
+        self._ready = registration.handler
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        if self._ready is not None:
+            return self._ready.service(handler_call_details)
+        if handler_call_details.method.startswith(f"/{SERVICE_NAME}/"):
+            return _STARTING
+        return None
+
+
+class _Registration:
+    """Stands in for a server to collect the handler the generated code registers."""
+
+    handler: grpc.GenericRpcHandler
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        (self.handler,) = handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """Only the generic handler is used."""
+
+
+def _refuse_while_starting(request: Any, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting; retry in a moment")
+
+
+_STARTING = grpc.unary_unary_rpc_method_handler(_refuse_while_starting)
+
+
 def start_server(
     data_dir: Path,
     listen: str,
     tls: ServerTls | None,
-    workers: int = 16,
+    workers: int = 32,
     purge_interval: float = 60.0,
     matching: MatchingSettings | None = None,
+    *,
+    streams: StreamLimits | None = None,
+    metrics_listen: str | None = None,
 ) -> RunningServer:
-    """Open the store, resume unfinished runs and serve on `listen` (HOST:PORT).
+    """Serve on `listen` (HOST:PORT): bind, then open the store, resume unfinished runs and
+    report SERVING. Metrics are served over HTTP on `metrics_listen` if given.
 
     Without `tls` the server trusts the party role callers claim, so it refuses to listen
     anywhere but on loopback."""
@@ -91,40 +151,84 @@ def start_server(
             "on loopback addresses only"
         )
     credentials = server_credentials(tls.cert, tls.key, tls.client_ca) if tls else None
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    key = server_signing_key(Path(data_dir))
-    store = Store(data_dir, key)
-    runs = RunQueue(store, matching or MatchingSettings.local())
+    metrics = ServerMetrics()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blindlink-rpc"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[
+            RequestLogInterceptor(),
+            MetricsInterceptor(metrics),
+            StreamDeadlineInterceptor(streams or StreamLimits()),
+            ErrorInterceptor(),
+            DecodingInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    servicer = LinkageServicer(
-        store, runs, PartyResolver(tls=tls is not None), public_key_text(key)
-    )
-    linkage_pb2_grpc.add_LinkageServicer_to_server(servicer, server)
+    linkage = _LinkageWhenReady()
+    server.add_generic_rpc_handlers((linkage,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    for name in (SERVICE_NAME, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = (
         server.add_secure_port(listen, credentials)
         if credentials
         else server.add_insecure_port(listen)
     )
     if port == 0:
-        store.close()
         raise BlindlinkError(f"could not listen on {listen}")
-    purger = Purger(store, purge_interval)
-    runs.start()
-    purger.start()
     server.start()
+    endpoint = None
+    try:
+        endpoint = MetricsEndpoint(metrics, metrics_listen) if metrics_listen else None
+        log.info("listening on port %d (%s); starting", port, "TLS" if tls else "plaintext")
+        running = _open(data_dir, server, port, health_servicer, purge_interval, matching)
+    except BaseException:
+        server.stop(None)
+        if endpoint:
+            endpoint.stop()
+        raise
+    running.metrics = endpoint
+    metrics.watch_runs(running.store, running.runs)
+    linkage.attach(
+        LinkageServicer(
+            running.store,
+            running.runs,
+            PartyResolver(tls=tls is not None),
+            running.public_key,
+            running.stopping,
+        )
+    )
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on port %d (%s), data in %s", port, "TLS" if tls else "plaintext", data_dir)
+    log.info("serving, data in %s", data_dir)
+    return running
+
+
+def _open(
+    data_dir: Path,
+    server: grpc.Server,
+    port: int,
+    health_servicer: health.HealthServicer,
+    purge_interval: float,
+    matching: MatchingSettings | None,
+) -> RunningServer:
+    """Open the store, apply retention, requeue unfinished runs, start the background work."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    key = server_signing_key(Path(data_dir))
+    store = Store(data_dir, key)
+    try:
+        purge_once(store)
+        runs = RunQueue(store, matching or MatchingSettings.local())
+        purger = Purger(store, purge_interval)
+        runs.start()
+        purger.start()
+    except BaseException:
+        store.close()
+        raise
     return RunningServer(server, port, store, runs, purger, health_servicer, public_key_text(key))

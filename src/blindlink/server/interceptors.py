@@ -1,26 +1,65 @@
-"""Cross-cutting concerns of every call: turning errors into statuses, and caller identity."""
+"""Cross-cutting concerns of every call, one interceptor each.
+
+The server installs them outermost first: `RequestLogInterceptor` (request ID, access log),
+`MetricsInterceptor`, `StreamDeadlineInterceptor` (idle and slow uploads), `ErrorInterceptor`
+(exceptions to statuses) and `DecodingInterceptor` (request bytes to messages, inside the call,
+so that garbage is answered INVALID_ARGUMENT like any other bad request). Because the decoding
+happens innermost, the interceptors outside it see request messages as the bytes received.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from blindlink.server.status import ServiceError
+from blindlink.server.logs import CallContext, current_call, exception_summary
+from blindlink.server.metrics import ServerMetrics
+from blindlink.server.status import ServiceError, invalid
 
 log = logging.getLogger("blindlink.server")
+access_log = logging.getLogger("blindlink.server.access")
 
-# The method being handled, e.g. "GetRelease", for audit entries of refused requests.
-current_method: ContextVar[str] = ContextVar("current_method", default="")
+REQUEST_ID_METADATA_KEY = "blindlink-request-id"
+MAX_DETAILS_CHARS = 1000
+LINKAGE_SERVICE = "blindlink.v1.Linkage"
+
+Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Answer a ServiceError with its status; any other exception with INTERNAL and a request
-    ID, logging the exception type only (handlers may hold identity-free but private data)."""
+def split_method(full_method: str) -> tuple[str, str]:
+    """("blindlink.v1.Linkage", "Upload") from "/blindlink.v1.Linkage/Upload"."""
+    service, _, name = full_method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def status_code(context: grpc.ServicerContext, failure: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with: the one it set, else OK, CANCELLED or UNKNOWN."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if failure is None:
+        return grpc.StatusCode.OK
+    return grpc.StatusCode.CANCELLED if not context.is_active() else grpc.StatusCode.UNKNOWN
+
+
+class _WrappingInterceptor(grpc.ServerInterceptor):
+    """Replaces each method handler with `wrap(handler, method)`."""
 
     def intercept_service(
         self, continuation: Callable[..., Any], handler_call_details: grpc.HandlerCallDetails
@@ -28,60 +67,290 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard(handler.unary_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _guard(handler.stream_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return handler
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
 
-def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+def _behaviour(handler: grpc.RpcMethodHandler) -> Behaviour:
+    return (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+
+def _handler(
+    handler: grpc.RpcMethodHandler, behaviour: Behaviour, decode: bool = True
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` running `behaviour`; `decode=False` hands the
+    behaviour the request bytes undecoded."""
+    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    deserializer = handler.request_deserializer if decode else None
+    return factory(behaviour, deserializer, handler.response_serializer)
+
+
+def _around(
+    handler: grpc.RpcMethodHandler,
+    observe: Callable[[Any, grpc.ServicerContext], AbstractContextManager[Any]],
+) -> grpc.RpcMethodHandler:
+    """The handler with its whole call, streamed responses included, inside
+    `observe(request, context)`; the context manager yields the request to pass on."""
+    behaviour = _behaviour(handler)
+    if handler.response_streaming:
+
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with observe(request, context) as passed:
+                yield from behaviour(passed, context)
+
+        return _handler(handler, streaming)
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        with observe(request, context) as passed:
+            return behaviour(passed, context)
+
+    return _handler(handler, unary)
+
+
+class RequestLogInterceptor(_WrappingInterceptor):
+    """Gives every call a request ID (in its log records and in the `blindlink-request-id`
+    trailing metadata) and logs its outcome: one access-log record per call."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        service, name = split_method(method)
+        level = logging.INFO if service == LINKAGE_SERVICE else logging.DEBUG
+
+        @contextmanager
+        def logged(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            request_id = uuid.uuid4().hex[:16]
+            current_call.set(CallContext(request_id, name))
+            context.set_trailing_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
+            started = time.monotonic()
+            failure = None
+            try:
+                yield request
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                code = status_code(context, failure)
+                fields = {
+                    "code": code.name,
+                    "duration_ms": round(1000 * (time.monotonic() - started), 1),
+                    "peer": context.peer(),
+                }
+                access_log.log(level, "call finished", extra={"fields": fields})
+                current_call.set(None)
+
+        return _around(handler, logged)
+
+
+class MetricsInterceptor(_WrappingInterceptor):
+    """Counts calls by method and status code, their duration, the calls in flight and the
+    request bytes received."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        labels = split_method(method)
+        received = self._metrics.request_bytes.labels(*labels)
+        in_flight = self._metrics.in_flight.labels(*labels)
+        latency = self._metrics.latency.labels(*labels)
+
+        def counted(requests: Iterator[Any]) -> Iterator[Any]:
+            for message in requests:
+                received.inc(_size(message))
+                yield message
+
+        @contextmanager
+        def measured(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            in_flight.inc()
+            started = time.monotonic()
+            failure = None
+            try:
+                if handler.request_streaming:
+                    yield counted(request)
+                else:
+                    received.inc(_size(request))
+                    yield request
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                in_flight.dec()
+                latency.observe(time.monotonic() - started)
+                code = status_code(context, failure).name
+                self._metrics.requests.labels(*labels, code).inc()
+
+        return _around(handler, measured)
+
+
+def _size(message: Any) -> int:
+    return len(message) if isinstance(message, bytes) else int(message.ByteSize())
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How long a request stream may wait between messages, and how long it may last."""
+
+    idle_timeout: float = 30.0
+    max_duration: float = 3600.0
+
+
+class StreamDeadlineInterceptor(_WrappingInterceptor):
+    """Aborts a request stream (an upload) with DEADLINE_EXCEEDED when its next message does
+    not arrive within the idle timeout or it outlasts the maximum duration, so that abandoned
+    and crawling uploads do not hold a worker thread and a partial file forever."""
+
+    def __init__(self, limits: StreamLimits) -> None:
+        self._limits = limits
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if not handler.request_streaming or handler.response_streaming:
+            return handler
+        behaviour = _behaviour(handler)
+
+        def bounded(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            timed = _TimedRequests(requests, self._limits)
+            try:
+                return behaviour(timed, context)
+            finally:
+                timed.close()
+
+        return _handler(handler, bounded)
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+_HANDOFF_POLL_S = 0.5
+
+
+class _TimedRequests:
+    """The messages of a request stream, read on a thread of their own so that waiting for
+    one can time out."""
+
+    def __init__(self, requests: Iterator[Any], limits: StreamLimits) -> None:
+        self._limits = limits
+        self._deadline = time.monotonic() + limits.max_duration
+        self._items: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._closed = threading.Event()
+        self._ended = False
+        threading.Thread(
+            target=self._read, args=(requests,), name="blindlink-stream-reader", daemon=True
+        ).start()
+
+    def close(self) -> None:
+        """Stop handing over messages (the call is over; the reader ends with it)."""
+        self._closed.set()
+
+    def __iter__(self) -> _TimedRequests:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        remaining = self._deadline - time.monotonic()
+        try:
+            item = self._items.get(timeout=max(0.0, min(self._limits.idle_timeout, remaining)))
+        except queue.Empty:
+            raise self._expired(remaining <= self._limits.idle_timeout) from None
+        if item is _END:
+            self._ended = True
+            raise StopIteration
+        if isinstance(item, _Failed):
+            raise item.error
+        return item
+
+    def _expired(self, too_long: bool) -> ServiceError:
+        what = (
+            f"the request stream lasted longer than {self._limits.max_duration:g} s "
+            "(the server's stream_max_duration)"
+            if too_long
+            else f"the request stream sent nothing for {self._limits.idle_timeout:g} s "
+            "(the server's stream_idle_timeout)"
+        )
+        return ServiceError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}; the call was aborted, nothing was kept"
+        )
+
+    def _read(self, requests: Iterator[Any]) -> None:
+        try:
+            for message in requests:
+                if not self._hand_over(message):
+                    return
+            self._hand_over(_END)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the handler's thread
+            self._hand_over(_Failed(exc))
+
+    def _hand_over(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._items.put(item, timeout=_HANDOFF_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Answers a ServiceError with its status; any other exception with INTERNAL and the
+    request ID, logging the exception's type and stack only (its message may quote data)."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        @contextmanager
+        def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield request
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+                if context.code() is not None or not context.is_active():
+                    raise  # aborted already, or the client has gone
+                _abort(context, exc)
+
+        return _around(handler, guarded)
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, ServiceError):
-        log.info("%s refused: %s", method, exc.code.name)
-        context.abort(exc.code, exc.message)
-    request_id = uuid.uuid4().hex[:12]
-    log.error("%s failed (request %s): %s", method, request_id, type(exc).__name__, exc_info=True)
+        message = exc.message
+        if len(message) > MAX_DETAILS_CHARS:  # it may quote the request; keep the status small
+            message = message[: MAX_DETAILS_CHARS - 1] + "…"
+        context.abort(exc.code, message)
+    call = current_call.get()
+    request_id = call.request_id if call else "-"
+    error, stack = exception_summary((type(exc), exc, exc.__traceback__))
+    log.error("internal error", extra={"fields": {"error": error, "stack": stack}})
     context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request {request_id})")
 
 
-def _guard(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        current_method.set(method.rsplit("/", 1)[-1])
-        try:
-            return behaviour(request, context)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-            if context.code() is not None:  # the handler aborted already
-                raise
-            _abort(context, method, exc)
+class DecodingInterceptor(_WrappingInterceptor):
+    """Decodes request messages inside the call, so that bytes that are not a valid message
+    are answered INVALID_ARGUMENT, logged and counted like any other bad request (gRPC itself
+    would answer INTERNAL before any interceptor saw the call)."""
 
-    return guarded
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        parse = handler.request_deserializer
+        if parse is None:
+            return handler
+        behaviour = _behaviour(handler)
+        if handler.request_streaming:
+
+            def decoded(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+                return behaviour((_decode(parse, m) for m in requests), context)
+
+        else:
+
+            def decoded(request: bytes, context: grpc.ServicerContext) -> Any:
+                return behaviour(_decode(parse, request), context)
+
+        return _handler(handler, decoded, decode=False)
 
 
-def _guard_stream(
-    behaviour: Callable[..., Iterator[Any]], method: str
-) -> Callable[..., Iterator[Any]]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        current_method.set(method.rsplit("/", 1)[-1])
-        try:
-            yield from behaviour(request, context)
-        except Exception as exc:  # noqa: BLE001
-            if context.code() is not None:
-                raise
-            _abort(context, method, exc)
-
-    return guarded
+def _decode(parse: Callable[[bytes], Any], data: bytes) -> Any:
+    try:
+        return parse(data)
+    except DecodeError:
+        raise invalid("the request is not a valid protobuf message of this method's type") from None

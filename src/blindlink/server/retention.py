@@ -12,21 +12,38 @@ from blindlink.store.sqlite import DONE, Store
 log = logging.getLogger("blindlink.server.retention")
 
 
-def purge_expired(store: Store, now: float | None = None) -> None:
-    """Delete encodings older than encodings_ttl_seconds and results of runs finished more than
-    results_ttl_seconds ago, in every project."""
+def purge_expired(store: Store, now: float | None = None) -> list[str]:
+    """Apply every project's retention rules; what was deleted, one line each.
+
+    Deletes encodings older than encodings_ttl_seconds, results of runs finished more than
+    results_ttl_seconds ago, and, where delete_encodings_after_release says so, the batches
+    whose release every entitled party has fetched (normally deleted at the last fetch; this
+    catches a server that stopped in between)."""
     now = time.time() if now is None else now
+    deleted = []
     for project_id in store.project_ids():
         raw = store.agreement(project_id)
         if raw is None:
             continue
         agreement = parse_agreement(raw)
+        released = {
+            run.run_id
+            for run in store.runs(project_id)
+            if agreement.delete_encodings_after_release
+            and run.fetched_by
+            and release_complete(agreement, run.fetched_by)
+        }
         for upload in store.uploads(project_id):
-            if (
-                upload.path is not None
-                and now - upload.committed_at > agreement.encodings_ttl_seconds
-            ):
-                store.delete_encodings(upload, "retention.encodings_ttl_seconds")
+            if upload.path is None:
+                continue
+            if now - upload.committed_at > agreement.encodings_ttl_seconds:
+                rule = "retention.encodings_ttl_seconds"
+            elif upload.upload_id in released:
+                rule = "retention.delete_encodings_after_release"
+            else:
+                continue
+            if store.delete_encodings(upload, rule):
+                deleted.append(f"encodings of upload {upload.upload_id} ({rule})")
         for run in store.runs(project_id):
             if (
                 run.state == DONE
@@ -34,7 +51,10 @@ def purge_expired(store: Store, now: float | None = None) -> None:
                 and run.finished_at is not None
                 and now - run.finished_at > agreement.results_ttl_seconds
             ):
-                store.delete_results(project_id, run.run_id, "retention.results_ttl_seconds")
+                rule = "retention.results_ttl_seconds"
+                if store.delete_results(project_id, run.run_id, rule):
+                    deleted.append(f"results of run {run.run_id} ({rule})")
+    return deleted
 
 
 def release_complete(agreement: Agreement, fetched_by: frozenset[str]) -> bool:
@@ -57,11 +77,18 @@ class Purger:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                purge_expired(self._store)
-            except Exception as exc:  # noqa: BLE001 - retry at the next interval
-                log.error("purge failed: %s", type(exc).__name__)
+            purge_once(self._store)
+
+
+def purge_once(store: Store) -> None:
+    """`purge_expired`, logging what it deleted; a failure is logged and left for next time."""
+    try:
+        for line in purge_expired(store):
+            log.info("retention deleted %s", line)
+    except Exception:  # noqa: BLE001 - retried at the next interval
+        log.error("purge failed", exc_info=True)

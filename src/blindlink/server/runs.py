@@ -37,6 +37,8 @@ class RunProgress:
     done: int = 0
     total: int = 0
     message: str = ""
+    rate: float = 0.0  # units of work per second while comparing
+    unit: str = ""  # "comparisons", or "bands" with blocking
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,30 @@ class RunFailed(Exception):
     """A run cannot complete, for a reason the parties may be told."""
 
 
+class RunInterrupted(Exception):
+    """The server is stopping; the run stays unfinished and is resumed at the next start."""
+
+
+# How long a stopping worker gets, beyond the grace period, to leave a run it was told to drop.
+INTERRUPT_TIMEOUT_S = 30.0
+
+
 class RunQueue:
-    """Runs queued runs one at a time; progress is kept in memory, outcomes in the store."""
+    """Runs queued runs one at a time; progress is kept in memory, outcomes in the store.
+
+    A run is left unfinished (queued or running) when the server stops before it is done, and
+    is run again from the start when the server next starts: matching is deterministic, so the
+    result is the one an uninterrupted run gives."""
 
     def __init__(self, store: Store, matching: MatchingSettings) -> None:
         self._store = store
         self._matching = matching
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
+        self._current = ""
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._interrupt = threading.Event()
         self._thread = threading.Thread(target=self._work, name="blindlink-runs", daemon=True)
 
     def start(self) -> None:
@@ -85,8 +102,17 @@ class RunQueue:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
+        """Take no further runs; give the run in progress `timeout` seconds to finish, then
+        interrupt it (it is resumed at the next start)."""
+        self._stopping.set()
         self._queue.put(None)
+        if not self._thread.is_alive():
+            return
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.info("interrupting run %s; it resumes at the next start", self._current[:12])
+            self._interrupt.set()
+            self._thread.join(INTERRUPT_TIMEOUT_S)
 
     def enqueue(self, project_id: str, run_id: str) -> None:
         self._set(run_id, RunProgress(QUEUED))
@@ -97,6 +123,16 @@ class RunQueue:
         with self._lock:
             return self._progress.get(run_id)
 
+    def current(self) -> RunProgress | None:
+        """Progress of the run being worked on, if any."""
+        with self._lock:
+            return self._progress.get(self._current) if self._current else None
+
+    def queued(self) -> int:
+        """Runs waiting for the worker."""
+        with self._lock:
+            return sum(p.state == QUEUED for p in self._progress.values())
+
     def _set(self, run_id: str, progress: RunProgress) -> None:
         with self._lock:
             self._progress[run_id] = progress
@@ -106,17 +142,29 @@ class RunQueue:
             self._progress.pop(run_id, None)
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None and not self._stopping.is_set():
             project_id, run_id = item
+            with self._lock:
+                self._current = run_id
             try:
                 self._run(project_id, run_id)
+            except RunInterrupted:
+                return
             except Exception as exc:  # noqa: BLE001 - a failed run must not stop the worker
                 reason = (
                     str(exc) if isinstance(exc, RunFailed | MatchingAborted) else type(exc).__name__
                 )
                 log.error("run %s failed: %s", run_id[:12], reason)
                 self._store.fail_run(project_id, run_id, f"run failed: {reason}")
+            with self._lock:
+                self._current = ""
             self._forget(run_id)
+
+    def _publish(self, run_id: str, progress: RunProgress) -> None:
+        """Record a run's progress; stop it here if the server is being stopped."""
+        if self._interrupt.is_set():
+            raise RunInterrupted(run_id)
+        self._set(run_id, progress)
 
     def _run(self, project_id: str, run_id: str) -> None:
         raw = self._store.agreement(project_id)
@@ -126,7 +174,7 @@ class RunQueue:
         agreement = parse_agreement(raw)
         started = time.monotonic()
         self._store.start_run(project_id, run_id)
-        self._set(run_id, RunProgress(RUNNING, "loading"))
+        self._publish(run_id, RunProgress(RUNNING, "loading"))
         batch, reference = self._store.upload(run_id), self._store.live_custodian_upload(project_id)
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
@@ -135,7 +183,7 @@ class RunQueue:
             header, payload = read_payload(upload.path)
             encodings.append(np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1))
         shared = SharedEncodings.of(encodings[0], encodings[1])
-        report = _ProgressReporter(lambda p: self._set(run_id, p), agreement.blocking is None)
+        report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking is None)
         executor, workers = self._matching.executor_for(len(encodings[0]) * len(encodings[1]))
         candidates = find_candidates(
             shared,
@@ -146,7 +194,7 @@ class RunQueue:
             self._matching.limits,
             report,
         )
-        self._set(run_id, RunProgress(RUNNING, "solving"))
+        self._publish(run_id, RunProgress(RUNNING, "solving"))
         sim, rows0, rows1 = (
             candidates.similarities,
             candidates.requester_rows,
@@ -154,7 +202,7 @@ class RunQueue:
         )
         matches = solve_one_to_one(sim, rows0, rows1)
         withheld = ambiguous(sim, rows0, rows1, matches, agreement.ambiguity_margin)
-        self._set(run_id, RunProgress(RUNNING, "storing"))
+        self._publish(run_id, RunProgress(RUNNING, "storing"))
         self._store.finish_run(
             project_id,
             run_id,
@@ -195,5 +243,7 @@ class _ProgressReporter:
                 done,
                 total,
                 f"{rate:,.0f} {self._unit}/s, about {eta:,.0f} s left",
+                rate,
+                self._unit,
             )
         )

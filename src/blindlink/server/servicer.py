@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,7 +29,7 @@ from blindlink.audit.chain import AuditEntry
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
 from blindlink.server.identity import PartyResolver
-from blindlink.server.interceptors import current_method
+from blindlink.server.logs import current_call
 from blindlink.server.retention import release_complete
 from blindlink.server.runs import RunQueue
 from blindlink.server.status import (
@@ -42,6 +44,8 @@ from blindlink.store.sqlite import DONE, FAILED, AlreadyExists, NotFound, RunRec
 
 MAX_AGREEMENT_BYTES = 1 << 20
 WATCH_INTERVAL_S = 0.2
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # project IDs (the agreement's hash), schema hashes
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # a requester batch's upload ID
 
 _RUN_STATES = {
     "waiting": pb.RUN_STATE_WAITING_FOR_UPLOADS,
@@ -62,42 +66,54 @@ def receipt_json(entry: AuditEntry) -> str:
     return json.dumps(entry.to_json(), sort_keys=True)
 
 
+def _method() -> str:
+    """The method being handled, e.g. "GetRelease", for audit entries of refused requests."""
+    call = current_call.get()
+    return call.method if call else ""
+
+
 class LinkageServicer(pb_grpc.LinkageServicer):
     def __init__(
-        self, store: Store, runs: RunQueue, resolver: PartyResolver, server_public_key: str
+        self,
+        store: Store,
+        runs: RunQueue,
+        resolver: PartyResolver,
+        server_public_key: str,
+        stopping: threading.Event,
     ) -> None:
         self._store = store
         self._runs = runs
         self._resolver = resolver
         self._server_key = server_public_key
+        self._stopping = stopping
 
     # Helpers shared by the handlers
 
     def _project(self, project_id: str, context: grpc.ServicerContext) -> tuple[Agreement, str]:
         """The project's agreement and the caller's role in it."""
+        if not _SHA256_HEX.fullmatch(project_id):
+            raise invalid("project_id must be the agreement's SHA-256 as 64 lowercase hex digits")
         raw = self._store.agreement(project_id)
         if raw is None:
-            raise not_found(f"no project {project_id!r} on this server")
+            raise not_found(f"no project {project_id} on this server")
         agreement = parse_agreement(raw)
         try:
             return agreement, self._resolver.role(context, agreement)
         except ServiceError as exc:
-            self._store.record_refusal(
-                project_id, "", {"rule": "parties", "method": current_method.get()}
-            )
+            self._store.record_refusal(project_id, "", {"rule": "parties", "method": _method()})
             raise exc
 
     def _refuse(self, project_id: str, role: str, violation: PolicyViolation) -> ServiceError:
         """Log a refusal in the audit log; the caller raises the returned error."""
-        self._store.record_refusal(
-            project_id, role, {"rule": violation.rule, "method": current_method.get()}
-        )
+        self._store.record_refusal(project_id, role, {"rule": violation.rule, "method": _method()})
         return denied(str(violation)) if violation.denied else precondition(str(violation))
 
     def _run(self, project_id: str, run_id: str) -> RunRecord:
+        if not _RUN_ID.fullmatch(run_id):
+            raise invalid("run_id must be a run ID as the upload receipt gave it (32 hex digits)")
         run = self._store.run(project_id, run_id)
         if run is None:
-            raise not_found(f"no run {run_id!r} in this project")
+            raise not_found(f"no run {run_id} in this project")
         return run
 
     # Handlers
@@ -111,6 +127,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             signed = parse_signed(request.signed_agreement)
         except AgreementError as exc:
             raise invalid(f"invalid agreement: {exc}") from None
+        except RecursionError:
+            raise invalid("invalid agreement: JSON nested too deeply") from None
         agreement = signed.agreement
         role = self._resolver.role(context, agreement)
         problems = signed.problems()
@@ -218,6 +236,11 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         self._run(request.project_id, request.run_id)
         last = None
         while context.is_active():
+            if self._stopping.is_set():
+                raise ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down; watch the run again once it is back",
+                )
             run = self._store.run(request.project_id, request.run_id)
             if run is None:
                 raise not_found("the run was deleted")
@@ -355,6 +378,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
 
 
 def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
+    if not _SHA256_HEX.fullmatch(header.schema_sha256):
+        raise invalid("schema_sha256 must be a schema's SHA-256 as 64 lowercase hex digits")
     if header.bit_length != agreement.bit_length:
         raise invalid(
             f"encodings have {header.bit_length} bits; the agreement says {agreement.bit_length}"

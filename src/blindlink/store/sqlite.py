@@ -7,6 +7,8 @@ Invariants:
 - A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
 - Reads are per project (and per run); what a party may see is the caller's policy.
+- One Store at a time owns a data directory (an exclusive lock on `blindlink.lock`, released
+  by the kernel even when the process is killed); read-only tools need no lock.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindlink.audit.chain import SCHEMA_SQL as AUDIT_SCHEMA
 from blindlink.audit.chain import AuditEntry, append_entry
+from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR, INCOMING_DIR, lock_data_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS releases (
 """
 
 WAITING, QUEUED, RUNNING, DONE, FAILED = "waiting", "queued", "running", "done", "failed"
+RUN_STATES = (WAITING, QUEUED, RUNNING, DONE, FAILED)
 
 
 class AlreadyExists(Exception):
@@ -127,14 +131,15 @@ class Store:
 
     def __init__(self, data_dir: Path, signing_key: Ed25519PrivateKey) -> None:
         self.data_dir = Path(data_dir)
-        self.encodings_dir = self.data_dir / "encodings"
-        self.incoming_dir = self.data_dir / "incoming"
+        self.encodings_dir = self.data_dir / ENCODINGS_DIR
+        self.incoming_dir = self.data_dir / INCOMING_DIR
         for d in (self.data_dir, self.encodings_dir, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._key = signing_key
+        self._owner = lock_data_dir(self.data_dir)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
-            self.data_dir / "blindlink.db", check_same_thread=False, isolation_level=None
+            self.data_dir / DATABASE_NAME, check_same_thread=False, isolation_level=None
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -145,6 +150,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._owner.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -355,14 +361,15 @@ class Store:
         live = [u for u in self.uploads(project_id, "custodian") if u.path is not None]
         return live[-1] if live else None
 
-    def delete_encodings(self, upload: UploadRecord, reason: str) -> None:
-        """Delete an upload's encodings file, keeping its metadata; audited."""
+    def delete_encodings(self, upload: UploadRecord, reason: str) -> bool:
+        """Delete an upload's encodings file, keeping its metadata; audited. False if they
+        were deleted already."""
         with self._transaction() as db:
             if not db.execute(
                 "UPDATE uploads SET file=NULL WHERE upload_id=? AND file IS NOT NULL",
                 (upload.upload_id,),
             ).rowcount:
-                return
+                return False
             self._audit(
                 db,
                 "data_deleted",
@@ -377,6 +384,7 @@ class Store:
             )
         if upload.path is not None:
             upload.path.unlink(missing_ok=True)
+        return True
 
     # Runs
 
@@ -483,22 +491,29 @@ class Store:
         with self._transaction() as db:
             self._audit(db, "request_refused", project_id, party, details)
 
-    def delete_results(self, project_id: str, run_id: str, reason: str) -> None:
+    def delete_results(self, project_id: str, run_id: str, reason: str) -> bool:
+        """Delete a run's matches, keeping its counts; audited. False if deleted already."""
         with self._transaction() as db:
             db.execute("DELETE FROM matches WHERE run_id=?", (run_id,))
-            if db.execute(
+            if not db.execute(
                 "UPDATE runs SET results_deleted=1 WHERE run_id=? AND results_deleted=0", (run_id,)
             ).rowcount:
-                self._audit(
-                    db,
-                    "data_deleted",
-                    project_id,
-                    "",
-                    {"what": "results", "run_id": run_id, "reason": reason},
-                )
+                return False
+            self._audit(
+                db,
+                "data_deleted",
+                project_id,
+                "",
+                {"what": "results", "run_id": run_id, "reason": reason},
+            )
+        return True
 
     def project_ids(self) -> list[str]:
         return [r[0] for r in self._read("SELECT project_id FROM projects ORDER BY created_at")]
+
+    def run_state_counts(self) -> dict[str, int]:
+        """How many runs are in each state, over all projects."""
+        return dict(self._read("SELECT state, count(*) FROM runs GROUP BY state"))
 
 
 def _run_record(project_id: str, row: tuple[Any, ...]) -> RunRecord:

@@ -1,0 +1,422 @@
+"""Load on one `blindlink serve` process over loopback with mutual TLS.
+
+`--projects` projects at once; in each, the custodian and the requester upload `--records`
+encodings each at the same time (the blindlink client, 1 MiB chunks), then both poll GetStatus
+every second until the run is done and fetch their releases. Every call is timed; latency is
+per RPC (p50, p99, max over every call of that RPC), upload throughput is the payload bytes of
+all uploads over the wall time from the first upload's start to the last one's end. Peak memory
+is VmHWM from /proc of the server process and, separately, of its matching workers.
+
+Bounded: a fixed number of calls per project (polls at most one a second) and `--max-seconds`
+in all; a project unfinished by then is reported, and the server is stopped either way.
+Writes benchmarks/results/load.json.
+
+    python benchmarks/load.py [--projects 20] [--records 50000] [--max-seconds 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from blindlink._generated import linkage_pb2 as pb
+from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
+from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.benchmarking.results import write_result
+from blindlink.client.linkage_client import ClientTls, LinkageClient, ServerError
+from blindlink.encoding.encodings_file import write_encodings
+from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
+from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
+from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
+
+ROLES = ("requester", "custodian")
+SHARED_FRACTION = 0.1
+POLL_INTERVAL_S = 1.0
+START_TIMEOUT_S = 60.0
+T = TypeVar("T")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--projects", type=int, default=20)
+    parser.add_argument("--records", type=int, default=50_000, help="encodings per upload")
+    parser.add_argument("--max-seconds", type=float, default=900.0, help="stop after this")
+    parser.add_argument("--rpc-workers", type=int, default=32, help="the server's setting")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, Path(tmp))
+
+
+@dataclass
+class Calls:
+    """Every call's duration and outcome, by RPC."""
+
+    seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    failures: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def timed(self, rpc: str, call: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            result = call()
+        except ServerError as exc:
+            with self.lock:
+                self.failures[rpc].append(exc.code.name)
+            raise
+        with self.lock:
+            self.seconds[rpc].append(time.perf_counter() - start)
+        return result
+
+
+@dataclass
+class Project:
+    number: int
+    upload_spans: list[tuple[float, float]] = field(default_factory=list)
+    released: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    schema = load_schema(default_schema_path())
+    pki = init_pki(work / "pki")
+    keys = {role: load_private_key(generate_signing_key(work / role)[0]) for role in ROLES}
+    files = _encodings(work, args.records, schema)
+    megabytes = 2 * args.projects * args.records * schema.bit_length / 8 / 1e6
+    print(
+        f"{args.projects} projects x 2 uploads of {args.records} encodings "
+        f"({megabytes:.0f} MB in all)",
+        flush=True,
+    )
+    load_before = os.getloadavg()[0]
+    server, address = _start_server(work, args.rpc_workers)
+    peaks = _PeakMemory(server.pid)
+    peaks.start()
+    calls = Calls()
+    projects = [Project(i) for i in range(args.projects)]
+    started = time.monotonic()
+    deadline = started + args.max_seconds
+    threads = [
+        threading.Thread(
+            target=_project_flow,
+            args=(project, address, pki, keys, schema, files, calls, deadline),
+            daemon=True,
+        )
+        for project in projects
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        wall = time.monotonic() - started
+        peaks.stop()
+        server.send_signal(signal.SIGTERM)
+        try:
+            exit_status = server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            exit_status = server.wait()
+    loads = (load_before, os.getloadavg()[0])
+    _report(args, schema, projects, calls, peaks, wall, megabytes, exit_status, loads)
+
+
+def _encodings(work: Path, records: int, schema: LinkageSchema) -> dict[str, Path]:
+    """One custodian file and one requester batch sharing SHARED_FRACTION of their records
+    (exact copies), used by every project."""
+    rng = np.random.default_rng(0)
+    rows = {
+        role: rng.integers(0, 256, (records, schema.bit_length // 8), dtype=np.uint8)
+        for role in ROLES
+    }
+    shared = int(records * SHARED_FRACTION)
+    rows["custodian"][rng.choice(records, shared, replace=False)] = rows["requester"][
+        rng.choice(records, shared, replace=False)
+    ]
+    files = {}
+    for role, data in rows.items():
+        files[role] = work / f"{role}.bin"
+        write_encodings(files[role], schema.bit_length, schema.sha256, [data.tobytes()])
+    return files
+
+
+def _start_server(work: Path, rpc_workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    config = work / "server.toml"
+    config.write_text(
+        f'data_dir = "{work / "server"}"\nlisten = "127.0.0.1:0"\n'
+        f'port_file = "{work / "port"}"\ntls_dir = "{work / "pki"}"\n'
+        f"rpc_workers = {rpc_workers}\n"
+    )
+    log = open(work / "server.log", "wb")  # noqa: SIM115 - the server process holds it
+    server = subprocess.Popen(
+        [sys.executable, "-m", "blindlink", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (work / "port").exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start:\n{(work / 'server.log').read_text()}")
+        time.sleep(0.05)
+    return server, f"127.0.0.1:{(work / 'port').read_text().strip()}"
+
+
+def _project_flow(
+    project: Project,
+    address: str,
+    pki: PkiFiles,
+    keys: dict[str, Ed25519PrivateKey],
+    schema: LinkageSchema,
+    files: dict[str, Path],
+    calls: Calls,
+    deadline: float,
+) -> None:
+    """Create the project, upload both sides at once, poll until done, fetch both releases."""
+    clients = {
+        role: LinkageClient(
+            address,
+            role,
+            ClientTls(pki.ca_cert, pki.party_certs[role], pki.party_keys[role]),
+        )
+        for role in ROLES
+    }
+    try:
+        agreement = _agreement(project.number, pki, keys, schema)
+        project_id = calls.timed(
+            "CreateProject", lambda: clients["requester"].create_project(agreement)
+        ).project_id
+        receipts: dict[str, pb.UploadReceipt] = {}
+
+        def upload(role: str) -> None:
+            start = time.monotonic()
+            receipts[role] = calls.timed(
+                "Upload", lambda: clients[role].upload(project_id, files[role])
+            )
+            project.upload_spans.append((start, time.monotonic()))
+
+        uploaders = [
+            threading.Thread(target=_recording, args=(project, upload, role)) for role in ROLES
+        ]
+        for thread in uploaders:
+            thread.start()
+        for thread in uploaders:
+            thread.join()
+        run_id = receipts["requester"].run_id
+        pollers = [
+            threading.Thread(
+                target=_recording,
+                args=(project, _fetch_release, project, clients[role], project_id, run_id),
+                kwargs={"calls": calls, "deadline": deadline},
+            )
+            for role in ROLES
+        ]
+        for thread in pollers:
+            thread.start()
+        for thread in pollers:
+            thread.join()
+    except (ServerError, KeyError) as exc:
+        project.error = project.error or f"{type(exc).__name__}: {exc}"
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _recording(
+    project: Project, fn: Callable[..., object], *args: object, **kwargs: object
+) -> None:
+    """Run `fn` on a thread of its own, recording a failed call as the project's error."""
+    try:
+        fn(*args, **kwargs)
+    except ServerError as exc:
+        project.error = project.error or str(exc)
+
+
+def _fetch_release(
+    project: Project,
+    client: LinkageClient,
+    project_id: str,
+    run_id: str,
+    calls: Calls,
+    deadline: float,
+) -> None:
+    while time.monotonic() < deadline:
+        status = calls.timed("GetStatus", lambda: client.status(project_id))
+        run = next(r for r in status.runs if r.run_id == run_id)
+        if run.state == pb.RUN_STATE_DONE:
+            release = calls.timed("GetRelease", lambda: client.release(project_id, run_id))
+            project.released[client.party] = release.match_count
+            return
+        if run.state == pb.RUN_STATE_FAILED:
+            project.error = f"run failed: {run.message}"
+            return
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _agreement(
+    number: int, pki: PkiFiles, keys: dict[str, Ed25519PrivateKey], schema: LinkageSchema
+) -> bytes:
+    parties = {
+        role: PartyInfo(
+            role,
+            public_key_text(keys[role]),
+            certificate_fingerprint(pki.party_certs[role].read_bytes()),
+        )
+        for role in ROLES
+    }
+    document = new_agreement_document(
+        reference=f"load benchmark {number}",
+        requester=parties["requester"],
+        custodian=parties["custodian"],
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+    )
+    signed = SignedAgreement(agreement_from_document(document), {})
+    for role in ROLES:
+        signed = sign_as(signed, role, keys[role])
+    return signed.to_bytes()
+
+
+class _PeakMemory:
+    """Samples VmHWM (peak resident memory) of a process and of its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server_kib = 0
+        self.worker_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def _sample(self) -> None:
+        self.server_kib = max(self.server_kib, _vm_hwm_kib(self.pid))
+        for child in _descendants(self.pid):
+            self.worker_kib = max(self.worker_kib, _vm_hwm_kib(child))
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | int]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {"calls": 0}
+    return {
+        "calls": len(ordered),
+        "p50_s": round(statistics.median(ordered), 4),
+        "p99_s": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 4),
+        "max_s": round(ordered[-1], 4),
+    }
+
+
+def _report(
+    args: argparse.Namespace,
+    schema: LinkageSchema,
+    projects: list[Project],
+    calls: Calls,
+    peaks: _PeakMemory,
+    wall: float,
+    megabytes: float,
+    exit_status: int,
+    loads: tuple[float, float],
+) -> None:
+    spans = [span for p in projects for span in p.upload_spans]
+    upload_wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
+    complete = [p for p in projects if len(p.released) == 2]
+    expected_matches = int(args.records * SHARED_FRACTION)
+    wrong = [p.number for p in complete if set(p.released.values()) != {expected_matches}]
+    failures = {rpc: len(codes) for rpc, codes in calls.failures.items()}
+    total_calls = sum(len(s) for s in calls.seconds.values()) + sum(failures.values())
+    upload_p99 = _percentiles(calls.seconds["Upload"]).get("p99_s", float("inf"))
+    result = {
+        "method": (
+            f"{args.projects} projects at once against one `blindlink serve` process (mutual "
+            f"TLS, loopback, rpc_workers {args.rpc_workers}, default matching); per project "
+            f"both parties upload {args.records} encodings of {schema.bit_length} bits at the "
+            "same time with the blindlink client, then poll GetStatus every second and fetch "
+            "their release; the benchmark process and the server share the machine. "
+            "Latencies are per call, over every call of each RPC; peak memory is VmHWM from "
+            "/proc (server process; largest matching worker)."
+        ),
+        "projects": args.projects,
+        "records_per_upload": args.records,
+        "projects_complete": len(complete),
+        "projects_with_wrong_results": wrong,
+        "project_errors": [p.error for p in projects if p.error],
+        "wall_seconds": round(wall, 1),
+        "calls": total_calls,
+        "calls_per_second": round(total_calls / wall, 1) if wall else 0.0,
+        "upload_megabytes": round(megabytes, 1),
+        "upload_wall_seconds": round(upload_wall, 2),
+        "upload_megabytes_per_second": round(megabytes / upload_wall, 1) if upload_wall else 0,
+        "latency": {rpc: _percentiles(s) for rpc, s in sorted(calls.seconds.items())},
+        "failures": failures,
+        "server_peak_rss_mib": round(peaks.server_kib / 1024, 1),
+        "matching_worker_peak_rss_mib": round(peaks.worker_kib / 1024, 1),
+        "server_exit_status": exit_status,
+        # Other work on the machine shows here (the benchmark alone adds up to about 2).
+        "load_average_1min_before_and_after": [round(x, 2) for x in loads],
+        "targets": {
+            "zero_unexpected_failures": not failures
+            and not wrong
+            and len(complete) == len(projects),
+            "upload_p99_under_5_s": upload_p99 < 5.0,
+        },
+    }
+    path = write_result("load", result)
+    print(f"projects complete     {len(complete)}/{len(projects)} in {wall:.0f} s", flush=True)
+    print(f"uploads               {megabytes:.0f} MB in {upload_wall:.1f} s")
+    for rpc, stats in result["latency"].items():
+        print(f"{rpc:<21} {stats}")
+    print(f"failures              {failures or 'none'}")
+    print(
+        f"peak memory           server {result['server_peak_rss_mib']} MiB, matching worker "
+        f"{result['matching_worker_peak_rss_mib']} MiB"
+    )
+    print(f"targets               {result['targets']}   -> {path}")
+
+
+if __name__ == "__main__":
+    main()

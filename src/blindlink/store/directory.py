@@ -1,0 +1,43 @@
+"""A server's data directory: the files in it, and the lock by which one process owns it."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import BinaryIO
+
+from blindlink.errors import BlindlinkError
+
+DATABASE_NAME = "blindlink.db"  # SQLite (WAL): projects, uploads, runs, matches, audit log
+LOCK_NAME = "blindlink.lock"  # locked by the one process that owns the directory
+ENCODINGS_DIR = "encodings"  # one <upload_id>.bin per committed upload with live encodings
+INCOMING_DIR = "incoming"  # uploads in progress; leftovers of a crash are removed at start
+SIGNING_KEY_NAME = "server-signing"  # .key signs the audit log; .pub verifies it
+
+
+class DataDirInUse(BlindlinkError):
+    """Another process (a running server) owns the data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> BinaryIO:
+    """The open lock file, exclusively locked until closed (or the process dies);
+    DataDirInUse if another process holds it."""
+    lock = open(Path(data_dir) / LOCK_NAME, "a+b")  # noqa: SIM115 - the caller closes it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise DataDirInUse(
+            f"{data_dir} is in use by another process (a running server holds {LOCK_NAME}); "
+            "stop it first"
+        ) from None
+    return lock
+
+
+def data_dir_in_use(data_dir: Path) -> bool:
+    """Whether another process (a running server) owns `data_dir` now."""
+    try:
+        lock_data_dir(data_dir).close()
+    except DataDirInUse:
+        return True
+    return False

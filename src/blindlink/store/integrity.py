@@ -1,0 +1,148 @@
+"""Checking a data directory: the database's integrity and foreign keys, every encodings file
+against its recorded count, bit length and content hash, files without rows and rows without
+files, the stored matches against the runs' counts, and the audit log's hash chain and
+signatures against the server's public key.
+
+The database is read in one read-only transaction, so the check is safe while the server runs;
+files written or deleted during the check may then show as problems (run it again to confirm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from blindlink.audit.chain import AuditFormatError, read_entries
+from blindlink.audit.verify import verify_entries
+from blindlink.encoding.encodings_file import iter_payload_chunks, read_header
+from blindlink.errors import EncodingsFileError
+from blindlink.store.directory import ENCODINGS_DIR, INCOMING_DIR
+from blindlink.store.reports import open_read_only
+
+_FILE_NAME = re.compile(r"[0-9a-f]{32}\.bin")
+_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    problems: list[str]
+    projects: int
+    files: int  # encodings files checked
+    runs: int
+    audit_entries: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_data_dir(data_dir: Path, server_public_key: str, in_use: bool) -> IntegrityReport:
+    """Every problem found in `data_dir`. `in_use`: a server owns the directory now, so files
+    in incoming/ are uploads in progress, not leftovers."""
+    data_dir = Path(data_dir)
+    conn = open_read_only(data_dir)
+    try:
+        conn.execute("BEGIN")  # one consistent snapshot for every query below
+        problems = _database_problems(conn)
+        file_problems, files = _file_problems(conn, data_dir, in_use)
+        audit_problems, entries = _audit_problems(conn, server_public_key)
+        (projects,) = conn.execute("SELECT count(*) FROM projects").fetchone()
+        (runs,) = conn.execute("SELECT count(*) FROM runs").fetchone()
+    finally:
+        conn.close()
+    problems += file_problems + audit_problems
+    return IntegrityReport(problems, projects, files, runs, entries)
+
+
+def _database_problems(conn: sqlite3.Connection) -> list[str]:
+    problems = [
+        f"database: {line}" for (line,) in conn.execute("PRAGMA quick_check") if line != "ok"
+    ]
+    problems += [
+        f"database: {table} row {rowid} refers to a missing row of {parent}"
+        for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check")
+    ]
+    problems += [
+        f"run {run_id}: no requester upload of that ID in its project"
+        for (run_id,) in conn.execute(
+            "SELECT r.run_id FROM runs r LEFT JOIN uploads u ON u.upload_id = r.run_id AND "
+            "u.project_id = r.project_id AND u.party = 'requester' WHERE u.upload_id IS NULL"
+        )
+    ]
+    problems += [
+        f"run {run_id}: records {released} released and {withheld} withheld matches, but holds "
+        f"{actual_released} and {actual_withheld}"
+        for run_id, released, withheld, actual_released, actual_withheld in conn.execute(
+            "SELECT run_id, match_count, withheld_count, "
+            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND withheld = 0), "
+            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND withheld = 1) "
+            "FROM runs r WHERE state = 'done' AND results_deleted = 0"
+        )
+        if (released, withheld) != (actual_released, actual_withheld)
+    ]
+    return problems
+
+
+def _file_problems(conn: sqlite3.Connection, data_dir: Path, in_use: bool) -> tuple[list[str], int]:
+    problems = []
+    recorded = conn.execute(
+        "SELECT upload_id, file, count, bit_length, content_sha256 FROM uploads "
+        "WHERE file IS NOT NULL"
+    ).fetchall()
+    for upload_id, name, count, bit_length, content_sha256 in recorded:
+        if not _FILE_NAME.fullmatch(name):
+            problems.append(f"upload {upload_id}: recorded file name {name!r} is not valid")
+            continue
+        problem = _encodings_problem(
+            data_dir / ENCODINGS_DIR / name, count, bit_length, content_sha256
+        )
+        if problem:
+            problems.append(f"upload {upload_id}: {problem}")
+    names = {name for _, name, *_ in recorded}
+    problems += [
+        f"{ENCODINGS_DIR}/{path.name}: no upload records this file (orphan)"
+        for path in sorted((data_dir / ENCODINGS_DIR).iterdir())
+        if path.name not in names
+    ]
+    if not in_use:
+        problems += [
+            f"{INCOMING_DIR}/{path.name}: leftover of an interrupted upload (removed at the "
+            "server's next start)"
+            for path in sorted((data_dir / INCOMING_DIR).iterdir())
+        ]
+    return problems, len(recorded)
+
+
+def _encodings_problem(
+    path: Path, count: int, bit_length: int, content_sha256: bytes
+) -> str | None:
+    """What is wrong with one committed encodings file, if anything."""
+    if not path.is_file():
+        return f"encodings file {path.name} is missing"
+    try:
+        header = read_header(path)
+    except EncodingsFileError as exc:
+        return str(exc)
+    if (header.count, header.bit_length) != (count, bit_length):
+        return (
+            f"file header says {header.count} encodings of {header.bit_length} bits; the "
+            f"database records {count} of {bit_length}"
+        )
+    digest = hashlib.sha256()
+    for chunk in iter_payload_chunks(path, _READ_BYTES):
+        digest.update(chunk)
+    if digest.digest() != content_sha256 or header.content_sha256 != content_sha256:
+        return "content hash does not match the recorded content_sha256 (corrupt or altered)"
+    return None
+
+
+def _audit_problems(conn: sqlite3.Connection, server_public_key: str) -> tuple[list[str], int]:
+    try:
+        entries = read_entries(conn)
+    except AuditFormatError as exc:
+        return [f"audit log: {exc}"], 0
+    report = verify_entries(entries, server_public_key)
+    return [f"audit log seq {p.seq}: {p.reason}" for p in report.problems], len(entries)

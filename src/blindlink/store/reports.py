@@ -1,0 +1,153 @@
+"""Read-only views of a data directory for the operator: project and run metadata.
+
+They read the database through a read-only connection, so they are safe while the server runs,
+and they never read encodings, matches or row references.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from blindlink.errors import BlindlinkError
+from blindlink.store.directory import DATABASE_NAME
+
+
+def open_read_only(data_dir: Path) -> sqlite3.Connection:
+    """A read-only connection to the data directory's database."""
+    path = Path(data_dir) / DATABASE_NAME
+    if not path.is_file():
+        raise BlindlinkError(f"{data_dir}: no {DATABASE_NAME}; is this a server's data directory?")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def utc_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    project_id: str
+    reference: str
+    created: str
+    uploads: dict[str, int]  # per party: how many uploads
+    records: dict[str, int]  # per party: how many encodings in them
+    stored_encodings: int  # uploads whose encodings are still on the server
+    runs: dict[str, int]  # per state
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def project_summaries(conn: sqlite3.Connection) -> list[ProjectSummary]:
+    """Every project, oldest first."""
+    return [
+        _summary(conn, project_id, agreement, created)
+        for project_id, agreement, created in conn.execute(
+            "SELECT project_id, agreement, created_at FROM projects ORDER BY created_at"
+        )
+    ]
+
+
+def _summary(
+    conn: sqlite3.Connection, project_id: str, agreement: bytes, created: float
+) -> ProjectSummary:
+    uploads, records = {"requester": 0, "custodian": 0}, {"requester": 0, "custodian": 0}
+    for party, count, total in conn.execute(
+        "SELECT party, count(*), sum(count) FROM uploads WHERE project_id=? GROUP BY party",
+        (project_id,),
+    ):
+        uploads[party], records[party] = count, total
+    (stored,) = conn.execute(
+        "SELECT count(*) FROM uploads WHERE project_id=? AND file IS NOT NULL", (project_id,)
+    ).fetchone()
+    runs = dict(
+        conn.execute(
+            "SELECT state, count(*) FROM runs WHERE project_id=? GROUP BY state ORDER BY state",
+            (project_id,),
+        ).fetchall()
+    )
+    return ProjectSummary(
+        project_id,
+        _reference(agreement),
+        utc_text(created),
+        uploads,
+        records,
+        stored,
+        runs,
+    )
+
+
+def _reference(agreement: bytes) -> str:
+    try:
+        return str(json.loads(agreement)["reference"])
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable agreement)"
+
+
+@dataclass(frozen=True)
+class RunReport:
+    project_id: str
+    run_id: str
+    state: str
+    threshold: float
+    message: str
+    approved: bool
+    match_count: int
+    withheld_count: int
+    created: str
+    finished: str
+    results_deleted: bool
+    fetched_by: list[str]
+    events: list[dict[str, Any]]  # the run's audit entries: seq, time, kind, party, details
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_report(conn: sqlite3.Connection, project_id: str, run_id: str) -> RunReport | None:
+    """One run's state, counts and audit entries; None if there is no such run."""
+    row = conn.execute(
+        "SELECT state, threshold, message, approved, match_count, withheld_count, created_at, "
+        "finished_at, results_deleted FROM runs WHERE project_id=? AND run_id=?",
+        (project_id, run_id),
+    ).fetchone()
+    if row is None:
+        return None
+    state, threshold, message, approved, matches, withheld, created, finished, deleted = row
+    fetched = [
+        party
+        for (party,) in conn.execute(
+            "SELECT party FROM releases WHERE run_id=? ORDER BY party", (run_id,)
+        )
+    ]
+    events = [
+        {"seq": seq, "time": time, "kind": kind, "party": party, "details": json.loads(details)}
+        for seq, time, kind, party, details in conn.execute(
+            "SELECT seq, time, kind, party, details FROM audit_log WHERE project_id=? AND "
+            "(json_extract(details, '$.run_id')=? OR json_extract(details, '$.upload_id')=?) "
+            "ORDER BY seq",
+            (project_id, run_id, run_id),
+        )
+    ]
+    return RunReport(
+        project_id,
+        run_id,
+        state,
+        threshold,
+        message,
+        bool(approved),
+        matches,
+        withheld,
+        utc_text(created),
+        utc_text(finished),
+        bool(deleted),
+        fetched,
+        events,
+    )
