@@ -324,7 +324,6 @@ INVALID_VALUES = [
     ("encoding.schema_sha256", SCHEMA_HASH[:63], "does not match"),
     ("encoding.schema_sha256", "g" * 64, "does not match"),
     ("encoding.schema_sha256", SCHEMA_HASH + "0", "does not match"),
-    ("encoding.hardening", ["bit-flip"], "expected to be empty"),
     ("parties.requester.public_key", "ed25519:short=", "does not match"),
     ("parties.requester.public_key", public_key_text(KEYS["requester"])[8:], "does not match"),
     (
@@ -357,6 +356,27 @@ def test_invalid_value_is_refused_naming_its_path(path: str, value: Any, words: 
     message = agreement_error(edited(set_key(path, value)))
     assert message.startswith(f"{path}: ") or message.startswith(f"{path} ")
     assert words in message
+
+
+@pytest.mark.parametrize(
+    ("steps", "words"),
+    [
+        (["bit-flip"], "is not of type 'object'"),
+        ([{"kind": "bit-flip"}], "bit-flip"),
+        ([{"kind": "xor_fold"}], "folds"),
+        ([{"kind": "xor_fold", "folds": 1, "fold": 2}], "fold"),
+    ],
+)
+def test_invalid_hardening_step_is_refused(steps: list[Any], words: str) -> None:
+    message = agreement_error(edited(set_key("encoding.hardening", steps)))
+    assert message.startswith("encoding.hardening")
+    assert words in message
+
+
+def test_hardening_steps_are_accepted() -> None:
+    steps = [{"kind": "xor_fold", "folds": 1}, {"kind": "diffusion", "t": 8}]
+    agreement = parse_agreement(edited(set_key("encoding.hardening", steps)))
+    assert agreement.hardening == steps
 
 
 def test_threshold_floor_above_threshold_is_refused() -> None:

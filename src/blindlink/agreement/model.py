@@ -21,6 +21,7 @@ import jsonschema
 
 from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import AgreementError
+from blindlink.hardening.steps import HardeningError, validate_steps
 from blindlink.matching.blocking import LshBlocking
 
 FORMAT_VERSION = 1
@@ -53,6 +54,7 @@ class Agreement:
     parties: dict[str, Party]
     schema_sha256: str
     bit_length: int
+    hardening: list[dict[str, Any]]
     threshold: float
     threshold_floor: float
     blocking: LshBlocking | None
@@ -127,6 +129,10 @@ def agreement_from_document(document: Any) -> Agreement:
         first = errors[0]
         where = ".".join(str(p) for p in first.absolute_path) or "agreement"
         raise AgreementError(f"{where}: {first.message}")
+    try:
+        validate_steps(document["encoding"]["hardening"])
+    except HardeningError as exc:
+        raise AgreementError(f"encoding.{exc}") from None
     parties = {role: Party(role, **document["parties"][role]) for role in ROLES}
     matching, release = document["matching"], document["release"]
     limits, retention = document["limits"], document["retention"]
@@ -135,6 +141,7 @@ def agreement_from_document(document: Any) -> Agreement:
         parties=parties,
         schema_sha256=document["encoding"]["schema_sha256"],
         bit_length=document["encoding"]["bit_length"],
+        hardening=document["encoding"]["hardening"],
         threshold=float(matching["threshold"]),
         threshold_floor=float(matching["threshold_floor"]),
         blocking=_blocking(matching["blocking"]),
@@ -202,6 +209,7 @@ def new_agreement_document(
     custodian: PartyInfo,
     schema_sha256: str,
     bit_length: int,
+    hardening: list[dict[str, Any]] | None = None,
     threshold: float = 0.8,
     threshold_floor: float | None = None,
     blocking: dict[str, Any] | None = None,
@@ -228,7 +236,11 @@ def new_agreement_document(
             "requester": vars(requester).copy(),
             "custodian": vars(custodian).copy(),
         },
-        "encoding": {"schema_sha256": schema_sha256, "bit_length": bit_length, "hardening": []},
+        "encoding": {
+            "schema_sha256": schema_sha256,
+            "bit_length": bit_length,
+            "hardening": hardening or [],
+        },
         "matching": {
             "threshold": threshold,
             "threshold_floor": threshold if threshold_floor is None else threshold_floor,

@@ -25,6 +25,8 @@ with warnings.catch_warnings():
     from anonlink.similarities import dice_coefficient_accelerated
 
 CHUNK_COMPARISONS = 100_000_000
+# With blocking, pairs found in several bands are made distinct once this many accumulate.
+COMPACT_ROWS = 5_000_000
 # Bytes per record that the in-memory bitarray form costs beyond the encoding itself.
 BITARRAY_OVERHEAD_BYTES = 100
 
@@ -212,13 +214,18 @@ def find_candidates(
     all_pairs = len(shared.requester) * len(shared.custodian)
     total = all_pairs if blocking is None else len(tasks)
     parts: list[TaskResult] = []
-    kept = done = comparisons = 0
+    done = comparisons = 0
     compare = compare_chunk if blocking is None else compare_band
     for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
         parts.append(result)
-        kept += len(result.similarities)
         comparisons += result.comparisons
         done += result.comparisons if blocking is None else 1
+        kept = sum(len(p.similarities) for p in parts)
+        if blocking is not None and kept > COMPACT_ROWS:
+            # The same pair shares many bands: keep each once, so memory and the limit
+            # count distinct pairs.
+            parts = [_distinct(parts, len(shared.custodian))]
+            kept = len(parts[0].similarities)
         if kept > limits.max_candidate_pairs:
             raise MatchingAborted(
                 f"more than {limits.max_candidate_pairs} candidate pairs (the operator's "
@@ -226,17 +233,29 @@ def find_candidates(
                 "blocking"
             )
         progress(done, total)
-    return _merge(parts, comparisons, all_pairs, deduplicate=blocking is not None)
+    if blocking is not None:
+        parts = [_distinct(parts, len(shared.custodian))]
+    return _merge(parts, comparisons, all_pairs)
 
 
-def _merge(
-    parts: list[TaskResult], comparisons: int, all_pairs: int, deduplicate: bool
-) -> Candidates:
-    sim = np.concatenate([p.similarities for p in parts]) if parts else np.empty(0)
-    r0 = np.concatenate([p.requester_rows for p in parts]) if parts else np.empty(0, dtype=np.int64)
-    r1 = np.concatenate([p.custodian_rows for p in parts]) if parts else np.empty(0, dtype=np.int64)
-    if deduplicate and len(sim):  # a pair may share several bands
-        _, first = np.unique(np.stack([r0, r1]), axis=1, return_index=True)
-        sim, r0, r1 = sim[first], r0[first], r1[first]
+def _distinct(parts: list[TaskResult], custodian_records: int) -> TaskResult:
+    """The parts' pairs, each once."""
+    sim, r0, r1 = _concatenated(parts)
+    _, first = np.unique(r0 * custodian_records + r1, return_index=True)
+    return TaskResult(sim[first], r0[first], r1[first], 0)
+
+
+def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return (
+        np.concatenate([p.similarities for p in parts]),
+        np.concatenate([p.requester_rows for p in parts]),
+        np.concatenate([p.custodian_rows for p in parts]),
+    )
+
+
+def _merge(parts: list[TaskResult], comparisons: int, all_pairs: int) -> Candidates:
+    sim, r0, r1 = _concatenated(parts)
     order = np.lexsort((r1, r0, -sim))
     return Candidates(sim[order], r0[order], r1[order], comparisons, all_pairs)
