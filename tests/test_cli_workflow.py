@@ -261,3 +261,130 @@ def test_schema_hash_matches_the_loaded_schema(
 ) -> None:
     assert run(capsys, "schema", "hash").strip() == schema.sha256
     assert json.loads(run(capsys, "schema", "default"))["version"] == 3
+
+
+def test_hardened_linkage_through_the_cli(
+    tmp_path: Path, address: str, identities: Identities, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agreement's hardening steps shape the encodings both parties upload."""
+    files = generate_datasets(tmp_path / "data", 300, 0.5, seed=9)
+    for role in ("requester", "custodian"):
+        run(capsys, "keys", "new", "--out", str(tmp_path / role))
+    pki = identities.pki
+    agreement = tmp_path / "agreement.json"
+    run(
+        capsys,
+        "agreement",
+        "new",
+        "--reference",
+        "hardened",
+        "--requester",
+        "A",
+        "--requester-key",
+        str(tmp_path / "requester" / "signing.pub"),
+        "--requester-cert",
+        str(pki.party_certs["requester"]),
+        "--custodian",
+        "B",
+        "--custodian-key",
+        str(tmp_path / "custodian" / "signing.pub"),
+        "--custodian-cert",
+        str(pki.party_certs["custodian"]),
+        "--hardening",
+        '[{"kind": "xor_fold", "folds": 1}]',
+        "--threshold",
+        "0.7",
+        "--out",
+        str(agreement),
+    )
+    assert json.loads(agreement.read_text())["agreement"]["encoding"]["bit_length"] == 512
+    assert (
+        main(
+            [
+                "agreement",
+                "new",
+                "--reference",
+                "x",
+                "--requester",
+                "A",
+                "--requester-key",
+                str(tmp_path / "requester" / "signing.pub"),
+                "--requester-cert",
+                str(pki.party_certs["requester"]),
+                "--custodian",
+                "B",
+                "--custodian-key",
+                str(tmp_path / "custodian" / "signing.pub"),
+                "--custodian-cert",
+                str(pki.party_certs["custodian"]),
+                "--hardening",
+                '[{"kind": "fold"}]',
+                "--out",
+                str(tmp_path / "bad.json"),
+            ]
+        )
+        == 2
+    )
+    assert "fold" in capsys.readouterr().err
+    for role in ("requester", "custodian"):
+        run(
+            capsys,
+            "agreement",
+            "sign",
+            str(agreement),
+            "--role",
+            role,
+            "--key",
+            str(tmp_path / role / "signing.key"),
+        )
+    project = run(
+        capsys,
+        "project",
+        "create",
+        "--server",
+        address,
+        "--party",
+        "requester",
+        *tls_args(identities, "requester"),
+        "--agreement",
+        str(agreement),
+    ).strip()
+    secret = tmp_path / "secret"
+    run(capsys, "secret", "new", "--out", str(secret))
+    for role, source in (("custodian", files.custodian), ("requester", files.requester)):
+        out = run(
+            capsys,
+            "encode",
+            str(source),
+            "--secret-file",
+            str(secret),
+            "--agreement",
+            str(agreement),
+            "--out",
+            str(tmp_path / f"{role}.bin"),
+        )
+        assert "(512 bits)" in out
+        run(
+            capsys,
+            "upload",
+            "--server",
+            address,
+            "--party",
+            role,
+            *tls_args(identities, role),
+            "--project",
+            project,
+            str(tmp_path / f"{role}.bin"),
+        )
+    assert "done" in run(
+        capsys,
+        "status",
+        "--server",
+        address,
+        "--party",
+        "requester",
+        *tls_args(identities, "requester"),
+        "--project",
+        project,
+        "--watch",
+    )

@@ -136,6 +136,11 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
     new.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
     new.add_argument("--threshold", type=float, default=0.8, help="Dice threshold of a run")
     new.add_argument(
+        "--hardening",
+        metavar="JSON",
+        help='hardening steps, e.g. \'[{"kind": "xor_fold", "folds": 1}]\'',
+    )
+    new.add_argument(
         "--threshold-floor",
         type=float,
         help="lowest threshold a batch may ask for (default: --threshold)",
@@ -178,6 +183,11 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
     enc.add_argument("--id-map", type=Path, help="local ID map (default: OUT.idmap.json)")
     enc.add_argument("--id-column", default="id")
     enc.add_argument("--workers", type=int, help="processes (default: every core)")
+    enc.add_argument(
+        "--agreement",
+        type=Path,
+        help="apply this agreement's hardening steps (and check its schema)",
+    )
     enc.set_defaults(run=party.encode)
 
     up = commands.add_parser("upload", help="upload encodings to a project")

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from blindlink._generated import linkage_pb2 as pb
+from blindlink.agreement.signing import parse_signed
 from blindlink.cli.progress import bar
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.csv_input import validate_csv
@@ -91,10 +92,19 @@ def encode(args: argparse.Namespace) -> int:
     secret = read_secret(args.secret_file)
     id_map = args.id_map or Path(f"{args.out}.idmap.json")
     # A first pass validates every row, so a bad file is reported before any encoding starts.
+    hardening = _agreed_hardening(args.agreement, schema.sha256) if args.agreement else []
     ids = validate_csv(args.input, schema, args.id_column).ids
     with bar(len(ids), "encoding") as progress:
         result = encode_validated(
-            args.input, ids, schema, secret, args.out, id_map, args.workers, progress.update
+            args.input,
+            ids,
+            schema,
+            secret,
+            args.out,
+            id_map,
+            args.workers,
+            progress.update,
+            hardening,
         )
     print(
         f"encoded {result.header.count} records ({result.header.bit_length} bits) to "
@@ -102,6 +112,21 @@ def encode(args: argparse.Namespace) -> int:
     )
     print(f"local ID map (keep it; never upload it): {result.id_map_path}")
     return 0
+
+
+def _agreed_hardening(path: Path, schema_sha256: str) -> list[dict[str, object]]:
+    """The hardening steps of a (signed) agreement, after checking it names this schema."""
+    try:
+        agreement = parse_signed(Path(path).read_bytes()).agreement
+    except FileNotFoundError:
+        raise InputError(str(path), "agreement file not found") from None
+    if agreement.schema_sha256 != schema_sha256:
+        raise InputError(
+            str(path),
+            "the agreement names a different linkage schema than the "
+            "one given to encode with (see `blindlink schema hash`)",
+        )
+    return agreement.hardening
 
 
 def upload(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from blindlink.agreement.model import (
     PartyInfo,
@@ -19,6 +20,7 @@ from blindlink.cli.progress import bar
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import AgreementError, InputError
+from blindlink.hardening.steps import output_bit_length, validate_steps
 from blindlink.security.keys import load_private_key, load_public_key_text
 from blindlink.security.pki import certificate_fingerprint
 from blindlink.synthetic import CorruptionRates, generate_datasets
@@ -75,12 +77,14 @@ def _party(name: str, key_file: Path, cert_file: Path) -> PartyInfo:
 
 def agreement_new(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema or default_schema_path())
+    hardening = _hardening_steps(args.hardening)
     document = new_agreement_document(
         reference=args.reference,
         requester=_party(args.requester, args.requester_key, args.requester_cert),
         custodian=_party(args.custodian, args.custodian_key, args.custodian_cert),
         schema_sha256=schema.sha256,
-        bit_length=schema.bit_length,
+        bit_length=output_bit_length(schema.bit_length, hardening),
+        hardening=hardening,
         threshold=args.threshold,
         threshold_floor=args.threshold_floor,
         requester_release=args.requester_release,
@@ -103,6 +107,18 @@ def agreement_new(args: argparse.Namespace) -> int:
         "signs it with `blindlink agreement sign`"
     )
     return 0
+
+
+def _hardening_steps(text: str | None) -> list[dict[str, Any]]:
+    """--hardening: a JSON list of steps, e.g. '[{"kind": "xor_fold", "folds": 1}]'."""
+    if not text:
+        return []
+    try:
+        steps = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("--hardening", f"not JSON: {exc}") from None
+    validate_steps(steps)
+    return list(steps)
 
 
 def _read_signed(path: Path) -> SignedAgreement:
