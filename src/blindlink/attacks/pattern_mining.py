@@ -35,11 +35,16 @@ from blindlink.attacks.name_tables import NameTable, given_name_table, surname_t
 from blindlink.attacks.result import AttackResult
 from blindlink.encoding.schema import LinkageSchema
 
-MAX_ATOMS = 150
+MAX_ATOMS = 300
 # Mining stops when the best remaining covariance is within this many standard errors of 0.
 STOP_SIGMAS = 4.0
-PRESENCE = 0.8  # a record holds an atom if it has this share of the atom's positions set
-CLOSURE = 0.9  # a position belongs to an atom if this share of the atom's records set it
+# Without bit flips, a record holds an atom if it has at least PRESENCE of the atom's positions
+# set, and a position belongs to an atom if at least CLOSURE of the atom's records set it. An
+# attacker who knows (from the agreement) that bits are flipped with probability p lowers both
+# by p.
+PRESENCE = 0.9
+CLOSURE = 0.95
+MIN_RECORDS = 10  # a pattern held by fewer records is noise
 MIN_SUPPORT = 0.01  # atoms rarer than this are too noisy to label
 # Exclusive: seen together at most this share of the independence expectation...
 EXCLUSIVE_RATIO = 0.1
@@ -59,29 +64,34 @@ class Atom:
     members: np.ndarray  # bool per record
 
 
-def mine_atoms(bits: np.ndarray, size: int, max_atoms: int = MAX_ATOMS) -> list[Atom]:
-    """Atoms of `size` positions in 0/1 rows `bits`, most covariant first."""
+def mine_atoms(
+    bits: np.ndarray, size: int, flip: float = 0.0, max_atoms: int = MAX_ATOMS
+) -> list[Atom]:
+    """Atoms of `size` positions in 0/1 rows `bits` (bits flipped with probability `flip`),
+    most covariant first."""
     n = len(bits)
-    centred = bits.astype(np.float32)
-    centred -= centred.mean(0)
+    ones = bits.astype(np.float32)
+    centred = ones - ones.mean(0)
     residual = centred.T @ centred / n
     np.fill_diagonal(residual, 0)
     blocked = np.eye(residual.shape[0], dtype=bool)
     stop = STOP_SIGMAS * 0.25 / np.sqrt(n)  # 0.25/sqrt(n): sd of a covariance of fair bits
-    basis: list[np.ndarray] = []
+    basis = np.zeros((max_atoms, n), dtype=np.float32)  # orthonormal rows, one per atom
     atoms: list[Atom] = []
     while len(atoms) < max_atoms:
         i, j = np.unravel_index(np.argmax(np.where(blocked, -np.inf, residual)), residual.shape)
         if residual[i, j] < stop:
             break
-        blocked[i, j] = blocked[j, i] = True
-        atom = _close(bits, _grow(residual, int(i), int(j), size), size)
+        grown = _grow(residual, int(i), int(j), size)
+        blocked[np.ix_(grown[:2], grown[:2])] = True
+        atom = _close(ones, grown, size, PRESENCE - flip, CLOSURE - flip)
         if atom is None or any((atom.members == a.members).mean() > 0.995 for a in atoms):
+            blocked[np.ix_(grown, grown)] = True  # a pattern already found: seed elsewhere
             continue
-        direction = _orthonormal(atom.members, basis)
+        direction = _orthonormal(atom.members, basis[: len(atoms)])
         if direction is None:
             continue
-        basis.append(direction)
+        basis[len(atoms)] = direction
         explained = centred.T @ direction
         residual -= np.outer(explained, explained) / n
         atoms.append(atom)
@@ -99,26 +109,33 @@ def _grow(residual: np.ndarray, i: int, j: int, size: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def _close(bits: np.ndarray, positions: np.ndarray, size: int) -> Atom | None:
+def _close(
+    ones: np.ndarray, positions: np.ndarray, size: int, presence: float, closure: float
+) -> Atom | None:
+    """Alternate between the records holding the pattern and the positions they all set."""
     for _ in range(8):
-        members = bits[:, positions].mean(1) >= PRESENCE
-        if members.sum() < EXCLUSIVE_MIN_EXPECTED:
+        members = ones[:, positions].mean(1) >= presence
+        count = int(members.sum())
+        if count < MIN_RECORDS:
             return None
-        closed = np.flatnonzero(bits[members].mean(0) >= CLOSURE)
+        closed = np.flatnonzero(ones[members].sum(0) >= closure * count)
         if len(closed) < size // 2 or set(closed) == set(positions):
             break
         positions = closed
     # A token that always comes with this one (the sex token with a female name's final "a")
     # closes the pattern too; keep the positions least often set outside the atom's records.
-    outside = bits[~members][:, positions].mean(0)
+    outside = ones[:, positions].sum(0) - ones[members][:, positions].sum(0)
     positions = np.sort(positions[np.argsort(outside, kind="stable")[:size]])
-    return Atom(positions, bits[:, positions].mean(1) >= PRESENCE)
+    return Atom(positions, ones[:, positions].mean(1) >= presence)
 
 
-def _orthonormal(members: np.ndarray, basis: list[np.ndarray]) -> np.ndarray | None:
-    vector = members.astype(np.float32) - members.mean()
-    for b in basis:
-        vector -= (b @ vector) * b
+def _orthonormal(members: np.ndarray, basis: np.ndarray) -> np.ndarray | None:
+    """The centred indicator `members` made orthogonal to the rows of `basis`, unit length
+    (None when it is a combination of them). Gram-Schmidt twice, for numerical stability."""
+    vector = members.astype(np.float32)
+    vector -= vector.mean()
+    for _ in range(2):
+        vector -= basis.T @ (basis @ vector)
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 1e-3 * np.sqrt(len(vector)) else None
 
@@ -222,7 +239,7 @@ def label_surname_atoms(
 ) -> dict[int, int]:
     """Atom -> surname token index, for the atoms of the surname field's opening and closing
     families (empty when the families are not found)."""
-    families = exclusive_families(members)[:4]
+    families = exclusive_families(members)[:4] if members.shape[1] else []
     if len(families) < 2:
         return {}
     pairs = sorted(
@@ -287,11 +304,13 @@ def pattern_mining_attack(
     encodings: np.ndarray,
     true_surnames: Sequence[str],
     schema: LinkageSchema,
+    flip: float = 0.0,
     surname_field: str = "surname",
     given_name_field: str = "given_name",
 ) -> AttackResult:
     """Guess each encoded record's surname; score against `true_surnames` (one per row of the
-    packed uint8 `encodings`) over the records whose surname is on the public list."""
+    packed uint8 `encodings`) over the records whose surname is on the public list. `flip` is
+    the bit-flip probability the attacker knows the encodings to have (randomized response)."""
     fields = {f.identifier: f for f in schema.clkhash.fields if f.hashing_properties}
     surname_props = fields[surname_field].hashing_properties
     comparator = surname_props.comparator
@@ -304,18 +323,17 @@ def pattern_mining_attack(
         else None
     )
     size = surname_props.strategy.bits_per_token(1)[0]
-    atoms = [
-        a for a in mine_atoms(np.unpackbits(encodings, axis=1), size) if len(a.positions) == size
-    ]
-    members = (
-        np.column_stack([a.members for a in atoms])
-        if atoms
-        else np.zeros((len(encodings), 0), bool)
-    )
-    members = members[:, members.mean(0) >= MIN_SUPPORT] if atoms else members
-    labels = label_surname_atoms(members, surnames, given, q) if q >= 2 and members.shape[1] else {}
+    members = _atom_members(np.unpackbits(encodings, axis=1), size, flip)
+    labels = label_surname_atoms(members, surnames, given, q) if q >= 2 else {}
     guesses, shares = guess_surnames(members, labels, surnames)
     return score_surname_guesses(guesses, shares, true_surnames, surnames)
+
+
+def _atom_members(bits: np.ndarray, size: int, flip: float) -> np.ndarray:
+    """Which records hold each full-size atom of at least MIN_SUPPORT (records x atoms)."""
+    columns = [a.members for a in mine_atoms(bits, size, flip) if len(a.positions) == size]
+    members = np.column_stack(columns) if columns else np.zeros((len(bits), 0), dtype=bool)
+    return members[:, members.mean(0) >= MIN_SUPPORT]
 
 
 def score_surname_guesses(

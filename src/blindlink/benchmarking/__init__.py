@@ -1,1 +1,2 @@
-"""Benchmark machinery: measurements that say how they were made, written as JSON results."""
+"""Benchmark machinery: generated data, measurements that say how they were made, results
+written as JSON, and the accuracy / privacy tradeoff sweep (`tradeoff_benchmark`)."""

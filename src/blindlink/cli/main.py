@@ -9,6 +9,7 @@ from pathlib import Path
 from blindlink.cli import party, setup_commands
 from blindlink.cli.admin_commands import add_admin_commands
 from blindlink.cli.audit_commands import add_audit_commands
+from blindlink.cli.bench_commands import add_bench_commands
 from blindlink.cli.security_commands import add_security_commands
 from blindlink.errors import BlindlinkError
 from blindlink.server.config import add_arguments as add_server_arguments
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_party_commands(commands)
     add_security_commands(commands)
     add_audit_commands(commands)
+    add_bench_commands(commands)
     serve_cmd = commands.add_parser(
         "serve",
         help="run the linkage server",
