@@ -393,3 +393,23 @@ def test_delete_removes_encodings_and_results(
     with pytest.raises(ServerError) as err:
         requester.release(project, run_id)
     assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_unhardened_encodings_are_refused_when_hardening_is_agreed(
+    requester: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    server: RunningServer,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    # Diffusion keeps the bit length, so only the encodings' origin in the header tells.
+    project = requester.create_project(
+        make_agreement(hardening=[{"kind": "diffusion", "t": 3}])
+    ).project_id
+    path = make_encodings(tmp_path / "plain.bin", random_rows(5, 13), schema.sha256)
+    before = snapshot(server)
+    with pytest.raises(ServerError) as err:
+        requester.upload(project, path)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "hardening" in err.value.details
+    assert snapshot(server) == before

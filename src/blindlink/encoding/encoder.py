@@ -20,7 +20,7 @@ from blindlink.encoding.csv_input import iter_records, validate_csv
 from blindlink.encoding.encodings_file import EncodingsHeader, write_encodings
 from blindlink.encoding.id_map import IdMap, write_id_map
 from blindlink.encoding.schema import LinkageSchema, parse_schema
-from blindlink.hardening.steps import encode_with_steps, output_bit_length
+from blindlink.hardening.steps import encode_with_steps, encodings_id, output_bit_length
 
 CHUNK_ROWS = 4000
 # Below this many records a process pool costs more than it saves.
@@ -172,6 +172,7 @@ def encode_validated(
         parts = _encode_serial(Path(path), job, progress)
     encodings = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(ids), -1)
     order = np.random.default_rng(secrets.randbits(128)).permutation(len(ids))
-    header = write_encodings(out, bit_length, schema.sha256, [encodings[order].tobytes()])
+    origin = encodings_id(schema.sha256, job.hardening)
+    header = write_encodings(out, bit_length, origin, [encodings[order].tobytes()])
     write_id_map(id_map_out, IdMap(header.content_sha256.hex(), [ids[i] for i in order]))
     return EncodeResult(header, Path(out), Path(id_map_out))

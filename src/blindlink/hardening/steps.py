@@ -9,6 +9,7 @@ secret, the step's kind and its position in the list.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 from clkhash import clk
 from clkhash.key_derivation import generate_key_lists
 
+from blindlink.canonical import canonical_json
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import BlindlinkError
 from blindlink.hardening import transforms
@@ -228,3 +230,14 @@ def _clkhash(rows: Sequence[Sequence[str]], schema: LinkageSchema, secret: bytes
     return np.frombuffer(b"".join(e.tobytes() for e in encoded), dtype=np.uint8).reshape(
         len(rows), width
     )
+
+
+def encodings_id(schema_sha256: str, steps: list[dict]) -> str:
+    """What an encodings file's header names as its origin: the schema's hash, or, with
+    hardening, the hash of the schema's hash and the steps. The server compares it with the
+    agreement, so encodings made without the agreed hardening are refused."""
+    if not steps:
+        return schema_sha256
+    return hashlib.sha256(
+        canonical_json({"schema_sha256": schema_sha256, "hardening": steps})
+    ).hexdigest()

@@ -28,6 +28,7 @@ from blindlink.agreement.signing import parse_signed
 from blindlink.audit.chain import AuditEntry
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
+from blindlink.hardening.steps import encodings_id
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
 from blindlink.server.retention import release_complete
@@ -384,11 +385,12 @@ def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
         raise invalid(
             f"encodings have {header.bit_length} bits; the agreement says {agreement.bit_length}"
         )
-    if header.schema_sha256 != agreement.schema_sha256:
+    expected = encodings_id(agreement.schema_sha256, agreement.hardening)
+    if header.schema_sha256 != expected:
         raise precondition(
-            "encodings were made with a different linkage schema than the "
-            f"agreement names ({header.schema_sha256[:12]}… vs "
-            f"{agreement.schema_sha256[:12]}…)"
+            "encodings were made with a different linkage schema or hardening than the "
+            f"agreement names ({header.schema_sha256[:12]}… vs {expected[:12]}…); encode "
+            "with `blindlink encode --agreement`"
         )
     if header.count == 0:
         raise invalid("an upload must hold at least one encoding")
