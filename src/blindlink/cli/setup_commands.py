@@ -85,7 +85,7 @@ def agreement_new(args: argparse.Namespace) -> int:
         schema_sha256=schema.sha256,
         bit_length=output_bit_length(schema.bit_length, hardening),
         hardening=hardening,
-        threshold=args.threshold,
+        threshold=args.threshold or (0.6 if hardening else 0.8),
         threshold_floor=args.threshold_floor,
         requester_release=args.requester_release,
         custodian_release=args.custodian_release,
