@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from anonlink.candidate_generation import find_candidate_pairs
+from anonlink.similarities import dice_coefficient_accelerated
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.client.linkage_client import LinkageClient
@@ -20,7 +22,6 @@ from blindlink.matching.engine import (
     find_candidates,
 )
 from blindlink.matching.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
-from blindlink.matching.linkage import find_candidates as single_call
 from blindlink.matching.linkage import to_bitarrays
 from blindlink.server.app import start_server
 from blindlink.server.runs import MatchingSettings
@@ -33,6 +34,20 @@ def encodings(n: int, seed: int, noise: float = 0.03) -> SharedEncodings:
     noisy = base ^ (rng.random((n, 512)) < noise)
     return SharedEncodings.of(
         np.packbits(base, axis=1), np.packbits(noisy[rng.permutation(n)], axis=1)
+    )
+
+
+def single_call(
+    requester: list, custodian: list, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One raw anonlink find_candidate_pairs call over all records."""
+    sims, _, (r0, r1) = find_candidate_pairs(
+        [requester, custodian], dice_coefficient_accelerated, threshold
+    )
+    return (
+        np.frombuffer(sims, dtype=np.float64),
+        np.frombuffer(r0, dtype=np.uint32),
+        np.frombuffer(r1, dtype=np.uint32),
     )
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blindlink.matching.linkage import find_candidates, solve_one_to_one, to_bitarrays
+from blindlink.matching.engine import SharedEncodings, find_candidates
+from blindlink.matching.executors import SerialExecutor
+from blindlink.matching.linkage import solve_one_to_one
 
 FLOOR = 0.5
 THRESHOLDS = np.round(np.arange(FLOOR, 1.0, 0.01), 2)
@@ -70,13 +72,12 @@ def quality_curve(
     requester: np.ndarray, custodian: np.ndarray, truth: set[tuple[int, int]]
 ) -> QualityCurve:
     """Match packed uint8 encodings with blindlink's matcher and score every threshold."""
-    bit_length = 8 * requester.shape[1]
-    sim, rows0, rows1 = find_candidates(
-        to_bitarrays(requester.tobytes(), bit_length),
-        to_bitarrays(custodian.tobytes(), bit_length),
-        FLOOR,
+    candidates = find_candidates(
+        SharedEncodings.of(requester, custodian), FLOOR, SerialExecutor(), workers=1
     )
-    matches = solve_one_to_one(sim, rows0, rows1)
+    matches = solve_one_to_one(
+        candidates.similarities, candidates.requester_rows, candidates.custodian_rows
+    )
     pairs = zip(matches.requester_rows.tolist(), matches.custodian_rows.tolist(), strict=True)
     right = np.array([pair in truth for pair in pairs], dtype=bool)
     similarity = matches.similarities

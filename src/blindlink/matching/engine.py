@@ -17,6 +17,7 @@ from bitarray import bitarray
 
 from blindlink.matching.blocking import LshBlocking, band_keys, band_pairs, dice, popcounts
 from blindlink.matching.executors import Executor
+from blindlink.matching.linkage import to_bitarrays
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
@@ -111,19 +112,10 @@ def _bitarrays(shared: SharedEncodings) -> tuple[list[bitarray], list[bitarray]]
     if shared.key not in _bitarray_cache:
         _bitarray_cache.clear()
         _bitarray_cache[shared.key] = (
-            _to_bitarrays(shared.requester),
-            _to_bitarrays(shared.custodian),
+            to_bitarrays(shared.requester.tobytes(), shared.requester.shape[1] * 8),
+            to_bitarrays(shared.custodian.tobytes(), shared.custodian.shape[1] * 8),
         )
     return _bitarray_cache[shared.key]
-
-
-def _to_bitarrays(encodings: np.ndarray) -> list[bitarray]:
-    result = []
-    for row in encodings:
-        record = bitarray()
-        record.frombytes(row.tobytes())
-        result.append(record)
-    return result
 
 
 def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:

@@ -1,15 +1,12 @@
-"""Two-party linkage of encodings with anonlink: Dice candidates above a threshold, greedy 1:1.
+"""From candidate pairs to matches: anonlink's greedy 1:1 solving and the ambiguity rule.
 
-The requester's encodings are compared in slices so that progress can be reported; the merged
-candidates are put in exactly the order anonlink's own merge uses, so the result is the same as
-one `find_candidate_pairs` call over all records.
+Candidates come from `blindlink.matching.engine`, sorted as anonlink sorts them.
 """
 
 from __future__ import annotations
 
 import warnings
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,14 +15,7 @@ from bitarray import bitarray
 with warnings.catch_warnings():
     # anonlink imports the deprecated pkg_resources at import time; nothing for users to act on.
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
-    from anonlink.candidate_generation import find_candidate_pairs
-    from anonlink.similarities import dice_coefficient_accelerated
     from anonlink.solving import greedy_solve
-
-# Comparisons per slice: large enough that anonlink's per-call overhead is negligible.
-SLICE_COMPARISONS = 50_000_000
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -49,33 +39,6 @@ def to_bitarrays(payload: bytes, bit_length: int) -> list[bitarray]:
         record.frombytes(payload[start : start + size])
         result.append(record)
     return result
-
-
-def find_candidates(
-    requester: list[bitarray],
-    custodian: list[bitarray],
-    threshold: float,
-    progress: Progress = lambda done, total: None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs with Dice similarity >= threshold, as (similarities, requester rows, custodian
-    rows) sorted by decreasing similarity, then requester row, then custodian row."""
-    total = len(requester) * len(custodian)
-    step = max(1, SLICE_COMPARISONS // max(1, len(custodian)))
-    sims, rows0, rows1 = [], [], []
-    for start in range(0, len(requester), step):
-        block = requester[start : start + step]
-        s, _, (r0, r1) = find_candidate_pairs(
-            [block, custodian], dice_coefficient_accelerated, threshold
-        )
-        sims.append(np.frombuffer(s, dtype=np.float64))
-        rows0.append(np.frombuffer(r0, dtype=np.uint32).astype(np.int64) + start)
-        rows1.append(np.frombuffer(r1, dtype=np.uint32).astype(np.int64))
-        progress(min(total, (start + len(block)) * len(custodian)), total)
-    sim = np.concatenate(sims) if sims else np.empty(0)
-    r0 = np.concatenate(rows0) if rows0 else np.empty(0, dtype=np.int64)
-    r1 = np.concatenate(rows1) if rows1 else np.empty(0, dtype=np.int64)
-    order = np.lexsort((r1, r0, -sim))
-    return sim[order], r0[order], r1[order]
 
 
 def solve_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> Matches:
@@ -110,17 +73,6 @@ def _pair_similarities(
     order = np.argsort(keys, kind="stable")
     positions = np.searchsorted(keys[order], req * width + cus)
     return sim[order][positions]
-
-
-def match(
-    requester: list[bitarray],
-    custodian: list[bitarray],
-    threshold: float,
-    progress: Progress = lambda done, total: None,
-) -> Matches:
-    """Candidates above `threshold`, then greedy 1:1 matches."""
-    sim, rows0, rows1 = find_candidates(requester, custodian, threshold, progress)
-    return solve_one_to_one(sim, rows0, rows1)
 
 
 def ambiguous(
