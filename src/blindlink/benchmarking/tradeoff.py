@@ -262,7 +262,7 @@ def _method(size: SweepSize, with_febrl: bool) -> dict[str, Any]:
             "mining": MINING_SEED,
             "rule": "base + repeat (attack: base + 100 * repeat + 100 * overlap)",
         },
-        "linkage_quality": "blindlink.matching.linkage find_candidates (Dice >= 0.5) and "
+        "linkage_quality": "blindlink.matching.engine find_candidates (Dice >= 0.5) and "
         "solve_one_to_one (greedy 1:1); precision, recall and F* = TP/(TP+FP+FN) at the policy "
         f"threshold {POLICY_THRESHOLD} and at the threshold with the best F* on a separate "
         "calibration data set (same size, another seed)",
