@@ -4,7 +4,6 @@ isolation between the two parties, signed receipts, and the loopback-only insecu
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,12 +12,18 @@ import numpy as np
 import pytest
 from conftest import Identities
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_server_api import make_encodings, random_rows, run_project, snapshot
+from test_server_api import (
+    audit,
+    make_encodings,
+    random_rows,
+    run_project,
+    state,
+)
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.agreement.signing import SignedAgreement, parse_signed
-from blindlink.audit.chain import AuditEntry, read_entries
+from blindlink.audit.chain import AuditEntry
 from blindlink.audit.verify import verify_receipt
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
@@ -31,20 +36,6 @@ Agreements = Callable[..., bytes]
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 TIMEOUT = 5.0
 OTHER_KEY = public_key_text(Ed25519PrivateKey.from_private_bytes(b"\x07" * 32))
-
-
-def audit(server: RunningServer, project: str | None = None) -> list[AuditEntry]:
-    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
-    try:
-        return read_entries(db, project)
-    finally:
-        db.close()
-
-
-def state(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
-    """Every table row but the audit log's, and every file."""
-    rows, files = snapshot(server)
-    return [r for r in rows if not r.startswith('INSERT INTO "audit_log"')], files
 
 
 def encodings(tmp_path: Path, name: str, rows: np.ndarray, schema: LinkageSchema) -> Path:

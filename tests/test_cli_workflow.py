@@ -27,12 +27,24 @@ def tls_args(identities: Identities, role: str) -> list[str]:
     return ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
 
 
+def party_args(tmp_path: Path, identities: Identities) -> list[str]:
+    """`agreement new` arguments naming both parties: keys made under tmp_path by `keys new`,
+    certificates from the test CA."""
+    return [
+        "--requester", "A",
+        "--requester-key", str(tmp_path / "requester" / "signing.pub"),
+        "--requester-cert", str(identities.pki.party_certs["requester"]),
+        "--custodian", "B",
+        "--custodian-key", str(tmp_path / "custodian" / "signing.pub"),
+        "--custodian-cert", str(identities.pki.party_certs["custodian"]),
+    ]  # fmt: skip
+
+
 def test_keys_agreement_sign_verify(
     tmp_path: Path, identities: Identities, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for role in ("requester", "custodian"):
         run(capsys, "keys", "new", "--out", str(tmp_path / role))
-    pki = identities.pki
     agreement = tmp_path / "agreement.json"
     run(
         capsys,
@@ -40,18 +52,7 @@ def test_keys_agreement_sign_verify(
         "new",
         "--reference",
         "cli test",
-        "--requester",
-        "A",
-        "--requester-key",
-        str(tmp_path / "requester" / "signing.pub"),
-        "--requester-cert",
-        str(pki.party_certs["requester"]),
-        "--custodian",
-        "B",
-        "--custodian-key",
-        str(tmp_path / "custodian" / "signing.pub"),
-        "--custodian-cert",
-        str(pki.party_certs["custodian"]),
+        *party_args(tmp_path, identities),
         "--out",
         str(agreement),
     )
@@ -270,7 +271,6 @@ def test_hardened_linkage_through_the_cli(
     files = generate_datasets(tmp_path / "data", 300, 0.5, seed=9)
     for role in ("requester", "custodian"):
         run(capsys, "keys", "new", "--out", str(tmp_path / role))
-    pki = identities.pki
     agreement = tmp_path / "agreement.json"
     run(
         capsys,
@@ -278,18 +278,7 @@ def test_hardened_linkage_through_the_cli(
         "new",
         "--reference",
         "hardened",
-        "--requester",
-        "A",
-        "--requester-key",
-        str(tmp_path / "requester" / "signing.pub"),
-        "--requester-cert",
-        str(pki.party_certs["requester"]),
-        "--custodian",
-        "B",
-        "--custodian-key",
-        str(tmp_path / "custodian" / "signing.pub"),
-        "--custodian-cert",
-        str(pki.party_certs["custodian"]),
+        *party_args(tmp_path, identities),
         "--hardening",
         '[{"kind": "xor_fold", "folds": 1}]',
         "--threshold",
@@ -305,18 +294,7 @@ def test_hardened_linkage_through_the_cli(
                 "new",
                 "--reference",
                 "x",
-                "--requester",
-                "A",
-                "--requester-key",
-                str(tmp_path / "requester" / "signing.pub"),
-                "--requester-cert",
-                str(pki.party_certs["requester"]),
-                "--custodian",
-                "B",
-                "--custodian-key",
-                str(tmp_path / "custodian" / "signing.pub"),
-                "--custodian-cert",
-                str(pki.party_certs["custodian"]),
+                *party_args(tmp_path, identities),
                 "--hardening",
                 '[{"kind": "fold"}]',
                 "--out",

@@ -4,7 +4,6 @@ and is recorded in the audit log."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
@@ -18,12 +17,13 @@ import pytest
 from conftest import Identities
 from test_server_api import (
     _shared_rows,
+    audit,
     header_for,
     make_encodings,
     random_rows,
     run_project,
     secure_channel,
-    snapshot,
+    state,
 )
 
 from blindlink._generated import linkage_pb2 as pb
@@ -34,7 +34,6 @@ from blindlink.agreement.model import (
     new_agreement_document,
 )
 from blindlink.agreement.signing import SignedAgreement, sign_as
-from blindlink.audit.chain import AuditEntry, read_entries
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.server.app import RunningServer
@@ -42,20 +41,6 @@ from blindlink.server.app import RunningServer
 Agreements = Callable[..., bytes]
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
-
-
-def audit(server: RunningServer, project: str) -> list[AuditEntry]:
-    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
-    try:
-        return read_entries(db, project)
-    finally:
-        db.close()
-
-
-def state(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
-    """Every table row but the audit log's, and every file: what a refusal must not change."""
-    rows, files = snapshot(server)
-    return [r for r in rows if not r.startswith('INSERT INTO "audit_log"')], files
 
 
 def expect_refusal(

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
+from blindlink.audit.chain import AuditEntry, read_entries
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema
@@ -47,6 +48,21 @@ def snapshot(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
         if p.is_file() and not p.name.startswith("blindlink.db")
     }
     return rows, files
+
+
+def audit(server: RunningServer, project: str | None = None) -> list[AuditEntry]:
+    """The audit log's entries (of one project, if given), read from the server's database."""
+    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
+    try:
+        return read_entries(db, project)
+    finally:
+        db.close()
+
+
+def state(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
+    """Every table row but the audit log's, and every file: what a refusal must not change."""
+    rows, files = snapshot(server)
+    return [r for r in rows if not r.startswith('INSERT INTO "audit_log"')], files
 
 
 def secure_channel(address: str, identities: Identities, role: str) -> grpc.Channel:
