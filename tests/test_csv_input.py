@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from blindlink.encoding.csv_input import validate_csv
 from blindlink.encoding.encoder import encode_csv, encode_rows
 from blindlink.encoding.encodings_file import read_header, read_payload
 from blindlink.encoding.id_map import read_id_map
@@ -61,13 +60,10 @@ def output_paths(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def rejected(tmp_path: Path, path: Path, schema: LinkageSchema) -> InputError:
-    """Both validate_csv and encode_csv refuse `path` with the same error; nothing is written."""
-    with pytest.raises(InputError) as validated:
-        validate_csv(path, schema, "id")
+    """encode_csv refuses `path`, writing nothing."""
     out, id_map = output_paths(tmp_path)
     with pytest.raises(InputError) as encoded:
         encode_csv(path, schema, SECRET, out, id_map, workers=1)
-    assert str(encoded.value) == str(validated.value)
     assert sorted(p.name for p in out.parent.iterdir()) == [], "encode_csv wrote output"
     return encoded.value
 
@@ -315,10 +311,9 @@ def test_bad_byte_after_multibyte_char_across_read_block_boundary(
     first = filler + b"a" * (block - 1 - len(filler)) + "\u00e9".encode() + b",x,y,z,w,v,u\n"
     assert first[block - 1 : block + 1] == "\u00e9".encode()
     path = write_input(tmp_path, first + b"R2,M\xfcller\n")
-    with pytest.raises(InputError) as info:
-        validate_csv(path, schema, "id")
+    err = rejected(tmp_path, path, schema)
     first_line_count = first.count(b"\n")
-    assert_where(info.value, path, line=first_line_count + 1, column=5)
+    assert_where(err, path, line=first_line_count + 1, column=5)
 
 
 def test_duplicate_record_id(tmp_path: Path, schema: LinkageSchema) -> None:
@@ -430,3 +425,45 @@ def test_encoding_twice_gives_the_same_encodings_in_a_shuffled_order(
     # Not merely rotated or reversed: many rows leave their file position.
     moved = sum(a != b for a, b in zip(first_records, in_file_order, strict=True))
     assert moved > 150
+
+
+# --- on every core -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process pool for small files, in small chunks, so that chunks are in flight together."""
+    monkeypatch.setattr("blindlink.encoding.encoder.POOL_MIN_RECORDS", 10)
+    monkeypatch.setattr("blindlink.encoding.encoder.CHUNK_ROWS", 50)
+
+
+@pytest.mark.usefixtures("small_pool")
+def test_pool_encodes_like_one_process(tmp_path: Path, schema: LinkageSchema) -> None:
+    path = write_input(tmp_path, many_rows_content(600))
+    out, id_map_path = output_paths(tmp_path)
+    result = encode_csv(path, schema, SECRET, out, id_map_path, workers=2)
+
+    rows = csv_rows(path)
+    expected = dict(
+        zip([r[0] for r in rows], records(encode_rows(rows, schema, SECRET), 128), strict=True)
+    )
+    ids = read_id_map(id_map_path).ids
+    assert result.header.count == 600
+    assert records(read_payload(out)[1], 128) == [expected[i] for i in ids]
+
+
+@pytest.mark.usefixtures("small_pool")
+def test_pool_reports_the_first_problem_in_file_order(
+    tmp_path: Path, schema: LinkageSchema
+) -> None:
+    lines = many_rows_content(600).splitlines(keepends=True)
+    lines[121] = ",".join(
+        "1960-13-01" if i == 3 else v for i, v in enumerate(lines[121].split(","))
+    )
+    lines[450] = "P9999,too,few\n"  # a later problem found by the reader, not the workers
+    path = write_input(tmp_path, "".join(lines))
+    out, id_map = output_paths(tmp_path)
+    with pytest.raises(InputError) as info:
+        encode_csv(path, schema, SECRET, out, id_map, workers=2)
+    assert_where(info.value, path, line=122, column=4, field="date_of_birth")
+    assert sorted(p.name for p in out.parent.iterdir()) == [], "encode_csv wrote output"

@@ -13,8 +13,8 @@ from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
 from blindlink.cli.progress import bar
 from blindlink.client.linkage_client import ClientTls, LinkageClient
-from blindlink.encoding.csv_input import validate_csv
-from blindlink.encoding.encoder import encode_validated
+from blindlink.encoding.csv_input import expected_records
+from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import import_clkhash_json, read_header
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
@@ -91,17 +91,15 @@ def encode(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema or default_schema_path())
     secret = read_secret(args.secret_file)
     id_map = args.id_map or Path(f"{args.out}.idmap.json")
-    # A first pass validates every row, so a bad file is reported before any encoding starts.
     hardening = _agreed_hardening(args.agreement, schema.sha256) if args.agreement else []
-    ids = validate_csv(args.input, schema, args.id_column).ids
-    with bar(len(ids), "encoding") as progress:
-        result = encode_validated(
+    with bar(expected_records(args.input), "encoding") as progress:
+        result = encode_csv(
             args.input,
-            ids,
             schema,
             secret,
             args.out,
             id_map,
+            args.id_column,
             args.workers,
             progress.update,
             hardening,

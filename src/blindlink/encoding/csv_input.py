@@ -1,4 +1,5 @@
-"""Reading a party's CSV file and validating every record against the linkage schema.
+"""Reading a party's CSV file: its encoding, header, each record's shape and record ID. The
+values are checked against the linkage schema as they are encoded (encoding/clk_encoder.py).
 
 Error messages name the file, line, column and field, and never repeat the offending value:
 they may end up in logs or tickets, and the values are identity data.
@@ -9,20 +10,10 @@ from __future__ import annotations
 import codecs
 import csv
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-from clkhash.field_formats import FieldSpec, InvalidEntryError
 
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import InputError
-
-
-@dataclass(frozen=True)
-class CsvSummary:
-    """What a validation pass found: the record IDs in file order."""
-
-    ids: list[str]
 
 
 def check_utf8(path: Path) -> None:
@@ -65,10 +56,52 @@ def _line_of(path: Path, byte_offset: int) -> tuple[int, int]:
     return data.count(b"\n") + 1, data.rfind(b"\n") + 1
 
 
-def iter_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number where the record starts, fields) for every record, validating header,
-    shape and values."""
-    fields = schema.clkhash.fields
+def read_records(
+    path: Path, schema: LinkageSchema, id_column: str
+) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield (line where the record starts, record ID, fields) for every record, checking the
+    file, its header, each record's shape and its ID; the values are checked by the encoder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), "file not found")
+    if id_column not in schema.columns:
+        raise InputError(
+            str(path),
+            f"the ID column '{id_column}' is not in the schema; add it "
+            "as an ignored feature or pass --id-column",
+        )
+    id_index = schema.columns.index(id_column)
+    seen: dict[str, int] = {}
+    try:
+        for line, row in _shaped_records(path, schema):
+            record_id = row[id_index]
+            _check_id(path, line, record_id, id_index + 1, id_column, seen)
+            yield line, record_id, row
+    except UnicodeDecodeError:
+        check_utf8(path)  # raises, naming the line and column of the first bad byte
+        raise
+    if not seen:
+        raise InputError(str(path), "the file has a header but no records")
+
+
+def _check_id(
+    path: Path, line: int, record_id: str, column: int, field: str, seen: dict[str, int]
+) -> None:
+    if not record_id:
+        raise InputError(str(path), "record ID is empty", line=line, column=column, field=field)
+    first = seen.setdefault(record_id, line)
+    if first != line:
+        raise InputError(
+            str(path),
+            f"duplicate record ID (first seen on line {first})",
+            line=line,
+            column=column,
+            field=field,
+        )
+
+
+def _shaped_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[str]]]:
+    width = len(schema.columns)
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, strict=True)
         line = 1
@@ -84,11 +117,10 @@ def iter_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[
             line = reader.line_num + 1
             for row in reader:
                 if row:
-                    if len(row) != len(fields):
+                    if len(row) != width:
                         raise InputError(
-                            str(path), f"expected {len(fields)} fields, found {len(row)}", line=line
+                            str(path), f"expected {width} fields, found {len(row)}", line=line
                         )
-                    _check_values(path, line, row, fields)
                     yield line, row
                 line = reader.line_num + 1
         except csv.Error as exc:
@@ -121,56 +153,12 @@ def _check_header(path: Path, header: list[str], schema: LinkageSchema) -> None:
     )
 
 
-def _check_values(path: Path, line: int, row: list[str], fields: list[FieldSpec]) -> None:
-    for column, (value, spec) in enumerate(zip(row, fields, strict=True), start=1):
-        try:
-            spec.validate(value)
-        except InvalidEntryError as exc:
-            raise InputError(
-                str(path), _redact(str(exc), value), line=line, column=column, field=spec.identifier
-            ) from None
-
-
-def _redact(message: str, value: str) -> str:
-    """clkhash quotes the offending value in its messages, raw or as repr(); keep identity data
-    out of errors by replacing every quoted form of it."""
-    if value:
-        for quoted in (repr(value), f"'{value}'", f'"{value}"'):
-            message = message.replace(quoted, "'…'")
-    return " ".join(message.split())
-
-
-def validate_csv(path: Path, schema: LinkageSchema, id_column: str) -> CsvSummary:
-    """Validate the whole file and return its record IDs; raise InputError at the first problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "file not found")
-    check_utf8(path)
-    if id_column not in schema.columns:
-        raise InputError(
-            str(path),
-            f"the ID column '{id_column}' is not in the schema; add it "
-            "as an ignored feature or pass --id-column",
-        )
-    id_index = schema.columns.index(id_column)
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    for line, row in iter_records(path, schema):
-        record_id = row[id_index]
-        if not record_id:
-            raise InputError(
-                str(path), "record ID is empty", line=line, column=id_index + 1, field=id_column
-            )
-        if record_id in seen:
-            raise InputError(
-                str(path),
-                f"duplicate record ID (first seen on line {seen[record_id]})",
-                line=line,
-                column=id_index + 1,
-                field=id_column,
-            )
-        seen[record_id] = line
-        ids.append(record_id)
-    if not ids:
-        raise InputError(str(path), "the file has a header but no records")
-    return CsvSummary(ids)
+def expected_records(path: Path) -> int:
+    """Lines after the header: what a progress bar can know before reading the records (a
+    quoted line break makes it an over-estimate); 0 when the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return 0
+    return max(lines - 1, 0)

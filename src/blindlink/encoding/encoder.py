@@ -1,4 +1,9 @@
-"""Encoding a party's CSV into CLKs with clkhash, on every core, in a shuffled row order."""
+"""Encoding a party's CSV into CLKs with clkhash, on every core, in a shuffled row order.
+
+One pass over the file: the main process reads records and checks their shape and IDs, and the
+encoding processes check each value against the schema as they encode it. The first problem in
+file order is reported (file, line, column, field) and nothing is written.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,24 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from clkhash import clk
-from clkhash.key_derivation import generate_key_lists
 
-from blindlink.encoding.csv_input import iter_records, validate_csv
+from blindlink.encoding.clk_encoder import ClkEncoder, ValueProblem
+from blindlink.encoding.csv_input import expected_records, read_records
 from blindlink.encoding.encodings_file import EncodingsHeader, write_encodings
 from blindlink.encoding.id_map import IdMap, write_id_map
 from blindlink.encoding.schema import LinkageSchema, parse_schema
-from blindlink.hardening.steps import encode_with_steps, encodings_id, output_bit_length
+from blindlink.errors import InputError
+from blindlink.hardening.steps import (
+    apply_steps,
+    encode_with_steps,
+    encodings_id,
+    output_bit_length,
+)
 
 CHUNK_ROWS = 4000
 # Below this many records a process pool costs more than it saves.
@@ -36,96 +45,124 @@ class EncodeResult:
     id_map_path: Path
 
 
-class _Hasher:
-    """clkhash keys and schema for one process; keys are derived once, not per chunk. With
-    hardening steps, encoding goes through them (salting keys records by their salt)."""
+class _ChunkEncoder:
+    """One process's encoder: clkhash, then the agreement's hardening steps."""
 
     def __init__(
-        self,
-        schema_document: dict[str, Any],
-        secret: bytes,
-        hardening: list[dict[str, Any]] | None = None,
+        self, schema_document: dict[str, Any], secret: bytes, hardening: list[dict[str, Any]]
     ) -> None:
-        self.linkage_schema = parse_schema(schema_document)
+        self.schema = parse_schema(schema_document)
         self.secret = secret
-        self.hardening = hardening or []
-        self.schema = self.linkage_schema.clkhash
-        self.keys = generate_key_lists(
-            secret,
-            len(self.schema.fields),
-            key_size=self.schema.kdf_key_size,
-            salt=self.schema.kdf_salt,
-            info=self.schema.kdf_info,
-            kdf=self.schema.kdf_type,
-            hash_algo=self.schema.kdf_hash,
-        )
+        self.hardening = hardening
+        self.clks = ClkEncoder(self.schema, secret)
 
-    def encode(self, rows: Sequence[Sequence[str]]) -> bytes:
-        if self.hardening:
-            return encode_with_steps(
-                rows, self.linkage_schema, self.secret, self.hardening
-            ).tobytes()
-        clks, _ = clk.hash_chunk(rows, self.keys, self.schema, validate_data=False)
-        return b"".join(c.tobytes() for c in clks)
+    def encode(self, rows: Sequence[Sequence[str]]) -> bytes | ValueProblem:
+        encoded = self.clks.encode(rows)  # checks every value
+        if isinstance(encoded, ValueProblem) or not self.hardening:
+            return encoded
+        if self.hardening[0]["kind"] == "salt":
+            # Salting keys each record by its salt: encode again, one group per salt.
+            return encode_with_steps(rows, self.schema, self.secret, self.hardening).tobytes()
+        clks = np.frombuffer(encoded, dtype=np.uint8).reshape(len(rows), -1)
+        return apply_steps(clks, self.hardening, self.secret).tobytes()
 
 
-_worker_hasher: _Hasher | None = None
+_worker_encoder: _ChunkEncoder | None = None
 
 
 def _init_worker(
     schema_document: dict[str, Any], secret: bytes, hardening: list[dict[str, Any]]
 ) -> None:
-    global _worker_hasher
-    _worker_hasher = _Hasher(schema_document, secret, hardening)
+    global _worker_encoder
+    _worker_encoder = _ChunkEncoder(schema_document, secret, hardening)
 
 
-def _encode_in_worker(rows: Sequence[Sequence[str]]) -> bytes:
-    assert _worker_hasher is not None, "worker initialiser did not run"
-    return _worker_hasher.encode(rows)
+def _encode_in_worker(rows: Sequence[Sequence[str]]) -> bytes | ValueProblem:
+    assert _worker_encoder is not None, "worker initialiser did not run"
+    return _worker_encoder.encode(rows)
 
 
 def encode_rows(rows: Sequence[Sequence[str]], schema: LinkageSchema, secret: bytes) -> bytes:
-    """Encode rows in this process; the encodings concatenated in row order."""
-    return _Hasher(schema.document, secret).encode(rows)
+    """Encode valid rows (schema column order) in this process, concatenated in row order."""
+    encoded = ClkEncoder(schema, secret).encode(rows)
+    if isinstance(encoded, ValueProblem):
+        raise ValueError(f"row {encoded.row}, field '{encoded.field}': {encoded.message}")
+    return encoded
 
 
-def _chunks(path: Path, schema: LinkageSchema) -> Iterator[list[list[str]]]:
-    records = (row for _, row in iter_records(path, schema))
-    while chunk := list(islice(records, CHUNK_ROWS)):
-        yield chunk
-
-
-def _encode_parallel(path: Path, job: _Job, workers: int, progress: Progress) -> Iterator[bytes]:
-    with ProcessPoolExecutor(
-        workers, initializer=_init_worker, initargs=(job.schema.document, job.secret, job.hardening)
-    ) as pool:
-        pending: deque[tuple[Future[bytes], int]] = deque()
-        for chunk in _chunks(path, job.schema):
-            pending.append((pool.submit(_encode_in_worker, chunk), len(chunk)))
-            if len(pending) >= 2 * workers:
-                yield _collect(*pending.popleft(), progress)
-        while pending:
-            yield _collect(*pending.popleft(), progress)
-
-
-def _collect(future: Future[bytes], rows: int, progress: Progress) -> bytes:
-    data = future.result()
-    progress(rows)
-    return data
-
-
-def _encode_serial(path: Path, job: _Job, progress: Progress) -> Iterator[bytes]:
-    hasher = _Hasher(job.schema.document, job.secret, job.hardening)
-    for chunk in _chunks(path, job.schema):
-        progress(len(chunk))
-        yield hasher.encode(chunk)
-
-
-@dataclass(frozen=True)
+@dataclass
 class _Job:
+    path: Path
     schema: LinkageSchema
     secret: bytes
     hardening: list[dict[str, Any]]
+    id_column: str
+    ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    lines: list[int]
+    rows: list[list[str]]
+
+
+def _chunks(job: _Job) -> Iterator[_Chunk]:
+    """The file's records in chunks; their IDs are collected in `job.ids`."""
+    lines: list[int] = []
+    rows: list[list[str]] = []
+    for line, record_id, row in read_records(job.path, job.schema, job.id_column):
+        job.ids.append(record_id)
+        lines.append(line)
+        rows.append(row)
+        if len(rows) == CHUNK_ROWS:
+            yield _Chunk(lines, rows)
+            lines, rows = [], []
+    if rows:
+        yield _Chunk(lines, rows)
+
+
+def _checked(job: _Job, lines: list[int], encoded: bytes | ValueProblem) -> bytes:
+    if isinstance(encoded, ValueProblem):
+        raise InputError(
+            str(job.path),
+            encoded.message,
+            line=lines[encoded.row],
+            column=encoded.column,
+            field=encoded.field,
+        )
+    return encoded
+
+
+def _encode_parallel(job: _Job, workers: int, progress: Progress) -> Iterator[bytes]:
+    initargs = (job.schema.document, job.secret, job.hardening)
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
+        pending: deque[tuple[_Chunk, Future[bytes | ValueProblem]]] = deque()
+
+        def collect() -> bytes:
+            chunk, future = pending.popleft()
+            encoded = _checked(job, chunk.lines, future.result())
+            progress(len(chunk.rows))
+            return encoded
+
+        try:
+            for chunk in _chunks(job):
+                pending.append((chunk, pool.submit(_encode_in_worker, chunk.rows)))
+                if len(pending) >= 2 * workers:
+                    yield collect()
+        except InputError:
+            # Pending chunks come earlier in the file: a problem in them is reported first.
+            while pending:
+                collect()
+            raise
+        while pending:
+            yield collect()
+
+
+def _encode_serial(job: _Job, progress: Progress) -> Iterator[bytes]:
+    encoder = _ChunkEncoder(job.schema.document, job.secret, job.hardening)
+    for chunk in _chunks(job):
+        yield _checked(job, chunk.lines, encoder.encode(chunk.rows))
+        progress(len(chunk.rows))
 
 
 def encode_csv(
@@ -139,37 +176,21 @@ def encode_csv(
     progress: Progress = lambda n: None,
     hardening: list[dict[str, Any]] | None = None,
 ) -> EncodeResult:
-    """Validate `path`, then encode it (see `encode_validated`)."""
-    ids = validate_csv(Path(path), schema, id_column).ids
-    return encode_validated(
-        path, ids, schema, secret, out, id_map_out, workers, progress, hardening
-    )
-
-
-def encode_validated(
-    path: Path,
-    ids: list[str],
-    schema: LinkageSchema,
-    secret: bytes,
-    out: Path,
-    id_map_out: Path,
-    workers: int | None = None,
-    progress: Progress = lambda n: None,
-    hardening: list[dict[str, Any]] | None = None,
-) -> EncodeResult:
-    """Encode every record of a file `validate_csv` accepted (with record IDs `ids`), apply the
-    agreement's hardening steps, and write the encodings file and the local ID map.
+    """Check and encode every record of `path`, apply the agreement's hardening steps, and write
+    the encodings file and the local ID map; raise InputError, writing nothing, at the first
+    problem.
 
     Rows are written in a random order so that a row reference reveals nothing about the
     record's position in the party's file.
     """
-    job = _Job(schema, secret, hardening or [])
+    job = _Job(Path(path), schema, secret, hardening or [], id_column)
     bit_length = output_bit_length(schema.bit_length, job.hardening)
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(ids) >= POOL_MIN_RECORDS:
-        parts = _encode_parallel(Path(path), job, workers, progress)
+    if workers > 1 and expected_records(job.path) >= POOL_MIN_RECORDS:
+        parts = list(_encode_parallel(job, workers, progress))
     else:
-        parts = _encode_serial(Path(path), job, progress)
+        parts = list(_encode_serial(job, progress))
+    ids = job.ids
     encodings = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(ids), -1)
     order = np.random.default_rng(secrets.randbits(128)).permutation(len(ids))
     origin = encodings_id(schema.sha256, job.hardening)

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from clkhash import clk
-from clkhash.key_derivation import generate_key_lists
 
 from blindlink.canonical import canonical_json
+from blindlink.encoding.clk_encoder import ClkEncoder, ValueProblem
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import BlindlinkError
 from blindlink.hardening import transforms
@@ -210,26 +209,13 @@ def encode_with_steps(
 
 
 def _clkhash(rows: Sequence[Sequence[str]], schema: LinkageSchema, secret: bytes) -> np.ndarray:
-    """What `blindlink.encoding.encoder.encode_rows` makes, from the already parsed schema:
-    salting encodes one group per salt value, and parsing the schema per group would cost more
-    than the hashing."""
-    width = schema.bit_length // 8
-    if not rows:
-        return np.empty((0, width), dtype=np.uint8)
-    parsed = schema.clkhash
-    keys = generate_key_lists(
-        secret,
-        len(parsed.fields),
-        key_size=parsed.kdf_key_size,
-        salt=parsed.kdf_salt,
-        info=parsed.kdf_info,
-        kdf=parsed.kdf_type,
-        hash_algo=parsed.kdf_hash,
-    )
-    encoded, _ = clk.hash_chunk(rows, keys, parsed, validate_data=False)
-    return np.frombuffer(b"".join(e.tobytes() for e in encoded), dtype=np.uint8).reshape(
-        len(rows), width
-    )
+    """clkhash encodings of valid rows, one row per record."""
+    encoded = ClkEncoder(schema, secret).encode(rows)
+    if isinstance(encoded, ValueProblem):
+        raise HardeningError(
+            f"row {encoded.row}, field '{encoded.field}' is invalid: {encoded.message}"
+        )
+    return np.frombuffer(encoded, dtype=np.uint8).reshape(len(rows), schema.bit_length // 8)
 
 
 def encodings_id(schema_sha256: str, steps: list[dict]) -> str:
