@@ -1,15 +1,17 @@
-"""End-to-end linkage at scale with LSH blocking: upload to release, with ground truth.
+"""End-to-end linkage at scale with blocking: upload to release, with ground truth.
 
 Generates `--records` identities per party (half shared, default corruption), encodes them
-with the default schema, then times, against a `blindlink serve` process with mutual TLS:
-both uploads, the run (LSH blocking from the agreement, matching on every core, 1:1 solving)
-and both releases. The custodian is granted the pair list so that pair-level precision and
-recall can be scored against the truth. Pair completeness (the share of true pairs that share
-a band, i.e. were compared at all) is computed from the same encodings and band positions.
-Peak memory is the machine's used memory (MemTotal - MemAvailable) above its level before
-the server started, sampled every 0.5 s. Prints and writes benchmarks/results/blocking.json.
+with the default schema (and, with keyed blocking, the agreed blocking keys), then times,
+against a `blindlink serve` process with mutual TLS: both uploads, the run (blocking from the
+agreement, matching on every core, 1:1 solving) and both releases. The custodian is granted the
+pair list so that pair-level precision and recall can be scored against the truth. Pair
+completeness (the share of true pairs that share a blocking key or band, i.e. were compared at
+all) is computed from the same keys or band positions. Peak memory is the machine's used memory
+(MemTotal - MemAvailable) above its level before the server started, sampled every 0.5 s.
+Prints and writes benchmarks/results/blocking.json (or blocking-lsh.json).
 
-    python benchmarks/blocking.py [--records 1000000] [--bands 300] [--bits-per-band 22]
+    python benchmarks/blocking.py [--records 1000000] [--method keys]
+    python benchmarks/blocking.py --method lsh [--bands 300] [--bits-per-band 22]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,14 +34,24 @@ from blindlink.benchmarking.results import write_result
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import pair_quality
-from blindlink.matching.blocking import LshBlocking, band_keys
+from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking, band_keys
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
+
+# Keys a people register can usually agree on: a typo, a move or a wrong date of birth breaks
+# one or two of them, rarely all four.
+BLOCKING_KEYS = [
+    [{"field": "given_name"}, {"field": "surname"}],
+    [{"field": "surname"}, {"field": "date_of_birth"}],
+    [{"field": "given_name"}, {"field": "date_of_birth"}],
+    [{"field": "street_address"}, {"field": "postcode"}],
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000, help="records per party")
+    parser.add_argument("--method", choices=("keys", "lsh"), default="keys")
     parser.add_argument("--bands", type=int, default=300)
     parser.add_argument("--bits-per-band", type=int, default=22)
     parser.add_argument("--threshold", type=float, default=0.8)
@@ -76,10 +89,15 @@ class MemorySampler:
 
 def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     started = time.perf_counter()
-    data = encoded_pair(workdir, args.records)
+    blocking: Blocking
+    if args.method == "keys":
+        blocking = KeyBlocking.from_document(BLOCKING_KEYS)
+        data = encoded_pair(workdir, args.records, blocking=blocking)
+    else:
+        blocking = LshBlocking(args.bands, args.bits_per_band, seed=1)
+        data = encoded_pair(workdir, args.records)
     prepare_seconds = time.perf_counter() - started
     print(f"data ready: {args.records} records per party ({prepare_seconds:.0f} s)", flush=True)
-    blocking = LshBlocking(args.bands, args.bits_per_band, seed=1)
     completeness = pair_completeness(data, blocking)
     print(f"pair completeness of the blocking: {completeness:.4f}", flush=True)
 
@@ -121,8 +139,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     result = {
         "method": (
             f"{args.records} x {args.records} generated identities (overlap 0.5, "
-            "default corruption), default schema; LSH bit-sampling blocking "
-            f"({args.bands} bands x {args.bits_per_band} bits), threshold "
+            f"default corruption), default schema; {describe(blocking)}, threshold "
             f"{args.threshold}; one run of upload -> match -> release against a "
             "`blindlink serve` process with mutual TLS on this machine; precision and "
             "recall of the custodian's released pair list against the truth; peak "
@@ -130,7 +147,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             "0.5 s"
         ),
         "records_per_party": args.records,
-        "blocking": {"bands": args.bands, "bits_per_band": args.bits_per_band},
+        "blocking": blocking_section(blocking),
         "seconds": stages,
         "end_to_end_seconds": sum(stages.values()),
         "data_preparation_seconds": prepare_seconds,
@@ -142,7 +159,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         "recall": quality.recall,
         "peak_memory_gib": peak_gib,
     }
-    path = write_result("blocking", result)
+    path = write_result("blocking" if args.method == "keys" else "blocking-lsh", result)
     print(f"end to end (upload to release): {result['end_to_end_seconds']:.0f} s  {stages}")
     print(
         f"pair completeness {completeness:.4f}, precision {quality.precision:.4f}, "
@@ -152,8 +169,32 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     print(f"-> {path}")
 
 
-def pair_completeness(data: EncodedPair, blocking: LshBlocking) -> float:
-    """Share of true pairs whose sampled bits agree in at least one band."""
+def describe(blocking: Blocking) -> str:
+    if isinstance(blocking, LshBlocking):
+        return f"LSH bit-sampling blocking ({blocking.bands} bands x {blocking.bits_per_band} bits)"
+    keys = [" + ".join(p.field for p in key) for key in blocking.keys]
+    return f"keyed blocking keys ({'; '.join(keys)})"
+
+
+def blocking_section(blocking: Blocking) -> dict[str, Any]:
+    """The agreement's matching.blocking for `blocking`."""
+    if isinstance(blocking, KeyBlocking):
+        return {"method": "keys", "keys": blocking.document()}
+    return {
+        "method": "lsh",
+        "bands": blocking.bands,
+        "bits_per_band": blocking.bits_per_band,
+        "seed": blocking.seed,
+    }
+
+
+def pair_completeness(data: EncodedPair, blocking: Blocking) -> float:
+    """Share of true pairs that share a blocking key, or whose sampled bits agree in at least
+    one band."""
+    if isinstance(blocking, KeyBlocking):
+        keys_a = data.requester_keys[data.true_requester_rows]
+        keys_b = data.custodian_keys[data.true_custodian_rows]
+        return float(((keys_a == keys_b) & (keys_a != 0)).any(axis=1).mean())
     columns_a = np.ascontiguousarray(data.requester.T)
     columns_b = np.ascontiguousarray(data.custodian.T)
     compared = np.zeros(len(data.true_requester_rows), dtype=bool)
@@ -169,7 +210,7 @@ def link(
     scratch: Path,
     data: EncodedPair,
     args: argparse.Namespace,
-    blocking: LshBlocking,
+    blocking: Blocking,
 ) -> tuple[dict[str, float], set[tuple[int, int]]]:
     schema = load_schema(default_schema_path())
     keys = {
@@ -189,12 +230,7 @@ def link(
         schema_sha256=schema.sha256,
         bit_length=schema.bit_length,
         threshold=args.threshold,
-        blocking={
-            "method": "lsh",
-            "bands": blocking.bands,
-            "bits_per_band": blocking.bits_per_band,
-            "seed": blocking.seed,
-        },
+        blocking=blocking_section(blocking),
         custodian_release="pairs",
         max_records_per_upload=args.records,
     )

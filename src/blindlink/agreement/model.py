@@ -21,8 +21,8 @@ import jsonschema
 
 from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import AgreementError
-from blindlink.hardening.steps import HardeningError, validate_steps
-from blindlink.matching.blocking import LshBlocking
+from blindlink.hardening.steps import HardeningError, encodings_id, validate_steps
+from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
 
 FORMAT_VERSION = 1
 ROLES = ("requester", "custodian")
@@ -57,7 +57,7 @@ class Agreement:
     hardening: list[dict[str, Any]]
     threshold: float
     threshold_floor: float
-    blocking: LshBlocking | None
+    blocking: Blocking | None
     release: dict[str, ReleaseKind]
     ambiguity_margin: float
     custodian_approval: bool
@@ -82,6 +82,23 @@ class Agreement:
     @property
     def project_id(self) -> str:
         return hashlib.sha256(self.canonical_bytes).hexdigest()
+
+    @property
+    def blocking_keys(self) -> KeyBlocking | None:
+        """The blocking keys the parties compute while encoding, if the agreement has them."""
+        return self.blocking if isinstance(self.blocking, KeyBlocking) else None
+
+    @property
+    def record_bit_length(self) -> int:
+        """Bits per uploaded record: the encoding, then a 64-bit key per blocking key."""
+        keys = self.blocking_keys
+        return self.bit_length + (64 * len(keys.keys) if keys else 0)
+
+    @property
+    def encodings_id(self) -> str:
+        """The origin that uploads made as agreed name in their header."""
+        keys = self.blocking_keys
+        return encodings_id(self.schema_sha256, self.hardening, keys.document() if keys else None)
 
     def role_for_certificate(self, fingerprint: str | None) -> str | None:
         """The role whose TLS client certificate has this SHA-256, if any."""
@@ -162,9 +179,11 @@ def agreement_from_document(document: Any) -> Agreement:
     return agreement
 
 
-def _blocking(section: dict[str, Any]) -> LshBlocking | None:
+def _blocking(section: dict[str, Any]) -> Blocking | None:
     if section["method"] == "none":
         return None
+    if section["method"] == "keys":
+        return KeyBlocking.from_document(section["keys"])
     return LshBlocking(section["bands"], section["bits_per_band"], section["seed"])
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from blindlink.canonical import canonical_json
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import read_payload
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import read_truth
+from blindlink.matching.blocking import KeyBlocking
 from blindlink.synthetic import generate_datasets
 
 BENCHMARK_SECRET = b"blindlink benchmark secret, not for real data"
@@ -19,21 +22,35 @@ BENCHMARK_SECRET = b"blindlink benchmark secret, not for real data"
 
 @dataclass(frozen=True)
 class EncodedPair:
-    """Both parties' encodings (row order as uploaded) and the true pairs as row indices."""
+    """Both parties' encodings and blocking keys (row order as uploaded; no columns without
+    blocking keys) and the true pairs as row indices."""
 
     requester: np.ndarray
     custodian: np.ndarray
+    requester_keys: np.ndarray
+    custodian_keys: np.ndarray
     true_requester_rows: np.ndarray
     true_custodian_rows: np.ndarray
     directory: Path
 
 
-def encoded_pair(workdir: Path, records: int, overlap: float = 0.5, seed: int = 1) -> EncodedPair:
-    """Generate and encode `records` per party under `workdir` unless already there."""
-    directory = workdir / f"encoded-{records}-{overlap}-{seed}"
+def encoded_pair(
+    workdir: Path,
+    records: int,
+    overlap: float = 0.5,
+    seed: int = 1,
+    blocking: KeyBlocking | None = None,
+) -> EncodedPair:
+    """Generate and encode `records` per party under `workdir` unless already there; with
+    `blocking`, each uploaded record carries those blocking keys."""
+    name = f"encoded-{records}-{overlap}-{seed}"
+    if blocking is not None:
+        name += "-keys-" + hashlib.sha256(canonical_json(blocking.document())).hexdigest()[:12]
+    directory = workdir / name
+    schema = load_schema(default_schema_path())
+    width = schema.bit_length // 8
     if not (directory / "custodian.bin").exists():
         files = generate_datasets(directory, records, overlap, seed)
-        schema = load_schema(default_schema_path())
         for role, csv_path in (("requester", files.requester), ("custodian", files.custodian)):
             encode_csv(
                 csv_path,
@@ -41,17 +58,23 @@ def encoded_pair(workdir: Path, records: int, overlap: float = 0.5, seed: int = 
                 BENCHMARK_SECRET,
                 directory / f"{role}.bin",
                 directory / f"{role}.ids.json",
+                blocking=blocking,
             )
     arrays = {}
+    keys = {}
     rows = {}
     for role in ("requester", "custodian"):
         header, payload = read_payload(directory / f"{role}.bin")
         arrays[role] = np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
+        keys[role] = np.ascontiguousarray(arrays[role][:, width:]).view("<u8").astype(np.uint64)
+        arrays[role] = np.ascontiguousarray(arrays[role][:, :width])
         rows[role] = {v: i for i, v in enumerate(read_id_map(directory / f"{role}.ids.json").ids)}
     truth = read_truth(directory / "truth.csv")
     return EncodedPair(
         arrays["requester"],
         arrays["custodian"],
+        keys["requester"],
+        keys["custodian"],
         np.array([rows["requester"][r] for r, _ in truth], dtype=np.int64),
         np.array([rows["custodian"][c] for _, c in truth], dtype=np.int64),
         directory,

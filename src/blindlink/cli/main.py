@@ -152,6 +152,14 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
         f"recommendation, {RECOMMENDED_HARDENING})",
     )
     new.add_argument(
+        "--blocking",
+        metavar="JSON",
+        help="blocking as JSON (default: all pairs), e.g. keyed blocking keys "
+        '\'{"method": "keys", "keys": [[{"field": "surname"}, {"field": "date_of_birth"}], '
+        '[{"field": "given_name"}, {"field": "surname", "prefix": 3}]]}\' or LSH '
+        '\'{"method": "lsh", "bands": 300, "bits_per_band": 22, "seed": 1}\'',
+    )
+    new.add_argument(
         "--threshold-floor",
         type=float,
         help="lowest threshold a batch may ask for (default: --threshold)",
@@ -197,7 +205,7 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
     enc.add_argument(
         "--agreement",
         type=Path,
-        help="apply this agreement's hardening steps (and check its schema)",
+        help="apply this agreement's hardening steps and blocking keys (and check its schema)",
     )
     enc.set_defaults(run=party.encode)
 

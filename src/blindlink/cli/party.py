@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from blindlink._generated import linkage_pb2 as pb
+from blindlink.agreement.model import Agreement
 from blindlink.agreement.signing import parse_signed
 from blindlink.cli.progress import bar
 from blindlink.client.linkage_client import ClientTls, LinkageClient
@@ -91,7 +92,7 @@ def encode(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema or default_schema_path())
     secret = read_secret(args.secret_file)
     id_map = args.id_map or Path(f"{args.out}.idmap.json")
-    hardening = _agreed_hardening(args.agreement, schema.sha256) if args.agreement else []
+    agreement = _agreement_for(args.agreement, schema.sha256) if args.agreement else None
     with bar(expected_records(args.input), "encoding") as progress:
         result = encode_csv(
             args.input,
@@ -102,7 +103,8 @@ def encode(args: argparse.Namespace) -> int:
             args.id_column,
             args.workers,
             progress.update,
-            hardening,
+            agreement.hardening if agreement else [],
+            agreement.blocking_keys if agreement else None,
         )
     print(
         f"encoded {result.header.count} records ({result.header.bit_length} bits) to "
@@ -112,8 +114,9 @@ def encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agreed_hardening(path: Path, schema_sha256: str) -> list[dict[str, object]]:
-    """The hardening steps of a (signed) agreement, after checking it names this schema."""
+def _agreement_for(path: Path, schema_sha256: str) -> Agreement:
+    """A (signed) agreement, after checking it names this schema: its hardening steps and
+    blocking keys say how to encode."""
     try:
         agreement = parse_signed(Path(path).read_bytes()).agreement
     except FileNotFoundError:
@@ -124,7 +127,7 @@ def _agreed_hardening(path: Path, schema_sha256: str) -> list[dict[str, object]]
             "the agreement names a different linkage schema than the "
             "one given to encode with (see `blindlink schema hash`)",
         )
-    return agreement.hardening
+    return agreement
 
 
 def upload(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from blindlink.agreement.model import (
 from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
 from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
-from blindlink.encoding.schema import default_schema_path, load_schema
+from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import AgreementError, InputError
 from blindlink.hardening.steps import output_bit_length, validate_steps
@@ -87,6 +87,7 @@ def agreement_new(args: argparse.Namespace) -> int:
         hardening=hardening,
         threshold=args.threshold or (0.6 if hardening else 0.8),
         threshold_floor=args.threshold_floor,
+        blocking=_blocking(args.blocking, schema),
         requester_release=args.requester_release,
         custodian_release=args.custodian_release,
         ambiguity_margin=args.ambiguity_margin,
@@ -119,6 +120,27 @@ def _hardening_steps(text: str | None) -> list[dict[str, Any]]:
         raise InputError("--hardening", f"not JSON: {exc}") from None
     validate_steps(steps)
     return list(steps)
+
+
+def _blocking(text: str | None, schema: LinkageSchema) -> dict[str, Any] | None:
+    """--blocking: a JSON object; blocking keys must name columns of the schema."""
+    if not text:
+        return None
+    try:
+        section = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("--blocking", f"not JSON: {exc}") from None
+    if isinstance(section, dict) and section.get("method") == "keys":
+        for number, key in enumerate(section.get("keys") or [], start=1):
+            for part in key if isinstance(key, list) else []:
+                name = part.get("field") if isinstance(part, dict) else None
+                if name not in schema.columns:
+                    raise InputError(
+                        "--blocking",
+                        f"blocking key {number} names the field {name!r}, which the linkage "
+                        f"schema does not have (its columns: {', '.join(schema.columns)})",
+                    )
+    return section
 
 
 def _read_signed(path: Path) -> SignedAgreement:

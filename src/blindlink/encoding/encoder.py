@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from blindlink.encoding.blocking_keys import BlockingKeyMaker
 from blindlink.encoding.clk_encoder import ClkEncoder, ValueProblem
 from blindlink.encoding.csv_input import expected_records, read_records
 from blindlink.encoding.encodings_file import EncodingsHeader, write_encodings
@@ -30,6 +31,7 @@ from blindlink.hardening.steps import (
     encodings_id,
     output_bit_length,
 )
+from blindlink.matching.blocking import KeyBlocking
 
 CHUNK_ROWS = 4000
 # Below this many records a process pool costs more than it saves.
@@ -46,35 +48,46 @@ class EncodeResult:
 
 
 class _ChunkEncoder:
-    """One process's encoder: clkhash, then the agreement's hardening steps."""
+    """One process's encoder: clkhash, then the agreement's hardening steps, then its blocking
+    keys appended to each record."""
 
     def __init__(
-        self, schema_document: dict[str, Any], secret: bytes, hardening: list[dict[str, Any]]
+        self,
+        schema_document: dict[str, Any],
+        secret: bytes,
+        hardening: list[dict[str, Any]],
+        blocking: KeyBlocking | None,
     ) -> None:
         self.schema = parse_schema(schema_document)
         self.secret = secret
         self.hardening = hardening
         self.clks = ClkEncoder(self.schema, secret)
+        self.blocking = BlockingKeyMaker(blocking, self.schema, secret) if blocking else None
 
     def encode(self, rows: Sequence[Sequence[str]]) -> bytes | ValueProblem:
         encoded = self.clks.encode(rows)  # checks every value
-        if isinstance(encoded, ValueProblem) or not self.hardening:
+        if isinstance(encoded, ValueProblem):
             return encoded
-        if self.hardening[0]["kind"] == "salt":
-            # Salting keys each record by its salt: encode again, one group per salt.
-            return encode_with_steps(rows, self.schema, self.secret, self.hardening).tobytes()
+        if not self.hardening and self.blocking is None:
+            return encoded
         clks = np.frombuffer(encoded, dtype=np.uint8).reshape(len(rows), -1)
-        return apply_steps(clks, self.hardening, self.secret).tobytes()
+        if self.hardening and self.hardening[0]["kind"] == "salt":
+            # Salting keys each record by its salt: encode again, one group per salt.
+            clks = encode_with_steps(rows, self.schema, self.secret, self.hardening)
+        elif self.hardening:
+            clks = apply_steps(clks, self.hardening, self.secret)
+        if self.blocking is None:
+            return clks.tobytes()
+        keys = self.blocking.make(rows).astype("<u8").view(np.uint8)
+        return np.hstack([clks, keys]).tobytes()
 
 
 _worker_encoder: _ChunkEncoder | None = None
 
 
-def _init_worker(
-    schema_document: dict[str, Any], secret: bytes, hardening: list[dict[str, Any]]
-) -> None:
+def _init_worker(*args: Any) -> None:
     global _worker_encoder
-    _worker_encoder = _ChunkEncoder(schema_document, secret, hardening)
+    _worker_encoder = _ChunkEncoder(*args)
 
 
 def _encode_in_worker(rows: Sequence[Sequence[str]]) -> bytes | ValueProblem:
@@ -96,8 +109,12 @@ class _Job:
     schema: LinkageSchema
     secret: bytes
     hardening: list[dict[str, Any]]
+    blocking: KeyBlocking | None
     id_column: str
     ids: list[str] = field(default_factory=list)
+
+    def encoder_args(self) -> tuple[Any, ...]:
+        return (self.schema.document, self.secret, self.hardening, self.blocking)
 
 
 @dataclass(frozen=True)
@@ -134,7 +151,7 @@ def _checked(job: _Job, lines: list[int], encoded: bytes | ValueProblem) -> byte
 
 
 def _encode_parallel(job: _Job, workers: int, progress: Progress) -> Iterator[bytes]:
-    initargs = (job.schema.document, job.secret, job.hardening)
+    initargs = job.encoder_args()
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
         pending: deque[tuple[_Chunk, Future[bytes | ValueProblem]]] = deque()
 
@@ -159,7 +176,7 @@ def _encode_parallel(job: _Job, workers: int, progress: Progress) -> Iterator[by
 
 
 def _encode_serial(job: _Job, progress: Progress) -> Iterator[bytes]:
-    encoder = _ChunkEncoder(job.schema.document, job.secret, job.hardening)
+    encoder = _ChunkEncoder(*job.encoder_args())
     for chunk in _chunks(job):
         yield _checked(job, chunk.lines, encoder.encode(chunk.rows))
         progress(len(chunk.rows))
@@ -175,16 +192,20 @@ def encode_csv(
     workers: int | None = None,
     progress: Progress = lambda n: None,
     hardening: list[dict[str, Any]] | None = None,
+    blocking: KeyBlocking | None = None,
 ) -> EncodeResult:
-    """Check and encode every record of `path`, apply the agreement's hardening steps, and write
-    the encodings file and the local ID map; raise InputError, writing nothing, at the first
-    problem.
+    """Check and encode every record of `path`, apply the agreement's hardening steps, append
+    its blocking keys to each record, and write the encodings file and the local ID map; raise
+    InputError, writing nothing, at the first problem.
 
     Rows are written in a random order so that a row reference reveals nothing about the
     record's position in the party's file.
     """
-    job = _Job(Path(path), schema, secret, hardening or [], id_column)
+    job = _Job(Path(path), schema, secret, hardening or [], blocking, id_column)
+    if blocking is not None:
+        BlockingKeyMaker(blocking, schema, secret)  # refuses keys on fields the schema lacks
     bit_length = output_bit_length(schema.bit_length, job.hardening)
+    bit_length += 64 * len(blocking.keys) if blocking else 0
     workers = workers or os.cpu_count() or 1
     if workers > 1 and expected_records(job.path) >= POOL_MIN_RECORDS:
         parts = list(_encode_parallel(job, workers, progress))
@@ -193,7 +214,7 @@ def encode_csv(
     ids = job.ids
     encodings = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(ids), -1)
     order = np.random.default_rng(secrets.randbits(128)).permutation(len(ids))
-    origin = encodings_id(schema.sha256, job.hardening)
+    origin = encodings_id(schema.sha256, job.hardening, blocking.document() if blocking else None)
     header = write_encodings(out, bit_length, origin, [encodings[order].tobytes()])
     write_id_map(id_map_out, IdMap(header.content_sha256.hex(), [ids[i] for i in order]))
     return EncodeResult(header, Path(out), Path(id_map_out))

@@ -2,11 +2,15 @@
 
 Layout (little-endian):
     magic          8 bytes   b"BLNKENC1"
-    bit_length     u32       bits per encoding, a multiple of 8
-    count          u64       number of encodings
-    schema_sha256  32 bytes  content hash of the linkage schema
+    bit_length     u32       bits per record, a multiple of 8
+    count          u64       number of records
+    schema_sha256  32 bytes  how the records were made: the linkage schema's content hash, or
+                             with hardening or blocking keys, the hash of it and them
     content_sha256 32 bytes  SHA-256 of the payload
-    payload        count * bit_length / 8 bytes, encodings in row-reference order
+    payload        count * bit_length / 8 bytes, records in row-reference order
+
+A record is an encoding, followed by a 64-bit little-endian key for each blocking key the
+agreement names (encoding/blocking_keys.py).
 
 A party's row reference is an encoding's position in the payload. The file holds no IDs and no
 plaintext; the mapping back to the party's IDs is the local ID map, which never leaves the party.

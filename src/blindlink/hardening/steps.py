@@ -218,12 +218,15 @@ def _clkhash(rows: Sequence[Sequence[str]], schema: LinkageSchema, secret: bytes
     return np.frombuffer(encoded, dtype=np.uint8).reshape(len(rows), schema.bit_length // 8)
 
 
-def encodings_id(schema_sha256: str, steps: list[dict]) -> str:
+def encodings_id(
+    schema_sha256: str, steps: list[dict], blocking_keys: list[list[dict]] | None = None
+) -> str:
     """What an encodings file's header names as its origin: the schema's hash, or, with
-    hardening, the hash of the schema's hash and the steps. The server compares it with the
-    agreement, so encodings made without the agreed hardening are refused."""
-    if not steps:
+    hardening or blocking keys, the hash of the schema's hash, the steps and the keys. The
+    server compares it with the agreement, so uploads made otherwise are refused."""
+    if not steps and not blocking_keys:
         return schema_sha256
-    return hashlib.sha256(
-        canonical_json({"schema_sha256": schema_sha256, "hardening": steps})
-    ).hexdigest()
+    made_with: dict[str, Any] = {"schema_sha256": schema_sha256, "hardening": steps}
+    if blocking_keys:
+        made_with["blocking_keys"] = blocking_keys
+    return hashlib.sha256(canonical_json(made_with)).hexdigest()

@@ -1,6 +1,10 @@
-"""Blocking from the encodings alone: locality-sensitive hashing by bit sampling.
+"""Blocking: which pairs of records the server compares.
 
-Each of `bands` bands samples `bits_per_band` bit positions (chosen from a public seed in the
+Two methods, named in the agreement. LSH by bit sampling works from the encodings alone. Keyed
+blocking keys are computed by each party from its records (encoding/blocking_keys.py): records
+are compared when they share the key of at least one agreed combination of fields.
+
+LSH: each of `bands` bands samples `bits_per_band` bit positions (chosen from a public seed in the
 agreement; they reveal nothing the server does not hold already). Two records are compared when
 their sampled bits agree in at least one band. A pair whose encodings differ in a fraction d of
 their bits shares a band with probability 1 - (1 - (1 - d)^bits_per_band)^bands, so close pairs
@@ -9,7 +13,9 @@ nearly always meet and distant ones rarely do.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +36,36 @@ class LshBlocking:
         )
 
 
+@dataclass(frozen=True)
+class KeyPart:
+    """One field of a blocking key, whole or its first `prefix` characters."""
+
+    field: str
+    prefix: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyBlocking:
+    """Blocking on keys the parties compute: one per combination of fields, HMAC-keyed with
+    their shared secret. The server sees only which records share a key."""
+
+    keys: tuple[tuple[KeyPart, ...], ...]
+
+    @classmethod
+    def from_document(cls, keys: list[list[dict[str, Any]]]) -> KeyBlocking:
+        return cls(tuple(tuple(KeyPart(p["field"], p.get("prefix")) for p in k) for k in keys))
+
+    def document(self) -> list[list[dict[str, Any]]]:
+        """The keys as the agreement writes them."""
+        return [
+            [{"field": p.field} | ({"prefix": p.prefix} if p.prefix else {}) for p in key]
+            for key in self.keys
+        ]
+
+
+Blocking = LshBlocking | KeyBlocking
+
+
 def band_keys(columns: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Per record, the sampled bits of one band packed into an integer key. `columns` is the
     encodings transposed (bytes, records), so that each sampled bit is read contiguously."""
@@ -40,17 +76,28 @@ def band_keys(columns: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return keys
 
 
-def band_pairs(keys_a: np.ndarray, keys_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (i, j) with keys_a[i] == keys_b[j]."""
+def band_pairs(
+    keys_a: np.ndarray, keys_b: np.ndarray, slice_pairs: int = 8_000_000
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """All (i, j) with keys_a[i] == keys_b[j], in slices of about `slice_pairs` pairs (a slice
+    holds every pair of its requester rows), so that a large block never needs all its pairs in
+    memory at once."""
     order_b = np.argsort(keys_b, kind="stable")
     sorted_b = keys_b[order_b]
     starts = np.searchsorted(sorted_b, keys_a, side="left")
     counts = np.searchsorted(sorted_b, keys_a, side="right") - starts
-    rows_a = np.repeat(np.arange(len(keys_a)), counts)
-    # Position of each pair within its block, then the matching index into sorted_b.
-    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    rows_b = order_b[np.repeat(starts, counts) + offsets]
-    return rows_a, rows_b
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = np.searchsorted(ends, np.arange(slice_pairs, total, slice_pairs))
+    bounds = [0, *np.unique(cuts + 1).tolist(), len(keys_a)]
+    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+        if low >= high:
+            continue
+        part = counts[low:high]
+        rows_a = np.repeat(np.arange(low, high), part)
+        # Position of each pair within its block, then the matching index into sorted_b.
+        offsets = np.arange(int(part.sum())) - np.repeat(np.cumsum(part) - part, part)
+        yield rows_a, order_b[np.repeat(starts[low:high], part) + offsets]
 
 
 def dice(

@@ -1,8 +1,9 @@
 """Parallel candidate generation: plan tasks, run them on an executor, merge, enforce limits.
 
 Without blocking the work is anonlink's all-pairs comparison, split into chunks with anonlink's
-`split_to_chunks`; with LSH blocking each band is a task. Either way the merged candidates are
-sorted exactly as anonlink sorts them, so the 1:1 solution is identical whatever the executor.
+`split_to_chunks`; with blocking each LSH band, or each agreed blocking key, is a task. Either
+way the merged candidates are sorted exactly as anonlink sorts them, so the 1:1 solution is
+identical whatever the executor.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from bitarray import bitarray
 
-from blindlink.matching.blocking import LshBlocking, band_keys, band_pairs, dice, popcounts
+from blindlink.matching.blocking import (
+    Blocking,
+    KeyBlocking,
+    LshBlocking,
+    band_keys,
+    band_pairs,
+    dice,
+    popcounts,
+)
 from blindlink.matching.executors import Executor
 from blindlink.matching.linkage import to_bitarrays
 
@@ -51,16 +60,43 @@ DEFAULT_LIMITS = MatchingLimits()
 
 @dataclass(frozen=True)
 class SharedEncodings:
-    """Both parties' encodings, shipped once to every worker."""
+    """Both parties' encodings, and their blocking keys if the agreement has them, shipped once
+    to every worker."""
 
     requester: np.ndarray  # uint8, (records, bytes per encoding)
     custodian: np.ndarray
+    requester_keys: np.ndarray | None = None  # uint64, (records, blocking keys); 0: no key
+    custodian_keys: np.ndarray | None = None
     key: str = field(default="")
 
     @classmethod
-    def of(cls, requester: np.ndarray, custodian: np.ndarray) -> SharedEncodings:
-        digest = hashlib.sha256(requester.tobytes() + custodian.tobytes()).hexdigest()
-        return cls(requester, custodian, digest)
+    def of(
+        cls,
+        requester: np.ndarray,
+        custodian: np.ndarray,
+        requester_keys: np.ndarray | None = None,
+        custodian_keys: np.ndarray | None = None,
+    ) -> SharedEncodings:
+        digest = hashlib.sha256()
+        for array in (requester, custodian, requester_keys, custodian_keys):
+            digest.update(b"-" if array is None else array.tobytes())
+        return cls(requester, custodian, requester_keys, custodian_keys, digest.hexdigest())
+
+    @classmethod
+    def from_rows(
+        cls, requester: np.ndarray, custodian: np.ndarray, blocking_keys: int
+    ) -> SharedEncodings:
+        """Split uploaded records (each an encoding followed by `blocking_keys` little-endian
+        64-bit keys) into encodings and keys."""
+        if not blocking_keys:
+            return cls.of(requester, custodian)
+        width = requester.shape[1] - 8 * blocking_keys
+        parts = [
+            (np.ascontiguousarray(rows[:, :width]), np.ascontiguousarray(rows[:, width:]))
+            for rows in (requester, custodian)
+        ]
+        keys = [k.view("<u8").astype(np.uint64) for _, k in parts]
+        return cls.of(parts[0][0], parts[1][0], keys[0], keys[1])
 
 
 @dataclass(frozen=True)
@@ -76,8 +112,11 @@ class ChunkTask:
 
 @dataclass(frozen=True)
 class BandTask:
-    positions: np.ndarray
+    """One blocking band: LSH bit positions, or the column of one agreed blocking key."""
+
     threshold: float
+    positions: np.ndarray | None = None
+    key_column: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,23 +194,48 @@ def _band_data(shared: SharedEncodings) -> _BandData:
 
 
 def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
-    """Dice of the pairs that share one LSH band, kept at or above the threshold."""
+    """Dice of the pairs that share one band, kept at or above the threshold."""
     data = _band_data(shared)
-    rows_a, rows_b = band_pairs(
-        band_keys(data.columns[0], task.positions), band_keys(data.columns[1], task.positions)
-    )
-    sims = dice(shared.requester, shared.custodian, rows_a, rows_b, *data.popcounts)
-    keep = sims >= task.threshold
-    return TaskResult(sims[keep], rows_a[keep], rows_b[keep], len(rows_a))
+    (keys_a, rows_a), (keys_b, rows_b) = _band_members(task, shared, data)
+    parts, comparisons = [], 0
+    for a, b in band_pairs(keys_a, keys_b):
+        a, b = rows_a[a], rows_b[b]
+        sims = dice(shared.requester, shared.custodian, a, b, *data.popcounts)
+        keep = sims >= task.threshold
+        parts.append(TaskResult(sims[keep], a[keep], b[keep], 0))
+        comparisons += len(a)
+    sims, a, b = _concatenated(parts)
+    return TaskResult(sims, a, b, comparisons)
+
+
+def _band_members(
+    task: BandTask, shared: SharedEncodings, data: _BandData
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Per party, the band keys of the records in the band and those records' rows: every
+    record for LSH; for a blocking key, the records that have one (0 means a missing field)."""
+    if task.positions is not None:
+        return tuple(  # type: ignore[return-value]
+            (band_keys(columns, task.positions), np.arange(columns.shape[1]))
+            for columns in data.columns
+        )
+    members = []
+    for keys in (shared.requester_keys, shared.custodian_keys):
+        assert keys is not None, "blocking keys were not loaded"
+        column = keys[:, task.key_column]
+        rows = np.flatnonzero(column)
+        members.append((column[rows], rows))
+    return members[0], members[1]
 
 
 def plan(
-    shared: SharedEncodings, threshold: float, blocking: LshBlocking | None
+    shared: SharedEncodings, threshold: float, blocking: Blocking | None
 ) -> list[ChunkTask] | list[BandTask]:
     sizes = [len(shared.requester), len(shared.custodian)]
-    if blocking is not None:
+    if isinstance(blocking, LshBlocking):
         positions = blocking.positions(shared.requester.shape[1] * 8)
-        return [BandTask(p, threshold) for p in positions]
+        return [BandTask(threshold, positions=p) for p in positions]
+    if isinstance(blocking, KeyBlocking):
+        return [BandTask(threshold, key_column=k) for k in range(len(blocking.keys))]
     return [
         ChunkTask(tuple(c[0]["range"]), tuple(c[1]["range"]), threshold)  # type: ignore[misc]
         for c in split_to_chunks(CHUNK_COMPARISONS, dataset_sizes=sizes)
@@ -196,7 +260,7 @@ def find_candidates(
     threshold: float,
     executor: Executor,
     workers: int,
-    blocking: LshBlocking | None = None,
+    blocking: Blocking | None = None,
     limits: MatchingLimits = DEFAULT_LIMITS,
     progress: Progress = lambda done, total: None,
 ) -> Candidates:

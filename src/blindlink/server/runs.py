@@ -13,6 +13,7 @@ import numpy as np
 
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
+from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
 from blindlink.matching.engine import (
     DEFAULT_LIMITS,
     MatchingAborted,
@@ -38,7 +39,7 @@ class RunProgress:
     total: int = 0
     message: str = ""
     rate: float = 0.0  # units of work per second while comparing
-    unit: str = ""  # "comparisons", or "bands" with blocking
+    unit: str = ""  # "comparisons", or with blocking "bands" or "keys"
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,10 @@ class RunQueue:
         for upload in (batch, reference):
             header, payload = read_payload(upload.path)
             encodings.append(np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1))
-        shared = SharedEncodings.of(encodings[0], encodings[1])
-        report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking is None)
+        keys = agreement.blocking_keys
+        key_count = len(keys.keys) if keys else 0
+        shared = SharedEncodings.from_rows(encodings[0], encodings[1], key_count)
+        report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
         executor, workers = self._matching.executor_for(len(encodings[0]) * len(encodings[1]))
         candidates = find_candidates(
             shared,
@@ -227,9 +230,9 @@ class RunQueue:
 class _ProgressReporter:
     """Turns work done into progress with a rate and an estimated time to finish."""
 
-    def __init__(self, publish: Callable[[RunProgress], None], comparisons: bool) -> None:
+    def __init__(self, publish: Callable[[RunProgress], None], blocking: Blocking | None) -> None:
         self._publish = publish
-        self._unit = "comparisons" if comparisons else "bands"
+        self._unit = {LshBlocking: "bands", KeyBlocking: "keys"}.get(type(blocking), "comparisons")
         self._started = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:

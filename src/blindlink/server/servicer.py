@@ -28,7 +28,6 @@ from blindlink.agreement.signing import parse_signed
 from blindlink.audit.chain import AuditEntry
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
-from blindlink.hardening.steps import encodings_id
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
 from blindlink.server.retention import release_complete
@@ -381,16 +380,23 @@ class LinkageServicer(pb_grpc.LinkageServicer):
 def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
     if not _SHA256_HEX.fullmatch(header.schema_sha256):
         raise invalid("schema_sha256 must be a schema's SHA-256 as 64 lowercase hex digits")
-    if header.bit_length != agreement.bit_length:
-        raise invalid(
-            f"encodings have {header.bit_length} bits; the agreement says {agreement.bit_length}"
+    if header.bit_length != agreement.record_bit_length:
+        keys = agreement.blocking_keys
+        parts = (
+            f" ({agreement.bit_length}-bit encoding, {len(keys.keys)} blocking keys)"
+            if keys
+            else ""
         )
-    expected = encodings_id(agreement.schema_sha256, agreement.hardening)
+        raise invalid(
+            f"records have {header.bit_length} bits; the agreement says "
+            f"{agreement.record_bit_length}{parts}"
+        )
+    expected = agreement.encodings_id
     if header.schema_sha256 != expected:
         raise precondition(
-            "encodings were made with a different linkage schema or hardening than the "
-            f"agreement names ({header.schema_sha256[:12]}… vs {expected[:12]}…); encode "
-            "with `blindlink encode --agreement`"
+            "encodings were made with a different linkage schema, hardening or blocking keys "
+            f"than the agreement names ({header.schema_sha256[:12]}… vs {expected[:12]}…); "
+            "encode with `blindlink encode --agreement`"
         )
     if header.count == 0:
         raise invalid("an upload must hold at least one encoding")

@@ -1,0 +1,298 @@
+"""Keyed blocking keys: what the parties compute, what the server compares, and how the agreement
+holds both to the same keys."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import Identities, RunningServer
+from test_cli_workflow import party_args, run, tls_args
+from test_server_api import snapshot
+
+from blindlink.client.linkage_client import LinkageClient, ServerError
+from blindlink.encoding.blocking_keys import BlockingKeyMaker
+from blindlink.encoding.encoder import encode_csv
+from blindlink.encoding.encodings_file import read_header, read_payload
+from blindlink.encoding.id_map import read_id_map
+from blindlink.encoding.schema import LinkageSchema
+from blindlink.errors import SchemaError
+from blindlink.evaluation import membership_quality, read_truth
+from blindlink.matching.blocking import KeyBlocking, band_pairs, dice, popcounts
+from blindlink.matching.engine import SharedEncodings, find_candidates
+from blindlink.matching.executors import LocalPoolExecutor, SerialExecutor
+from blindlink.synthetic import generate_datasets
+
+SECRET = b"blocking keys test secret"
+NAME_AND_BIRTH = [[{"field": "surname"}, {"field": "date_of_birth"}]]
+THREE_KEYS = [
+    [{"field": "given_name"}, {"field": "surname"}],
+    [{"field": "surname", "prefix": 3}, {"field": "date_of_birth"}],
+    [{"field": "street_address"}, {"field": "postcode"}],
+]
+
+
+def person(**values: str) -> list[str]:
+    fields = {
+        "id": "1",
+        "given_name": "Ann",
+        "surname": "Lee",
+        "date_of_birth": "1971-02-03",
+        "sex": "F",
+        "street_address": "1 Main Road",
+        "city": "Ashvale",
+        "postcode": "2000",
+    }
+    return list((fields | values).values())
+
+
+def keys_of(rows: list[list[str]], keys: list, schema: LinkageSchema, secret: bytes = SECRET):
+    return BlockingKeyMaker(KeyBlocking.from_document(keys), schema, secret).make(rows)
+
+
+def test_equal_values_give_equal_keys_after_normalising(schema: LinkageSchema) -> None:
+    keys = keys_of(
+        [person(), person(id="2", surname=" LEE "), person(id="3", surname="Le")],
+        NAME_AND_BIRTH,
+        schema,
+    )
+    assert keys.dtype == np.uint64 and keys.shape == (3, 1)
+    assert keys[0, 0] == keys[1, 0] != 0
+    assert keys[2, 0] != keys[0, 0]
+
+
+def test_a_prefix_keeps_only_the_first_characters(schema: LinkageSchema) -> None:
+    prefix = [[{"field": "surname", "prefix": 3}]]
+    keys = keys_of(
+        [person(surname="Leeson"), person(surname="Leeds"), person(surname="Lea")], prefix, schema
+    )
+    assert keys[0, 0] == keys[1, 0] != keys[2, 0]
+
+
+def test_a_missing_field_gives_no_key(schema: LinkageSchema) -> None:
+    keys = keys_of([person(date_of_birth=""), person()], THREE_KEYS, schema)
+    assert keys[0, 1] == 0 and keys[1, 1] != 0
+    assert keys[0, 0] == keys[1, 0] != 0
+
+
+def test_keys_depend_on_the_secret_and_on_the_combination(schema: LinkageSchema) -> None:
+    rows = [person()]
+    assert (
+        keys_of(rows, NAME_AND_BIRTH, schema)[0, 0]
+        != keys_of(rows, NAME_AND_BIRTH, schema, b"another secret")[0, 0]
+    )
+    one = [[{"field": "surname"}]]
+    same_value_twice = [[{"field": "surname"}], [{"field": "surname", "prefix": 50}]]
+    both = keys_of(rows, same_value_twice, schema)
+    assert both[0, 0] != both[0, 1]
+    assert both[0, 0] == keys_of(rows, one, schema)[0, 0]
+
+
+def test_a_key_on_an_unknown_field_is_refused(schema: LinkageSchema) -> None:
+    with pytest.raises(SchemaError, match="blocking key 1 names the field 'surnmae'"):
+        keys_of([person()], [[{"field": "surnmae"}]], schema)
+
+
+def test_band_pairs_in_slices_are_all_pairs_sharing_a_key() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 6, 300), rng.integers(0, 6, 250)
+    expected = {(i, j) for i in range(len(a)) for j in range(len(b)) if a[i] == b[j]}
+    for slice_pairs in (1, 97, 10**9):
+        slices = list(band_pairs(a, b, slice_pairs))
+        found = [
+            (int(i), int(j))
+            for rows_a, rows_b in slices
+            for i, j in zip(rows_a, rows_b, strict=True)
+        ]
+        assert len(found) == len(expected) and set(found) == expected
+        if slice_pairs == 97:
+            assert len(slices) > 10
+
+
+def test_key_blocking_compares_exactly_the_pairs_that_share_a_key() -> None:
+    rng = np.random.default_rng(11)
+    requester = rng.integers(0, 256, (400, 64), dtype=np.uint8)
+    custodian = requester[rng.permutation(400)[:300]].copy()
+    custodian[:, :4] ^= rng.integers(0, 256, (300, 4), dtype=np.uint8)  # near, not equal
+    keys_r = rng.integers(0, 40, (400, 2)).astype(np.uint64)  # 0: no key
+    keys_c = rng.integers(0, 40, (300, 2)).astype(np.uint64)
+    shared = SharedEncodings.of(requester, custodian, keys_r, keys_c)
+    blocking = KeyBlocking.from_document(THREE_KEYS[:2])
+
+    serial = find_candidates(shared, 0.3, SerialExecutor(), 1, blocking)
+    parallel = find_candidates(shared, 0.3, LocalPoolExecutor(2), 2, blocking)
+
+    share = (keys_r[:, None, :] == keys_c[None, :, :]) & (keys_r[:, None, :] != 0)
+    rows_a, rows_b = np.nonzero(share.any(axis=2))
+    sims = dice(requester, custodian, rows_a, rows_b, popcounts(requester), popcounts(custodian))
+    keep = sims >= 0.3
+    expected = set(zip(rows_a[keep].tolist(), rows_b[keep].tolist(), strict=True))
+    found = set(zip(serial.requester_rows.tolist(), serial.custodian_rows.tolist(), strict=True))
+    assert found == expected and len(found) == len(serial.similarities)
+    assert serial.comparisons == int(share.sum())  # once per key the pair shares
+    for name in ("similarities", "requester_rows", "custodian_rows"):
+        assert np.array_equal(getattr(serial, name), getattr(parallel, name))
+
+
+def test_upload_without_the_agreed_keys_is_refused_and_changes_nothing(
+    requester: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    server: RunningServer,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    files = generate_datasets(tmp_path / "data", 40, 0.5, seed=2)
+    blocking = {"method": "keys", "keys": THREE_KEYS}
+    project = requester.create_project(make_agreement(blocking=blocking)).project_id
+    plain = encode_csv(files.requester, schema, SECRET, tmp_path / "plain.bin", tmp_path / "p.json")
+    other_keys = KeyBlocking.from_document(THREE_KEYS[:2] + [NAME_AND_BIRTH[0]])
+    wrong = encode_csv(
+        files.requester,
+        schema,
+        SECRET,
+        tmp_path / "wrong.bin",
+        tmp_path / "w.json",
+        blocking=other_keys,
+    )
+    assert wrong.header.bit_length == 1024 + 3 * 64
+    before = snapshot(server)
+    for path, code in (
+        (plain.encodings_path, grpc.StatusCode.INVALID_ARGUMENT),
+        (wrong.encodings_path, grpc.StatusCode.FAILED_PRECONDITION),
+    ):
+        with pytest.raises(ServerError) as err:
+            requester.upload(project, path)
+        assert err.value.code == code
+        assert "blocking keys" in err.value.details
+    assert snapshot(server) == before
+
+
+def test_key_blocking_through_the_cli(
+    tmp_path: Path, address: str, identities: Identities, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """agreement new --blocking, encode --agreement, upload, match, release: the released pairs
+    are the true ones, and each uploaded record carries the agreed keys."""
+    files = generate_datasets(tmp_path / "data", 600, 0.5, seed=4)
+    for role in ("requester", "custodian"):
+        run(capsys, "keys", "new", "--out", str(tmp_path / role))
+    agreement = tmp_path / "agreement.json"
+    blocking = json.dumps({"method": "keys", "keys": THREE_KEYS})
+    run(
+        capsys,
+        "agreement",
+        "new",
+        "--reference",
+        "keyed",
+        *party_args(tmp_path, identities),
+        "--hardening",
+        "[]",
+        "--blocking",
+        blocking,
+        "--custodian-release",
+        "own_rows",
+        "--out",
+        str(agreement),
+    )
+    for role in ("requester", "custodian"):
+        run(
+            capsys,
+            "agreement",
+            "sign",
+            str(agreement),
+            "--role",
+            role,
+            "--key",
+            str(tmp_path / role / "signing.key"),
+        )
+    req = tls_args(identities, "requester")
+    project = run(
+        capsys,
+        "project",
+        "create",
+        "--server",
+        address,
+        "--party",
+        "requester",
+        *req,
+        "--agreement",
+        str(agreement),
+    ).strip()
+    secret = tmp_path / "secret"
+    run(capsys, "secret", "new", "--out", str(secret))
+    for role, source in (("custodian", files.custodian), ("requester", files.requester)):
+        out = run(
+            capsys,
+            "encode",
+            str(source),
+            "--secret-file",
+            str(secret),
+            "--agreement",
+            str(agreement),
+            "--out",
+            str(tmp_path / f"{role}.bin"),
+            "--id-map",
+            str(tmp_path / f"{role}.json"),
+        )
+        assert f"({1024 + 3 * 64} bits)" in out
+        run(
+            capsys,
+            "upload",
+            "--server",
+            address,
+            "--party",
+            role,
+            *tls_args(identities, role),
+            "--project",
+            project,
+            str(tmp_path / f"{role}.bin"),
+        )
+    status = run(
+        capsys,
+        "status",
+        "--server",
+        address,
+        "--party",
+        "requester",
+        *req,
+        "--project",
+        project,
+        "--watch",
+    )
+    assert "done" in status
+    run(
+        capsys,
+        "results",
+        "--server",
+        address,
+        "--party",
+        "requester",
+        *req,
+        "--project",
+        project,
+        "--id-map",
+        str(tmp_path / "requester.json"),
+        "--out",
+        str(tmp_path / "r.csv"),
+    )
+    with open(tmp_path / "r.csv", newline="") as f:
+        released = {row["id"] for row in csv.DictReader(f)}
+    quality = membership_quality(released, {r for r, _ in read_truth(files.truth)})
+    assert quality.precision >= 0.97 and quality.recall >= 0.85
+
+    # The uploaded records are the encoding followed by the keys, which agree for true pairs.
+    truth = dict(read_truth(files.truth))
+    header, payload = read_payload(tmp_path / "requester.bin")
+    records = np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
+    keys_r = records[:, 128:].copy().view("<u8")
+    c_header = read_header(tmp_path / "custodian.bin")
+    c_records = np.frombuffer(read_payload(tmp_path / "custodian.bin")[1], dtype=np.uint8)
+    keys_c = c_records.reshape(c_header.count, -1)[:, 128:].copy().view("<u8")
+    rows_r = {v: i for i, v in enumerate(read_id_map(tmp_path / "requester.json").ids)}
+    rows_c = {v: i for i, v in enumerate(read_id_map(tmp_path / "custodian.json").ids)}
+    agree = [bool((keys_r[rows_r[r]] == keys_c[rows_c[c]]).any()) for r, c in truth.items()]
+    assert np.mean(agree) >= 0.95
