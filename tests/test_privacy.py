@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import logging
 import socket
 import threading
@@ -19,8 +20,10 @@ import pytest
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.client.linkage_client import LinkageClient
+from blindlink.encoding.blocking_keys import BlockingKeyMaker
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.schema import LinkageSchema
+from blindlink.matching.blocking import KeyBlocking
 from blindlink.server.app import RunningServer, start_server
 from blindlink.synthetic import generate_datasets
 
@@ -83,14 +86,25 @@ def found_in(haystack: bytes, needles: set[bytes]) -> set[bytes]:
     return {n for n in needles if n in haystack}
 
 
-@pytest.fixture
+BLOCKING_KEYS = [
+    [{"field": "given_name"}, {"field": "surname"}],
+    [{"field": "surname", "prefix": 3}, {"field": "date_of_birth"}],
+]
+
+
+@pytest.fixture(params=["all pairs", "blocking keys"])
 def linked(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     schema: LinkageSchema,
     make_agreement: Callable[..., bytes],
     caplog: pytest.LogCaptureFixture,
 ) -> Iterator[tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]]]:
+    """A run from upload to both releases, through a proxy recording what the server receives;
+    with all pairs compared, or with keyed blocking keys in every record."""
     caplog.set_level(logging.DEBUG)
+    keys = KeyBlocking.from_document(BLOCKING_KEYS) if request.param == "blocking keys" else None
+    blocking = {"method": "keys", "keys": BLOCKING_KEYS} if keys else None
     files = generate_datasets(tmp_path / "data", 300, 0.5, seed=11)
     # Plaintext gRPC on loopback, so that the proxy records exactly the bytes the server's
     # application receives; with TLS it would record ciphertext and prove nothing.
@@ -103,12 +117,16 @@ def linked(
             LinkageClient(address, "requester", None) as requester,
             LinkageClient(address, "custodian", None) as custodian,
         ):
-            project = requester.create_project(make_agreement(custodian_release="pairs"))
+            project = requester.create_project(
+                make_agreement(custodian_release="pairs", blocking=blocking)
+            )
             run_id = ""
             for client, csv_path in ((custodian, files.custodian), (requester, files.requester)):
                 out = tmp_path / client.party
                 out.mkdir()
-                encode_csv(csv_path, schema, SECRET, out / "enc.bin", out / "ids.json")
+                encode_csv(
+                    csv_path, schema, SECRET, out / "enc.bin", out / "ids.json", blocking=keys
+                )
                 run_id = client.upload(project.project_id, out / "enc.bin").run_id
             assert requester.wait(project.project_id, run_id).state == pb.RUN_STATE_DONE
             releases = {
@@ -141,3 +159,30 @@ def test_server_receives_and_stores_no_plaintext_or_secret(
     for path in stored:
         assert found_in(path.read_bytes(), plaintext | secrets) == set(), path
     assert found_in(caplog.text.encode(), plaintext | secrets) == set()
+
+
+@pytest.mark.parametrize("linked", ["blocking keys"], indirect=True)
+def test_blocking_keys_reach_the_server_only_keyed_with_the_secret(
+    linked: tuple[RunningServer, RecordingProxy, Path, dict[str, pb.Release]],
+    schema: LinkageSchema,
+) -> None:
+    """The server receives the requester's keys as made under the shared secret; the same
+    combinations hashed without it (as the server could, to test guesses) are nowhere."""
+    _, proxy, data_dir, _ = linked
+    received = bytes(proxy.received)
+    with open(data_dir / "requester.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    blocking = KeyBlocking.from_document(BLOCKING_KEYS)
+
+    def key_bytes(secret: bytes) -> set[bytes]:
+        keys = BlockingKeyMaker(blocking, schema, secret).make(rows)
+        return {int(k).to_bytes(8, "little") for k in keys.ravel() if k}
+
+    assert len(found_in(received, key_bytes(SECRET))) == len(key_bytes(SECRET)) > 400
+    assert found_in(received, key_bytes(b"a guessed secret")) == set()
+    plain = set()
+    for row in rows:
+        for message in (f"{row[1]}\x1f{row[2]}".casefold(), row[1] + row[2]):
+            digest = hashlib.sha256(message.encode()).digest()
+            plain |= {digest[:8], digest[-8:]}
+    assert found_in(received, plain) == set()
