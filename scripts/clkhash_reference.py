@@ -27,7 +27,12 @@ def main() -> None:
         io.StringIO(csv_text), SECRET, linkage_schema, progress_bar=False, max_workers=1
     )
     versions = {name: version(name) for name in ("clkhash", "cryptography", "bitarray")}
-    print(json.dumps({"versions": versions, "secret": SECRET, "clks_hex": [c.tobytes().hex() for c in clks]}, indent=2))
+    print(
+        json.dumps(
+            {"versions": versions, "secret": SECRET, "clks_hex": [c.tobytes().hex() for c in clks]},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def random_rows(count: int, seed: int) -> list[list[str]]:
                 rng.choice(
                     [
                         "",
-                        f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/19{rng.randint(10, 99)}",
+                        f"{rng.randint(1, 28):02d}/{rng.randint(1, 12):02d}/"
+                        f"19{rng.randint(10, 99)}",
                     ]
                 ),
                 rng.choice(["", "M", "F", "X"]),
