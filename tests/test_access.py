@@ -269,7 +269,8 @@ def test_requester_uploads_are_always_requester_batches(
 ) -> None:
     rows = random_rows(6, 71)
     receipts = [
-        requester.upload(project, encodings(tmp_path, f"r{i}", rows, schema)) for i in range(2)
+        requester.upload(project, encodings(tmp_path, f"r{i}", random_rows(6, 72 + i), schema))
+        for i in range(2)
     ]
     assert [(r.party, bool(r.run_id)) for r in receipts] == [("requester", True)] * 2
     for client in (requester, custodian):

@@ -454,10 +454,9 @@ def test_concurrent_uploads_cannot_exceed_max_uploads_per_period(
     """Two uploads whose streams are open at the same time must not both pass a limit of one
     upload per period (the limit must be enforced where the upload is committed)."""
     project = requester.create_project(make_agreement(max_uploads_per_period=1)).project_id
-    rows = random_rows(4, 60)
     go = threading.Event()
 
-    def messages() -> Iterator[pb.UploadRequest]:
+    def messages(rows: np.ndarray) -> Iterator[pb.UploadRequest]:
         yield header_for(project, rows, schema.sha256)
         go.wait(10)
         yield pb.UploadRequest(encodings=rows.tobytes())
@@ -465,7 +464,7 @@ def test_concurrent_uploads_cannot_exceed_max_uploads_per_period(
     outcomes = []
     with secure_channel(address, identities, "requester") as channel:
         stub = pb_grpc.LinkageStub(channel)
-        calls = [stub.Upload.future(messages()) for _ in range(2)]
+        calls = [stub.Upload.future(messages(random_rows(4, 60 + i))) for i in range(2)]
         time.sleep(0.5)  # both headers have reached the server
         go.set()
         for call in calls:

@@ -4,6 +4,7 @@ nothing, runs and releases."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -270,6 +271,54 @@ def test_duplicate_custodian_upload_is_refused_and_keeps_the_first(
             custodian.upload(project, path)
         assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert snapshot(server) == before
+
+
+def test_a_repeated_batch_returns_its_run_and_stores_nothing_new(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    server: RunningServer,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    """Retrying an upload whose reply was lost neither starts a second run nor counts against
+    the limits (here: one batch per period)."""
+    agreement = make_agreement(max_uploads_per_period=1, threshold=0.8, threshold_floor=0.5)
+    project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
+    before = state(server)
+    entries = len(audit(server, project))
+
+    again = requester.upload(project, tmp_path / "r.bin")
+
+    assert (again.upload_id, again.run_id) == (run_id, run_id)
+    receipt = json.loads(again.receipt)
+    assert receipt["kind"] == "upload_repeated"
+    assert receipt["details"]["upload_id"] == run_id
+    assert state(server) == before
+    assert [e.kind for e in audit(server, project)[entries:]] == ["upload_repeated"]
+    # Anything else is a new batch, and the limit of one per period applies to it.
+    other = make_encodings(tmp_path / "other.bin", random_rows(20, 99), schema.sha256)
+    for path, threshold in ((other, 0.0), (tmp_path / "r.bin", 0.6)):
+        with pytest.raises(ServerError) as err:
+            requester.upload(project, path, threshold)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.details.startswith("limits.max_uploads_per_period")
+
+
+def test_a_batch_uploaded_again_after_its_encodings_were_deleted_is_a_new_run(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project, run_id = run_project(requester, custodian, make_agreement(), schema, tmp_path)
+    requester.release(project, run_id)
+    custodian.release(project, run_id)  # both fetched: the batch's encodings are deleted
+    again = requester.upload(project, tmp_path / "r.bin")
+    assert again.run_id != run_id
+    assert json.loads(again.receipt)["kind"] == "upload_committed"
+    assert requester.wait(project, again.run_id).state == pb.RUN_STATE_DONE
 
 
 def _shared_rows() -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,7 @@ KINDS = frozenset(
     {
         "project_created",
         "upload_committed",
+        "upload_repeated",
         "run_started",
         "run_finished",
         "run_failed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -146,10 +147,16 @@ def upload(args: argparse.Namespace) -> int:
         header = read_header(path)
         with connect(args) as client, bar(header.payload_bytes, "uploading", unit="B") as bar_:
             receipt = client.upload(args.project, path, args.threshold, bar_.update)
-    print(
-        f"uploaded {receipt.count} encodings as {receipt.party}; content SHA-256 "
-        f"{receipt.content_sha256.hex()}"
-    )
+    if json.loads(receipt.receipt)["kind"] == "upload_repeated":
+        print(
+            f"this batch was uploaded before (upload {receipt.upload_id}); nothing new was "
+            "stored and its run stands"
+        )
+    else:
+        print(
+            f"uploaded {receipt.count} encodings as {receipt.party}; content SHA-256 "
+            f"{receipt.content_sha256.hex()}"
+        )
     if receipt.run_id:
         print(f"run {receipt.run_id} matches this batch")
     if args.receipt:

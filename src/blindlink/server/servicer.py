@@ -175,10 +175,18 @@ class LinkageServicer(pb_grpc.LinkageServicer):
 
         try:
             threshold = run_threshold(agreement, role, header.threshold)
-            # Checked before the data is streamed, and again when it is committed.
-            check_limits(
-                [(u.committed_at, u.count) for u in self._store.uploads(header.project_id, role)]
+            # Checked before the data is streamed, and again when it is committed; a repeated
+            # batch is not a new upload (the commit checks that it really is one).
+            repeat = role == "requester" and self._store.repeats_live_batch(
+                header.project_id, header.content_sha256, threshold
             )
+            if not repeat:
+                check_limits(
+                    [
+                        (u.committed_at, u.count)
+                        for u in self._store.uploads(header.project_id, role)
+                    ]
+                )
         except PolicyViolation as violation:
             raise self._refuse(header.project_id, role, violation) from None
         if role == "custodian" and self._store.live_custodian_upload(header.project_id):

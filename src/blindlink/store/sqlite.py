@@ -116,6 +116,19 @@ class RunRecord:
     fetched_by: frozenset[str]
 
 
+def _live_batch(
+    db: sqlite3.Connection, project_id: str, content_sha256: bytes, threshold: float
+) -> str | None:
+    """The requester batch with this content and threshold whose run can still be released."""
+    row = db.execute(
+        "SELECT u.upload_id FROM uploads u JOIN runs r ON r.run_id = u.upload_id "
+        "WHERE u.project_id=? AND u.party='requester' AND u.content_sha256=? "
+        "AND u.file IS NOT NULL AND r.threshold=? AND r.state != ? AND r.results_deleted = 0",
+        (project_id, content_sha256, threshold, FAILED),
+    ).fetchone()
+    return row[0] if row else None
+
+
 @dataclass(frozen=True)
 class Commit:
     """What committing an upload did."""
@@ -162,6 +175,18 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _repeat(
+        self, db: sqlite3.Connection, project_id: str, upload_id: str, content_sha256: bytes
+    ) -> Commit:
+        receipt = self._audit(
+            db,
+            "upload_repeated",
+            project_id,
+            "requester",
+            {"upload_id": upload_id, "content_sha256": content_sha256.hex()},
+        )
+        return Commit(upload_id, upload_id, [], receipt)
 
     def _audit(
         self,
@@ -241,6 +266,11 @@ class Store:
     ) -> Commit:
         """Move the verified file at `path` into place and record it, atomically.
 
+        A requester batch identical to one whose run is live (same content and threshold, its
+        encodings and results still held, not failed) is not stored again: the earlier upload
+        and run are returned with an `upload_repeated` receipt, so that retrying an upload whose
+        reply was lost neither starts a second run nor counts against the limits.
+
         `check_limits` gets the party's earlier uploads as (committed_at, count) inside the
         transaction, so concurrent uploads cannot both pass a limit; whatever it raises aborts
         the commit. A custodian upload MUST raise AlreadyExists (removing the file, changing
@@ -253,6 +283,11 @@ class Store:
         final = self.encodings_dir / name
         try:
             with self._transaction() as db:
+                if party == "requester":
+                    repeated = _live_batch(db, project_id, content_sha256, threshold)
+                    if repeated is not None:
+                        path.unlink()
+                        return self._repeat(db, project_id, repeated, content_sha256)
                 check_limits(
                     db.execute(
                         "SELECT committed_at, count FROM uploads WHERE project_id=? AND party=?",
@@ -356,6 +391,11 @@ class Store:
         if not rows:
             return None
         return next(u for u in self.uploads(rows[0][0]) if u.upload_id == upload_id)
+
+    def repeats_live_batch(self, project_id: str, content_sha256: bytes, threshold: float) -> bool:
+        """Whether a requester batch with this content and threshold would be a repeat."""
+        with self._lock:
+            return _live_batch(self._db, project_id, content_sha256, threshold) is not None
 
     def live_custodian_upload(self, project_id: str) -> UploadRecord | None:
         live = [u for u in self.uploads(project_id, "custodian") if u.path is not None]
