@@ -17,6 +17,7 @@ Prints and writes benchmarks/results/blocking.json (or blocking-lsh.json).
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
 import sys
 import tempfile
@@ -29,9 +30,11 @@ import numpy as np
 
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
 from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.attacks.block_frequency import attackable, block_frequency_attack
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
 from blindlink.benchmarking.results import write_result
 from blindlink.client.linkage_client import ClientTls, LinkageClient
+from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import pair_quality
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking, band_keys
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
     )
     quality = pair_quality(pairs, truth)
+    privacy = key_attacks(data, blocking) if isinstance(blocking, KeyBlocking) else {}
     result = {
         "method": (
             f"{args.records} x {args.records} generated identities (overlap 0.5, "
@@ -159,12 +163,23 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         "recall": quality.recall,
         "peak_memory_gib": peak_gib,
     }
+    if privacy:
+        result["privacy"] = privacy
     path = write_result("blocking" if args.method == "keys" else "blocking-lsh", result)
     print(f"end to end (upload to release): {result['end_to_end_seconds']:.0f} s  {stages}")
     print(
         f"pair completeness {completeness:.4f}, precision {quality.precision:.4f}, "
         f"recall {quality.recall:.4f}, peak memory {peak_gib:.1f} GiB"
     )
+    for name, attack in privacy.items():
+        if isinstance(attack, str):
+            print(f"block frequency attack on {name}: {attack}")
+        else:
+            print(
+                f"block frequency attack on {name}: {attack['correct']} of {attack['targets']} "
+                f"custodian records re-identified ({attack['reidentification_rate']:.4%}; "
+                f"guessing the commonest name: {attack['chance_rate']:.4%})"
+            )
     print(f"server: {result['server_run_log']}")
     print(f"-> {path}")
 
@@ -186,6 +201,25 @@ def blocking_section(blocking: Blocking) -> dict[str, Any]:
         "bits_per_band": blocking.bits_per_band,
         "seed": blocking.seed,
     }
+
+
+def key_attacks(data: EncodedPair, blocking: KeyBlocking) -> dict[str, Any]:
+    """What the server could learn from the custodian's blocking keys: the block frequency
+    attack on every key the public name tables describe, scored against the custodian's file."""
+    with open(data.directory / "custodian.csv", newline="", encoding="utf-8") as f:
+        people = {row["id"]: row for row in csv.DictReader(f)}
+    ids = read_id_map(data.directory / "custodian.ids.json").ids
+    found: dict[str, Any] = {}
+    for column, key in enumerate(blocking.keys):
+        name = " + ".join(part.field for part in key)
+        if not attackable(key):
+            found[name] = "not attacked: no public frequency list describes this key"
+            continue
+        truth = [
+            tuple(" ".join(people[i][part.field].casefold().split()) for part in key) for i in ids
+        ]
+        found[name] = block_frequency_attack(data.custodian_keys[:, column], truth, key).to_dict()
+    return found
 
 
 def pair_completeness(data: EncodedPair, blocking: Blocking) -> float:

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from blindlink.attacks import AttackResult, pattern_mining_attack, seeded_similarity_attack
+from blindlink.attacks.block_frequency import attackable, block_frequency_attack
 from blindlink.attacks.name_tables import build_table
 from blindlink.attacks.plaintext import tokenize, weighted_dice
 from blindlink.benchmarking.record_pairs import LinkedPair, generated_pair
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.hardening import encode_with_steps
+from blindlink.matching.blocking import KeyPart
 
 SECRET = b"attack test secret"
 DIFFUSION = [{"kind": "diffusion", "t": 8}]
@@ -116,3 +118,43 @@ def test_attack_result_rates() -> None:
     assert result.reidentification_rate == 0.1
     assert result.confident_precision == 0.9
     assert result.to_dict()["reidentification_rate"] == 0.1
+
+
+NAME_PAIR = (KeyPart("given_name"), KeyPart("surname"))
+
+
+def test_block_frequency_attack_labels_blocks_by_size() -> None:
+    """Blocks sized as the public tables predict are labelled right, largest first; sizes that
+    contradict the tables give wrong labels."""
+    common = [("james", "smith"), ("john", "smith"), ("robert", "smith")]
+    truth = [
+        name for name, count in zip(common, (400, 200, 100), strict=True) for _ in range(count)
+    ]
+    truth += [(f"given{i}", f"surname{i}") for i in range(2000)]  # names no list has, each once
+    truth_keys = {name: i + 1 for i, name in enumerate(dict.fromkeys(truth))}
+    keys = np.array([truth_keys[name] for name in truth], dtype=np.uint64)
+
+    result = block_frequency_attack(keys, truth, NAME_PAIR)
+    assert (result.targets, result.correct) == (len(truth), 700)
+    assert result.guesses == len(truth)  # every block gets a label
+    assert result.confident_correct <= result.confident
+
+    # Sizes that contradict the tables: every label is wrong.
+    shuffled = [
+        name for name, count in zip(common, (100, 400, 200), strict=True) for _ in range(count)
+    ]
+    shuffled += truth[700:]
+    shuffled_keys = np.array([truth_keys[name] for name in shuffled], dtype=np.uint64)
+    assert block_frequency_attack(shuffled_keys, shuffled, NAME_PAIR).correct == 0
+
+
+def test_block_frequency_attack_skips_records_without_a_key_and_refuses_other_keys() -> None:
+    truth = [("james", "smith")] * 30 + [("", "smith")] * 5
+    keys = np.array([7] * 30 + [0] * 5, dtype=np.uint64)
+    result = block_frequency_attack(keys, truth, NAME_PAIR)
+    assert (result.targets, result.correct) == (30, 30)
+    assert not attackable((KeyPart("surname", prefix=3),))
+    assert not attackable((KeyPart("surname"), KeyPart("date_of_birth")))
+    assert attackable((KeyPart("surname"),))
+    with pytest.raises(ValueError):
+        block_frequency_attack(keys, truth, (KeyPart("date_of_birth"),))
