@@ -39,7 +39,7 @@ from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.cli.main import build_parser, main
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encoder import encode_csv
-from blindlink.encoding.encodings_file import HEADER_SIZE, read_payload
+from blindlink.encoding.encodings_file import HEADER_SIZE, read_payload, write_encodings
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.security.keys import generate_signing_key
 from blindlink.security.tls import channel_credentials
@@ -703,3 +703,47 @@ def test_admin_verify_checks_the_audit_log_against_the_key_given(
     config = tmp_path / "server.toml"
     config.write_text(f"data_dir = {json.dumps(data_dir)}\n")
     assert admin(capsys, "verify", "--config", str(config))[0] == 0
+
+
+def test_watchers_beyond_half_the_call_threads_poll_instead(
+    tmp_path: Path,
+    identities: Identities,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+) -> None:
+    """With 4 call threads, 2 runs may be watched at once; a third watcher is told to poll,
+    `wait` does so by itself, and calls still find a thread meanwhile."""
+    pki = identities.pki
+    server = start_server(
+        tmp_path / "data", "127.0.0.1:0", ServerTls(pki.server_cert, pki.server_key, pki.ca_cert), 4
+    )
+    address = f"127.0.0.1:{server.port}"
+    try:
+        with (
+            LinkageClient(address, "requester", identities.tls("requester")) as requester,
+            LinkageClient(address, "custodian", identities.tls("custodian")) as custodian,
+        ):
+            project = requester.create_project(make_agreement()).project_id
+            rows = np.random.default_rng(3).integers(0, 256, (8, 128), dtype=np.uint8)
+            write_encodings(tmp_path / "r.bin", 1024, schema.sha256, [rows.tobytes()])
+            run_id = requester.upload(project, tmp_path / "r.bin").run_id  # waits for custodian
+            watches = [requester.watch(project, run_id) for _ in range(2)]
+            for watch in watches:
+                assert next(watch).state == pb.RUN_STATE_WAITING_FOR_UPLOADS
+            with pytest.raises(ServerError) as err:
+                next(requester.watch(project, run_id))
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            waited: list[pb.RunProgress] = []
+            waiter = threading.Thread(target=lambda: waited.append(requester.wait(project, run_id)))
+            waiter.start()
+            write_encodings(tmp_path / "c.bin", 1024, schema.sha256, [rows.tobytes()])
+            custodian.upload(project, tmp_path / "c.bin")  # a call thread is still free
+            waiter.join(timeout=30)
+            assert [w.state for w in waited] == [pb.RUN_STATE_DONE]
+            for watch in watches:
+                assert list(watch)[-1].state == pb.RUN_STATE_DONE
+            # The finished watches gave their places back.
+            assert list(requester.watch(project, run_id))[-1].state == pb.RUN_STATE_DONE
+    finally:
+        server.stop(grace=1)

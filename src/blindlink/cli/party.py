@@ -10,11 +10,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import grpc
+
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.model import Agreement
 from blindlink.agreement.signing import parse_signed
 from blindlink.cli.progress import bar
-from blindlink.client.linkage_client import ClientTls, LinkageClient
+from blindlink.client.linkage_client import ClientTls, LinkageClient, ServerError
 from blindlink.encoding.csv_input import expected_records
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import import_clkhash_json, read_header
@@ -204,17 +206,21 @@ def describe_summary(run: pb.RunSummary) -> str:
 
 
 def _watch(client: LinkageClient, project_id: str, run_id: str) -> int:
-    state = pb.RUN_STATE_UNSPECIFIED
     update = pb.RunProgress()
-    with bar(0, "matching", unit="cmp") as progress:
-        for update in client.watch(project_id, run_id):
-            state = update.state
-            if update.total:
-                progress.total = update.total
-                progress.update(update.done - progress.n)
-            progress.set_postfix_str(describe_progress(update))
+    try:
+        with bar(0, "matching", unit="cmp") as progress:
+            for update in client.watch(project_id, run_id):
+                if update.total:
+                    progress.total = update.total
+                    progress.update(update.done - progress.n)
+                progress.set_postfix_str(describe_progress(update))
+    except ServerError as exc:
+        if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        print("the server is busy with other watchers; checking the run's status every second")
+        update = client.poll(project_id, run_id)
     print(f"run {run_id}: {describe_progress(update)}")
-    return 0 if state == pb.RUN_STATE_DONE else 1
+    return 0 if update.state == pb.RUN_STATE_DONE else 1
 
 
 def describe_progress(progress: pb.RunProgress) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from blindlink.security.tls import channel_credentials
 from blindlink.server.identity import PARTY_METADATA_KEY
 
 CHUNK_BYTES = 1 << 20
+POLL_INTERVAL_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 T = TypeVar("T")
@@ -120,11 +122,29 @@ class LinkageClient:
             raise ServerError(exc.code(), exc.details() or "") from None
 
     def wait(self, project_id: str, run_id: str) -> pb.RunProgress:
-        """Block until the run is done or failed; its last progress."""
+        """Block until the run is done or failed; its last progress. Watches the run, or polls
+        its status when the server has no room for another watcher."""
         last = pb.RunProgress()
-        for last in self.watch(project_id, run_id):  # noqa: B007 - the last one is wanted
-            pass
+        try:
+            for last in self.watch(project_id, run_id):  # noqa: B007 - the last one is wanted
+                pass
+        except ServerError as exc:
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return self.poll(project_id, run_id)
         return last
+
+    def poll(
+        self, project_id: str, run_id: str, every_s: float = POLL_INTERVAL_S
+    ) -> pb.RunProgress:
+        """Ask for the project's status until the run is done or failed; its final state."""
+        while True:
+            run = next((r for r in self.status(project_id).runs if r.run_id == run_id), None)
+            if run is None:
+                raise ServerError(grpc.StatusCode.NOT_FOUND, f"no run {run_id} in the project")
+            if run.state in (pb.RUN_STATE_DONE, pb.RUN_STATE_FAILED):
+                return pb.RunProgress(state=run.state, message=run.message, run_id=run_id)
+            time.sleep(every_s)
 
     def approve(self, project_id: str, run_id: str) -> pb.RunSummary:
         return self._call(

@@ -202,6 +202,7 @@ def start_server(
             PartyResolver(tls=tls is not None),
             running.public_key,
             running.stopping,
+            max_watchers=max(1, workers // 2),
         )
     )
     for name in (SERVICE_NAME, ""):

@@ -69,7 +69,9 @@ class ServerConfig:
     metrics_listen: str | None = _setting(
         None, "HOST:PORT for Prometheus metrics over HTTP (default: off)"
     )
-    rpc_workers: int = _setting(32, "threads handling calls; every open upload or watch holds one")
+    rpc_workers: int = _setting(
+        32, "threads handling calls; every open upload or watch holds one, half at most watch"
+    )
     matching_workers: int | None = _setting(None, "processes for matching (default: every core)")
     dask_scheduler: str | None = _setting(
         None, "run matching on this Dask cluster (tcp://HOST:PORT)"

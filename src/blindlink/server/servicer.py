@@ -80,12 +80,17 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         resolver: PartyResolver,
         server_public_key: str,
         stopping: threading.Event,
+        max_watchers: int,
     ) -> None:
         self._store = store
         self._runs = runs
         self._resolver = resolver
         self._server_key = server_public_key
         self._stopping = stopping
+        # Every open watch holds a call thread: past this many, watchers are told to poll
+        # GetStatus instead, so that uploads and health checks always find a thread.
+        self._watchers = threading.BoundedSemaphore(max_watchers)
+        self._max_watchers = max_watchers
 
     # Helpers shared by the handlers
 
@@ -242,6 +247,20 @@ class LinkageServicer(pb_grpc.LinkageServicer):
     ) -> Iterator[pb.RunProgress]:
         self._project(request.project_id, context)
         self._run(request.project_id, request.run_id)
+        if not self._watchers.acquire(blocking=False):
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._max_watchers} runs are being watched on this server already; poll "
+                "GetStatus instead (blindlink does this by itself)",
+            )
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self._watchers.release()
+
+    def _watch(
+        self, request: pb.WatchRunRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RunProgress]:
         last = None
         while context.is_active():
             if self._stopping.is_set():
