@@ -24,7 +24,7 @@ from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import SchemaError
 from blindlink.evaluation import membership_quality, read_truth
 from blindlink.matching.blocking import KeyBlocking, band_pairs, dice, popcounts
-from blindlink.matching.engine import SharedEncodings, find_candidates
+from blindlink.matching.engine import SharedEncodings, find_candidates, planned_comparisons
 from blindlink.matching.executors import LocalPoolExecutor, SerialExecutor
 from blindlink.synthetic import generate_datasets
 
@@ -124,7 +124,10 @@ def test_key_blocking_compares_exactly_the_pairs_that_share_a_key() -> None:
     shared = SharedEncodings.of(requester, custodian, keys_r, keys_c)
     blocking = KeyBlocking.from_document(THREE_KEYS[:2])
 
-    serial = find_candidates(shared, 0.3, SerialExecutor(), 1, blocking)
+    reports: list[tuple[int, int]] = []
+    serial = find_candidates(
+        shared, 0.3, SerialExecutor(), 1, blocking, progress=lambda *p: reports.append(p)
+    )
     parallel = find_candidates(shared, 0.3, LocalPoolExecutor(2), 2, blocking)
 
     share = (keys_r[:, None, :] == keys_c[None, :, :]) & (keys_r[:, None, :] != 0)
@@ -135,6 +138,9 @@ def test_key_blocking_compares_exactly_the_pairs_that_share_a_key() -> None:
     found = set(zip(serial.requester_rows.tolist(), serial.custodian_rows.tolist(), strict=True))
     assert found == expected and len(found) == len(serial.similarities)
     assert serial.comparisons == int(share.sum())  # once per key the pair shares
+    # Progress counts comparisons, towards a total known before the first one.
+    assert reports[-1] == (serial.comparisons, serial.comparisons)
+    assert planned_comparisons(shared, blocking) == serial.comparisons
     for name in ("similarities", "requester_rows", "custodian_rows"):
         assert np.array_equal(getattr(serial, name), getattr(parallel, name))
 

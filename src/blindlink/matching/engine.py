@@ -268,14 +268,16 @@ def find_candidates(
     check_memory(shared, workers, limits)
     tasks = plan(shared, threshold, blocking)
     all_pairs = len(shared.requester) * len(shared.custodian)
-    total = all_pairs if blocking is None else len(tasks)
+    # Progress counts comparisons, except with LSH, whose comparisons are known band by band.
+    by_band = isinstance(blocking, LshBlocking)
+    total = len(tasks) if by_band else planned_comparisons(shared, blocking)
     parts: list[TaskResult] = []
     done = comparisons = 0
     compare = compare_chunk if blocking is None else compare_band
     for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
         parts.append(result)
         comparisons += result.comparisons
-        done += result.comparisons if blocking is None else 1
+        done += 1 if by_band else result.comparisons
         kept = sum(len(p.similarities) for p in parts)
         if blocking is not None and kept > COMPACT_ROWS:
             # The same pair shares many bands: keep each once, so memory and the limit
@@ -292,6 +294,23 @@ def find_candidates(
     if blocking is not None:
         parts = [_distinct(parts, len(shared.custodian))]
     return _merge(parts, comparisons, all_pairs)
+
+
+def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -> int:
+    """Comparisons a run makes without blocking, or with blocking keys (a pair once per key it
+    shares)."""
+    if blocking is None:
+        return len(shared.requester) * len(shared.custodian)
+    assert shared.requester_keys is not None and shared.custodian_keys is not None
+    total = 0
+    for column in range(len(blocking.keys)):
+        values = []
+        for keys in (shared.requester_keys[:, column], shared.custodian_keys[:, column]):
+            values.append(np.unique(keys[keys != 0], return_counts=True))
+        (keys_a, counts_a), (keys_b, counts_b) = values
+        _, in_a, in_b = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
+        total += int((counts_a[in_a] * counts_b[in_b]).sum())
+    return total
 
 
 def _distinct(parts: list[TaskResult], custodian_records: int) -> TaskResult:

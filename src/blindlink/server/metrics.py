@@ -77,7 +77,7 @@ class _RunCollector(Collector):
             value=self._runs.queued(),
         )
         current = self._runs.current()
-        for unit in ("comparisons", "bands", "keys"):
+        for unit in ("comparisons", "bands"):
             rate = current.rate if current is not None and current.unit == unit else 0.0
             yield GaugeMetricFamily(
                 f"blindlink_run_{unit}_per_second",

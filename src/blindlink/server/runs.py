@@ -13,7 +13,7 @@ import numpy as np
 
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
-from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
+from blindlink.matching.blocking import Blocking, LshBlocking
 from blindlink.matching.engine import (
     DEFAULT_LIMITS,
     MatchingAborted,
@@ -39,7 +39,7 @@ class RunProgress:
     total: int = 0
     message: str = ""
     rate: float = 0.0  # units of work per second while comparing
-    unit: str = ""  # "comparisons", or with blocking "bands" or "keys"
+    unit: str = ""  # "comparisons", or "bands" with LSH blocking
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class _ProgressReporter:
 
     def __init__(self, publish: Callable[[RunProgress], None], blocking: Blocking | None) -> None:
         self._publish = publish
-        self._unit = {LshBlocking: "bands", KeyBlocking: "keys"}.get(type(blocking), "comparisons")
+        self._unit = "bands" if isinstance(blocking, LshBlocking) else "comparisons"
         self._started = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
