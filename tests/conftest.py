@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
 from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.cli.main import main
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
@@ -21,6 +22,7 @@ from blindlink.security.pki import (
     issue_client_certificate,
 )
 from blindlink.server.app import RunningServer, ServerTls, start_server
+from blindlink.synthetic import GeneratedFiles
 
 ROLES = ("requester", "custodian")
 
@@ -123,3 +125,85 @@ def requester(address: str, identities: Identities) -> Iterator[LinkageClient]:
 def custodian(address: str, identities: Identities) -> Iterator[LinkageClient]:
     with LinkageClient(address, "custodian", identities.tls("custodian")) as client:
         yield client
+
+
+# --- the command line, as the parties run it -----------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(list(args)) == 0, capsys.readouterr()
+    return capsys.readouterr().out
+
+
+def tls_args(identities: Identities, role: str) -> list[str]:
+    tls = identities.tls(role)
+    return ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
+
+
+def party_args(tmp_path: Path, identities: Identities) -> list[str]:
+    """`agreement new` arguments naming both parties: keys made under tmp_path by `keys new`,
+    certificates from the test CA."""
+    return [
+        "--requester", "A",
+        "--requester-key", str(tmp_path / "requester" / "signing.pub"),
+        "--requester-cert", str(identities.pki.party_certs["requester"]),
+        "--custodian", "B",
+        "--custodian-key", str(tmp_path / "custodian" / "signing.pub"),
+        "--custodian-cert", str(identities.pki.party_certs["custodian"]),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cli:
+    """The blindlink command as both parties run it against the test server."""
+
+    capsys: pytest.CaptureFixture[str]
+    identities: Identities
+    address: str
+    workdir: Path
+
+    def __call__(self, *args: str) -> str:
+        return run(self.capsys, *args)
+
+    def party(self, role: str, *args: str) -> str:
+        """A party command, with the server address and the party's TLS material."""
+        tls = tls_args(self.identities, role)
+        return self(*args, "--server", self.address, "--party", role, *tls)
+
+    def signed_agreement(self, reference: str, *options: str) -> Path:
+        """`agreement new` with both parties' fresh keys and `options`, signed by both."""
+        for role in ("requester", "custodian"):
+            self("keys", "new", "--out", str(self.workdir / role))
+        path = self.workdir / f"{reference}.json"
+        parties = party_args(self.workdir, self.identities)
+        self("agreement", "new", "--reference", reference, *parties, *options, "--out", str(path))
+        for role in ("requester", "custodian"):
+            key = str(self.workdir / role / "signing.key")
+            self("agreement", "sign", str(path), "--role", role, "--key", key)
+        return path
+
+    def link(self, agreement: Path, files: GeneratedFiles) -> tuple[str, dict[str, str]]:
+        """Create the project, encode with the agreement and upload both sides (as
+        workdir/ROLE.bin, ID maps workdir/ROLE.json), wait for the run: the project ID and
+        what `encode` printed per party."""
+        project = self.party("requester", "project", "create", "--agreement", str(agreement))
+        project = project.strip()
+        secret = self.workdir / "secret"
+        self("secret", "new", "--out", str(secret))
+        printed = {}
+        for role, source in (("custodian", files.custodian), ("requester", files.requester)):
+            out, ids = self.workdir / f"{role}.bin", self.workdir / f"{role}.json"
+            printed[role] = self(
+                "encode", str(source), "--secret-file", str(secret), "--agreement",
+                str(agreement), "--out", str(out), "--id-map", str(ids),
+            )  # fmt: skip
+            self.party(role, "upload", "--project", project, str(out))
+        assert "done" in self.party("requester", "status", "--project", project, "--watch")
+        return project, printed
+
+
+@pytest.fixture
+def cli(
+    capsys: pytest.CaptureFixture[str], identities: Identities, address: str, tmp_path: Path
+) -> Cli:
+    return Cli(capsys, identities, address, tmp_path)

@@ -11,14 +11,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities, RunningServer
-from test_cli_workflow import party_args, run, tls_args
+from conftest import Cli, RunningServer
 from test_server_api import snapshot
 
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.blocking_keys import BlockingKeyMaker
 from blindlink.encoding.encoder import encode_csv
-from blindlink.encoding.encodings_file import read_header, read_payload
+from blindlink.encoding.encodings_file import read_payload
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import SchemaError
@@ -178,127 +177,30 @@ def test_upload_without_the_agreed_keys_is_refused_and_changes_nothing(
     assert snapshot(server) == before
 
 
-def test_key_blocking_through_the_cli(
-    tmp_path: Path, address: str, identities: Identities, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """agreement new --blocking, encode --agreement, upload, match, release: the released pairs
+def test_key_blocking_through_the_cli(cli: Cli, tmp_path: Path) -> None:
+    """agreement new --blocking, encode --agreement, upload, match, release: the released IDs
     are the true ones, and each uploaded record carries the agreed keys."""
     files = generate_datasets(tmp_path / "data", 600, 0.5, seed=4)
-    for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", str(tmp_path / role))
-    agreement = tmp_path / "agreement.json"
     blocking = json.dumps({"method": "keys", "keys": THREE_KEYS})
-    run(
-        capsys,
-        "agreement",
-        "new",
-        "--reference",
-        "keyed",
-        *party_args(tmp_path, identities),
-        "--hardening",
-        "[]",
-        "--blocking",
-        blocking,
-        "--custodian-release",
-        "own_rows",
-        "--out",
-        str(agreement),
-    )
-    for role in ("requester", "custodian"):
-        run(
-            capsys,
-            "agreement",
-            "sign",
-            str(agreement),
-            "--role",
-            role,
-            "--key",
-            str(tmp_path / role / "signing.key"),
-        )
-    req = tls_args(identities, "requester")
-    project = run(
-        capsys,
-        "project",
-        "create",
-        "--server",
-        address,
-        "--party",
-        "requester",
-        *req,
-        "--agreement",
-        str(agreement),
-    ).strip()
-    secret = tmp_path / "secret"
-    run(capsys, "secret", "new", "--out", str(secret))
-    for role, source in (("custodian", files.custodian), ("requester", files.requester)):
-        out = run(
-            capsys,
-            "encode",
-            str(source),
-            "--secret-file",
-            str(secret),
-            "--agreement",
-            str(agreement),
-            "--out",
-            str(tmp_path / f"{role}.bin"),
-            "--id-map",
-            str(tmp_path / f"{role}.json"),
-        )
-        assert f"({1024 + 3 * 64} bits)" in out
-        run(
-            capsys,
-            "upload",
-            "--server",
-            address,
-            "--party",
-            role,
-            *tls_args(identities, role),
-            "--project",
-            project,
-            str(tmp_path / f"{role}.bin"),
-        )
-    status = run(
-        capsys,
-        "status",
-        "--server",
-        address,
-        "--party",
-        "requester",
-        *req,
-        "--project",
-        project,
-        "--watch",
-    )
-    assert "done" in status
-    run(
-        capsys,
-        "results",
-        "--server",
-        address,
-        "--party",
-        "requester",
-        *req,
-        "--project",
-        project,
-        "--id-map",
-        str(tmp_path / "requester.json"),
-        "--out",
-        str(tmp_path / "r.csv"),
-    )
-    with open(tmp_path / "r.csv", newline="") as f:
-        released = {row["id"] for row in csv.DictReader(f)}
-    quality = membership_quality(released, {r for r, _ in read_truth(files.truth)})
+    agreement = cli.signed_agreement("keyed", "--hardening", "[]", "--blocking", blocking)
+    project, printed = cli.link(agreement, files)
+    assert all(f"({1024 + 3 * 64} bits)" in out for out in printed.values())
+    released = tmp_path / "released.csv"
+    ids = str(tmp_path / "requester.json")
+    cli.party("requester", "results", "--project", project, "--id-map", ids, "--out", str(released))
+    with open(released, newline="") as f:
+        released_ids = {row["id"] for row in csv.DictReader(f)}
+    quality = membership_quality(released_ids, {r for r, _ in read_truth(files.truth)})
     assert quality.precision >= 0.97 and quality.recall >= 0.85
 
     # The uploaded records are the encoding followed by the keys, which agree for true pairs.
-    truth = dict(read_truth(files.truth))
-    header, payload = read_payload(tmp_path / "requester.bin")
-    records = np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
-    keys_r = records[:, 128:].copy().view("<u8")
-    c_header = read_header(tmp_path / "custodian.bin")
-    c_records = np.frombuffer(read_payload(tmp_path / "custodian.bin")[1], dtype=np.uint8)
-    keys_c = c_records.reshape(c_header.count, -1)[:, 128:].copy().view("<u8")
-    rows_r = {v: i for i, v in enumerate(read_id_map(tmp_path / "requester.json").ids)}
-    rows_c = {v: i for i, v in enumerate(read_id_map(tmp_path / "custodian.json").ids)}
-    agree = [bool((keys_r[rows_r[r]] == keys_c[rows_c[c]]).any()) for r, c in truth.items()]
+    keys = {}
+    for role in ("requester", "custodian"):
+        header, payload = read_payload(tmp_path / f"{role}.bin")
+        records = np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
+        rows = {v: i for i, v in enumerate(read_id_map(tmp_path / f"{role}.json").ids)}
+        keys[role] = (records[:, 128:].copy().view("<u8"), rows)
+    (keys_r, rows_r), (keys_c, rows_c) = keys["requester"], keys["custodian"]
+    truth = read_truth(files.truth)
+    agree = [bool((keys_r[rows_r[r]] == keys_c[rows_c[c]]).any()) for r, c in truth]
     assert np.mean(agree) >= 0.95

@@ -9,35 +9,12 @@ from pathlib import Path
 import pytest
 from clkhash import clk
 from clkhash.serialization import serialize_bitarray
-from conftest import Identities
+from conftest import Cli, Identities, party_args, run, tls_args
 
 from blindlink.cli.main import main
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
 from blindlink.evaluation import membership_quality, read_truth
 from blindlink.synthetic import generate_datasets
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    assert main(list(args)) == 0, capsys.readouterr()
-    return capsys.readouterr().out
-
-
-def tls_args(identities: Identities, role: str) -> list[str]:
-    tls = identities.tls(role)
-    return ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
-
-
-def party_args(tmp_path: Path, identities: Identities) -> list[str]:
-    """`agreement new` arguments naming both parties: keys made under tmp_path by `keys new`,
-    certificates from the test CA."""
-    return [
-        "--requester", "A",
-        "--requester-key", str(tmp_path / "requester" / "signing.pub"),
-        "--requester-cert", str(identities.pki.party_certs["requester"]),
-        "--custodian", "B",
-        "--custodian-key", str(tmp_path / "custodian" / "signing.pub"),
-        "--custodian-cert", str(identities.pki.party_certs["custodian"]),
-    ]  # fmt: skip
 
 
 def test_keys_agreement_sign_verify(
@@ -264,105 +241,16 @@ def test_schema_hash_matches_the_loaded_schema(
     assert json.loads(run(capsys, "schema", "default"))["version"] == 3
 
 
-def test_hardened_linkage_through_the_cli(
-    tmp_path: Path, address: str, identities: Identities, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_hardened_linkage_through_the_cli(cli: Cli, tmp_path: Path) -> None:
     """The agreement's hardening steps shape the encodings both parties upload."""
     files = generate_datasets(tmp_path / "data", 300, 0.5, seed=9)
-    for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", str(tmp_path / role))
-    agreement = tmp_path / "agreement.json"
-    run(
-        capsys,
-        "agreement",
-        "new",
-        "--reference",
-        "hardened",
-        *party_args(tmp_path, identities),
-        "--hardening",
-        '[{"kind": "xor_fold", "folds": 1}]',
-        "--threshold",
-        "0.7",
-        "--out",
-        str(agreement),
+    agreement = cli.signed_agreement(
+        "hardened", "--hardening", '[{"kind": "xor_fold", "folds": 1}]', "--threshold", "0.7"
     )
     assert json.loads(agreement.read_text())["agreement"]["encoding"]["bit_length"] == 512
-    assert (
-        main(
-            [
-                "agreement",
-                "new",
-                "--reference",
-                "x",
-                *party_args(tmp_path, identities),
-                "--hardening",
-                '[{"kind": "fold"}]',
-                "--out",
-                str(tmp_path / "bad.json"),
-            ]
-        )
-        == 2
-    )
-    assert "fold" in capsys.readouterr().err
-    for role in ("requester", "custodian"):
-        run(
-            capsys,
-            "agreement",
-            "sign",
-            str(agreement),
-            "--role",
-            role,
-            "--key",
-            str(tmp_path / role / "signing.key"),
-        )
-    project = run(
-        capsys,
-        "project",
-        "create",
-        "--server",
-        address,
-        "--party",
-        "requester",
-        *tls_args(identities, "requester"),
-        "--agreement",
-        str(agreement),
-    ).strip()
-    secret = tmp_path / "secret"
-    run(capsys, "secret", "new", "--out", str(secret))
-    for role, source in (("custodian", files.custodian), ("requester", files.requester)):
-        out = run(
-            capsys,
-            "encode",
-            str(source),
-            "--secret-file",
-            str(secret),
-            "--agreement",
-            str(agreement),
-            "--out",
-            str(tmp_path / f"{role}.bin"),
-        )
-        assert "(512 bits)" in out
-        run(
-            capsys,
-            "upload",
-            "--server",
-            address,
-            "--party",
-            role,
-            *tls_args(identities, role),
-            "--project",
-            project,
-            str(tmp_path / f"{role}.bin"),
-        )
-    assert "done" in run(
-        capsys,
-        "status",
-        "--server",
-        address,
-        "--party",
-        "requester",
-        *tls_args(identities, "requester"),
-        "--project",
-        project,
-        "--watch",
-    )
+    bad = ["--hardening", '[{"kind": "fold"}]', "--out", str(tmp_path / "bad.json")]
+    parties = party_args(tmp_path, cli.identities)
+    assert main(["agreement", "new", "--reference", "x", *parties, *bad]) == 2
+    assert "fold" in cli.capsys.readouterr().err
+    _, printed = cli.link(agreement, files)
+    assert all("(512 bits)" in out for out in printed.values())

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from clkhash import clk
-from clkhash.key_derivation import generate_key_lists
 
-from blindlink.encoding.clk_encoder import CACHE_ENTRIES, ClkEncoder, ValueProblem
+from blindlink.encoding.clk_encoder import CACHE_ENTRIES, ClkEncoder, ValueProblem, field_keys
 from blindlink.encoding.schema import LinkageSchema, parse_schema
 
 SECRET = b"clk encoder test secret"
@@ -115,17 +114,7 @@ def random_rows(count: int, seed: int) -> list[list[str]]:
 
 
 def clkhash_bytes(rows: list[list[str]], schema: LinkageSchema) -> bytes:
-    parsed = schema.clkhash
-    keys = generate_key_lists(
-        SECRET,
-        len(parsed.fields),
-        key_size=parsed.kdf_key_size,
-        salt=parsed.kdf_salt,
-        info=parsed.kdf_info,
-        kdf=parsed.kdf_type,
-        hash_algo=parsed.kdf_hash,
-    )
-    encoded, _ = clk.hash_chunk(rows, keys, parsed, validate_data=True)
+    encoded, _ = clk.hash_chunk(rows, field_keys(schema, SECRET), schema.clkhash)
     return b"".join(e.tobytes() for e in encoded)
 
 

@@ -82,20 +82,26 @@ class _FieldHasher:
         return cached
 
 
+def field_keys(schema: LinkageSchema, secret: bytes) -> Sequence[Sequence[bytes]]:
+    """clkhash's per-field hashing keys, derived from the secret as the schema says."""
+    parsed = schema.clkhash
+    return generate_key_lists(
+        secret,
+        len(parsed.fields),
+        key_size=parsed.kdf_key_size,
+        salt=parsed.kdf_salt,
+        info=parsed.kdf_info,
+        kdf=parsed.kdf_type,
+        hash_algo=parsed.kdf_hash,
+    )
+
+
 class ClkEncoder:
     """Encodes rows (schema column order) into clkhash CLKs under one secret."""
 
     def __init__(self, schema: LinkageSchema, secret: bytes) -> None:
         parsed = schema.clkhash
-        keys = generate_key_lists(
-            secret,
-            len(parsed.fields),
-            key_size=parsed.kdf_key_size,
-            salt=parsed.kdf_salt,
-            info=parsed.kdf_info,
-            kdf=parsed.kdf_type,
-            hash_algo=parsed.kdf_hash,
-        )
+        keys = field_keys(schema, secret)
         self.width = parsed.l // 8
         self.fields = [
             _FieldHasher(spec, field_keys, parsed.l)
