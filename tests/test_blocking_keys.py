@@ -23,7 +23,13 @@ from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import SchemaError
 from blindlink.evaluation import membership_quality, read_truth
 from blindlink.matching.blocking import KeyBlocking, band_pairs, dice, popcounts
-from blindlink.matching.engine import SharedEncodings, find_candidates, planned_comparisons
+from blindlink.matching.engine import (
+    MatchingAborted,
+    MatchingLimits,
+    SharedEncodings,
+    find_candidates,
+    planned_comparisons,
+)
 from blindlink.matching.executors import LocalPoolExecutor, SerialExecutor
 from blindlink.synthetic import generate_datasets
 
@@ -142,6 +148,19 @@ def test_key_blocking_compares_exactly_the_pairs_that_share_a_key() -> None:
     assert planned_comparisons(shared, blocking) == serial.comparisons
     for name in ("similarities", "requester_rows", "custodian_rows"):
         assert np.array_equal(getattr(serial, name), getattr(parallel, name))
+
+
+def test_a_key_that_groups_too_many_records_is_refused_before_matching() -> None:
+    """A key on a field with few values (here one) puts nearly everyone in one block."""
+    rng = np.random.default_rng(2)
+    requester = rng.integers(0, 256, (300, 64), dtype=np.uint8)
+    custodian = rng.integers(0, 256, (200, 64), dtype=np.uint8)
+    everyone = np.ones((300, 1), dtype=np.uint64), np.ones((200, 1), dtype=np.uint64)
+    shared = SharedEncodings.of(requester, custodian, *everyone)
+    blocking = KeyBlocking.from_document([[{"field": "sex"}]])
+    limits = MatchingLimits(max_comparisons=50_000)
+    with pytest.raises(MatchingAborted, match="would make 60,000 comparisons"):
+        find_candidates(shared, 0.8, SerialExecutor(), 1, blocking, limits)
 
 
 def test_upload_without_the_agreed_keys_is_refused_and_changes_nothing(

@@ -121,6 +121,19 @@ def test_candidate_cap_aborts_with_the_reason() -> None:
         )
 
 
+def test_comparisons_cap_refuses_before_starting() -> None:
+    shared = encodings(300, seed=6)
+    reports: list[tuple[int, int]] = []
+    limits = MatchingLimits(max_comparisons=89_999)
+    with pytest.raises(MatchingAborted, match="would make 90,000 comparisons.*limit of 89,999"):
+        find_candidates(
+            shared, 0.8, SerialExecutor(), 1, limits=limits, progress=lambda *p: reports.append(p)
+        )
+    assert reports == []  # refused before any comparison
+    at_limit = MatchingLimits(max_comparisons=90_000)
+    assert find_candidates(shared, 0.8, SerialExecutor(), 1, limits=at_limit).comparisons == 90_000
+
+
 def test_memory_cap_refuses_before_starting() -> None:
     shared = encodings(300, seed=5)
     with pytest.raises(MatchingAborted, match="above the operator's limit"):

@@ -54,7 +54,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _matching(config: ServerConfig) -> MatchingSettings:
-    limits = MatchingLimits(config.max_candidate_pairs, int(config.max_memory_gb * 2**30))
+    limits = MatchingLimits(
+        config.max_candidate_pairs, int(config.max_memory_gb * 2**30), config.max_comparisons
+    )
     if config.dask_scheduler:
         # The cluster's workers are not known here; memory is checked as for one copy each
         # of the server and a worker.

@@ -53,6 +53,8 @@ class MatchingLimits:
 
     max_candidate_pairs: int = 100_000_000
     max_memory_bytes: int = 8 << 30
+    # 1M x 1M all pairs; blocking keys count a pair once per key it shares.
+    max_comparisons: int = 10**12
 
 
 DEFAULT_LIMITS = MatchingLimits()
@@ -271,6 +273,11 @@ def find_candidates(
     # Progress counts comparisons, except with LSH, whose comparisons are known band by band.
     by_band = isinstance(blocking, LshBlocking)
     total = len(tasks) if by_band else planned_comparisons(shared, blocking)
+    if not by_band and total > limits.max_comparisons:
+        raise MatchingAborted(
+            f"the run would make {total:,} comparisons, above the operator's limit of "
+            f"{limits.max_comparisons:,}; use blocking, or more specific blocking keys"
+        )
     parts: list[TaskResult] = []
     done = comparisons = 0
     compare = compare_chunk if blocking is None else compare_band

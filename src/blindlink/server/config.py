@@ -78,6 +78,9 @@ class ServerConfig:
     )
     max_candidate_pairs: int = _setting(100_000_000, "fail a run that finds more candidate pairs")
     max_memory_gb: float = _setting(8.0, "fail a run whose encodings would need more memory")
+    max_comparisons: int = _setting(
+        10**12, "fail, before it starts, a run that would make more comparisons (not LSH)"
+    )
     purge_interval: float = _setting(60.0, "seconds between retention purges")
     stream_idle_timeout: float = _setting(
         30.0, "abort an upload whose next message does not arrive within this many seconds"
@@ -254,7 +257,7 @@ def check(config: ServerConfig) -> None:
     """Raise ConfigError naming the first setting that is missing, out of range or
     inconsistent with another."""
     config.data_path()
-    for name in ("rpc_workers", "matching_workers", "max_candidate_pairs"):
+    for name in ("rpc_workers", "matching_workers", "max_candidate_pairs", "max_comparisons"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, not {value}")
