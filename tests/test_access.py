@@ -306,6 +306,9 @@ def test_status_never_shows_the_other_partys_counts_or_upload_ids(
     assert [(u.uploaded, u.count, u.upload_id) for u in mine["custodian"]] == [(True, 0, "")]
     assert reference.upload_id not in str(requester.status(project))
 
+    # Runs have IDs of their own: the custodian sees the runs, never the batches' upload IDs.
+    custodian_view = str(custodian.status(project))
+    assert all(b.run_id in custodian_view and b.upload_id not in custodian_view for b in batches)
     theirs = uploads_by_party(custodian.status(project))
     assert [(u.uploaded, u.count, u.upload_id) for u in theirs["custodian"]] == [
         (True, 13, reference.upload_id)

@@ -274,7 +274,8 @@ def test_kill_during_releases_keeps_them_whole_and_repeatable(
     logged = server.rows("SELECT DISTINCT party FROM audit_log WHERE kind='release_fetched'")
     assert sorted(logged) == [("custodian",), ("requester",)]
     assert server.rows("SELECT count(*) FROM matches WHERE run_id=?", (run_id,)) == [(3000,)]
-    assert server.rows("SELECT file FROM uploads WHERE upload_id=?", (run_id,)) == [(None,)]
+    batch_file = "SELECT u.file FROM uploads u JOIN runs r ON u.upload_id = r.batch_id "
+    assert server.rows(batch_file + "WHERE r.run_id=?", (run_id,)) == [(None,)]
     assert server.terminate() == 0
     verify_data_dir(server.data_dir, capsys)
 

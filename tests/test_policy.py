@@ -635,8 +635,10 @@ def test_approve_is_refused_when_the_agreement_needs_no_approval(
 # --- retention -------------------------------------------------------------------------------
 
 
-def _batch_file(server: RunningServer, run_id: str) -> Path:
-    return server.store.encodings_dir / f"{run_id}.bin"
+def _batch_id(server: RunningServer, project: str, run_id: str) -> str:
+    run = server.store.run(project, run_id)
+    assert run is not None
+    return run.batch_id
 
 
 @pytest.mark.parametrize("custodian_release", ["count", "nothing"])
@@ -653,7 +655,9 @@ def test_batch_encodings_deleted_once_every_granted_party_fetched(
         delete_encodings_after_release=True, custodian_release=custodian_release
     )
     project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
-    batch = _batch_file(server, run_id)
+    batch_id = _batch_id(server, project, run_id)
+    assert batch_id != run_id
+    batch = server.store.encodings_dir / f"{batch_id}.bin"
     custodian_file = server.store.live_custodian_upload(project).path
     assert batch.exists()
     requester.release(project, run_id)
@@ -665,7 +669,7 @@ def test_batch_encodings_deleted_once_every_granted_party_fetched(
     assert deleted == [
         {
             "what": "encodings",
-            "upload_id": run_id,
+            "upload_id": batch_id,
             "party": "requester",
             "reason": "retention.delete_encodings_after_release",
         }
@@ -686,7 +690,7 @@ def test_batch_encodings_kept_when_the_agreement_says_so(
     project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
     requester.release(project, run_id)
     custodian.release(project, run_id)
-    assert _batch_file(server, run_id).exists()
+    assert (server.store.encodings_dir / f"{_batch_id(server, project, run_id)}.bin").exists()
     assert not [e for e in audit(server, project) if e.kind == "data_deleted"]
 
 

@@ -24,7 +24,7 @@ from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.security.tls import channel_credentials
-from blindlink.server.app import RunningServer
+from blindlink.server.app import RunningServer, ServerTls, start_server
 
 BITS = 1024
 
@@ -285,15 +285,17 @@ def test_a_repeated_batch_returns_its_run_and_stores_nothing_new(
     the limits (here: one batch per period)."""
     agreement = make_agreement(max_uploads_per_period=1, threshold=0.8, threshold_floor=0.5)
     project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
+    batch = [u for u in requester.status(project).uploads if u.party == "requester"][0]
     before = state(server)
     entries = len(audit(server, project))
 
     again = requester.upload(project, tmp_path / "r.bin")
 
-    assert (again.upload_id, again.run_id) == (run_id, run_id)
+    assert (again.upload_id, again.run_id) == (batch.upload_id, run_id)
     receipt = json.loads(again.receipt)
     assert receipt["kind"] == "upload_repeated"
-    assert receipt["details"]["upload_id"] == run_id
+    assert receipt["details"]["upload_id"] == batch.upload_id
+    assert receipt["details"]["run_id"] == run_id
     assert state(server) == before
     assert [e.kind for e in audit(server, project)[entries:]] == ["upload_repeated"]
     # Anything else is a new batch, and the limit of one per period applies to it.
@@ -478,3 +480,42 @@ def test_unhardened_encodings_are_refused_when_hardening_is_agreed(
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "hardening" in err.value.details
     assert snapshot(server) == before
+
+
+def test_a_data_dir_from_before_runs_had_their_own_ids_still_works(
+    tmp_path: Path,
+    identities: Identities,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+) -> None:
+    """Runs of an older data directory (run ID = batch upload ID, no batch_id column) are
+    taken over on start-up, and a waiting one still runs when the custodian uploads."""
+    pki = identities.pki
+    tls = ServerTls(pki.server_cert, pki.server_key, pki.ca_cert)
+    data = tmp_path / "data"
+    req_rows, cus_rows = _shared_rows()
+
+    server = start_server(data, "127.0.0.1:0", tls)
+    with LinkageClient(f"127.0.0.1:{server.port}", "requester", identities.tls("requester")) as c:
+        project = c.create_project(make_agreement()).project_id
+        batch = c.upload(project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256))
+    server.stop(grace=1)
+    db = sqlite3.connect(data / "blindlink.db")
+    with db:
+        db.execute("UPDATE runs SET run_id = batch_id")
+        db.execute("ALTER TABLE runs DROP COLUMN batch_id")
+    db.close()
+
+    server = start_server(data, "127.0.0.1:0", tls)
+    address = f"127.0.0.1:{server.port}"
+    try:
+        with (
+            LinkageClient(address, "requester", identities.tls("requester")) as requester,
+            LinkageClient(address, "custodian", identities.tls("custodian")) as custodian,
+        ):
+            assert [r.run_id for r in requester.status(project).runs] == [batch.upload_id]
+            custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
+            assert requester.wait(project, batch.upload_id).state == pb.RUN_STATE_DONE
+            assert list(requester.release(project, batch.upload_id).own_rows) == list(range(10))
+    finally:
+        server.stop(grace=1)

@@ -176,7 +176,8 @@ class RunQueue:
         started = time.monotonic()
         self._store.start_run(project_id, run_id)
         self._publish(run_id, RunProgress(RUNNING, "loading"))
-        batch, reference = self._store.upload(run_id), self._store.live_custodian_upload(project_id)
+        batch = self._store.upload(run.batch_id)
+        reference = self._store.live_custodian_upload(project_id)
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
         encodings = []

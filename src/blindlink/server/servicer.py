@@ -366,7 +366,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
 
     def _apply_release_retention(self, agreement: Agreement, project_id: str, run_id: str) -> None:
         run = self._run(project_id, run_id)
-        batch = self._store.upload(run_id)
+        batch = self._store.upload(run.batch_id)
         if (
             agreement.delete_encodings_after_release
             and batch is not None

@@ -66,10 +66,11 @@ def _database_problems(conn: sqlite3.Connection) -> list[str]:
         for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check")
     ]
     problems += [
-        f"run {run_id}: no requester upload of that ID in its project"
-        for (run_id,) in conn.execute(
-            "SELECT r.run_id FROM runs r LEFT JOIN uploads u ON u.upload_id = r.run_id AND "
-            "u.project_id = r.project_id AND u.party = 'requester' WHERE u.upload_id IS NULL"
+        f"run {run_id}: its batch {batch_id} is no requester upload of its project"
+        for run_id, batch_id in conn.execute(
+            "SELECT r.run_id, r.batch_id FROM runs r LEFT JOIN uploads u ON "
+            "u.upload_id = r.batch_id AND u.project_id = r.project_id AND "
+            "u.party = 'requester' WHERE u.upload_id IS NULL"
         )
     ]
     problems += [

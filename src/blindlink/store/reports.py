@@ -114,13 +114,14 @@ class RunReport:
 def run_report(conn: sqlite3.Connection, project_id: str, run_id: str) -> RunReport | None:
     """One run's state, counts and audit entries; None if there is no such run."""
     row = conn.execute(
-        "SELECT state, threshold, message, approved, match_count, withheld_count, created_at, "
-        "finished_at, results_deleted FROM runs WHERE project_id=? AND run_id=?",
+        "SELECT batch_id, state, threshold, message, approved, match_count, withheld_count, "
+        "created_at, finished_at, results_deleted FROM runs WHERE project_id=? AND run_id=?",
         (project_id, run_id),
     ).fetchone()
     if row is None:
         return None
-    state, threshold, message, approved, matches, withheld, created, finished, deleted = row
+    batch_id, state, threshold, message, approved, matches, withheld, created, finished = row[:9]
+    deleted = row[9]
     fetched = [
         party
         for (party,) in conn.execute(
@@ -133,7 +134,7 @@ def run_report(conn: sqlite3.Connection, project_id: str, run_id: str) -> RunRep
             "SELECT seq, time, kind, party, details FROM audit_log WHERE project_id=? AND "
             "(json_extract(details, '$.run_id')=? OR json_extract(details, '$.upload_id')=?) "
             "ORDER BY seq",
-            (project_id, run_id, run_id),
+            (project_id, run_id, batch_id),
         )
     ]
     return RunReport(

@@ -49,8 +49,10 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 CREATE INDEX IF NOT EXISTS uploads_by_project ON uploads(project_id, party);
 CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,  -- the requester batch's upload_id
+    run_id TEXT PRIMARY KEY,
     project_id TEXT NOT NULL REFERENCES projects(project_id) ON DELETE CASCADE,
+    -- the requester batch's upload_id: never shown to the custodian, who sees the run
+    batch_id TEXT NOT NULL,
     state TEXT NOT NULL,
     threshold REAL NOT NULL,
     message TEXT NOT NULL DEFAULT '',
@@ -104,6 +106,7 @@ class UploadRecord:
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
+    batch_id: str
     project_id: str
     state: str
     threshold: float
@@ -118,15 +121,24 @@ class RunRecord:
 
 def _live_batch(
     db: sqlite3.Connection, project_id: str, content_sha256: bytes, threshold: float
-) -> str | None:
-    """The requester batch with this content and threshold whose run can still be released."""
+) -> tuple[str, str] | None:
+    """(upload, run) of the requester batch with this content and threshold whose run can
+    still be released."""
     row = db.execute(
-        "SELECT u.upload_id FROM uploads u JOIN runs r ON r.run_id = u.upload_id "
+        "SELECT u.upload_id, r.run_id FROM uploads u JOIN runs r ON r.batch_id = u.upload_id "
         "WHERE u.project_id=? AND u.party='requester' AND u.content_sha256=? "
         "AND u.file IS NOT NULL AND r.threshold=? AND r.state != ? AND r.results_deleted = 0",
         (project_id, content_sha256, threshold, FAILED),
     ).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
+
+
+def _add_batch_ids(db: sqlite3.Connection) -> None:
+    """Databases from before runs had IDs of their own: a run's ID was its batch's upload ID."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+    if columns and "batch_id" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN batch_id TEXT NOT NULL DEFAULT ''")
+        db.execute("UPDATE runs SET batch_id = run_id")
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        _add_batch_ids(self._db)
         self._db.executescript(SCHEMA + AUDIT_SCHEMA)
         self._remove_orphan_files()
 
@@ -177,16 +190,16 @@ class Store:
             self._db.execute("COMMIT")
 
     def _repeat(
-        self, db: sqlite3.Connection, project_id: str, upload_id: str, content_sha256: bytes
+        self,
+        db: sqlite3.Connection,
+        project_id: str,
+        upload_id: str,
+        run_id: str,
+        content_sha256: bytes,
     ) -> Commit:
-        receipt = self._audit(
-            db,
-            "upload_repeated",
-            project_id,
-            "requester",
-            {"upload_id": upload_id, "content_sha256": content_sha256.hex()},
-        )
-        return Commit(upload_id, upload_id, [], receipt)
+        details = {"upload_id": upload_id, "run_id": run_id, "content_sha256": content_sha256.hex()}
+        receipt = self._audit(db, "upload_repeated", project_id, "requester", details)
+        return Commit(upload_id, run_id, [], receipt)
 
     def _audit(
         self,
@@ -287,7 +300,7 @@ class Store:
                     repeated = _live_batch(db, project_id, content_sha256, threshold)
                     if repeated is not None:
                         path.unlink()
-                        return self._repeat(db, project_id, repeated, content_sha256)
+                        return self._repeat(db, project_id, *repeated, content_sha256)
                 check_limits(
                     db.execute(
                         "SELECT committed_at, count FROM uploads WHERE project_id=? AND party=?",
@@ -319,27 +332,22 @@ class Store:
                         time.time(),
                     ),
                 )
-                receipt = self._audit(
-                    db,
-                    "upload_committed",
-                    project_id,
-                    party,
-                    {
-                        "upload_id": upload_id,
-                        "count": count,
-                        "bit_length": bit_length,
-                        "content_sha256": content_sha256.hex(),
-                    },
-                )
+                details: dict[str, Any] = {
+                    "upload_id": upload_id,
+                    "count": count,
+                    "bit_length": bit_length,
+                    "content_sha256": content_sha256.hex(),
+                }
                 run_id, queued = "", []
                 if party == "requester":
-                    run_id = upload_id
+                    run_id = details["run_id"] = uuid.uuid4().hex
                     db.execute(
-                        "INSERT INTO runs (run_id, project_id, state, threshold, "
-                        "created_at) VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO runs (run_id, project_id, batch_id, state, threshold, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?)",
                         (
                             run_id,
                             project_id,
+                            upload_id,
                             QUEUED if custodian_uploaded else WAITING,
                             threshold,
                             time.time(),
@@ -359,6 +367,7 @@ class Store:
                         "UPDATE runs SET state=? WHERE project_id=? AND state=?",
                         (QUEUED, project_id, WAITING),
                     )
+                receipt = self._audit(db, "upload_committed", project_id, party, details)
         except BaseException:
             path.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
@@ -430,8 +439,9 @@ class Store:
 
     def runs(self, project_id: str) -> list[RunRecord]:
         rows = self._read(
-            "SELECT run_id, state, threshold, message, approved, match_count, withheld_count, "
-            "finished_at, results_deleted, (SELECT group_concat(party) FROM releases r "
+            "SELECT run_id, batch_id, state, threshold, message, approved, match_count, "
+            "withheld_count, finished_at, results_deleted, (SELECT group_concat(party) FROM "
+            "releases r "
             "WHERE r.run_id = runs.run_id) FROM runs WHERE project_id=? ORDER BY created_at",
             (project_id,),
         )
@@ -557,9 +567,11 @@ class Store:
 
 
 def _run_record(project_id: str, row: tuple[Any, ...]) -> RunRecord:
-    run_id, state, threshold, message, approved, matches, withheld, finished, deleted, fetched = row
+    run_id, batch_id, state, threshold, message, approved, matches, withheld, finished = row[:9]
+    deleted, fetched = row[9:]
     return RunRecord(
         run_id,
+        batch_id,
         project_id,
         state,
         threshold,
