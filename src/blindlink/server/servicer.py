@@ -410,7 +410,8 @@ def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
     if header.bit_length != agreement.record_bit_length:
         keys = agreement.blocking_keys
         parts = (
-            f" ({agreement.bit_length}-bit encoding, {len(keys.keys)} blocking keys)"
+            f" ({agreement.bit_length}-bit encoding, {len(keys.keys)} blocking keys; encode "
+            "with `blindlink encode --agreement`)"
             if keys
             else ""
         )
