@@ -34,21 +34,13 @@ from blindlink.attacks.block_frequency import attackable, block_frequency_attack
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
 from blindlink.benchmarking.results import write_result
 from blindlink.client.linkage_client import ClientTls, LinkageClient
+from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import pair_quality
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking, band_keys
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
-
-# Keys a people register can usually agree on: a typo, a move or a wrong date of birth breaks
-# one or two of them, rarely all four.
-BLOCKING_KEYS = [
-    [{"field": "given_name"}, {"field": "surname"}],
-    [{"field": "surname"}, {"field": "date_of_birth"}],
-    [{"field": "given_name"}, {"field": "date_of_birth"}],
-    [{"field": "street_address"}, {"field": "postcode"}],
-]
 
 
 def main() -> None:
@@ -94,7 +86,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     started = time.perf_counter()
     blocking: Blocking
     if args.method == "keys":
-        blocking = KeyBlocking.from_document(BLOCKING_KEYS)
+        blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
         data = encoded_pair(workdir, args.records, blocking=blocking)
     else:
         blocking = LshBlocking(args.bands, args.bits_per_band, seed=1)

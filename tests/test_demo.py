@@ -5,8 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_demo_json_summary(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize(
+    ("blocking", "compared"), [("auto", "all pairs"), ("keys", "blocking keys")]
+)
+def test_demo_json_summary(tmp_path: Path, blocking: str, compared: str) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -15,6 +20,8 @@ def test_demo_json_summary(tmp_path: Path) -> None:
             "demo",
             "--records",
             "3000",
+            "--blocking",
+            blocking,
             "--json",
             "--workdir",
             str(tmp_path),
@@ -26,6 +33,7 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["records_per_party"] == 3000
+    assert summary["blocking"] == compared
     assert summary["true_matches"] == 1500
     assert summary["precision"] >= 0.97
     assert summary["recall"] >= 0.88

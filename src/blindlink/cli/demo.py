@@ -25,6 +25,7 @@ from blindlink.agreement.model import PartyInfo, agreement_from_document, new_ag
 from blindlink.agreement.signing import SignedAgreement
 from blindlink.audit.export import read_export
 from blindlink.client.linkage_client import ClientTls, LinkageClient
+from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import BlindlinkError
@@ -35,6 +36,9 @@ from blindlink.synthetic import generate_datasets
 
 ROLES = ("requester", "custodian")
 SERVER_START_TIMEOUT_S = 30
+# From this many records per party, --blocking auto uses blocking keys: all pairs would take
+# minutes on a small machine.
+AUTO_KEYS_RECORDS = 200_000
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -63,7 +67,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         for role in ROLES:
             generate_signing_key(dirs[role])
         write_new_secret(work / "shared-secret.txt")
-        agreement_path = _write_agreement(work, pki, dirs)
+        blocking = _blocking(args)
+        agreement_path = _write_agreement(work, pki, dirs, blocking)
         for role in ROLES:  # in turn: each party adds its signature to the same document
             _parallel(
                 [
@@ -112,11 +117,16 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                         str(dirs[r] / "enc.bin"),
                         "--id-map",
                         str(dirs[r] / "idmap.json"),
+                        "--agreement",
+                        str(agreement_path),
                     )
                     for r in ROLES
                 ]
             )
-        say("both parties encoded their records locally")
+        say(
+            "both parties encoded their records locally"
+            + (", with blocking keys" if blocking else "")
+        )
         with _stage(seconds, "upload"):
             _parallel(
                 [
@@ -171,6 +181,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     seconds["total"] = round(time.perf_counter() - started, 3)
     summary = _summary(args, work, files.truth, files.true_matches, project_id, seconds)
     summary["audit_entries_verified"] = audit_entries
+    summary["blocking"] = "blocking keys" if blocking else "all pairs"
     if args.json:
         print(json.dumps(summary))
     else:
@@ -178,7 +189,17 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
-def _write_agreement(work: Path, pki: PkiFiles, dirs: dict[str, Path]) -> Path:
+def _blocking(args: argparse.Namespace) -> dict[str, object] | None:
+    """The agreement's blocking: keyed blocking keys with --blocking keys, or with auto for
+    files too large to compare all pairs of quickly."""
+    if args.blocking == "keys" or (args.blocking == "auto" and args.records >= AUTO_KEYS_RECORDS):
+        return {"method": "keys", "keys": DEFAULT_SCHEMA_KEYS}
+    return None
+
+
+def _write_agreement(
+    work: Path, pki: PkiFiles, dirs: dict[str, Path], blocking: dict[str, object] | None
+) -> Path:
     schema = load_schema(default_schema_path())
     parties = {
         role: PartyInfo(
@@ -195,6 +216,7 @@ def _write_agreement(work: Path, pki: PkiFiles, dirs: dict[str, Path]) -> Path:
         schema_sha256=schema.sha256,
         bit_length=schema.bit_length,
         threshold=0.8,
+        blocking=blocking,
         requester_release="own_rows",
         custodian_release="count",
     )
@@ -346,6 +368,7 @@ def _print_summary(summary: dict[str, object]) -> None:
     print(f"agreement hash (project)   {summary['agreement_sha256']}")
     print(f"records per party          {summary['records_per_party']}")
     print(f"true shared people         {summary['true_matches']}")
+    print(f"compared                   {summary['blocking']}")
     print(f"released to requester      {summary['released_requester']} matched IDs")
     print(f"released to custodian      {summary['released_custodian']} (count only)")
     print(

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=10_000, help="records per party")
     demo.add_argument("--overlap", type=float, default=0.5, help="fraction of shared people")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument(
+        "--blocking",
+        choices=("auto", "none", "keys"),
+        default="auto",
+        help="compare all pairs, or records sharing a keyed blocking key (auto: keys from "
+        "200,000 records per party)",
+    )
     demo.add_argument("--workdir", type=Path, help="keep all files here (default: temporary)")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.set_defaults(run=_lazy("blindlink.cli.demo", "demo"))

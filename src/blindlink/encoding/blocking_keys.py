@@ -26,6 +26,15 @@ from blindlink.matching.blocking import KeyBlocking
 
 _SEPARATOR = "\x1f"  # unit separator: cannot occur in a normalised value
 
+# Blocking keys for the shipped default schema's fields (people registers): a typo, a move or a
+# wrong date of birth breaks one or two of them, rarely all four.
+DEFAULT_SCHEMA_KEYS: list[list[dict[str, str]]] = [
+    [{"field": "given_name"}, {"field": "surname"}],
+    [{"field": "surname"}, {"field": "date_of_birth"}],
+    [{"field": "given_name"}, {"field": "date_of_birth"}],
+    [{"field": "street_address"}, {"field": "postcode"}],
+]
+
 
 class _Part:
     """One field of a key: its column, prefix length and remembered normalised values."""
