@@ -252,5 +252,8 @@ def test_hardened_linkage_through_the_cli(cli: Cli, tmp_path: Path) -> None:
     parties = party_args(tmp_path, cli.identities)
     assert main(["agreement", "new", "--reference", "x", *parties, *bad]) == 2
     assert "fold" in cli.capsys.readouterr().err
-    _, printed = cli.link(agreement, files)
+    project, printed = cli.link(agreement, files)
     assert all("(512 bits)" in out for out in printed.values())
+    # Uploading the same batch again (say, after a lost reply) points at the run it started.
+    again = cli.party("requester", "upload", "--project", project, str(tmp_path / "requester.bin"))
+    assert "uploaded before" in again and "nothing new was stored" in again
