@@ -8,16 +8,19 @@ pair list so that pair-level precision and recall can be scored against the trut
 completeness (the share of true pairs that share a blocking key or band, i.e. were compared at
 all) is computed from the same keys or band positions. Peak memory is the machine's used memory
 (MemTotal - MemAvailable) above its level before the server started, sampled every 0.5 s.
-Prints and writes benchmarks/results/blocking.json (or blocking-lsh.json).
+Prints and writes benchmarks/results/blocking.json (blocking-lsh.json with LSH, and
+-hardened with hardening).
 
     python benchmarks/blocking.py [--records 1000000] [--method keys]
     python benchmarks/blocking.py --method lsh [--bands 300] [--bits-per-band 22]
+    python benchmarks/blocking.py --hardening '[{"kind": "diffusion", "t": 3}]' --threshold 0.6
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,7 @@ from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import pair_quality
+from blindlink.hardening.steps import output_bit_length
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking, band_keys
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
@@ -50,6 +54,12 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=300)
     parser.add_argument("--bits-per-band", type=int, default=22)
     parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument(
+        "--hardening",
+        default="[]",
+        help='hardening steps as JSON, e.g. \'[{"kind": "diffusion", "t": 3}]\' with '
+        "--threshold 0.6 (default: none)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep generated data here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,13 +94,14 @@ class MemorySampler:
 
 def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     started = time.perf_counter()
+    hardening = args.hardening_steps = json.loads(args.hardening)
     blocking: Blocking
     if args.method == "keys":
         blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
-        data = encoded_pair(workdir, args.records, blocking=blocking)
+        data = encoded_pair(workdir, args.records, blocking=blocking, hardening=hardening)
     else:
         blocking = LshBlocking(args.bands, args.bits_per_band, seed=1)
-        data = encoded_pair(workdir, args.records)
+        data = encoded_pair(workdir, args.records, hardening=hardening)
     prepare_seconds = time.perf_counter() - started
     print(f"data ready: {args.records} records per party ({prepare_seconds:.0f} s)", flush=True)
     completeness = pair_completeness(data, blocking)
@@ -135,7 +146,8 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     result = {
         "method": (
             f"{args.records} x {args.records} generated identities (overlap 0.5, "
-            f"default corruption), default schema; {describe(blocking)}, threshold "
+            f"default corruption), default schema, hardening {json.dumps(hardening)}; "
+            f"{describe(blocking)}, threshold "
             f"{args.threshold}; one run of upload -> match -> release against a "
             "`blindlink serve` process with mutual TLS on this machine; precision and "
             "recall of the custodian's released pair list against the truth; peak "
@@ -157,7 +169,10 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     }
     if privacy:
         result["privacy"] = privacy
-    path = write_result("blocking" if args.method == "keys" else "blocking-lsh", result)
+    name = (
+        "blocking" + ("-lsh" if args.method == "lsh" else "") + ("-hardened" if hardening else "")
+    )
+    path = write_result(name, result)
     print(f"end to end (upload to release): {result['end_to_end_seconds']:.0f} s  {stages}")
     print(
         f"pair completeness {completeness:.4f}, precision {quality.precision:.4f}, "
@@ -254,7 +269,8 @@ def link(
         requester=parties["requester"],
         custodian=parties["custodian"],
         schema_sha256=schema.sha256,
-        bit_length=schema.bit_length,
+        bit_length=output_bit_length(schema.bit_length, args.hardening_steps),
+        hardening=args.hardening_steps,
         threshold=args.threshold,
         blocking=blocking_section(blocking),
         custodian_release="pairs",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from blindlink.encoding.encodings_file import read_payload
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import read_truth
+from blindlink.hardening.steps import output_bit_length
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.synthetic import generate_datasets
 
@@ -40,15 +42,19 @@ def encoded_pair(
     overlap: float = 0.5,
     seed: int = 1,
     blocking: KeyBlocking | None = None,
+    hardening: list[dict[str, Any]] | None = None,
 ) -> EncodedPair:
     """Generate and encode `records` per party under `workdir` unless already there; with
-    `blocking`, each uploaded record carries those blocking keys."""
+    `hardening`, hardened by those steps; with `blocking`, each uploaded record carries those
+    blocking keys."""
     name = f"encoded-{records}-{overlap}-{seed}"
     if blocking is not None:
         name += "-keys-" + hashlib.sha256(canonical_json(blocking.document())).hexdigest()[:12]
+    if hardening:
+        name += "-hardened-" + hashlib.sha256(canonical_json(hardening)).hexdigest()[:12]
     directory = workdir / name
     schema = load_schema(default_schema_path())
-    width = schema.bit_length // 8
+    width = output_bit_length(schema.bit_length, hardening or []) // 8
     if not (directory / "custodian.bin").exists():
         files = generate_datasets(directory, records, overlap, seed)
         for role, csv_path in (("requester", files.requester), ("custodian", files.custodian)):
@@ -58,6 +64,7 @@ def encoded_pair(
                 BENCHMARK_SECRET,
                 directory / f"{role}.bin",
                 directory / f"{role}.ids.json",
+                hardening=hardening,
                 blocking=blocking,
             )
     arrays = {}
