@@ -12,6 +12,7 @@ import hashlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from bitarray import bitarray
@@ -174,12 +175,23 @@ def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
     )
 
 
-@dataclass(frozen=True)
 class _BandData:
-    """Per-worker forms of the encodings for blocking: transposed columns and popcounts."""
+    """Per-worker forms of the encodings for blocking, each made once: popcounts, and for LSH
+    the encodings transposed so that a band's bits are read contiguously."""
 
-    columns: tuple[np.ndarray, np.ndarray]
-    popcounts: tuple[np.ndarray, np.ndarray]
+    def __init__(self, shared: SharedEncodings) -> None:
+        self.shared = shared
+
+    @cached_property
+    def popcounts(self) -> tuple[np.ndarray, np.ndarray]:
+        return popcounts(self.shared.requester), popcounts(self.shared.custodian)
+
+    @cached_property
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.ascontiguousarray(self.shared.requester.T),
+            np.ascontiguousarray(self.shared.custodian.T),
+        )
 
 
 _band_cache: dict[str, _BandData] = {}
@@ -188,10 +200,7 @@ _band_cache: dict[str, _BandData] = {}
 def _band_data(shared: SharedEncodings) -> _BandData:
     if shared.key not in _band_cache:
         _band_cache.clear()
-        _band_cache[shared.key] = _BandData(
-            (np.ascontiguousarray(shared.requester.T), np.ascontiguousarray(shared.custodian.T)),
-            (popcounts(shared.requester), popcounts(shared.custodian)),
-        )
+        _band_cache[shared.key] = _BandData(shared)
     return _band_cache[shared.key]
 
 
