@@ -203,7 +203,8 @@ def test_key_blocking_through_the_cli(cli: Cli, tmp_path: Path) -> None:
     blocking = json.dumps({"method": "keys", "keys": THREE_KEYS})
     agreement = cli.signed_agreement("keyed", "--hardening", "[]", "--blocking", blocking)
     project, printed = cli.link(agreement, files)
-    assert all(f"({1024 + 3 * 64} bits)" in out for out in printed.values())
+    expected = f"({1024 + 3 * 64} bits: a 1024-bit encoding and 3 blocking keys)"
+    assert all(expected in out for out in printed.values())
     released = tmp_path / "released.csv"
     ids = str(tmp_path / "requester.json")
     cli.party("requester", "results", "--project", project, "--id-map", ids, "--out", str(released))

@@ -109,10 +109,12 @@ def encode(args: argparse.Namespace) -> int:
             agreement.hardening if agreement else [],
             agreement.blocking_keys if agreement else None,
         )
-    print(
-        f"encoded {result.header.count} records ({result.header.bit_length} bits) to "
-        f"{result.encodings_path}"
-    )
+    keys = agreement.blocking_keys if agreement else None
+    bits = f"{result.header.bit_length} bits"
+    if keys:
+        encoding_bits = result.header.bit_length - 64 * len(keys.keys)
+        bits += f": a {encoding_bits}-bit encoding and {len(keys.keys)} blocking keys"
+    print(f"encoded {result.header.count} records ({bits}) to {result.encodings_path}")
     print(f"local ID map (keep it; never upload it): {result.id_map_path}")
     return 0
 
