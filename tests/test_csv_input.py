@@ -14,6 +14,7 @@ from blindlink.encoding.encodings_file import read_header, read_payload
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import InputError
+from blindlink.hardening import encode_with_steps
 
 # The `schema` fixture (tests/conftest.py) is the shipped default schema.
 SECRET = b"a shared secret for the csv input tests"
@@ -59,11 +60,13 @@ def output_paths(tmp_path: Path) -> tuple[Path, Path]:
     return folder / "people.enc", folder / "people.idmap.json"
 
 
-def rejected(tmp_path: Path, path: Path, schema: LinkageSchema) -> InputError:
+def rejected(
+    tmp_path: Path, path: Path, schema: LinkageSchema, hardening: list | None = None
+) -> InputError:
     """encode_csv refuses `path`, writing nothing."""
     out, id_map = output_paths(tmp_path)
     with pytest.raises(InputError) as encoded:
-        encode_csv(path, schema, SECRET, out, id_map, workers=1)
+        encode_csv(path, schema, SECRET, out, id_map, workers=1, hardening=hardening)
     assert sorted(p.name for p in out.parent.iterdir()) == [], "encode_csv wrote output"
     return encoded.value
 
@@ -467,3 +470,33 @@ def test_pool_reports_the_first_problem_in_file_order(
         encode_csv(path, schema, SECRET, out, id_map, workers=2)
     assert_where(info.value, path, line=122, column=4, field="date_of_birth")
     assert sorted(p.name for p in out.parent.iterdir()) == [], "encode_csv wrote output"
+
+
+# --- with the agreement's hardening --------------------------------------------------------------
+
+SALT = [{"kind": "salt", "field": "date_of_birth", "part": "year"}]
+
+
+@pytest.mark.parametrize(
+    "steps", [SALT, [{"kind": "diffusion", "t": 3}]], ids=["salt", "diffusion"]
+)
+def test_hardened_encoding_checks_values_and_encodes_as_the_steps_say(
+    tmp_path: Path, schema: LinkageSchema, steps: list
+) -> None:
+    path = write_input(tmp_path, many_rows_content(120))
+    out, id_map_path = output_paths(tmp_path)
+    encode_csv(path, schema, SECRET, out, id_map_path, workers=1, hardening=steps)
+    rows = csv_rows(path)
+    expected = dict(
+        zip(
+            [r[0] for r in rows],
+            [r.tobytes() for r in encode_with_steps(rows, schema, SECRET, steps)],
+            strict=True,
+        )
+    )
+    assert records(read_payload(out)[1], 128) == [expected[i] for i in read_id_map(id_map_path).ids]
+
+    bad = many_rows_content(120).replace("1951-02-02", "1951-02-30")
+    (tmp_path / "bad").mkdir()
+    err = rejected(tmp_path / "bad", write_input(tmp_path, bad, "bad.csv"), schema, steps)
+    assert_where(err, tmp_path / "input" / "bad.csv", line=3, column=4, field="date_of_birth")

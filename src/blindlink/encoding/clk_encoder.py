@@ -122,6 +122,18 @@ class ClkEncoder:
             out += clk.to_bytes(width, "big")
         return bytes(out)
 
+    def check(self, rows: Sequence[Sequence[str]]) -> ValueProblem | None:
+        """The first value the schema refuses, without encoding."""
+        for index, row in enumerate(rows):
+            for value, field in zip(row, self.fields, strict=True):
+                if value in field.cache:
+                    continue  # encoded before, so valid
+                try:
+                    field.spec.validate(value)
+                except InvalidEntryError as exc:
+                    return _problem(index, row, self.fields, exc)
+        return None
+
 
 def _problem(
     index: int, row: Sequence[str], fields: list[_FieldHasher], exc: InvalidEntryError

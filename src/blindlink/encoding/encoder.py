@@ -65,17 +65,22 @@ class _ChunkEncoder:
         self.blocking = BlockingKeyMaker(blocking, self.schema, secret) if blocking else None
 
     def encode(self, rows: Sequence[Sequence[str]]) -> bytes | ValueProblem:
-        encoded = self.clks.encode(rows)  # checks every value
-        if isinstance(encoded, ValueProblem):
-            return encoded
-        if not self.hardening and self.blocking is None:
-            return encoded
-        clks = np.frombuffer(encoded, dtype=np.uint8).reshape(len(rows), -1)
         if self.hardening and self.hardening[0]["kind"] == "salt":
-            # Salting keys each record by its salt: encode again, one group per salt.
+            # Salting keys each record by its salt: check the values, then encode one group
+            # per salt.
+            problem = self.clks.check(rows)
+            if problem is not None:
+                return problem
             clks = encode_with_steps(rows, self.schema, self.secret, self.hardening)
-        elif self.hardening:
-            clks = apply_steps(clks, self.hardening, self.secret)
+        else:
+            encoded = self.clks.encode(rows)  # checks every value
+            if isinstance(encoded, ValueProblem):
+                return encoded
+            if not self.hardening and self.blocking is None:
+                return encoded
+            clks = np.frombuffer(encoded, dtype=np.uint8).reshape(len(rows), -1)
+            if self.hardening:
+                clks = apply_steps(clks, self.hardening, self.secret)
         if self.blocking is None:
             return clks.tobytes()
         keys = self.blocking.make(rows).astype("<u8").view(np.uint8)
