@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from blindlink.hardening.steps import (
 from blindlink.matching.blocking import KeyBlocking
 
 CHUNK_ROWS = 4000
+SHUFFLE_ROWS = 65_536
 # Below this many records a process pool costs more than it saves.
 POOL_MIN_RECORDS = 20_000
 
@@ -213,13 +215,27 @@ def encode_csv(
     bit_length += 64 * len(blocking.keys) if blocking else 0
     workers = workers or os.cpu_count() or 1
     if workers > 1 and expected_records(job.path) >= POOL_MIN_RECORDS:
-        parts = list(_encode_parallel(job, workers, progress))
+        parts = _encode_parallel(job, workers, progress)
     else:
-        parts = list(_encode_serial(job, progress))
-    ids = job.ids
-    encodings = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(ids), -1)
-    order = np.random.default_rng(secrets.randbits(128)).permutation(len(ids))
+        parts = _encode_serial(job, progress)
     origin = encodings_id(schema.sha256, job.hardening, blocking.document() if blocking else None)
-    header = write_encodings(out, bit_length, origin, [encodings[order].tobytes()])
+    # Records are spooled to a temporary file next to the output in file order, then written
+    # out shuffled: memory stays flat however large the file.
+    with tempfile.TemporaryFile(dir=Path(out).parent) as spool:
+        for part in parts:
+            spool.write(part)
+        spool.flush()
+        order = np.random.default_rng(secrets.randbits(128)).permutation(len(job.ids))
+        header = write_encodings(out, bit_length, origin, _shuffled(spool, bit_length, order))
+    ids = job.ids
     write_id_map(id_map_out, IdMap(header.content_sha256.hex(), [ids[i] for i in order]))
     return EncodeResult(header, Path(out), Path(id_map_out))
+
+
+def _shuffled(spool: IO[bytes], bit_length: int, order: np.ndarray) -> Iterator[bytes]:
+    """The spooled records in `order`, a slice at a time."""
+    if not len(order):
+        return
+    records = np.memmap(spool, dtype=np.uint8, mode="r", shape=(len(order), bit_length // 8))
+    for start in range(0, len(order), SHUFFLE_ROWS):
+        yield records[order[start : start + SHUFFLE_ROWS]].tobytes()
