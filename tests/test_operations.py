@@ -5,6 +5,7 @@ hold no identity data, secret or encoding; and the `blindlink admin` commands.""
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import logging
@@ -13,8 +14,10 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +44,7 @@ from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import HEADER_SIZE, read_payload, write_encodings
 from blindlink.encoding.schema import LinkageSchema
+from blindlink.errors import BlindlinkError
 from blindlink.security.keys import generate_signing_key
 from blindlink.security.tls import channel_credentials
 from blindlink.server import app
@@ -747,3 +751,36 @@ def test_watchers_beyond_half_the_call_threads_poll_instead(
             assert list(requester.watch(project, run_id))[-1].state == pb.RUN_STATE_DONE
     finally:
         server.stop(grace=1)
+
+
+def test_metrics_over_tls_answer_only_clients_with_a_certificate_from_the_client_ca(
+    tmp_path: Path, identities: Identities
+) -> None:
+    pki = identities.pki
+    server = start_server(
+        tmp_path / "data",
+        "127.0.0.1:0",
+        ServerTls(pki.server_cert, pki.server_key, pki.ca_cert),
+        metrics_listen="127.0.0.1:0",
+        metrics_tls=True,
+    )
+    try:
+        url = f"https://localhost:{server.metrics_port}/metrics"
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(pki.party_certs["requester"], pki.party_keys["requester"])
+        text = urllib.request.urlopen(url, context=context, timeout=10).read().decode()
+        assert "blindlink_runs_queued" in text
+        anonymous = ssl.create_default_context(cafile=str(pki.ca_cert))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url, context=anonymous, timeout=10).read()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10).read()
+    finally:
+        server.stop(grace=1)
+
+
+def test_metrics_over_tls_need_the_servers_tls_files(tmp_path: Path) -> None:
+    with pytest.raises(BlindlinkError, match="metrics over TLS"):
+        start_server(
+            tmp_path / "data", "127.0.0.1:0", None, metrics_listen="127.0.0.1:0", metrics_tls=True
+        )

@@ -36,6 +36,7 @@ def serve(args: argparse.Namespace) -> int:
         _matching(config),
         streams=StreamLimits(config.stream_idle_timeout, config.stream_max_duration),
         metrics_listen=config.metrics_listen,
+        metrics_tls=config.metrics_tls,
     )
     print(f"audit log signing key: {running.public_key}", flush=True)
     if running.metrics_port is not None:

@@ -139,9 +139,11 @@ def start_server(
     *,
     streams: StreamLimits | None = None,
     metrics_listen: str | None = None,
+    metrics_tls: bool = False,
 ) -> RunningServer:
     """Serve on `listen` (HOST:PORT): bind, then open the store, resume unfinished runs and
-    report SERVING. Metrics are served over HTTP on `metrics_listen` if given.
+    report SERVING. Metrics are served over HTTP on `metrics_listen` if given, over HTTPS to
+    clients with a certificate from the client CA with `metrics_tls`.
 
     Without `tls` the server trusts the party role callers claim, so it refuses to listen
     anywhere but on loopback."""
@@ -185,7 +187,12 @@ def start_server(
     server.start()
     endpoint = None
     try:
-        endpoint = MetricsEndpoint(metrics, metrics_listen) if metrics_listen else None
+        if metrics_tls and tls is None:
+            raise BlindlinkError("metrics over TLS need the server's TLS certificate and key")
+        metrics_files = tls if metrics_tls else None
+        endpoint = (
+            MetricsEndpoint(metrics, metrics_listen, metrics_files) if metrics_listen else None
+        )
         log.info("listening on port %d (%s); starting", port, "TLS" if tls else "plaintext")
         running = _open(data_dir, server, port, health_servicer, purge_interval, matching)
     except BaseException:

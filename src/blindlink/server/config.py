@@ -69,6 +69,9 @@ class ServerConfig:
     metrics_listen: str | None = _setting(
         None, "HOST:PORT for Prometheus metrics over HTTP (default: off)"
     )
+    metrics_tls: bool = _setting(
+        False, "serve metrics over HTTPS, to clients with a certificate from the client CA"
+    )
     rpc_workers: int = _setting(
         32, "threads handling calls; every open upload or watch holds one, half at most watch"
     )
@@ -294,4 +297,6 @@ def _check_tls(config: ServerConfig) -> None:
     if given and len(given) < len(files):
         missing = ", ".join(sorted(set(files) - set(given)))
         raise ConfigError(f"{', '.join(given)} given without {missing}")
+    if config.metrics_tls and config.insecure:
+        raise ConfigError("metrics_tls needs the server's TLS files; insecure has none")
     config.server_tls()

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from blindlink.server.config import host_and_port
+from blindlink.server.config import ServerTls, host_and_port
 from blindlink.server.runs import RunQueue
 from blindlink.store.sqlite import RUN_STATES, Store
 
@@ -87,13 +87,23 @@ class _RunCollector(Collector):
 
 
 class MetricsEndpoint:
-    """An HTTP server answering GET /metrics from `metrics` on `address` (HOST:PORT)."""
+    """An HTTP server answering GET /metrics from `metrics` on `address` (HOST:PORT); with
+    `tls`, HTTPS with the server's certificate, answering only clients whose certificate the
+    client CA signed."""
 
-    def __init__(self, metrics: ServerMetrics, address: str) -> None:
+    def __init__(self, metrics: ServerMetrics, address: str, tls: ServerTls | None = None) -> None:
         host, port = host_and_port(address, "metrics_listen")
         self._httpd: WSGIServer
         self._thread: threading.Thread
-        self._httpd, self._thread = start_http_server(port, host, metrics.registry)
+        files = {}
+        if tls is not None:
+            files = {
+                "certfile": str(tls.cert),
+                "keyfile": str(tls.key),
+                "client_cafile": str(tls.client_ca),
+                "client_auth_required": True,
+            }
+        self._httpd, self._thread = start_http_server(port, host, metrics.registry, **files)
         self.port = self._httpd.server_port
 
     def stop(self) -> None:
