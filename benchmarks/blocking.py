@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,20 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement, sign_as
 from blindlink.attacks.block_frequency import attackable, block_frequency_attack
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
+from blindlink.benchmarking.parties import ROLES, Parties
 from blindlink.benchmarking.results import write_result
-from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import pair_quality
 from blindlink.hardening.steps import output_bit_length
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking, band_keys
-from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
-from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
+from blindlink.server.local_process import local_server
 
 
 def main() -> None:
@@ -107,36 +102,12 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     completeness = pair_completeness(data, blocking)
     print(f"pair completeness of the blocking: {completeness:.4f}", flush=True)
 
-    pki = init_pki(scratch / "pki")
+    parties = Parties.create(scratch)
     memory = MemorySampler()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "blindlink",
-            "serve",
-            "--data-dir",
-            str(scratch / "server"),
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(scratch / "port"),
-            "--tls-dir",
-            str(scratch / "pki"),
-        ],
-        stdout=open(scratch / "server.log", "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        while not (scratch / "port").exists():
-            time.sleep(0.05)
-        address = f"127.0.0.1:{(scratch / 'port').read_text().strip()}"
-        stages, pairs = link(address, pki, scratch, data, args, blocking)
-    finally:
-        server.terminate()
-        server.wait()
+    with local_server(scratch / "server", parties.tls_dir) as server:
+        stages, pairs = link(server.address, parties, data, args, blocking)
     peak_gib = memory.stop()
-    log = (scratch / "server.log").read_text()
+    log = server.log.read_text()
     run_line = next((line for line in log.splitlines() if " done on " in line), "")
     truth = set(
         zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
@@ -247,28 +218,15 @@ def pair_completeness(data: EncodedPair, blocking: Blocking) -> float:
 
 def link(
     address: str,
-    pki: PkiFiles,
-    scratch: Path,
+    parties: Parties,
     data: EncodedPair,
     args: argparse.Namespace,
     blocking: Blocking,
 ) -> tuple[dict[str, float], set[tuple[int, int]]]:
     schema = load_schema(default_schema_path())
-    keys = {
-        r: load_private_key(generate_signing_key(scratch / r)[0])
-        for r in ("requester", "custodian")
-    }
-    parties = {
-        r: PartyInfo(
-            r, public_key_text(keys[r]), certificate_fingerprint(pki.party_certs[r].read_bytes())
-        )
-        for r in keys
-    }
-    document = new_agreement_document(
-        reference="blocking benchmark",
-        requester=parties["requester"],
-        custodian=parties["custodian"],
-        schema_sha256=schema.sha256,
+    agreement = parties.agreement(
+        "blocking benchmark",
+        schema,
         bit_length=output_bit_length(schema.bit_length, args.hardening_steps),
         hardening=args.hardening_steps,
         threshold=args.threshold,
@@ -276,16 +234,10 @@ def link(
         custodian_release="pairs",
         max_records_per_upload=args.records,
     )
-    signed = SignedAgreement(agreement_from_document(document), {})
-    for role, key in keys.items():
-        signed = sign_as(signed, role, key)
-    clients = {
-        r: LinkageClient(address, r, ClientTls(pki.ca_cert, pki.party_certs[r], pki.party_keys[r]))
-        for r in keys
-    }
+    clients = {role: parties.client(address, role) for role in ROLES}
     stages: dict[str, float] = {}
     try:
-        project = clients["requester"].create_project(signed.to_bytes()).project_id
+        project = clients["requester"].create_project(agreement).project_id
         clock = time.perf_counter()
         clients["custodian"].upload(project, data.directory / "custodian.bin")
         run_id = clients["requester"].upload(project, data.directory / "requester.bin").run_id

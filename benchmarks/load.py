@@ -21,7 +21,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,22 +31,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindlink._generated import linkage_pb2 as pb
-from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.benchmarking.parties import ROLES, Parties
 from blindlink.benchmarking.results import write_result
-from blindlink.client.linkage_client import ClientTls, LinkageClient, ServerError
+from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
-from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
-from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
+from blindlink.server.local_process import local_server
 
-ROLES = ("requester", "custodian")
 SHARED_FRACTION = 0.1
 POLL_INTERVAL_S = 1.0
-START_TIMEOUT_S = 60.0
 T = TypeVar("T")
 
 
@@ -93,8 +87,7 @@ class Project:
 
 def run(args: argparse.Namespace, work: Path) -> None:
     schema = load_schema(default_schema_path())
-    pki = init_pki(work / "pki")
-    keys = {role: load_private_key(generate_signing_key(work / role)[0]) for role in ROLES}
+    parties = Parties.create(work)
     files = _encodings(work, args.records, schema)
     megabytes = 2 * args.projects * args.records * schema.bit_length / 8 / 1e6
     print(
@@ -103,37 +96,43 @@ def run(args: argparse.Namespace, work: Path) -> None:
         flush=True,
     )
     load_before = os.getloadavg()[0]
-    server, address = _start_server(work, args.rpc_workers)
-    peaks = _PeakMemory(server.pid)
-    peaks.start()
-    calls = Calls()
-    projects = [Project(i) for i in range(args.projects)]
-    started = time.monotonic()
-    deadline = started + args.max_seconds
-    threads = [
-        threading.Thread(
-            target=_project_flow,
-            args=(project, address, pki, keys, schema, files, calls, deadline),
-            daemon=True,
-        )
-        for project in projects
-    ]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    finally:
-        wall = time.monotonic() - started
-        peaks.stop()
-        server.send_signal(signal.SIGTERM)
+    workers = ("--rpc-workers", str(args.rpc_workers))
+    with local_server(work / "server", parties.tls_dir, *workers) as server:
+        peaks = _PeakMemory(server.process.pid)
+        peaks.start()
+        calls = Calls()
+        projects = [Project(i) for i in range(args.projects)]
+        started = time.monotonic()
+        deadline = started + args.max_seconds
+        threads = [
+            threading.Thread(
+                target=_project_flow,
+                args=(project, server.address, parties, schema, files, calls, deadline),
+                daemon=True,
+            )
+            for project in projects
+        ]
         try:
-            exit_status = server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            exit_status = server.wait()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            wall = time.monotonic() - started
+            peaks.stop()
+            exit_status = _stop(server.process)
     loads = (load_before, os.getloadavg()[0])
     _report(args, schema, projects, calls, peaks, wall, megabytes, exit_status, loads)
+
+
+def _stop(server: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, as an operator stops the server; its exit status (killed after 60 s)."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        return server.wait(60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.wait()
 
 
 def _encodings(work: Path, records: int, schema: LinkageSchema) -> dict[str, Path]:
@@ -155,48 +154,19 @@ def _encodings(work: Path, records: int, schema: LinkageSchema) -> dict[str, Pat
     return files
 
 
-def _start_server(work: Path, rpc_workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    config = work / "server.toml"
-    config.write_text(
-        f'data_dir = "{work / "server"}"\nlisten = "127.0.0.1:0"\n'
-        f'port_file = "{work / "port"}"\ntls_dir = "{work / "pki"}"\n'
-        f"rpc_workers = {rpc_workers}\n"
-    )
-    log = open(work / "server.log", "wb")  # noqa: SIM115 - the server process holds it
-    server = subprocess.Popen(
-        [sys.executable, "-m", "blindlink", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not (work / "port").exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the server did not start:\n{(work / 'server.log').read_text()}")
-        time.sleep(0.05)
-    return server, f"127.0.0.1:{(work / 'port').read_text().strip()}"
-
-
 def _project_flow(
     project: Project,
     address: str,
-    pki: PkiFiles,
-    keys: dict[str, Ed25519PrivateKey],
+    parties: Parties,
     schema: LinkageSchema,
     files: dict[str, Path],
     calls: Calls,
     deadline: float,
 ) -> None:
     """Create the project, upload both sides at once, poll until done, fetch both releases."""
-    clients = {
-        role: LinkageClient(
-            address,
-            role,
-            ClientTls(pki.ca_cert, pki.party_certs[role], pki.party_keys[role]),
-        )
-        for role in ROLES
-    }
+    clients = {role: parties.client(address, role) for role in ROLES}
     try:
-        agreement = _agreement(project.number, pki, keys, schema)
+        agreement = parties.agreement(f"load benchmark {project.number}", schema)
         project_id = calls.timed(
             "CreateProject", lambda: clients["requester"].create_project(agreement)
         ).project_id
@@ -265,30 +235,6 @@ def _fetch_release(
             project.error = f"run failed: {run.message}"
             return
         time.sleep(POLL_INTERVAL_S)
-
-
-def _agreement(
-    number: int, pki: PkiFiles, keys: dict[str, Ed25519PrivateKey], schema: LinkageSchema
-) -> bytes:
-    parties = {
-        role: PartyInfo(
-            role,
-            public_key_text(keys[role]),
-            certificate_fingerprint(pki.party_certs[role].read_bytes()),
-        )
-        for role in ROLES
-    }
-    document = new_agreement_document(
-        reference=f"load benchmark {number}",
-        requester=parties["requester"],
-        custodian=parties["custodian"],
-        schema_sha256=schema.sha256,
-        bit_length=schema.bit_length,
-    )
-    signed = SignedAgreement(agreement_from_document(document), {})
-    for role in ROLES:
-        signed = sign_as(signed, role, keys[role])
-    return signed.to_bytes()
 
 
 class _PeakMemory:

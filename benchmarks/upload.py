@@ -12,22 +12,16 @@ Prints and writes benchmarks/results/upload.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.benchmarking.parties import Parties
 from blindlink.benchmarking.results import summary, timed, write_result
-from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import default_schema_path, load_schema
-from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
-from blindlink.security.pki import certificate_fingerprint, init_pki
+from blindlink.server.local_process import local_server
 
 
 def main() -> None:
@@ -41,64 +35,26 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> None:
     schema = load_schema(default_schema_path())
-    pki = init_pki(work / "pki")
-    keys = {}
-    for role in ("requester", "custodian"):
-        keys[role] = load_private_key(generate_signing_key(work / role)[0])
+    parties = Parties.create(work)
     rows = np.random.default_rng(0).integers(
         0, 256, (args.records, schema.bit_length // 8), dtype=np.uint8
     )
     encodings = work / "enc.bin"
     write_encodings(encodings, schema.bit_length, schema.sha256, [rows.tobytes()])
     megabytes = rows.nbytes / 1e6
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "blindlink",
-            "serve",
-            "--data-dir",
-            str(work / "server"),
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(work / "port"),
-            "--tls-dir",
-            str(work / "pki"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while not (work / "port").exists():
-            time.sleep(0.05)
-        address = f"127.0.0.1:{(work / 'port').read_text().strip()}"
-        tls = ClientTls(pki.ca_cert, pki.party_certs["custodian"], pki.party_keys["custodian"])
-        times = []
-        with LinkageClient(address, "custodian", tls) as client:
-            for i in range(args.runs):
-                signed = SignedAgreement(
-                    agreement_from_document(
-                        new_agreement_document(
-                            reference=f"upload benchmark {i}",
-                            requester=_party(pki.party_certs["requester"], keys["requester"]),
-                            custodian=_party(pki.party_certs["custodian"], keys["custodian"]),
-                            schema_sha256=schema.sha256,
-                            bit_length=schema.bit_length,
-                            max_records_per_upload=args.records,
-                        )
-                    ),
-                    {},
-                )
-                for role in keys:
-                    signed = sign_as(signed, role, keys[role])
-                project = client.create_project(signed.to_bytes()).project_id
-                seconds, _ = timed(lambda p=project: client.upload(p, encodings))
-                times.append(seconds)
-                print(f"run {i + 1}/{args.runs}: {megabytes / seconds:.0f} MB/s", flush=True)
-    finally:
-        server.terminate()
-        server.wait()
+    times = []
+    with (
+        local_server(work / "server", parties.tls_dir) as server,
+        parties.client(server.address, "custodian") as client,
+    ):
+        for i in range(args.runs):
+            agreement = parties.agreement(
+                f"upload benchmark {i}", schema, max_records_per_upload=args.records
+            )
+            project = client.create_project(agreement).project_id
+            seconds, _ = timed(lambda p=project: client.upload(p, encodings))
+            times.append(seconds)
+            print(f"run {i + 1}/{args.runs}: {megabytes / seconds:.0f} MB/s", flush=True)
     rate = megabytes / summary(times)["median"]
     result = {
         "method": (
@@ -114,14 +70,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
     }
     path = write_result("upload", result)
     print(f"upload {rate:.0f} MB/s (median of {args.runs})   -> {path}")
-
-
-def _party(cert: Path, key: object) -> PartyInfo:
-    return PartyInfo(
-        "benchmark party",
-        public_key_text(key),  # type: ignore[arg-type]
-        certificate_fingerprint(cert.read_bytes()),
-    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from blindlink.errors import BlindlinkError
 from blindlink.evaluation import membership_quality, read_truth
 from blindlink.security.keys import generate_signing_key, load_public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
+from blindlink.server.local_process import local_server
 from blindlink.synthetic import generate_datasets
 
 ROLES = ("requester", "custodian")
-SERVER_START_TIMEOUT_S = 30
 # From this many records per party, --blocking auto uses blocking keys: all pairs would take
 # minutes on a small machine.
 AUTO_KEYS_RECORDS = 200_000
@@ -86,7 +86,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         _parallel([_cli("agreement", "verify", str(agreement_path))])
     say("development CA issued TLS certificates; both parties signed the agreement")
 
-    with _server(work / "server", work / "pki") as address:
+    with local_server(work / "server", work / "pki") as server:
+        address = server.address
         say(f"linkage server listening on {address} (mutual TLS)")
         tls = {role: _tls_args(pki, role) for role in ROLES}
         project_id = _parallel(
@@ -266,43 +267,6 @@ def _parallel(commands: list[list[str]]) -> list[str]:
             )
         outputs.append(out)
     return outputs
-
-
-@contextmanager
-def _server(data_dir: Path, tls_dir: Path) -> Iterator[str]:
-    """A `blindlink serve` process on a free localhost port, stopped gracefully at the end."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port_file = data_dir / "port"
-    log = open(data_dir / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        _cli(
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--tls-dir",
-            str(tls_dir),
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BlindlinkError(f"the server did not start; see {data_dir / 'server.log'}")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _wait_for_run(address: str, pki: PkiFiles, project_id: str) -> pb.RunProgress:
