@@ -31,7 +31,6 @@ from blindlink.matching.linkage import to_bitarrays
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
-    from anonlink.candidate_generation import find_candidate_pairs
     from anonlink.concurrency import split_to_chunks
     from anonlink.similarities import dice_coefficient_accelerated
 
@@ -107,6 +106,7 @@ class ChunkTask:
     requester: tuple[int, int]
     custodian: tuple[int, int]
     threshold: float
+    best: int = 0
 
     @property
     def comparisons(self) -> int:
@@ -120,6 +120,7 @@ class BandTask:
     threshold: float
     positions: np.ndarray | None = None
     key_column: int | None = None
+    best: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,16 +162,48 @@ def _bitarrays(shared: SharedEncodings) -> tuple[list[bitarray], list[bitarray]]
 
 
 def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
-    """anonlink all-pairs comparison of one chunk."""
+    """anonlink all-pairs comparison of one chunk: the pairs at or above the threshold, and each
+    requester record's `best` most similar custodian records of the chunk."""
     requester, custodian = _bitarrays(shared)
     (a, b), (c, d) = task.requester, task.custodian
-    sims, _, (r0, r1) = find_candidate_pairs(
-        [requester[a:b], custodian[c:d]], dice_coefficient_accelerated, task.threshold
+    if not task.best:
+        return _anonlink_pairs(requester[a:b], custodian[c:d], task.threshold, None, a, c, task)
+    top = _anonlink_pairs(requester[a:b], custodian[c:d], 0.0, task.best, a, c, task)
+    if task.threshold > 1.0:
+        return top
+    # Records whose `best` candidates all reach the threshold may have more that do.
+    rows, counts = np.unique(top.requester_rows, return_counts=True)
+    lowest = np.full(b - a, np.inf)
+    np.minimum.at(lowest, top.requester_rows - a, top.similarities)
+    crowded = [int(r) for r in rows[counts == task.best] if lowest[r - a] >= task.threshold]
+    if not crowded:
+        return top
+    more = _anonlink_pairs(
+        [requester[r] for r in crowded], custodian[c:d], task.threshold, None, 0, c, task
     )
+    more_rows = np.asarray(crowded, dtype=np.int64)[more.requester_rows]
+    parts = [top, TaskResult(more.similarities, more_rows, more.custodian_rows, 0)]
+    sim, r0, r1 = _concatenated(parts)
+    _, first = np.unique(r0 * len(shared.custodian) + r1, return_index=True)
+    return TaskResult(sim[first], r0[first], r1[first], task.comparisons)
+
+
+def _anonlink_pairs(
+    requester: list[bitarray],
+    custodian: list[bitarray],
+    threshold: float,
+    k: int | None,
+    requester_offset: int,
+    custodian_offset: int,
+    task: ChunkTask,
+) -> TaskResult:
+    # anonlink's own k (per requester record), not find_candidate_pairs', which also limits
+    # each custodian record to k.
+    sims, (r0, r1) = dice_coefficient_accelerated([requester, custodian], threshold, k)
     return TaskResult(
         np.frombuffer(sims, dtype=np.float64),
-        np.frombuffer(r0, dtype=np.uint32).astype(np.int64) + a,
-        np.frombuffer(r1, dtype=np.uint32).astype(np.int64) + c,
+        np.frombuffer(r0, dtype=np.uint32).astype(np.int64) + requester_offset,
+        np.frombuffer(r1, dtype=np.uint32).astype(np.int64) + custodian_offset,
         task.comparisons,
     )
 
@@ -212,7 +245,8 @@ def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
     for a, b in band_pairs(keys_a, keys_b):
         a, b = rows_a[a], rows_b[b]
         sims = dice(shared.requester, shared.custodian, a, b, *data.popcounts)
-        keep = sims >= task.threshold
+        # A slice holds every pair of its requester records, so its best are theirs in the band.
+        keep = kept_pairs(sims, a, b, task.threshold, task.best)
         parts.append(TaskResult(sims[keep], a[keep], b[keep], 0))
         comparisons += len(a)
     sims, a, b = _concatenated(parts)
@@ -239,16 +273,16 @@ def _band_members(
 
 
 def plan(
-    shared: SharedEncodings, threshold: float, blocking: Blocking | None
+    shared: SharedEncodings, threshold: float, blocking: Blocking | None, best: int = 0
 ) -> list[ChunkTask] | list[BandTask]:
     sizes = [len(shared.requester), len(shared.custodian)]
     if isinstance(blocking, LshBlocking):
         positions = blocking.positions(shared.requester.shape[1] * 8)
-        return [BandTask(threshold, positions=p) for p in positions]
+        return [BandTask(threshold, positions=p, best=best) for p in positions]
     if isinstance(blocking, KeyBlocking):
-        return [BandTask(threshold, key_column=k) for k in range(len(blocking.keys))]
+        return [BandTask(threshold, key_column=k, best=best) for k in range(len(blocking.keys))]
     return [
-        ChunkTask(tuple(c[0]["range"]), tuple(c[1]["range"]), threshold)  # type: ignore[misc]
+        ChunkTask(tuple(c[0]["range"]), tuple(c[1]["range"]), threshold, best)  # type: ignore[misc]
         for c in split_to_chunks(CHUNK_COMPARISONS, dataset_sizes=sizes)
     ]
 
@@ -274,10 +308,13 @@ def find_candidates(
     blocking: Blocking | None = None,
     limits: MatchingLimits = DEFAULT_LIMITS,
     progress: Progress = lambda done, total: None,
+    best: int = 0,
 ) -> Candidates:
-    """Candidate pairs at or above `threshold`, with blocking if given, within `limits`."""
+    """Candidate pairs at or above `threshold` (none when it is above 1), and each requester
+    record's `best` most similar compared records whatever their similarity, with blocking if
+    given, within `limits`. The best few give the match model the scores it learns from."""
     check_memory(shared, workers, limits)
-    tasks = plan(shared, threshold, blocking)
+    tasks = plan(shared, threshold, blocking, best)
     all_pairs = len(shared.requester) * len(shared.custodian)
     # Progress counts comparisons, except with LSH, whose comparisons are known band by band.
     by_band = isinstance(blocking, LshBlocking)
@@ -295,10 +332,10 @@ def find_candidates(
         comparisons += result.comparisons
         done += 1 if by_band else result.comparisons
         kept = sum(len(p.similarities) for p in parts)
-        if blocking is not None and kept > COMPACT_ROWS:
-            # The same pair shares many bands: keep each once, so memory and the limit
-            # count distinct pairs.
-            parts = [_distinct(parts, len(shared.custodian))]
+        if (blocking is not None or best) and kept > COMPACT_ROWS:
+            # The same pair shares many bands, and a record's best in one task may not be its
+            # best overall: keep each pair once, so memory and the limit count distinct pairs.
+            parts = [_kept(parts, len(shared.custodian), threshold, best)]
             kept = len(parts[0].similarities)
         if kept > limits.max_candidate_pairs:
             raise MatchingAborted(
@@ -307,8 +344,8 @@ def find_candidates(
                 "blocking"
             )
         progress(done, total)
-    if blocking is not None:
-        parts = [_distinct(parts, len(shared.custodian))]
+    if blocking is not None or best:
+        parts = [_kept(parts, len(shared.custodian), threshold, best)]
     return _merge(parts, comparisons, all_pairs)
 
 
@@ -329,11 +366,31 @@ def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -
     return total
 
 
-def _distinct(parts: list[TaskResult], custodian_records: int) -> TaskResult:
-    """The parts' pairs, each once."""
+def _kept(
+    parts: list[TaskResult], custodian_records: int, threshold: float, best: int
+) -> TaskResult:
+    """The parts' pairs, each once, that are candidates: at or above the threshold, or among
+    their requester record's `best`."""
     sim, r0, r1 = _concatenated(parts)
     _, first = np.unique(r0 * custodian_records + r1, return_index=True)
-    return TaskResult(sim[first], r0[first], r1[first], 0)
+    sim, r0, r1 = sim[first], r0[first], r1[first]
+    keep = kept_pairs(sim, r0, r1, threshold, best)
+    return TaskResult(sim[keep], r0[keep], r1[keep], 0)
+
+
+def kept_pairs(
+    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, threshold: float, best: int
+) -> np.ndarray:
+    """Which pairs (each listed once) are at or above `threshold` or among their requester
+    record's `best` by similarity (ties broken by custodian row)."""
+    keep = sim >= threshold
+    if best and len(sim):
+        order = np.lexsort((rows1, -sim, rows0))
+        grouped = rows0[order]
+        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        keep[order[rank < best]] = True
+    return keep
 
 
 def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -29,6 +29,11 @@ class Matches:
     def __len__(self) -> int:
         return len(self.requester_rows)
 
+    def subset(self, mask: np.ndarray) -> Matches:
+        return Matches(
+            self.requester_rows[mask], self.custodian_rows[mask], self.similarities[mask]
+        )
+
 
 def to_bitarrays(payload: bytes, bit_length: int) -> list[bitarray]:
     """Split an encodings payload into one bitarray per record."""

@@ -1,0 +1,249 @@
+"""The one decision pipeline: candidates -> 1:1 solving -> match model -> threshold -> possible
+match band -> ambiguity rule. The server, the demo, the benchmarks and the tests all decide
+matches here.
+
+A rule is a fixed threshold (as agreed), or a calibrated one: the match model, fitted to the
+run's own scores, chooses the threshold within agreed bounds that meets the agreed target
+(best estimated F*, or the lowest threshold whose estimated precision reaches a minimum). When
+the model cannot be fitted, a calibrated rule falls back to its agreed fallback threshold and
+the decision says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+import numpy as np
+
+from blindlink.matching.blocking import Blocking
+from blindlink.matching.engine import (
+    DEFAULT_LIMITS,
+    Candidates,
+    MatchingLimits,
+    SharedEncodings,
+    find_candidates,
+)
+from blindlink.matching.executors import Executor
+from blindlink.matching.linkage import ambiguous, solve_one_to_one
+from blindlink.matching.match_model import (
+    STEP,
+    MatchModel,
+    ModelUnfit,
+    RecordScores,
+    fit_match_model,
+)
+
+# Each requester record's best candidates that the model sees, whatever their score.
+MODEL_CANDIDATES = 4
+
+
+class Target(StrEnum):
+    """What a calibrated threshold aims for."""
+
+    BEST_F_STAR = "best_f_star"
+    MIN_PRECISION = "min_precision"
+
+
+@dataclass(frozen=True)
+class FixedThreshold:
+    threshold: float
+
+
+@dataclass(frozen=True)
+class CalibratedThreshold:
+    target: Target
+    bounds: tuple[float, float]
+    fallback_threshold: float
+    min_precision: float = 0.0
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a run turns candidate pairs into matches, as the agreement says."""
+
+    threshold: FixedThreshold | CalibratedThreshold
+    # Pairs whose match probability lies in [low, high) are possible matches, not matches.
+    possible_band: tuple[float, float] | None = None
+    ambiguity_margin: float = 0.0
+
+    @property
+    def candidate_threshold(self) -> float:
+        """Pairs at or above this are all candidates (above 1: only each record's best few)."""
+        if isinstance(self.threshold, FixedThreshold):
+            return self.threshold.threshold
+        return 1.0 + STEP
+
+
+class PairStatus(IntEnum):
+    """What became of a solved pair that a party may hear about."""
+
+    MATCH = 0
+    WITHHELD = 1  # a match withheld by the ambiguity rule
+    POSSIBLE = 2  # in the possible-match band
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """The model's estimates for the released matches of a run."""
+
+    precision: float
+    recall: float
+    f_star: float
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Solved pairs that are matches, withheld matches or possible matches, and how the run
+    decided: the threshold, the model's estimates (None when it could not be fitted) and a
+    note saying which rule applied."""
+
+    requester_rows: np.ndarray
+    custodian_rows: np.ndarray
+    similarities: np.ndarray
+    probabilities: np.ndarray  # NaN where no model was fitted
+    status: np.ndarray  # PairStatus values
+    threshold: float
+    estimates: Estimates | None
+    note: str
+
+    def count(self, status: PairStatus) -> int:
+        return int((self.status == status).sum())
+
+    def summary(self) -> dict[str, object]:
+        """Aggregates only: what a run's audit entry and status may show."""
+        estimates = self.estimates
+        return {
+            "threshold": round(self.threshold, 6),
+            "matches": self.count(PairStatus.MATCH),
+            "withheld": self.count(PairStatus.WITHHELD),
+            "possible": self.count(PairStatus.POSSIBLE),
+            "estimated_precision": None if estimates is None else round(estimates.precision, 4),
+            "estimated_recall": None if estimates is None else round(estimates.recall, 4),
+            "estimated_f_star": None if estimates is None else round(estimates.f_star, 4),
+            "decision": self.note,
+        }
+
+
+Progress = Callable[[int, int], None]
+
+
+def link(
+    shared: SharedEncodings,
+    rule: DecisionRule,
+    executor: Executor,
+    workers: int,
+    blocking: Blocking | None = None,
+    limits: MatchingLimits = DEFAULT_LIMITS,
+    progress: Progress = lambda done, total: None,
+) -> Decisions:
+    """Candidates for the rule, then decisions."""
+    candidates = find_candidates(
+        shared,
+        rule.candidate_threshold,
+        executor,
+        workers,
+        blocking,
+        limits,
+        progress,
+        best=MODEL_CANDIDATES,
+    )
+    return decide(candidates, len(shared.requester), rule)
+
+
+def decide(candidates: Candidates, requester_records: int, rule: DecisionRule) -> Decisions:
+    """Solve 1:1, fit the model, choose the threshold, apply the band and the ambiguity rule."""
+    sim, rows0, rows1 = (
+        candidates.similarities,
+        candidates.requester_rows,
+        candidates.custodian_rows,
+    )
+    solved = solve_one_to_one(sim, rows0, rows1)
+    model: MatchModel | None
+    try:
+        model = fit_match_model(RecordScores.of(sim, rows0, requester_records))
+        unfit = ""
+    except ModelUnfit as reason:
+        model, unfit = None, str(reason)
+    probabilities = (
+        model.probability(solved.similarities)
+        if model is not None
+        else np.full(len(solved), np.nan)
+    )
+    threshold, note = _threshold(rule, solved.similarities, probabilities, model, unfit)
+    matched = solved.similarities >= threshold
+    possible = np.zeros(len(solved), dtype=bool)
+    if rule.possible_band is not None and model is not None:
+        low, high = rule.possible_band
+        possible = (probabilities >= low) & ~(matched & (probabilities >= high))
+        matched &= probabilities >= high
+    # Rivals are the candidates at or above the run's threshold, as with a fixed threshold.
+    rivals = sim >= threshold
+    withheld = np.zeros(len(solved), dtype=bool)
+    withheld[matched] = ambiguous(
+        sim[rivals], rows0[rivals], rows1[rivals], solved.subset(matched), rule.ambiguity_margin
+    )
+    status = np.full(len(solved), -1, dtype=np.int8)
+    status[possible] = PairStatus.POSSIBLE
+    status[matched] = PairStatus.MATCH
+    status[withheld] = PairStatus.WITHHELD
+    released = status == PairStatus.MATCH
+    estimates = (
+        None if model is None else _estimates(probabilities[released], model.matched_records)
+    )
+    keep = status >= 0
+    return Decisions(
+        solved.requester_rows[keep],
+        solved.custodian_rows[keep],
+        solved.similarities[keep],
+        probabilities[keep],
+        status[keep],
+        threshold,
+        estimates,
+        note,
+    )
+
+
+def _threshold(
+    rule: DecisionRule,
+    similarities: np.ndarray,
+    probabilities: np.ndarray,
+    model: MatchModel | None,
+    unfit: str,
+) -> tuple[float, str]:
+    """The run's threshold and a note on how it was chosen."""
+    chosen = rule.threshold
+    if isinstance(chosen, FixedThreshold):
+        note = "fixed threshold" + (f"; no estimates: {unfit}" if model is None else "")
+        return chosen.threshold, note
+    if model is None:
+        return chosen.fallback_threshold, f"fallback threshold: {unfit}"
+    low, high = chosen.bounds
+    grid = np.round(np.arange(low, high + STEP / 2, STEP), 6)
+    order = np.argsort(-similarities, kind="stable")
+    ranked, expected = similarities[order], np.cumsum(probabilities[order])
+    released = np.searchsorted(-ranked, -grid, side="right")
+    true = np.where(released > 0, expected[np.maximum(released - 1, 0)], 0.0)
+    precision = np.divide(true, released, out=np.ones(len(grid)), where=released > 0)
+    matched = model.matched_records
+    if chosen.target is Target.MIN_PRECISION:
+        meets = np.flatnonzero(precision >= chosen.min_precision)
+        if not len(meets):
+            return float(high), (
+                f"calibrated: no threshold within the bounds reaches estimated precision "
+                f"{chosen.min_precision}; the upper bound applies"
+            )
+        return float(grid[meets[0]]), f"calibrated: estimated precision >= {chosen.min_precision}"
+    f_star = true / np.maximum(released + matched - true, 1e-12)
+    best = len(grid) - 1 - int(np.argmax(f_star[::-1]))  # the highest of equal bests
+    return float(grid[best]), "calibrated: best estimated F*"
+
+
+def _estimates(probabilities: np.ndarray, matched_records: float) -> Estimates:
+    released = len(probabilities)
+    true = float(probabilities.sum())
+    precision = true / released if released else 1.0
+    recall = min(true / matched_records, 1.0) if matched_records > 0 else 1.0
+    denominator = released + matched_records - true
+    return Estimates(precision, recall, true / denominator if denominator > 0 else 1.0)
