@@ -1,4 +1,5 @@
-"""Linkage quality of encodings against the ground truth, over a range of thresholds.
+"""Linkage quality of a run's decisions against the ground truth: of its released matches, and
+over a range of thresholds.
 
 Greedy 1:1 matching takes candidates in decreasing similarity, so the matches it makes at a
 threshold t are exactly the matches at or above t of one solve at a lower floor: one solve
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blindlink.matching.engine import SharedEncodings, find_candidates
+from blindlink.matching.decision import Decisions, PairStatus, link
+from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import SerialExecutor
-from blindlink.matching.linkage import solve_one_to_one
+from blindlink.matching.rules import DecisionRule, FixedThreshold
 
 FLOOR = 0.5
 THRESHOLDS = np.round(np.arange(FLOOR, 1.0, 0.01), 2)
@@ -71,16 +73,39 @@ class QualityCurve:
 def quality_curve(
     requester: np.ndarray, custodian: np.ndarray, truth: set[tuple[int, int]]
 ) -> QualityCurve:
-    """Match packed uint8 encodings with blindlink's matcher and score every threshold."""
-    candidates = find_candidates(
-        SharedEncodings.of(requester, custodian), FLOOR, SerialExecutor(), workers=1
+    """Match packed uint8 encodings with blindlink's decision pipeline and score every
+    threshold."""
+    decisions = link(
+        SharedEncodings.of(requester, custodian),
+        DecisionRule(FixedThreshold(FLOOR)),
+        SerialExecutor(),
+        workers=1,
     )
-    matches = solve_one_to_one(
-        candidates.similarities, candidates.requester_rows, candidates.custodian_rows
-    )
-    pairs = zip(matches.requester_rows.tolist(), matches.custodian_rows.tolist(), strict=True)
-    right = np.array([pair in truth for pair in pairs], dtype=bool)
-    similarity = matches.similarities
+    return curve_of(decisions, truth)
+
+
+def curve_of(decisions: Decisions, truth: set[tuple[int, int]]) -> QualityCurve:
+    """True and false positives per threshold of a run's solved pairs, every one of which is
+    at or above the lowest threshold of the curve."""
+    right = _right(decisions, truth)
+    similarity = decisions.similarities
     tp = np.array([(right & (similarity >= t)).sum() for t in THRESHOLDS])
     fp = np.array([(~right & (similarity >= t)).sum() for t in THRESHOLDS])
     return QualityCurve(THRESHOLDS, tp, fp, len(truth))
+
+
+def released_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[str, float]:
+    """True precision, recall and F* of a run's released matches."""
+    released = decisions.status == PairStatus.MATCH
+    right = int((_right(decisions, truth) & released).sum())
+    count = int(released.sum())
+    return {
+        "precision": right / count if count else 1.0,
+        "recall": right / len(truth) if truth else 1.0,
+        "f_star": right / (count + len(truth) - right) if count + len(truth) else 1.0,
+    }
+
+
+def _right(decisions: Decisions, truth: set[tuple[int, int]]) -> np.ndarray:
+    pairs = zip(decisions.requester_rows.tolist(), decisions.custodian_rows.tolist(), strict=True)
+    return np.array([pair in truth for pair in pairs], dtype=bool)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
 import numpy as np
 
@@ -28,52 +28,20 @@ from blindlink.matching.engine import (
 from blindlink.matching.executors import Executor
 from blindlink.matching.linkage import ambiguous, solve_one_to_one
 from blindlink.matching.match_model import (
-    STEP,
     MatchModel,
     ModelUnfit,
     RecordScores,
     fit_match_model,
 )
+from blindlink.matching.rules import (
+    STEP,
+    DecisionRule,
+    FixedThreshold,
+    Target,
+)
 
 # Each requester record's best candidates that the model sees, whatever their score.
 MODEL_CANDIDATES = 4
-
-
-class Target(StrEnum):
-    """What a calibrated threshold aims for."""
-
-    BEST_F_STAR = "best_f_star"
-    MIN_PRECISION = "min_precision"
-
-
-@dataclass(frozen=True)
-class FixedThreshold:
-    threshold: float
-
-
-@dataclass(frozen=True)
-class CalibratedThreshold:
-    target: Target
-    bounds: tuple[float, float]
-    fallback_threshold: float
-    min_precision: float = 0.0
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """How a run turns candidate pairs into matches, as the agreement says."""
-
-    threshold: FixedThreshold | CalibratedThreshold
-    # Pairs whose match probability lies in [low, high) are possible matches, not matches.
-    possible_band: tuple[float, float] | None = None
-    ambiguity_margin: float = 0.0
-
-    @property
-    def candidate_threshold(self) -> float:
-        """Pairs at or above this are all candidates (above 1: only each record's best few)."""
-        if isinstance(self.threshold, FixedThreshold):
-            return self.threshold.threshold
-        return 1.0 + STEP
 
 
 class PairStatus(IntEnum):

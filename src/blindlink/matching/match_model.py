@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STEP = 0.005
+from blindlink.matching.rules import STEP
+
 BINS = round(1 / STEP) + 2  # bin 0: no candidate at all; bin k: [(k-1) STEP, k STEP)
 # B's quantile below which a record's best score is taken as non-match evidence.
 ANCHOR_QUANTILE = 0.5
