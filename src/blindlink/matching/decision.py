@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -79,19 +80,53 @@ class Decisions:
     def count(self, status: PairStatus) -> int:
         return int((self.status == status).sum())
 
-    def summary(self) -> dict[str, object]:
-        """Aggregates only: what a run's audit entry and status may show."""
+    def summary(self) -> DecisionSummary:
+        return DecisionSummary(
+            round(self.threshold, 6),
+            self.note,
+            self.count(PairStatus.MATCH),
+            self.count(PairStatus.WITHHELD),
+            self.count(PairStatus.POSSIBLE),
+            self.estimates,
+        )
+
+
+@dataclass(frozen=True)
+class DecisionSummary:
+    """How a run decided, in aggregates only: what its audit entry records and what a party
+    whose counts are visible may see."""
+
+    threshold: float
+    rule: str
+    matches: int
+    withheld: int
+    possible: int
+    estimates: Estimates | None
+
+    def to_dict(self) -> dict[str, Any]:
         estimates = self.estimates
         return {
-            "threshold": round(self.threshold, 6),
-            "matches": self.count(PairStatus.MATCH),
-            "withheld": self.count(PairStatus.WITHHELD),
-            "possible": self.count(PairStatus.POSSIBLE),
-            "estimated_precision": None if estimates is None else round(estimates.precision, 4),
-            "estimated_recall": None if estimates is None else round(estimates.recall, 4),
-            "estimated_f_star": None if estimates is None else round(estimates.f_star, 4),
-            "decision": self.note,
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "matches": self.matches,
+            "withheld": self.withheld,
+            "possible": self.possible,
+            "estimates": None
+            if estimates is None
+            else {k: round(v, 4) for k, v in vars(estimates).items()},
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecisionSummary:
+        estimates = data["estimates"]
+        return cls(
+            data["threshold"],
+            data["rule"],
+            data["matches"],
+            data["withheld"],
+            data["possible"],
+            None if estimates is None else Estimates(**estimates),
+        )
 
 
 Progress = Callable[[int, int], None]
@@ -204,8 +239,11 @@ def _threshold(
             )
         return float(grid[meets[0]]), f"calibrated: estimated precision >= {chosen.min_precision}"
     f_star = true / np.maximum(released + matched - true, 1e-12)
-    best = len(grid) - 1 - int(np.argmax(f_star[::-1]))  # the highest of equal bests
-    return float(grid[best]), "calibrated: best estimated F*"
+    # Thresholds that release the same pairs tie; the middle of the best run of them lies
+    # furthest from the scores on either side.
+    best = np.flatnonzero(f_star >= f_star.max() - 1e-12)
+    same = best[released[best] == released[best[0]]]
+    return float(grid[same[len(same) // 2]]), "calibrated: best estimated F*"
 
 
 def _estimates(probabilities: np.ndarray, matched_records: float) -> Estimates:

@@ -7,12 +7,18 @@ the other side has, as its best, the best of many non-matches; a record with a p
 its runner-up, that same kind of score. So:
 - the runner-ups of the records that look matched give B, the distribution of a record's best
   non-match score;
-- the records whose best score lies in B's lower half, where true matches are rare, give how
-  many records have no partner (W): W * P(B <= m) records are expected at or below a point m;
-- what the best scores hold above a threshold beyond W * P(B >= threshold) is true matches.
-The two steps are repeated, each record's runner-up weighted by the probability that its best
-is a match, until they agree. Scores are counted in bins of `STEP`; the probability of a match
-never falls as the score rises (isotonic regression).
+- the records whose best score lies in B's lower part (below its ANCHOR_QUANTILE), where true
+  matches are rare, give how many records have no partner: W, since W * P(B in that part) of
+  them are expected there;
+- in each score bin, the share of best scores beyond the W * P(B in the bin) expected from
+  non-matches is the probability that a best score there is a match. It never falls as the
+  score rises (isotonic regression).
+The two steps are repeated, each runner-up weighted by the probability that its record's best
+is a match. Partners whose score fell below their record's best non-match are counted by
+inverse probability weighting: a match at score s beats its best non-match with P(B < s).
+
+The recall estimate is the weakest: it rests on W, which the lower part of the score
+distribution gives only to a few percent, and on partners that score like non-matches.
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ from blindlink.matching.rules import STEP
 
 BINS = round(1 / STEP) + 2  # bin 0: no candidate at all; bin k: [(k-1) STEP, k STEP)
 # B's quantile below which a record's best score is taken as non-match evidence.
-ANCHOR_QUANTILE = 0.5
+ANCHOR_QUANTILE = 0.8
 ITERATIONS = 30
 # Fewer records that look matched than this, and B cannot be estimated.
 MIN_SUPPORT = 10
 MIN_MATCHES = 5
+# The records that look matched must beat their runner-ups, in the median, by SEPARATION times
+# the others' 99th percentile margin: the best of many non-matches beats the second best by
+# little (and the highest bests by somewhat more, which the factor covers).
+SEPARATION = 2.0
 # Matches hidden below the best non-match are estimated only where P(B < score) is at least this.
 MIN_VISIBLE = 0.05
 
@@ -85,7 +95,6 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
     best_bins, runner_bins = score_bins(scores.best), score_bins(scores.runner_up)
     records = len(best_bins)
     counts = np.bincount(best_bins, minlength=BINS).astype(np.float64)
-    observed = counts[::-1].cumsum()[::-1]  # records whose best is in bin k or above
     weights = (scores.best > np.quantile(scores.runner_up, 0.99)).astype(np.float64)
     for _ in range(ITERATIONS):
         if weights.sum() < MIN_SUPPORT:
@@ -95,29 +104,36 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
         non_match = np.bincount(runner_bins, weights, minlength=BINS) / weights.sum()
         below = non_match.cumsum()  # P(B in bin k or lower)
         anchor = int(np.searchsorted(below, ANCHOR_QUANTILE - 1e-12))
-        unmatched = min(records, _at_or_below(counts, anchor) / below[anchor])
-        above = non_match[::-1].cumsum()[::-1]
-        true_above = np.minimum.accumulate(np.maximum(observed - unmatched * above, 0.0))
-        true_in_bin = true_above - np.r_[true_above[1:], 0.0]
-        probabilities = _isotonic(
-            np.divide(true_in_bin, counts, out=np.zeros(BINS), where=counts > 0), counts
-        )
+        unmatched = min(records, float(counts[: anchor + 1].sum()) / below[anchor])
+        # Per bin, the share of best scores beyond what `unmatched` records' best non-matches
+        # put there; noisy, so made non-decreasing before it is clipped to a probability.
+        excess = 1.0 - np.divide(unmatched * non_match, counts, out=np.ones(BINS), where=counts > 0)
+        probabilities = np.clip(_isotonic(excess, counts), 0.0, 1.0)
         probabilities[0] = 0.0
         weights = probabilities[best_bins]
+    true_in_bin = counts * probabilities
     strictly_below = np.r_[0.0, below[:-1]]
     visible = strictly_below >= MIN_VISIBLE
     matched = float(
         (true_in_bin[visible] / strictly_below[visible]).sum() + true_in_bin[~visible].sum()
     )
-    if matched < MIN_MATCHES:
-        raise ModelUnfit(f"about {matched:.0f} matches: too few to model")
-    if probabilities.max() < 0.5:
-        raise ModelUnfit("no score range where matches outnumber non-matches: no separation")
+    _check_separation(scores, probabilities[best_bins] >= 0.5, matched)
     return MatchModel(probabilities, matched)
 
 
-def _at_or_below(counts: np.ndarray, k: int) -> float:
-    return float(counts[: k + 1].sum())
+def _check_separation(scores: RecordScores, likely: np.ndarray, matched: float) -> None:
+    """Refuse a fit whose matches are not told apart from the rest: a true match's best score
+    stands well above its runner-up, a non-match's best barely above its runner-up."""
+    if matched < MIN_MATCHES or likely.sum() < MIN_MATCHES:
+        raise ModelUnfit(f"about {matched:.0f} matches: too few to model")
+    compared = scores.runner_up >= 0
+    gap = scores.best - scores.runner_up
+    ours, theirs = gap[likely & compared], gap[~likely & compared]
+    if len(ours) and len(theirs) and np.median(ours) <= SEPARATION * np.quantile(theirs, 0.99):
+        raise ModelUnfit(
+            "the records that look matched stand no further above their runner-ups than the "
+            "rest: no separation between matches and non-matches"
+        )
 
 
 def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -140,4 +156,4 @@ def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
             )
             totals[-1] = pooled
             sizes[-1] += size
-    return np.clip(np.repeat(means, sizes), 0.0, 1.0)
+    return np.repeat(means, sizes)

@@ -1,0 +1,200 @@
+"""The match model and the decision pipeline on simulated runs: every requester record's
+candidates are its most similar of many unrelated records, plus, for records with a partner,
+the partner at a score drawn from a chosen distribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from blindlink.matching.decision import Decisions, PairStatus, decide, link
+from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
+from blindlink.matching.executors import SerialExecutor
+from blindlink.matching.linkage import solve_one_to_one
+from blindlink.matching.match_model import ModelUnfit, RecordScores, fit_match_model
+from blindlink.matching.rules import (
+    CalibratedThreshold,
+    DecisionRule,
+    FixedThreshold,
+    Target,
+)
+
+CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
+ScoreDraw = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def _well_separated(rng: np.random.Generator, n: int) -> np.ndarray:
+    return 1.0 - 0.25 * rng.beta(1.0, 6.0, n)
+
+
+def _overlapping(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.clip(rng.normal(0.66, 0.06, n), 0.0, 1.0)
+
+
+def simulated_run(
+    seed: int, records: int, matched: int, partner_score: ScoreDraw, others: int = 2000
+) -> tuple[Candidates, set[tuple[int, int]]]:
+    """Each requester record's four best unrelated custodian records (Dice of unrelated
+    records ~ N(0.5, 0.02)), and the first `matched` records' partners."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(0.5, 0.02, (records, others)), 4)
+    rows1 = np.argsort(-scores, axis=1)[:, :4]
+    sims = np.take_along_axis(scores, rows1, axis=1)
+    partners = rng.permutation(others)[:matched]
+    truth = {(i, int(p)) for i, p in enumerate(partners)}
+    true_scores = np.round(partner_score(rng, matched), 4)
+    rows0 = np.repeat(np.arange(records), 4)
+    sim, r0, r1 = sims.ravel(), rows0, rows1.ravel()
+    keep = ~np.isin(r0 * others + r1, [i * others + p for i, p in truth])
+    sim = np.concatenate([sim[keep], true_scores])
+    r0 = np.concatenate([r0[keep], np.arange(matched)])
+    r1 = np.concatenate([r1[keep], partners])
+    order = np.lexsort((r1, r0, -sim))
+    return Candidates(sim[order], r0[order], r1[order], records * others, records * others), truth
+
+
+def _true_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> tuple[float, float]:
+    released = decisions.status == PairStatus.MATCH
+    pairs = zip(
+        decisions.requester_rows[released].tolist(),
+        decisions.custodian_rows[released].tolist(),
+        strict=True,
+    )
+    right = sum(pair in truth for pair in pairs)
+    return right / max(int(released.sum()), 1), right / len(truth)
+
+
+def _oracle_f_star(candidates: Candidates, truth: set[tuple[int, int]]) -> float:
+    solved = solve_one_to_one(
+        candidates.similarities, candidates.requester_rows, candidates.custodian_rows
+    )
+    pairs = zip(solved.requester_rows.tolist(), solved.custodian_rows.tolist(), strict=True)
+    right = np.array([pair in truth for pair in pairs])
+    best = 0.0
+    for t in np.arange(0.5, 1.0, 0.005):
+        above = solved.similarities >= t
+        tp = int((right & above).sum())
+        best = max(best, tp / (int(above.sum()) + len(truth) - tp))
+    return best
+
+
+# The recall estimate rests on how many records have no partner, which the lower part of the
+# score distribution gives only to a few percent, and misses partners that score like
+# non-matches (about a tenth of them with few, overlapping matches); precision and the
+# threshold are firmer.
+@pytest.mark.parametrize(
+    ("draw", "matched", "recall_error"),
+    [
+        (_well_separated, 300, 0.03),
+        (_well_separated, 1000, 0.03),
+        (_overlapping, 300, 0.15),
+        (_overlapping, 1000, 0.05),
+    ],
+)
+def test_calibrated_decision_estimates_its_own_quality(
+    draw: ScoreDraw, matched: int, recall_error: float
+) -> None:
+    candidates, truth = simulated_run(1, 2000, matched, draw)
+    decisions = decide(candidates, 2000, CALIBRATED)
+    precision, recall = _true_quality(decisions, truth)
+    estimates = decisions.estimates
+    assert estimates is not None
+    assert decisions.note == "calibrated: best estimated F*"
+    assert abs(estimates.precision - precision) <= 0.02
+    assert abs(estimates.recall - recall) <= recall_error
+    true_f_star = (precision * recall) / (precision + recall - precision * recall)
+    assert true_f_star >= _oracle_f_star(candidates, truth) - 0.01
+
+
+def test_well_separated_scores_put_the_threshold_between_them() -> None:
+    candidates, truth = simulated_run(2, 2000, 800, _well_separated)
+    decisions = decide(candidates, 2000, CALIBRATED)
+    assert 0.58 <= decisions.threshold <= 0.75
+    assert _true_quality(decisions, truth) >= (0.995, 0.99)
+
+
+def test_min_precision_target_chooses_the_lowest_threshold_that_reaches_it() -> None:
+    candidates, truth = simulated_run(3, 2000, 800, _overlapping)
+    best = decide(candidates, 2000, CALIBRATED)
+    strict = DecisionRule(CalibratedThreshold(Target.MIN_PRECISION, (0.5, 0.95), 0.8, 0.995))
+    decisions = decide(candidates, 2000, strict)
+    assert decisions.estimates is not None and decisions.estimates.precision >= 0.995
+    assert decisions.threshold > best.threshold
+    assert _true_quality(decisions, truth)[0] >= 0.99
+
+
+@pytest.mark.parametrize("matched", [0, 3])
+def test_too_few_matches_fall_back_to_the_agreed_threshold(matched: int) -> None:
+    candidates, _ = simulated_run(4, 1000, matched, _well_separated)
+    with pytest.raises(ModelUnfit, match="too few|no separation"):
+        fit_match_model(RecordScores.of(candidates.similarities, candidates.requester_rows, 1000))
+    decisions = decide(candidates, 1000, CALIBRATED)
+    assert decisions.threshold == 0.8
+    assert decisions.note.startswith("fallback threshold: ")
+    assert decisions.estimates is None
+    assert np.isnan(decisions.probabilities).all()
+    assert decisions.count(PairStatus.MATCH) == matched
+
+
+def test_no_candidates_at_all_fall_back() -> None:
+    empty = Candidates(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), 0, 0)
+    decisions = decide(empty, 50, CALIBRATED)
+    assert decisions.note.startswith("fallback threshold: ")
+    assert len(decisions.status) == 0
+
+
+def test_scores_without_separation_cannot_be_modelled() -> None:
+    candidates, _ = simulated_run(5, 1000, 500, lambda rng, n: rng.normal(0.5, 0.02, n))
+    decisions = decide(candidates, 1000, CALIBRATED)
+    assert decisions.estimates is None
+    assert decisions.note.startswith("fallback threshold: ")
+
+
+def test_decisions_are_deterministic() -> None:
+    candidates, _ = simulated_run(6, 1500, 600, _overlapping)
+    rule = DecisionRule(CALIBRATED.threshold, possible_band=(0.2, 0.6), ambiguity_margin=0.01)
+    first, second = decide(candidates, 1500, rule), decide(candidates, 1500, rule)
+    for name in ("requester_rows", "custodian_rows", "similarities", "probabilities", "status"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    assert (first.threshold, first.estimates, first.note) == (
+        second.threshold,
+        second.estimates,
+        second.note,
+    )
+
+
+def test_possible_band_withholds_pairs_between_the_agreed_probabilities() -> None:
+    candidates, _ = simulated_run(7, 2000, 800, _overlapping)
+    plain = decide(candidates, 2000, CALIBRATED)
+    banded = decide(candidates, 2000, DecisionRule(CALIBRATED.threshold, possible_band=(0.1, 0.9)))
+    possible = banded.status == PairStatus.POSSIBLE
+    assert possible.any()
+    assert ((banded.probabilities[possible] >= 0.1) & (banded.probabilities[possible] < 0.9)).all()
+    matched = banded.status == PairStatus.MATCH
+    assert (banded.probabilities[matched] >= 0.9).all()
+    assert banded.count(PairStatus.MATCH) < plain.count(PairStatus.MATCH)
+    assert banded.summary().possible == int(possible.sum())
+
+
+def test_fixed_threshold_matches_are_those_of_the_threshold_alone() -> None:
+    rng = np.random.default_rng(9)
+    requester = np.packbits(rng.random((300, 512)) < 0.3, axis=1)
+    custodian = np.packbits(rng.random((400, 512)) < 0.3, axis=1)
+    custodian[:200] = requester[:200] ^ np.packbits(rng.random((200, 512)) < 0.05, axis=1)
+    shared = SharedEncodings.of(requester, custodian)
+    decisions = link(shared, DecisionRule(FixedThreshold(0.7)), SerialExecutor(), 1)
+    plain = find_candidates(shared, 0.7, SerialExecutor(), 1)
+    expected = solve_one_to_one(plain.similarities, plain.requester_rows, plain.custodian_rows)
+    matched = decisions.status == PairStatus.MATCH
+    np.testing.assert_array_equal(decisions.requester_rows[matched], expected.requester_rows)
+    np.testing.assert_array_equal(decisions.custodian_rows[matched], expected.custodian_rows)
+    assert decisions.note.startswith("fixed threshold")
+
+
+def test_summary_holds_aggregates_only() -> None:
+    candidates, _ = simulated_run(8, 1000, 400, _well_separated)
+    summary = decide(candidates, 1000, CALIBRATED).summary().to_dict()
+    assert set(summary) == {"threshold", "rule", "matches", "withheld", "possible", "estimates"}
+    assert set(summary["estimates"]) == {"precision", "recall", "f_star"}
