@@ -5,12 +5,17 @@ the partner at a score drawn from a chosen distribution."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from blindlink.benchmarking.data import encoded_pair
+from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
+from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import Decisions, PairStatus, decide, link
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
+from blindlink.matching.evidence import PairEvidence
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import solve_one_to_one
 from blindlink.matching.match_model import ModelUnfit, RecordScores, fit_match_model
@@ -101,7 +106,7 @@ def test_calibrated_decision_estimates_its_own_quality(
     precision, recall = _true_quality(decisions, truth)
     estimates = decisions.estimates
     assert estimates is not None
-    assert decisions.note == "calibrated: best estimated F*"
+    assert decisions.note == "calibrated on Dice: best estimated F*"
     assert abs(estimates.precision - precision) <= 0.02
     assert abs(estimates.recall - recall) <= recall_error
     true_f_star = (precision * recall) / (precision + recall - precision * recall)
@@ -198,3 +203,43 @@ def test_summary_holds_aggregates_only() -> None:
     summary = decide(candidates, 1000, CALIBRATED).summary().to_dict()
     assert set(summary) == {"threshold", "rule", "matches", "withheld", "possible", "estimates"}
     assert set(summary["estimates"]) == {"precision", "recall", "f_star"}
+
+
+def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -> None:
+    custodian = np.array([7, 7, 7, 7, 7, 9, 0, 8, 5], dtype=np.uint64)  # 0: no key
+    requester = np.array([9, 7, 7, 0, 5], dtype=np.uint64)
+    partners = np.array([5, 0, 7, 0, 8])
+    evidence = PairEvidence.of(
+        np.full(5, 0.9), np.arange(5), partners, requester[:, None], custodian[:, None]
+    )
+    # shared by 1 custodian record, by 5, different, missing, shared by 1
+    assert evidence.levels[:, 1].tolist() == [2, 4, 1, 0, 2]
+
+
+def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> None:
+    """Among 30,000 people per party, many non-matches share a key with a record: the keys
+    they do not share, and how common the shared ones are, tell them from matches."""
+    blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
+    pair = encoded_pair(tmp_path, 30_000, 0.5, 5, blocking)
+    shared = SharedEncodings.of(
+        pair.requester, pair.custodian, pair.requester_keys, pair.custodian_keys
+    )
+    truth = set(
+        zip(pair.true_requester_rows.tolist(), pair.true_custodian_rows.tolist(), strict=True)
+    )
+    candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
+    keys = (pair.requester_keys, pair.custodian_keys)
+    with_keys = decide(candidates, 30_000, CALIBRATED, keys)
+    dice_only = decide(candidates, 30_000, CALIBRATED)
+    assert with_keys.note.startswith("calibrated on match probability from Dice and shared")
+    precision, recall = _true_quality(with_keys, truth)
+    assert with_keys.estimates is not None
+    assert abs(with_keys.estimates.precision - precision) <= 0.02
+    assert precision >= 0.99 and recall >= 0.95
+    f_star = precision * recall / (precision + recall - precision * recall)
+    p, r = _true_quality(dice_only, truth)
+    assert f_star > p * r / (p + r - p * r)
+    # A fixed threshold stays a Dice threshold, keys or not.
+    fixed = decide(candidates, 30_000, DecisionRule(FixedThreshold(0.8)), keys)
+    assert fixed.threshold == 0.8 and fixed.note.startswith("fixed threshold")
+    assert fixed.similarities[fixed.status == PairStatus.MATCH].min() >= 0.8

@@ -26,8 +26,9 @@ from blindlink.matching.engine import (
     SharedEncodings,
     find_candidates,
 )
+from blindlink.matching.evidence import PairEvidence, fit_fellegi_sunter
 from blindlink.matching.executors import Executor
-from blindlink.matching.linkage import ambiguous, solve_one_to_one
+from blindlink.matching.linkage import Matches, ambiguous, pair_values, solve_one_to_one
 from blindlink.matching.match_model import (
     MatchModel,
     ModelUnfit,
@@ -36,6 +37,7 @@ from blindlink.matching.match_model import (
 )
 from blindlink.matching.rules import (
     STEP,
+    CalibratedThreshold,
     DecisionRule,
     FixedThreshold,
     Target,
@@ -43,6 +45,10 @@ from blindlink.matching.rules import (
 
 # Each requester record's best candidates that the model sees, whatever their score.
 MODEL_CANDIDATES = 4
+# The model with blocking-key evidence is used only where it and the Dice model agree this
+# closely on how many requester records have a partner. With few non-matches among the
+# candidates (small populations), it cannot learn what a non-match looks like and strays.
+MODELS_AGREE = 0.02
 
 
 class PairStatus(IntEnum):
@@ -152,37 +158,45 @@ def link(
         progress,
         best=MODEL_CANDIDATES,
     )
-    return decide(candidates, len(shared.requester), rule)
+    keys = (
+        (shared.requester_keys, shared.custodian_keys)
+        if shared.requester_keys is not None and shared.custodian_keys is not None
+        else None
+    )
+    return decide(candidates, len(shared.requester), rule, keys)
 
 
-def decide(candidates: Candidates, requester_records: int, rule: DecisionRule) -> Decisions:
-    """Solve 1:1, fit the model, choose the threshold, apply the band and the ambiguity rule."""
+def decide(
+    candidates: Candidates,
+    requester_records: int,
+    rule: DecisionRule,
+    keys: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Decisions:
+    """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
+
+    With a calibrated rule and the parties' blocking keys (`keys`: requester's, custodian's),
+    pairs are scored by a Fellegi-Sunter model of their Dice score and the keys they share,
+    and the threshold applies to that match probability; otherwise it applies to Dice."""
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
         candidates.custodian_rows,
     )
-    solved = solve_one_to_one(sim, rows0, rows1)
-    model: MatchModel | None
-    try:
-        model = fit_match_model(RecordScores.of(sim, rows0, requester_records))
-        unfit = ""
-    except ModelUnfit as reason:
-        model, unfit = None, str(reason)
-    probabilities = (
-        model.probability(solved.similarities)
-        if model is not None
-        else np.full(len(solved), np.nan)
-    )
-    threshold, note = _threshold(rule, solved.similarities, probabilities, model, unfit)
-    matched = solved.similarities >= threshold
+    scored, by_dice = _scored_by_dice(candidates, requester_records)
+    if keys is not None and by_dice is not None and isinstance(rule.threshold, CalibratedThreshold):
+        scored = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0]) or scored
+    solved, probabilities = scored.solved, scored.probabilities
+    threshold, note = _threshold(rule, scored)
+    matched = (scored.scores >= threshold) & scored.eligible
     possible = np.zeros(len(solved), dtype=bool)
-    if rule.possible_band is not None and model is not None:
+    if rule.possible_band is not None and scored.fitted:
         low, high = rule.possible_band
         possible = (probabilities >= low) & ~(matched & (probabilities >= high))
         matched &= probabilities >= high
-    # Rivals are the candidates at or above the run's threshold, as with a fixed threshold.
-    rivals = sim >= threshold
+    # Rivals are the candidates whose Dice reaches the threshold (or, where the threshold is
+    # on match probability, the lowest Dice of a match).
+    floor = threshold if scored.scale == DICE else _lowest(solved.similarities[matched])
+    rivals = sim >= floor
     withheld = np.zeros(len(solved), dtype=bool)
     withheld[matched] = ambiguous(
         sim[rivals], rows0[rivals], rows1[rivals], solved.subset(matched), rule.ambiguity_margin
@@ -193,7 +207,7 @@ def decide(candidates: Candidates, requester_records: int, rule: DecisionRule) -
     status[withheld] = PairStatus.WITHHELD
     released = status == PairStatus.MATCH
     estimates = (
-        None if model is None else _estimates(probabilities[released], model.matched_records)
+        _estimates(probabilities[released], scored.matched_records) if scored.fitted else None
     )
     keep = status >= 0
     return Decisions(
@@ -208,42 +222,124 @@ def decide(candidates: Candidates, requester_records: int, rule: DecisionRule) -
     )
 
 
-def _threshold(
-    rule: DecisionRule,
-    similarities: np.ndarray,
-    probabilities: np.ndarray,
-    model: MatchModel | None,
-    unfit: str,
-) -> tuple[float, str]:
+DICE = "Dice"
+
+
+def _lowest(values: np.ndarray) -> float:
+    return float(values.min()) if len(values) else np.inf
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Solved pairs (with their Dice scores), the score thresholds apply to, the model's match
+    probabilities (NaN if unfitted) and estimated number of requester records with a partner,
+    and which pairs may be matches at all."""
+
+    solved: Matches
+    scores: np.ndarray
+    probabilities: np.ndarray
+    matched_records: float
+    eligible: np.ndarray
+    scale: str  # what the threshold applies to
+    unfit: str  # why no model was fitted, "" if one was
+
+    @property
+    def fitted(self) -> bool:
+        return not self.unfit
+
+
+def _scored_by_dice(
+    candidates: Candidates, requester_records: int
+) -> tuple[_Scored, MatchModel | None]:
+    """Pairs scored by Dice, and the match model of their scores (None if it cannot be
+    fitted)."""
+    sim, rows0 = candidates.similarities, candidates.requester_rows
+    solved = solve_one_to_one(sim, rows0, candidates.custodian_rows)
+    everyone = np.ones(len(solved), dtype=bool)
+    try:
+        model = fit_match_model(RecordScores.of(sim, rows0, requester_records))
+    except ModelUnfit as reason:
+        nothing = np.full(len(solved), np.nan)
+        unfit = _Scored(solved, solved.similarities, nothing, 0.0, everyone, DICE, str(reason))
+        return unfit, None
+    probabilities = model.probability(solved.similarities)
+    scored = _Scored(
+        solved, solved.similarities, probabilities, model.matched_records, everyone, DICE, ""
+    )
+    return scored, model
+
+
+def _scored_with_keys(
+    candidates: Candidates,
+    keys: tuple[np.ndarray, np.ndarray],
+    by_dice: MatchModel,
+    dice_floor: float,
+) -> _Scored | None:
+    """Pairs scored by their Fellegi-Sunter match probability, fitted from the Dice model's
+    probabilities; None if it cannot be fitted. A pair whose Dice is below `dice_floor` is
+    never a match, whatever its keys say."""
+    sim, rows0, rows1 = (
+        candidates.similarities,
+        candidates.requester_rows,
+        candidates.custodian_rows,
+    )
+    evidence = PairEvidence.of(sim, rows0, rows1, *keys)
+    model = fit_fellegi_sunter(evidence, by_dice.probability(sim))
+    if model is None:
+        return None
+    log_odds = model.log_odds(evidence)
+    order = np.lexsort((rows1, rows0, -sim, -log_odds))
+    by_odds = solve_one_to_one(log_odds[order], rows0[order], rows1[order])
+    dice = pair_values(sim, rows0, rows1, by_odds.requester_rows, by_odds.custodian_rows)
+    solved = Matches(by_odds.requester_rows, by_odds.custodian_rows, dice)
+    probabilities = 1.0 / (1.0 + np.exp(-by_odds.similarities))
+    if abs(probabilities.sum() / by_dice.matched_records - 1.0) > MODELS_AGREE:
+        return None
+    return _Scored(
+        solved,
+        probabilities,
+        probabilities,
+        float(probabilities.sum()),
+        dice >= dice_floor,
+        "match probability from Dice and shared blocking keys",
+        "",
+    )
+
+
+def _threshold(rule: DecisionRule, scored: _Scored) -> tuple[float, str]:
     """The run's threshold and a note on how it was chosen."""
     chosen = rule.threshold
     if isinstance(chosen, FixedThreshold):
-        note = "fixed threshold" + (f"; no estimates: {unfit}" if model is None else "")
+        note = "fixed threshold" + (f"; no estimates: {scored.unfit}" if scored.unfit else "")
         return chosen.threshold, note
-    if model is None:
-        return chosen.fallback_threshold, f"fallback threshold: {unfit}"
-    low, high = chosen.bounds
+    if scored.unfit:
+        return chosen.fallback_threshold, f"fallback threshold: {scored.unfit}"
+    scores = np.where(scored.eligible, scored.scores, -np.inf)
+    if scored.scale == DICE:
+        low, high = chosen.bounds
+    else:
+        low, high = 0.0, 1.0
     grid = np.round(np.arange(low, high + STEP / 2, STEP), 6)
-    order = np.argsort(-similarities, kind="stable")
-    ranked, expected = similarities[order], np.cumsum(probabilities[order])
+    order = np.argsort(-scores, kind="stable")
+    ranked, expected = scores[order], np.cumsum(scored.probabilities[order])
     released = np.searchsorted(-ranked, -grid, side="right")
     true = np.where(released > 0, expected[np.maximum(released - 1, 0)], 0.0)
     precision = np.divide(true, released, out=np.ones(len(grid)), where=released > 0)
-    matched = model.matched_records
+    on = f"calibrated on {scored.scale}"
     if chosen.target is Target.MIN_PRECISION:
         meets = np.flatnonzero(precision >= chosen.min_precision)
         if not len(meets):
             return float(high), (
-                f"calibrated: no threshold within the bounds reaches estimated precision "
+                f"{on}: no threshold within the bounds reaches estimated precision "
                 f"{chosen.min_precision}; the upper bound applies"
             )
-        return float(grid[meets[0]]), f"calibrated: estimated precision >= {chosen.min_precision}"
-    f_star = true / np.maximum(released + matched - true, 1e-12)
+        return float(grid[meets[0]]), f"{on}: estimated precision >= {chosen.min_precision}"
+    f_star = true / np.maximum(released + scored.matched_records - true, 1e-12)
     # Thresholds that release the same pairs tie; the middle of the best run of them lies
     # furthest from the scores on either side.
     best = np.flatnonzero(f_star >= f_star.max() - 1e-12)
     same = best[released[best] == released[best[0]]]
-    return float(grid[same[len(same) // 2]]), "calibrated: best estimated F*"
+    return float(grid[same[len(same) // 2]]), f"{on}: best estimated F*"
 
 
 def _estimates(probabilities: np.ndarray, matched_records: float) -> Estimates:

@@ -64,20 +64,22 @@ def solve_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> M
     pairs.sort()
     req = np.array([p[0] for p in pairs], dtype=np.int64)
     cus = np.array([p[1] for p in pairs], dtype=np.int64)
-    similarity = _pair_similarities(sim, rows0, rows1, req, cus)
+    similarity = pair_values(sim, rows0, rows1, req, cus)
     return Matches(req, cus, similarity)
 
 
-def _pair_similarities(
-    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, req: np.ndarray, cus: np.ndarray
+def pair_values(
+    values: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, req: np.ndarray, cus: np.ndarray
 ) -> np.ndarray:
+    """The values of the pairs (req[i], cus[i]) in a list of pairs (rows0, rows1) holding
+    each of them."""
     if not len(req):
         return np.empty(0)
     width = int(max(rows1.max(), cus.max())) + 1
     keys = rows0 * width + rows1
     order = np.argsort(keys, kind="stable")
     positions = np.searchsorted(keys[order], req * width + cus)
-    return sim[order][positions]
+    return values[order][positions]
 
 
 def ambiguous(
