@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -19,15 +20,19 @@ from blindlink.agreement.model import (
     Agreement,
     PartyInfo,
     ReleaseKind,
+    ThresholdRange,
     agreement_from_document,
     agreement_json_schema,
     new_agreement_document,
     parse_agreement,
+    recommended_thresholds,
+    unusual_thresholds,
 )
 from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
 from blindlink.canonical import canonical_json
 from blindlink.errors import AgreementError
 from blindlink.matching.blocking import LshBlocking
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 from blindlink.security.keys import public_key_text, sign, verify_signature
 
 Document = dict[str, Any]
@@ -37,6 +42,10 @@ KEYS = {
 }
 CERTS = {role: hashlib.sha256(f"{role} certificate".encode()).hexdigest() for role in ROLES}
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+# An agreement as blindlink wrote them before matching.decision, and its project ID then.
+BEFORE_DECISION = Path(__file__).parent / "data" / "agreement-before-decision.json"
+BEFORE_DECISION_PROJECT_ID = "64f193ccf43f3a3986aed746a83af5e6288ed1f15ca4d84dc09f4e90066fdcdd"
+DIFFUSION = [{"kind": "diffusion", "t": 3}]
 
 
 def party(role: str) -> PartyInfo:
@@ -56,11 +65,15 @@ def document(**settings: Any) -> Document:
     )
 
 
-def edited(edit: Callable[[Document], None]) -> bytes:
-    """The JSON of a valid document after `edit` changed a copy of it."""
-    changed = copy.deepcopy(document())
+def edited(edit: Callable[[Document], None], base: Document | None = None) -> bytes:
+    """The JSON of a valid document (default: `document()`) after `edit` changed a copy."""
+    changed = copy.deepcopy(base or document())
     edit(changed)
     return json.dumps(changed).encode()
+
+
+def before_decision() -> Document:
+    return dict(json.loads(BEFORE_DECISION.read_text(encoding="utf-8")))
 
 
 def agreement_error(raw: bytes) -> str:
@@ -112,6 +125,8 @@ def delete_key(path: str) -> Callable[[Document], None]:
     [
         {},
         {"threshold": 0.95, "threshold_floor": 0.7, "ambiguity_margin": 0.05},
+        {"hardening": DIFFUSION, "target": "min_precision", "min_precision": 0.98},
+        {"possible_matches": (0.2, 0.9), "possible_release": "list"},
         {"blocking": {"method": "lsh", "bands": 20, "bits_per_band": 16, "seed": 7}},
         {"requester_release": "pairs", "custodian_release": "nothing", "custodian_approval": True},
         {
@@ -161,8 +176,10 @@ def test_document_round_trips_through_canonical_bytes() -> None:
         r: (p.name, p.public_key, p.certificate_sha256) for r, p in agreement.parties.items()
     } == {r: (f"{r} agency", public_key_text(KEYS[r]), CERTS[r]) for r in ROLES}
     assert (agreement.schema_sha256, agreement.bit_length) == (SCHEMA_HASH, 1024)
-    assert (agreement.threshold, agreement.threshold_floor) == (0.9, 0.75)
+    assert agreement.decision == DecisionRule(FixedThreshold(0.9), None, 0.02)
+    assert agreement.threshold_floor == 0.75
     assert agreement.release == {"requester": ReleaseKind.PAIRS, "custodian": ReleaseKind.NOTHING}
+    assert agreement.possible_release == "count"
     assert (agreement.ambiguity_margin, agreement.custodian_approval) == (0.02, True)
     assert (
         agreement.max_records_per_upload,
@@ -181,7 +198,8 @@ def test_document_round_trips_through_canonical_bytes() -> None:
 
 def test_threshold_floor_defaults_to_the_threshold() -> None:
     agreement = agreement_from_document(document(threshold=0.85))
-    assert agreement.threshold_floor == agreement.threshold == 0.85
+    assert agreement.decision.threshold == FixedThreshold(0.85)
+    assert agreement.threshold_floor == 0.85
 
 
 def test_blocking_is_none_unless_lsh_is_agreed() -> None:
@@ -259,6 +277,310 @@ def test_role_for_certificate() -> None:
     assert agreement.role_for_certificate(None) is None
 
 
+# --- the decision rule -----------------------------------------------------------------------
+
+
+def test_agreement_written_before_decision_parses_with_the_same_project_id() -> None:
+    raw = BEFORE_DECISION.read_bytes()
+    agreement = parse_agreement(raw)
+    assert agreement.project_id == BEFORE_DECISION_PROJECT_ID
+    assert agreement.canonical_bytes == canonical_json(json.loads(raw))
+    assert agreement.decision == DecisionRule(FixedThreshold(0.85), None, 0.02)
+    assert (agreement.threshold_floor, agreement.decision_key) == (0.75, "matching")
+    assert (agreement.possible_release, agreement.ambiguity_margin) == ("count", 0.02)
+
+
+CALIBRATED = {"rule": "calibrated", "target": "best_f_star", "bounds": [0.5, 0.9]}
+
+# (matching.decision, matching.possible_matches, release.possible_matches) -> the parsed rule
+# (ambiguity margin 0) and possible release
+DECISION_FORMS: list[tuple[Document, Any, Any, DecisionRule, str]] = [
+    (
+        {"rule": "fixed", "threshold": 0.8, "threshold_floor": 0.7},
+        None,
+        None,
+        DecisionRule(FixedThreshold(0.8)),
+        "count",
+    ),
+    (
+        {**CALIBRATED, "fallback_threshold": 0.6},
+        None,
+        "count",
+        DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.9), 0.6)),
+        "count",
+    ),
+    (
+        {**CALIBRATED, "target": "min_precision", "min_precision": 1, "fallback_threshold": 0.9},
+        [0.2, 0.9],
+        "list",
+        DecisionRule(CalibratedThreshold(Target.MIN_PRECISION, (0.5, 0.9), 0.9, 1.0), (0.2, 0.9)),
+        "list",
+    ),
+    (
+        {**CALIBRATED, "bounds": [0.7, 0.7], "fallback_threshold": 0.7},
+        [0, 1],
+        None,
+        DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.7, 0.7), 0.7), (0.0, 1.0)),
+        "count",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "band", "release", "rule", "possible_release"),
+    DECISION_FORMS,
+    ids=["fixed", "best_f_star", "min_precision with a band", "one threshold, whole band"],
+)
+def test_decision_forms_parse(
+    section: Document, band: Any, release: Any, rule: DecisionRule, possible_release: str
+) -> None:
+    def edit(doc: Document) -> None:
+        doc["matching"]["decision"] = section
+        if band is not None:
+            doc["matching"]["possible_matches"] = band
+        if release is None:
+            del doc["release"]["possible_matches"]
+        else:
+            doc["release"]["possible_matches"] = release
+
+    raw = edited(edit)
+    jsonschema.Draft202012Validator(agreement_json_schema()).validate(json.loads(raw))
+    agreement = parse_agreement(raw)
+    assert (agreement.decision, agreement.possible_release) == (rule, possible_release)
+    assert agreement.decision_key == "matching.decision"
+
+
+def _fixed_form(doc: Document) -> None:
+    doc["matching"]["decision"] = {"rule": "fixed", "threshold": 0.8, "threshold_floor": 0.7}
+
+
+def _both_forms(doc: Document) -> None:
+    doc["matching"].update(threshold=0.8, threshold_floor=0.8)
+
+
+def _no_form(doc: Document) -> None:
+    del doc["matching"]["decision"]
+
+
+def _decision(**changes: Any) -> Callable[[Document], None]:
+    def edit(doc: Document) -> None:
+        doc["matching"]["decision"].update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            del doc["matching"]["decision"][key]
+
+    return edit
+
+
+def _then(*edits: Callable[[Document], None]) -> Callable[[Document], None]:
+    def edit(doc: Document) -> None:
+        for each in edits:
+            each(doc)
+
+    return edit
+
+
+ONE_RULE = "state the decision rule once: as 'decision', or"
+
+# (edit of the default document, its refusal's start, words in it)
+# (edit of the default document, its refusal's start, words in it): refusals the published
+# schema states...
+SCHEMA_REFUSALS = [
+    (_no_form, "matching: ", ONE_RULE),
+    (_both_forms, "matching: ", ONE_RULE),
+    (_then(_no_form, set_key("matching.threshold", 0.8)), "matching: ", ONE_RULE),
+    (set_key("matching.threshold", 0.8), "matching: ", "'threshold_floor' is a dependency"),
+    (_decision(rule="learned"), "matching.decision.rule: ", "is not one of"),
+    (_decision(rule=None), "matching.decision: ", "'rule' is a required property"),
+    (_decision(fallback_threshold=None), "matching.decision: ", "'fallback_threshold' is a"),
+    (_decision(target="best_recall"), "matching.decision.target: ", "is not one of"),
+    (_decision(bounds=[0.5]), "matching.decision.bounds: ", "is too short"),
+    (_decision(bounds=[0, 0.9]), "matching.decision.bounds.0: ", "minimum of 0"),
+    (_decision(fallback_threshold=1.2), "matching.decision.fallback_threshold: ", "maximum of 1"),
+    (
+        _decision(target="min_precision", min_precision=0),
+        "matching.decision.min_precision: ",
+        "minimum of 0",
+    ),
+    (_decision(threshold=0.8), "matching.decision: ", "('threshold' was unexpected)"),
+    (_then(_fixed_form, _decision(threshold=0)), "matching.decision.threshold: ", "minimum of 0"),
+    (
+        _then(_fixed_form, _decision(bounds=[0.5, 0.9])),
+        "matching.decision: ",
+        "('bounds' was unexpected)",
+    ),
+    (set_key("matching.possible_matches", [0.2, 1.1]), "matching.possible_matches.1: ", "maximum"),
+    (set_key("matching.possible_matches", 0.5), "matching.possible_matches: ", "'array'"),
+    (set_key("release.possible_matches", "pairs"), "release.possible_matches: ", "is not one of"),
+]
+# ...and those only its descriptions state, relations between values that parsing checks.
+CONSISTENCY_REFUSALS = [
+    (_decision(bounds=[0.9, 0.6]), "matching.decision.bounds: ", "0.9 exceeds the upper bound 0.6"),
+    (
+        _decision(fallback_threshold=0.97),
+        "matching.decision.fallback_threshold: ",
+        "0.97 is outside the bounds [0.6, 0.95]",
+    ),
+    (
+        _decision(target="min_precision"),
+        "matching.decision.min_precision: ",
+        "the target min_precision needs",
+    ),
+    (
+        _decision(min_precision=0.9),
+        "matching.decision.min_precision: ",
+        "only the target min_precision takes",
+    ),
+    (
+        _then(_fixed_form, _decision(threshold_floor=0.85)),
+        "matching.decision.threshold_floor: ",
+        "0.85 must not exceed matching.decision.threshold 0.8",
+    ),
+    (set_key("matching.possible_matches", [0.5, 0.5]), "matching.possible_matches: ", "is empty"),
+    (
+        set_key("release.possible_matches", "list"),
+        "release.possible_matches: ",
+        "no matching.possible_matches band",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "start", "words", "in_schema"),
+    [(*case, True) for case in SCHEMA_REFUSALS] + [(*case, False) for case in CONSISTENCY_REFUSALS],
+    ids=[f"{start}{words}" for _, start, words in SCHEMA_REFUSALS + CONSISTENCY_REFUSALS],
+)
+def test_invalid_decision_is_refused_naming_its_key(
+    edit: Callable[[Document], None], start: str, words: str, in_schema: bool
+) -> None:
+    raw = edited(edit)
+    message = agreement_error(raw)
+    assert message.startswith(start), message
+    assert words in message, message
+    validator = jsonschema.Draft202012Validator(agreement_json_schema())
+    assert validator.is_valid(json.loads(raw)) is not in_schema
+
+
+@pytest.mark.parametrize(
+    ("base", "threshold", "expected"),
+    [
+        ({"threshold": 0.9, "threshold_floor": 0.7}, 0.75, FixedThreshold(0.75)),
+        ({"threshold": 0.9}, 0.9, FixedThreshold(0.9)),
+        ({}, 0.0, CalibratedThreshold(Target.BEST_F_STAR, (0.6, 0.95), 0.8)),
+    ],
+)
+def test_rule_for_run(base: dict[str, Any], threshold: float, expected: Any) -> None:
+    settings = {"possible_matches": (0.3, 0.9), "ambiguity_margin": 0.05, **base}
+    agreement = agreement_from_document(document(**settings))
+    assert agreement.rule_for_run(threshold) == DecisionRule(expected, (0.3, 0.9), 0.05)
+
+
+# --- new agreements: the decision rule's defaults --------------------------------------------
+
+HARDENED = ThresholdRange((0.54, 0.64), (0.5, 0.9), 0.6, "diffusion, xor folding or rule 90")
+RANDOMIZED = ThresholdRange((0.63, 0.75), (0.5, 0.9), 0.6, "randomized response")
+PLAIN = ThresholdRange((0.68, 0.89), (0.6, 0.95), 0.8, "no hardening, balancing or salting")
+SALT = {"kind": "salt", "field": "date_of_birth", "part": "year"}
+
+
+@pytest.mark.parametrize(
+    ("hardening", "expected"),
+    [
+        ([], PLAIN),
+        ([{"kind": "balance"}], PLAIN),
+        ([SALT], PLAIN),
+        (DIFFUSION, HARDENED),
+        ([SALT, {"kind": "xor_fold", "folds": 1}], HARDENED),
+        ([{"kind": "rule90"}, {"kind": "balance"}], HARDENED),
+        ([{"kind": "randomized_response", "p": 0.05}], RANDOMIZED),
+        ([{"kind": "randomized_response", "p": 0.05}, {"kind": "diffusion", "t": 2}], HARDENED),
+    ],
+)
+def test_recommended_thresholds_follow_the_hardening(
+    hardening: list[dict[str, Any]], expected: ThresholdRange
+) -> None:
+    assert recommended_thresholds(hardening) == expected
+    agreement = agreement_from_document(document(hardening=hardening))
+    assert agreement.decision == DecisionRule(
+        CalibratedThreshold(Target.BEST_F_STAR, expected.bounds, expected.fallback)
+    )
+    assert (agreement.threshold_floor, agreement.possible_release) == (None, "count")
+    assert "possible_matches" not in agreement.document["matching"]
+    assert unusual_thresholds(agreement) is None
+
+
+def test_new_calibrated_agreement_with_explicit_settings() -> None:
+    agreement = agreement_from_document(
+        document(
+            hardening=DIFFUSION,
+            target="min_precision",
+            min_precision=0.99,
+            threshold_bounds=(0.55, 0.7),
+            fallback_threshold=0.65,
+            possible_matches=(0.4, 0.95),
+            possible_release="list",
+        )
+    )
+    assert agreement.decision == DecisionRule(
+        CalibratedThreshold(Target.MIN_PRECISION, (0.55, 0.7), 0.65, 0.99), (0.4, 0.95)
+    )
+    assert agreement.possible_release == "list"
+
+
+@pytest.mark.parametrize(
+    ("bounds", "fallback"), [((0.7, 0.9), 0.7), ((0.4, 0.5), 0.5), ((0.5, 0.6), 0.6)]
+)
+def test_default_fallback_moves_into_explicit_bounds(
+    bounds: tuple[float, float], fallback: float
+) -> None:
+    agreement = agreement_from_document(document(hardening=DIFFUSION, threshold_bounds=bounds))
+    assert agreement.decision.threshold == CalibratedThreshold(Target.BEST_F_STAR, bounds, fallback)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"threshold": 0.8, "target": "best_f_star"}, r"^matching.decision: .*\(target\)"),
+        ({"threshold": 0.8, "threshold_bounds": (0.5, 0.9)}, r"\(threshold_bounds\), not both"),
+        ({"threshold": 0.8, "fallback_threshold": 0.8}, r"\(fallback_threshold\), not both"),
+        ({"threshold_floor": 0.7}, "^matching.decision.threshold_floor: only a fixed"),
+        ({"target": "min_precision"}, "^matching.decision.min_precision: "),
+        ({"fallback_threshold": 0.5}, "^matching.decision.fallback_threshold: 0.5 is outside"),
+        ({"possible_release": "list"}, "^release.possible_matches: "),
+        ({"possible_release": "all"}, "^release.possible_matches: 'all' is not one of"),
+    ],
+)
+def test_new_agreement_refuses_conflicting_decision_settings(
+    settings: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(AgreementError, match=words):
+        document(**settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"threshold": 0.8}, None),
+        ({"threshold": 0.58}, None),
+        ({"threshold": 0.99}, None),
+        ({"threshold": 0.57}, "the threshold 0.57 lies more than 0.1 outside the range 0.68-0.89"),
+        ({"hardening": DIFFUSION, "threshold": 0.74}, None),
+        ({"hardening": DIFFUSION, "threshold": 0.44}, None),
+        ({"hardening": DIFFUSION, "threshold": 0.8}, "0.8 lies more than 0.1 outside the range"),
+        ({"hardening": DIFFUSION, "threshold": 0.4}, "(this agreement's hardening: diffusion t=3)"),
+        ({"hardening": DIFFUSION, "threshold_bounds": (0.64, 0.9)}, None),
+        ({"hardening": DIFFUSION, "threshold_bounds": (0.65, 0.9)}, "bounds [0.65, 0.9] do not"),
+        ({"threshold_bounds": (0.5, 0.67)}, "bounds [0.5, 0.67] do not overlap the range 0.68"),
+        ({"hardening": DIFFUSION, "fallback_threshold": 0.8}, "the fallback threshold 0.8 lies"),
+    ],
+)
+def test_unusual_thresholds_for_the_hardening(settings: dict[str, Any], words: str | None) -> None:
+    problem = unusual_thresholds(agreement_from_document(document(**settings)))
+    if words is None:
+        assert problem is None
+    else:
+        assert problem is not None and words in problem, problem
+
+
 # --- invalid documents: every refusal names the path -----------------------------------------
 
 SECTIONS = ["parties", "encoding", "matching", "release", "limits", "retention"]
@@ -302,11 +624,11 @@ INVALID_VALUES = [
     ("release.requester", "everything", "is not one of"),
     ("release.custodian", "own_row", "is not one of"),
     ("release.custodian", None, "is not one of"),
-    ("matching.threshold", 0, "less than or equal to the minimum of 0"),
-    ("matching.threshold", 1.5, "greater than the maximum of 1"),
-    ("matching.threshold", "0.8", "is not of type 'number'"),
-    ("matching.threshold", True, "is not of type 'number'"),
-    ("matching.threshold_floor", 0, "less than or equal to the minimum of 0"),
+    ("matching.decision.fallback_threshold", 0, "less than or equal to the minimum of 0"),
+    ("matching.decision.fallback_threshold", 1.5, "greater than the maximum of 1"),
+    ("matching.decision.fallback_threshold", "0.8", "is not of type 'number'"),
+    ("matching.decision.min_precision", True, "is not of type 'number'"),
+    ("matching.decision", "calibrated", "is not of type 'object'"),
     ("matching.blocking", "none", "is not valid under any of the given schemas"),
     ("matching.blocking", {"method": "sorted-neighbourhood"}, "is not valid under any of"),
     (
@@ -359,6 +681,24 @@ def test_invalid_value_is_refused_naming_its_path(path: str, value: Any, words: 
 
 
 @pytest.mark.parametrize(
+    ("path", "value", "words"),
+    [
+        ("matching.threshold", 0, "less than or equal to the minimum of 0"),
+        ("matching.threshold", 1.5, "greater than the maximum of 1"),
+        ("matching.threshold", "0.8", "is not of type 'number'"),
+        ("matching.threshold", True, "is not of type 'number'"),
+        ("matching.threshold_floor", 0, "less than or equal to the minimum of 0"),
+    ],
+)
+def test_invalid_threshold_before_decision_is_refused_naming_its_path(
+    path: str, value: Any, words: str
+) -> None:
+    message = agreement_error(edited(set_key(path, value), before_decision()))
+    assert message.startswith(f"{path}: ")
+    assert words in message
+
+
+@pytest.mark.parametrize(
     ("steps", "words"),
     [
         (["bit-flip"], "is not of type 'object'"),
@@ -380,10 +720,9 @@ def test_hardening_steps_are_accepted() -> None:
 
 
 def test_threshold_floor_above_threshold_is_refused() -> None:
-    message = agreement_error(edited(set_key("matching.threshold_floor", 0.85)))
-    assert message.startswith("matching.threshold_floor")
-    assert "matching.threshold" in message
-    with pytest.raises(AgreementError, match="threshold_floor"):
+    message = agreement_error(edited(set_key("matching.threshold_floor", 0.9), before_decision()))
+    assert message == "matching.threshold_floor: 0.9 must not exceed matching.threshold 0.85"
+    with pytest.raises(AgreementError, match="^matching.decision.threshold_floor: 0.81 must"):
         document(threshold=0.8, threshold_floor=0.81)
     assert agreement_from_document(document(threshold=0.8, threshold_floor=0.8))
 
@@ -446,7 +785,7 @@ def test_json_that_is_not_an_object_is_refused(raw: bytes) -> None:
 def test_new_agreement_document_refuses_invalid_settings() -> None:
     with pytest.raises(AgreementError, match="^release.requester: "):
         document(requester_release="all")
-    with pytest.raises(AgreementError, match="^matching.threshold: "):
+    with pytest.raises(AgreementError, match="^matching.decision.threshold: "):
         document(threshold=0)
     with pytest.raises(AgreementError, match="^parties: .*same public key"):
         new_agreement_document(
@@ -548,7 +887,7 @@ def test_problems_reports_a_malformed_signature(signature: str) -> None:
 @pytest.mark.parametrize(
     "path, value",
     [
-        ("matching.threshold", 0.9),
+        ("matching.decision.fallback_threshold", 0.7),
         ("release.custodian", "pairs"),
         ("reference", "DSA-2026-017 "),
         ("limits.valid_until", "2099-01-01T00:00:00Z"),
@@ -610,8 +949,8 @@ def test_parse_signed_refuses_malformed_signatures(signatures: Any) -> None:
 
 def test_parse_signed_refuses_an_invalid_agreement_inside_an_envelope() -> None:
     outer = envelope(signed_by())
-    outer["agreement"]["matching"]["threshold"] = 2
-    with pytest.raises(AgreementError, match="^matching.threshold: "):
+    outer["agreement"]["matching"]["decision"]["fallback_threshold"] = 2
+    with pytest.raises(AgreementError, match="^matching.decision.fallback_threshold: "):
         parse_signed(json.dumps(outer).encode())
 
 

@@ -4,12 +4,14 @@ and is recorded in the audit log."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -29,10 +31,13 @@ from test_server_api import (
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.agreement.model import (
+    Agreement,
+    PartyInfo,
     agreement_from_document,
     format_timestamp,
     new_agreement_document,
 )
+from blindlink.agreement.policy import PolicyViolation, run_threshold
 from blindlink.agreement.signing import SignedAgreement, sign_as
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
@@ -169,7 +174,85 @@ def test_count_for_both_parties(
         assert (list(release.own_rows), list(release.other_rows)) == ([], [])
 
 
-# --- matching.threshold_floor and matching.threshold -----------------------------------------
+# --- matching.decision: the threshold of a run ----------------------------------------------
+
+FIXED = {"threshold": 0.9, "threshold_floor": 0.7}
+BEFORE_DECISION = Path(__file__).parent / "data" / "agreement-before-decision.json"  # 0.85, 0.75
+
+
+def _agreement(**settings: Any) -> Agreement:
+    parties = {
+        role: PartyInfo(role, f"ed25519:{letter * 43}=", letter.lower() * 64)
+        for role, letter in (("requester", "A"), ("custodian", "B"))
+    }
+    return agreement_from_document(
+        new_agreement_document(
+            reference="run thresholds",
+            requester=parties["requester"],
+            custodian=parties["custodian"],
+            schema_sha256="0" * 64,
+            bit_length=1024,
+            **settings,
+        )
+    )
+
+
+# (agreement settings, party, requested threshold) -> the run's threshold, or the rule refused
+RUN_THRESHOLDS = [
+    (FIXED, "requester", 0.0, 0.9),
+    (FIXED, "requester", 0.7, 0.7),
+    (FIXED, "requester", 0.95, 0.95),
+    (FIXED, "requester", 1.0, 1.0),
+    (FIXED, "custodian", 0.0, 0.9),
+    (FIXED, "requester", 0.69, "matching.decision.threshold_floor"),
+    (FIXED, "requester", 1.5, "matching.decision.threshold"),
+    (FIXED, "requester", -0.8, "matching.decision.threshold"),
+    (FIXED, "custodian", 0.9, "matching.decision.threshold"),
+    ({}, "requester", 0.0, 0.0),
+    ({}, "custodian", 0.0, 0.0),
+    ({"hardening": [{"kind": "diffusion", "t": 3}]}, "requester", 0.0, 0.0),
+    ({}, "requester", 0.8, "matching.decision"),
+    ({"threshold_bounds": (0.5, 0.9)}, "requester", 0.6, "matching.decision"),
+    ({}, "custodian", 0.9, "matching.decision"),
+]
+
+
+@pytest.mark.parametrize(("settings", "party", "requested", "expected"), RUN_THRESHOLDS)
+def test_run_threshold(
+    settings: dict[str, Any], party: str, requested: float, expected: float | str
+) -> None:
+    agreement = _agreement(**settings)
+    if isinstance(expected, float):
+        assert run_threshold(agreement, party, requested) == expected
+        return
+    with pytest.raises(PolicyViolation) as refused:
+        run_threshold(agreement, party, requested)
+    assert refused.value.rule == expected
+    if expected == "matching.decision":
+        assert refused.value.message == (
+            "the agreement calibrates each run's threshold; a batch cannot choose one"
+        )
+
+
+@pytest.mark.parametrize(
+    ("party", "requested", "expected"),
+    [
+        ("requester", 0.0, 0.85),
+        ("requester", 0.75, 0.75),
+        ("requester", 0.74, "matching.threshold_floor"),
+        ("custodian", 0.9, "matching.threshold"),
+    ],
+)
+def test_run_threshold_names_the_keys_of_an_agreement_written_before_decision(
+    party: str, requested: float, expected: float | str
+) -> None:
+    agreement = agreement_from_document(json.loads(BEFORE_DECISION.read_text()))
+    if isinstance(expected, float):
+        assert run_threshold(agreement, party, requested) == expected
+        return
+    with pytest.raises(PolicyViolation) as refused:
+        run_threshold(agreement, party, requested)
+    assert refused.value.rule == expected
 
 
 def _near_copies() -> tuple[np.ndarray, np.ndarray]:
@@ -224,10 +307,10 @@ def test_requester_threshold_at_or_above_the_floor_is_used_by_its_run(
 @pytest.mark.parametrize(
     ("threshold", "rule"),
     [
-        (0.69, "matching.threshold_floor"),
-        (0.1, "matching.threshold_floor"),
-        (1.5, "matching.threshold"),
-        (-0.8, "matching.threshold"),
+        (0.69, "matching.decision.threshold_floor"),
+        (0.1, "matching.decision.threshold_floor"),
+        (1.5, "matching.decision.threshold"),
+        (-0.8, "matching.decision.threshold"),
     ],
 )
 def test_requester_threshold_below_the_floor_or_out_of_range_is_refused(
@@ -270,9 +353,29 @@ def test_custodian_upload_with_a_threshold_is_refused(
         project,
         lambda: custodian.upload(project, path, threshold=0.9),
         PRECONDITION,
-        "matching.threshold",
+        "matching.decision.threshold",
     )
     assert custodian.upload(project, path).upload_id
+
+
+def test_batch_threshold_is_refused_when_runs_calibrate_theirs(
+    requester: LinkageClient,
+    server: RunningServer,
+    make_agreement: Agreements,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project = requester.create_project(make_agreement()).project_id
+    path = encodings(tmp_path, random_rows(5, 34), schema)
+    details = expect_refusal(
+        server,
+        project,
+        lambda: requester.upload(project, path, threshold=0.8),
+        PRECONDITION,
+        "matching.decision",
+    )
+    assert "calibrates each run's threshold" in details
+    assert requester.status(project).runs == []
 
 
 # --- release.ambiguity_margin ----------------------------------------------------------------

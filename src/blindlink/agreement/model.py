@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
@@ -23,10 +23,12 @@ from blindlink.canonical import canonical_json, reject_duplicate_keys
 from blindlink.errors import AgreementError
 from blindlink.hardening.steps import HardeningError, encodings_id, validate_steps
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 
 FORMAT_VERSION = 1
 ROLES = ("requester", "custodian")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+POSSIBLE_RELEASES = ("count", "list")
 
 
 class ReleaseKind(StrEnum):
@@ -55,11 +57,12 @@ class Agreement:
     schema_sha256: str
     bit_length: int
     hardening: list[dict[str, Any]]
-    threshold: float
-    threshold_floor: float
+    decision: DecisionRule
+    # The lowest threshold a requester batch may ask for; None when runs calibrate theirs.
+    threshold_floor: float | None
     blocking: Blocking | None
     release: dict[str, ReleaseKind]
-    ambiguity_margin: float
+    possible_release: str  # "count" or "list"
     custodian_approval: bool
     max_records_per_upload: int
     period_seconds: int
@@ -74,6 +77,23 @@ class Agreement:
     @property
     def reference(self) -> str:
         return str(self.document["reference"])
+
+    @property
+    def ambiguity_margin(self) -> float:
+        return self.decision.ambiguity_margin
+
+    @property
+    def decision_key(self) -> str:
+        """Where the document states the decision rule: "matching.decision", or "matching" in
+        agreements written before it. Refusals under the rule name keys below this."""
+        return "matching.decision" if "decision" in self.document["matching"] else "matching"
+
+    def rule_for_run(self, threshold: float) -> DecisionRule:
+        """The decision rule of a run whose threshold `run_threshold` gave: a fixed rule at that
+        threshold; a calibrated rule as agreed (its runs choose their own, so `threshold` is 0)."""
+        if isinstance(self.decision.threshold, FixedThreshold):
+            return replace(self.decision, threshold=FixedThreshold(threshold))
+        return self.decision
 
     @property
     def canonical_bytes(self) -> bytes:
@@ -145,25 +165,23 @@ def agreement_from_document(document: Any) -> Agreement:
     if errors:
         first = errors[0]
         where = ".".join(str(p) for p in first.absolute_path) or "agreement"
-        raise AgreementError(f"{where}: {first.message}")
-    try:
-        validate_steps(document["encoding"]["hardening"])
-    except HardeningError as exc:
-        raise AgreementError(f"encoding.{exc}") from None
+        raise AgreementError(f"{where}: {_schema_message(first)}")
+    _validated_hardening(document["encoding"]["hardening"])
     parties = {role: Party(role, **document["parties"][role]) for role in ROLES}
     matching, release = document["matching"], document["release"]
     limits, retention = document["limits"], document["retention"]
+    decision, threshold_floor = _decision(matching, release)
     agreement = Agreement(
         document=document,
         parties=parties,
         schema_sha256=document["encoding"]["schema_sha256"],
         bit_length=document["encoding"]["bit_length"],
         hardening=document["encoding"]["hardening"],
-        threshold=float(matching["threshold"]),
-        threshold_floor=float(matching["threshold_floor"]),
+        decision=decision,
+        threshold_floor=threshold_floor,
         blocking=_blocking(matching["blocking"]),
         release={role: ReleaseKind(release[role]) for role in ROLES},
-        ambiguity_margin=float(release["ambiguity_margin"]),
+        possible_release=release.get("possible_matches", "count"),
         custodian_approval=release["custodian_approval"],
         max_records_per_upload=limits["max_records_per_upload"],
         period_seconds=limits["period_seconds"],
@@ -179,6 +197,53 @@ def agreement_from_document(document: Any) -> Agreement:
     return agreement
 
 
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, except where the matching section states no decision rule or
+    two: the validator's words for that would not name the keys."""
+    if error.validator == "oneOf" and list(error.absolute_path) == ["matching"]:
+        return (
+            "state the decision rule once: as 'decision', or (as agreements written before "
+            "'decision' did) as 'threshold' and 'threshold_floor'"
+        )
+    return str(error.message)
+
+
+def _validated_hardening(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    try:
+        validate_steps(steps)
+    except HardeningError as exc:
+        raise AgreementError(f"encoding.{exc}") from None
+    return steps
+
+
+def _decision(
+    matching: dict[str, Any], release: dict[str, Any]
+) -> tuple[DecisionRule, float | None]:
+    """The decision rule and, for a fixed threshold, its floor. An agreement written before
+    'decision' states a fixed threshold as matching.threshold and matching.threshold_floor."""
+    legacy = {k: matching.get(k) for k in ("threshold", "threshold_floor")}
+    section = matching.get("decision", {"rule": "fixed", **legacy})
+    threshold: FixedThreshold | CalibratedThreshold
+    floor: float | None = None
+    if section["rule"] == "fixed":
+        threshold = FixedThreshold(float(section["threshold"]))
+        floor = float(section["threshold_floor"])
+    else:
+        low, high = section["bounds"]
+        threshold = CalibratedThreshold(
+            Target(section["target"]),
+            (float(low), float(high)),
+            float(section["fallback_threshold"]),
+            float(section.get("min_precision", 0.0)),
+        )
+    band = matching.get("possible_matches")
+    return DecisionRule(
+        threshold,
+        None if band is None else (float(band[0]), float(band[1])),
+        float(release["ambiguity_margin"]),
+    ), floor
+
+
 def _blocking(section: dict[str, Any]) -> Blocking | None:
     if section["method"] == "none":
         return None
@@ -188,8 +253,7 @@ def _blocking(section: dict[str, Any]) -> Blocking | None:
 
 
 def _check_consistency(agreement: Agreement) -> None:
-    if agreement.threshold_floor > agreement.threshold:
-        raise AgreementError("matching.threshold_floor must not exceed matching.threshold")
+    _check_decision(agreement)
     if agreement.valid_from >= agreement.valid_until:
         raise AgreementError("limits.valid_from must be before limits.valid_until")
     requester, custodian = agreement.parties["requester"], agreement.parties["custodian"]
@@ -197,6 +261,56 @@ def _check_consistency(agreement: Agreement) -> None:
         raise AgreementError("parties: the requester and the custodian have the same public key")
     if requester.certificate_sha256 == custodian.certificate_sha256:
         raise AgreementError("parties: the requester and the custodian have the same certificate")
+
+
+def _check_decision(agreement: Agreement) -> None:
+    key, rule = agreement.decision_key, agreement.decision
+    chosen = rule.threshold
+    if isinstance(chosen, FixedThreshold):
+        floor = agreement.threshold_floor
+        if floor is not None and floor > chosen.threshold:
+            raise AgreementError(
+                f"{key}.threshold_floor: {floor:g} must not exceed {key}.threshold "
+                f"{chosen.threshold:g}"
+            )
+    else:
+        _check_calibration(agreement.document["matching"]["decision"], chosen)
+    band = rule.possible_band
+    if band is not None and band[0] >= band[1]:
+        raise AgreementError(
+            f"matching.possible_matches: the band [{band[0]:g}, {band[1]:g}) is empty; its "
+            "lower end must be below its upper end"
+        )
+    if agreement.possible_release == "list" and band is None:
+        raise AgreementError(
+            "release.possible_matches: 'list' releases possible matches, but the agreement has "
+            "no matching.possible_matches band to find them"
+        )
+
+
+def _check_calibration(section: dict[str, Any], chosen: CalibratedThreshold) -> None:
+    key = "matching.decision"
+    wants_minimum = chosen.target is Target.MIN_PRECISION
+    if wants_minimum and "min_precision" not in section:
+        raise AgreementError(
+            f"{key}.min_precision: the target min_precision needs the minimum estimated "
+            "precision, in (0, 1]"
+        )
+    if not wants_minimum and "min_precision" in section:
+        raise AgreementError(
+            f"{key}.min_precision: only the target min_precision takes a minimum precision; "
+            f"this rule's target is {chosen.target.value}"
+        )
+    low, high = chosen.bounds
+    if low > high:
+        raise AgreementError(
+            f"{key}.bounds: the lower bound {low:g} exceeds the upper bound {high:g}"
+        )
+    if not low <= chosen.fallback_threshold <= high:
+        raise AgreementError(
+            f"{key}.fallback_threshold: {chosen.fallback_threshold:g} is outside the bounds "
+            f"[{low:g}, {high:g}]"
+        )
 
 
 def parse_timestamp(text: str, where: str) -> datetime:
@@ -210,6 +324,75 @@ def parse_timestamp(text: str, where: str) -> datetime:
 
 def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+@dataclass(frozen=True)
+class ThresholdRange:
+    """What the tradeoff benchmark measured for a kind of hardening: the range of its calibrated
+    thresholds; and the calibration bounds and fallback threshold agreed by default with it."""
+
+    measured: tuple[float, float]
+    bounds: tuple[float, float]
+    fallback: float
+    hardening: str  # which configurations, in words
+
+    def distance(self, threshold: float) -> float:
+        """How far `threshold` lies outside the measured range (0 inside it)."""
+        low, high = self.measured
+        return max(low - threshold, threshold - high, 0.0)
+
+
+# A fixed or fallback threshold this far outside the measured range is unusual.
+UNUSUAL_DISTANCE = 0.1
+
+
+def recommended_thresholds(hardening: list[dict[str, Any]]) -> ThresholdRange:
+    """The measured threshold range for these hardening steps, with default bounds and fallback.
+
+    From benchmarks/results/tradeoff.md (calibrated thresholds, generated data): 0.54-0.64 for
+    the hardened configurations with diffusion, xor folding or rule 90; 0.63-0.75 with
+    randomized response; 0.68-0.89 for unhardened ones, balancing and salting included.
+    Hardened encodings are less similar, so their thresholds lie lower.
+    """
+    kinds = {step["kind"] for step in hardening}
+    if kinds & {"diffusion", "xor_fold", "rule90"}:
+        return ThresholdRange((0.54, 0.64), (0.5, 0.9), 0.6, "diffusion, xor folding or rule 90")
+    if "randomized_response" in kinds:
+        return ThresholdRange((0.63, 0.75), (0.5, 0.9), 0.6, "randomized response")
+    return ThresholdRange((0.68, 0.89), (0.6, 0.95), 0.8, "no hardening, balancing or salting")
+
+
+def unusual_thresholds(agreement: Agreement) -> str | None:
+    """Why the agreement's thresholds are unusual for its hardening, or None when they are not:
+    a fixed or fallback threshold more than UNUSUAL_DISTANCE outside the measured range, or
+    calibration bounds that do not overlap it."""
+    expected = recommended_thresholds(agreement.hardening)
+    low, high = expected.measured
+    where = (
+        f"the range {low:g}-{high:g} of calibrated thresholds the tradeoff benchmark measured "
+        f"with {expected.hardening} (this agreement's hardening: "
+        f"{_describe_hardening(agreement.hardening)})"
+    )
+    chosen = agreement.decision.threshold
+    if isinstance(chosen, FixedThreshold):
+        name, value = "threshold", chosen.threshold
+    else:
+        bottom, top = chosen.bounds
+        if top < low or bottom > high:
+            return f"the threshold bounds [{bottom:g}, {top:g}] do not overlap {where}"
+        name, value = "fallback threshold", chosen.fallback_threshold
+    if round(expected.distance(value), 6) > UNUSUAL_DISTANCE:
+        return f"the {name} {value:g} lies more than {UNUSUAL_DISTANCE:g} outside {where}"
+    return None
+
+
+def _describe_hardening(steps: list[dict[str, Any]]) -> str:
+    """Steps as words, e.g. "diffusion t=3"."""
+    words = [
+        " ".join([step["kind"], *(f"{k}={v}" for k, v in step.items() if k != "kind")])
+        for step in steps
+    ]
+    return ", ".join(words) or "none"
 
 
 @dataclass(frozen=True)
@@ -229,8 +412,14 @@ def new_agreement_document(
     schema_sha256: str,
     bit_length: int,
     hardening: list[dict[str, Any]] | None = None,
-    threshold: float = 0.8,
+    threshold: float | None = None,
     threshold_floor: float | None = None,
+    target: str | None = None,
+    min_precision: float | None = None,
+    threshold_bounds: tuple[float, float] | None = None,
+    fallback_threshold: float | None = None,
+    possible_matches: tuple[float, float] | None = None,
+    possible_release: str = "count",
     blocking: dict[str, Any] | None = None,
     requester_release: str = "own_rows",
     custodian_release: str = "count",
@@ -246,8 +435,33 @@ def new_agreement_document(
     encodings_ttl_seconds: int = 30 * 86_400,
     results_ttl_seconds: int = 30 * 86_400,
 ) -> dict[str, Any]:
-    """A new, validated agreement document. Validity starts now unless `valid_from` is given."""
+    """A new, validated agreement document. Validity starts now unless `valid_from` is given.
+
+    With `threshold`, runs decide at that fixed threshold (batches may ask for another, not
+    below `threshold_floor`, which defaults to the threshold). Without it, each run calibrates
+    its threshold towards `target` (default best_f_star) within `threshold_bounds`, else
+    `fallback_threshold`; bounds and fallback default to recommended_thresholds(hardening).
+    `possible_matches`: a band of match probabilities whose pairs are possible matches.
+    """
+    steps = _validated_hardening(hardening or [])
     start = (valid_from or datetime.now(UTC)).replace(microsecond=0)
+    calibration = {
+        "target": target,
+        "min_precision": min_precision,
+        "threshold_bounds": threshold_bounds,
+        "fallback_threshold": fallback_threshold,
+    }
+    if threshold is None:
+        decision = _calibrated_section(steps, threshold_floor, **calibration)
+    else:
+        decision = _fixed_section(threshold, threshold_floor, calibration)
+    matching: dict[str, Any] = {
+        "decision": decision,
+        "blocking": blocking or {"method": "none"},
+        "solver": "greedy",
+    }
+    if possible_matches is not None:
+        matching["possible_matches"] = list(possible_matches)
     document = {
         "blindlink_agreement": FORMAT_VERSION,
         "reference": reference,
@@ -258,17 +472,13 @@ def new_agreement_document(
         "encoding": {
             "schema_sha256": schema_sha256,
             "bit_length": bit_length,
-            "hardening": hardening or [],
+            "hardening": steps,
         },
-        "matching": {
-            "threshold": threshold,
-            "threshold_floor": threshold if threshold_floor is None else threshold_floor,
-            "blocking": blocking or {"method": "none"},
-            "solver": "greedy",
-        },
+        "matching": matching,
         "release": {
             "requester": requester_release,
             "custodian": custodian_release,
+            "possible_matches": possible_release,
             "ambiguity_margin": ambiguity_margin,
             "custodian_approval": custodian_approval,
         },
@@ -288,3 +498,48 @@ def new_agreement_document(
     }
     agreement_from_document(document)
     return document
+
+
+def _fixed_section(
+    threshold: float, floor: float | None, calibration: dict[str, Any]
+) -> dict[str, Any]:
+    given = [name for name, value in calibration.items() if value is not None]
+    if given:
+        raise AgreementError(
+            f"matching.decision: give either a fixed threshold or calibration settings "
+            f"({', '.join(given)}), not both"
+        )
+    return {
+        "rule": "fixed",
+        "threshold": threshold,
+        "threshold_floor": threshold if floor is None else floor,
+    }
+
+
+def _calibrated_section(
+    hardening: list[dict[str, Any]],
+    threshold_floor: float | None,
+    target: str | None,
+    min_precision: float | None,
+    threshold_bounds: tuple[float, float] | None,
+    fallback_threshold: float | None,
+) -> dict[str, Any]:
+    """A calibrated rule; bounds and fallback default to the hardening's recommended ones (a
+    default fallback moves into explicit bounds)."""
+    if threshold_floor is not None:
+        raise AgreementError(
+            "matching.decision.threshold_floor: only a fixed threshold has a floor; a "
+            "calibrated rule's bounds limit each run's threshold"
+        )
+    recommended = recommended_thresholds(hardening)
+    low, high = threshold_bounds or recommended.bounds
+    fallback = min(max(recommended.fallback, low), high)
+    section: dict[str, Any] = {
+        "rule": "calibrated",
+        "target": target or Target.BEST_F_STAR.value,
+        "bounds": [low, high],
+        "fallback_threshold": fallback if fallback_threshold is None else fallback_threshold,
+    }
+    if min_precision is not None:
+        section["min_precision"] = min_precision
+    return section

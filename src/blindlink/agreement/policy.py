@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from blindlink.agreement.model import Agreement, ReleaseKind, format_timestamp
+from blindlink.matching.rules import FixedThreshold
 
 
 class PolicyViolation(Exception):
@@ -42,20 +43,29 @@ def check_validity(agreement: Agreement, now: datetime) -> None:
 
 
 def run_threshold(agreement: Agreement, party: str, requested: float) -> float:
-    """The threshold of a requester batch's run: the agreement's, or the requested one if it
-    does not go below the floor."""
+    """The threshold of a requester batch's run. A fixed rule: the agreement's (`requested`
+    0), or the requested one if it does not go below the floor. A calibrated rule: 0, as each
+    run calibrates its own."""
+    chosen = agreement.decision.threshold
+    if not isinstance(chosen, FixedThreshold):
+        if requested != 0:
+            raise PolicyViolation(
+                "matching.decision",
+                "the agreement calibrates each run's threshold; a batch cannot choose one",
+            )
+        return 0.0
     if requested == 0:
-        return agreement.threshold
+        return chosen.threshold
+    key = agreement.decision_key
     if party != "requester":
-        raise PolicyViolation(
-            "matching.threshold", "only the requester's batches choose a threshold"
-        )
+        raise PolicyViolation(f"{key}.threshold", "only the requester's batches choose a threshold")
     if not 0 < requested <= 1:
-        raise PolicyViolation("matching.threshold", f"{requested} is not in (0, 1]")
-    if requested < agreement.threshold_floor:
+        raise PolicyViolation(f"{key}.threshold", f"{requested} is not in (0, 1]")
+    floor = agreement.threshold_floor
+    if floor is not None and requested < floor:
         raise PolicyViolation(
-            "matching.threshold_floor",
-            f"threshold {requested} is below the agreed floor {agreement.threshold_floor}",
+            f"{key}.threshold_floor",
+            f"threshold {requested} is below the agreed floor {floor}",
         )
     return requested
 

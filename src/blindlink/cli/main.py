@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from blindlink.agreement.model import POSSIBLE_RELEASES, recommended_thresholds
 from blindlink.cli import party, setup_commands
 from blindlink.cli.admin_commands import add_admin_commands
 from blindlink.cli.audit_commands import add_audit_commands
 from blindlink.cli.bench_commands import add_bench_commands
 from blindlink.cli.security_commands import add_security_commands
 from blindlink.errors import BlindlinkError
+from blindlink.matching.rules import Target
 from blindlink.server.config import add_arguments as add_server_arguments
 
 # From benchmarks/results/tradeoff.md: F* 0.958 at threshold ~0.6, worst re-identification 1.2%.
 RECOMMENDED_HARDENING = '[{"kind": "diffusion", "t": 3}]'
+HARDENED = recommended_thresholds(json.loads(RECOMMENDED_HARDENING))
+PLAIN = recommended_thresholds([])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,11 +152,6 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
         )
     new.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
     new.add_argument(
-        "--threshold",
-        type=float,
-        help="Dice threshold of a run (default: 0.6 with hardening, else 0.8)",
-    )
-    new.add_argument(
         "--hardening",
         metavar="JSON",
         default=RECOMMENDED_HARDENING,
@@ -166,11 +166,7 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
         '[{"field": "given_name"}, {"field": "surname", "prefix": 3}]]}\' or LSH '
         '\'{"method": "lsh", "bands": 300, "bits_per_band": 22, "seed": 1}\'',
     )
-    new.add_argument(
-        "--threshold-floor",
-        type=float,
-        help="lowest threshold a batch may ask for (default: --threshold)",
-    )
+    _add_decision_arguments(new)
     new.add_argument(
         "--ambiguity-margin",
         type=float,
@@ -198,6 +194,77 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
     new.add_argument("--results-ttl", type=int, default=30 * 86_400, help="seconds")
     new.add_argument("--out", type=Path, required=True)
     new.set_defaults(run=setup_commands.agreement_new)
+
+
+def _add_decision_arguments(new: argparse.ArgumentParser) -> None:
+    """How runs decide matches: a calibrated threshold unless --threshold fixes one."""
+    decision = new.add_argument_group(
+        "decision rule",
+        "By default each run's match model calibrates its threshold within bounds recommended "
+        "for the hardening (from the tradeoff benchmark); --threshold fixes one instead.",
+    )
+    decision.add_argument(
+        "--threshold",
+        type=float,
+        metavar="X",
+        help="a fixed Dice threshold for every run (no calibration)",
+    )
+    decision.add_argument(
+        "--threshold-floor",
+        type=float,
+        metavar="Y",
+        help="with --threshold: the lowest threshold a batch may ask for (default: --threshold)",
+    )
+    decision.add_argument(
+        "--target",
+        choices=[target.value.replace("_", "-") for target in Target],
+        help="what a calibrated threshold aims for: the best estimated F* (default), or the "
+        "lowest threshold whose estimated precision reaches --min-precision",
+    )
+    decision.add_argument(
+        "--min-precision",
+        type=float,
+        metavar="P",
+        help="with --target min-precision: the estimated precision to reach, in (0, 1]",
+    )
+    decision.add_argument(
+        "--threshold-bounds",
+        type=setup_commands.number_pair,
+        metavar="LOW,HIGH",
+        help="the thresholds a calibrated run may choose (default: recommended for the "
+        f"hardening: {_pair(HARDENED.bounds)} with the default one, {_pair(PLAIN.bounds)} "
+        "without)",
+    )
+    decision.add_argument(
+        "--fallback-threshold",
+        type=float,
+        metavar="F",
+        help="the threshold of a run whose match model cannot be fitted, within the bounds "
+        f"(default: {HARDENED.fallback:g} with the default hardening, {PLAIN.fallback:g} "
+        "without)",
+    )
+    decision.add_argument(
+        "--allow-unusual-threshold",
+        action="store_true",
+        help="accept thresholds far from those the tradeoff benchmark measured for the hardening",
+    )
+    decision.add_argument(
+        "--possible-matches",
+        type=setup_commands.number_pair,
+        metavar="LOW,HIGH",
+        help="pairs whose match probability lies in [LOW, HIGH) are possible matches: withheld "
+        "from the matches and counted (default: no band)",
+    )
+    decision.add_argument(
+        "--possible-release",
+        choices=POSSIBLE_RELEASES,
+        help="what parties receive of the possible matches: their count (default), or also "
+        "the list, in the form of each party's own release",
+    )
+
+
+def _pair(numbers: tuple[float, float]) -> str:
+    return ",".join(f"{n:g}" for n in numbers)
 
 
 def _add_party_commands(commands: argparse._SubParsersAction) -> None:

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from blindlink.agreement.model import (
+    Agreement,
     PartyInfo,
     ReleaseKind,
     agreement_from_document,
     agreement_json_schema,
     new_agreement_document,
+    unusual_thresholds,
 )
 from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
 from blindlink.cli.party import connect
@@ -85,8 +87,7 @@ def agreement_new(args: argparse.Namespace) -> int:
         schema_sha256=schema.sha256,
         bit_length=output_bit_length(schema.bit_length, hardening),
         hardening=hardening,
-        threshold=args.threshold or (0.6 if hardening else 0.8),
-        threshold_floor=args.threshold_floor,
+        **_decision_settings(args),
         blocking=_blocking(args.blocking, schema),
         requester_release=args.requester_release,
         custodian_release=args.custodian_release,
@@ -102,12 +103,51 @@ def agreement_new(args: argparse.Namespace) -> int:
         results_ttl_seconds=args.results_ttl,
     )
     signed = SignedAgreement(agreement_from_document(document), {})
+    _check_usual_thresholds(signed.agreement, args.allow_unusual_threshold)
     _write_signed(args.out, signed)
     print(
         f"wrote {args.out}; its project ID is {signed.agreement.project_id}; each party now "
         "signs it with `blindlink agreement sign`"
     )
     return 0
+
+
+def _decision_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The decision options given; new_agreement_document supplies the defaults of the rest."""
+    given = {
+        "threshold": args.threshold,
+        "threshold_floor": args.threshold_floor,
+        "target": args.target and args.target.replace("-", "_"),
+        "min_precision": args.min_precision,
+        "threshold_bounds": args.threshold_bounds,
+        "fallback_threshold": args.fallback_threshold,
+        "possible_matches": args.possible_matches,
+        "possible_release": args.possible_release,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _check_usual_thresholds(agreement: Agreement, allowed: bool) -> None:
+    """No silent bad settings: thresholds far from those measured for the hardening lose
+    recall or precision, so they need --allow-unusual-threshold."""
+    problem = unusual_thresholds(agreement)
+    if problem and not allowed:
+        raise AgreementError(
+            f"{problem}, so runs would lose recall or precision. Leave out the threshold "
+            "options to let each run calibrate its threshold within the recommended bounds, or "
+            "pass --allow-unusual-threshold to agree on these settings anyway"
+        )
+
+
+def number_pair(text: str) -> tuple[float, float]:
+    """LOW,HIGH: two numbers, e.g. 0.5,0.9."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not two numbers LOW,HIGH like 0.5,0.9"
+        ) from None
+    return low, high
 
 
 def _hardening_steps(text: str | None) -> list[dict[str, Any]]:

@@ -1,0 +1,200 @@
+"""`blindlink agreement new`: the decision rule it writes, and the thresholds it refuses."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Identities, party_args, run
+
+from blindlink.agreement.model import agreement_from_document
+from blindlink.cli.main import main
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
+
+README = Path(__file__).parent.parent / "README.md"
+OVERRIDE = "--allow-unusual-threshold"
+
+
+@pytest.fixture
+def parties(
+    tmp_path: Path, identities: Identities, capsys: pytest.CaptureFixture[str]
+) -> list[str]:
+    """`agreement new` arguments naming both parties, with fresh signing keys."""
+    for role in ("requester", "custodian"):
+        run(capsys, "keys", "new", "--out", str(tmp_path / role))
+    return party_args(tmp_path, identities)
+
+
+def new_agreement(
+    capsys: pytest.CaptureFixture[str], parties: list[str], out: Path, *options: str
+) -> tuple[int, dict[str, Any], str]:
+    """Run `agreement new`: its exit code, the agreement it wrote (or {}), and its stderr."""
+    code = main(["agreement", "new", "--reference", "cli", *parties, *options, "--out", str(out)])
+    written = json.loads(out.read_text())["agreement"] if out.exists() else {}
+    return code, written, capsys.readouterr().err
+
+
+def decision(document: dict[str, Any]) -> DecisionRule:
+    return agreement_from_document(document).decision
+
+
+def test_defaults_to_a_calibrated_threshold_with_the_recommended_hardening(
+    parties: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, written, _ = new_agreement(capsys, parties, tmp_path / "a.json")
+    assert code == 0
+    assert written["encoding"]["hardening"] == [{"kind": "diffusion", "t": 3}]
+    assert written["matching"]["decision"] == {
+        "rule": "calibrated",
+        "target": "best_f_star",
+        "bounds": [0.5, 0.9],
+        "fallback_threshold": 0.6,
+    }
+    assert "possible_matches" not in written["matching"]
+    assert written["release"]["possible_matches"] == "count"
+
+
+# options -> the decision rule written
+RULES = [
+    (["--hardening", "[]"], CalibratedThreshold(Target.BEST_F_STAR, (0.6, 0.95), 0.8)),
+    (
+        ["--target", "min-precision", "--min-precision", "0.99"],
+        CalibratedThreshold(Target.MIN_PRECISION, (0.5, 0.9), 0.6, 0.99),
+    ),
+    (
+        ["--threshold-bounds", "0.55,0.7", "--fallback-threshold", "0.58"],
+        CalibratedThreshold(Target.BEST_F_STAR, (0.55, 0.7), 0.58),
+    ),
+    (["--threshold", "0.6"], FixedThreshold(0.6)),
+    (["--threshold", "0.85", "--hardening", "[]"], FixedThreshold(0.85)),
+]
+
+
+@pytest.mark.parametrize(("options", "expected"), RULES, ids=[" ".join(o) for o, _ in RULES])
+def test_decision_options(
+    parties: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    expected: Any,
+) -> None:
+    code, written, err = new_agreement(capsys, parties, tmp_path / "a.json", *options)
+    assert code == 0, err
+    assert decision(written) == DecisionRule(expected)
+
+
+def test_fixed_threshold_with_a_floor_and_a_possible_match_band(
+    parties: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = ["--threshold", "0.62", "--threshold-floor", "0.55"]
+    band = ["--possible-matches", "0.3,0.9", "--possible-release", "list"]
+    code, written, err = new_agreement(capsys, parties, tmp_path / "a.json", *options, *band)
+    assert code == 0, err
+    assert written["matching"]["decision"] == {
+        "rule": "fixed",
+        "threshold": 0.62,
+        "threshold_floor": 0.55,
+    }
+    agreement = agreement_from_document(written)
+    assert agreement.decision == DecisionRule(FixedThreshold(0.62), (0.3, 0.9))
+    assert (agreement.threshold_floor, agreement.possible_release) == (0.55, "list")
+
+
+# options -> words of the refusal
+UNUSUAL = [
+    (["--threshold", "0.8"], "the threshold 0.8 lies more than 0.1 outside the range 0.54-0.64"),
+    (["--threshold", "0.4"], "(this agreement's hardening: diffusion t=3)"),
+    (["--threshold", "0.5", "--hardening", "[]"], "outside the range 0.68-0.89"),
+    (["--threshold-bounds", "0.7,0.9"], "the threshold bounds [0.7, 0.9] do not overlap"),
+    (["--fallback-threshold", "0.85"], "the fallback threshold 0.85 lies more than 0.1"),
+]
+
+
+@pytest.mark.parametrize(("options", "words"), UNUSUAL, ids=[" ".join(o) for o, _ in UNUSUAL])
+def test_unusual_threshold_is_refused_unless_allowed(
+    parties: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    words: str,
+) -> None:
+    out = tmp_path / "a.json"
+    code, written, err = new_agreement(capsys, parties, out, *options)
+    assert (code, written) == (2, {})
+    assert err.startswith("blindlink: error: ") and err.count("\n") == 1
+    assert words in err
+    assert "the tradeoff benchmark measured" in err and OVERRIDE in err
+    code, written, err = new_agreement(capsys, parties, out, *options, OVERRIDE)
+    assert code == 0, err
+    assert agreement_from_document(written)
+
+
+# options -> words of the refusal
+REFUSED = [
+    (["--threshold", "0.6", "--target", "best-f-star"], "matching.decision: give either a fixed"),
+    (["--threshold", "0.6", "--threshold-bounds", "0.5,0.9"], "(threshold_bounds), not both"),
+    (["--threshold-floor", "0.5"], "matching.decision.threshold_floor: only a fixed threshold"),
+    (["--target", "min-precision"], "the target min_precision needs the minimum"),
+    (["--min-precision", "0.9"], "only the target min_precision takes a minimum precision"),
+    (["--fallback-threshold", "0.95"], "0.95 is outside the bounds [0.5, 0.9]"),
+    (["--threshold-bounds", "0.9,0.5"], "the lower bound 0.9 exceeds the upper bound 0.5"),
+    (["--possible-matches", "0.9,0.5"], "matching.possible_matches: the band [0.9, 0.5) is"),
+    (["--possible-release", "list"], "release.possible_matches: 'list' releases possible"),
+]
+
+
+@pytest.mark.parametrize(("options", "words"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_inconsistent_decision_options_are_refused(
+    parties: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    words: str,
+) -> None:
+    code, written, err = new_agreement(capsys, parties, tmp_path / "a.json", *options)
+    assert (code, written) == (2, {})
+    assert words in err, err
+
+
+@pytest.mark.parametrize("value", ["0.5", "0.5,0.6,0.7", "low,high", ""])
+def test_a_pair_option_must_be_two_numbers(
+    parties: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["agreement", "new", "--reference", "x", *parties, "--threshold-bounds", value])
+    assert exit_.value.code == 2
+    assert "is not two numbers LOW,HIGH like 0.5,0.9" in capsys.readouterr().err
+
+
+def readme_agreement_command() -> list[str]:
+    """The README's `blindlink agreement new` example, as arguments."""
+    text = README.read_text(encoding="utf-8")
+    command = re.search(r"^blindlink agreement new .*?[^\\]$", text, re.MULTILINE | re.DOTALL)
+    assert command is not None
+    return shlex.split(command.group(0).replace("\\\n", " "))[1:]
+
+
+def test_readme_example_writes_a_sensible_agreement(
+    tmp_path: Path,
+    identities: Identities,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for role in ("requester", "custodian"):
+        run(capsys, "keys", "new", "--out", f"{role}-keys")
+        (tmp_path / "pki").mkdir(exist_ok=True)
+        shutil.copy(identities.pki.party_certs[role], tmp_path / "pki" / f"{role}.pem")
+    run(capsys, *readme_agreement_command())
+    agreement = agreement_from_document(json.loads(Path("agreement.json").read_text())["agreement"])
+    assert agreement.hardening == [{"kind": "diffusion", "t": 3}]
+    assert agreement.decision == DecisionRule(
+        CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.9), 0.6), None, 0.02
+    )
+    assert (agreement.threshold_floor, agreement.possible_release) == (None, "count")
+    assert agreement.custodian_approval and agreement.max_records_per_upload == 50_000
