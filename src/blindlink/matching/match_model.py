@@ -6,19 +6,18 @@ Every requester record has a best and a runner-up candidate score. A record with
 the other side has, as its best, the best of many non-matches; a record with a partner has, as
 its runner-up, that same kind of score. So:
 - the runner-ups of the records that look matched give B, the distribution of a record's best
-  non-match score;
-- the records whose best score lies in B's lower part (below its ANCHOR_QUANTILE), where true
-  matches are rare, give how many records have no partner: W, since W * P(B in that part) of
-  them are expected there;
+  non-match score (its upper tail an exponential fitted to the highest of them);
+- the records whose best score lies in B's lower part, where true matches are rare, give how
+  many records have no partner: W, since W * P(B in that part) of them are expected there;
 - in each score bin, the share of best scores beyond the W * P(B in the bin) expected from
   non-matches is the probability that a best score there is a match. It never falls as the
   score rises (isotonic regression).
-The two steps are repeated, each runner-up weighted by the probability that its record's best
-is a match. Partners whose score fell below their record's best non-match are counted by
-inverse probability weighting: a match at score s beats its best non-match with P(B < s).
+The steps are repeated, each runner-up weighted by the probability that its record's best is a
+match. The records with a partner are estimated as the expected matches over all bins.
 
-The recall estimate is the weakest: it rests on W, which the lower part of the score
-distribution gives only to a few percent, and on partners that score like non-matches.
+Precision estimates are the firmest. The recall estimate is the weakest: it rests on W, known
+only as well as B's lower part is sampled, and partners that score like non-matches are counted
+as records without one.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from blindlink.matching.rules import STEP
 BINS = round(1 / STEP) + 2  # bin 0: no candidate at all; bin k: [(k-1) STEP, k STEP)
 # B's quantile below which a record's best score is taken as non-match evidence.
 ANCHOR_QUANTILE = 0.8
+ANCHOR_ERROR = 0.01
 ITERATIONS = 30
 # Fewer records that look matched than this, and B cannot be estimated.
 MIN_SUPPORT = 10
@@ -41,8 +41,8 @@ MIN_MATCHES = 5
 # such bests by up to about 5 times the typical margin (measured with no matches at all),
 # true matches by 12 to 120 times (generated, FEBRL, hardened or not, blocked or not).
 SEPARATION = 8.0
-# Matches hidden below the best non-match are estimated only where P(B < score) is at least this.
-MIN_VISIBLE = 0.05
+# Runner-ups that fit the exponential upper tail of the best non-match distribution.
+TAIL_SAMPLES = 30.0
 
 
 class ModelUnfit(Exception):
@@ -102,9 +102,9 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
             raise ModelUnfit(
                 f"fewer than {MIN_SUPPORT} records look matched: too few matches to model"
             )
-        non_match = np.bincount(runner_bins, weights, minlength=BINS) / weights.sum()
+        non_match = _non_match_distribution(scores.runner_up, runner_bins, weights)
         below = non_match.cumsum()  # P(B in bin k or lower)
-        anchor = int(np.searchsorted(below, ANCHOR_QUANTILE - 1e-12))
+        anchor = int(np.searchsorted(below, _anchor_quantile(weights.sum()) - 1e-12))
         unmatched = min(records, float(counts[: anchor + 1].sum()) / below[anchor])
         # Per bin, the share of best scores beyond what `unmatched` records' best non-matches
         # put there; noisy, so made non-decreasing before it is clipped to a probability.
@@ -112,12 +112,7 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
         probabilities = np.clip(_isotonic(excess, counts), 0.0, 1.0)
         probabilities[0] = 0.0
         weights = probabilities[best_bins]
-    true_in_bin = counts * probabilities
-    strictly_below = np.r_[0.0, below[:-1]]
-    visible = strictly_below >= MIN_VISIBLE
-    matched = float(
-        (true_in_bin[visible] / strictly_below[visible]).sum() + true_in_bin[~visible].sum()
-    )
+    matched = float(counts @ probabilities)
     _check_separation(scores, probabilities[best_bins] >= 0.5, matched)
     return MatchModel(probabilities, matched)
 
@@ -135,6 +130,37 @@ def _check_separation(scores: RecordScores, likely: np.ndarray, matched: float) 
             "the records that look matched stand no further above their runner-ups than the "
             "rest: no separation between matches and non-matches"
         )
+
+
+def _non_match_distribution(
+    runner_up: np.ndarray, runner_bins: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """Per bin, the share of best non-match scores: the weighted runner-ups' histogram, with
+    its upper tail beyond the top TAIL_SAMPLES runner-ups an exponential fitted to them (the
+    tail of a maximum). Fewer runner-ups than records without a partner would otherwise leave
+    the highest of those records' scores in bins the sample never reached."""
+    total = weights.sum()
+    order = np.argsort(runner_up, kind="stable")
+    values, masses = runner_up[order], weights[order]
+    at_or_above = masses[::-1].cumsum()[::-1]
+    start = int(np.searchsorted(-at_or_above, -TAIL_SAMPLES, side="left"))
+    if start >= len(values) or values[start] < 0 or at_or_above[0] < 2 * TAIL_SAMPLES:
+        return np.bincount(runner_bins, weights, minlength=BINS) / total
+    body = np.bincount(runner_bins[order[:start]], masses[:start], minlength=BINS)
+    origin, tail = values[start], masses[start:]
+    scale = max(float((values[start:] - origin) @ tail / tail.sum()), STEP / 10)
+    edges = np.maximum((np.arange(BINS + 1) - 1) * STEP, origin)
+    edges[-1] = np.inf  # the last bin holds everything above
+    survival = np.exp(-(edges - origin) / scale)
+    return (body + tail.sum() * (survival[:-1] - survival[1:])) / total
+
+
+def _anchor_quantile(samples: float) -> float:
+    """The quantile of B below which best scores count the records without a partner: the
+    lowest, from ANCHOR_QUANTILE up, at which B's share there, estimated from `samples`
+    runner-ups, has a relative error of at most ANCHOR_ERROR (binomial). Higher quantiles
+    count more of the partners that score like non-matches as records without one."""
+    return max(ANCHOR_QUANTILE, 1.0 / (1.0 + ANCHOR_ERROR**2 * samples))
 
 
 def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
