@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import read_truth
 from blindlink.hardening.steps import output_bit_length
 from blindlink.matching.blocking import KeyBlocking
-from blindlink.synthetic import generate_datasets
+from blindlink.synthetic import CorruptionRates, generate_datasets
 
 BENCHMARK_SECRET = b"blindlink benchmark secret, not for real data"
 
@@ -43,11 +43,16 @@ def encoded_pair(
     seed: int = 1,
     blocking: KeyBlocking | None = None,
     hardening: list[dict[str, Any]] | None = None,
+    corruption: CorruptionRates | None = None,
 ) -> EncodedPair:
     """Generate and encode `records` per party under `workdir` unless already there; with
     `hardening`, hardened by those steps; with `blocking`, each uploaded record carries those
-    blocking keys."""
+    blocking keys; with `corruption`, the custodian's copies are corrupted at those rates
+    (default: the default rates)."""
+    corruption = corruption or CorruptionRates()
     name = f"encoded-{records}-{overlap}-{seed}"
+    if corruption != CorruptionRates():
+        name += "-corruption-" + hashlib.sha256(canonical_json(asdict(corruption))).hexdigest()[:12]
     if blocking is not None:
         name += "-keys-" + hashlib.sha256(canonical_json(blocking.document())).hexdigest()[:12]
     if hardening:
@@ -56,7 +61,7 @@ def encoded_pair(
     schema = load_schema(default_schema_path())
     width = output_bit_length(schema.bit_length, hardening or []) // 8
     if not (directory / "custodian.bin").exists():
-        files = generate_datasets(directory, records, overlap, seed)
+        files = generate_datasets(directory, records, overlap, seed, corruption)
         for role, csv_path in (("requester", files.requester), ("custodian", files.custodian)):
             encode_csv(
                 csv_path,

@@ -1,0 +1,260 @@
+"""The calibrated decision measured against the truth.
+
+Per case, one run decided by the calibrated rule (the run's match model chooses the threshold
+for the best estimated F*) gives the threshold, the estimated and the true precision, recall and
+F* of its released matches; one run decided with a fixed threshold of 0.5 on the same encodings
+(and, with blocking keys, the same compared pairs) gives the oracle: the fixed threshold of the
+0.50..0.99 grid with the best true F*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blindlink.benchmarking.data import BENCHMARK_SECRET, encoded_pair
+from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
+from blindlink.benchmarking.record_pairs import febrl_pair, febrl_schema_document
+from blindlink.benchmarking.results import timed
+from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
+from blindlink.encoding.schema import parse_schema
+from blindlink.hardening import encode_with_steps
+from blindlink.matching.blocking import KeyBlocking
+from blindlink.matching.decision import Decisions, PairStatus, link
+from blindlink.matching.engine import DEFAULT_LIMITS, MatchingLimits, SharedEncodings
+from blindlink.matching.executors import Executor
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
+from blindlink.synthetic import CorruptionRates
+
+SIZES = (10_000, 100_000, 1_000_000)
+OVERLAPS = (0.1, 0.5, 0.9)
+ALL_PAIRS_UP_TO = 10_000  # larger generated cases compare only records sharing a blocking key
+CORRUPTION = {"default": CorruptionRates(), "heavy": CorruptionRates.scaled(2.0)}
+RECOMMENDED_HARDENING: list[dict[str, Any]] = [{"kind": "diffusion", "t": 3}]
+BOUNDS = (0.5, 0.99)  # the calibrated threshold's bounds: the oracle's grid
+FALLBACK = {False: 0.8, True: 0.6}  # fallback thresholds, unhardened and hardened
+FEBRL_RECORDS = 5000
+FEBRL_CUT = 2500  # records per party of the FEBRL4 cuts: 2 * 2500 - 0.1 * 2500 <= 5000 people
+SEED = 1
+QUICK_RECORDS = 1000
+QUICK_FEBRL_CUT = 500
+# At the oracle's floor nearly every pair of unhardened encodings is a candidate.
+ORACLE_LIMITS = MatchingLimits(max_candidate_pairs=200_000_000)
+
+# Targets.
+F_STAR_GAP = 0.005  # calibrated F* at most this far below the oracle's
+ESTIMATE_ERROR = 0.01  # |estimated - true| precision and recall
+HARDENING_GAP = 0.01  # hardened calibrated F* at most this far below the unhardened oracle's
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: a data set, unhardened or with the recommended hardening."""
+
+    dataset: str  # "generated" or "febrl4"
+    records: int  # per party
+    overlap: float
+    corruption: str  # a CORRUPTION name, or "febrl4"
+    keyed: bool  # compare only records sharing a blocking key, else all pairs
+    hardened: bool
+
+    @property
+    def data_set(self) -> str:
+        """The case's name without its hardening."""
+        blocking = "keys" if self.keyed else "all-pairs"
+        if self.dataset == "febrl4":
+            return f"febrl4-{self.records}-{self.overlap}"
+        return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.data_set}-{'hardened' if self.hardened else 'unhardened'}"
+
+
+def plan(sizes: list[int], datasets: list[str], quick: bool) -> list[Case]:
+    """The cases to measure, unhardened before hardened for each data set."""
+    if quick:
+        sets = [
+            Case("generated", QUICK_RECORDS, 0.5, "default", False, False),
+            Case("generated", QUICK_RECORDS, 0.5, "default", True, False),
+            Case("febrl4", QUICK_FEBRL_CUT, 0.5, "febrl4", False, False),
+        ]
+    else:
+        sets = [
+            Case("generated", size, overlap, corruption, size > ALL_PAIRS_UP_TO, False)
+            for size in sizes
+            for corruption in CORRUPTION
+            for overlap in OVERLAPS
+        ]
+        sets += [Case("febrl4", FEBRL_RECORDS, 1.0, "febrl4", False, False)]
+        sets += [Case("febrl4", FEBRL_CUT, o, "febrl4", False, False) for o in OVERLAPS]
+    chosen = [case for case in sets if case.dataset in datasets]
+    return [Case(**{**asdict(c), "hardened": h}) for c in chosen for h in (False, True)]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    shared: SharedEncodings
+    truth: set[tuple[int, int]]
+    blocking: KeyBlocking | None
+    pair_completeness: float  # share of true pairs that are compared at all
+
+
+def prepare(case: Case, workdir: Path) -> Prepared:
+    """The case's encodings (generated ones cached under `workdir`) and truth."""
+    steps = RECOMMENDED_HARDENING if case.hardened else []
+    if case.dataset == "febrl4":
+        pair = febrl_pair(case.records, case.overlap, SEED)
+        schema = parse_schema(febrl_schema_document())
+        shared = SharedEncodings.of(
+            encode_with_steps(pair.requester, schema, BENCHMARK_SECRET, steps),
+            encode_with_steps(pair.custodian, schema, BENCHMARK_SECRET, steps),
+        )
+        return Prepared(shared, pair.truth_pairs, None, 1.0)
+    blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS) if case.keyed else None
+    data = encoded_pair(
+        workdir,
+        case.records,
+        case.overlap,
+        SEED,
+        blocking,
+        steps,
+        CORRUPTION[case.corruption],
+    )
+    truth = set(
+        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
+    )
+    if blocking is None:
+        return Prepared(SharedEncodings.of(data.requester, data.custodian), truth, None, 1.0)
+    keys_a = data.requester_keys[data.true_requester_rows]
+    keys_b = data.custodian_keys[data.true_custodian_rows]
+    completeness = float(((keys_a == keys_b) & (keys_a != 0)).any(axis=1).mean())
+    shared = SharedEncodings.of(
+        data.requester, data.custodian, data.requester_keys, data.custodian_keys
+    )
+    return Prepared(shared, truth, blocking, completeness)
+
+
+def calibrated_rule(hardened: bool) -> DecisionRule:
+    return DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, BOUNDS, FALLBACK[hardened]))
+
+
+def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict[str, Any]:
+    """One case: the calibrated run against the truth and against the oracle."""
+    data_seconds, data = timed(lambda: prepare(case, workdir))
+
+    def run(rule: DecisionRule, limits: MatchingLimits = DEFAULT_LIMITS) -> tuple[float, Decisions]:
+        return timed(lambda: link(data.shared, rule, executor, workers, data.blocking, limits))
+
+    calibrated_seconds, calibrated = run(calibrated_rule(case.hardened))
+    oracle_seconds, fixed = run(DecisionRule(FixedThreshold(FLOOR)), ORACLE_LIMITS)
+    curve = curve_of(fixed, data.truth)
+    oracle = curve.at(curve.best_threshold())
+    # At the grid's floor, a lower threshold might have done better still.
+    oracle["at_floor"] = oracle["threshold"] == FLOOR
+    true = released_quality(calibrated, data.truth)
+    estimated = None if calibrated.estimates is None else asdict(calibrated.estimates)
+    errors = _errors(estimated, true)
+    return {
+        "name": case.name,
+        "data_set": case.data_set,
+        **asdict(case),
+        "blocking": "keys" if case.keyed else "all pairs",
+        "hardening": RECOMMENDED_HARDENING if case.hardened else [],
+        "true_pairs": len(data.truth),
+        "pair_completeness": data.pair_completeness,
+        "calibrated": {
+            "threshold": calibrated.threshold,
+            "note": calibrated.note,
+            "released": calibrated.count(PairStatus.MATCH),
+            "estimated": estimated,
+            "true": true,
+        },
+        "oracle": oracle,
+        "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
+        "met": {
+            "f_star": oracle["f_star"] - true["f_star"] <= F_STAR_GAP,
+            "precision": _within(errors["precision_error"]),
+            "recall": _within(errors["recall_error"]),
+        },
+        "seconds": {
+            "data": data_seconds,
+            "calibrated_run": calibrated_seconds,
+            "oracle_run": oracle_seconds,
+        },
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[str, Any]:
+    """Estimated minus true precision and recall (None without estimates)."""
+    if estimated is None:
+        return {"precision_error": None, "recall_error": None}
+    return {
+        "precision_error": estimated["precision"] - true["precision"],
+        "recall_error": estimated["recall"] - true["recall"],
+    }
+
+
+def _within(error: float | None) -> bool:
+    return error is not None and abs(error) <= ESTIMATE_ERROR
+
+
+def hardening_gaps(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per data set with both: hardened calibrated F* minus unhardened oracle F*."""
+    by_name = {c["name"]: c for c in cases}
+    gaps = []
+    for data_set in dict.fromkeys(c["data_set"] for c in cases):
+        plain = by_name.get(f"{data_set}-unhardened")
+        hardened = by_name.get(f"{data_set}-hardened")
+        if plain is None or hardened is None:
+            continue
+        gap = hardened["calibrated"]["true"]["f_star"] - plain["oracle"]["f_star"]
+        gaps.append(
+            {
+                "data_set": data_set,
+                "hardened_calibrated_f_star": hardened["calibrated"]["true"]["f_star"],
+                "unhardened_oracle_f_star": plain["oracle"]["f_star"],
+                "gap": gap,
+                "met": -gap <= HARDENING_GAP,
+            }
+        )
+    return gaps
+
+
+def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per target, how many cases (or data sets) met it, and which missed it."""
+    per_target = {
+        target: [c["name"] for c in cases if not c["met"][target]]
+        for target in ("f_star", "precision", "recall")
+    }
+    per_target["hardening"] = [g["data_set"] for g in gaps if not g["met"]]
+    counts = {"f_star": len(cases), "precision": len(cases), "recall": len(cases)}
+    counts["hardening"] = len(gaps)
+    result = {
+        target: {
+            "met": counts[target] - len(missed),
+            "of": counts[target],
+            "missed": missed,
+        }
+        for target, missed in per_target.items()
+    }
+    bias = {key: _bias(cases, key) for key in ("precision_error", "recall_error", "f_star")}
+    return {**result, "all_met": not any(per_target.values()), "bias": bias}
+
+
+def _bias(cases: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+    """Mean, median and extremes of a signed gap over the cases that have it."""
+    values = np.array([c["gaps"][key] for c in cases if c["gaps"][key] is not None])
+    if not len(values):
+        return {"mean": None, "median": None, "min": None, "max": None}
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }

@@ -1,0 +1,82 @@
+"""`benchmarks/calibration.py --quick`: the results file says what was measured and how, and
+its numbers are plausible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("calibration")
+    command = [sys.executable, str(SCRIPT), "--quick", "--workdir", str(work), "--out", str(work)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+    return work
+
+
+@pytest.fixture(scope="module")
+def document(out: Path) -> dict[str, Any]:
+    return dict(json.loads((out / "calibration.json").read_text(encoding="utf-8")))
+
+
+def test_the_json_says_how_and_where_it_was_measured(document: dict[str, Any]) -> None:
+    assert document["benchmark"] == "calibration"
+    assert document["quick"] is True
+    assert document["machine"]["cores"] >= 1
+    assert "FixedThreshold(0.5)" in document["how"]
+    assert set(document["targets"]) == {"f_star", "precision", "recall", "hardening"}
+    (invocation,) = document["invocations"]
+    assert "--quick" in invocation["argv"]
+    assert invocation["wall_seconds"] > 0
+
+
+def test_every_case_has_its_numbers(document: dict[str, Any]) -> None:
+    cases = document["cases"]
+    assert {c["hardened"] for c in cases} == {False, True}
+    assert {c["blocking"] for c in cases} == {"all pairs", "keys"}
+    for case in cases:
+        calibrated, oracle = case["calibrated"], case["oracle"]
+        assert 0 <= calibrated["threshold"] <= 1, case["name"]  # Dice or match probability
+        assert calibrated["note"]
+        for quality in (calibrated["true"], calibrated["estimated"], oracle):
+            assert quality is not None, case["name"]
+            for key in ("precision", "recall", "f_star"):
+                assert 0 <= quality[key] <= 1, (case["name"], key)
+        assert 0.5 <= oracle["threshold"] <= 0.99
+        assert case["gaps"]["f_star"] == pytest.approx(
+            calibrated["true"]["f_star"] - oracle["f_star"]
+        )
+        assert set(case["met"]) == {"f_star", "precision", "recall"}
+        assert all(seconds >= 0 for seconds in case["seconds"].values())
+        assert 0 < case["pair_completeness"] <= 1
+
+
+def test_generated_all_pairs_links_well(document: dict[str, Any]) -> None:
+    for case in document["cases"]:
+        if case["dataset"] == "generated" and case["blocking"] == "all pairs":
+            assert case["calibrated"]["true"]["f_star"] > 0.9, case["name"]
+            assert case["oracle"]["f_star"] > 0.9, case["name"]
+
+
+def test_summary_counts_every_case_and_data_set(document: dict[str, Any]) -> None:
+    cases, summary = document["cases"], document["summary"]
+    for target in ("f_star", "precision", "recall"):
+        assert summary[target]["of"] == len(cases)
+        met = sum(case["met"][target] for case in cases)
+        assert summary[target]["met"] == met
+    assert summary["hardening"]["of"] == len(document["hardening_gaps"]) == len(cases) // 2
+    assert summary["all_met"] == all(
+        not summary[t]["missed"] for t in ("f_star", "precision", "recall", "hardening")
+    )
+
+
+def test_the_plot_is_written(out: Path) -> None:
+    assert (out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
