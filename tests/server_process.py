@@ -165,7 +165,12 @@ def encodings_file(path: Path, rows: np.ndarray, schema_sha256: str) -> Path:
 def signed_agreement(
     identities: Identities, schema: LinkageSchema, reference: str, **settings: Any
 ) -> bytes:
-    """An agreement both parties signed (like conftest's make_agreement, for any scope)."""
+    """An agreement both parties signed (like conftest's make_agreement, for any scope). Its
+    runs decide at a fixed threshold of 0.8 unless `settings` say otherwise: the tests that use
+    it plant exact copies among random encodings and check the server's lifecycle, not how it
+    decides (tests/test_decision.py and test_run_decisions.py do)."""
+    if not {"threshold", "target", "threshold_bounds", "fallback_threshold"} & set(settings):
+        settings = {"threshold": 0.8, **settings}
     document = new_agreement_document(
         reference=reference,
         requester=identities.party("requester"),

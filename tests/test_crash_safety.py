@@ -46,7 +46,7 @@ def verify_data_dir(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def matches(server: ServerProcess, run_id: str) -> list[tuple[int, int, float, int]]:
     return sorted(
         server.rows(
-            "SELECT requester_row, custodian_row, similarity, withheld FROM matches WHERE run_id=?",
+            "SELECT requester_row, custodian_row, similarity, status FROM matches WHERE run_id=?",
             (run_id,),
         )
     )
@@ -83,7 +83,7 @@ def uninterrupted(
             run_id = requester.upload(project, matching_files["requester"]).run_id
             assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
         rows = server.store._read(  # noqa: SLF001 - the reference's raw rows
-            "SELECT requester_row, custodian_row, similarity, withheld FROM matches WHERE run_id=?",
+            "SELECT requester_row, custodian_row, similarity, status FROM matches WHERE run_id=?",
             (run_id,),
         )
     finally:

@@ -441,7 +441,7 @@ def test_logs_and_errors_of_a_full_run_hold_no_identity_secret_or_encoding(
             _, payload = read_payload(encoded["custodian"])
             secret_message = f"row {payload[:48].hex()} and {SECRET.decode()}"
 
-            def broken_matches(run: str) -> object:
+            def broken_matches(run: str, status: object = None) -> object:
                 raise ValueError(secret_message)
 
             monkeypatch.setattr(server.store, "matches", broken_matches)
@@ -658,12 +658,12 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
         "leftover of an interrupted upload",
     ),
     "dangling foreign key": (
-        _sql(f"INSERT INTO matches VALUES ('{'b' * 32}', 1, 2, 0.9, 0)"),
+        _sql(f"INSERT INTO matches VALUES ('{'b' * 32}', 1, 2, 0.9, 0, NULL)"),
         "matches row",
     ),
     "lost matches": (
         _sql("DELETE FROM matches WHERE rowid = (SELECT min(rowid) FROM matches)"),
-        "records 30 released and 0 withheld matches, but holds 29 and 0",
+        "records 30 released, 0 withheld and 0 possible matches, but holds 29, 0 and 0",
     ),
     "edited audit entry": (
         _sql("UPDATE audit_log SET details = '{\"count\":1}' WHERE seq = 2"),

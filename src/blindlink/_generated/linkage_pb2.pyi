@@ -128,7 +128,7 @@ class ApproveRunRequest(_message.Message):
     def __init__(self, project_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run_id", "state", "threshold", "approved", "counts_visible", "match_count", "withheld_count", "message")
+    __slots__ = ("run_id", "state", "threshold", "approved", "counts_visible", "match_count", "withheld_count", "message", "decision")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class RunSummary(_message.Message):
     MATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
     WITHHELD_COUNT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     threshold: float
@@ -145,7 +146,30 @@ class RunSummary(_message.Message):
     match_count: int
     withheld_count: int
     message: str
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., threshold: _Optional[float] = ..., approved: _Optional[bool] = ..., counts_visible: _Optional[bool] = ..., match_count: _Optional[int] = ..., withheld_count: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    decision: RunDecision
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., threshold: _Optional[float] = ..., approved: _Optional[bool] = ..., counts_visible: _Optional[bool] = ..., match_count: _Optional[int] = ..., withheld_count: _Optional[int] = ..., message: _Optional[str] = ..., decision: _Optional[_Union[RunDecision, _Mapping]] = ...) -> None: ...
+
+class RunDecision(_message.Message):
+    __slots__ = ("threshold", "rule", "possible_count", "estimates")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATES_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    rule: str
+    possible_count: int
+    estimates: Estimates
+    def __init__(self, threshold: _Optional[float] = ..., rule: _Optional[str] = ..., possible_count: _Optional[int] = ..., estimates: _Optional[_Union[Estimates, _Mapping]] = ...) -> None: ...
+
+class Estimates(_message.Message):
+    __slots__ = ("precision", "recall", "f_star")
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    F_STAR_FIELD_NUMBER: _ClassVar[int]
+    precision: float
+    recall: float
+    f_star: float
+    def __init__(self, precision: _Optional[float] = ..., recall: _Optional[float] = ..., f_star: _Optional[float] = ...) -> None: ...
 
 class GetReleaseRequest(_message.Message):
     __slots__ = ("project_id", "run_id")
@@ -156,7 +180,7 @@ class GetReleaseRequest(_message.Message):
     def __init__(self, project_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Release(_message.Message):
-    __slots__ = ("project_id", "party", "kind", "match_count", "own_rows", "other_rows", "run_id", "withheld_count", "receipt")
+    __slots__ = ("project_id", "party", "kind", "match_count", "own_rows", "other_rows", "run_id", "withheld_count", "receipt", "decision", "possible_own_rows", "possible_other_rows")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +190,9 @@ class Release(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WITHHELD_COUNT_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLE_OWN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLE_OTHER_ROWS_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     party: str
     kind: ReleaseKind
@@ -175,7 +202,10 @@ class Release(_message.Message):
     run_id: str
     withheld_count: int
     receipt: str
-    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., kind: _Optional[_Union[ReleaseKind, str]] = ..., match_count: _Optional[int] = ..., own_rows: _Optional[_Iterable[int]] = ..., other_rows: _Optional[_Iterable[int]] = ..., run_id: _Optional[str] = ..., withheld_count: _Optional[int] = ..., receipt: _Optional[str] = ...) -> None: ...
+    decision: RunDecision
+    possible_own_rows: _containers.RepeatedScalarFieldContainer[int]
+    possible_other_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., kind: _Optional[_Union[ReleaseKind, str]] = ..., match_count: _Optional[int] = ..., own_rows: _Optional[_Iterable[int]] = ..., other_rows: _Optional[_Iterable[int]] = ..., run_id: _Optional[str] = ..., withheld_count: _Optional[int] = ..., receipt: _Optional[str] = ..., decision: _Optional[_Union[RunDecision, _Mapping]] = ..., possible_own_rows: _Optional[_Iterable[int]] = ..., possible_other_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("project_id",)

@@ -121,6 +121,7 @@ def _run_text(r: RunReport) -> str:
         ("state", r.state + (f" ({r.message})" if r.message else "")),
         ("threshold", r.threshold),
         ("matches", f"{r.match_count} released, {r.withheld_count} withheld"),
+        ("decision", _decision_text(r.decision)),
         ("approved", "yes" if r.approved else "no"),
         ("created", r.created),
         ("finished", r.finished or "-"),
@@ -135,6 +136,23 @@ def _run_text(r: RunReport) -> str:
         for e in r.events
     ]
     return "\n".join(lines)
+
+
+def _decision_text(decision: dict[str, Any] | None) -> str:
+    if decision is None:
+        return "-"
+    estimates = decision["estimates"]
+    quality = (
+        "no estimates"
+        if estimates is None
+        else "estimated precision {precision:.3f}, recall {recall:.3f}, F* {f_star:.3f}".format(
+            **estimates
+        )
+    )
+    return (
+        f"threshold {decision['threshold']} ({decision['rule']}); {decision['possible']} "
+        f"possible matches; {quality}"
+    )
 
 
 def admin_purge(args: argparse.Namespace) -> int:

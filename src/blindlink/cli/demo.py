@@ -21,15 +21,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from blindlink._generated import linkage_pb2 as pb
-from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
+from blindlink.agreement.model import (
+    RECOMMENDED_HARDENING,
+    PartyInfo,
+    agreement_from_document,
+    new_agreement_document,
+)
 from blindlink.agreement.signing import SignedAgreement
 from blindlink.audit.export import read_export
+from blindlink.cli.party import describe_decision
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import BlindlinkError
 from blindlink.evaluation import membership_quality, read_truth
+from blindlink.hardening import output_bit_length
 from blindlink.security.keys import generate_signing_key, load_public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
 from blindlink.server.local_process import local_server
@@ -152,7 +159,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             final = _wait_for_run(address, pki, project_id)
         if final.state != pb.RUN_STATE_DONE:
             raise BlindlinkError(f"the run did not finish: {final.message}")
-        say("the server matched the encodings")
+        decision = _run_decision(address, pki, project_id)
+        say(f"the server matched the encodings: {describe_decision(decision)}")
         with _stage(seconds, "release"):
             _parallel(
                 [
@@ -181,6 +189,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     say(f"audit log verified: {audit_entries} signed, chained entries; receipts match")
     seconds["total"] = round(time.perf_counter() - started, 3)
     summary = _summary(args, work, files.truth, files.true_matches, project_id, seconds)
+    summary["decision"] = _decision_json(decision)
     summary["audit_entries_verified"] = audit_entries
     summary["blocking"] = "blocking keys" if blocking else "all pairs"
     if args.json:
@@ -210,13 +219,15 @@ def _write_agreement(
         )
         for role in ROLES
     }
+    # The agreement `agreement new` makes by default: the recommended hardening, and runs that
+    # calibrate their own threshold.
     document = new_agreement_document(
         reference=f"blindlink demo {time.strftime('%Y-%m-%dT%H:%M:%S')}",
         requester=parties["requester"],
         custodian=parties["custodian"],
         schema_sha256=schema.sha256,
-        bit_length=schema.bit_length,
-        threshold=0.8,
+        bit_length=output_bit_length(schema.bit_length, RECOMMENDED_HARDENING),
+        hardening=RECOMMENDED_HARDENING,
         blocking=blocking,
         requester_release="own_rows",
         custodian_release="count",
@@ -273,6 +284,24 @@ def _wait_for_run(address: str, pki: PkiFiles, project_id: str) -> pb.RunProgres
     tls = ClientTls(pki.ca_cert, pki.party_certs["requester"], pki.party_keys["requester"])
     with LinkageClient(address, "requester", tls) as client:
         return client.wait(project_id, client.status(project_id).runs[-1].run_id)
+
+
+def _run_decision(address: str, pki: PkiFiles, project_id: str) -> pb.RunDecision:
+    """How the run decided, as the requester's status shows it."""
+    tls = ClientTls(pki.ca_cert, pki.party_certs["requester"], pki.party_keys["requester"])
+    with LinkageClient(address, "requester", tls) as client:
+        return client.status(project_id).runs[-1].decision
+
+
+def _decision_json(decision: pb.RunDecision) -> dict[str, object]:
+    estimates = decision.estimates if decision.HasField("estimates") else None
+    return {
+        "threshold": round(decision.threshold, 4),
+        "rule": decision.rule,
+        "possible_matches": decision.possible_count,
+        "estimated_precision": None if estimates is None else round(estimates.precision, 4),
+        "estimated_recall": None if estimates is None else round(estimates.recall, 4),
+    }
 
 
 def _verify_audit(work: Path, dirs: dict[str, Path]) -> int:
@@ -339,6 +368,17 @@ def _print_summary(summary: dict[str, object]) -> None:
         f"precision / recall         {summary['precision']:.4f} / {summary['recall']:.4f}"
         "  (requester's released IDs against the ground truth)"
     )
+    decision = summary["decision"]
+    assert isinstance(decision, dict)
+    if decision["estimated_precision"] is None:
+        estimated = "no estimates: the match model could not be fitted"
+    else:
+        estimated = (
+            f"{decision['estimated_precision']:.4f} / {decision['estimated_recall']:.4f}"
+            "  (the run's own estimates, without ground truth)"
+        )
+    print(f"estimated by the run       {estimated}")
+    print(f"decision                   threshold {decision['threshold']} ({decision['rule']})")
     print(
         f"audit log                  {summary['audit_entries_verified']} entries verified "
         "(hash chain, server signatures, parties' receipts)"

@@ -7,7 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from blindlink.agreement.model import POSSIBLE_RELEASES, recommended_thresholds
+from blindlink.agreement.model import (
+    POSSIBLE_RELEASES,
+    RECOMMENDED_HARDENING,
+    recommended_thresholds,
+)
 from blindlink.cli import party, setup_commands
 from blindlink.cli.admin_commands import add_admin_commands
 from blindlink.cli.audit_commands import add_audit_commands
@@ -17,9 +21,7 @@ from blindlink.errors import BlindlinkError
 from blindlink.matching.rules import Target
 from blindlink.server.config import add_arguments as add_server_arguments
 
-# From benchmarks/results/tradeoff.md: F* 0.958 at threshold ~0.6, worst re-identification 1.2%.
-RECOMMENDED_HARDENING = '[{"kind": "diffusion", "t": 3}]'
-HARDENED = recommended_thresholds(json.loads(RECOMMENDED_HARDENING))
+HARDENED = recommended_thresholds(RECOMMENDED_HARDENING)
 PLAIN = recommended_thresholds([])
 
 
@@ -154,9 +156,9 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
     new.add_argument(
         "--hardening",
         metavar="JSON",
-        default=RECOMMENDED_HARDENING,
+        default=json.dumps(RECOMMENDED_HARDENING),
         help="hardening steps as JSON; '[]' for none (default: the tradeoff benchmark's "
-        f"recommendation, {RECOMMENDED_HARDENING})",
+        f"recommendation, {json.dumps(RECOMMENDED_HARDENING)})",
     )
     new.add_argument(
         "--blocking",

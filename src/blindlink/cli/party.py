@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,7 @@ from blindlink.client.linkage_client import ClientTls, LinkageClient, ServerErro
 from blindlink.encoding.csv_input import expected_records
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import import_clkhash_json, read_header
-from blindlink.encoding.id_map import read_id_map
+from blindlink.encoding.id_map import IdMap, read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import read_secret
 from blindlink.errors import InputError
@@ -200,10 +201,23 @@ def describe_summary(run: pb.RunSummary) -> str:
     text = f"{_STATE_NAMES[run.state]}, threshold {run.threshold:g}"
     if run.counts_visible:
         text += f", {run.match_count} matches, {run.withheld_count} withheld as ambiguous"
+        if run.HasField("decision"):
+            text += f"; {describe_decision(run.decision)}"
     if run.approved:
         text += ", approved by the custodian"
     if run.message:
         text += f" ({run.message})"
+    return text
+
+
+def describe_decision(decision: pb.RunDecision) -> str:
+    """How a run decided: its threshold and rule, possible matches, the model's estimates."""
+    text = f"threshold {decision.threshold:g} ({decision.rule})"
+    if decision.possible_count:
+        text += f", {decision.possible_count} possible matches withheld"
+    if decision.HasField("estimates"):
+        e = decision.estimates
+        text += f"; estimated precision {e.precision:.3f}, recall {e.recall:.3f}, F* {e.f_star:.3f}"
     return text
 
 
@@ -243,28 +257,39 @@ def results(args: argparse.Namespace) -> int:
     if args.receipt:
         args.receipt.write_text(release.receipt + "\n", encoding="utf-8")
     kind = _KIND_NAMES[release.kind]
-    if release.kind in (pb.RELEASE_KIND_OWN_ROWS, pb.RELEASE_KIND_PAIRS):
-        ids = id_map.lookup(list(release.own_rows))
-        header = ["id"] if release.kind == pb.RELEASE_KIND_OWN_ROWS else ["id", "other_row"]
-        rows = (
-            [[i] for i in ids]
-            if release.kind == pb.RELEASE_KIND_OWN_ROWS
-            else [[i, r] for i, r in zip(ids, release.other_rows, strict=True)]
-        )
-        _write_csv(args.out, header, rows)
-        print(
-            f"release ({kind}) of run {release.run_id}: {release.match_count} matches"
-            f"{_withheld(release)}; IDs written to {args.out}"
-        )
-    elif release.kind == pb.RELEASE_KIND_COUNT:
-        _write_csv(args.out, ["match_count"], [[release.match_count]])
-        print(
-            f"release (count) of run {release.run_id}: {release.match_count} matches"
-            f"{_withheld(release)}; written to {args.out}"
-        )
-    else:
+    if release.kind == pb.RELEASE_KIND_NOTHING:
         print("release (nothing): the agreement grants this party nothing")
+        return 0
+    if release.kind == pb.RELEASE_KIND_COUNT:
+        _write_csv(args.out, ["match_count"], [[release.match_count]])
+        where = f"written to {args.out}"
+    else:
+        _write_ids(args.out, release, id_map, release.own_rows, release.other_rows)
+        where = f"IDs written to {args.out}"
+    if release.possible_own_rows:
+        possible = args.out.with_name(f"{args.out.stem}.possible{args.out.suffix}")
+        _write_ids(
+            possible, release, id_map, release.possible_own_rows, release.possible_other_rows
+        )
+        where += f", possible matches' IDs to {possible}"
+    print(
+        f"release ({kind}) of run {release.run_id}: {release.match_count} matches"
+        f"{_withheld(release)}; {where}"
+    )
+    if release.HasField("decision"):
+        print(describe_decision(release.decision))
     return 0
+
+
+def _write_ids(
+    path: Path, release: pb.Release, id_map: IdMap, own: Sequence[int], other: Sequence[int]
+) -> None:
+    """The party's own IDs of released rows, with the other party's rows for pairs."""
+    ids = id_map.lookup(list(own))
+    if release.kind == pb.RELEASE_KIND_OWN_ROWS:
+        _write_csv(path, ["id"], [[i] for i in ids])
+    else:
+        _write_csv(path, ["id", "other_row"], [[i, r] for i, r in zip(ids, other, strict=True)])
 
 
 def _withheld(release: pb.Release) -> str:

@@ -14,15 +14,14 @@ import numpy as np
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
 from blindlink.matching.blocking import Blocking, LshBlocking
+from blindlink.matching.decision import link
 from blindlink.matching.engine import (
     DEFAULT_LIMITS,
     MatchingAborted,
     MatchingLimits,
     SharedEncodings,
-    find_candidates,
 )
 from blindlink.matching.executors import Executor, LocalPoolExecutor, SerialExecutor
-from blindlink.matching.linkage import ambiguous, solve_one_to_one
 from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Store
 
 log = logging.getLogger("blindlink.server.runs")
@@ -189,41 +188,28 @@ class RunQueue:
         shared = SharedEncodings.from_rows(encodings[0], encodings[1], key_count)
         report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
         executor, workers = self._matching.executor_for(len(encodings[0]) * len(encodings[1]))
-        candidates = find_candidates(
+        decisions = link(
             shared,
-            run.threshold,
+            agreement.rule_for_run(run.threshold),
             executor,
             workers,
             agreement.blocking,
             self._matching.limits,
             report,
         )
-        self._publish(run_id, RunProgress(RUNNING, "solving"))
-        sim, rows0, rows1 = (
-            candidates.similarities,
-            candidates.requester_rows,
-            candidates.custodian_rows,
-        )
-        matches = solve_one_to_one(sim, rows0, rows1)
-        withheld = ambiguous(sim, rows0, rows1, matches, agreement.ambiguity_margin)
         self._publish(run_id, RunProgress(RUNNING, "storing"))
-        self._store.finish_run(
-            project_id,
-            run_id,
-            matches.requester_rows,
-            matches.custodian_rows,
-            matches.similarities,
-            withheld,
-        )
+        self._store.finish_run(project_id, run_id, decisions)
+        summary = decisions.summary()
         log.info(
-            "run %s done on %s: %d comparisons (reduction ratio %.6f), %d matches, "
-            "%d withheld, in %.1f s",
+            "run %s done on %s: threshold %.3f (%s), %d matches, %d withheld, %d possible, "
+            "in %.1f s",
             run_id[:12],
             executor.describe(),
-            candidates.comparisons,
-            candidates.reduction_ratio,
-            len(matches) - int(withheld.sum()),
-            int(withheld.sum()),
+            summary.threshold,
+            summary.rule,
+            summary.matches,
+            summary.withheld,
+            summary.possible,
             time.monotonic() - started,
         )
 

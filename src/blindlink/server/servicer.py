@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,6 +29,7 @@ from blindlink.agreement.signing import parse_signed
 from blindlink.audit.chain import AuditEntry
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
+from blindlink.matching.decision import DecisionSummary, PairStatus
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
 from blindlink.server.retention import release_complete
@@ -307,6 +309,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             summary.counts_visible = True
             summary.match_count = run.match_count
             summary.withheld_count = run.withheld_count
+            if run.decision is not None:
+                summary.decision.CopyFrom(_decision_message(run.decision))
         return summary
 
     def ApproveRun(
@@ -337,19 +341,21 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             project_id=request.project_id, party=role, run_id=run.run_id, kind=_RELEASE_KINDS[kind]
         )
         if kind is not ReleaseKind.NOTHING:
-            requester_rows, custodian_rows = self._store.matches(run.run_id)
-            release.match_count = len(requester_rows)
+            own, other = self._pairs(run.run_id, role, PairStatus.MATCH)
+            release.match_count = len(own)
             release.withheld_count = run.withheld_count
-            own, other = (
-                (requester_rows, custodian_rows)
-                if role == "requester"
-                else (custodian_rows, requester_rows)
-            )
-            if kind is ReleaseKind.OWN_ROWS:
-                release.own_rows.extend(sorted(own))
-            elif kind is ReleaseKind.PAIRS:
-                release.own_rows.extend(own)
-                release.other_rows.extend(other)
+            _add_rows(release.own_rows, release.other_rows, kind, own, other)
+            if run.decision is not None:
+                release.decision.CopyFrom(_decision_message(run.decision))
+            if agreement.possible_release == "list":
+                own, other = self._pairs(run.run_id, role, PairStatus.POSSIBLE)
+                _add_rows(release.possible_own_rows, release.possible_other_rows, kind, own, other)
+        rows = (
+            release.own_rows,
+            release.other_rows,
+            release.possible_own_rows,
+            release.possible_other_rows,
+        )
         entry = self._store.record_release(
             request.project_id,
             run.run_id,
@@ -357,12 +363,20 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             {
                 "kind": kind.value,
                 "matches": release.match_count,
-                "rows": len(release.own_rows) + len(release.other_rows),
+                "possible": release.decision.possible_count,
+                "rows": sum(len(r) for r in rows),
             },
         )
         release.receipt = receipt_json(entry)
         self._apply_release_retention(agreement, request.project_id, run.run_id)
         return release
+
+    def _pairs(self, run_id: str, role: str, status: PairStatus) -> tuple[list[int], list[int]]:
+        """(the caller's rows, the other party's rows) of a run's pairs with this status."""
+        requester_rows, custodian_rows = self._store.matches(run_id, status)
+        if role == "requester":
+            return requester_rows, custodian_rows
+        return custodian_rows, requester_rows
 
     def _apply_release_retention(self, agreement: Agreement, project_id: str, run_id: str) -> None:
         run = self._run(project_id, run_id)
@@ -402,6 +416,33 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         except NotFound:
             raise not_found(f"no project {request.project_id!r} on this server") from None
         return pb.DeleteProjectResponse(receipt=receipt_json(entry))
+
+
+def _add_rows(
+    own_field: Any, other_field: Any, kind: ReleaseKind, own: list[int], other: list[int]
+) -> None:
+    """Fill a release's row fields as the party's release kind allows: its own rows (sorted,
+    so that their order says nothing of the pairing), or the pairs."""
+    if kind is ReleaseKind.OWN_ROWS:
+        own_field.extend(sorted(own))
+    elif kind is ReleaseKind.PAIRS:
+        own_field.extend(own)
+        other_field.extend(other)
+
+
+def _decision_message(summary: DecisionSummary) -> pb.RunDecision:
+    decision = pb.RunDecision(
+        threshold=summary.threshold, rule=summary.rule, possible_count=summary.possible
+    )
+    if summary.estimates is not None:
+        decision.estimates.CopyFrom(
+            pb.Estimates(
+                precision=summary.estimates.precision,
+                recall=summary.estimates.recall,
+                f_star=summary.estimates.f_star,
+            )
+        )
+    return decision
 
 
 def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:

@@ -74,15 +74,17 @@ def _database_problems(conn: sqlite3.Connection) -> list[str]:
         )
     ]
     problems += [
-        f"run {run_id}: records {released} released and {withheld} withheld matches, but holds "
-        f"{actual_released} and {actual_withheld}"
-        for run_id, released, withheld, actual_released, actual_withheld in conn.execute(
+        f"run {run_id}: records {recorded[0]} released, {recorded[1]} withheld and "
+        f"{recorded[2]} possible matches, but holds {held[0]}, {held[1]} and {held[2]}"
+        for run_id, *counts in conn.execute(
             "SELECT run_id, match_count, withheld_count, "
-            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND withheld = 0), "
-            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND withheld = 1) "
+            "coalesce(json_extract(decision, '$.possible'), 0), "
+            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 0), "
+            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 1), "
+            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 2) "
             "FROM runs r WHERE state = 'done' AND results_deleted = 0"
         )
-        if (released, withheld) != (actual_released, actual_withheld)
+        if (recorded := counts[:3]) != (held := counts[3:])
     ]
     return problems
 

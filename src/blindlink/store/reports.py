@@ -101,6 +101,7 @@ class RunReport:
     approved: bool
     match_count: int
     withheld_count: int
+    decision: dict[str, Any] | None  # how the run decided (DecisionSummary), once done
     created: str
     finished: str
     results_deleted: bool
@@ -115,13 +116,14 @@ def run_report(conn: sqlite3.Connection, project_id: str, run_id: str) -> RunRep
     """One run's state, counts and audit entries; None if there is no such run."""
     row = conn.execute(
         "SELECT batch_id, state, threshold, message, approved, match_count, withheld_count, "
-        "created_at, finished_at, results_deleted FROM runs WHERE project_id=? AND run_id=?",
+        "created_at, finished_at, results_deleted, decision FROM runs WHERE project_id=? AND "
+        "run_id=?",
         (project_id, run_id),
     ).fetchone()
     if row is None:
         return None
     batch_id, state, threshold, message, approved, matches, withheld, created, finished = row[:9]
-    deleted = row[9]
+    deleted, decision = row[9:]
     fetched = [
         party
         for (party,) in conn.execute(
@@ -146,6 +148,7 @@ def run_report(conn: sqlite3.Connection, project_id: str, run_id: str) -> RunRep
         bool(approved),
         matches,
         withheld,
+        json.loads(decision) if decision else None,
         utc_text(created),
         utc_text(finished),
         bool(deleted),

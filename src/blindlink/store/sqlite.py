@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindlink.audit.chain import SCHEMA_SQL as AUDIT_SCHEMA
 from blindlink.audit.chain import AuditEntry, append_entry
+from blindlink.matching.decision import Decisions, DecisionSummary, PairStatus
 from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR, INCOMING_DIR, lock_data_dir
 
 SCHEMA = """
@@ -61,14 +63,16 @@ CREATE TABLE IF NOT EXISTS runs (
     withheld_count INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     finished_at REAL,
-    results_deleted INTEGER NOT NULL DEFAULT 0
+    results_deleted INTEGER NOT NULL DEFAULT 0,
+    decision TEXT  -- JSON of the run's DecisionSummary once done
 );
 CREATE TABLE IF NOT EXISTS matches (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     requester_row INTEGER NOT NULL,
     custodian_row INTEGER NOT NULL,
     similarity REAL NOT NULL,
-    withheld INTEGER NOT NULL
+    status INTEGER NOT NULL,  -- PairStatus: match, withheld as ambiguous, possible match
+    probability REAL  -- the match model's; NULL where it could not be fitted
 );
 CREATE INDEX IF NOT EXISTS matches_by_run ON matches(run_id);
 CREATE TABLE IF NOT EXISTS releases (
@@ -117,6 +121,7 @@ class RunRecord:
     finished_at: float | None
     results_deleted: bool
     fetched_by: frozenset[str]
+    decision: DecisionSummary | None  # once done; None for runs finished before decisions
 
 
 def _live_batch(
@@ -131,6 +136,18 @@ def _live_batch(
         (project_id, content_sha256, threshold, FAILED),
     ).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def _add_decisions(db: sqlite3.Connection) -> None:
+    """Databases from before runs recorded their decisions: a match's `withheld` flag (0 or 1)
+    is its status (match or withheld), and there was no model."""
+    runs = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+    if runs and "decision" not in runs:
+        db.execute("ALTER TABLE runs ADD COLUMN decision TEXT")
+    matches = [row[1] for row in db.execute("PRAGMA table_info(matches)")]
+    if "withheld" in matches:
+        db.execute("ALTER TABLE matches RENAME COLUMN withheld TO status")
+        db.execute("ALTER TABLE matches ADD COLUMN probability REAL")
 
 
 def _add_batch_ids(db: sqlite3.Connection) -> None:
@@ -170,6 +187,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         _add_batch_ids(self._db)
+        _add_decisions(self._db)
         self._db.executescript(SCHEMA + AUDIT_SCHEMA)
         self._remove_orphan_files()
 
@@ -441,8 +459,8 @@ class Store:
         rows = self._read(
             "SELECT run_id, batch_id, state, threshold, message, approved, match_count, "
             "withheld_count, finished_at, results_deleted, (SELECT group_concat(party) FROM "
-            "releases r "
-            "WHERE r.run_id = runs.run_id) FROM runs WHERE project_id=? ORDER BY created_at",
+            "releases r WHERE r.run_id = runs.run_id), decision FROM runs WHERE project_id=? "
+            "ORDER BY created_at",
             (project_id,),
         )
         return [_run_record(project_id, row) for row in rows]
@@ -468,41 +486,36 @@ class Store:
                 db, "run_started", project_id, "", {"run_id": run_id, "threshold": threshold}
             )
 
-    def finish_run(
-        self,
-        project_id: str,
-        run_id: str,
-        requester_rows: np.ndarray,
-        custodian_rows: np.ndarray,
-        similarities: np.ndarray,
-        withheld: np.ndarray,
-    ) -> None:
-        """Store the matches and mark the run done, atomically; replaces earlier matches."""
+    def finish_run(self, project_id: str, run_id: str, decisions: Decisions) -> None:
+        """Store the run's decided pairs and mark it done, atomically; replaces earlier ones.
+        The audit entry records how the run decided, in aggregates only."""
+        probabilities = [None if np.isnan(p) else p for p in decisions.probabilities.tolist()]
         rows = zip(
-            [run_id] * len(requester_rows),
-            requester_rows.tolist(),
-            custodian_rows.tolist(),
-            similarities.tolist(),
-            withheld.tolist(),
+            [run_id] * len(decisions.requester_rows),
+            decisions.requester_rows.tolist(),
+            decisions.custodian_rows.tolist(),
+            decisions.similarities.tolist(),
+            decisions.status.tolist(),
+            probabilities,
             strict=True,
         )
-        withheld_count = int(withheld.sum())
-        match_count = len(requester_rows) - withheld_count
+        summary = decisions.summary()
         with self._transaction() as db:
             db.execute("DELETE FROM matches WHERE run_id=?", (run_id,))
-            db.executemany("INSERT INTO matches VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?)", rows)
             db.execute(
                 "UPDATE runs SET state=?, message='', match_count=?, withheld_count=?, "
-                "finished_at=? WHERE run_id=?",
-                (DONE, match_count, withheld_count, time.time(), run_id),
+                "decision=?, finished_at=? WHERE run_id=?",
+                (
+                    DONE,
+                    summary.matches,
+                    summary.withheld,
+                    json.dumps(summary.to_dict()),
+                    time.time(),
+                    run_id,
+                ),
             )
-            self._audit(
-                db,
-                "run_finished",
-                project_id,
-                "",
-                {"run_id": run_id, "matches": match_count, "withheld": withheld_count},
-            )
+            self._audit(db, "run_finished", project_id, "", {"run_id": run_id, **summary.to_dict()})
 
     def fail_run(self, project_id: str, run_id: str, message: str) -> None:
         with self._transaction() as db:
@@ -517,12 +530,15 @@ class Store:
             db.execute("UPDATE runs SET approved=1 WHERE run_id=?", (run_id,))
             return self._audit(db, "run_approved", project_id, "custodian", {"run_id": run_id})
 
-    def matches(self, run_id: str) -> tuple[list[int], list[int]]:
-        """(requester rows, custodian rows) of a run's released (not withheld) matches."""
+    def matches(
+        self, run_id: str, status: PairStatus = PairStatus.MATCH
+    ) -> tuple[list[int], list[int]]:
+        """(requester rows, custodian rows) of a run's pairs with this status: by default its
+        matches (neither withheld nor merely possible)."""
         rows = self._read(
             "SELECT requester_row, custodian_row FROM matches WHERE run_id=? AND "
-            "withheld=0 ORDER BY requester_row",
-            (run_id,),
+            "status=? ORDER BY requester_row",
+            (run_id, int(status)),
         )
         return [r[0] for r in rows], [r[1] for r in rows]
 
@@ -568,7 +584,7 @@ class Store:
 
 def _run_record(project_id: str, row: tuple[Any, ...]) -> RunRecord:
     run_id, batch_id, state, threshold, message, approved, matches, withheld, finished = row[:9]
-    deleted, fetched = row[9:]
+    deleted, fetched, decision = row[9:]
     return RunRecord(
         run_id,
         batch_id,
@@ -582,6 +598,7 @@ def _run_record(project_id: str, row: tuple[Any, ...]) -> RunRecord:
         finished,
         bool(deleted),
         frozenset(fetched.split(",")) if fetched else frozenset(),
+        DecisionSummary.from_dict(json.loads(decision)) if decision else None,
     )
 
 
