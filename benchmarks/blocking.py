@@ -14,6 +14,10 @@ Prints and writes benchmarks/results/blocking.json (blocking-lsh.json with LSH, 
     python benchmarks/blocking.py [--records 1000000] [--method keys]
     python benchmarks/blocking.py --method lsh [--bands 300] [--bits-per-band 22]
     python benchmarks/blocking.py --hardening '[{"kind": "diffusion", "t": 3}]' --threshold 0.6
+
+Without --threshold, runs calibrate their threshold as `agreement new` agrees by default (the
+results file then ends in -calibrated), and the run's own estimates are recorded beside the
+truth.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 
 from blindlink.attacks.block_frequency import attackable, block_frequency_attack
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
@@ -48,7 +53,9 @@ def main() -> None:
     parser.add_argument("--method", choices=("keys", "lsh"), default="keys")
     parser.add_argument("--bands", type=int, default=300)
     parser.add_argument("--bits-per-band", type=int, default=22)
-    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument(
+        "--threshold", type=float, help="a fixed Dice threshold (default: calibrated runs)"
+    )
     parser.add_argument(
         "--hardening",
         default="[]",
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     parties = Parties.create(scratch)
     memory = MemorySampler()
     with local_server(scratch / "server", parties.tls_dir) as server:
-        stages, pairs = link(server.address, parties, data, args, blocking)
+        stages, pairs, decision = link(server.address, parties, data, args, blocking)
     peak_gib = memory.stop()
     log = server.log.read_text()
     run_line = next((line for line in log.splitlines() if " done on " in line), "")
@@ -118,8 +125,9 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         "method": (
             f"{args.records} x {args.records} generated identities (overlap 0.5, "
             f"default corruption), default schema, hardening {json.dumps(hardening)}; "
-            f"{describe(blocking)}, threshold "
-            f"{args.threshold}; one run of upload -> match -> release against a "
+            f"{describe(blocking)}, "
+            f"{'threshold ' + str(args.threshold) if args.threshold else 'calibrated runs'}; "
+            "one run of upload -> match -> release against a "
             "`blindlink serve` process with mutual TLS on this machine; precision and "
             "recall of the custodian's released pair list against the truth; peak "
             "memory = machine used memory above the pre-server level, sampled every "
@@ -136,12 +144,16 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         "true_pairs": len(truth),
         "precision": quality.precision,
         "recall": quality.recall,
+        "decision": decision,
         "peak_memory_gib": peak_gib,
     }
     if privacy:
         result["privacy"] = privacy
     name = (
-        "blocking" + ("-lsh" if args.method == "lsh" else "") + ("-hardened" if hardening else "")
+        "blocking"
+        + ("-lsh" if args.method == "lsh" else "")
+        + ("-hardened" if hardening else "")
+        + ("" if args.threshold else "-calibrated")
     )
     path = write_result(name, result)
     print(f"end to end (upload to release): {result['end_to_end_seconds']:.0f} s  {stages}")
@@ -149,6 +161,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         f"pair completeness {completeness:.4f}, precision {quality.precision:.4f}, "
         f"recall {quality.recall:.4f}, peak memory {peak_gib:.1f} GiB"
     )
+    print(f"the run's decision: {json.dumps(decision)}")
     for name, attack in privacy.items():
         if isinstance(attack, str):
             print(f"block frequency attack on {name}: {attack}")
@@ -222,14 +235,16 @@ def link(
     data: EncodedPair,
     args: argparse.Namespace,
     blocking: Blocking,
-) -> tuple[dict[str, float], set[tuple[int, int]]]:
+) -> tuple[dict[str, float], set[tuple[int, int]], dict[str, Any]]:
+    """Both uploads, the run, both releases: seconds per stage, the custodian's released
+    (requester row, custodian row) pairs, and how the run decided."""
     schema = load_schema(default_schema_path())
     agreement = parties.agreement(
         "blocking benchmark",
         schema,
         bit_length=output_bit_length(schema.bit_length, args.hardening_steps),
         hardening=args.hardening_steps,
-        threshold=args.threshold,
+        **({"threshold": args.threshold} if args.threshold else {}),
         blocking=blocking_section(blocking),
         custodian_release="pairs",
         max_records_per_upload=args.records,
@@ -254,7 +269,8 @@ def link(
     finally:
         for client in clients.values():
             client.close()
-    return stages, set(zip(release.other_rows, release.own_rows, strict=True))
+    pairs = set(zip(release.other_rows, release.own_rows, strict=True))
+    return stages, pairs, MessageToDict(release.decision, preserving_proto_field_name=True)
 
 
 if __name__ == "__main__":
