@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -780,6 +781,39 @@ def test_bytes_that_are_not_utf8_json_are_refused(raw: bytes, words: str) -> Non
 @pytest.mark.parametrize("raw", [b"[]", b'"agreement"', b"null", b"1"])
 def test_json_that_is_not_an_object_is_refused(raw: bytes) -> None:
     assert "is not of type 'object'" in agreement_error(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b'{"reference": NaN}', "NaN is not a JSON number"),
+        (b'{"reference": Infinity}', "Infinity is not a JSON number"),
+        (
+            canonical_json(document()).replace(b'"bit_length":1024', b'"bit_length":-Infinity'),
+            "-Infinity is not a JSON number",
+        ),
+        (canonical_json(document()).replace(b"DSA", b"\\ud800DSA"), "lone surrogate"),
+    ],
+)
+def test_numbers_without_json_form_and_lone_surrogates_are_refused(raw: bytes, words: str) -> None:
+    assert words in agreement_error(raw)
+
+
+@pytest.mark.parametrize(
+    ("settings", "where"),
+    [
+        ({"threshold_bounds": (float("nan"), 0.9)}, "matching.decision.bounds[0]"),
+        ({"fallback_threshold": float("inf")}, "matching.decision.fallback_threshold"),
+        ({"threshold": 0.6, "threshold_floor": float("nan")}, "matching.decision.threshold_floor"),
+        ({"possible_matches": (0.1, float("nan"))}, "matching.possible_matches[1]"),
+        ({"reference": "case \ud800"}, "reference"),
+    ],
+)
+def test_new_agreement_document_refuses_nan_infinities_and_lone_surrogates(
+    settings: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(AgreementError, match=f"^{re.escape(where)}: "):
+        document(**settings)
 
 
 def test_new_agreement_document_refuses_invalid_settings() -> None:

@@ -134,6 +134,30 @@ def test_invalid_agreement_is_refused(requester: LinkageClient, server: RunningS
     assert snapshot(server) == before
 
 
+@pytest.mark.parametrize(
+    ("replace", "words"),
+    [
+        ((b'"fallback_threshold":0.8', b'"fallback_threshold":NaN'), "NaN is not a JSON number"),
+        ((b'"reference":"test agreement"', b'"reference":"\\ud800"'), "lone surrogate"),
+    ],
+)
+def test_agreement_with_nan_or_a_lone_surrogate_is_refused_as_invalid(
+    requester: LinkageClient,
+    server: RunningServer,
+    make_agreement: Callable[..., bytes],
+    replace: tuple[bytes, bytes],
+    words: str,
+) -> None:
+    signed = make_agreement(hardening=[])
+    assert replace[0] in signed
+    before = snapshot(server)
+    with pytest.raises(ServerError) as err:
+        requester.create_project(signed.replace(*replace))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in err.value.details
+    assert snapshot(server) == before
+
+
 def test_upload_to_unknown_project(
     requester: LinkageClient, server: RunningServer, schema: LinkageSchema, tmp_path: Path
 ) -> None:

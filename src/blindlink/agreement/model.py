@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -149,11 +150,19 @@ _Validator = jsonschema.validators.extend(
 
 
 def load_json(raw: bytes, what: str) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys."""
+    """Strict JSON: UTF-8, no duplicate keys, no NaN or infinities."""
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
+        return json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=reject_duplicate_keys,
+            parse_constant=_refuse_constant,
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise AgreementError(f"{what} is not valid UTF-8 JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_agreement(raw: bytes) -> Agreement:
@@ -163,6 +172,7 @@ def parse_agreement(raw: bytes) -> Agreement:
 
 def agreement_from_document(document: Any) -> Agreement:
     """Validate a document against the JSON Schema and the rules a schema cannot express."""
+    _check_values(document, "agreement")
     validator = _Validator(agreement_json_schema())
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     if errors:
@@ -198,6 +208,26 @@ def agreement_from_document(document: Any) -> Agreement:
     )
     _check_consistency(agreement)
     return agreement
+
+
+def _check_values(value: Any, where: str) -> None:
+    """Refuse what has no canonical JSON form: NaN and infinities (a NaN floor would disable
+    the floor, a NaN threshold fail every run) and strings that are not Unicode text (a lone
+    surrogate cannot be encoded as UTF-8)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AgreementError(f"{where}: {value} is not a finite number")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AgreementError(f"{where}: the text holds a lone surrogate, not Unicode") from None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, where)
+            _check_values(item, f"{where}.{key}" if where != "agreement" else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_values(item, f"{where}[{index}]")
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
