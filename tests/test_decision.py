@@ -95,7 +95,7 @@ def _oracle_f_star(candidates: Candidates, truth: set[tuple[int, int]]) -> float
         (_well_separated, 300, 0.03),
         (_well_separated, 1000, 0.03),
         (_overlapping, 300, 0.15),
-        (_overlapping, 1000, 0.05),
+        (_overlapping, 1000, 0.06),
     ],
 )
 def test_calibrated_decision_estimates_its_own_quality(

@@ -5,10 +5,18 @@ import pytest
 from anonlink.candidate_generation import find_candidate_pairs
 from anonlink.similarities import dice_coefficient_accelerated
 from anonlink.solving import greedy_solve
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindlink.matching.engine import SharedEncodings, find_candidates
 from blindlink.matching.executors import SerialExecutor
-from blindlink.matching.linkage import Matches, ambiguous, solve_one_to_one, to_bitarrays
+from blindlink.matching.linkage import (
+    Matches,
+    ambiguous,
+    anonlink_one_to_one,
+    solve_one_to_one,
+    to_bitarrays,
+)
 
 
 def _noisy_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,6 +29,31 @@ def _noisy_pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _match(requester: np.ndarray, custodian: np.ndarray, threshold: float) -> Matches:
     c = find_candidates(SharedEncodings.of(requester, custodian), threshold, SerialExecutor(), 1)
     return solve_one_to_one(c.similarities, c.requester_rows, c.custodian_rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 15), st.integers(0, 15), st.sampled_from([0.5, 0.6, 0.7, 0.8, 1.0])
+        ),
+        max_size=120,
+        unique_by=lambda c: (c[0], c[1]),
+    )
+)
+def test_solving_equals_anonlink_greedy_solve_on_any_candidates(
+    candidates: list[tuple[int, int, float]],
+) -> None:
+    """Ties, records in many candidates, chains of rivals: the same matches as anonlink."""
+    rows0 = np.array([c[0] for c in candidates], dtype=np.int64)
+    rows1 = np.array([c[1] for c in candidates], dtype=np.int64)
+    sim = np.array([c[2] for c in candidates], dtype=np.float64)
+    order = np.lexsort((rows1, rows0, -sim))
+    sim, rows0, rows1 = sim[order], rows0[order], rows1[order]
+    ours, reference = solve_one_to_one(sim, rows0, rows1), anonlink_one_to_one(sim, rows0, rows1)
+    np.testing.assert_array_equal(ours.requester_rows, reference.requester_rows)
+    np.testing.assert_array_equal(ours.custodian_rows, reference.custodian_rows)
+    np.testing.assert_array_equal(ours.similarities, reference.similarities)
 
 
 def test_matches_equal_anonlink_greedy_solve() -> None:

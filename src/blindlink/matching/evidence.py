@@ -90,20 +90,31 @@ class FellegiSunter:
 def fit_fellegi_sunter(evidence: PairEvidence, start: np.ndarray) -> FellegiSunter | None:
     """Fit the model by expectation maximisation from `start`, each pair's probability of
     being a match by its Dice score alone; None when the pairs do not support a model (too
-    few, or the fitted match class is not the one with the higher Dice scores)."""
-    levels = evidence.levels
-    if len(levels) < 2:
+    few, or the fitted match class is not the one with the higher Dice scores). Pairs with
+    the same levels share one probability, so the work is per distinct pattern of levels."""
+    if len(evidence.levels) < 2:
         return None
-    matched = start.astype(np.float64)
+    radix = np.cumprod((1, *evidence.sizes[:-1]))
+    codes, which, counts = np.unique(
+        evidence.levels @ radix, return_inverse=True, return_counts=True
+    )
+    patterns = (codes[:, None] // radix) % np.asarray(evidence.sizes)
+    distinct = PairEvidence(patterns, evidence.sizes)
+    matched = np.bincount(which, start.astype(np.float64), len(patterns)) / counts
     share = 0.0
     model = None
     for _ in range(ITERATIONS):
         share_before = share
-        share = float(np.clip(matched.mean(), 1e-6, 1 - 1e-6))
-        m = [_frequencies(levels[:, f], matched, size) for f, size in enumerate(evidence.sizes)]
-        u = [_frequencies(levels[:, f], 1 - matched, size) for f, size in enumerate(evidence.sizes)]
+        share = float(np.clip((matched @ counts) / counts.sum(), 1e-6, 1 - 1e-6))
+        m = [
+            _frequencies(patterns[:, f], matched * counts, n) for f, n in enumerate(distinct.sizes)
+        ]
+        u = [
+            _frequencies(patterns[:, f], (1 - matched) * counts, n)
+            for f, n in enumerate(distinct.sizes)
+        ]
         model = FellegiSunter(share, m, u)
-        matched = 1.0 / (1.0 + np.exp(-model.log_odds(evidence)))
+        matched = 1.0 / (1.0 + np.exp(-model.log_odds(distinct)))
         if abs(share - share_before) < TOLERANCE:
             break
     assert model is not None

@@ -47,7 +47,31 @@ def to_bitarrays(payload: bytes, bit_length: int) -> list[bitarray]:
 
 
 def solve_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> Matches:
-    """Greedy 1:1 assignment (anonlink `greedy_solve`) over sorted candidates."""
+    """Greedy 1:1 assignment over candidates in the order given (best first): a pair is
+    taken when neither of its records is taken yet. The same matches as anonlink's
+    `greedy_solve` (a test compares them), found in rounds: a pair that comes first among
+    the remaining pairs of both its records is taken by greedy, so each round takes all such
+    pairs at once and drops the pairs of the records it took."""
+    taken = np.zeros(len(sim), dtype=bool)
+    alive = np.arange(len(sim))
+    while len(alive):
+        first0 = np.zeros(len(alive), dtype=bool)
+        first0[np.unique(rows0[alive], return_index=True)[1]] = True
+        first1 = np.zeros(len(alive), dtype=bool)
+        first1[np.unique(rows1[alive], return_index=True)[1]] = True
+        chosen = alive[first0 & first1]
+        taken[chosen] = True
+        alive = alive[~np.isin(rows0[alive], rows0[chosen]) & ~np.isin(rows1[alive], rows1[chosen])]
+    order = np.flatnonzero(taken)
+    order = order[np.argsort(rows0[order], kind="stable")]
+    return Matches(
+        rows0[order].astype(np.int64), rows1[order].astype(np.int64), sim[order].astype(float)
+    )
+
+
+def anonlink_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> Matches:
+    """anonlink's `greedy_solve` over the same candidates: the reference for
+    solve_one_to_one."""
     n = len(sim)
     candidates = (
         array("d", sim.astype(np.float64).tobytes()),
@@ -57,15 +81,10 @@ def solve_one_to_one(sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray) -> M
             array("I", rows1.astype(np.uint32).tobytes()),
         ),
     )
-    pairs = []
-    for group in greedy_solve(candidates):
-        by_dataset = dict(group)
-        pairs.append((by_dataset[0], by_dataset[1]))
-    pairs.sort()
+    pairs = sorted((dict(group)[0], dict(group)[1]) for group in greedy_solve(candidates))
     req = np.array([p[0] for p in pairs], dtype=np.int64)
     cus = np.array([p[1] for p in pairs], dtype=np.int64)
-    similarity = pair_values(sim, rows0, rows1, req, cus)
-    return Matches(req, cus, similarity)
+    return Matches(req, cus, pair_values(sim, rows0, rows1, req, cus))
 
 
 def pair_values(

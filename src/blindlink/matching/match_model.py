@@ -93,31 +93,42 @@ class MatchModel:
     def probability(self, scores: np.ndarray) -> np.ndarray:
         return self.probabilities[score_bins(scores)]
 
+    def lowest_score(self, probability: float) -> float:
+        """The lowest score whose match probability reaches `probability` (above 1: none)."""
+        reaching = np.flatnonzero(self.probabilities[1:] >= probability)
+        return float(reaching[0]) * STEP if len(reaching) else 1.0 + STEP
+
 
 def fit_match_model(scores: RecordScores) -> MatchModel:
-    """Fit the model to one run's scores; raises ModelUnfit when they cannot support one."""
+    """Fit the model to one run's scores; raises ModelUnfit when they cannot support one.
+
+    A record's weight depends only on its best score's bin, so the work is on the joint
+    histogram of (best bin, runner-up bin), whatever the number of records."""
     best_bins, runner_bins = score_bins(scores.best), score_bins(scores.runner_up)
     records = len(best_bins)
-    counts = np.bincount(best_bins, minlength=BINS).astype(np.float64)
-    weights = (scores.best > np.quantile(scores.runner_up, 0.99)).astype(np.float64)
+    joint = np.bincount(best_bins * BINS + runner_bins, minlength=BINS * BINS)
+    joint = joint.reshape(BINS, BINS).astype(np.float64)
+    counts = joint.sum(axis=1)
+    first_bin = int(score_bins(np.array([np.quantile(scores.runner_up, 0.99)]))[0])
+    weights = (np.arange(BINS) > first_bin).astype(np.float64)  # per best bin
     for _ in range(ITERATIONS):
-        if weights.sum() < MIN_SUPPORT:
+        runner_ups = weights @ joint  # the weighted runner-ups' histogram
+        if runner_ups.sum() < MIN_SUPPORT:
             raise ModelUnfit(
                 f"fewer than {MIN_SUPPORT} records look matched: too few matches to model"
             )
-        non_match = _non_match_distribution(scores.runner_up, runner_bins, weights)
+        non_match = _non_match_distribution(runner_ups)
         below = non_match.cumsum()  # P(B in bin k or lower)
-        anchor = int(np.searchsorted(below, _anchor_quantile(weights.sum()) - 1e-12))
+        anchor = int(np.searchsorted(below, _anchor_quantile(runner_ups.sum()) - 1e-12))
         unmatched = min(records, float(counts[: anchor + 1].sum()) / below[anchor])
         # Per bin, the share of best scores beyond what `unmatched` records' best non-matches
         # put there; noisy, so made non-decreasing before it is clipped to a probability.
         excess = 1.0 - np.divide(unmatched * non_match, counts, out=np.ones(BINS), where=counts > 0)
-        probabilities = np.clip(_isotonic(excess, counts), 0.0, 1.0)
-        probabilities[0] = 0.0
-        weights = probabilities[best_bins]
-    matched = float(counts @ probabilities)
-    _check_separation(scores, probabilities[best_bins] >= 0.5, matched)
-    return MatchModel(probabilities, matched)
+        weights = np.clip(_isotonic(excess, counts), 0.0, 1.0)
+        weights[0] = 0.0
+    matched = float(counts @ weights)
+    _check_separation(scores, weights[best_bins] >= 0.5, matched)
+    return MatchModel(weights, matched)
 
 
 def _check_separation(scores: RecordScores, likely: np.ndarray, matched: float) -> None:
@@ -135,29 +146,28 @@ def _check_separation(scores: RecordScores, likely: np.ndarray, matched: float) 
         )
 
 
-def _non_match_distribution(
-    runner_up: np.ndarray, runner_bins: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
+def _non_match_distribution(runner_ups: np.ndarray) -> np.ndarray:
     """Per bin, the share of best non-match scores: the weighted runner-ups' histogram, with
     its upper tail (the top TAIL_SHARE of the runner-ups, at least TAIL_SAMPLES of them) an
     exponential fitted to them (the tail of a maximum). Fewer runner-ups than records without
     a partner would otherwise leave the highest of those records' scores in bins the sample
     never reached, and the histogram's noise where matches and non-matches overlap would move
     the threshold."""
-    total = weights.sum()
-    order = np.argsort(runner_up, kind="stable")
-    values, masses = runner_up[order], weights[order]
-    at_or_above = masses[::-1].cumsum()[::-1]
-    tail_mass = max(TAIL_SAMPLES, TAIL_SHARE * float(at_or_above[0])) if len(values) else 0.0
-    start = int(np.searchsorted(-at_or_above, -tail_mass, side="left"))
-    if start >= len(values) or values[start] < 0 or at_or_above[0] < 2 * TAIL_SAMPLES:
-        return np.bincount(runner_bins, weights, minlength=BINS) / total
-    body = np.bincount(runner_bins[order[:start]], masses[:start], minlength=BINS)
-    origin, tail = values[start], masses[start:]
-    scale = max(float((values[start:] - origin) @ tail / tail.sum()), STEP / 10)
+    total = runner_ups.sum()
+    scored = runner_ups[1:].sum()  # runner-ups that exist
+    if scored < 2 * TAIL_SAMPLES:
+        return runner_ups / total
+    at_or_above = runner_ups[::-1].cumsum()[::-1]
+    tail_mass = max(TAIL_SAMPLES, TAIL_SHARE * scored)
+    start = max(int(np.flatnonzero(at_or_above >= tail_mass)[-1]), 1)
+    tail = runner_ups[start:]
+    centres = (np.arange(start, BINS) - 0.5) * STEP
+    origin = (start - 1) * STEP
+    scale = max(float((centres - origin) @ tail / tail.sum()), STEP / 10)
     edges = np.maximum((np.arange(BINS + 1) - 1) * STEP, origin)
     edges[-1] = np.inf  # the last bin holds everything above
     survival = np.exp(-(edges - origin) / scale)
+    body = np.r_[runner_ups[:start], np.zeros(BINS - start)]
     return (body + tail.sum() * (survival[:-1] - survival[1:])) / total
 
 
