@@ -11,7 +11,6 @@ the decision says why.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -23,6 +22,7 @@ from blindlink.matching.engine import (
     DEFAULT_LIMITS,
     Candidates,
     MatchingLimits,
+    Progress,
     SharedEncodings,
     find_candidates,
 )
@@ -138,9 +138,6 @@ class DecisionSummary:
         )
 
 
-Progress = Callable[[int, int], None]
-
-
 def link(
     shared: SharedEncodings,
     rule: DecisionRule,
@@ -201,9 +198,12 @@ def decide(
         candidates.requester_rows,
         candidates.custodian_rows,
     )
-    scored, by_dice = _scored_by_dice(candidates, requester_records, rule)
+    by_dice, unfit = _dice_model(candidates, requester_records)
+    scored = None
     if keys is not None and by_dice is not None and isinstance(rule.threshold, CalibratedThreshold):
-        scored = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0]) or scored
+        scored = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0])
+    if scored is None:
+        scored = _scored_by_dice(candidates, rule, by_dice, unfit)
     solved, probabilities = scored.solved, scored.probabilities
     threshold, note = _threshold(rule, scored)
     matched = (scored.scores >= threshold) & scored.eligible
@@ -267,34 +267,36 @@ class _Scored:
         return not self.unfit
 
 
+def _dice_model(candidates: Candidates, requester_records: int) -> tuple[MatchModel | None, str]:
+    """The match model of the candidates' Dice scores, or None and why it cannot be fitted."""
+    scores = RecordScores.of(candidates.similarities, candidates.requester_rows, requester_records)
+    try:
+        return fit_match_model(scores), ""
+    except ModelUnfit as reason:
+        return None, str(reason)
+
+
 def _scored_by_dice(
-    candidates: Candidates, requester_records: int, rule: DecisionRule
-) -> tuple[_Scored, MatchModel | None]:
-    """Pairs scored by Dice, and the match model of their scores (None if it cannot be
-    fitted). Only the candidates at or above the lowest Dice score the rule could release or
-    call possible are solved: greedy solving takes pairs best first, so those below cannot
-    change the pairs above."""
+    candidates: Candidates, rule: DecisionRule, model: MatchModel | None, unfit: str
+) -> _Scored:
+    """Pairs scored by Dice, with the model's probabilities (NaN without a model). Only the
+    candidates at or above the lowest Dice score the rule could release or call possible are
+    solved: greedy solving takes pairs best first, so those below cannot change those above."""
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
         candidates.custodian_rows,
     )
-    model: MatchModel | None
-    try:
-        model, unfit = fit_match_model(RecordScores.of(sim, rows0, requester_records)), ""
-    except ModelUnfit as reason:
-        model, unfit = None, str(reason)
     solvable = int(np.searchsorted(-sim, -_solve_floor(rule, model), side="right"))
     solved = solve_one_to_one(sim[:solvable], rows0[:solvable], rows1[:solvable])
     everyone = np.ones(len(solved), dtype=bool)
     if model is None:
         nothing = np.full(len(solved), np.nan)
-        return _Scored(solved, solved.similarities, nothing, 0.0, everyone, DICE, unfit), None
+        return _Scored(solved, solved.similarities, nothing, 0.0, everyone, DICE, unfit)
     probabilities = model.probability(solved.similarities)
-    scored = _Scored(
+    return _Scored(
         solved, solved.similarities, probabilities, model.matched_records, everyone, DICE, ""
     )
-    return scored, model
 
 
 def _solve_floor(rule: DecisionRule, model: MatchModel | None) -> float:
