@@ -260,6 +260,11 @@ def test_sigterm_during_matching_exits_promptly_and_the_run_resumes(
         for progress in requester.watch(project, run_id):
             if progress.stage == "comparing":
                 break
+        # What a party sees of the run's progress reveals neither party's record count: the
+        # work is in thousandths, and no count of comparisons is quoted.
+        assert progress.total == 1000 and progress.done <= 1000
+        assert "comparisons" not in progress.message and "/s" not in progress.message
+        assert str(15_000 * 15_000) not in progress.message.replace(",", "")
     samples = scrape(metrics_port(server))
     assert samples[("blindlink_runs", (("state", "running"),))] == 1
     assert samples[("blindlink_run_comparisons_per_second", ())] > 0

@@ -224,7 +224,7 @@ def describe_decision(decision: pb.RunDecision) -> str:
 def _watch(client: LinkageClient, project_id: str, run_id: str) -> int:
     update = pb.RunProgress()
     try:
-        with bar(0, "matching", unit="cmp") as progress:
+        with bar(0, "matching (thousandths)", unit="", unit_scale=False) as progress:
             for update in client.watch(project_id, run_id):
                 if update.total:
                     progress.total = update.total

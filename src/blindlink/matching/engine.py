@@ -44,7 +44,12 @@ Progress = Callable[[int, int], None]
 
 
 class MatchingAborted(Exception):
-    """The run would break an operator limit; the message says which and by how much."""
+    """The run would break an operator limit; the message says which and by how much (for the
+    operator: it quotes record and comparison counts), `limit` names the setting."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -294,9 +299,10 @@ def check_memory(shared: SharedEncodings, workers: int, limits: MatchingLimits) 
     needed = per_copy * (workers + 1)
     if needed > limits.max_memory_bytes:
         raise MatchingAborted(
+            "max_memory_gb",
             f"matching {records} records on {workers} workers needs about "
             f"{needed / 2**30:.1f} GiB, above the operator's limit of "
-            f"{limits.max_memory_bytes / 2**30:.1f} GiB"
+            f"{limits.max_memory_bytes / 2**30:.1f} GiB",
         )
 
 
@@ -321,8 +327,9 @@ def find_candidates(
     total = len(tasks) if by_band else planned_comparisons(shared, blocking)
     if not by_band and total > limits.max_comparisons:
         raise MatchingAborted(
+            "max_comparisons",
             f"the run would make {total:,} comparisons, above the operator's limit of "
-            f"{limits.max_comparisons:,}; use blocking, or more specific blocking keys"
+            f"{limits.max_comparisons:,}; use blocking, or more specific blocking keys",
         )
     parts: list[TaskResult] = []
     done = comparisons = 0
@@ -339,9 +346,10 @@ def find_candidates(
             kept = len(parts[0].similarities)
         if kept > limits.max_candidate_pairs:
             raise MatchingAborted(
+                "max_candidate_pairs",
                 f"more than {limits.max_candidate_pairs} candidate pairs (the operator's "
                 f"limit) after {done} of {total} units of work; raise the threshold or use "
-                "blocking"
+                "blocking",
             )
         progress(done, total)
     if blocking is not None or best:

@@ -39,6 +39,7 @@ class RunProgress:
     message: str = ""
     rate: float = 0.0  # units of work per second while comparing
     unit: str = ""  # "comparisons", or "bands" with LSH blocking
+    seconds_left: float = 0.0  # estimated, while comparing
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,8 @@ class RunQueue:
             except RunInterrupted:
                 return
             except Exception as exc:  # noqa: BLE001 - a failed run must not stop the worker
-                reason = (
-                    str(exc) if isinstance(exc, RunFailed | MatchingAborted) else type(exc).__name__
-                )
-                log.error("run %s failed: %s", run_id[:12], reason)
-                self._store.fail_run(project_id, run_id, f"run failed: {reason}")
+                log.error("run %s failed: %s", run_id[:12], _detail(exc))
+                self._store.fail_run(project_id, run_id, f"run failed: {_reason(exc)}")
             with self._lock:
                 self._current = ""
             self._forget(run_id)
@@ -214,6 +212,22 @@ class RunQueue:
         )
 
 
+def _detail(exc: Exception) -> str:
+    """Why a run failed, for the operator's log."""
+    return str(exc) if isinstance(exc, RunFailed | MatchingAborted) else type(exc).__name__
+
+
+def _reason(exc: Exception) -> str:
+    """Why a run failed, for the parties: an operator limit is named without its figures,
+    which quote both parties' record or comparison counts."""
+    if isinstance(exc, MatchingAborted):
+        return (
+            f"the run is above the operator's limit {exc.limit} (the operator's log has the "
+            "figures); ask the operator, or agree on blocking or more specific blocking keys"
+        )
+    return _detail(exc)
+
+
 class _ProgressReporter:
     """Turns work done into progress with a rate and an estimated time to finish."""
 
@@ -235,5 +249,6 @@ class _ProgressReporter:
                 f"{rate:,.0f} {self._unit}/s, about {eta:,.0f} s left",
                 rate,
                 self._unit,
+                eta,
             )
         )

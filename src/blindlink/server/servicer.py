@@ -46,6 +46,7 @@ from blindlink.store.sqlite import DONE, FAILED, AlreadyExists, NotFound, RunRec
 
 MAX_AGREEMENT_BYTES = 1 << 20
 WATCH_INTERVAL_S = 0.2
+PROGRESS_PARTS = 1000  # a run's progress is shown to parties in thousandths
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # project IDs (the agreement's hash), schema hashes
 _RUN_ID = re.compile(r"[0-9a-f]{32}")  # a requester batch's upload ID
 
@@ -288,14 +289,16 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             return pb.RunProgress(
                 state=_RUN_STATES[run.state], run_id=run.run_id, message=run.message or waiting
             )
-        return pb.RunProgress(
-            state=_RUN_STATES[live.state],
-            stage=live.stage,
-            done=live.done,
-            total=live.total,
-            message=live.message,
-            run_id=run.run_id,
+        # Parties see thousandths of the work and the time left: comparisons, or their rate,
+        # would tell each the other's record count.
+        progress = pb.RunProgress(
+            state=_RUN_STATES[live.state], stage=live.stage, run_id=run.run_id
         )
+        if live.total:
+            progress.done = PROGRESS_PARTS * live.done // live.total
+            progress.total = PROGRESS_PARTS
+            progress.message = f"about {live.seconds_left:,.0f} s left"
+        return progress
 
     def _summary(self, run: RunRecord, agreement: Agreement, role: str) -> pb.RunSummary:
         summary = pb.RunSummary(
