@@ -38,7 +38,7 @@ from blindlink.agreement.model import (
     new_agreement_document,
 )
 from blindlink.agreement.policy import PolicyViolation, run_threshold
-from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.server.app import RunningServer
@@ -583,51 +583,35 @@ def test_concurrent_uploads_cannot_exceed_max_uploads_per_period(
 # --- limits.valid_from / limits.valid_until --------------------------------------------------
 
 
-def test_agreement_not_yet_valid_refuses_uploads(
+@pytest.mark.parametrize(
+    ("window", "rule", "words"),
+    [
+        ({"valid_from_days": 1, "valid_days": 365}, "limits.valid_from", "not valid before"),
+        ({"valid_from_days": -2, "valid_days": 1}, "limits.valid_until", "expired"),
+    ],
+    ids=["not yet valid", "expired"],
+)
+def test_agreement_outside_its_validity_creates_no_project(
     requester: LinkageClient,
     custodian: LinkageClient,
     server: RunningServer,
     make_agreement: Agreements,
-    schema: LinkageSchema,
-    tmp_path: Path,
+    window: dict[str, int],
+    rule: str,
+    words: str,
 ) -> None:
-    agreement = make_agreement(valid_from=datetime.now(UTC) + timedelta(days=1))
-    project = requester.create_project(agreement).project_id
-    path = encodings(tmp_path, random_rows(5, 61), schema)
+    agreement = make_agreement(
+        valid_from=datetime.now(UTC) + timedelta(days=window["valid_from_days"]),
+        valid_days=window["valid_days"],
+    )
+    project = parse_signed(agreement).agreement.project_id
     for client in (requester, custodian):
         details = expect_refusal(
-            server,
-            project,
-            lambda c=client: c.upload(project, path),
-            PRECONDITION,
-            "limits.valid_from",
+            server, project, lambda c=client: c.create_project(agreement), PRECONDITION, rule
         )
-        assert "not valid before" in details
-    # The same agreement valid from now accepts them.
-    current = requester.create_project(make_agreement(reference="valid now")).project_id
-    assert requester.upload(current, path).run_id
-
-
-def test_expired_agreement_refuses_uploads(
-    requester: LinkageClient,
-    custodian: LinkageClient,
-    server: RunningServer,
-    make_agreement: Agreements,
-    schema: LinkageSchema,
-    tmp_path: Path,
-) -> None:
-    agreement = make_agreement(valid_from=datetime.now(UTC) - timedelta(days=2), valid_days=1)
-    project = requester.create_project(agreement).project_id
-    path = encodings(tmp_path, random_rows(5, 62), schema)
-    for client in (requester, custodian):
-        details = expect_refusal(
-            server,
-            project,
-            lambda c=client: c.upload(project, path),
-            PRECONDITION,
-            "limits.valid_until",
-        )
-        assert "expired" in details
+        assert words in details
+    # The same agreement valid from now creates its project.
+    assert requester.create_project(make_agreement(reference="valid now")).project_id
 
 
 def test_agreement_that_expired_after_the_run_refuses_releases(

@@ -22,6 +22,7 @@ from blindlink.agreement.policy import (
     check_approval,
     check_release,
     check_upload,
+    check_validity,
     counts_visible,
     run_threshold,
 )
@@ -145,6 +146,10 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 "signatures: the server creates a project only when both parties "
                 "signed exactly this agreement: " + "; ".join(problems)
             )
+        try:
+            check_validity(agreement, datetime.now(UTC))
+        except PolicyViolation as violation:
+            raise self._refuse(agreement.project_id, role, violation) from None
         try:
             entry = self._store.create_project(
                 agreement.project_id,
