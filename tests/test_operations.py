@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -789,3 +790,35 @@ def test_metrics_over_tls_need_the_servers_tls_files(tmp_path: Path) -> None:
         start_server(
             tmp_path / "data", "127.0.0.1:0", None, metrics_listen="127.0.0.1:0", metrics_tls=True
         )
+
+
+def test_data_directory_is_owner_only_whatever_the_umask(
+    tmp_path: Path,
+    launch: Callable[..., ServerProcess],
+    identities: Identities,
+    schema: LinkageSchema,
+) -> None:
+    """Database (with its WAL files), encodings, key and lock: readable by the server's user
+    only, even when the server starts with a permissive umask."""
+    previous = os.umask(0o022)
+    try:
+        server = launch().start()
+    finally:
+        os.umask(previous)
+    requester_rows, custodian_rows, _ = planted_pairs(50, 5, seed=13)
+    with server.client("requester") as requester, server.client("custodian") as custodian:
+        project = requester.create_project(signed_agreement(identities, schema, "modes"))
+        custodian.upload(
+            project.project_id, encodings_file(tmp_path / "c.bin", custodian_rows, schema.sha256)
+        )
+        run_id = requester.upload(
+            project.project_id, encodings_file(tmp_path / "r.bin", requester_rows, schema.sha256)
+        ).run_id
+        assert requester.wait(project.project_id, run_id).state == pb.RUN_STATE_DONE
+        paths = [server.data_dir, *server.data_dir.rglob("*")]
+        names = {p.name for p in paths}
+        assert {"blindlink.db", "blindlink.db-wal", "server-signing.key"} <= names
+        assert any(p.parent.name == "encodings" for p in paths)
+        loose = {str(p): oct(p.stat().st_mode & 0o777) for p in paths if p.stat().st_mode & 0o077}
+        assert loose == {}
+    assert server.terminate() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,3 +42,14 @@ def data_dir_in_use(data_dir: Path) -> bool:
     except DataDirInUse:
         return True
     return False
+
+
+def make_private(data_dir: Path) -> None:
+    """Directories 0700 and files 0600 under `data_dir`, whatever the umask: the data
+    directory holds both parties' encodings, the audit log and the server's signing key."""
+    os.chmod(data_dir, 0o700)
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            os.chmod(Path(root) / name, 0o700)
+        for name in files:
+            os.chmod(Path(root) / name, 0o600)

@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from blindlink.audit.chain import SCHEMA_SQL as AUDIT_SCHEMA
 from blindlink.audit.chain import AuditEntry, append_entry
 from blindlink.matching.decision import Decisions, DecisionSummary, PairStatus
-from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR, INCOMING_DIR, lock_data_dir
+from blindlink.store.directory import (
+    DATABASE_NAME,
+    ENCODINGS_DIR,
+    INCOMING_DIR,
+    lock_data_dir,
+    make_private,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -180,9 +186,10 @@ class Store:
         self._key = signing_key
         self._owner = lock_data_dir(self.data_dir)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.data_dir / DATABASE_NAME, check_same_thread=False, isolation_level=None
-        )
+        database = self.data_dir / DATABASE_NAME
+        os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite's files follow it
+        make_private(self.data_dir)
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -335,6 +342,7 @@ class Store:
                 custodian_uploaded = bool(custodian_files)
                 if party == "custodian" and any(custodian_files):
                     raise AlreadyExists(f"{project_id}/custodian")
+                os.chmod(path, 0o600)
                 os.replace(path, final)
                 _fsync_dir(self.encodings_dir)
                 db.execute(
