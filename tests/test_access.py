@@ -29,6 +29,7 @@ from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import BlindlinkError
 from blindlink.security.keys import public_key_text, sign
+from blindlink.security.pki import certificate_fingerprint
 from blindlink.server.app import RunningServer, start_server
 from blindlink.server.identity import PARTY_METADATA_KEY
 
@@ -141,6 +142,7 @@ OUTSIDER_CALLS: dict[str, Callable[[LinkageClient, str, str, Path], object]] = {
 
 @pytest.mark.parametrize("method", OUTSIDER_CALLS)
 def test_outsider_is_refused_on_an_existing_project(
+    identities: Identities,
     requester: LinkageClient,
     custodian: LinkageClient,
     outsider: LinkageClient,
@@ -161,8 +163,10 @@ def test_outsider_is_refused_on_an_existing_project(
     assert err.value.code == DENIED
     assert err.value.details.startswith("parties:")
     new = audit(server, project)[logged:]
+    # Who tried is recorded by their certificate's fingerprint, and nothing more.
+    tried = certificate_fingerprint(identities.outsider.cert.read_bytes())
     assert [(e.kind, e.party, e.details) for e in new] == [
-        ("request_refused", "", {"rule": "parties", "method": method})
+        ("request_refused", "", {"rule": "parties", "method": method, "certificate_sha256": tried})
     ]
     assert state(server) == before
     # The parties are unaffected.

@@ -31,6 +31,7 @@ from blindlink.audit.chain import AuditEntry
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
 from blindlink.matching.decision import DecisionSummary, PairStatus
+from blindlink.security.tls import peer_fingerprint
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
 from blindlink.server.retention import release_complete
@@ -109,7 +110,11 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         try:
             return agreement, self._resolver.role(context, agreement)
         except ServiceError as exc:
-            self._store.record_refusal(project_id, "", {"rule": "parties", "method": _method()})
+            details = {"rule": "parties", "method": _method()}
+            fingerprint = peer_fingerprint(context)
+            if fingerprint is not None:  # who tried: the certificate, never more
+                details["certificate_sha256"] = fingerprint
+            self._store.record_refusal(project_id, "", details)
             raise exc
 
     def _refuse(self, project_id: str, role: str, violation: PolicyViolation) -> ServiceError:
