@@ -486,6 +486,31 @@ def test_delete_removes_encodings_and_results(
     assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_deleted_project_stays_deleted(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    server: RunningServer,
+    make_agreement: Callable[..., bytes],
+) -> None:
+    """Neither party can undo the other's deletion (or reset the limit history) by creating
+    the project again from the same signed agreement."""
+    agreement = make_agreement()
+    project = requester.create_project(agreement).project_id
+    custodian.delete(project)
+    before = snapshot(server)
+    for client in (requester, custodian):
+        with pytest.raises(ServerError) as err:
+            client.create_project(agreement)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.details.startswith("project: ") and "stays deleted" in err.value.details
+    rows, files = snapshot(server)
+    assert [r for r in rows if not r.startswith('INSERT INTO "audit_log"')] == [
+        r for r in before[0] if not r.startswith('INSERT INTO "audit_log"')
+    ]
+    assert files == before[1]
+    assert requester.create_project(make_agreement(reference="a new agreement")).project_id
+
+
 def test_unhardened_encodings_are_refused_when_hardening_is_agreed(
     requester: LinkageClient,
     make_agreement: Callable[..., bytes],

@@ -44,7 +44,15 @@ from blindlink.server.status import (
     not_found,
     precondition,
 )
-from blindlink.store.sqlite import DONE, FAILED, AlreadyExists, NotFound, RunRecord, Store
+from blindlink.store.sqlite import (
+    DONE,
+    FAILED,
+    AlreadyExists,
+    Deleted,
+    NotFound,
+    RunRecord,
+    Store,
+)
 
 MAX_AGREEMENT_BYTES = 1 << 20
 WATCH_INTERVAL_S = 0.2
@@ -170,6 +178,16 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             raise already_exists(
                 f"project {agreement.project_id} exists already (same "
                 "agreement); change agreement.reference for a new one"
+            ) from None
+        except Deleted:
+            raise self._refuse(
+                agreement.project_id,
+                role,
+                PolicyViolation(
+                    "project",
+                    "this agreement's project was deleted and stays deleted; both parties sign "
+                    "a new agreement (a new reference) for a new project",
+                ),
             ) from None
         return pb.Project(
             project_id=agreement.project_id,

@@ -101,6 +101,10 @@ class NotFound(Exception):
     """No such project or run."""
 
 
+class Deleted(Exception):
+    """The project was deleted; its ID cannot be used again."""
+
+
 @dataclass(frozen=True)
 class UploadRecord:
     upload_id: str
@@ -253,10 +257,18 @@ class Store:
     def create_project(
         self, project_id: str, agreement: bytes, details: dict[str, Any], party: str
     ) -> AuditEntry:
-        """MUST raise AlreadyExists, changing nothing, when the project exists."""
+        """MUST raise AlreadyExists, changing nothing, when the project exists, and Deleted when
+        a party deleted it: its ID stays deleted (the audit log's record of the deletion is the
+        tombstone), so one party alone cannot undo the other's deletion."""
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM projects WHERE project_id=?", (project_id,)).fetchone():
                 raise AlreadyExists(project_id)
+            if db.execute(
+                "SELECT 1 FROM audit_log WHERE project_id=? AND kind='data_deleted' AND "
+                "json_extract(details, '$.what')='project'",
+                (project_id,),
+            ).fetchone():
+                raise Deleted(project_id)
             db.execute(
                 "INSERT INTO projects VALUES (?, ?, ?)", (project_id, agreement, time.time())
             )
