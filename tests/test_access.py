@@ -32,6 +32,7 @@ from blindlink.security.keys import public_key_text, sign
 from blindlink.security.pki import certificate_fingerprint
 from blindlink.server.app import RunningServer, start_server
 from blindlink.server.identity import PARTY_METADATA_KEY
+from blindlink.server.refusals import BURST, WINDOW, RefusalLimiter
 
 Agreements = Callable[..., bytes]
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -407,3 +408,27 @@ def test_insecure_server_on_loopback_identifies_parties_by_metadata(
             assert reply.runs[0].match_count == 10
     finally:
         running.stop(grace=1)
+
+
+def test_a_flood_of_refusals_does_not_grow_the_audit_log_without_limit(
+    identities: Identities, outsider: LinkageClient, server: RunningServer, project: str
+) -> None:
+    logged = len(audit(server, project))
+    for _ in range(3 * BURST):
+        with pytest.raises(ServerError):
+            outsider.status(project)
+    new = audit(server, project)[logged:]
+    tried = certificate_fingerprint(identities.outsider.cert.read_bytes())
+    assert len(new) == BURST
+    assert {e.details["certificate_sha256"] for e in new} == {tried}
+
+
+def test_refusals_left_out_of_the_log_are_counted_in_the_next_logged_one() -> None:
+    now = [0.0]
+    limiter = RefusalLimiter(clock=lambda: now[0])
+    assert [limiter.admit("mallory") for _ in range(BURST)] == [0] * BURST
+    assert [limiter.admit("mallory") for _ in range(25)] == [None] * 25
+    assert limiter.admit("a party") == 0  # others are not held back
+    now[0] = WINDOW
+    assert limiter.admit("mallory") == 25
+    assert limiter.admit("mallory") == 0

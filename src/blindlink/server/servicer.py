@@ -34,6 +34,7 @@ from blindlink.matching.decision import DecisionSummary, PairStatus
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
+from blindlink.server.refusals import RefusalLimiter
 from blindlink.server.retention import release_complete
 from blindlink.server.runs import RunQueue
 from blindlink.server.status import (
@@ -104,6 +105,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         # GetStatus instead, so that uploads and health checks always find a thread.
         self._watchers = threading.BoundedSemaphore(max_watchers)
         self._max_watchers = max_watchers
+        self._refusals = RefusalLimiter()
 
     # Helpers shared by the handlers
 
@@ -118,17 +120,30 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         try:
             return agreement, self._resolver.role(context, agreement)
         except ServiceError as exc:
-            details = {"rule": "parties", "method": _method()}
+            details: dict[str, object] = {"rule": "parties", "method": _method()}
             fingerprint = peer_fingerprint(context)
             if fingerprint is not None:  # who tried: the certificate, never more
                 details["certificate_sha256"] = fingerprint
-            self._store.record_refusal(project_id, "", details)
+            self._record_refusal(project_id, "", details, fingerprint or "")
             raise exc
 
     def _refuse(self, project_id: str, role: str, violation: PolicyViolation) -> ServiceError:
         """Log a refusal in the audit log; the caller raises the returned error."""
-        self._store.record_refusal(project_id, role, {"rule": violation.rule, "method": _method()})
+        details: dict[str, object] = {"rule": violation.rule, "method": _method()}
+        self._record_refusal(project_id, role, details, f"{project_id}/{role}")
         return denied(str(violation)) if violation.denied else precondition(str(violation))
+
+    def _record_refusal(
+        self, project_id: str, party: str, details: dict[str, object], caller: str
+    ) -> None:
+        """A refusal into the audit log, unless the caller has been refused too often lately:
+        then it is counted, and the caller's next logged refusal says how many were left out."""
+        left_out = self._refusals.admit(caller)
+        if left_out is None:
+            return
+        if left_out:
+            details["refusals_left_out"] = left_out
+        self._store.record_refusal(project_id, party, details)
 
     def _run(self, project_id: str, run_id: str) -> RunRecord:
         if not _RUN_ID.fullmatch(run_id):
