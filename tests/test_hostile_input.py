@@ -352,6 +352,14 @@ def test_thousands_of_tiny_chunks(env: Env) -> None:
     assert error.code() == CODE.INVALID_ARGUMENT and "more than the 10" in error.details()
 
 
+def test_a_message_larger_than_a_few_mib_is_refused_before_it_is_buffered(env: Env) -> None:
+    """Parties send 1 MiB chunks: a 5 MiB one is refused by size, not read and then judged,
+    so concurrent streams of huge messages cannot fill the server's memory."""
+    huge = [pb.UploadRequest(header=env.header()), pb.UploadRequest(encodings=bytes(5 << 20))]
+    error = refused(env, lambda: env.stub().Upload(iter(huge)))
+    assert error.code() == CODE.RESOURCE_EXHAUSTED
+
+
 def test_tiny_chunks_of_a_valid_upload_are_accepted(
     tmp_path: Path, identities: Identities, schema: LinkageSchema
 ) -> None:

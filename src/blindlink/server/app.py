@@ -44,7 +44,11 @@ from blindlink.store.directory import SIGNING_KEY_NAME
 from blindlink.store.sqlite import Store
 
 SERVICE_NAME = linkage_pb2.DESCRIPTOR.services_by_name["Linkage"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Parties send encodings in 1 MiB chunks and agreements of at most 1 MiB: a larger message is
+# refused before it is buffered, so that concurrent streams cannot fill the server's memory.
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+# A release lists up to a row reference per match and party (a few bytes each).
+MAX_SEND_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("blindlink.server")
 
@@ -164,8 +168,8 @@ def start_server(
             DecodingInterceptor(),
         ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ],
     )
     linkage = _LinkageWhenReady()
