@@ -210,6 +210,48 @@ def test_kill_during_matching_resumes_to_the_uninterrupted_result(
     verify_data_dir(server.data_dir, capsys)
 
 
+def _processes_in_group(group: int) -> list[int]:
+    """PIDs of the live processes in a process group (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_matching_workers_end_soon_after_the_server_is_killed(
+    launch: Callable[..., ServerProcess],
+    identities: Identities,
+    schema: LinkageSchema,
+    matching_files: dict[str, Path],
+) -> None:
+    """SIGKILL of the server alone (not its process group) during matching: its workers,
+    which hold both parties' encodings, and the pool's helper processes end within seconds."""
+    server = launch().start()
+    assert server.process is not None
+    group = server.process.pid
+    with server.client("requester") as requester, server.client("custodian") as custodian:
+        project = requester.create_project(
+            signed_agreement(identities, schema, "orphans")
+        ).project_id
+        custodian.upload(project, matching_files["custodian"])
+        run_id = requester.upload(project, matching_files["requester"]).run_id
+        for progress in requester.watch(project, run_id):
+            if progress.stage == "comparing":
+                break
+    assert len(_processes_in_group(group)) > 1  # the server and its pool
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 10
+    while _processes_in_group(group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_in_group(group) == []
+
+
 @pytest.mark.parametrize("attempt", ATTEMPTS)
 def test_kill_during_releases_keeps_them_whole_and_repeatable(
     attempt: int,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -37,9 +39,26 @@ class SerialExecutor:
         return "this process"
 
 
-def _install(shared: Any) -> None:
+# How often a pool worker checks that the process that started it is alive.
+WATCH_PARENT_S = 1.0
+
+
+def _install(shared: Any, parent: int) -> None:
     global _shared_in_worker
     _shared_in_worker = shared
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once `parent` (the server) is gone: a killed server must not leave
+    workers holding both parties' encodings (a forkserver worker is not the server's child,
+    so the kernel would not end it)."""
+    while True:
+        time.sleep(WATCH_PARENT_S)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
 
 
 def _call_with_installed(fn: TaskFunction, task: Any) -> Any:
@@ -59,7 +78,10 @@ class LocalPoolExecutor:
         # forkserver: forking a process that runs gRPC threads is unsafe.
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_install, initargs=(shared,)
+            self.workers,
+            mp_context=context,
+            initializer=_install,
+            initargs=(shared, os.getpid()),
         ) as pool:
             pending: set[Future[Any]] = set()
             queue = iter(tasks)
