@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -568,3 +569,42 @@ def test_a_data_dir_from_before_runs_had_their_own_ids_still_works(
             assert list(requester.release(project, batch.upload_id).own_rows) == list(range(10))
     finally:
         server.stop(grace=1)
+
+
+def test_deleting_a_project_while_an_upload_streams_ends_the_upload_cleanly(
+    address: str,
+    identities: Identities,
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    server: RunningServer,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    project = requester.create_project(make_agreement()).project_id
+    rows = random_rows(20, 31)
+    payload = rows.tobytes()
+    halfway = threading.Event()
+    deleted = threading.Event()
+
+    def stream() -> Iterator[pb.UploadRequest]:
+        yield header_for(project, rows, schema.sha256)
+        yield pb.UploadRequest(encodings=payload[: len(payload) // 2])
+        halfway.set()
+        deleted.wait(10)
+        yield pb.UploadRequest(encodings=payload[len(payload) // 2 :])
+
+    def delete() -> None:
+        halfway.wait(10)
+        custodian.delete(project)
+        deleted.set()
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    with pytest.raises(grpc.RpcError) as err:
+        raw_upload(address, identities, stream())  # type: ignore[arg-type]
+    deleter.join()
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "deleted while this upload streamed" in err.value.details()
+    assert list(server.store.encodings_dir.iterdir()) == []
+    assert list(server.store.incoming_dir.iterdir()) == []

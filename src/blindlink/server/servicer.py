@@ -273,6 +273,11 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             raise invalid(str(exc)) from None
         except AlreadyExists:
             raise already_exists("the custodian has already uploaded to this project") from None
+        except NotFound:
+            raise not_found(
+                f"project {header.project_id} was deleted while this upload streamed; nothing "
+                "was stored"
+            ) from None
         finally:
             incoming.unlink(missing_ok=True)
             Path(f"{incoming}.partial").unlink(missing_ok=True)

@@ -321,6 +321,7 @@ class Store:
         and run are returned with an `upload_repeated` receipt, so that retrying an upload whose
         reply was lost neither starts a second run nor counts against the limits.
 
+        MUST raise NotFound, storing nothing, when the project was deleted meanwhile.
         `check_limits` gets the party's earlier uploads as (committed_at, count) inside the
         transaction, so concurrent uploads cannot both pass a limit; whatever it raises aborts
         the commit. A custodian upload MUST raise AlreadyExists (removing the file, changing
@@ -333,6 +334,10 @@ class Store:
         final = self.encodings_dir / name
         try:
             with self._transaction() as db:
+                if not db.execute(
+                    "SELECT 1 FROM projects WHERE project_id=?", (project_id,)
+                ).fetchone():
+                    raise NotFound(project_id)  # deleted while the upload streamed
                 if party == "requester":
                     repeated = _live_batch(db, project_id, content_sha256, threshold)
                     if repeated is not None:
