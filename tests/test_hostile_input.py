@@ -327,16 +327,33 @@ def test_idle_upload_is_aborted_after_the_idle_timeout(env: Env, sent: str) -> N
 
 def test_slow_upload_is_aborted_after_the_maximum_duration(env: Env) -> None:
     def crawling() -> Iterator[pb.UploadRequest]:
-        yield pb.UploadRequest(header=env.header(count=1000))
-        for _ in range(100):  # 128 bytes every 0.4 s: never idle, never done
+        yield pb.UploadRequest(header=env.header(count=100_000))
+        for _ in range(100):  # 64 KiB every 0.4 s: never idle, never done
             time.sleep(0.4)
-            yield pb.UploadRequest(encodings=bytes(128))
+            yield pb.UploadRequest(encodings=bytes(64 * 1024))
 
     started = time.monotonic()
     error = refused(env, lambda: env.stub().Upload(crawling()))
     assert error.code() == CODE.DEADLINE_EXCEEDED
     assert "stream_max_duration" in error.details()
     assert MAX_S <= time.monotonic() - started < MAX_S + 2
+
+
+def test_a_trickle_of_bytes_is_idle(env: Env) -> None:
+    """A message every 50 ms that carries one byte keeps the stream busy but sends nothing:
+    it is aborted by the idle timeout (which counts bytes, not messages)."""
+
+    def trickle() -> Iterator[pb.UploadRequest]:
+        yield pb.UploadRequest(header=env.header())
+        for _ in range(200):
+            time.sleep(0.05)
+            yield pb.UploadRequest(encodings=b"x")
+
+    started = time.monotonic()
+    error = refused(env, lambda: env.stub().Upload(trickle()))
+    assert error.code() == CODE.DEADLINE_EXCEEDED
+    assert "less than 65,536 bytes" in error.details()
+    assert IDLE_S <= time.monotonic() - started < IDLE_S + 2
 
 
 def test_thousands_of_tiny_chunks(env: Env) -> None:

@@ -191,10 +191,12 @@ def _size(message: Any) -> int:
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """How long a request stream may wait between messages, and how long it may last."""
+    """How long a request stream may go without sending `progress_bytes` (counted in bytes,
+    not messages: a flood of empty or one-byte messages is idle), and how long it may last."""
 
     idle_timeout: float = 30.0
     max_duration: float = 3600.0
+    progress_bytes: int = 64 * 1024
 
 
 class StreamDeadlineInterceptor(_WrappingInterceptor):
@@ -236,6 +238,10 @@ class _TimedRequests:
     def __init__(self, requests: Iterator[Any], limits: StreamLimits) -> None:
         self._limits = limits
         self._deadline = time.monotonic() + limits.max_duration
+        # Until when the stream may take to send its next `progress_bytes`, and how many of
+        # them it has sent since it last made that much progress.
+        self._idle_deadline = time.monotonic() + limits.idle_timeout
+        self._since_progress = 0
         self._items: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._closed = threading.Event()
         self._ended = False
@@ -253,16 +259,21 @@ class _TimedRequests:
     def __next__(self) -> Any:
         if self._ended:
             raise StopIteration
-        remaining = self._deadline - time.monotonic()
+        now = time.monotonic()
+        remaining, idle = self._deadline - now, self._idle_deadline - now
         try:
-            item = self._items.get(timeout=max(0.0, min(self._limits.idle_timeout, remaining)))
+            item = self._items.get(timeout=max(0.0, min(idle, remaining)))
         except queue.Empty:
-            raise self._expired(remaining <= self._limits.idle_timeout) from None
+            raise self._expired(remaining <= idle) from None
         if item is _END:
             self._ended = True
             raise StopIteration
         if isinstance(item, _Failed):
             raise item.error
+        self._since_progress += len(item) if isinstance(item, bytes) else item.ByteSize()
+        if self._since_progress >= self._limits.progress_bytes:
+            self._since_progress = 0
+            self._idle_deadline = time.monotonic() + self._limits.idle_timeout
         return item
 
     def _expired(self, too_long: bool) -> ServiceError:
@@ -270,8 +281,8 @@ class _TimedRequests:
             f"the request stream lasted longer than {self._limits.max_duration:g} s "
             "(the server's stream_max_duration)"
             if too_long
-            else f"the request stream sent nothing for {self._limits.idle_timeout:g} s "
-            "(the server's stream_idle_timeout)"
+            else f"the request stream sent less than {self._limits.progress_bytes:,} bytes in "
+            f"{self._limits.idle_timeout:g} s (the server's stream_idle_timeout)"
         )
         return ServiceError(
             grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}; the call was aborted, nothing was kept"
