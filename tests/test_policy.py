@@ -580,6 +580,41 @@ def test_concurrent_uploads_cannot_exceed_max_uploads_per_period(
     assert len(server.store.uploads(project, "requester")) == 1
 
 
+def test_uploads_still_streaming_hold_their_quota_from_the_header_on(
+    address: str,
+    identities: Identities,
+    requester: LinkageClient,
+    server: RunningServer,
+    make_agreement: Agreements,
+    schema: LinkageSchema,
+) -> None:
+    """Ten uploads open at once under a limit of one per period: nine are refused as soon as
+    their headers arrive, before any of their data is staged on the server."""
+    project = requester.create_project(make_agreement(max_uploads_per_period=1)).project_id
+    go = threading.Event()
+
+    def messages(rows: np.ndarray) -> Iterator[pb.UploadRequest]:
+        yield header_for(project, rows, schema.sha256)
+        go.wait(10)
+        yield pb.UploadRequest(encodings=rows.tobytes())
+
+    with secure_channel(address, identities, "requester") as channel:
+        stub = pb_grpc.LinkageStub(channel)
+        calls = [stub.Upload.future(messages(random_rows(4, 80 + i))) for i in range(10)]
+        assert wait_until(lambda: sum(call.done() for call in calls) == 9, timeout=10)
+        refused = [call for call in calls if call.done()]
+        assert {call.exception().code() for call in refused} == {
+            grpc.StatusCode.FAILED_PRECONDITION
+        }
+        assert all(
+            "limits.max_uploads_per_period" in call.exception().details() for call in refused
+        )
+        go.set()
+        (streaming,) = [call for call in calls if call not in refused]
+        assert streaming.result(timeout=10).run_id
+    assert len(server.store.uploads(project, "requester")) == 1
+
+
 # --- limits.valid_from / limits.valid_until --------------------------------------------------
 
 

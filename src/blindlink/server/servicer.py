@@ -6,7 +6,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,9 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         self._watchers = threading.BoundedSemaphore(max_watchers)
         self._max_watchers = max_watchers
         self._refusals = RefusalLimiter()
+        # Uploads streaming now: token -> (project, party, started at, records).
+        self._reservations: dict[object, tuple[str, str, float, int]] = {}
+        self._reservations_lock = threading.Lock()
 
     # Helpers shared by the handlers
 
@@ -231,15 +234,49 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             repeat = role == "requester" and self._store.repeats_live_batch(
                 header.project_id, header.content_sha256, threshold
             )
+            reservation = None
             if not repeat:
-                check_limits(
-                    [
-                        (u.committed_at, u.count)
-                        for u in self._store.uploads(header.project_id, role)
-                    ]
-                )
+                reservation = self._reserve(header.project_id, role, header.count, check_limits)
         except PolicyViolation as violation:
             raise self._refuse(header.project_id, role, violation) from None
+        try:
+            return self._receive(request_iterator, header, role, threshold, check_limits)
+        finally:
+            if reservation is not None:
+                with self._reservations_lock:
+                    self._reservations.pop(reservation)
+
+    def _reserve(
+        self,
+        project_id: str,
+        role: str,
+        count: int,
+        check_limits: Callable[[list[tuple[float, int]]], None],
+    ) -> object:
+        """Hold the party's quota for an upload from its header on: the limits count the
+        party's committed uploads and those still streaming, so that concurrent uploads cannot
+        stage more than the agreement allows before the commit refuses them."""
+        with self._reservations_lock:
+            streaming = [
+                (at, count)
+                for (project, party, at, count) in self._reservations.values()
+                if (project, party) == (project_id, role)
+            ]
+            committed = [(u.committed_at, u.count) for u in self._store.uploads(project_id, role)]
+            check_limits(committed + streaming)
+            token = object()
+            self._reservations[token] = (project_id, role, time.time(), count)
+            return token
+
+    def _receive(
+        self,
+        request_iterator: Iterator[pb.UploadRequest],
+        header: pb.UploadHeader,
+        role: str,
+        threshold: float,
+        check_limits: Callable[[list[tuple[float, int]]], None],
+    ) -> pb.UploadReceipt:
+        """Stream the upload's data to a file, check it and commit it."""
         if role == "custodian" and self._store.live_custodian_upload(header.project_id):
             raise already_exists(
                 "the custodian's encodings are on the server already; they cannot be replaced"
