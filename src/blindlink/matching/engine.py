@@ -168,48 +168,42 @@ def _bitarrays(shared: SharedEncodings) -> tuple[list[bitarray], list[bitarray]]
 
 def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
     """anonlink all-pairs comparison of one chunk: the pairs at or above the threshold, and each
-    requester record's `best` most similar custodian records of the chunk."""
+    requester record's `best` most similar custodian records of the chunk (a pair may be listed
+    twice; find_candidates keeps each once)."""
     requester, custodian = _bitarrays(shared)
     (a, b), (c, d) = task.requester, task.custodian
     if not task.best:
-        return _anonlink_pairs(requester[a:b], custodian[c:d], task.threshold, None, a, c, task)
-    top = _anonlink_pairs(requester[a:b], custodian[c:d], 0.0, task.best, a, c, task)
-    if task.threshold > 1.0:
-        return top
-    # Records whose `best` candidates all reach the threshold may have more that do.
-    rows, counts = np.unique(top.requester_rows, return_counts=True)
-    lowest = np.full(b - a, np.inf)
-    np.minimum.at(lowest, top.requester_rows - a, top.similarities)
-    crowded = [int(r) for r in rows[counts == task.best] if lowest[r - a] >= task.threshold]
-    if not crowded:
-        return top
-    more = _anonlink_pairs(
-        [requester[r] for r in crowded], custodian[c:d], task.threshold, None, 0, c, task
-    )
-    more_rows = np.asarray(crowded, dtype=np.int64)[more.requester_rows]
-    parts = [top, TaskResult(more.similarities, more_rows, more.custodian_rows, 0)]
-    sim, r0, r1 = _concatenated(parts)
-    _, first = np.unique(r0 * len(shared.custodian) + r1, return_index=True)
-    return TaskResult(sim[first], r0[first], r1[first], task.comparisons)
+        sims, r0, r1 = _anonlink_pairs(requester[a:b], custodian[c:d], task.threshold, None)
+        return TaskResult(sims, r0 + a, r1 + c, task.comparisons)
+    sims, r0, r1 = _anonlink_pairs(requester[a:b], custodian[c:d], 0.0, task.best)
+    r0 += a
+    if task.threshold <= 1.0:
+        # Records whose `best` candidates all reach the threshold may have more that do.
+        rows, counts = np.unique(r0, return_counts=True)
+        lowest = np.full(b - a, np.inf)
+        np.minimum.at(lowest, r0 - a, sims)
+        crowded = [int(r) for r in rows[counts == task.best] if lowest[r - a] >= task.threshold]
+        if crowded:
+            more, m0, m1 = _anonlink_pairs(
+                [requester[r] for r in crowded], custodian[c:d], task.threshold, None
+            )
+            sims, r1 = np.r_[sims, more], np.r_[r1, m1]
+            r0 = np.r_[r0, np.asarray(crowded, dtype=np.int64)[m0]]
+    return TaskResult(sims, r0, r1 + c, task.comparisons)
 
 
 def _anonlink_pairs(
-    requester: list[bitarray],
-    custodian: list[bitarray],
-    threshold: float,
-    k: int | None,
-    requester_offset: int,
-    custodian_offset: int,
-    task: ChunkTask,
-) -> TaskResult:
+    requester: list[bitarray], custodian: list[bitarray], threshold: float, k: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """anonlink's Dice of the pairs at or above `threshold` (at most `k` per requester
+    record): similarities and the two lists' row positions."""
     # anonlink's own k (per requester record), not find_candidate_pairs', which also limits
     # each custodian record to k.
     sims, (r0, r1) = dice_coefficient_accelerated([requester, custodian], threshold, k)
-    return TaskResult(
+    return (
         np.frombuffer(sims, dtype=np.float64),
-        np.frombuffer(r0, dtype=np.uint32).astype(np.int64) + requester_offset,
-        np.frombuffer(r1, dtype=np.uint32).astype(np.int64) + custodian_offset,
-        task.comparisons,
+        np.frombuffer(r0, dtype=np.uint32).astype(np.int64),
+        np.frombuffer(r1, dtype=np.uint32).astype(np.int64),
     )
 
 

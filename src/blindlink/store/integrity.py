@@ -73,19 +73,21 @@ def _database_problems(conn: sqlite3.Connection) -> list[str]:
             "u.party = 'requester' WHERE u.upload_id IS NULL"
         )
     ]
-    problems += [
-        f"run {run_id}: records {recorded[0]} released, {recorded[1]} withheld and "
-        f"{recorded[2]} possible matches, but holds {held[0]}, {held[1]} and {held[2]}"
-        for run_id, *counts in conn.execute(
-            "SELECT run_id, match_count, withheld_count, "
-            "coalesce(json_extract(decision, '$.possible'), 0), "
-            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 0), "
-            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 1), "
-            "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 2) "
-            "FROM runs r WHERE state = 'done' AND results_deleted = 0"
-        )
-        if (recorded := counts[:3]) != (held := counts[3:])
-    ]
+    rows = conn.execute(
+        "SELECT run_id, match_count, withheld_count, "
+        "coalesce(json_extract(decision, '$.possible'), 0), "
+        "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 0), "
+        "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 1), "
+        "(SELECT count(*) FROM matches m WHERE m.run_id = r.run_id AND status = 2) "
+        "FROM runs r WHERE state = 'done' AND results_deleted = 0"
+    )
+    for run_id, *counts in rows:
+        recorded, held = counts[:3], counts[3:]
+        if recorded != held:
+            problems.append(
+                f"run {run_id}: records {recorded[0]} released, {recorded[1]} withheld and "
+                f"{recorded[2]} possible matches, but holds {held[0]}, {held[1]} and {held[2]}"
+            )
     return problems
 
 
