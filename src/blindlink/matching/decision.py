@@ -30,6 +30,7 @@ from blindlink.matching.evidence import PairEvidence, fit_fellegi_sunter
 from blindlink.matching.executors import Executor
 from blindlink.matching.linkage import Matches, ambiguous, pair_values, solve_one_to_one
 from blindlink.matching.match_model import (
+    RANKED,
     MatchModel,
     ModelUnfit,
     RecordScores,
@@ -43,13 +44,15 @@ from blindlink.matching.rules import (
     Target,
 )
 
-# Each requester record's best candidates that the model sees, whatever their score.
-MODEL_CANDIDATES = 4
 # The model with blocking-key evidence is used only where it and the Dice model agree this
-# closely on how many requester records have a partner (measured: within 2.3% at 100k and 1M
-# per party, 5.7% and 25% apart at 10k and 3k). With few non-matches among the
-# candidates (small populations), it cannot learn what a non-match looks like and strays.
-MODELS_AGREE = 0.05
+# closely on how many requester records have a partner. Measured on generated data with keyed
+# blocking: 1-3% apart at 100k per party with half or more of the records matched; 5-8% with a
+# tenth matched, where the Dice model undercounts and the blocking-key model is within 2% of
+# the truth; 35-38% with a tenth matched and doubled corruption, where the blocking-key model
+# overcounts by 15% and would overstate precision by 0.15; 13-47% at 3k and 10k per party but
+# in two runs. With few non-matches among the candidates (small populations), it cannot learn
+# what a non-match looks like and strays.
+MODELS_AGREE = 0.1
 # Pairs the blocking-key model gives a lower match probability are left out of 1:1 solving.
 UNLIKELY = 1e-3
 
@@ -162,7 +165,7 @@ def candidates(
     progress: Progress = lambda done, total: None,
 ) -> Candidates:
     """The pairs a rule decides among: at or above a fixed threshold, and each requester
-    record's MODEL_CANDIDATES best."""
+    record's RANKED best (the match model's)."""
     return find_candidates(
         shared,
         rule.candidate_threshold,
@@ -171,7 +174,7 @@ def candidates(
         blocking,
         limits,
         progress,
-        best=MODEL_CANDIDATES,
+        best=RANKED,
     )
 
 
@@ -198,12 +201,13 @@ def decide(
         candidates.requester_rows,
         candidates.custodian_rows,
     )
-    by_dice, unfit = _dice_model(candidates, requester_records)
+    solved_all = solve_one_to_one(sim, rows0, rows1)
+    by_dice, unfit = _dice_model(candidates, solved_all, requester_records)
     scored = None
     if keys is not None and by_dice is not None and isinstance(rule.threshold, CalibratedThreshold):
         scored = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0])
     if scored is None:
-        scored = _scored_by_dice(candidates, rule, by_dice, unfit)
+        scored = _scored_by_dice(solved_all, rule, by_dice, unfit)
     solved, probabilities = scored.solved, scored.probabilities
     threshold, note = _threshold(rule, scored)
     matched = (scored.scores >= threshold) & scored.eligible
@@ -267,9 +271,18 @@ class _Scored:
         return not self.unfit
 
 
-def _dice_model(candidates: Candidates, requester_records: int) -> tuple[MatchModel | None, str]:
-    """The match model of the candidates' Dice scores, or None and why it cannot be fitted."""
-    scores = RecordScores.of(candidates.similarities, candidates.requester_rows, requester_records)
+def _dice_model(
+    candidates: Candidates, solved: Matches, requester_records: int
+) -> tuple[MatchModel | None, str]:
+    """The match model of the candidates' Dice scores after 1:1 solving (`solved`), or None
+    and why it cannot be fitted."""
+    scores = RecordScores.after_solving(
+        candidates.similarities,
+        candidates.requester_rows,
+        candidates.custodian_rows,
+        solved,
+        requester_records,
+    )
     try:
         return fit_match_model(scores), ""
     except ModelUnfit as reason:
@@ -277,18 +290,11 @@ def _dice_model(candidates: Candidates, requester_records: int) -> tuple[MatchMo
 
 
 def _scored_by_dice(
-    candidates: Candidates, rule: DecisionRule, model: MatchModel | None, unfit: str
+    solved_all: Matches, rule: DecisionRule, model: MatchModel | None, unfit: str
 ) -> _Scored:
-    """Pairs scored by Dice, with the model's probabilities (NaN without a model). Only the
-    candidates at or above the lowest Dice score the rule could release or call possible are
-    solved: greedy solving takes pairs best first, so those below cannot change those above."""
-    sim, rows0, rows1 = (
-        candidates.similarities,
-        candidates.requester_rows,
-        candidates.custodian_rows,
-    )
-    solvable = int(np.searchsorted(-sim, -_solve_floor(rule, model), side="right"))
-    solved = solve_one_to_one(sim[:solvable], rows0[:solvable], rows1[:solvable])
+    """Solved pairs scored by Dice, with the model's probabilities (NaN without a model), at
+    or above the lowest Dice score the rule could release or call possible."""
+    solved = solved_all.subset(solved_all.similarities >= _solve_floor(rule, model))
     everyone = np.ones(len(solved), dtype=bool)
     if model is None:
         nothing = np.full(len(solved), np.nan)

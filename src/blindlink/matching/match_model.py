@@ -1,19 +1,26 @@
 """The match model of a run: from the similarity scores alone (no plaintext, no labels), how
-likely each matched pair is to be the same person, and the run's estimated precision, recall
+likely each solved pair is to be the same person, and the run's estimated precision, recall
 and F*.
 
-Every requester record has a best and a runner-up candidate score. A record with no partner on
-the other side has, as its best, the best of many non-matches; a record with a partner has, as
-its runner-up, that same kind of score. So:
+Decisions are made on the pairs of the 1:1 solution, so the model describes them. Greedy 1:1
+solving gives each requester record the first of its candidates (best first) whose custodian
+record is still free when solving reaches it: its *available* candidates. Every requester
+record has a first available candidate (its solved pair) and a next one, its runner-up. A record
+with no partner on the other side has, as its solved pair, the best available of many
+non-matches; a record with a partner has, as its runner-up, that same kind of score. So:
 - the runner-ups of the records that look matched give B, the distribution of a record's best
-  non-match score (its upper tail an exponential fitted to the highest of them);
-- the records whose best score lies in B's lower part, where true matches are rare, give how
+  available non-match score (its upper tail an exponential fitted to the highest of them);
+- the records whose solved score lies in B's lower part, where true matches are rare, give how
   many records have no partner: W, since W * P(B in that part) of them are expected there;
-- in each score bin, the share of best scores beyond the W * P(B in the bin) expected from
-  non-matches is the probability that a best score there is a match. It never falls as the
+- in each score bin, the share of solved scores beyond the W * P(B in the bin) expected from
+  non-matches is the probability that a solved pair there is a match. It never falls as the
   score rises (isotonic regression).
-The steps are repeated, each runner-up weighted by the probability that its record's best is a
-match. The records with a partner are estimated as the expected matches over all bins.
+The steps are repeated, each runner-up weighted by the probability that its record's solved
+pair is a match. The records with a partner are estimated as the expected matches over all bins.
+
+Only each record's first RANKED candidates count, and its solved pair only if among its first
+RANKED - 1: then a matched record's runner-up and an unmatched record's solved pair are each the
+best available of the same number of non-matches. A record with none available has no score.
 
 Precision estimates are the firmest. The recall estimate is the weakest: it rests on W, known
 only as well as B's lower part is sampled, and partners that score like non-matches are counted
@@ -26,8 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blindlink.matching.linkage import Matches
 from blindlink.matching.rules import STEP
 
+# Each requester record's candidates the model sees (the decision pipeline finds this many).
+RANKED = 4
 BINS = round(1 / STEP) + 2  # bin 0: no candidate at all; bin k: [(k-1) STEP, k STEP)
 # B's quantile below which a record's best score is taken as non-match evidence.
 ANCHOR_QUANTILE = 0.8
@@ -54,25 +64,54 @@ class ModelUnfit(Exception):
 
 @dataclass(frozen=True)
 class RecordScores:
-    """Per requester record, the best and the runner-up candidate score (-1 where absent)."""
+    """Per requester record, its solved and its runner-up score (-1 where absent)."""
 
     best: np.ndarray
     runner_up: np.ndarray
 
     @classmethod
-    def of(
-        cls, similarities: np.ndarray, requester_rows: np.ndarray, requester_records: int
+    def after_solving(
+        cls,
+        similarities: np.ndarray,
+        requester_rows: np.ndarray,
+        custodian_rows: np.ndarray,
+        solved: Matches,
+        requester_records: int,
     ) -> RecordScores:
+        """The scores of each requester record's first two available candidates among its
+        first RANKED (the first only if among its first RANKED - 1). The candidates are in
+        solving order (best first, ties by requester row then custodian row) and `solved` is
+        their greedy 1:1 solution."""
         best = np.full(requester_records, -1.0)
         runner_up = np.full(requester_records, -1.0)
-        if len(similarities):
-            order = np.lexsort((-similarities, requester_rows))
-            rows, sims = requester_rows[order], similarities[order]
-            first = np.r_[True, rows[1:] != rows[:-1]]
-            second = np.r_[False, ~first[1:] & first[:-1]]
-            best[rows[first]] = sims[first]
-            runner_up[rows[second]] = sims[second]
+        order = np.argsort(requester_rows, kind="stable")  # solving order within each record
+        rows = requester_rows[order]
+        starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
+        group = np.flatnonzero(starts)
+        rank = np.arange(len(rows)) - np.repeat(group, np.diff(np.r_[group, len(rows)]))
+        seen = (rank < RANKED) & _available(requester_rows, custodian_rows, solved)[order]
+        rows, sims, rank = rows[seen], similarities[order][seen], rank[seen]
+        starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
+        first = starts & (rank < RANKED - 1)
+        second = np.r_[False, first[:-1]] & ~starts
+        best[rows[first]] = sims[first]
+        runner_up[rows[second]] = sims[second]
         return cls(best, runner_up)
+
+
+def _available(
+    requester_rows: np.ndarray, custodian_rows: np.ndarray, solved: Matches
+) -> np.ndarray:
+    """Per candidate (in solving order): whether its custodian record was still free when
+    solving reached it, i.e. not taken by an earlier candidate. A requester record's first
+    available candidate is its solved pair."""
+    custodians = int(custodian_rows.max()) + 1 if len(custodian_rows) else 0
+    keys = requester_rows.astype(np.int64) * custodians + custodian_rows
+    by_key = np.argsort(keys)
+    solved_keys = solved.requester_rows * custodians + solved.custodian_rows
+    taken_at = np.full(custodians, len(keys))
+    taken_at[solved.custodian_rows] = by_key[np.searchsorted(keys[by_key], solved_keys)]
+    return taken_at[custodian_rows] >= np.arange(len(keys))
 
 
 def score_bins(scores: np.ndarray) -> np.ndarray:
