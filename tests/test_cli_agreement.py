@@ -21,13 +21,9 @@ OVERRIDE = "--allow-unusual-threshold"
 
 
 @pytest.fixture
-def parties(
-    tmp_path: Path, identities: Identities, capsys: pytest.CaptureFixture[str]
-) -> list[str]:
-    """`agreement new` arguments naming both parties, with fresh signing keys."""
-    for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", str(tmp_path / role))
-    return party_args(tmp_path, identities)
+def parties(identities: Identities) -> list[str]:
+    """`agreement new` arguments naming both parties."""
+    return party_args(identities)
 
 
 def new_agreement(
@@ -187,7 +183,6 @@ def test_readme_example_writes_a_sensible_agreement(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", f"{role}-keys")
         (tmp_path / "pki").mkdir(exist_ok=True)
         shutil.copy(identities.pki.party_certs[role], tmp_path / "pki" / f"{role}.pem")
     run(capsys, *readme_agreement_command())
