@@ -962,6 +962,7 @@ def test_problems_refuses_a_signature_without_the_signing_context() -> None:
     [
         (None, "the custodian's certificate is missing (the custodian adds it when signing)"),
         ("not a certificate", "the custodian's certificate is not a PEM certificate"),
+        ("\ud800", "the custodian's certificate is not a PEM certificate"),
         (
             CERT_PEMS["requester"].decode(),
             "the custodian's certificate is not the one the agreement names for the custodian",
