@@ -295,8 +295,11 @@ def test_agreements_with_separate_signing_keys_create_no_projects(
         mallory.create_project(forged)
     assert err.value.code == DENIED
     for role in ("requester", "custodian"):
-        assert f"the {role}'s signing key (parties.{role}.public_key" in err.value.details
-        assert f"not bound to the {role}'s certificate" in err.value.details
+        assert (
+            f"the {role}'s signing key (parties.{role}.public_key) is not bound to the {role}'s "
+            "certificate"
+        ) in err.value.details
+    assert "write a new agreement" in err.value.details
     assert state(server) == before
 
 

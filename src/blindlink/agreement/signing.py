@@ -58,15 +58,21 @@ class SignedAgreement:
         """Why the signatures do not show that the holders of both named certificates signed
         exactly these bytes; [] if they do. With `client_ca` (PEM), each certificate must also
         be a client certificate valid now and issued by that CA."""
-        return [problem for role in ROLES if (problem := self._problem(role, client_ca))]
+        found = [problem for role in ROLES if (problem := self._problem(role, client_ca))]
+        if any(party.public_key is not None for party in self.agreement.parties.values()):
+            found.append(
+                "agreements that name separate signing keys, as they did before parties signed "
+                "with their certificate's key, create no new projects: write a new agreement and "
+                "sign it with each party's certificate key"
+            )
+        return found
 
     def _problem(self, role: str, client_ca: bytes | None) -> str | None:
         party = self.agreement.parties[role]
         if party.public_key is not None:
             return (
-                f"the {role}'s signing key (parties.{role}.public_key, as in agreements written "
-                f"before parties signed with their certificate's key) is not bound to the "
-                f"{role}'s certificate; write a new agreement"
+                f"the {role}'s signing key (parties.{role}.public_key) is not bound to the "
+                f"{role}'s certificate"
             )
         signature, pem = self.signatures.get(role), self.certificates.get(role)
         if signature is None:
