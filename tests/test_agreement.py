@@ -899,6 +899,14 @@ def test_sign_as_refuses_a_certificate_the_agreement_does_not_name_for_the_role(
         sign_as(unsigned, role, CERT_PEMS[cert], KEYS[key])
 
 
+def test_sign_as_keeps_only_the_certificates_of_a_pem_file() -> None:
+    """A PEM file may hold other text, such as the attributes an export wrote before it."""
+    pem = "Bag Attributes\n    friendlyName: Agència\n".encode() + CERT_PEMS["custodian"]
+    unsigned = SignedAgreement(agreement_from_document(document()), {})
+    signed = sign_as(unsigned, "custodian", pem, KEYS["custodian"])
+    assert signed.certificates == {"custodian": CERT_PEMS["custodian"].decode()}
+
+
 def test_sign_as_refuses_an_agreement_with_separate_signing_keys() -> None:
     unsigned = parse_signed(BEFORE_DECISION.read_bytes())
     with pytest.raises(AgreementError, match="names a separate signing key for the requester"):

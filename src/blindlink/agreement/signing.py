@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from blindlink.agreement.model import ROLES, Agreement, agreement_from_document, load_json
 from blindlink.canonical import canonical_json
@@ -140,10 +141,13 @@ def sign_as(
         raise AgreementError(
             f"this certificate is not the {role}'s certificate named in the agreement"
         )
-    if key.public_key() != x509.load_pem_x509_certificate(cert_pem).public_key():
+    chain = x509.load_pem_x509_certificates(cert_pem)
+    if key.public_key() != chain[0].public_key():
         raise AgreementError("this key is not the private key of this certificate")
+    # Only the certificates: a PEM file may hold other text (such as a bag's attributes).
+    pem = b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
     signatures = {**signed.signatures, role: sign_with_key(key, signed.signed_bytes)}
-    certificates = {**signed.certificates, role: cert_pem.decode("ascii")}
+    certificates = {**signed.certificates, role: pem.decode("ascii")}
     return SignedAgreement(signed.agreement, signatures, certificates)
 
 
