@@ -35,6 +35,12 @@ def test_agreement_new_sign_verify(
     ca = str(identities.pki.ca_cert)
     verified = run(capsys, "agreement", "verify", str(agreement), "--ca", ca)
     assert "signed by the holders of both named certificates" in verified
+    assert "signed by the holders" in run(capsys, "agreement", "verify", str(agreement))
+    other_ca = str(identities.foreign.cert.parent / "ca.pem")
+    assert main(["agreement", "verify", str(agreement), "--ca", other_ca]) == 1
+    refused = capsys.readouterr().out
+    for role in ("requester", "custodian"):
+        assert f"the {role}'s certificate is not a client certificate of this CA" in refused
 
 
 def test_encode_upload_watch_results(
