@@ -1,4 +1,5 @@
-"""Shared fixtures: TLS material, signing keys, and a real linkage server on a loopback port."""
+"""Shared fixtures: TLS material (whose keys also sign agreements), and a real linkage server on
+a loopback port."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.agreement.signing import SignedAgreement, sign_with_files
 from blindlink.cli.main import main
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
-from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import (
     PkiFiles,
     certificate_fingerprint,
@@ -29,11 +28,10 @@ ROLES = ("requester", "custodian")
 
 @dataclass(frozen=True)
 class Identities:
-    """A development CA with certificates for both parties and an outsider, each party's
-    signing key, and a certificate from an unrelated CA."""
+    """A development CA with certificates for both parties and an outsider, and a certificate
+    from an unrelated CA."""
 
     pki: PkiFiles
-    signing_keys: dict[str, Ed25519PrivateKey]
     outsider: ClientTls
     foreign: ClientTls
 
@@ -42,10 +40,12 @@ class Identities:
 
     def party(self, role: str) -> PartyInfo:
         return PartyInfo(
-            f"{role} agency",
-            public_key_text(self.signing_keys[role]),
-            certificate_fingerprint(self.pki.party_certs[role].read_bytes()),
+            f"{role} agency", certificate_fingerprint(self.pki.party_certs[role].read_bytes())
         )
+
+    def sign(self, signed: SignedAgreement, role: str) -> SignedAgreement:
+        """`role`'s signature, made with its certificate's key."""
+        return sign_with_files(signed, role, self.pki.party_certs[role], self.pki.party_keys[role])
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +57,12 @@ def schema() -> LinkageSchema:
 def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
     root = tmp_path_factory.mktemp("identities")
     pki = init_pki(root / "pki", ROLES)
-    keys = {}
-    for role in ROLES:
-        private, _ = generate_signing_key(root / role)
-        keys[role] = load_private_key(private)
     outsider_cert, outsider_key = issue_client_certificate(
         pki.ca_cert, pki.ca_key, "outsider", root / "outsider"
     )
     other = init_pki(root / "other-ca", ("requester",))
     return Identities(
         pki,
-        keys,
         ClientTls(pki.ca_cert, outsider_cert, outsider_key),
         ClientTls(pki.ca_cert, other.party_certs["requester"], other.party_keys["requester"]),
     )
@@ -91,7 +86,7 @@ def make_agreement(identities: Identities, schema: LinkageSchema) -> Callable[..
         )  # type: ignore[arg-type]
         signed = SignedAgreement(agreement_from_document(document), {})
         for role in signers:
-            signed = sign_as(signed, role, identities.signing_keys[role])
+            signed = identities.sign(signed, role)
         return signed.to_bytes()
 
     return make
@@ -140,17 +135,27 @@ def tls_args(identities: Identities, role: str) -> list[str]:
     return ["--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
 
 
-def party_args(tmp_path: Path, identities: Identities) -> list[str]:
-    """`agreement new` arguments naming both parties: keys made under tmp_path by `keys new`,
-    certificates from the test CA."""
+def party_args(identities: Identities) -> list[str]:
+    """`agreement new` arguments naming both parties by their certificates from the test CA."""
     return [
         "--requester", "A",
-        "--requester-key", str(tmp_path / "requester" / "signing.pub"),
         "--requester-cert", str(identities.pki.party_certs["requester"]),
         "--custodian", "B",
-        "--custodian-key", str(tmp_path / "custodian" / "signing.pub"),
         "--custodian-cert", str(identities.pki.party_certs["custodian"]),
     ]  # fmt: skip
+
+
+def sign_args(identities: Identities, role: str) -> list[str]:
+    """`agreement sign` arguments: the role and its certificate and key, which signs."""
+    pki = identities.pki
+    return [
+        "--role",
+        role,
+        "--cert",
+        str(pki.party_certs[role]),
+        "--key",
+        str(pki.party_keys[role]),
+    ]
 
 
 @dataclass(frozen=True)
@@ -171,15 +176,12 @@ class Cli:
         return self(*args, "--server", self.address, "--party", role, *tls)
 
     def signed_agreement(self, reference: str, *options: str) -> Path:
-        """`agreement new` with both parties' fresh keys and `options`, signed by both."""
-        for role in ("requester", "custodian"):
-            self("keys", "new", "--out", str(self.workdir / role))
+        """`agreement new` with `options`, signed by both parties."""
         path = self.workdir / f"{reference}.json"
-        parties = party_args(self.workdir, self.identities)
+        parties = party_args(self.identities)
         self("agreement", "new", "--reference", reference, *parties, *options, "--out", str(path))
         for role in ("requester", "custodian"):
-            key = str(self.workdir / role / "signing.key")
-            self("agreement", "sign", str(path), "--role", role, "--key", key)
+            self("agreement", "sign", str(path), *sign_args(self.identities, role))
         return path
 
     def link(self, agreement: Path, files: GeneratedFiles) -> tuple[str, dict[str, str]]:

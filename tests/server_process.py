@@ -20,7 +20,7 @@ from conftest import ROLES, Identities
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blindlink.agreement.model import agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.agreement.signing import SignedAgreement
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema
@@ -181,5 +181,5 @@ def signed_agreement(
     )
     signed = SignedAgreement(agreement_from_document(document), {})
     for role in ROLES:
-        signed = sign_as(signed, role, identities.signing_keys[role])
+        signed = identities.sign(signed, role)
     return signed.to_bytes()

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import Identities
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_server_api import (
     audit,
@@ -22,12 +23,15 @@ from test_server_api import (
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
-from blindlink.agreement.signing import SignedAgreement, parse_signed
+from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
+from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_with_files
 from blindlink.audit.chain import AuditEntry
 from blindlink.audit.verify import verify_receipt
+from blindlink.canonical import canonical_json
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
-from blindlink.errors import BlindlinkError
+from blindlink.errors import AgreementError, BlindlinkError
+from blindlink.security.certificate_signing import load_signing_key, sign_with_key
 from blindlink.security.keys import public_key_text, sign
 from blindlink.security.pki import certificate_fingerprint
 from blindlink.server.app import RunningServer, start_server
@@ -49,12 +53,6 @@ def uploads_by_party(status: pb.ProjectStatus) -> dict[str, list[pb.PartyUpload]
     for entry in status.uploads:
         found[entry.party].append(entry)
     return found
-
-
-def resigned(signed_bytes: bytes, signatures: dict[str, str]) -> bytes:
-    """The same agreement with other signatures."""
-    signed = parse_signed(signed_bytes)
-    return SignedAgreement(signed.agreement, signatures).to_bytes()
 
 
 @pytest.fixture
@@ -209,39 +207,169 @@ def test_create_project_needs_both_signatures(
 def test_create_project_refuses_signatures_over_other_bytes(
     requester: LinkageClient, server: RunningServer, make_agreement: Agreements
 ) -> None:
-    signed = json.loads(make_agreement(reference="what was signed"))
-    other = json.loads(make_agreement(reference="what is submitted"))
-    forged = json.dumps(
-        {"agreement": other["agreement"], "signatures": signed["signatures"]}
-    ).encode()
+    signed = parse_signed(make_agreement(reference="what was signed"))
+    other = parse_signed(make_agreement(reference="what is submitted")).agreement
+    forged = SignedAgreement(other, signed.signatures, signed.certificates).to_bytes()
     before = state(server)
     with pytest.raises(ServerError) as err:
         requester.create_project(forged)
     assert err.value.code == DENIED
     assert err.value.details.startswith("signatures:")
-    assert "requester's signature does not match" in err.value.details
-    assert "custodian's signature does not match" in err.value.details
+    for role in ("requester", "custodian"):
+        assert f"the {role}'s signature is not made with the key of the {role}'s certificate" in (
+            err.value.details
+        )
     assert state(server) == before
 
 
-def test_create_project_refuses_a_signature_by_the_wrong_key(
+# --- CreateProject: only the holder of a named certificate signs for it -----------------------
+
+
+def mallorys_agreement(identities: Identities, schema: LinkageSchema) -> SignedAgreement:
+    """Mallory (a client certificate from the operator's CA that no agreement names) writes an
+    agreement naming herself as the requester and Agency B's certificate as the custodian."""
+    outsider = identities.outsider.cert.read_bytes()
+    document = new_agreement_document(
+        reference="mallory's linkage",
+        requester=PartyInfo("Mallory", certificate_fingerprint(outsider)),
+        custodian=identities.party("custodian"),
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+    )
+    unsigned = SignedAgreement(agreement_from_document(document), {})
+    return sign_with_files(unsigned, "requester", identities.outsider.cert, identities.outsider.key)
+
+
+def forged_custodian(signed: SignedAgreement, identities: Identities, forgery: str) -> bytes:
+    """`signed` with a custodian signature Mallory made: with a key she generated, beside
+    Agency B's certificate; or with her own certificate's key, beside her certificate."""
+    certificate = identities.pki.party_certs["custodian"].read_text()
+    key = ec.generate_private_key(ec.SECP256R1())
+    if forgery == "her own certificate":
+        certificate = identities.outsider.cert.read_text()
+        key = load_signing_key(identities.outsider.key.read_bytes())
+    signatures = {**signed.signatures, "custodian": sign_with_key(key, signed.signed_bytes)}
+    certificates = {**signed.certificates, "custodian": certificate}
+    return SignedAgreement(signed.agreement, signatures, certificates).to_bytes()
+
+
+@pytest.mark.parametrize("forgery", ["a key she generated", "her own certificate"])
+def test_a_certificate_holder_cannot_sign_for_a_certificate_she_does_not_hold(
+    address: str,
+    identities: Identities,
+    server: RunningServer,
+    schema: LinkageSchema,
+    forgery: str,
+) -> None:
+    forged = forged_custodian(mallorys_agreement(identities, schema), identities, forgery)
+    before = state(server)
+    with (
+        LinkageClient(address, "requester", identities.outsider) as mallory,
+        pytest.raises(ServerError) as err,
+    ):
+        mallory.create_project(forged)
+    assert err.value.code == DENIED
+    assert err.value.details.startswith("signatures:")
+    assert "the custodian's" in err.value.details
+    assert "the requester's" not in err.value.details
+    assert state(server) == before
+
+
+def test_agreements_with_separate_signing_keys_create_no_projects(
+    address: str, identities: Identities, server: RunningServer, schema: LinkageSchema
+) -> None:
+    """The attack as agreements allowed it before signatures were bound to certificates:
+    Mallory names Ed25519 keys she generated beside the certificates, and signs with both."""
+    keys = {role: Ed25519PrivateKey.generate() for role in ("requester", "custodian")}
+    document = mallorys_agreement(identities, schema).agreement.document
+    for role, key in keys.items():
+        document["parties"][role]["public_key"] = public_key_text(key)
+    signed_bytes = canonical_json(document)
+    signatures = {role: sign(key, signed_bytes) for role, key in keys.items()}
+    forged = canonical_json({"agreement": document, "signatures": signatures})
+    before = state(server)
+    with (
+        LinkageClient(address, "requester", identities.outsider) as mallory,
+        pytest.raises(ServerError) as err,
+    ):
+        mallory.create_project(forged)
+    assert err.value.code == DENIED
+    for role in ("requester", "custodian"):
+        assert (
+            f"the {role}'s signing key (parties.{role}.public_key) is not bound to the {role}'s "
+            "certificate"
+        ) in err.value.details
+    assert "write a new agreement" in err.value.details
+    assert state(server) == before
+
+
+def test_one_party_cannot_sign_for_the_other(
     requester: LinkageClient,
     server: RunningServer,
     identities: Identities,
     make_agreement: Agreements,
 ) -> None:
-    genuine = make_agreement()
-    agreement = parse_signed(genuine).agreement
-    by_custodian = sign(identities.signing_keys["custodian"], agreement.canonical_bytes)
-    forged = resigned(genuine, {"requester": by_custodian, "custodian": by_custodian})
+    """The requester holds a certificate the agreement names, but not the custodian's."""
+    pki = identities.pki
+    genuine = parse_signed(make_agreement(signers=("requester",)))
+    key = load_signing_key(pki.party_keys["requester"].read_bytes())
+    signatures = {**genuine.signatures, "custodian": sign_with_key(key, genuine.signed_bytes)}
+    before = state(server)
+    # Beside the custodian's certificate, or its own in the custodian's place.
+    for certificate in (pki.party_certs["custodian"], pki.party_certs["requester"]):
+        certificates = {**genuine.certificates, "custodian": certificate.read_text()}
+        forged = SignedAgreement(genuine.agreement, signatures, certificates)
+        with pytest.raises(ServerError) as err:
+            requester.create_project(forged.to_bytes())
+        assert err.value.code == DENIED
+        assert "the custodian's" in err.value.details
+        assert "the requester's" not in err.value.details
+    assert state(server) == before
+    with pytest.raises(AgreementError, match="not the custodian's certificate"):
+        sign_with_files(
+            genuine, "custodian", pki.party_certs["requester"], pki.party_keys["requester"]
+        )
+
+
+def test_certificates_must_come_from_the_servers_client_ca(
+    requester: LinkageClient,
+    server: RunningServer,
+    identities: Identities,
+    schema: LinkageSchema,
+) -> None:
+    """A certificate from another CA, named for the custodian and signed with its key."""
+    foreign = identities.foreign
+    document = new_agreement_document(
+        reference="a custodian from another CA",
+        requester=identities.party("requester"),
+        custodian=PartyInfo("elsewhere", certificate_fingerprint(foreign.cert.read_bytes())),
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+    )
+    signed = identities.sign(SignedAgreement(agreement_from_document(document), {}), "requester")
+    signed = sign_with_files(signed, "custodian", foreign.cert, foreign.key)
+    assert signed.problems() == []  # bound to its certificate, but the CA did not issue it
     before = state(server)
     with pytest.raises(ServerError) as err:
-        requester.create_project(forged)
+        requester.create_project(signed.to_bytes())
     assert err.value.code == DENIED
-    assert "requester's signature does not match" in err.value.details
-    assert "custodian's signature" not in err.value.details
+    assert "the custodian's certificate is not a client certificate of this CA" in (
+        err.value.details
+    )
+    assert "the requester's" not in err.value.details
     assert state(server) == before
-    assert requester.create_project(genuine).project_id == agreement.project_id
+
+
+def test_projects_of_agreements_with_separate_signing_keys_keep_working(
+    requester: LinkageClient, server: RunningServer, make_agreement: Agreements
+) -> None:
+    """A project created before signatures were bound to certificates stays usable."""
+    legacy = json.loads(make_agreement(signers=()))["agreement"]
+    for role, letter in (("requester", "A"), ("custodian", "B")):
+        legacy["parties"][role]["public_key"] = f"ed25519:{letter * 43}="
+    agreement = agreement_from_document(legacy)
+    server.store.create_project(agreement.project_id, agreement.canonical_bytes, {}, "requester")
+    assert requester.status(agreement.project_id).project_id == agreement.project_id
 
 
 # --- isolation between the parties -----------------------------------------------------------

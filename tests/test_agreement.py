@@ -14,7 +14,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+from conftest import Identities
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from blindlink.agreement.model import (
     ROLES,
@@ -29,19 +34,41 @@ from blindlink.agreement.model import (
     recommended_thresholds,
     unusual_thresholds,
 )
-from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
+from blindlink.agreement.signing import SIGNING_CONTEXT, SignedAgreement, parse_signed, sign_as
 from blindlink.canonical import canonical_json
 from blindlink.errors import AgreementError
 from blindlink.matching.blocking import LshBlocking
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
-from blindlink.security.keys import public_key_text, sign, verify_signature
+from blindlink.security.certificate_signing import PrivateKey, sign_with_key, signed_by_certificate
+from blindlink.security.keys import public_key_text, sign
+from blindlink.security.pki import certificate_fingerprint
 
 Document = dict[str, Any]
 SCHEMA_HASH = hashlib.sha256(b"a linkage schema").hexdigest()
+
+
+def certificate(key: PrivateKey, name: str) -> bytes:
+    """A self-signed PEM certificate of `key` (the same bytes every time for Ed25519 keys)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime(2026, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2036, 1, 1, tzinfo=UTC))
+    )
+    algorithm = None if isinstance(key, Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
+
+
+# Each party's certificate key signs; CERTS are the certificates' fingerprints.
 KEYS = {
     role: Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32) for n, role in enumerate(ROLES, 1)
 }
-CERTS = {role: hashlib.sha256(f"{role} certificate".encode()).hexdigest() for role in ROLES}
+CERT_PEMS = {role: certificate(KEYS[role], role) for role in ROLES}
+CERTS = {role: certificate_fingerprint(CERT_PEMS[role]) for role in ROLES}
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 # An agreement as blindlink wrote them before matching.decision, and its project ID then.
 BEFORE_DECISION = Path(__file__).parent / "data" / "agreement-before-decision.json"
@@ -50,7 +77,7 @@ DIFFUSION = [{"kind": "diffusion", "t": 3}]
 
 
 def party(role: str) -> PartyInfo:
-    return PartyInfo(f"{role} agency", public_key_text(KEYS[role]), CERTS[role])
+    return PartyInfo(f"{role} agency", CERTS[role])
 
 
 def document(**settings: Any) -> Document:
@@ -86,7 +113,7 @@ def agreement_error(raw: bytes) -> str:
 def signed_by(roles: tuple[str, ...] = ROLES, doc: Document | None = None) -> SignedAgreement:
     signed = SignedAgreement(agreement_from_document(doc or document()), {})
     for role in roles:
-        signed = sign_as(signed, role, KEYS[role])
+        signed = sign_as(signed, role, CERT_PEMS[role], KEYS[role])
     return signed
 
 
@@ -175,7 +202,7 @@ def test_document_round_trips_through_canonical_bytes() -> None:
     assert agreement.reference == "DSA-2026-017"
     assert {
         r: (p.name, p.public_key, p.certificate_sha256) for r, p in agreement.parties.items()
-    } == {r: (f"{r} agency", public_key_text(KEYS[r]), CERTS[r]) for r in ROLES}
+    } == {r: (f"{r} agency", None, CERTS[r]) for r in ROLES}
     assert (agreement.schema_sha256, agreement.bit_length) == (SCHEMA_HASH, 1024)
     assert agreement.decision == DecisionRule(FixedThreshold(0.9), None, 0.02)
     assert agreement.threshold_floor == 0.75
@@ -606,7 +633,7 @@ def test_missing_section_is_refused(section: str) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "parties.requester.public_key",
+        "parties.requester.certificate_sha256",
         "encoding.hardening",
         "matching.solver",
         "release.custodian_approval",
@@ -741,6 +768,7 @@ def test_validity_window_must_not_be_empty(valid_until: str) -> None:
 )
 def test_both_parties_with_the_same_identity_are_refused(field: str, words: str) -> None:
     def same(doc: Document) -> None:
+        doc["parties"]["requester"].setdefault(field, public_key_text(KEYS["requester"]))
         doc["parties"]["custodian"][field] = doc["parties"]["requester"][field]
 
     message = agreement_error(edited(same))
@@ -821,11 +849,11 @@ def test_new_agreement_document_refuses_invalid_settings() -> None:
         document(requester_release="all")
     with pytest.raises(AgreementError, match="^matching.decision.threshold: "):
         document(threshold=0)
-    with pytest.raises(AgreementError, match="^parties: .*same public key"):
+    with pytest.raises(AgreementError, match="^parties: .*same certificate"):
         new_agreement_document(
             reference="x",
             requester=party("requester"),
-            custodian=PartyInfo("c", party("requester").public_key, CERTS["custodian"]),
+            custodian=PartyInfo("c", CERTS["requester"]),
             schema_sha256=SCHEMA_HASH,
             bit_length=1024,
         )
@@ -838,43 +866,58 @@ def test_both_signatures_are_accepted() -> None:
     signed = signed_by()
     assert signed.problems() == []
     assert set(signed.signatures) == set(ROLES)
+    assert signed.certificates == {role: CERT_PEMS[role].decode() for role in ROLES}
     for role in ROLES:
-        assert verify_signature(
-            public_key_text(KEYS[role]), signed.agreement.canonical_bytes, signed.signatures[role]
-        )
+        cert = x509.load_pem_x509_certificate(CERT_PEMS[role])
+        data = SIGNING_CONTEXT + signed.agreement.canonical_bytes
+        assert signed_by_certificate(cert, data, signed.signatures[role])
 
 
 def test_sign_as_keeps_earlier_signatures_and_the_agreement() -> None:
     unsigned = SignedAgreement(agreement_from_document(document()), {})
-    once = sign_as(unsigned, "custodian", KEYS["custodian"])
-    twice = sign_as(once, "requester", KEYS["requester"])
+    once = sign_as(unsigned, "custodian", CERT_PEMS["custodian"], KEYS["custodian"])
+    twice = sign_as(once, "requester", CERT_PEMS["requester"], KEYS["requester"])
     assert unsigned.signatures == {}
-    assert set(once.signatures) == {"custodian"}
+    assert set(once.signatures) == set(once.certificates) == {"custodian"}
     assert twice.signatures["custodian"] == once.signatures["custodian"]
     assert twice.agreement is unsigned.agreement
 
 
 @pytest.mark.parametrize(
-    ("role", "key"),
+    ("role", "cert", "key", "message"),
     [
-        ("requester", KEYS["custodian"]),
-        ("custodian", KEYS["requester"]),
-        ("requester", Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)),
+        ("requester", "custodian", "custodian", "not the requester's certificate"),
+        ("custodian", "requester", "requester", "not the custodian's certificate"),
+        ("requester", "requester", "custodian", "not the private key of this certificate"),
     ],
 )
-def test_sign_as_refuses_a_key_the_agreement_does_not_name_for_the_role(
-    role: str, key: Ed25519PrivateKey
+def test_sign_as_refuses_a_certificate_the_agreement_does_not_name_for_the_role(
+    role: str, cert: str, key: str, message: str
 ) -> None:
     unsigned = SignedAgreement(agreement_from_document(document()), {})
-    with pytest.raises(AgreementError, match=f"not the {role}'s key"):
-        sign_as(unsigned, role, key)
+    with pytest.raises(AgreementError, match=message):
+        sign_as(unsigned, role, CERT_PEMS[cert], KEYS[key])
+
+
+def test_sign_as_keeps_only_the_certificates_of_a_pem_file() -> None:
+    """A PEM file may hold other text, such as the attributes an export wrote before it."""
+    pem = "Bag Attributes\n    friendlyName: Agència\n".encode() + CERT_PEMS["custodian"]
+    unsigned = SignedAgreement(agreement_from_document(document()), {})
+    signed = sign_as(unsigned, "custodian", pem, KEYS["custodian"])
+    assert signed.certificates == {"custodian": CERT_PEMS["custodian"].decode()}
+
+
+def test_sign_as_refuses_an_agreement_with_separate_signing_keys() -> None:
+    unsigned = parse_signed(BEFORE_DECISION.read_bytes())
+    with pytest.raises(AgreementError, match="names a separate signing key for the requester"):
+        sign_as(unsigned, "requester", CERT_PEMS["requester"], KEYS["requester"])
 
 
 @pytest.mark.parametrize("role", ["operator", "Requester", ""])
 def test_sign_as_refuses_an_unknown_role(role: str) -> None:
     unsigned = SignedAgreement(agreement_from_document(document()), {})
     with pytest.raises(AgreementError, match="unknown role"):
-        sign_as(unsigned, role, KEYS["requester"])
+        sign_as(unsigned, role, CERT_PEMS["requester"], KEYS["requester"])
 
 
 @pytest.mark.parametrize(
@@ -894,27 +937,132 @@ def test_problems_reports_a_signature_by_the_wrong_partys_key() -> None:
     swapped = SignedAgreement(
         signed.agreement,
         {
-            "requester": sign(KEYS["custodian"], signed.agreement.canonical_bytes),
+            "requester": sign_with_key(KEYS["custodian"], signed.signed_bytes),
             "custodian": signed.signatures["custodian"],
         },
+        signed.certificates,
     )
-    problems = swapped.problems()
-    assert len(problems) == 1
-    assert "requester's signature does not match" in problems[0]
+    assert swapped.problems() == [
+        "the requester's signature is not made with the key of the requester's certificate "
+        "over these agreement bytes"
+    ]
     both_swapped = SignedAgreement(
         signed.agreement,
         {"requester": signed.signatures["custodian"], "custodian": signed.signatures["requester"]},
+        signed.certificates,
     )
     assert len(both_swapped.problems()) == 2
+
+
+def test_problems_refuses_a_signature_without_the_signing_context() -> None:
+    """A signature by the certificate's key over other bytes (here the bare agreement, as a
+    signature made for another purpose might be) is not an agreement signature."""
+    signed = signed_by()
+    bare = sign_with_key(KEYS["custodian"], signed.agreement.canonical_bytes)
+    changed = SignedAgreement(
+        signed.agreement, {**signed.signatures, "custodian": bare}, signed.certificates
+    )
+    assert [p.split("'s")[0] for p in changed.problems()] == ["the custodian"]
+
+
+@pytest.mark.parametrize(
+    ("certificate", "problem"),
+    [
+        (None, "the custodian's certificate is missing (the custodian adds it when signing)"),
+        ("not a certificate", "the custodian's certificate is not a PEM certificate"),
+        ("\ud800", "the custodian's certificate is not a PEM certificate"),
+        (
+            CERT_PEMS["requester"].decode(),
+            "the custodian's certificate is not the one the agreement names for the custodian",
+        ),
+    ],
+)
+def test_problems_reports_a_certificate_that_is_not_the_named_one(
+    certificate: str | None, problem: str
+) -> None:
+    signed = signed_by()
+    certificates = {"requester": signed.certificates["requester"]}
+    if certificate is not None:
+        certificates["custodian"] = certificate
+    changed = SignedAgreement(signed.agreement, signed.signatures, certificates)
+    assert changed.problems() == [problem]
+
+
+def test_problems_refuses_agreements_with_separate_signing_keys() -> None:
+    """Agreements written before parties signed with their certificate's key name an Ed25519
+    key beside each certificate: nothing binds it to the certificate's holder."""
+    doc = document()
+    for role in ROLES:
+        doc["parties"][role]["public_key"] = public_key_text(KEYS[role])
+    agreement = agreement_from_document(doc)
+    signatures = {role: sign(KEYS[role], agreement.canonical_bytes) for role in ROLES}
+    problems = SignedAgreement(agreement, signatures).problems()
+    assert problems[:2] == [
+        f"the {role}'s signing key (parties.{role}.public_key) is not bound to the {role}'s "
+        "certificate"
+        for role in ROLES
+    ]
+    assert problems[2].startswith("agreements that name separate signing keys")
+
+
+def test_problems_with_a_client_ca_checks_who_issued_each_certificate(
+    identities: Identities,
+) -> None:
+    pki = identities.pki
+    doc = new_agreement_document(
+        reference="issued",
+        requester=PartyInfo(
+            "r", certificate_fingerprint(pki.party_certs["requester"].read_bytes())
+        ),
+        custodian=PartyInfo(
+            "c", certificate_fingerprint(pki.party_certs["custodian"].read_bytes())
+        ),
+        schema_sha256=SCHEMA_HASH,
+        bit_length=1024,
+    )
+    signed = SignedAgreement(agreement_from_document(doc), {})
+    for role in ROLES:
+        signed = identities.sign(signed, role)
+    assert signed.problems(pki.ca_cert.read_bytes()) == []
+    assert signed_by().problems() == []
+    self_signed = signed_by().problems(pki.ca_cert.read_bytes())
+    assert [p.split(":")[0] for p in self_signed] == [
+        f"the {role}'s certificate is not a client certificate of this CA" for role in ROLES
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ec.generate_private_key(ec.SECP256R1()),
+        Ed25519PrivateKey.generate(),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    ],
+    ids=["ecdsa", "ed25519", "rsa"],
+)
+def test_certificate_keys_of_each_kind_sign(key: PrivateKey) -> None:
+    pem = certificate(key, "custodian")
+    doc = document()
+    doc["parties"]["custodian"]["certificate_sha256"] = certificate_fingerprint(pem)
+    signed = signed_by(("requester",), doc)
+    signed = sign_as(signed, "custodian", pem, key)
+    assert signed.problems() == []
+    other = sign_with_key(key, b"other bytes")
+    forged = SignedAgreement(
+        signed.agreement, {**signed.signatures, "custodian": other}, signed.certificates
+    )
+    assert len(forged.problems()) == 1
 
 
 @pytest.mark.parametrize("signature", ["", "not base64!", "AAAA", "a" * 88])
 def test_problems_reports_a_malformed_signature(signature: str) -> None:
     signed = signed_by()
-    broken = SignedAgreement(signed.agreement, {**signed.signatures, "custodian": signature})
+    broken = SignedAgreement(
+        signed.agreement, {**signed.signatures, "custodian": signature}, signed.certificates
+    )
     assert broken.problems() == [
-        "the custodian's signature does not match these agreement bytes and the custodian's "
-        "public key"
+        "the custodian's signature is not made with the key of the custodian's certificate "
+        "over these agreement bytes"
     ]
 
 
@@ -935,7 +1083,7 @@ def test_problems_reports_both_signatures_after_the_agreement_changed(
     changed = parse_signed(json.dumps(outer).encode())
     problems = changed.problems()
     assert [p.split("'s signature")[0] for p in problems] == ["the requester", "the custodian"]
-    assert all("does not match these agreement bytes" in p for p in problems)
+    assert all("is not made with the key" in p for p in problems)
 
 
 def test_parse_signed_accepts_an_envelope() -> None:
@@ -1004,7 +1152,7 @@ def test_parse_signed_refuses_bytes_that_are_not_strict_json(raw: bytes) -> None
 def test_parse_signed_refuses_an_envelope_with_extra_keys() -> None:
     outer = envelope(signed_by())
     outer["comment"] = "please sign"
-    with pytest.raises(AgreementError, match="^agreement: "):
+    with pytest.raises(AgreementError, match="^a signed agreement has only the keys"):
         parse_signed(json.dumps(outer).encode())
 
 
@@ -1019,4 +1167,5 @@ def test_to_bytes_round_trips_through_parse_signed() -> None:
     assert json.loads(raw) == {
         "agreement": signed.agreement.document,
         "signatures": signed.signatures,
+        "certificates": signed.certificates,
     }

@@ -21,13 +21,9 @@ OVERRIDE = "--allow-unusual-threshold"
 
 
 @pytest.fixture
-def parties(
-    tmp_path: Path, identities: Identities, capsys: pytest.CaptureFixture[str]
-) -> list[str]:
-    """`agreement new` arguments naming both parties, with fresh signing keys."""
-    for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", str(tmp_path / role))
-    return party_args(tmp_path, identities)
+def parties(identities: Identities) -> list[str]:
+    """`agreement new` arguments naming both parties."""
+    return party_args(identities)
 
 
 def new_agreement(
@@ -179,17 +175,14 @@ def readme_agreement_command() -> list[str]:
     return shlex.split(command.group(0).replace("\\\n", " "))[1:]
 
 
-def test_readme_example_writes_a_sensible_agreement(
+def test_readme_example_writes_and_signs_a_sensible_agreement(
     tmp_path: Path,
     identities: Identities,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", f"{role}-keys")
-        (tmp_path / "pki").mkdir(exist_ok=True)
-        shutil.copy(identities.pki.party_certs[role], tmp_path / "pki" / f"{role}.pem")
+    shutil.copytree(identities.pki.ca_cert.parent, tmp_path / "pki")
     run(capsys, *readme_agreement_command())
     agreement = agreement_from_document(json.loads(Path("agreement.json").read_text())["agreement"])
     assert agreement.hardening == [{"kind": "diffusion", "t": 3}]
@@ -198,3 +191,8 @@ def test_readme_example_writes_a_sensible_agreement(
     )
     assert (agreement.threshold_floor, agreement.possible_release) == (None, "count")
     assert agreement.custodian_approval and agreement.max_records_per_upload == 50_000
+    text = README.read_text(encoding="utf-8")
+    commands = re.findall(r"^blindlink agreement (?:sign|verify) .*$", text, re.MULTILINE)
+    printed = [run(capsys, *shlex.split(command, comments=True)[1:]) for command in commands]
+    assert len(printed) == 3
+    assert "signed by the holders of both named certificates" in printed[-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from clkhash import clk
 from clkhash.serialization import serialize_bitarray
-from conftest import Cli, Identities, party_args, run, tls_args
+from conftest import Cli, Identities, party_args, run, sign_args, tls_args
 
 from blindlink.cli.main import main
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
@@ -17,60 +17,30 @@ from blindlink.evaluation import membership_quality, read_truth
 from blindlink.synthetic import generate_datasets
 
 
-def test_keys_agreement_sign_verify(
+def test_agreement_new_sign_verify(
     tmp_path: Path, identities: Identities, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for role in ("requester", "custodian"):
-        run(capsys, "keys", "new", "--out", str(tmp_path / role))
     agreement = tmp_path / "agreement.json"
-    run(
-        capsys,
-        "agreement",
-        "new",
-        "--reference",
-        "cli test",
-        *party_args(tmp_path, identities),
-        "--out",
-        str(agreement),
-    )
+    parties = party_args(identities)
+    run(capsys, "agreement", "new", "--reference", "cli test", *parties, "--out", str(agreement))
     assert main(["agreement", "verify", str(agreement)]) == 1
     assert "has not signed" in capsys.readouterr().out
-    run(
-        capsys,
-        "agreement",
-        "sign",
-        str(agreement),
-        "--role",
-        "requester",
-        "--key",
-        str(tmp_path / "requester" / "signing.key"),
-    )
-    # The custodian's key cannot sign as the requester, nor the requester's as the custodian.
-    assert (
-        main(
-            [
-                "agreement",
-                "sign",
-                str(agreement),
-                "--role",
-                "custodian",
-                "--key",
-                str(tmp_path / "requester" / "signing.key"),
-            ]
-        )
-        == 2
-    )
-    run(
-        capsys,
-        "agreement",
-        "sign",
-        str(agreement),
-        "--role",
-        "custodian",
-        "--key",
-        str(tmp_path / "custodian" / "signing.key"),
-    )
-    assert "signed by both parties" in run(capsys, "agreement", "verify", str(agreement))
+    run(capsys, "agreement", "sign", str(agreement), *sign_args(identities, "requester"))
+    # The requester's certificate cannot sign as the custodian.
+    requester_as_custodian = [*sign_args(identities, "requester")]
+    requester_as_custodian[1] = "custodian"
+    assert main(["agreement", "sign", str(agreement), *requester_as_custodian]) == 2
+    assert "not the custodian's certificate" in capsys.readouterr().err
+    run(capsys, "agreement", "sign", str(agreement), *sign_args(identities, "custodian"))
+    ca = str(identities.pki.ca_cert)
+    verified = run(capsys, "agreement", "verify", str(agreement), "--ca", ca)
+    assert "signed by the holders of both named certificates" in verified
+    assert "signed by the holders" in run(capsys, "agreement", "verify", str(agreement))
+    other_ca = str(identities.foreign.cert.parent / "ca.pem")
+    assert main(["agreement", "verify", str(agreement), "--ca", other_ca]) == 1
+    refused = capsys.readouterr().out
+    for role in ("requester", "custodian"):
+        assert f"the {role}'s certificate is not a client certificate of this CA" in refused
 
 
 def test_encode_upload_watch_results(
@@ -251,7 +221,7 @@ def test_hardened_linkage_through_the_cli(cli: Cli, tmp_path: Path) -> None:
     )
     assert json.loads(agreement.read_text())["agreement"]["encoding"]["bit_length"] == 512
     bad = ["--hardening", '[{"kind": "fold"}]', "--out", str(tmp_path / "bad.json")]
-    parties = party_args(tmp_path, cli.identities)
+    parties = party_args(cli.identities)
     assert main(["agreement", "new", "--reference", "x", *parties, *bad]) == 2
     assert "fold" in cli.capsys.readouterr().err
     project, printed = cli.link(agreement, files)

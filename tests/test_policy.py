@@ -38,7 +38,7 @@ from blindlink.agreement.model import (
     new_agreement_document,
 )
 from blindlink.agreement.policy import PolicyViolation, run_threshold
-from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
+from blindlink.agreement.signing import SignedAgreement, parse_signed
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.server.app import RunningServer
@@ -124,7 +124,7 @@ def signed_document(
     document["limits"]["valid_until"] = format_timestamp(valid_until)
     signed = SignedAgreement(agreement_from_document(document), {})
     for role in ("requester", "custodian"):
-        signed = sign_as(signed, role, identities.signing_keys[role])
+        signed = identities.sign(signed, role)
     return signed.to_bytes()
 
 
@@ -182,7 +182,7 @@ BEFORE_DECISION = Path(__file__).parent / "data" / "agreement-before-decision.js
 
 def _agreement(**settings: Any) -> Agreement:
     parties = {
-        role: PartyInfo(role, f"ed25519:{letter * 43}=", letter.lower() * 64)
+        role: PartyInfo(role, letter.lower() * 64)
         for role, letter in (("requester", "A"), ("custodian", "B"))
     }
     return agreement_from_document(

@@ -333,17 +333,6 @@ def run_cli(*argv: str) -> int:
     return int(args.run(args))
 
 
-def test_cli_keys_new(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("keys", "new", "--out", str(tmp_path), "--name", "agency-a") == 0
-    out = capsys.readouterr().out
-    public = load_public_key_text(tmp_path / "agency-a.pub")
-    assert f"public key: {public}" in out
-    assert str(tmp_path / "agency-a.key") in out
-    assert mode(tmp_path / "agency-a.key") == 0o600
-    with pytest.raises(InputError, match="exists already"):
-        run_cli("keys", "new", "--out", str(tmp_path), "--name", "agency-a")
-
-
 def test_cli_pki_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parties = ["--party", "alpha", "--party", "beta"]
     options = ["--server-name", "linkage.example", "--days", "30"]

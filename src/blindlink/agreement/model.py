@@ -2,8 +2,9 @@
 content hash (the project ID), and the signed envelope both parties sign.
 
 The schema is `agreement.schema.json` beside this module (`blindlink agreement schema` prints
-it). A signed agreement is the envelope `{"agreement": {...}, "signatures": {role: sig}}`, each
-signature an Ed25519 signature over the agreement's canonical bytes.
+it). A signed agreement is the envelope `{"agreement": {...}, "signatures": {role: sig},
+"certificates": {role: PEM}}` (agreement/signing.py): each party signs with the key of the client
+certificate the agreement names for it.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ class ReleaseKind(StrEnum):
 class Party:
     role: str
     name: str
-    public_key: str
     certificate_sha256: str
+    # Agreements written before parties signed with their certificate's key named a separate
+    # Ed25519 key here. They still parse (their projects keep working) but create no projects.
+    public_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,7 @@ def _check_consistency(agreement: Agreement) -> None:
     if agreement.valid_from >= agreement.valid_until:
         raise AgreementError("limits.valid_from must be before limits.valid_until")
     requester, custodian = agreement.parties["requester"], agreement.parties["custodian"]
-    if requester.public_key == custodian.public_key:
+    if requester.public_key is not None and requester.public_key == custodian.public_key:
         raise AgreementError("parties: the requester and the custodian have the same public key")
     if requester.certificate_sha256 == custodian.certificate_sha256:
         raise AgreementError("parties: the requester and the custodian have the same certificate")
@@ -430,10 +433,10 @@ def _describe_hardening(steps: list[dict[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class PartyInfo:
-    """What names a party in a new agreement."""
+    """What names a party in a new agreement: its name and its client certificate, whose key
+    signs the agreement."""
 
     name: str
-    public_key: str
     certificate_sha256: str
 
 

@@ -1,5 +1,5 @@
-"""The two parties of a benchmark: TLS material from a development CA, signing keys, signed
-agreements and clients."""
+"""The two parties of a benchmark: TLS material from a development CA (whose client certificate
+keys sign agreements), signed agreements and clients."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement, sign_as
+from blindlink.agreement.signing import SignedAgreement, sign_with_files
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema
-from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
 
 ROLES = ("requester", "custodian")
@@ -22,14 +19,11 @@ ROLES = ("requester", "custodian")
 @dataclass(frozen=True)
 class Parties:
     pki: PkiFiles  # its directory is the server's --tls-dir
-    keys: dict[str, Ed25519PrivateKey]
 
     @classmethod
     def create(cls, work: Path) -> Parties:
-        """A development CA under work/pki, and a signing key per party under work/ROLE."""
-        pki = init_pki(work / "pki")
-        keys = {role: load_private_key(generate_signing_key(work / role)[0]) for role in ROLES}
-        return cls(pki, keys)
+        """A development CA under work/pki."""
+        return cls(init_pki(work / "pki"))
 
     @property
     def tls_dir(self) -> Path:
@@ -39,11 +33,7 @@ class Parties:
         """A new agreement on `schema` (bit length and other settings as given), signed by
         both parties."""
         parties = {
-            role: PartyInfo(
-                role,
-                public_key_text(self.keys[role]),
-                certificate_fingerprint(self.pki.party_certs[role].read_bytes()),
-            )
+            role: PartyInfo(role, certificate_fingerprint(self.pki.party_certs[role].read_bytes()))
             for role in ROLES
         }
         settings.setdefault("bit_length", schema.bit_length)
@@ -56,7 +46,9 @@ class Parties:
         )
         signed = SignedAgreement(agreement_from_document(document), {})
         for role in ROLES:
-            signed = sign_as(signed, role, self.keys[role])
+            signed = sign_with_files(
+                signed, role, self.pki.party_certs[role], self.pki.party_keys[role]
+            )
         return signed.to_bytes()
 
     def client(self, address: str, role: str) -> LinkageClient:

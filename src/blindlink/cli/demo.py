@@ -1,7 +1,7 @@
 """`blindlink demo`: a complete linkage on generated data, with every party a separate process.
 
-A development CA issues the server's and each party's TLS certificate; each party makes its own
-signing key and signs the agreement; a real server runs with mutual TLS on a free localhost
+A development CA issues the server's and each party's TLS certificate; each party signs the
+agreement with its certificate's key; a real server runs with mutual TLS on a free localhost
 port; the requester and the custodian encode, upload and fetch their releases from their own
 processes; at the end the operator exports the audit log and the parties' receipts are checked
 against it. The summary scores the requester's release against the ground truth.
@@ -37,7 +37,6 @@ from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import BlindlinkError
 from blindlink.evaluation import membership_quality, read_truth
 from blindlink.hardening import output_bit_length
-from blindlink.security.keys import generate_signing_key, load_public_key_text
 from blindlink.security.pki import PkiFiles, certificate_fingerprint, init_pki
 from blindlink.server.local_process import local_server
 from blindlink.synthetic import generate_datasets
@@ -71,11 +70,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
     with _stage(seconds, "setup"):
         pki = init_pki(work / "pki", ROLES)
-        for role in ROLES:
-            generate_signing_key(dirs[role])
         write_new_secret(work / "shared-secret.txt")
         blocking = _blocking(args)
-        agreement_path = _write_agreement(work, pki, dirs, blocking)
+        agreement_path = _write_agreement(work, pki, blocking)
         for role in ROLES:  # in turn: each party adds its signature to the same document
             _parallel(
                 [
@@ -85,12 +82,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                         str(agreement_path),
                         "--role",
                         role,
+                        "--cert",
+                        str(pki.party_certs[role]),
                         "--key",
-                        str(dirs[role] / "signing.key"),
+                        str(pki.party_keys[role]),
                     )
                 ]
             )
-        _parallel([_cli("agreement", "verify", str(agreement_path))])
+        _parallel([_cli("agreement", "verify", str(agreement_path), "--ca", str(pki.ca_cert))])
     say("development CA issued TLS certificates; both parties signed the agreement")
 
     with local_server(work / "server", work / "pki") as server:
@@ -207,15 +206,11 @@ def _blocking(args: argparse.Namespace) -> dict[str, object] | None:
     return None
 
 
-def _write_agreement(
-    work: Path, pki: PkiFiles, dirs: dict[str, Path], blocking: dict[str, object] | None
-) -> Path:
+def _write_agreement(work: Path, pki: PkiFiles, blocking: dict[str, object] | None) -> Path:
     schema = load_schema(default_schema_path())
     parties = {
         role: PartyInfo(
-            f"{role.title()} agency",
-            load_public_key_text(dirs[role] / "signing.pub"),
-            certificate_fingerprint(pki.party_certs[role].read_bytes()),
+            f"{role.title()} agency", certificate_fingerprint(pki.party_certs[role].read_bytes())
         )
         for role in ROLES
     }
@@ -234,10 +229,7 @@ def _write_agreement(
     )
     path = work / "agreement.json"
     signed = SignedAgreement(agreement_from_document(document), {})
-    path.write_text(
-        json.dumps({"agreement": document, "signatures": signed.signatures}, indent=2),
-        encoding="utf-8",
-    )
+    path.write_text(json.dumps(signed.document(), indent=2), encoding="utf-8")
     return path
 
 

@@ -114,10 +114,19 @@ def _add_setup_commands(commands: argparse._SubParsersAction) -> None:
     sign = agreement.add_parser("sign", help="sign an agreement as one party")
     sign.add_argument("agreement", type=Path)
     sign.add_argument("--role", required=True, choices=("requester", "custodian"))
-    sign.add_argument("--key", type=Path, required=True, help="your signing key (keys new)")
+    sign.add_argument(
+        "--cert", type=Path, required=True, help="your TLS client certificate, named for ROLE"
+    )
+    sign.add_argument("--key", type=Path, required=True, help="its private key, which signs")
     sign.set_defaults(run=setup_commands.agreement_sign)
     verify = agreement.add_parser("verify", help="check both parties' signatures")
     verify.add_argument("agreement", type=Path)
+    verify.add_argument(
+        "--ca",
+        type=Path,
+        help="also check that each party's certificate is a client certificate this CA issued "
+        "and valid now (as the server checks with its client CA)",
+    )
     verify.set_defaults(run=setup_commands.agreement_verify)
     agreement.add_parser("schema", help="print the agreement's JSON Schema").set_defaults(
         run=setup_commands.agreement_schema
@@ -138,13 +147,10 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
     for role in ("requester", "custodian"):
         new.add_argument(f"--{role}", required=True, help=f"the {role}'s name")
         new.add_argument(
-            f"--{role}-key",
+            f"--{role}-cert",
             type=Path,
             required=True,
-            help=f"the {role}'s public signing key file (keys new)",
-        )
-        new.add_argument(
-            f"--{role}-cert", type=Path, required=True, help=f"the {role}'s TLS client certificate"
+            help=f"the {role}'s TLS client certificate, whose key signs the agreement",
         )
         new.add_argument(
             f"--{role}-release",

@@ -1,11 +1,11 @@
-"""Commands that make identity material: signing keys and a development PKI."""
+"""Commands that make identity material: a development PKI. A party's client certificate key
+also signs its agreements, so parties need no other key."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from blindlink.security.keys import generate_signing_key, load_public_key_text
 from blindlink.security.pki import certificate_fingerprint, init_pki
 
 DEFAULT_PARTIES = ("requester", "custodian")
@@ -13,15 +13,7 @@ DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
 
 
 def add_security_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `keys new` and `pki init` to the command line."""
-    keys = commands.add_parser("keys", help="Ed25519 signing keys").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    new = keys.add_parser("new", help="write a new signing key and its public key")
-    new.add_argument("--out", type=Path, required=True, help="directory to write to")
-    new.add_argument("--name", default="signing", help="file name stem: NAME.key, NAME.pub")
-    new.set_defaults(run=keys_new)
-
+    """Add `pki init` to the command line."""
     pki = commands.add_parser("pki", help="a development certificate authority").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -45,13 +37,6 @@ def add_security_commands(commands: argparse._SubParsersAction) -> None:
     init.set_defaults(run=pki_init)
 
 
-def keys_new(args: argparse.Namespace) -> int:
-    key_path, pub_path = generate_signing_key(args.out, args.name)
-    print(f"wrote {key_path} (private: keep it on this machine) and {pub_path}")
-    print(f"public key: {load_public_key_text(pub_path)}")
-    return 0
-
-
 def pki_init(args: argparse.Namespace) -> int:
     files = init_pki(
         args.out,
@@ -63,5 +48,6 @@ def pki_init(args: argparse.Namespace) -> int:
     print(f"server          {files.server_cert}  (key {files.server_key})")
     for party, cert in files.party_certs.items():
         fingerprint = certificate_fingerprint(cert.read_bytes())
-        print(f"party {party}  {cert}  (key {files.party_keys[party]})  sha256 {fingerprint}")
+        key = files.party_keys[party]
+        print(f"party {party}  {cert}  (key {key}: TLS, signs agreements)  sha256 {fingerprint}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from blindlink.agreement.model import (
+    ROLES,
     Agreement,
     PartyInfo,
     ReleaseKind,
@@ -16,15 +17,14 @@ from blindlink.agreement.model import (
     new_agreement_document,
     unusual_thresholds,
 )
-from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_as
+from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_with_files
 from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import AgreementError, InputError
 from blindlink.hardening.steps import output_bit_length, validate_steps
-from blindlink.security.keys import load_private_key, load_public_key_text
-from blindlink.security.pki import certificate_fingerprint
+from blindlink.security.pki import certificate_fingerprint, read_certificates
 from blindlink.synthetic import CorruptionRates, generate_datasets
 
 RELEASE_CHOICES = [k.value for k in ReleaseKind]
@@ -69,12 +69,9 @@ def schema_show_default(args: argparse.Namespace) -> int:
     return 0
 
 
-def _party(name: str, key_file: Path, cert_file: Path) -> PartyInfo:
-    try:
-        cert = cert_file.read_bytes()
-    except FileNotFoundError:
-        raise InputError(str(cert_file), "certificate not found") from None
-    return PartyInfo(name, load_public_key_text(key_file), certificate_fingerprint(cert))
+def _party(name: str, cert_file: Path) -> PartyInfo:
+    cert = read_certificates(cert_file, "certificate")
+    return PartyInfo(name, certificate_fingerprint(cert))
 
 
 def agreement_new(args: argparse.Namespace) -> int:
@@ -82,8 +79,8 @@ def agreement_new(args: argparse.Namespace) -> int:
     hardening = _hardening_steps(args.hardening)
     document = new_agreement_document(
         reference=args.reference,
-        requester=_party(args.requester, args.requester_key, args.requester_cert),
-        custodian=_party(args.custodian, args.custodian_key, args.custodian_cert),
+        requester=_party(args.requester, args.requester_cert),
+        custodian=_party(args.custodian, args.custodian_cert),
         schema_sha256=schema.sha256,
         bit_length=output_bit_length(schema.bit_length, hardening),
         hardening=hardening,
@@ -193,16 +190,15 @@ def _read_signed(path: Path) -> SignedAgreement:
 
 
 def _write_signed(path: Path, signed: SignedAgreement) -> None:
-    document = {"agreement": signed.agreement.document, "signatures": signed.signatures}
     tmp = Path(f"{path}.partial")
-    tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(signed.document(), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
 def agreement_sign(args: argparse.Namespace) -> int:
-    signed = sign_as(_read_signed(args.agreement), args.role, load_private_key(args.key))
+    signed = sign_with_files(_read_signed(args.agreement), args.role, args.cert, args.key)
     _write_signed(args.agreement, signed)
-    missing = [p for p in signed.problems() if "not signed" in p]
+    missing = [role for role in ROLES if role not in signed.signatures]
     print(
         f"signed {args.agreement} as the {args.role}"
         + (f"; still to sign: {', '.join(missing)}" if missing else "; both parties signed")
@@ -212,12 +208,16 @@ def agreement_sign(args: argparse.Namespace) -> int:
 
 def agreement_verify(args: argparse.Namespace) -> int:
     signed = _read_signed(args.agreement)
-    problems = signed.problems()
+    problems = signed.problems(read_certificates(args.ca, "CA certificate") if args.ca else None)
     for problem in problems:
         print(f"{args.agreement}: {problem}")
     if problems:
         return 1
-    print(f"{args.agreement}: signed by both parties; project ID {signed.agreement.project_id}")
+    issued = f", certificates issued by {args.ca}" if args.ca else ""
+    print(
+        f"{args.agreement}: signed by the holders of both named certificates{issued}; "
+        f"project ID {signed.agreement.project_id}"
+    )
     return 0
 
 

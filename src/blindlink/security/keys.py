@@ -1,4 +1,5 @@
-"""Ed25519 signing keys: parties sign agreements, the server signs its audit log."""
+"""Ed25519 signing keys: the server signs its audit log with one. (Parties sign agreements with
+the key of their client certificate: security/certificate_signing.py.)"""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from blindlink._generated import linkage_pb2, linkage_pb2_grpc
 from blindlink.errors import BlindlinkError
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
+from blindlink.security.pki import read_certificates
 from blindlink.security.tls import is_loopback, server_credentials
 from blindlink.server.config import ServerTls
 from blindlink.server.identity import PartyResolver
@@ -210,7 +211,7 @@ def start_server(
         LinkageServicer(
             running.store,
             running.runs,
-            PartyResolver(tls=tls is not None),
+            PartyResolver(read_certificates(tls.client_ca, "client CA") if tls else None),
             running.public_key,
             running.stopping,
             max_watchers=max(1, workers // 2),

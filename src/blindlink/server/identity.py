@@ -1,8 +1,10 @@
-"""Who is calling: the party that the transport vouches for.
+"""Who is calling: the party that the transport vouches for; and who signed an agreement.
 
 With TLS (the default) the caller is the party whose client-certificate fingerprint the
-project's agreement names. Without TLS (`serve --insecure`, loopback only, for development) the
-caller's role is taken on trust from the `blindlink-party` metadata entry.
+project's agreement names, and each party's signature must be made with the key of a client
+certificate the client CA issued. Without TLS (`serve --insecure`, loopback only, for
+development) the caller's role is taken on trust from the `blindlink-party` metadata entry, and
+the certificates in a signed agreement are not checked against a CA (there is none).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import grpc
 
 from blindlink.agreement.model import ROLES, Agreement
+from blindlink.agreement.signing import SignedAgreement
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.status import ServiceError
 
@@ -17,8 +20,15 @@ PARTY_METADATA_KEY = "blindlink-party"
 
 
 class PartyResolver:
-    def __init__(self, tls: bool) -> None:
-        self.tls = tls
+    def __init__(self, client_ca: bytes | None) -> None:
+        """`client_ca`: the PEM CA certificates whose client certificates the server accepts;
+        None without TLS."""
+        self.client_ca = client_ca
+        self.tls = client_ca is not None
+
+    def signature_problems(self, signed: SignedAgreement) -> list[str]:
+        """Why `signed` does not show that the holders of both named certificates agreed."""
+        return signed.problems(self.client_ca)
 
     def role(self, context: grpc.ServicerContext, agreement: Agreement) -> str:
         """The caller's role in `agreement`; PERMISSION_DENIED if it is not a party to it."""

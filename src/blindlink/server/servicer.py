@@ -171,11 +171,12 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             raise invalid("invalid agreement: JSON nested too deeply") from None
         agreement = signed.agreement
         role = self._resolver.role(context, agreement)
-        problems = signed.problems()
+        problems = self._resolver.signature_problems(signed)
         if problems:
             raise denied(
-                "signatures: the server creates a project only when both parties "
-                "signed exactly this agreement: " + "; ".join(problems)
+                "signatures: the server creates a project only when the holders of both "
+                "certificates the agreement names signed exactly this agreement with those "
+                "certificates' keys: " + "; ".join(problems)
             )
         try:
             check_validity(agreement, datetime.now(UTC))
@@ -188,7 +189,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 {
                     "agreement_sha256": agreement.project_id,
                     "reference": agreement.reference,
-                    "signers": {r: agreement.parties[r].public_key for r in ROLES},
+                    "signers": {r: agreement.parties[r].certificate_sha256 for r in ROLES},
                 },
                 role,
             )
