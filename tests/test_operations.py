@@ -715,17 +715,17 @@ def test_admin_verify_checks_the_audit_log_against_the_key_given(
     assert admin(capsys, "verify", "--config", str(config))[0] == 0
 
 
-def test_watchers_beyond_half_the_call_threads_poll_instead(
+def test_watchers_beyond_half_the_stream_threads_poll_instead(
     tmp_path: Path,
     identities: Identities,
     make_agreement: Callable[..., bytes],
     schema: LinkageSchema,
 ) -> None:
-    """With 4 call threads, 2 runs may be watched at once; a third watcher is told to poll,
-    `wait` does so by itself, and calls still find a thread meanwhile."""
+    """With 8 call threads, 4 serve streams and 2 runs may be watched at once; a third
+    watcher is told to poll, `wait` does so by itself, and uploads still find a thread."""
     pki = identities.pki
     server = start_server(
-        tmp_path / "data", "127.0.0.1:0", ServerTls(pki.server_cert, pki.server_key, pki.ca_cert), 4
+        tmp_path / "data", "127.0.0.1:0", ServerTls(pki.server_cert, pki.server_key, pki.ca_cert), 8
     )
     address = f"127.0.0.1:{server.port}"
     try:

@@ -26,14 +26,21 @@ from blindlink._generated import linkage_pb2, linkage_pb2_grpc
 from blindlink.errors import BlindlinkError
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.tls import is_loopback, server_credentials
+from blindlink.server.admission import (
+    MAX_RECEIVE_BYTES,
+    Admission,
+    BufferBudget,
+    CallLimits,
+    pool_size,
+)
 from blindlink.server.config import ServerTls
 from blindlink.server.identity import PartyResolver
 from blindlink.server.interceptors import (
+    AdmissionInterceptor,
     DecodingInterceptor,
     ErrorInterceptor,
     MetricsInterceptor,
     RequestLogInterceptor,
-    StreamDeadlineInterceptor,
     StreamLimits,
 )
 from blindlink.server.metrics import MetricsEndpoint, ServerMetrics
@@ -44,9 +51,6 @@ from blindlink.store.directory import SIGNING_KEY_NAME
 from blindlink.store.sqlite import Store
 
 SERVICE_NAME = linkage_pb2.DESCRIPTOR.services_by_name["Linkage"].full_name
-# Parties send encodings in 1 MiB chunks and agreements of at most 1 MiB: a larger message is
-# refused before it is buffered, so that concurrent streams cannot fill the server's memory.
-MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 # A release lists up to a row reference per match and party (a few bytes each).
 MAX_SEND_BYTES = 64 * 1024 * 1024
 
@@ -142,12 +146,14 @@ def start_server(
     matching: MatchingSettings | None = None,
     *,
     streams: StreamLimits | None = None,
+    calls: CallLimits | None = None,
     metrics_listen: str | None = None,
     metrics_tls: bool = False,
 ) -> RunningServer:
     """Serve on `listen` (HOST:PORT): bind, then open the store, resume unfinished runs and
     report SERVING. Metrics are served over HTTP on `metrics_listen` if given, over HTTPS to
-    clients with a certificate from the client CA with `metrics_tls`.
+    clients with a certificate from the client CA with `metrics_tls`. `calls` shares the
+    `workers` call threads out (see `admission`).
 
     Without `tls` the server trusts the party role callers claim, so it refuses to listen
     anywhere but on loopback."""
@@ -158,13 +164,18 @@ def start_server(
         )
     credentials = server_credentials(tls.cert, tls.key, tls.client_ca) if tls else None
     metrics = ServerMetrics()
+    limits = calls or CallLimits()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blindlink-rpc"),
+        futures.ThreadPoolExecutor(pool_size(workers), thread_name_prefix="blindlink-rpc"),
         interceptors=[
             RequestLogInterceptor(),
             MetricsInterceptor(metrics),
-            StreamDeadlineInterceptor(streams or StreamLimits()),
             ErrorInterceptor(),
+            AdmissionInterceptor(
+                Admission(workers, limits),
+                BufferBudget(limits.max_buffered_bytes),
+                streams or StreamLimits(),
+            ),
             DecodingInterceptor(),
         ],
         options=[
@@ -213,7 +224,7 @@ def start_server(
             PartyResolver(tls=tls is not None),
             running.public_key,
             running.stopping,
-            max_watchers=max(1, workers // 2),
+            max_watchers=max(1, limits.streams(workers) // 2),
         )
     )
     for name in (SERVICE_NAME, ""):

@@ -1,0 +1,137 @@
+"""Which calls may hold a call thread, and how much request data the server holds in memory.
+
+The server's call threads are shared: a call holds one from its start until it ends, also while
+it waits for its client (a stalled stream, or a unary call whose request has not arrived). So
+every call is admitted, before it waits for anything, against shares of the threads:
+
+- streaming calls (uploads, watches, health watches, reflection) at most `max_streams`;
+- unary calls the rest of `rpc_workers`;
+- health checks `HEALTH_THREADS` threads of their own.
+
+Per client certificate, at most `per_certificate` streaming and as many unary calls are open at
+once, and `HEALTH_PER_CERTIFICATE` health checks. A call beyond a share is refused at once with
+RESOURCE_EXHAUSTED, so however many calls stall, threads remain for health checks and short
+calls. `SPARE_THREADS` more threads refuse calls (a refusal holds a thread for a moment).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+HEALTH_THREADS = 8
+HEALTH_PER_CERTIFICATE = 1
+SPARE_THREADS = 2
+MIB = 1 << 20
+# Parties send encodings in 1 MiB chunks and agreements of at most 1 MiB: a larger message is
+# refused before it is buffered, and all messages held at once count against a budget, so that
+# concurrent streams cannot fill the server's memory.
+MAX_RECEIVE_BYTES = 4 * MIB
+
+
+class Kind(StrEnum):
+    STREAM = "streaming"
+    UNARY = "unary"
+    HEALTH = "health check"
+
+
+def call_kind(method: str, request_streaming: bool, response_streaming: bool) -> Kind:
+    if method == HEALTH_CHECK_METHOD:
+        return Kind.HEALTH
+    return Kind.STREAM if request_streaming or response_streaming else Kind.UNARY
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """The operator's limits (see the module docstring); `max_streams` None: half the workers."""
+
+    max_streams: int | None = None
+    per_certificate: int = 4
+    max_buffered_bytes: int = 128 * MIB
+
+    def streams(self, workers: int) -> int:
+        return self.max_streams if self.max_streams is not None else max(1, workers // 2)
+
+
+def pool_size(workers: int) -> int:
+    """The call threads: `workers` for Linkage calls, plus those for health checks and refusals."""
+    return workers + HEALTH_THREADS + SPARE_THREADS
+
+
+_SETTING = {Kind.STREAM: "max_streams", Kind.UNARY: "rpc_workers less max_streams"}
+
+
+class Admission:
+    """Counts the calls open by kind and by caller (a certificate's fingerprint), and refuses
+    those beyond the limits. Thread-safe."""
+
+    def __init__(self, workers: int, limits: CallLimits) -> None:
+        streams = limits.streams(workers)
+        self._shares = {
+            Kind.STREAM: streams,
+            Kind.UNARY: workers - streams,
+            Kind.HEALTH: HEALTH_THREADS,
+        }
+        self._per_caller = {
+            Kind.STREAM: limits.per_certificate,
+            Kind.UNARY: limits.per_certificate,
+            Kind.HEALTH: HEALTH_PER_CERTIFICATE,
+        }
+        self._open: Counter[Kind] = Counter()
+        self._by_caller: Counter[tuple[Kind, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def enter(self, kind: Kind, caller: str) -> str | None:
+        """None if the call is admitted (it must `leave` when it ends); else why not."""
+        with self._lock:
+            mine = self._by_caller[kind, caller]
+            if mine >= self._per_caller[kind]:
+                return (
+                    f"this client certificate has {mine} {kind} calls open already, the most "
+                    "the server allows one certificate (max_calls_per_certificate); retry when "
+                    "one has ended"
+                )
+            if self._open[kind] >= self._shares[kind]:
+                setting = _SETTING.get(kind, "its health check threads")
+                return (
+                    f"the server has {self._open[kind]} {kind} calls open already, the most it "
+                    f"allows ({setting}); retry in a moment"
+                )
+            self._open[kind] += 1
+            self._by_caller[kind, caller] += 1
+            return None
+
+    def leave(self, kind: Kind, caller: str) -> None:
+        with self._lock:
+            self._open[kind] -= 1
+            self._by_caller[kind, caller] -= 1
+            if not self._by_caller[kind, caller]:
+                del self._by_caller[kind, caller]
+
+
+class BufferBudget:
+    """The request bytes held in memory across all calls: received, not yet handled."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, size: int) -> bool:
+        """Count `size` more bytes held, unless that would exceed the limit (then False)."""
+        with self._lock:
+            if self._held + size > self.limit:
+                return False
+            self._held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
