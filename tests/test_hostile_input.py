@@ -7,6 +7,7 @@ excepted)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import sqlite3
 import threading
@@ -29,7 +30,7 @@ from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema
-from blindlink.security.pki import issue_client_certificate
+from blindlink.security.pki import certificate_fingerprint, issue_client_certificate
 from blindlink.security.tls import channel_credentials
 from blindlink.server.admission import MIB, CallLimits
 from blindlink.server.app import RunningServer, ServerTls, start_server
@@ -623,18 +624,27 @@ def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, 
     _answered_within_a_second(crowd)
 
 
-def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(crowd: Crowd) -> None:
+def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
+    crowd: Crowd, identities: Identities, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused at once, told to retry, and named in the server's log by its fingerprint."""
     release = threading.Event()
     outsider = crowd.stub("outsider")
     mine = [outsider.Upload.future(_silent(release)) for _ in range(4)]
     try:
         time.sleep(0.5)
         assert not any(call.done() for call in mine)
-        with pytest.raises(grpc.RpcError) as err:
+        with (
+            caplog.at_level(logging.WARNING, logger="blindlink.server"),
+            pytest.raises(grpc.RpcError) as err,
+        ):
             outsider.Upload(_silent(release), timeout=5)
         assert err.value.code() == CODE.RESOURCE_EXHAUSTED
         assert "max_calls_per_certificate" in err.value.details()
         assert (RETRY_METADATA_KEY, "1") in err.value.trailing_metadata()
+        fingerprint = certificate_fingerprint(identities.outsider.cert.read_bytes())
+        warnings = [r for r in caplog.records if r.getMessage() == "call refused: busy"]
+        assert any(r.fields["caller"] == fingerprint for r in warnings)
         # Another certificate still gets its own share.
         theirs = crowd.stub("custodian").Upload.future(_silent(release))
         time.sleep(0.5)

@@ -27,6 +27,7 @@ from blindlink.security.tls import peer_fingerprint
 from blindlink.server.admission import MIB, Admission, BufferBudget, call_kind
 from blindlink.server.logs import CallContext, current_call, exception_summary
 from blindlink.server.metrics import ServerMetrics
+from blindlink.server.refusals import RefusalLimiter
 from blindlink.server.status import RETRY_METADATA_KEY, ServiceError, busy, invalid
 
 log = logging.getLogger("blindlink.server")
@@ -225,6 +226,7 @@ class AdmissionInterceptor(_WrappingInterceptor):
         self._admission = admission
         self._budget = budget
         self._limits = limits
+        self._refusals = RefusalLimiter()  # for the log: a refused caller may retry at once
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kind = call_kind(method, handler.request_streaming, handler.response_streaming)
@@ -235,6 +237,7 @@ class AdmissionInterceptor(_WrappingInterceptor):
             caller = peer_fingerprint(context) or context.peer()
             refusal = self._admission.enter(kind, caller)
             if refusal is not None:
+                self._log_refusal(caller, refusal)
                 raise busy(refusal)
             timed = _TimedRequests(requests, self._limits, self._budget, upload)
             try:
@@ -244,6 +247,12 @@ class AdmissionInterceptor(_WrappingInterceptor):
                 self._admission.leave(kind, caller)
 
         return _around(handler, admitted, streaming_requests=True)
+
+    def _log_refusal(self, caller: str, reason: str) -> None:
+        left_out = self._refusals.admit(caller)
+        if left_out is not None:
+            fields = {"caller": caller, "reason": reason, "refusals_left_out": left_out}
+            log.warning("call refused: busy", extra={"fields": fields})
 
 
 class _Failed:
