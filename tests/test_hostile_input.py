@@ -485,7 +485,7 @@ REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 @dataclass
 class Crowd:
     """A server with default call limits, a project whose run waits for the custodian, and
-    channels for the parties, an outsider no agreement names and five more certificates."""
+    channels for the parties, an outsider no agreement names and ten more certificates."""
 
     server: RunningServer
     target: Target
@@ -525,7 +525,7 @@ def crowd(
         ).run_id
     certificates = {role: identities.tls(role) for role in ("requester", "custodian")}
     certificates["outsider"] = identities.outsider
-    for i in range(5):
+    for i in range(10):
         cert, key = issue_client_certificate(pki.ca_cert, pki.ca_key, f"extra{i}", work / f"x{i}")
         certificates[f"extra{i}"] = ClientTls(pki.ca_cert, cert, key)
     channels = {
@@ -580,7 +580,7 @@ def _answered_within_a_second(crowd: Crowd) -> None:
     """A health check (from a certificate no agreement names) and a party's status call are
     answered within a second, and answered well."""
     started = time.monotonic()
-    health = health_pb2_grpc.HealthStub(crowd.channels["extra4"]).Check(
+    health = health_pb2_grpc.HealthStub(crowd.channels["extra9"]).Check(
         health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage"), timeout=1.0
     )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -591,24 +591,27 @@ def _answered_within_a_second(crowd: Crowd) -> None:
     assert time.monotonic() - started < 2.0
 
 
-# The party certificates are among those of streams (only parties may watch a run); unary
-# calls stall from three certificates, each within its share, none the requester's own.
+# Only parties may watch a run or keep an upload going past its header; anyone may try the
+# rest. The requester's status call and extra9's health check must be answered.
+PARTIES = ["requester", "custodian"]
+OTHERS = ["outsider"] + [f"extra{i}" for i in range(9)]
 CROWDS = {
-    "uploads that send nothing": ["requester", "custodian", "outsider", "extra0", "extra1"],
-    "uploads that trickle": ["requester", "custodian"],  # others are refused after the header
-    "run watches never read": ["requester", "custodian"],
-    "health watches never read": ["outsider", "extra0", "extra1", "extra2", "extra3"],
-    "reflection streams that send nothing": ["requester", "outsider", "extra0", "extra1"],
-    "unary calls whose request never comes": ["custodian", "outsider", "extra0"],
-    "health checks whose request never comes": ["requester", "outsider", "extra0", "extra1"],
+    "uploads that send nothing": PARTIES + OTHERS,
+    "uploads that trickle": PARTIES,
+    "run watches never read": PARTIES,
+    "health watches never read": OTHERS,
+    "reflection streams that send nothing": PARTIES + OTHERS,
+    "unary calls whose request never comes": ["custodian", *OTHERS],
+    "health checks whose request never comes": PARTIES + OTHERS,
 }
 
 
 @pytest.mark.parametrize("kind", CROWDS)
 def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, kind: str) -> None:
-    """64 calls that stall or crawl, from several certificates: each certificate gets its
+    """64 calls that stall or crawl, from up to 12 certificates: each certificate gets its
     share, the rest are refused at once as busy, and the threads left answer health checks
-    and a party's status call within a second."""
+    and a party's status call within a second (when a share is full of calls that sent
+    nothing, one of them gives its place up)."""
     release = threading.Event()
     opened = _open_calls(crowd, kind, CROWDS[kind], release)
     try:
@@ -622,6 +625,18 @@ def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, 
         for call in opened:
             call.cancel()
     _answered_within_a_second(crowd)
+
+
+def _health_watches(crowd: Crowd, names: list[str], each: int) -> list[Any]:
+    """Streams that have sent their request and stay open: they keep their place."""
+    watches = [
+        health_pb2_grpc.HealthStub(crowd.channels[name]).Watch(health_pb2.HealthCheckRequest())
+        for name in names
+        for _ in range(each)
+    ]
+    for watch in watches:
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    return watches
 
 
 def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
@@ -657,19 +672,43 @@ def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
 
 
 def test_the_server_refuses_streams_beyond_max_streams(crowd: Crowd) -> None:
+    watches = _health_watches(crowd, ["outsider", "extra0", "extra1", "extra2"], 4)  # all 16
     release = threading.Event()
-    names = ["outsider", "extra0", "extra1", "extra2"]  # 4 certificates x 4 streams: all of them
-    calls = [crowd.stub(n).Upload.future(_silent(release)) for n in names for _ in range(4)]
     try:
-        time.sleep(0.5)
-        assert not any(call.done() for call in calls)
         with pytest.raises(grpc.RpcError) as err:
             crowd.stub("extra3").Upload(_silent(release), timeout=5)
         assert err.value.code() == CODE.RESOURCE_EXHAUSTED
         assert "max_streams" in err.value.details()
     finally:
         release.set()
-        for call in calls:
+        for watch in watches:
+            watch.cancel()
+
+
+def test_a_stream_that_sent_nothing_gives_its_place_to_another_caller(crowd: Crowd) -> None:
+    """16 silent uploads fill the streaming share; the custodian's upload, which sends its
+    header, takes the place of one of them instead of being refused."""
+    release = threading.Event()
+    names = ["outsider", "extra0", "extra1", "extra2"]
+    silent = [crowd.stub(n).Upload.future(_silent(release)) for n in names for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        assert not any(call.done() for call in silent)
+        header = crowd.header()
+        header.count = 10
+        upload = crowd.stub("custodian").Upload.future(
+            _stalled([pb.UploadRequest(header=header)], release)
+        )
+        time.sleep(0.5)
+        assert not upload.done()  # admitted, waiting for its data
+        evicted = [call for call in silent if call.done()]
+        assert len(evicted) == 1
+        assert evicted[0].code() == CODE.RESOURCE_EXHAUSTED
+        assert "needed its place for another caller" in evicted[0].details()
+        upload.cancel()
+    finally:
+        release.set()
+        for call in silent:
             call.cancel()
 
 

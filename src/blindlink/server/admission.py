@@ -10,14 +10,16 @@ every call is admitted, before it waits for anything, against shares of the thre
 
 Per client certificate, at most `per_certificate` streaming and as many unary calls are open at
 once, and `HEALTH_PER_CERTIFICATE` health checks. A call beyond a share is refused at once with
-RESOURCE_EXHAUSTED, so however many calls stall, threads remain for health checks and short
-calls. `SPARE_THREADS` more threads refuse calls (a refusal holds a thread for a moment).
+RESOURCE_EXHAUSTED, unless a call that has sent nothing yet makes room for it (see `Admission`),
+so however many calls stall, threads remain for health checks and short calls. `SPARE_THREADS`
+more threads refuse calls (a refusal holds a thread for a moment).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -64,9 +66,23 @@ def pool_size(workers: int) -> int:
 _SETTING = {Kind.STREAM: "max_streams", Kind.UNARY: "rpc_workers less max_streams"}
 
 
+@dataclass(eq=False)
+class Ticket:
+    """An admitted call; `evict` ends it if it still awaits its first request message (and
+    says whether it did)."""
+
+    kind: Kind
+    caller: str
+    evict: Callable[[], bool]
+    evicted: bool = False
+
+
 class Admission:
     """Counts the calls open by kind and by caller (a certificate's fingerprint), and refuses
-    those beyond the limits. Thread-safe."""
+    those beyond the limits. When a share is full, a call still awaiting its first message
+    (a client sends it at once; a stalled one never does) from a caller with more calls of the
+    kind than the newcomer gives its place up, so that calls which send nothing cannot keep
+    others out, however many certificates they come from. Thread-safe."""
 
     def __init__(self, workers: int, limits: CallLimits) -> None:
         streams = limits.streams(workers)
@@ -80,12 +96,12 @@ class Admission:
             Kind.UNARY: limits.per_certificate,
             Kind.HEALTH: HEALTH_PER_CERTIFICATE,
         }
-        self._open: Counter[Kind] = Counter()
+        self._open: dict[Kind, list[Ticket]] = {kind: [] for kind in Kind}  # oldest first
         self._by_caller: Counter[tuple[Kind, str]] = Counter()
         self._lock = threading.Lock()
 
-    def enter(self, kind: Kind, caller: str) -> str | None:
-        """None if the call is admitted (it must `leave` when it ends); else why not."""
+    def enter(self, kind: Kind, caller: str, evict: Callable[[], bool]) -> Ticket | str:
+        """The call's ticket if it is admitted (it must `leave` when it ends); else why not."""
         with self._lock:
             mine = self._by_caller[kind, caller]
             if mine >= self._per_caller[kind]:
@@ -94,22 +110,40 @@ class Admission:
                     "the server allows one certificate (max_calls_per_certificate); retry when "
                     "one has ended"
                 )
-            if self._open[kind] >= self._shares[kind]:
+            calls = self._open[kind]
+            if len(calls) >= self._shares[kind] and not self._make_room(kind, mine):
                 setting = _SETTING.get(kind, "its health check threads")
                 return (
-                    f"the server has {self._open[kind]} {kind} calls open already, the most it "
+                    f"the server has {len(calls)} {kind} calls open already, the most it "
                     f"allows ({setting}); retry in a moment"
                 )
-            self._open[kind] += 1
+            ticket = Ticket(kind, caller, evict)
+            calls.append(ticket)
             self._by_caller[kind, caller] += 1
-            return None
+            return ticket
 
-    def leave(self, kind: Kind, caller: str) -> None:
+    def leave(self, ticket: Ticket) -> None:
         with self._lock:
-            self._open[kind] -= 1
-            self._by_caller[kind, caller] -= 1
-            if not self._by_caller[kind, caller]:
-                del self._by_caller[kind, caller]
+            if not ticket.evicted:
+                self._remove(ticket)
+
+    def _make_room(self, kind: Kind, mine: int) -> bool:
+        """Evict a call still awaiting its first message, of the caller with the most calls
+        of this kind (more than `mine`), its oldest first; False if there is none."""
+        heavier = [t for t in self._open[kind] if self._by_caller[kind, t.caller] > mine]
+        heavier.sort(key=lambda t: -self._by_caller[kind, t.caller])  # stable: oldest first
+        for ticket in heavier:
+            if ticket.evict():
+                ticket.evicted = True
+                self._remove(ticket)
+                return True
+        return False
+
+    def _remove(self, ticket: Ticket) -> None:
+        self._open[ticket.kind].remove(ticket)
+        self._by_caller[ticket.kind, ticket.caller] -= 1
+        if not self._by_caller[ticket.kind, ticket.caller]:
+            del self._by_caller[ticket.kind, ticket.caller]
 
 
 class BufferBudget:

@@ -235,16 +235,17 @@ class AdmissionInterceptor(_WrappingInterceptor):
         @contextmanager
         def admitted(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             caller = peer_fingerprint(context) or context.peer()
-            refusal = self._admission.enter(kind, caller)
-            if refusal is not None:
-                self._log_refusal(caller, refusal)
-                raise busy(refusal)
-            timed = _TimedRequests(requests, self._limits, self._budget, upload)
+            timed = _TimedRequests(self._limits, self._budget, upload)
+            ticket = self._admission.enter(kind, caller, timed.evict)
+            if isinstance(ticket, str):
+                self._log_refusal(caller, ticket)
+                raise busy(ticket)
+            timed.start(requests)
             try:
                 yield timed if handler.request_streaming else timed.first()
             finally:
                 timed.close()
-                self._admission.leave(kind, caller)
+                self._admission.leave(ticket)
 
         return _around(handler, admitted, streaming_requests=True)
 
@@ -269,9 +270,7 @@ class _TimedRequests:
     can time out. A message counts against the server's buffer budget from when it is read
     until the handler asks for the next one, or the call ends."""
 
-    def __init__(
-        self, requests: Iterator[Any], limits: StreamLimits, budget: BufferBudget, upload: bool
-    ) -> None:
+    def __init__(self, limits: StreamLimits, budget: BufferBudget, upload: bool) -> None:
         self._limits = limits
         self._budget = budget
         self._upload = upload
@@ -285,10 +284,21 @@ class _TimedRequests:
         self._ready = threading.Condition()
         self._closed = False
         self._ended = False
+        self._evicted = False
         self._held = 0  # bytes of the message the handler has now
+
+    def start(self, requests: Iterator[Any]) -> None:
         threading.Thread(
             target=self._read, args=(requests,), name="blindlink-request-reader", daemon=True
         ).start()
+
+    def evict(self) -> bool:
+        """End the call if its first message has not been handed over yet (True); the server
+        needs its thread for another caller."""
+        with self._ready:
+            self._evicted = self._first and not self._closed
+            self._ready.notify_all()
+            return self._evicted
 
     def close(self) -> None:
         """Stop handing over messages (the call is over; the reader ends with it)."""
@@ -315,7 +325,12 @@ class _TimedRequests:
             raise StopIteration
         deadline, why = self._limit()
         with self._ready:
-            while not self._items:
+            while not self._items or self._evicted:
+                if self._evicted:
+                    raise busy(
+                        "the call had sent nothing yet, and the server needed its place for "
+                        "another caller; retry"
+                    )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ServiceError(
@@ -324,13 +339,13 @@ class _TimedRequests:
                     )
                 self._ready.wait(remaining)
             item, self._held = self._items.popleft()
+            self._first = False
             self._ready.notify_all()
         if item is _END:
             self._ended = True
             raise StopIteration
         if isinstance(item, _Failed):
             raise item.error
-        self._first = False
         self._since_progress += self._held
         if self._since_progress >= self._limits.progress_bytes:
             self._since_progress = 0
