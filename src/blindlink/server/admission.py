@@ -8,11 +8,11 @@ every call is admitted, before it waits for anything, against shares of the thre
 - unary calls the rest of `rpc_workers`;
 - health checks `HEALTH_THREADS` threads of their own.
 
-Per client certificate, at most `per_certificate` streaming and as many unary calls are open at
-once, and `HEALTH_PER_CERTIFICATE` health checks. A call beyond a share is refused at once with
-RESOURCE_EXHAUSTED, unless a call that has sent nothing yet makes room for it (see `Admission`),
-so however many calls stall, threads remain for health checks and short calls. `SPARE_THREADS`
-more threads refuse calls (a refusal holds a thread for a moment).
+Per client certificate, at most `per_certificate` calls of each kind are open at once. A call
+beyond a share is refused at once with RESOURCE_EXHAUSTED, unless a call that has sent nothing
+yet makes room for it (see `Admission`), so however many calls stall, threads remain for health
+checks and short calls. `SPARE_THREADS` more threads refuse calls (a refusal holds a thread for
+a moment).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from enum import StrEnum
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 HEALTH_THREADS = 8
-HEALTH_PER_CERTIFICATE = 1
 SPARE_THREADS = 2
 MIB = 1 << 20
 # Parties send encodings in 1 MiB chunks and agreements of at most 1 MiB: a larger message is
@@ -91,11 +90,7 @@ class Admission:
             Kind.UNARY: workers - streams,
             Kind.HEALTH: HEALTH_THREADS,
         }
-        self._per_caller = {
-            Kind.STREAM: limits.per_certificate,
-            Kind.UNARY: limits.per_certificate,
-            Kind.HEALTH: HEALTH_PER_CERTIFICATE,
-        }
+        self._per_caller = limits.per_certificate
         self._open: dict[Kind, list[Ticket]] = {kind: [] for kind in Kind}  # oldest first
         self._by_caller: Counter[tuple[Kind, str]] = Counter()
         self._lock = threading.Lock()
@@ -104,7 +99,7 @@ class Admission:
         """The call's ticket if it is admitted (it must `leave` when it ends); else why not."""
         with self._lock:
             mine = self._by_caller[kind, caller]
-            if mine >= self._per_caller[kind]:
+            if mine >= self._per_caller:
                 return (
                     f"this client certificate has {mine} {kind} calls open already, the most "
                     "the server allows one certificate (max_calls_per_certificate); retry when "

@@ -82,7 +82,7 @@ class ServerConfig:
         None, "streaming calls (uploads, watches) open at once (default: half of rpc_workers)"
     )
     max_calls_per_certificate: int = _setting(
-        4, "streaming calls, and unary calls, one client certificate may have open at once"
+        4, "calls of each kind (streaming, unary, health) one client certificate may have open"
     )
     first_message_timeout: float = _setting(
         10.0, "abort a call whose first request message does not arrive within this many seconds"
