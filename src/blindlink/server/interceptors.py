@@ -217,7 +217,10 @@ class AdmissionInterceptor(_WrappingInterceptor):
     reads its request messages on a thread of their own, so that the call thread stops waiting
     in time: the first message must arrive within the first-message timeout, and an upload must
     keep sending and end within the stream limits (else DEADLINE_EXCEEDED), so that abandoned
-    and crawling calls do not hold a thread and a partial file for long.
+    and crawling calls do not hold a thread and a partial file for long. A call that has sent
+    nothing yet may be evicted to make room for another caller's, and a message that would
+    take the request bytes held across calls past the budget is refused (both
+    RESOURCE_EXHAUSTED, marked for retry).
 
     Every handler becomes request-streaming: for a unary one, gRPC would wait for the request
     on the call thread, with no time limit, before any of blindlink's code ran."""
@@ -293,10 +296,10 @@ class _TimedRequests:
         ).start()
 
     def evict(self) -> bool:
-        """End the call if its first message has not been handed over yet (True); the server
-        needs its thread for another caller."""
+        """End the call if nothing of it has arrived yet (True): the server needs its thread
+        for another caller."""
         with self._ready:
-            self._evicted = self._first and not self._closed
+            self._evicted = self._first and not self._items and not self._closed
             self._ready.notify_all()
             return self._evicted
 
