@@ -38,7 +38,7 @@ def admit(admission: Admission, kind: Kind, caller: str, call: Call | None = Non
 
 def test_calls_are_sorted_into_kinds() -> None:
     assert call_kind("/grpc.health.v1.Health/Check", False, False) is Kind.HEALTH
-    assert call_kind("/grpc.health.v1.Health/Watch", False, True) is Kind.STREAM
+    assert call_kind("/grpc.health.v1.Health/Watch", False, True) is Kind.OTHER_STREAM
     assert call_kind("/blindlink.v1.Linkage/Upload", True, False) is Kind.STREAM
     assert call_kind("/blindlink.v1.Linkage/GetStatus", False, False) is Kind.UNARY
 

@@ -505,7 +505,7 @@ class Crowd:
 
 
 @pytest.fixture(scope="module")
-def crowd(
+def crowd_server(
     tmp_path_factory: pytest.TempPathFactory, identities: Identities, schema: LinkageSchema
 ) -> Iterator[Crowd]:
     work = tmp_path_factory.mktemp("crowd")
@@ -536,6 +536,18 @@ def crowd(
     for channel in channels.values():
         channel.close()
     server.stop(grace=1)
+
+
+@pytest.fixture
+def crowd(crowd_server: Crowd) -> Iterator[Crowd]:
+    """The crowded server, with no call of an earlier test still admitted."""
+    yield crowd_server
+    admission = crowd_server.server.admission
+    assert admission is not None
+    deadline = time.monotonic() + 10
+    while admission.open_calls() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert admission.open_calls() == 0
 
 
 def _trickle(first: pb.UploadRequest, release: threading.Event) -> Iterator[pb.UploadRequest]:
@@ -627,18 +639,6 @@ def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, 
     _answered_within_a_second(crowd)
 
 
-def _health_watches(crowd: Crowd, names: list[str], each: int) -> list[Any]:
-    """Streams that have sent their request and stay open: they keep their place."""
-    watches = [
-        health_pb2_grpc.HealthStub(crowd.channels[name]).Watch(health_pb2.HealthCheckRequest())
-        for name in names
-        for _ in range(each)
-    ]
-    for watch in watches:
-        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-    return watches
-
-
 def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
     crowd: Crowd, identities: Identities, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -672,17 +672,41 @@ def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
 
 
 def test_the_server_refuses_streams_beyond_max_streams(crowd: Crowd) -> None:
-    watches = _health_watches(crowd, ["outsider", "extra0", "extra1", "extra2"], 4)  # all 16
+    """16 silent uploads, two from each of 8 certificates, fill the streaming share: a caller
+    with as many calls finds none to take the place of, and is refused."""
     release = threading.Event()
+    names = ["outsider"] + [f"extra{i}" for i in range(7)]
+    calls = [crowd.stub(n).Upload.future(_silent(release)) for n in names for _ in range(2)]
     try:
+        time.sleep(0.5)
+        assert not any(call.done() for call in calls)
         with pytest.raises(grpc.RpcError) as err:
-            crowd.stub("extra3").Upload(_silent(release), timeout=5)
+            crowd.stub("extra0").Upload(_silent(release), timeout=5)
         assert err.value.code() == CODE.RESOURCE_EXHAUSTED
         assert "max_streams" in err.value.details()
     finally:
         release.set()
-        for watch in watches:
-            watch.cancel()
+        for call in calls:
+            call.cancel()
+
+
+def test_health_watches_and_reflection_cannot_keep_uploads_out(crowd: Crowd) -> None:
+    release = threading.Event()
+    watches = _open_calls(crowd, "health watches never read", OTHERS, release)
+    reflections = _open_calls(crowd, "reflection streams that send nothing", OTHERS, release)
+    try:
+        header = crowd.header()
+        header.count = 10
+        upload = crowd.stub("custodian").Upload.future(
+            _stalled([pb.UploadRequest(header=header)], release)
+        )
+        time.sleep(0.5)
+        assert not upload.done()  # admitted, waiting for its data
+        upload.cancel()
+    finally:
+        release.set()
+        for call in watches + reflections:
+            call.cancel()
 
 
 def test_a_stream_that_sent_nothing_gives_its_place_to_another_caller(crowd: Crowd) -> None:

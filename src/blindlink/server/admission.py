@@ -4,9 +4,10 @@ The server's call threads are shared: a call holds one from its start until it e
 it waits for its client (a stalled stream, or a unary call whose request has not arrived). So
 every call is admitted, before it waits for anything, against shares of the threads:
 
-- streaming calls (uploads, watches, health watches, reflection) at most `max_streams`;
+- Linkage's streaming calls (uploads, run watches) at most `max_streams`;
 - unary calls the rest of `rpc_workers`;
-- health checks `HEALTH_THREADS` threads of their own.
+- health checks `HEALTH_THREADS` threads of their own, and the health and reflection
+  services' streams `OTHER_STREAM_THREADS`, so that those cannot keep uploads out.
 
 Per client certificate, at most `per_certificate` calls of each kind are open at once. A call
 beyond a share is refused at once with RESOURCE_EXHAUSTED, unless a call that has sent nothing
@@ -25,6 +26,8 @@ from enum import StrEnum
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 HEALTH_THREADS = 8
+OTHER_STREAM_THREADS = 4
+LINKAGE_PREFIX = "/blindlink.v1.Linkage/"
 SPARE_THREADS = 2
 MIB = 1 << 20
 # Parties send encodings in 1 MiB chunks and agreements of at most 1 MiB: a larger message is
@@ -37,12 +40,15 @@ class Kind(StrEnum):
     STREAM = "streaming"
     UNARY = "unary"
     HEALTH = "health check"
+    OTHER_STREAM = "health watch or reflection"
 
 
 def call_kind(method: str, request_streaming: bool, response_streaming: bool) -> Kind:
     if method == HEALTH_CHECK_METHOD:
         return Kind.HEALTH
-    return Kind.STREAM if request_streaming or response_streaming else Kind.UNARY
+    if not (request_streaming or response_streaming):
+        return Kind.UNARY
+    return Kind.STREAM if method.startswith(LINKAGE_PREFIX) else Kind.OTHER_STREAM
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,16 @@ class CallLimits:
 
 
 def pool_size(workers: int) -> int:
-    """The call threads: `workers` for Linkage calls, plus those for health checks and refusals."""
-    return workers + HEALTH_THREADS + SPARE_THREADS
+    """The call threads: `workers` for Linkage calls, plus the other shares' and the spares."""
+    return workers + HEALTH_THREADS + OTHER_STREAM_THREADS + SPARE_THREADS
 
 
-_SETTING = {Kind.STREAM: "max_streams", Kind.UNARY: "rpc_workers less max_streams"}
+_SETTING = {
+    Kind.STREAM: "max_streams",
+    Kind.UNARY: "rpc_workers less max_streams",
+    Kind.HEALTH: "its health check threads",
+    Kind.OTHER_STREAM: "its threads for health watches and reflection",
+}
 
 
 @dataclass(eq=False)
@@ -89,6 +100,7 @@ class Admission:
             Kind.STREAM: streams,
             Kind.UNARY: workers - streams,
             Kind.HEALTH: HEALTH_THREADS,
+            Kind.OTHER_STREAM: OTHER_STREAM_THREADS,
         }
         self._per_caller = limits.per_certificate
         self._open: dict[Kind, list[Ticket]] = {kind: [] for kind in Kind}  # oldest first
@@ -107,15 +119,19 @@ class Admission:
                 )
             calls = self._open[kind]
             if len(calls) >= self._shares[kind] and not self._make_room(kind, mine):
-                setting = _SETTING.get(kind, "its health check threads")
                 return (
                     f"the server has {len(calls)} {kind} calls open already, the most it "
-                    f"allows ({setting}); retry in a moment"
+                    f"allows ({_SETTING[kind]}); retry in a moment"
                 )
             ticket = Ticket(kind, caller, evict)
             calls.append(ticket)
             self._by_caller[kind, caller] += 1
             return ticket
+
+    def open_calls(self) -> int:
+        """How many calls are admitted now, of all kinds."""
+        with self._lock:
+            return sum(len(calls) for calls in self._open.values())
 
     def leave(self, ticket: Ticket) -> None:
         with self._lock:

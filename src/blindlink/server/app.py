@@ -70,6 +70,7 @@ class RunningServer:
     public_key: str
     stopping: threading.Event = field(default_factory=threading.Event)
     metrics: MetricsEndpoint | None = None
+    admission: Admission | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -165,6 +166,7 @@ def start_server(
     credentials = server_credentials(tls.cert, tls.key, tls.client_ca) if tls else None
     metrics = ServerMetrics()
     limits = calls or CallLimits()
+    admission = Admission(workers, limits)
     server = grpc.server(
         futures.ThreadPoolExecutor(pool_size(workers), thread_name_prefix="blindlink-rpc"),
         interceptors=[
@@ -172,7 +174,7 @@ def start_server(
             MetricsInterceptor(metrics),
             ErrorInterceptor(),
             AdmissionInterceptor(
-                Admission(workers, limits),
+                admission,
                 BufferBudget(limits.max_buffered_bytes),
                 streams or StreamLimits(),
             ),
@@ -216,6 +218,7 @@ def start_server(
             endpoint.stop()
         raise
     running.metrics = endpoint
+    running.admission = admission
     metrics.watch_runs(running.store, running.runs)
     linkage.attach(
         LinkageServicer(
