@@ -25,7 +25,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # A call the server refused because it is busy is made again after a pause, doubled each time.
 BUSY_PATIENCE_S = 60.0
 BUSY_FIRST_PAUSE_S = 0.1
-BUSY_MAX_PAUSE_S = 2.0
+BUSY_MAX_PAUSE_S = 1.0
 
 T = TypeVar("T")
 
