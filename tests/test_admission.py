@@ -63,17 +63,20 @@ def test_a_full_share_of_calls_that_sent_something_refuses_newcomers() -> None:
     admit(admission, Kind.STREAM, "e")
 
 
-def test_a_call_that_sent_nothing_gives_its_place_to_a_caller_with_fewer_calls() -> None:
+def test_a_call_that_sent_nothing_gives_its_place_up_the_heaviest_callers_oldest_first() -> None:
     admission = Admission(WORKERS, CallLimits())
-    stalled = [Call() for _ in range(4)]
-    tickets = [admit(admission, Kind.STREAM, "attacker", call) for call in stalled]
-    admit(admission, Kind.STREAM, "party")  # the attacker's oldest call makes room
-    assert [call.evicted for call in stalled] == [True, False, False, False]
+    heavy = [Call() for _ in range(3)]
+    light = Call()
+    tickets = [admit(admission, Kind.STREAM, "heavy", call) for call in heavy]
+    admit(admission, Kind.STREAM, "light", light)
+    admit(admission, Kind.STREAM, "party", Call(sent_nothing=False))
+    assert [call.evicted for call in heavy] == [True, False, False] and not light.evicted
     admission.leave(tickets[0])  # the evicted call ends: its place is not given back twice
-    refusal = admission.enter(Kind.STREAM, "attacker", Call().evict)
-    assert isinstance(refusal, str)  # 3 calls, no caller with more: nothing to evict
-    admit(admission, Kind.STREAM, "other")  # 0 calls: the attacker (3) makes room again
-    assert sum(call.evicted for call in stalled) == 2
+    for _ in range(3):  # newcomers take the places of the rest, the party's call stays
+        admit(admission, Kind.STREAM, "newcomer", Call(sent_nothing=False))
+    assert all(call.evicted for call in heavy + [light])
+    refusal = admission.enter(Kind.STREAM, "late", Call().evict)
+    assert isinstance(refusal, str) and "max_streams" in refusal
 
 
 def test_health_checks_have_their_own_share_and_stalled_ones_make_room() -> None:

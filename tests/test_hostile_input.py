@@ -704,23 +704,27 @@ def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
             call.cancel()
 
 
-def test_the_server_refuses_streams_beyond_max_streams(crowd: Crowd) -> None:
-    """16 silent uploads, two from each of 8 certificates, fill the streaming share: a caller
-    with as many calls finds none to take the place of, and is refused."""
-    release = threading.Event()
-    names = ["outsider"] + [f"extra{i}" for i in range(7)]
-    calls = [crowd.stub(n).Upload.future(_silent(release)) for n in names for _ in range(2)]
+def test_a_full_share_of_calls_that_sent_something_refuses_newcomers(crowd: Crowd) -> None:
+    """4 health watches, which have sent their request, fill their share: a fifth is refused
+    at once, naming the share."""
+    names = ["outsider", "extra0", "extra1", "extra2"]
+    watches = [
+        health_pb2_grpc.HealthStub(crowd.channels[name]).Watch(health_pb2.HealthCheckRequest())
+        for name in names
+    ]
     try:
-        time.sleep(0.5)
-        assert not any(call.done() for call in calls)
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        late = health_pb2_grpc.HealthStub(crowd.channels["extra3"]).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
         with pytest.raises(grpc.RpcError) as err:
-            crowd.stub("extra0").Upload(_silent(release), timeout=5)
+            next(late)
         assert err.value.code() == CODE.RESOURCE_EXHAUSTED
-        assert "max_streams" in err.value.details()
+        assert "health watches and reflection" in err.value.details()
     finally:
-        release.set()
-        for call in calls:
-            call.cancel()
+        for watch in watches:
+            watch.cancel()
 
 
 def test_health_watches_and_reflection_cannot_keep_uploads_out(crowd: Crowd) -> None:

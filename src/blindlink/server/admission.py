@@ -89,10 +89,10 @@ class Ticket:
 
 class Admission:
     """Counts the calls open by kind and by caller (a certificate's fingerprint), and refuses
-    those beyond the limits. When a share is full, a call still awaiting its first message
-    (a client sends it at once; a stalled one never does) from a caller with more calls of the
-    kind than the newcomer gives its place up, so that calls which send nothing cannot keep
-    others out, however many certificates they come from. Thread-safe."""
+    those beyond the limits. When a share is full, a call that has sent nothing yet (a client
+    sends its request at once; a stalled call never does) gives its place up to the newcomer,
+    the oldest call of the caller with the most first, so that calls which send nothing cannot
+    keep others out, however many certificates they come from. Thread-safe."""
 
     def __init__(self, workers: int, limits: CallLimits) -> None:
         streams = limits.streams(workers)
@@ -118,7 +118,7 @@ class Admission:
                     "one has ended"
                 )
             calls = self._open[kind]
-            if len(calls) >= self._shares[kind] and not self._make_room(kind, mine):
+            if len(calls) >= self._shares[kind] and not self._make_room(kind):
                 return (
                     f"the server has {len(calls)} {kind} calls open already, the most it "
                     f"allows ({_SETTING[kind]}); retry in a moment"
@@ -138,12 +138,11 @@ class Admission:
             if not ticket.evicted:
                 self._remove(ticket)
 
-    def _make_room(self, kind: Kind, mine: int) -> bool:
-        """Evict a call still awaiting its first message, of the caller with the most calls
-        of this kind (more than `mine`), its oldest first; False if there is none."""
-        heavier = [t for t in self._open[kind] if self._by_caller[kind, t.caller] > mine]
-        heavier.sort(key=lambda t: -self._by_caller[kind, t.caller])  # stable: oldest first
-        for ticket in heavier:
+    def _make_room(self, kind: Kind) -> bool:
+        """Evict a call of this kind that has sent nothing yet, the oldest of the caller with
+        the most calls first; False if there is none."""
+        calls = sorted(self._open[kind], key=lambda t: -self._by_caller[kind, t.caller])
+        for ticket in calls:  # the sort is stable: oldest first within a caller
             if ticket.evict():
                 ticket.evicted = True
                 self._remove(ticket)
