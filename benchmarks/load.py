@@ -7,11 +7,16 @@ per RPC (p50, p99, max over every call of that RPC), upload throughput is the pa
 all uploads over the wall time from the first upload's start to the last one's end. Peak memory
 is VmHWM from /proc of the server process and, separately, of its matching workers.
 
+Meanwhile an attacker holds `--stalled` upload streams open that never send a message, from
+four certificates of the parties' CA that no agreement names (reopening each within a quarter
+of a second of the server ending it), and the server's health is checked every half second:
+its latency is reported like any call's, as "Health.Check".
+
 Bounded: a fixed number of calls per project (polls at most one a second) and `--max-seconds`
 in all; a project unfinished by then is reported, and the server is stopped either way.
 Writes benchmarks/results/load.json.
 
-    python benchmarks/load.py [--projects 20] [--records 50000] [--max-seconds 900]
+    python benchmarks/load.py [--projects 20] [--records 50000] [--stalled 64] [--max-seconds 900]
 """
 
 from __future__ import annotations
@@ -24,24 +29,32 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blindlink._generated import linkage_pb2 as pb
+from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.benchmarking.parties import ROLES, Parties
 from blindlink.benchmarking.results import write_result
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
+from blindlink.security.pki import issue_client_certificate
+from blindlink.security.tls import channel_credentials
 from blindlink.server.local_process import local_server
 
 SHARED_FRACTION = 0.1
 POLL_INTERVAL_S = 1.0
+HEALTH_INTERVAL_S = 0.5
+REOPEN_INTERVAL_S = 0.25
+STALLING_CERTIFICATES = 4
 T = TypeVar("T")
 
 
@@ -51,6 +64,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000, help="encodings per upload")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop after this")
     parser.add_argument("--rpc-workers", type=int, default=32, help="the server's setting")
+    parser.add_argument("--stalled", type=int, default=64, help="stalled streams held open")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run(args, Path(tmp))
@@ -101,6 +115,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         peaks = _PeakMemory(server.process.pid)
         peaks.start()
         calls = Calls()
+        crowd = _Crowd(server.address, parties, work, args.stalled, calls)
+        crowd.start()
         projects = [Project(i) for i in range(args.projects)]
         started = time.monotonic()
         deadline = started + args.max_seconds
@@ -119,10 +135,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 thread.join(max(0.0, deadline - time.monotonic()))
         finally:
             wall = time.monotonic() - started
+            crowd.stop()
             peaks.stop()
             exit_status = _stop(server.process)
     loads = (load_before, os.getloadavg()[0])
-    _report(args, schema, projects, calls, peaks, wall, megabytes, exit_status, loads)
+    _report(args, schema, projects, calls, peaks, wall, megabytes, exit_status, loads, crowd.ended)
 
 
 def _stop(server: subprocess.Popen[bytes]) -> int:
@@ -237,6 +254,80 @@ def _fetch_release(
         time.sleep(POLL_INTERVAL_S)
 
 
+class _Crowd:
+    """`count` upload streams that never send a message, from certificates no agreement names,
+    each reopened when the server ends it; and a timed health check every HEALTH_INTERVAL_S."""
+
+    def __init__(
+        self, address: str, parties: Parties, work: Path, count: int, calls: Calls
+    ) -> None:
+        self.count = count
+        self.ended: Counter[str] = Counter()  # how the server ended stalled streams
+        self._calls = calls
+        self._stop = threading.Event()
+        self._channels = []
+        pki = parties.pki
+        for i in range(STALLING_CERTIFICATES):
+            cert, key = issue_client_certificate(
+                pki.ca_cert, pki.ca_key, f"stalling{i}", work / f"stalling{i}"
+            )
+            credentials = channel_credentials(pki.ca_cert, cert, key)
+            self._channels.append(grpc.secure_channel(address, credentials))
+        self._threads = [
+            threading.Thread(target=self._stall, daemon=True),
+            threading.Thread(target=self._check_health, daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        for channel in self._channels:
+            channel.close()
+
+    def _open(self, stub: pb_grpc.LinkageStub) -> tuple[grpc.Future, threading.Event]:
+        """An upload that sends nothing until its event is set (or the crowd stops)."""
+        ended = threading.Event()
+
+        def silent() -> Iterator[pb.UploadRequest]:
+            while not (ended.wait(0.5) or self._stop.is_set()):
+                pass
+            yield from ()
+
+        return stub.Upload.future(silent()), ended
+
+    def _stall(self) -> None:
+        stubs = [pb_grpc.LinkageStub(c) for c in self._channels]
+        streams = [self._open(stubs[i % len(stubs)]) for i in range(self.count)]
+        while not self._stop.wait(REOPEN_INTERVAL_S):
+            for i, (stream, ended) in enumerate(streams):
+                if stream.done():
+                    ended.set()
+                    self.ended[stream.code().name] += 1
+                    streams[i] = self._open(stubs[i % len(stubs)])
+        for stream, ended in streams:
+            ended.set()
+            stream.cancel()
+
+    def _check_health(self) -> None:
+        health = health_pb2_grpc.HealthStub(self._channels[0])
+        request = health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage")
+        while not self._stop.wait(HEALTH_INTERVAL_S):
+            start = time.perf_counter()
+            try:
+                health.Check(request, timeout=5)
+            except grpc.RpcError as exc:
+                with self._calls.lock:
+                    self._calls.failures["Health.Check"].append(exc.code().name)
+                continue
+            with self._calls.lock:
+                self._calls.seconds["Health.Check"].append(time.perf_counter() - start)
+
+
 class _PeakMemory:
     """Samples VmHWM (peak resident memory) of a process and of its descendants."""
 
@@ -307,6 +398,7 @@ def _report(
     megabytes: float,
     exit_status: int,
     loads: tuple[float, float],
+    crowd_ended: Counter[str],
 ) -> None:
     spans = [span for p in projects for span in p.upload_spans]
     upload_wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
@@ -316,13 +408,17 @@ def _report(
     failures = {rpc: len(codes) for rpc, codes in calls.failures.items()}
     total_calls = sum(len(s) for s in calls.seconds.values()) + sum(failures.values())
     upload_p99 = _percentiles(calls.seconds["Upload"]).get("p99_s", float("inf"))
+    health_max = _percentiles(calls.seconds["Health.Check"]).get("max_s", float("inf"))
     result = {
         "method": (
             f"{args.projects} projects at once against one `blindlink serve` process (mutual "
             f"TLS, loopback, rpc_workers {args.rpc_workers}, default matching); per project "
             f"both parties upload {args.records} encodings of {schema.bit_length} bits at the "
             "same time with the blindlink client, then poll GetStatus every second and fetch "
-            "their release; the benchmark process and the server share the machine. "
+            f"their release; meanwhile {args.stalled} upload streams that never send a message "
+            f"are held open from {STALLING_CERTIFICATES} certificates no agreement names "
+            "(reopened as the server ends them) and health is checked every "
+            f"{HEALTH_INTERVAL_S:g} s; the benchmark process and the server share the machine. "
             "Latencies are per call, over every call of each RPC; peak memory is VmHWM from "
             "/proc (server process; largest matching worker)."
         ),
@@ -339,6 +435,8 @@ def _report(
         "upload_megabytes_per_second": round(megabytes / upload_wall, 1) if upload_wall else 0,
         "latency": {rpc: _percentiles(s) for rpc, s in sorted(calls.seconds.items())},
         "failures": failures,
+        "stalled_streams": args.stalled,
+        "stalled_streams_ended_by_server": dict(crowd_ended),
         "server_peak_rss_mib": round(peaks.server_kib / 1024, 1),
         "matching_worker_peak_rss_mib": round(peaks.worker_kib / 1024, 1),
         "server_exit_status": exit_status,
@@ -349,6 +447,7 @@ def _report(
             and not wrong
             and len(complete) == len(projects),
             "upload_p99_under_5_s": upload_p99 < 5.0,
+            "health_max_under_1_s": health_max < 1.0,
         },
     }
     path = write_result("load", result)

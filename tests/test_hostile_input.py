@@ -7,6 +7,7 @@ excepted)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import sqlite3
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,13 +28,16 @@ from server_process import encodings_file, planted_pairs, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
-from blindlink.client.linkage_client import LinkageClient
+from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema
+from blindlink.security.pki import certificate_fingerprint, issue_client_certificate
 from blindlink.security.tls import channel_credentials
+from blindlink.server.admission import MIB, CallLimits
 from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.interceptors import StreamLimits
+from blindlink.server.status import RETRY_METADATA_KEY
 
-IDLE_S, MAX_S = 1.0, 3.0
+IDLE_S, MAX_S, FIRST_MESSAGE_S = 1.0, 3.0, 1.5
 SERVICE = "/blindlink.v1.Linkage/"
 CODE = grpc.StatusCode
 # Statuses a bad request may get; never INTERNAL or UNKNOWN.
@@ -99,7 +104,7 @@ def env(
         work / "data",
         "127.0.0.1:0",
         ServerTls(pki.server_cert, pki.server_key, pki.ca_cert),
-        streams=StreamLimits(IDLE_S, MAX_S),
+        streams=StreamLimits(IDLE_S, MAX_S, first_message_timeout=FIRST_MESSAGE_S),
     )
     address = f"127.0.0.1:{server.port}"
     with LinkageClient(address, "requester", identities.tls("requester")) as requester:
@@ -304,6 +309,28 @@ def _stalled(first: list[pb.UploadRequest], release: threading.Event) -> Iterato
     release.wait(30)
 
 
+def _silent(release: threading.Event) -> Iterator[bytes]:
+    """A request stream that sends nothing until released."""
+    release.wait(60)
+    yield from ()
+
+
+@pytest.mark.parametrize("method", ["GetStatus", "WatchRun"])
+def test_a_call_whose_request_never_comes_is_aborted(env: Env, method: str) -> None:
+    """gRPC itself would wait for a unary request on a call thread for as long as the client
+    likes; the first message must come within first_message_timeout."""
+    call = env.channels["requester"].stream_stream(SERVICE + method)
+    release = threading.Event()
+    started = time.monotonic()
+    try:
+        error = refused(env, lambda: list(call(_silent(release))))
+    finally:
+        release.set()
+    assert error.code() == CODE.DEADLINE_EXCEEDED
+    assert "first_message_timeout" in error.details()
+    assert FIRST_MESSAGE_S <= time.monotonic() - started < FIRST_MESSAGE_S + 2
+
+
 @pytest.mark.parametrize("sent", ["nothing", "a header", "a header and half the data"])
 def test_idle_upload_is_aborted_after_the_idle_timeout(env: Env, sent: str) -> None:
     first = {
@@ -445,3 +472,356 @@ def test_fuzzed_requests_get_clear_statuses_and_change_nothing(
         assert exc.code() in CLEAR, (call.method, exc.code(), exc.details())
     assert serving(env)
     assert snapshot(env.data_dir) == before
+
+
+# --- Availability: stalled, slow and crowding calls -------------------------------------------
+
+STALLED = 64
+FIRST_S = 5.0  # the crowded server's first-message and idle timeouts
+HEALTH = "/grpc.health.v1.Health/"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+@dataclass
+class Crowd:
+    """A server with default call limits, a project whose run waits for the custodian, and
+    channels for the parties, an outsider no agreement names and ten more certificates."""
+
+    server: RunningServer
+    target: Target
+    certificates: dict[str, ClientTls]
+    channels: dict[str, grpc.Channel]
+
+    def stub(self, name: str = "requester") -> pb_grpc.LinkageStub:
+        return pb_grpc.LinkageStub(self.channels[name])
+
+    def header(self) -> pb.UploadHeader:
+        return pb.UploadHeader(
+            project_id=self.target.project_id,
+            count=100_000,
+            bit_length=1024,
+            schema_sha256=self.target.schema_sha256,
+            content_sha256=bytes(32),
+        )
+
+
+@pytest.fixture(scope="module")
+def crowd_server(
+    tmp_path_factory: pytest.TempPathFactory, identities: Identities, schema: LinkageSchema
+) -> Iterator[Crowd]:
+    work = tmp_path_factory.mktemp("crowd")
+    pki = identities.pki
+    server = start_server(
+        work / "data",
+        "127.0.0.1:0",
+        ServerTls(pki.server_cert, pki.server_key, pki.ca_cert),
+        streams=StreamLimits(FIRST_S, 60.0, first_message_timeout=FIRST_S),
+    )
+    address = f"127.0.0.1:{server.port}"
+    with LinkageClient(address, "requester", identities.tls("requester")) as requester:
+        project = requester.create_project(signed_agreement(identities, schema, "crowd"))
+        rows, _, _ = planted_pairs(10, 0, seed=3)
+        run_id = requester.upload(
+            project.project_id, encodings_file(work / "r.bin", rows, schema.sha256)
+        ).run_id
+    certificates = {role: identities.tls(role) for role in ("requester", "custodian")}
+    certificates["outsider"] = identities.outsider
+    for i in range(10):
+        cert, key = issue_client_certificate(pki.ca_cert, pki.ca_key, f"extra{i}", work / f"x{i}")
+        certificates[f"extra{i}"] = ClientTls(pki.ca_cert, cert, key)
+    channels = {
+        name: grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key))
+        for name, tls in certificates.items()
+    }
+    target = Target(project.project_id, run_id, schema.sha256)
+    yield Crowd(server, target, certificates, channels)
+    for channel in channels.values():
+        channel.close()
+    server.stop(grace=1)
+
+
+@pytest.fixture
+def crowd(crowd_server: Crowd) -> Iterator[Crowd]:
+    """The crowded server, with no call of an earlier test still admitted."""
+    yield crowd_server
+    admission = crowd_server.server.admission
+    assert admission is not None
+    deadline = time.monotonic() + 10
+    while admission.open_calls() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert admission.open_calls() == 0
+
+
+def _trickle(first: pb.UploadRequest, release: threading.Event) -> Iterator[pb.UploadRequest]:
+    """A header, then a byte every 0.2 s: slow, not stalled."""
+    yield first
+    while not release.wait(0.2):
+        yield pb.UploadRequest(encodings=b"x")
+
+
+def _open_call(crowd: Crowd, kind: str, channel: grpc.Channel, release: threading.Event) -> Any:
+    """A call of this kind that stalls or crawls: its future, or its response iterator (which
+    is never read)."""
+    stub = pb_grpc.LinkageStub(channel)
+    if kind == "uploads that send nothing":
+        return stub.Upload.future(_silent(release))
+    if kind == "uploads that trickle":
+        return stub.Upload.future(_trickle(pb.UploadRequest(header=crowd.header()), release))
+    if kind == "run watches never read":
+        target = crowd.target
+        return stub.WatchRun(pb.WatchRunRequest(project_id=target.project_id, run_id=target.run_id))
+    if kind == "health watches never read":
+        return health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    if kind == "reflection streams that send nothing":
+        return channel.stream_stream(REFLECTION)(_silent(release))
+    if kind == "unary calls whose request never comes":
+        return channel.stream_unary(SERVICE + "GetStatus").future(_silent(release))
+    assert kind == "health checks whose request never comes"
+    return channel.stream_unary(HEALTH + "Check").future(_silent(release))
+
+
+def _open_calls(crowd: Crowd, kind: str, names: list[str], release: threading.Event) -> list[Any]:
+    """`STALLED` calls of a kind, spread over the certificates `names`."""
+    opened = [
+        _open_call(crowd, kind, crowd.channels[names[i % len(names)]], release)
+        for i in range(STALLED)
+    ]
+    time.sleep(1.0)  # let the server take them all in
+    return opened
+
+
+def _answered_within_a_second(crowd: Crowd) -> None:
+    """A health check (from a certificate no agreement names) and a party's status call are
+    answered within a second, and answered well."""
+    started = time.monotonic()
+    health = health_pb2_grpc.HealthStub(crowd.channels["extra9"]).Check(
+        health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage"), timeout=1.0
+    )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    status = crowd.stub("requester").GetStatus(
+        pb.GetStatusRequest(project_id=crowd.target.project_id), timeout=1.0
+    )
+    assert status.runs[0].run_id == crowd.target.run_id
+    assert time.monotonic() - started < 2.0
+
+
+# Only parties may watch a run or keep an upload going past its header; anyone may try the
+# rest. The requester's status call and extra9's health check must be answered.
+PARTIES = ["requester", "custodian"]
+OTHERS = ["outsider"] + [f"extra{i}" for i in range(9)]
+CROWDS = {
+    "uploads that send nothing": PARTIES + OTHERS,
+    "uploads that trickle": PARTIES,
+    "run watches never read": PARTIES,
+    "health watches never read": OTHERS,
+    "reflection streams that send nothing": PARTIES + OTHERS,
+    "unary calls whose request never comes": ["custodian", *OTHERS],
+    "health checks whose request never comes": PARTIES + OTHERS,
+}
+
+
+@pytest.mark.parametrize("kind", CROWDS)
+def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, kind: str) -> None:
+    """64 calls that stall or crawl, from up to 12 certificates: each certificate gets its
+    share, the rest are refused at once as busy, and the threads left answer health checks
+    and a party's status call within a second (when a share is full of calls that sent
+    nothing, one of them gives its place up)."""
+    release = threading.Event()
+    opened = _open_calls(crowd, kind, CROWDS[kind], release)
+    try:
+        _answered_within_a_second(crowd)
+        refused_now = [call for call in opened if call.done()]
+        assert len(refused_now) >= STALLED // 2
+        assert all(call.code() in CLEAR for call in refused_now)
+        assert any(call.code() == CODE.RESOURCE_EXHAUSTED for call in refused_now)
+    finally:
+        release.set()
+        for call in opened:
+            call.cancel()
+    _answered_within_a_second(crowd)
+
+
+def test_health_and_short_calls_are_answered_during_a_flood_of_unary_calls(crowd: Crowd) -> None:
+    """32 threads on 4 certificates call as fast as they can: each certificate keeps at most
+    its share busy, and health checks and a party's status call are still answered."""
+    stop = threading.Event()
+    outcomes: list[grpc.StatusCode] = []
+
+    def flood(stub: pb_grpc.LinkageStub) -> None:
+        request = pb.GetStatusRequest(project_id=crowd.target.project_id)
+        while not stop.is_set():
+            try:
+                stub.GetStatus(request, timeout=5)
+            except grpc.RpcError as exc:
+                outcomes.append(exc.code())
+
+    names = ["outsider", "extra0", "extra1", "extra2"]
+    threads = [threading.Thread(target=flood, args=(crowd.stub(names[i % 4]),)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(5):
+            _answered_within_a_second(crowd)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert set(outcomes) <= {CODE.PERMISSION_DENIED, CODE.RESOURCE_EXHAUSTED}
+    assert CODE.RESOURCE_EXHAUSTED in outcomes
+
+
+def test_a_certificate_beyond_its_share_is_refused_and_told_to_retry(
+    crowd: Crowd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused at once, told to retry, and named in the server's log by its fingerprint (a
+    certificate no other test has had refused, as the log takes 10 refusals a minute each)."""
+    release = threading.Event()
+    extra9 = crowd.stub("extra9")
+    mine = [extra9.Upload.future(_silent(release)) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        assert not any(call.done() for call in mine)
+        with (
+            caplog.at_level(logging.WARNING, logger="blindlink.server"),
+            pytest.raises(grpc.RpcError) as err,
+        ):
+            extra9.Upload(_silent(release), timeout=5)
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        assert "max_calls_per_certificate" in err.value.details()
+        assert (RETRY_METADATA_KEY, "1") in err.value.trailing_metadata()
+        fingerprint = certificate_fingerprint(crowd.certificates["extra9"].cert.read_bytes())
+        warnings = [r for r in caplog.records if r.getMessage() == "call refused: busy"]
+        assert any(r.fields["caller"] == fingerprint for r in warnings)
+        # Another certificate still gets its own share.
+        theirs = crowd.stub("custodian").Upload.future(_silent(release))
+        time.sleep(0.5)
+        assert not theirs.done()
+        theirs.cancel()
+    finally:
+        release.set()
+        for call in mine:
+            call.cancel()
+
+
+def test_a_full_share_of_calls_that_sent_something_refuses_newcomers(crowd: Crowd) -> None:
+    """4 health watches, which have sent their request, fill their share: a fifth is refused
+    at once, naming the share."""
+    names = ["outsider", "extra0", "extra1", "extra2"]
+    watches = [
+        health_pb2_grpc.HealthStub(crowd.channels[name]).Watch(health_pb2.HealthCheckRequest())
+        for name in names
+    ]
+    try:
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        late = health_pb2_grpc.HealthStub(crowd.channels["extra3"]).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            next(late)
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        assert "health watches and reflection" in err.value.details()
+    finally:
+        for watch in watches:
+            watch.cancel()
+
+
+def test_health_watches_and_reflection_cannot_keep_uploads_out(crowd: Crowd) -> None:
+    release = threading.Event()
+    watches = _open_calls(crowd, "health watches never read", OTHERS, release)
+    reflections = _open_calls(crowd, "reflection streams that send nothing", OTHERS, release)
+    try:
+        header = crowd.header()
+        header.count = 10
+        upload = crowd.stub("custodian").Upload.future(
+            _stalled([pb.UploadRequest(header=header)], release)
+        )
+        time.sleep(0.5)
+        assert not upload.done()  # admitted, waiting for its data
+        upload.cancel()
+    finally:
+        release.set()
+        for call in watches + reflections:
+            call.cancel()
+
+
+def test_a_stream_that_sent_nothing_gives_its_place_to_another_caller(crowd: Crowd) -> None:
+    """16 silent uploads fill the streaming share; the custodian's upload, which sends its
+    header, takes the place of one of them instead of being refused."""
+    release = threading.Event()
+    names = ["outsider", "extra0", "extra1", "extra2"]
+    silent = [crowd.stub(n).Upload.future(_silent(release)) for n in names for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        assert not any(call.done() for call in silent)
+        header = crowd.header()
+        header.count = 10
+        upload = crowd.stub("custodian").Upload.future(
+            _stalled([pb.UploadRequest(header=header)], release)
+        )
+        time.sleep(0.5)
+        assert not upload.done()  # admitted, waiting for its data
+        evicted = [call for call in silent if call.done()]
+        assert len(evicted) == 1
+        assert evicted[0].code() == CODE.RESOURCE_EXHAUSTED
+        assert "needed its place for another caller" in evicted[0].details()
+        upload.cancel()
+    finally:
+        release.set()
+        for call in silent:
+            call.cancel()
+
+
+def test_request_bytes_held_across_calls_are_bounded(
+    tmp_path: Path, identities: Identities, schema: LinkageSchema
+) -> None:
+    """A watch whose request carries 1 MiB of padding (an unknown field) holds that MiB while
+    it lasts: with 1.5 MiB allowed, an upload's 1 MiB chunk is refused as busy until the watch
+    ends, then let through (and judged on its content)."""
+    pki = identities.pki
+    server = start_server(
+        tmp_path / "data",
+        "127.0.0.1:0",
+        ServerTls(pki.server_cert, pki.server_key, pki.ca_cert),
+        calls=CallLimits(max_buffered_bytes=3 * MIB // 2),
+    )
+    address = f"127.0.0.1:{server.port}"
+    tls = identities.tls("requester")
+    try:
+        with LinkageClient(address, "requester", tls) as requester:
+            project = requester.create_project(signed_agreement(identities, schema, "bytes"))
+            rows, _, _ = planted_pairs(10, 0, seed=3)
+            path = encodings_file(tmp_path / "r.bin", rows, schema.sha256)
+            run_id = requester.upload(project.project_id, path).run_id
+        channel = grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key))
+        watch_request = pb.WatchRunRequest(project_id=project.project_id, run_id=run_id)
+        padded = watch_request.SerializeToString() + delimited(15, bytes(MIB))
+        watch = channel.unary_stream(SERVICE + "WatchRun")(padded)
+        assert next(watch)  # the watch is open, its request held
+        header = pb.UploadHeader(
+            project_id=project.project_id,
+            count=10,
+            bit_length=1024,
+            schema_sha256=schema.sha256,
+            content_sha256=bytes(32),
+        )
+        upload = [pb.UploadRequest(header=header), pb.UploadRequest(encodings=bytes(MIB))]
+        stub = pb_grpc.LinkageStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Upload(iter(upload), timeout=5)
+        assert err.value.code() == CODE.RESOURCE_EXHAUSTED
+        assert "max_buffered_mib" in err.value.details()
+        assert (RETRY_METADATA_KEY, "1") in err.value.trailing_metadata()
+        watch.cancel()
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Upload(iter(upload), timeout=5)
+            if err.value.code() != CODE.RESOURCE_EXHAUSTED:
+                break
+            time.sleep(0.1)
+        assert err.value.code() == CODE.INVALID_ARGUMENT
+        assert "more than the 10 encodings" in err.value.details()
+        channel.close()
+    finally:
+        server.stop(grace=1)

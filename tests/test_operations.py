@@ -106,6 +106,11 @@ def test_legacy_flags_name_the_tls_files(tmp_path: Path) -> None:
         ("data_dir = 'd'\ntls_cert = 'c'\n", {}, "tls_cert given without tls_client_ca, tls_key"),
         ("data_dir = 'd'\ninsecure = true\nlog_format = 'xml'\n", {}, "log_format must be one of"),
         ("data_dir = 'd'\ninsecure = true\nstream_idle_timeout = 0\n", {}, "stream_idle_timeout"),
+        ("data_dir = 'd'\ninsecure = true\nfirst_message_timeout = 0\n", {}, "first_message"),
+        ("data_dir = 'd'\ninsecure = true\nrpc_workers = 1\n", {}, "rpc_workers must be"),
+        ("data_dir = 'd'\ninsecure = true\nmax_streams = 32\n", {}, "max_streams must be less"),
+        ("data_dir = 'd'\ninsecure = true\nmax_calls_per_certificate = 0\n", {}, "at least 1"),
+        ("data_dir = 'd'\ninsecure = true\nmax_buffered_mib = 1\n", {}, "at least 4, the largest"),
         ("data_dir = 'd'\ninsecure = true\nlisten = 'nowhere'\n", {}, "listen must be HOST:PORT"),
         ("data_dir = 'd'\ninsecure = true\n", {"BLINDLINK_RPC_WORKERS": "many"}, "'many' is not"),
         ("data_dir = 'd'\ninsecure = true\n", {"BLINDLINK_INSECURE": "maybe"}, "not a boolean"),
@@ -715,17 +720,17 @@ def test_admin_verify_checks_the_audit_log_against_the_key_given(
     assert admin(capsys, "verify", "--config", str(config))[0] == 0
 
 
-def test_watchers_beyond_half_the_call_threads_poll_instead(
+def test_watchers_beyond_half_the_stream_threads_poll_instead(
     tmp_path: Path,
     identities: Identities,
     make_agreement: Callable[..., bytes],
     schema: LinkageSchema,
 ) -> None:
-    """With 4 call threads, 2 runs may be watched at once; a third watcher is told to poll,
-    `wait` does so by itself, and calls still find a thread meanwhile."""
+    """With 8 call threads, 4 serve streams and 2 runs may be watched at once; a third
+    watcher is told to poll, `wait` does so by itself, and uploads still find a thread."""
     pki = identities.pki
     server = start_server(
-        tmp_path / "data", "127.0.0.1:0", ServerTls(pki.server_cert, pki.server_key, pki.ca_cert), 4
+        tmp_path / "data", "127.0.0.1:0", ServerTls(pki.server_cert, pki.server_key, pki.ca_cert), 8
     )
     address = f"127.0.0.1:{server.port}"
     try:

@@ -588,8 +588,9 @@ def test_uploads_still_streaming_hold_their_quota_from_the_header_on(
     make_agreement: Agreements,
     schema: LinkageSchema,
 ) -> None:
-    """Ten uploads open at once under a limit of one per period: nine are refused as soon as
-    their headers arrive, before any of their data is staged on the server."""
+    """Four uploads open at once (the most one certificate may have) under a limit of one per
+    period: three are refused as soon as their headers arrive, before any of their data is
+    staged on the server."""
     project = requester.create_project(make_agreement(max_uploads_per_period=1)).project_id
     go = threading.Event()
 
@@ -600,8 +601,8 @@ def test_uploads_still_streaming_hold_their_quota_from_the_header_on(
 
     with secure_channel(address, identities, "requester") as channel:
         stub = pb_grpc.LinkageStub(channel)
-        calls = [stub.Upload.future(messages(random_rows(4, 80 + i))) for i in range(10)]
-        assert wait_until(lambda: sum(call.done() for call in calls) == 9, timeout=10)
+        calls = [stub.Upload.future(messages(random_rows(4, 80 + i))) for i in range(4)]
+        assert wait_until(lambda: sum(call.done() for call in calls) == 3, timeout=10)
         refused = [call for call in calls if call.done()]
         assert {call.exception().code() for call in refused} == {
             grpc.StatusCode.FAILED_PRECONDITION

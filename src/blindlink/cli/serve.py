@@ -34,7 +34,12 @@ def serve(args: argparse.Namespace) -> int:
         config.rpc_workers,
         config.purge_interval,
         _matching(config),
-        streams=StreamLimits(config.stream_idle_timeout, config.stream_max_duration),
+        streams=StreamLimits(
+            config.stream_idle_timeout,
+            config.stream_max_duration,
+            first_message_timeout=config.first_message_timeout,
+        ),
+        calls=config.call_limits(),
         metrics_listen=config.metrics_listen,
         metrics_tls=config.metrics_tls,
     )

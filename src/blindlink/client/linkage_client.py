@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,10 +17,15 @@ from blindlink.encoding.encodings_file import iter_payload_chunks, read_payload
 from blindlink.errors import BlindlinkError
 from blindlink.security.tls import channel_credentials
 from blindlink.server.identity import PARTY_METADATA_KEY
+from blindlink.server.status import RETRY_METADATA_KEY
 
 CHUNK_BYTES = 1 << 20
 POLL_INTERVAL_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A call the server refused because it is busy is made again after a pause, doubled each time.
+BUSY_PATIENCE_S = 60.0
+BUSY_FIRST_PAUSE_S = 0.1
+BUSY_MAX_PAUSE_S = 1.0
 
 T = TypeVar("T")
 
@@ -75,10 +81,18 @@ class LinkageClient:
         self.close()
 
     def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except grpc.RpcError as exc:
-            raise ServerError(exc.code(), exc.details() or "") from None
+        """Make the call; again, after a growing pause, while the server is busy (for at most
+        BUSY_PATIENCE_S)."""
+        give_up = time.monotonic() + BUSY_PATIENCE_S
+        pause = BUSY_FIRST_PAUSE_S
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                if not _busy(exc) or time.monotonic() + pause > give_up:
+                    raise ServerError(exc.code(), exc.details() or "") from None
+            time.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(2 * pause, BUSY_MAX_PAUSE_S)
 
     def create_project(self, signed_agreement: bytes) -> pb.Project:
         return self._call(
@@ -173,3 +187,10 @@ class LinkageClient:
                 pb.DeleteProjectRequest(project_id=project_id), metadata=self._metadata
             )
         )
+
+
+def _busy(error: grpc.RpcError) -> bool:
+    """True if the server refused the call for now only: it is busy."""
+    trailing = error.trailing_metadata() or ()
+    busy = any(key == RETRY_METADATA_KEY for key, _ in trailing)
+    return busy and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

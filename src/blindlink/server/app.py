@@ -27,14 +27,21 @@ from blindlink.errors import BlindlinkError
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import read_certificates
 from blindlink.security.tls import is_loopback, server_credentials
+from blindlink.server.admission import (
+    MAX_RECEIVE_BYTES,
+    Admission,
+    BufferBudget,
+    CallLimits,
+    pool_size,
+)
 from blindlink.server.config import ServerTls
 from blindlink.server.identity import PartyResolver
 from blindlink.server.interceptors import (
+    AdmissionInterceptor,
     DecodingInterceptor,
     ErrorInterceptor,
     MetricsInterceptor,
     RequestLogInterceptor,
-    StreamDeadlineInterceptor,
     StreamLimits,
 )
 from blindlink.server.metrics import MetricsEndpoint, ServerMetrics
@@ -45,9 +52,6 @@ from blindlink.store.directory import SIGNING_KEY_NAME
 from blindlink.store.sqlite import Store
 
 SERVICE_NAME = linkage_pb2.DESCRIPTOR.services_by_name["Linkage"].full_name
-# Parties send encodings in 1 MiB chunks and agreements of at most 1 MiB: a larger message is
-# refused before it is buffered, so that concurrent streams cannot fill the server's memory.
-MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 # A release lists up to a row reference per match and party (a few bytes each).
 MAX_SEND_BYTES = 64 * 1024 * 1024
 
@@ -67,6 +71,7 @@ class RunningServer:
     public_key: str
     stopping: threading.Event = field(default_factory=threading.Event)
     metrics: MetricsEndpoint | None = None
+    admission: Admission | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -143,12 +148,14 @@ def start_server(
     matching: MatchingSettings | None = None,
     *,
     streams: StreamLimits | None = None,
+    calls: CallLimits | None = None,
     metrics_listen: str | None = None,
     metrics_tls: bool = False,
 ) -> RunningServer:
     """Serve on `listen` (HOST:PORT): bind, then open the store, resume unfinished runs and
     report SERVING. Metrics are served over HTTP on `metrics_listen` if given, over HTTPS to
-    clients with a certificate from the client CA with `metrics_tls`.
+    clients with a certificate from the client CA with `metrics_tls`. `calls` shares the
+    `workers` call threads out (see `admission`).
 
     Without `tls` the server trusts the party role callers claim, so it refuses to listen
     anywhere but on loopback."""
@@ -159,13 +166,19 @@ def start_server(
         )
     credentials = server_credentials(tls.cert, tls.key, tls.client_ca) if tls else None
     metrics = ServerMetrics()
+    limits = calls or CallLimits()
+    admission = Admission(workers, limits)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blindlink-rpc"),
+        futures.ThreadPoolExecutor(pool_size(workers), thread_name_prefix="blindlink-rpc"),
         interceptors=[
             RequestLogInterceptor(),
             MetricsInterceptor(metrics),
-            StreamDeadlineInterceptor(streams or StreamLimits()),
             ErrorInterceptor(),
+            AdmissionInterceptor(
+                admission,
+                BufferBudget(limits.max_buffered_bytes),
+                streams or StreamLimits(),
+            ),
             DecodingInterceptor(),
         ],
         options=[
@@ -206,6 +219,7 @@ def start_server(
             endpoint.stop()
         raise
     running.metrics = endpoint
+    running.admission = admission
     metrics.watch_runs(running.store, running.runs)
     linkage.attach(
         LinkageServicer(
@@ -214,7 +228,7 @@ def start_server(
             PartyResolver(read_certificates(tls.client_ca, "client CA") if tls else None),
             running.public_key,
             running.stopping,
-            max_watchers=max(1, workers // 2),
+            max_watchers=max(1, limits.streams(workers) // 2),
         )
     )
     for name in (SERVICE_NAME, ""):

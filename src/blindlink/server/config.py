@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from blindlink.errors import BlindlinkError
+from blindlink.server.admission import MAX_RECEIVE_BYTES, MIB, CallLimits
 
 ENV_PREFIX = "BLINDLINK_"
 CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
@@ -73,7 +74,21 @@ class ServerConfig:
         False, "serve metrics over HTTPS, to clients with a certificate from the client CA"
     )
     rpc_workers: int = _setting(
-        32, "threads handling calls; every open upload or watch holds one, half at most watch"
+        32,
+        "threads handling calls: max_streams of them for uploads and watches, the rest for "
+        "unary calls (health checks have threads of their own)",
+    )
+    max_streams: int | None = _setting(
+        None, "streaming calls (uploads, watches) open at once (default: half of rpc_workers)"
+    )
+    max_calls_per_certificate: int = _setting(
+        4, "calls of each kind (streaming, unary, health) one client certificate may have open"
+    )
+    first_message_timeout: float = _setting(
+        10.0, "abort a call whose first request message does not arrive within this many seconds"
+    )
+    max_buffered_mib: int = _setting(
+        128, "MiB of request messages the server holds in memory across all calls at most"
     )
     matching_workers: int | None = _setting(None, "processes for matching (default: every core)")
     dask_scheduler: str | None = _setting(
@@ -101,6 +116,11 @@ class ServerConfig:
         if self.data_dir is None:
             raise ConfigError(NO_DATA_DIR)
         return self.data_dir
+
+    def call_limits(self) -> CallLimits:
+        return CallLimits(
+            self.max_streams, self.max_calls_per_certificate, self.max_buffered_mib * MIB
+        )
 
     def server_tls(self) -> ServerTls | None:
         """The TLS files, or None for an insecure (loopback only) server."""
@@ -260,13 +280,26 @@ def check(config: ServerConfig) -> None:
     """Raise ConfigError naming the first setting that is missing, out of range or
     inconsistent with another."""
     config.data_path()
-    for name in ("rpc_workers", "matching_workers", "max_candidate_pairs", "max_comparisons"):
+    for name in (
+        "matching_workers",
+        "max_candidate_pairs",
+        "max_comparisons",
+        "max_streams",
+        "max_calls_per_certificate",
+    ):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, not {value}")
-    for name in ("max_memory_gb", "purge_interval", "stream_idle_timeout", "stream_max_duration"):
+    for name in (
+        "max_memory_gb",
+        "purge_interval",
+        "stream_idle_timeout",
+        "stream_max_duration",
+        "first_message_timeout",
+    ):
         if not getattr(config, name) > 0:
             raise ConfigError(f"{name} must be a positive number of seconds or GB")
+    _check_calls(config)
     if not config.shutdown_grace >= 0:
         raise ConfigError("shutdown_grace must be zero or more seconds")
     for s in SETTINGS.values():
@@ -276,6 +309,23 @@ def check(config: ServerConfig) -> None:
         if getattr(config, name) is not None:
             host_and_port(getattr(config, name), name)
     _check_tls(config)
+
+
+def _check_calls(config: ServerConfig) -> None:
+    if config.rpc_workers < 2:
+        raise ConfigError(
+            f"rpc_workers must be at least 2 (streaming calls and unary calls each need one), "
+            f"not {config.rpc_workers}"
+        )
+    if config.max_streams is not None and config.max_streams >= config.rpc_workers:
+        raise ConfigError(
+            f"max_streams must be less than rpc_workers ({config.rpc_workers}): the rest of "
+            "the threads serve unary calls"
+        )
+    if config.max_buffered_mib * MIB < MAX_RECEIVE_BYTES:
+        raise ConfigError(
+            f"max_buffered_mib must be at least {MAX_RECEIVE_BYTES // MIB}, the largest message"
+        )
 
 
 def host_and_port(address: str, name: str) -> tuple[str, int]:

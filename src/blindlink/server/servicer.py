@@ -101,8 +101,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         self._resolver = resolver
         self._server_key = server_public_key
         self._stopping = stopping
-        # Every open watch holds a call thread: past this many, watchers are told to poll
-        # GetStatus instead, so that uploads and health checks always find a thread.
+        # Every open watch holds one of the streaming calls' threads: past this many, watchers
+        # are told to poll GetStatus instead, so that uploads always find one.
         self._watchers = threading.BoundedSemaphore(max_watchers)
         self._max_watchers = max_watchers
         self._refusals = RefusalLimiter()
