@@ -155,7 +155,15 @@ def test_edited_details_with_recomputed_hash_fails_signature(db: Path, pristine:
     original = pristine.receipts[2]
     details = {"reference": "rewritten"}
     digest = entry_hash(
-        3, original.time, original.kind, original.project_id, "", details, original.prev_hash
+        3,
+        original.time,
+        original.kind,
+        original.project_id,
+        "",
+        details,
+        original.prev_hash,
+        original.project_seq,
+        original.prev_project_hash,
     )
     tamper(
         db,
