@@ -251,7 +251,8 @@ def _project_walk(entries: Sequence[AuditEntry], key: str) -> list[Problem]:
                     reasons.append(f"project_seq {number} appears after {highest} (reordered)")
                 elif number > expected[0]:
                     gap = _gap(numbers, before, number)
-                    reasons.append(f"project_seq {number} follows project_seq {before} ({gap})")
+                    after = f"project_seq {before}" if before else "the project's start"
+                    reasons.append(f"project_seq {number} follows {after} ({gap})")
                 else:
                     reasons.append(
                         f"prev_project_hash does not match the project's entry {before} (an "
