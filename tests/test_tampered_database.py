@@ -160,6 +160,14 @@ EDITS = {
         ),
         "its stored pairs do not hash to its run_finished entry's (altered)",
     ),
+    "batch": (
+        lambda d: sql(
+            d.data_dir,
+            f"UPDATE runs SET batch_id=(SELECT batch_id FROM runs WHERE run_id='{d.released}') "
+            f"WHERE run_id='{d.pending}'",
+        ),
+        "but its upload_committed entry records upload",
+    ),
     "upload": (
         lambda d: sql(d.data_dir, "UPDATE uploads SET count=count+1 WHERE party='custodian'"),
         "differ from its upload_committed audit entry (altered)",

@@ -4,7 +4,8 @@ The tables are not signed; the audit log is. Each check recomputes from the tabl
 entry recorded when the state was made:
 - a project's agreement hashes to its ID, which its `project_created` entry names;
 - an upload's party, count, bit length and content hash are its `upload_committed` entry's;
-- a run's threshold is the one its batch's and its `run_started` entries record; its state
+- a run's batch and threshold are those its batch's entry records (and the threshold its
+  `run_started` entry too); its state
   follows its last run_started/finished/failed entry; it is approved iff it has a `run_approved`
   entry, its results are deleted iff a `data_deleted` entry says so, and the parties that fetched
   its release are those with a `release_fetched` entry;
@@ -21,7 +22,6 @@ import hashlib
 import json
 import sqlite3
 from collections import defaultdict
-from typing import Any
 
 from blindlink.agreement.model import Agreement, parse_agreement
 from blindlink.agreement.policy import released_rows
@@ -44,15 +44,18 @@ def state_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[
             by_run[run_id].append(entry)
     agreements, problems = _project_problems(conn, entries)
     problems += _upload_problems(conn, entries)
-    rows = conn.execute(
-        "SELECT run_id, project_id, state, threshold, approved, match_count, withheld_count, "
-        "results_deleted, decision, (SELECT group_concat(party) FROM releases l WHERE "
-        "l.run_id = r.run_id) FROM runs r ORDER BY created_at"
+    runs = conn.cursor()
+    runs.row_factory = sqlite3.Row
+    runs.execute(
+        "SELECT run_id, project_id, batch_id, state, threshold, approved, match_count, "
+        "withheld_count, results_deleted, decision, (SELECT group_concat(party) FROM releases "
+        "l WHERE l.run_id = r.run_id) AS fetched FROM runs r ORDER BY created_at"
     )
-    for run_id, project_id, *state in rows.fetchall():
+    for run in runs.fetchall():
+        run_id, project_id = run["run_id"], run["project_id"]
         logged = [e for e in by_run[run_id] if e.project_id == project_id]
-        reasons = _run_reasons(state, logged)
-        if not state[5]:  # results kept
+        reasons = _run_reasons(run, logged)
+        if not run["results_deleted"]:
             reasons += _pair_reasons(conn, run_id, logged, agreements.get(project_id))
         problems += [f"run {run_id}: {reason}" for reason in reasons]
     return problems
@@ -104,41 +107,49 @@ def _upload_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> lis
     return problems
 
 
-def _run_reasons(state: list[Any], logged: list[AuditEntry]) -> list[str]:
+def _run_reasons(run: sqlite3.Row, logged: list[AuditEntry]) -> list[str]:
     """What is wrong with a run's row, given its audit entries."""
-    run_state, threshold, approved, matches, withheld, deleted, decision, fetched = state
     kinds = [e.kind for e in logged]
-    reasons = []
+    reasons = [
+        f"its batch is upload {run['batch_id']}, but its upload_committed entry records "
+        f"upload {e.details.get('upload_id')}"
+        for e in logged
+        if e.kind == "upload_committed" and e.details.get("upload_id") != run["batch_id"]
+    ]
     thresholds = {
         e.details["threshold"]
         for e in logged
         if e.kind in ("upload_committed", "run_started") and "threshold" in e.details
     }
-    if thresholds - {threshold}:
-        reasons.append(f"threshold {threshold}, but its audit entries record {sorted(thresholds)}")
+    if thresholds - {run["threshold"]}:
+        recorded = sorted(thresholds)
+        reasons.append(f"threshold {run['threshold']}, but its audit entries record {recorded}")
     last = next((kind for kind in reversed(kinds) if kind in _STATE_AFTER), None)
-    allowed = _STATE_AFTER[last] if last else ("waiting", "queued")
-    if run_state not in allowed:
+    if run["state"] not in (_STATE_AFTER[last] if last else ("waiting", "queued")):
         after = f"its last entry is {last}" if last else "it has no run_started entry"
-        reasons.append(f"state {run_state}, but {after}")
-    if bool(approved) != ("run_approved" in kinds):
+        reasons.append(f"state {run['state']}, but {after}")
+    approved = "run_approved" in kinds
+    if bool(run["approved"]) != approved:
         reasons.append(
-            f"approved is {bool(approved)}, but its audit log holds "
-            f"{'a' if 'run_approved' in kinds else 'no'} run_approved entry"
+            f"approved is {bool(run['approved'])}, but its audit log holds "
+            f"{'a' if approved else 'no'} run_approved entry"
         )
-    deleted_logged = any(
-        e.kind == "data_deleted" and e.details.get("what") == "results" for e in logged
-    )
-    if bool(deleted) != deleted_logged:
-        reasons.append(f"results_deleted is {bool(deleted)}, but its audit log says otherwise")
+    deleted = any(e.kind == "data_deleted" and e.details.get("what") == "results" for e in logged)
+    if bool(run["results_deleted"]) != deleted:
+        reasons.append(
+            f"results_deleted is {bool(run['results_deleted'])}, but its audit log says otherwise"
+        )
     parties = {e.party for e in logged if e.kind == "release_fetched"}
+    fetched = run["fetched"]
     if set(fetched.split(",") if fetched else ()) != parties:
         reasons.append(f"fetched by {fetched or 'nobody'}, but released to {sorted(parties)}")
     finished = [e for e in logged if e.kind == "run_finished"]
-    if run_state == "done" and finished and "matches" in finished[-1].details:
-        recorded = {key: finished[-1].details.get(key) for key in _DECISION_KEYS}
-        stored = json.loads(decision) if decision else recorded
-        if stored != recorded or (matches, withheld) != (recorded["matches"], recorded["withheld"]):
+    if run["state"] == "done" and finished and "matches" in finished[-1].details:
+        recorded_decision = {key: finished[-1].details.get(key) for key in _DECISION_KEYS}
+        stored = json.loads(run["decision"]) if run["decision"] else recorded_decision
+        counts = (run["match_count"], run["withheld_count"])
+        logged_counts = (recorded_decision["matches"], recorded_decision["withheld"])
+        if stored != recorded_decision or counts != logged_counts:
             reasons.append("its counts or decision differ from its run_finished entry (altered)")
     return reasons
 
