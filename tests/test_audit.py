@@ -434,7 +434,10 @@ def test_cli_verifies_a_project_export_as_partial(
     export_args = ["audit", "export", "--data-dir", str(db.parent), "--out", str(export)]
     assert run_cli([*export_args, "--project", PROJECT_B], capsys)[0] == 0
     verify_args = ["audit", "verify", str(export), "--server-key", SERVER_PUB]
-    assert run_cli([*verify_args, "--partial"], capsys) == (0, ["audit log OK: 2 entries"])
+    assert run_cli([*verify_args, "--partial"], capsys) == (
+        0,
+        [f"audit log OK: 2 entries of project {PROJECT_B}"],
+    )
     code, lines = run_cli(verify_args, capsys)
     assert code == 1 and lines[0] == f"entry at line 1 (seq 3): {NO_ENTRIES_BEFORE_3}"
 
@@ -593,7 +596,10 @@ def test_cli_partial_verify_with_checkpoint(
     checkpoint = ["--checkpoint", str(db.parent / CHECKPOINT_NAME)]
     verify_args = ["audit", "verify", str(export), "--server-key", SERVER_PUB, "--partial"]
     assert run_cli([*export_args, "--project", PROJECT_A], capsys)[0] == 0
-    assert run_cli([*verify_args, *checkpoint], capsys) == (0, ["audit log OK: 8 entries"])
+    assert run_cli([*verify_args, *checkpoint], capsys) == (
+        0,
+        [f"audit log OK: 8 entries of project {PROJECT_A}"],
+    )
     lines = export.read_text(encoding="utf-8").splitlines(keepends=True)
     export.write_text("".join(lines[:-1]), encoding="utf-8")  # the newest entry left out
     code, out = run_cli([*verify_args, *checkpoint], capsys)

@@ -75,7 +75,8 @@ def audit_verify(args: argparse.Namespace) -> int:
     if lines:
         print("\n".join(lines))
         return 1
-    print(f"audit log OK: {report.entries} entries")
+    of_project = f" of project {entries[0].project_id}" if args.partial and entries else ""
+    print(f"audit log OK: {report.entries} entries{of_project}")
     return 0
 
 

@@ -128,8 +128,9 @@ class Altered(Exception):
     """Stored state contradicts the hash that vouches for it: the database was edited."""
 
 
-class AuditLogBehindCheckpoint(BlindlinkError):
-    """The audit log lacks entries that its checkpoint names."""
+class CheckpointMismatch(BlindlinkError):
+    """The audit log lacks an entry its checkpoint names, or the checkpoint is not the
+    server's."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,11 @@ class Store:
         add_project_links(self._db)
         self._db.executescript(SCHEMA + AUDIT_SCHEMA)
         self._checkpoint_path = self.data_dir / CHECKPOINT_NAME
-        self._checkpoint = self._open_checkpoint()
+        try:
+            self._checkpoint = self._open_checkpoint()
+        except BaseException:
+            self.close()
+            raise
         self._appended: list[AuditEntry] = []  # by the transaction in progress
         self._remove_orphan_files()
 
@@ -240,10 +245,10 @@ class Store:
             try:
                 checkpoint = read_checkpoint(self._checkpoint_path, public_key_text(self._key))
             except AuditFormatError as exc:
-                raise AuditLogBehindCheckpoint(str(exc)) from None
+                raise CheckpointMismatch(str(exc)) from None
             problems = checkpoint_problems(checkpoint, self._entry_hash_at)
             if problems:
-                raise AuditLogBehindCheckpoint(
+                raise CheckpointMismatch(
                     f"{self._checkpoint_path}: {problems[0]}. The database was rolled back or "
                     "edited; run `blindlink admin verify`. After restoring a backup on "
                     "purpose, move the checkpoint aside (keep it) and start again."
