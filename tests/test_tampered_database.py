@@ -172,6 +172,14 @@ EDITS = {
         lambda d: sql(d.data_dir, "UPDATE uploads SET count=count+1 WHERE party='custodian'"),
         "differ from its upload_committed audit entry (altered)",
     ),
+    "custodian upload removed": (
+        lambda d: sql(d.data_dir, "DELETE FROM uploads WHERE party='custodian'"),
+        "; the uploads table lacks it",
+    ),
+    "run removed": (
+        lambda d: sql(d.data_dir, f"DELETE FROM runs WHERE run_id='{d.pending}'"),
+        "; the runs table lacks it",
+    ),
     "results deleted": (
         lambda d: sql(d.data_dir, f"UPDATE runs SET results_deleted=1 WHERE run_id='{d.pending}'"),
         "results_deleted is True, but its audit log says otherwise",

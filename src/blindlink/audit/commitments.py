@@ -17,9 +17,9 @@ def match_set_sha256(
 ) -> str:
     """SHA-256 hex of a run's decided pairs as a set: its (requester row, custodian row,
     status) triples in sorted order."""
-    columns = np.array([requester_rows, custodian_rows, status], dtype=np.int64).reshape(3, -1)
-    order = np.lexsort(columns[::-1])
-    return hashlib.sha256(columns[:, order].T.astype(">i8").tobytes()).hexdigest()
+    triples = np.column_stack([requester_rows, custodian_rows, status]).astype(np.int64)
+    order = np.lexsort(triples.T[::-1])
+    return hashlib.sha256(triples[order].astype(">i8").tobytes()).hexdigest()
 
 
 def rows_sha256(*row_lists: Sequence[int]) -> str:

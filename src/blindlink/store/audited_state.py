@@ -3,7 +3,8 @@
 The tables are not signed; the audit log is. Each check recomputes from the tables what an
 entry recorded when the state was made:
 - a project's agreement hashes to its ID, which its `project_created` entry names;
-- an upload's party, count, bit length and content hash are its `upload_committed` entry's;
+- an upload's party, count, bit length and content hash are its `upload_committed` entry's,
+  and the uploads and runs that entries record are there while their project is;
 - a run's batch and threshold are those its batch's entry records (and the threshold its
   `run_started` entry too); its state
   follows its last run_started/finished/failed entry; it is approved iff it has a `run_approved`
@@ -43,7 +44,7 @@ def state_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[
         if isinstance(run_id, str) and entry.kind != "upload_repeated":
             by_run[run_id].append(entry)
     agreements, problems = _project_problems(conn, entries)
-    problems += _upload_problems(conn, entries)
+    problems += _upload_problems(conn, entries) + _removed_rows(conn, entries)
     runs = conn.cursor()
     runs.row_factory = sqlite3.Row
     runs.execute(
@@ -104,6 +105,25 @@ def _upload_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> lis
                 f"upload {upload_id}: its project, party, count, bit length or content hash "
                 "differ from its upload_committed audit entry (altered)"
             )
+    return problems
+
+
+def _removed_rows(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[str]:
+    """Uploads and runs of live projects that the audit log records and the tables lack (only
+    deleting a project removes them)."""
+    live = {project for (project,) in conn.execute("SELECT project_id FROM projects")}
+    uploads = {upload for (upload,) in conn.execute("SELECT upload_id FROM uploads")}
+    runs = {run for (run,) in conn.execute("SELECT run_id FROM runs")}
+    problems = []
+    for entry in entries:
+        if entry.kind != "upload_committed" or entry.project_id not in live:
+            continue
+        recorded = f"its upload_committed entry (seq {entry.seq}) records it"
+        upload_id, run_id = entry.details.get("upload_id"), entry.details.get("run_id")
+        if upload_id not in uploads:
+            problems.append(f"upload {upload_id}: {recorded}; the uploads table lacks it")
+        if run_id is not None and run_id not in runs:
+            problems.append(f"run {run_id}: {recorded}; the runs table lacks it")
     return problems
 
 
