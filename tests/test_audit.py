@@ -23,7 +23,6 @@ from blindlink.audit.chain import (
     SCHEMA_SQL,
     AuditEntry,
     AuditFormatError,
-    add_project_links,
     append_entry,
     entry_hash,
     read_entries,
@@ -46,6 +45,8 @@ from blindlink.canonical import canonical_json
 from blindlink.cli.audit_commands import add_audit_commands
 from blindlink.errors import BlindlinkError, InputError
 from blindlink.security.keys import public_key_text, sign, verify_signature
+from blindlink.store.integrity import verify_data_dir
+from blindlink.store.sqlite import Store
 
 SERVER_KEY = Ed25519PrivateKey.generate()
 SERVER_PUB = public_key_text(SERVER_KEY)
@@ -641,17 +642,20 @@ def legacy_log(path: Path) -> None:
 
 
 def test_a_legacy_log_is_migrated_and_links_count_on_from_its_entries(tmp_path: Path) -> None:
-    (tmp_path / "server-data").mkdir()
-    path = tmp_path / "server-data" / "blindlink.db"
+    """A data dir from before per-project links opens; its log gets a checkpoint, new entries
+    count on from the project's earlier ones, and removing an earlier one is still named."""
+    data_dir = tmp_path / "server-data"
+    data_dir.mkdir()
+    path = data_dir / "blindlink.db"
     legacy_log(path)
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        add_project_links(conn)
-        conn.executescript(SCHEMA_SQL)
-        conn.execute("BEGIN IMMEDIATE")
-        appended = append_entry(conn, SERVER_KEY, "run_approved", PROJECT_A, "custodian", {})
-        conn.execute("COMMIT")
+    store = Store(data_dir, SERVER_KEY)
+    try:
+        store.record_refusal(PROJECT_A, "requester", {"rule": "run"})
+    finally:
+        store.close()
+    appended = exported(path)[-1]
     assert (appended.seq, appended.project_seq) == (6, 5)  # A had 4 unlinked entries
-    assert verify_entries(exported(path), SERVER_PUB).ok
+    assert verify_data_dir(data_dir, SERVER_PUB, in_use=False).ok
     assert verify_entries(exported(path, PROJECT_A), SERVER_PUB, partial=True).ok
     assert "project_seq" not in exported(path)[0].to_json()
     tamper(path, ("DELETE FROM audit_log WHERE seq=2", ()))

@@ -76,7 +76,8 @@ _FIELD_TYPES: dict[str, type] = {
 }
 # Fields of entries from before per-project links are absent, not null, in their JSON.
 _LINK_FIELDS: dict[str, type] = {"project_seq": int, "prev_project_hash": str}
-_COLUMNS = ", ".join([*_FIELD_TYPES, *_LINK_FIELDS])
+_NAMES = [*_FIELD_TYPES, *_LINK_FIELDS]  # the columns, in order
+_COLUMNS = ", ".join(_NAMES)
 _JSON_TYPE_NAMES = {int: "integer", str: "string", dict: "object"}
 
 
@@ -182,7 +183,7 @@ def append_entry(
     signature = sign(signing_key, digest.encode("ascii"))
     entry = AuditEntry(*fields, digest, signature, project_seq, prev_project_hash)
     conn.execute(
-        f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+        f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * len(_NAMES))})",
         _row_values(entry),
     )
     return entry
@@ -232,6 +233,7 @@ def _next_project_link(conn: sqlite3.Connection, project_id: str) -> tuple[int, 
 
 
 def audit_time_text(moment: datetime) -> str:
+    """An audit entry's or checkpoint's time: UTC, in microseconds, ending in Z."""
     if moment.tzinfo is None:
         raise ValueError("audit time must be timezone-aware")
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -254,8 +256,7 @@ def _row_values(entry: AuditEntry) -> tuple[Any, ...]:
 
 
 def _entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
-    names = [*_FIELD_TYPES, *_LINK_FIELDS]
-    document = {name: value for name, value in zip(names, row, strict=True) if value is not None}
+    document = {name: value for name, value in zip(_NAMES, row, strict=True) if value is not None}
     try:
         document["details"] = json.loads(document["details"])
     except (TypeError, json.JSONDecodeError):
