@@ -1,5 +1,6 @@
 """The audit log: a real SQLite chain verifies, and each kind of tampering by an operator with
-database access is named at the entry it affects."""
+database access is named at the entry it affects: in the whole log, in one project's entries
+(a partial export) and, for the newest entries, against the signed checkpoint."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ from blindlink.audit.chain import (
     entry_hash,
     read_entries,
 )
+from blindlink.audit.checkpoint import (
+    CHECKPOINT_NAME,
+    checkpoint_problems,
+    database_heads,
+    read_checkpoint,
+    write_checkpoint,
+)
 from blindlink.audit.export import export_log, read_export
 from blindlink.audit.verify import (
     Problem,
@@ -37,6 +45,8 @@ from blindlink.canonical import canonical_json
 from blindlink.cli.audit_commands import add_audit_commands
 from blindlink.errors import BlindlinkError, InputError
 from blindlink.security.keys import public_key_text, sign, verify_signature
+from blindlink.store.integrity import verify_data_dir
+from blindlink.store.sqlite import Store
 
 SERVER_KEY = Ed25519PrivateKey.generate()
 SERVER_PUB = public_key_text(SERVER_KEY)
@@ -85,15 +95,18 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Log:
             now = START + timedelta(minutes=minute)
             receipts.append(append_entry(conn, SERVER_KEY, kind, project, party, details, now))
             conn.execute("COMMIT")
+        checkpoint = database_heads(conn, START + timedelta(hours=1))
     assert not path.with_name("blindlink.db-wal").exists()  # the file alone is the database
+    write_checkpoint(path.with_name(CHECKPOINT_NAME), SERVER_KEY, checkpoint)
     return Log(path, receipts)
 
 
 @pytest.fixture
 def db(pristine: Log, tmp_path: Path) -> Path:
-    """A copy of the pristine database file, for one test to tamper with."""
+    """A copy of the pristine database file and its checkpoint, for one test to tamper with."""
     data_dir = tmp_path / "server-data"
     data_dir.mkdir()
+    shutil.copy(pristine.path.with_name(CHECKPOINT_NAME), data_dir)
     return Path(shutil.copy(pristine.path, data_dir / "blindlink.db"))
 
 
@@ -155,7 +168,15 @@ def test_edited_details_with_recomputed_hash_fails_signature(db: Path, pristine:
     original = pristine.receipts[2]
     details = {"reference": "rewritten"}
     digest = entry_hash(
-        3, original.time, original.kind, original.project_id, "", details, original.prev_hash
+        3,
+        original.time,
+        original.kind,
+        original.project_id,
+        "",
+        details,
+        original.prev_hash,
+        original.project_seq,
+        original.prev_project_hash,
     )
     tamper(
         db,
@@ -414,7 +435,10 @@ def test_cli_verifies_a_project_export_as_partial(
     export_args = ["audit", "export", "--data-dir", str(db.parent), "--out", str(export)]
     assert run_cli([*export_args, "--project", PROJECT_B], capsys)[0] == 0
     verify_args = ["audit", "verify", str(export), "--server-key", SERVER_PUB]
-    assert run_cli([*verify_args, "--partial"], capsys) == (0, ["audit log OK: 2 entries"])
+    assert run_cli([*verify_args, "--partial"], capsys) == (
+        0,
+        [f"audit log OK: 2 entries of project {PROJECT_B}"],
+    )
     code, lines = run_cli(verify_args, capsys)
     assert code == 1 and lines[0] == f"entry at line 1 (seq 3): {NO_ENTRIES_BEFORE_3}"
 
@@ -453,3 +477,187 @@ def test_cli_refuses_a_bad_key_or_missing_database(tmp_path: Path) -> None:
     args = parser.parse_args(["audit", "export", "--data-dir", str(tmp_path), "--out", "x"])
     with pytest.raises(InputError, match="database not found"):
         args.run(args)
+
+
+# --- one project's entries: a partial export -----------------------------------------------
+
+A_SEQS = [1, 2, 4, 5, 6, 7, 9, 10]  # project A's entries, project_seq 1-8
+
+
+def test_each_project_has_its_own_chain(pristine: Log) -> None:
+    entries = [e for e in pristine.receipts if e.project_id == PROJECT_A]
+    assert [e.seq for e in entries] == A_SEQS
+    assert [e.project_seq for e in entries] == list(range(1, 9))
+    assert entries[0].prev_project_hash == GENESIS
+    assert all(
+        b.prev_project_hash == a.entry_hash for a, b in zip(entries, entries[1:], strict=False)
+    )
+
+
+@pytest.mark.parametrize("removed", range(1, 8))
+def test_partial_export_names_a_removed_entry(db: Path, removed: int) -> None:
+    """Removing any of project A's entries but its newest is named in its export alone."""
+    tamper(db, ("DELETE FROM audit_log WHERE seq=?", (A_SEQS[removed - 1],)))
+    problems = verify_entries(exported(db, PROJECT_A), SERVER_PUB, partial=True).problems
+    after = f"project_seq {removed - 1}" if removed > 1 else "the project's start"
+    follows = f"project_seq {removed + 1} follows {after} (entry {removed} is missing)"
+    assert problems == [Problem(removed - 1, A_SEQS[removed], follows)]
+
+
+def test_partial_export_lines_removed_reordered_duplicated_or_foreign_are_named(
+    pristine: Log,
+) -> None:
+    entries = [e for e in pristine.receipts if e.project_id == PROJECT_A]
+    other = next(e for e in pristine.receipts if e.project_id == PROJECT_B)
+
+    def problems(changed: list[AuditEntry]) -> list[str]:
+        return [p.reason for p in verify_entries(changed, SERVER_PUB, partial=True).problems]
+
+    assert problems(entries) == []
+    assert problems(entries[:3] + entries[4:]) == [
+        "project_seq 5 follows project_seq 3 (entry 4 is missing)"
+    ]
+    swapped = [*entries[:3], entries[4], entries[3], *entries[5:]]
+    assert problems(swapped) == [
+        "project_seq 5 follows project_seq 3 (reordered: the entries between appear elsewhere)",
+        "project_seq 4 appears after 5 (reordered)",
+    ]
+    assert problems([*entries[:4], entries[3], *entries[4:]]) == [
+        "project_seq 4 appears twice (duplicate)"
+    ]
+    assert problems([*entries[:4], other, *entries[4:]]) == [
+        f"an entry of project {PROJECT_B}, not {PROJECT_A} (inserted)"
+    ]
+
+
+def test_partial_export_names_a_forged_entry_but_not_its_successor(pristine: Log) -> None:
+    entries = [e for e in pristine.receipts if e.project_id == PROJECT_A]
+    key = Ed25519PrivateKey.generate()
+    fields = (6, entries[2].time, "run_approved", PROJECT_A, "custodian", {}, entries[2].prev_hash)
+    digest = entry_hash(*fields, 4, entries[2].entry_hash)
+    fake = AuditEntry(*fields, digest, sign(key, digest.encode()), 4, entries[2].entry_hash)
+    problems = verify_entries([*entries[:3], fake, *entries[3:]], SERVER_PUB, partial=True)
+    assert problems.problems == [Problem(3, 6, BAD_SIGNATURE)]
+
+
+def test_edited_project_link_with_recomputed_hash_fails_signature(db: Path) -> None:
+    entry = exported(db, PROJECT_A)[3]
+    fields = (entry.seq, entry.time, entry.kind, PROJECT_A, entry.party, entry.details)
+    digest = entry_hash(*fields, entry.prev_hash, 3, entry.prev_project_hash)
+    tamper(
+        db,
+        (
+            "UPDATE audit_log SET project_seq=3, entry_hash=? WHERE seq=?",
+            (digest, entry.seq),
+        ),
+    )
+    reasons = [
+        p.reason for p in verify_entries(exported(db, PROJECT_A), SERVER_PUB, partial=True).problems
+    ]
+    assert BAD_SIGNATURE in reasons
+
+
+def test_checkpoint_names_the_newest_entries_removed(db: Path) -> None:
+    checkpoint = read_checkpoint(db.parent / CHECKPOINT_NAME, SERVER_PUB)
+    assert (checkpoint.head.seq, checkpoint.projects[PROJECT_B].seq) == (10, 8)
+    tamper(db, ("DELETE FROM audit_log WHERE seq >= 8", ()))
+    whole, project_a = exported(db), exported(db, PROJECT_A)
+    assert verify_entries(whole, SERVER_PUB).ok  # a truncated log is a valid chain
+    assert verify_entries(project_a, SERVER_PUB, partial=True).ok
+    hashes = {e.seq: e.entry_hash for e in whole}
+    named = f"the checkpoint of {checkpoint.time} names seq"
+    assert checkpoint_problems(checkpoint, hashes.get) == [
+        f"{named} 10 as the log's newest entry; the log lacks it (entries were removed)"
+    ]
+    assert checkpoint_problems(checkpoint, hashes.get, PROJECT_A) == [
+        f"{named} 10 as project {PROJECT_A}'s newest entry; the log lacks it (entries were removed)"
+    ]
+    assert checkpoint_problems(checkpoint, {3: "0" * 64}.get, PROJECT_B) == [
+        f"{named} 8 as project {PROJECT_B}'s newest entry; the log lacks it (entries were removed)"
+    ]
+
+
+def test_checkpoint_must_be_signed_by_the_server(db: Path) -> None:
+    path = db.parent / CHECKPOINT_NAME
+    document = json.loads(path.read_text())
+    document["seq"] = 9
+    path.write_text(json.dumps(document))
+    with pytest.raises(AuditFormatError, match="not signed by the server key"):
+        read_checkpoint(path, SERVER_PUB)
+    path.write_text("[]")
+    with pytest.raises(AuditFormatError, match="not an audit checkpoint"):
+        read_checkpoint(path, SERVER_PUB)
+
+
+def test_cli_partial_verify_with_checkpoint(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    export = tmp_path / "project.jsonl"
+    export_args = ["audit", "export", "--data-dir", str(db.parent), "--out", str(export)]
+    checkpoint = ["--checkpoint", str(db.parent / CHECKPOINT_NAME)]
+    verify_args = ["audit", "verify", str(export), "--server-key", SERVER_PUB, "--partial"]
+    assert run_cli([*export_args, "--project", PROJECT_A], capsys)[0] == 0
+    assert run_cli([*verify_args, *checkpoint], capsys) == (
+        0,
+        [f"audit log OK: 8 entries of project {PROJECT_A}"],
+    )
+    lines = export.read_text(encoding="utf-8").splitlines(keepends=True)
+    export.write_text("".join(lines[:-1]), encoding="utf-8")  # the newest entry left out
+    code, out = run_cli([*verify_args, *checkpoint], capsys)
+    assert code == 1 and out[0].startswith(f"checkpoint {checkpoint[1]}: the checkpoint of ")
+    assert out[0].endswith("the log lacks it (entries were removed)")
+    export.write_text("".join(lines[:2] + lines[3:]), encoding="utf-8")
+    assert run_cli(verify_args, capsys) == (
+        1,
+        ["entry at line 3 (seq 5): project_seq 4 follows project_seq 2 (entry 3 is missing)"],
+    )
+
+
+# --- logs from before per-project links -----------------------------------------------------
+
+LEGACY_SCHEMA = """
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY, time TEXT NOT NULL, kind TEXT NOT NULL, project_id TEXT NOT NULL,
+    party TEXT NOT NULL, details TEXT NOT NULL, prev_hash TEXT NOT NULL,
+    entry_hash TEXT NOT NULL, signature TEXT NOT NULL
+);
+"""
+
+
+def legacy_log(path: Path) -> None:
+    """A log as servers wrote it before per-project links: EVENTS[:5], without link fields."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(LEGACY_SCHEMA)
+        prev = GENESIS
+        for seq, (kind, project, party, details) in enumerate(EVENTS[:5], 1):
+            time = f"2026-05-01T09:0{seq}:00.000000Z"
+            digest = entry_hash(seq, time, kind, project, party, details, prev)
+            row = (seq, time, kind, project, party, json.dumps(details), prev, digest)
+            conn.execute(
+                "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, sign(SERVER_KEY, digest.encode())),
+            )
+            prev = digest
+        conn.commit()
+
+
+def test_a_legacy_log_is_migrated_and_links_count_on_from_its_entries(tmp_path: Path) -> None:
+    """A data dir from before per-project links opens; its log gets a checkpoint, new entries
+    count on from the project's earlier ones, and removing an earlier one is still named."""
+    data_dir = tmp_path / "server-data"
+    data_dir.mkdir()
+    path = data_dir / "blindlink.db"
+    legacy_log(path)
+    store = Store(data_dir, SERVER_KEY)
+    try:
+        store.record_refusal(PROJECT_A, "requester", {"rule": "run"})
+    finally:
+        store.close()
+    appended = exported(path)[-1]
+    assert (appended.seq, appended.project_seq) == (6, 5)  # A had 4 unlinked entries
+    assert verify_data_dir(data_dir, SERVER_PUB, in_use=False).ok
+    assert verify_entries(exported(path, PROJECT_A), SERVER_PUB, partial=True).ok
+    assert "project_seq" not in exported(path)[0].to_json()
+    tamper(path, ("DELETE FROM audit_log WHERE seq=2", ()))
+    problems = verify_entries(exported(path, PROJECT_A), SERVER_PUB, partial=True).problems
+    assert problems == [Problem(3, 6, "project_seq 5 follows project_seq 3 (entry 4 is missing)")]

@@ -28,6 +28,7 @@ from server_process import encodings_file, planted_pairs, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
+from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.security.pki import certificate_fingerprint, issue_client_certificate
@@ -126,7 +127,8 @@ def env(
 
 
 def snapshot(data_dir: Path) -> tuple[list[str], dict[str, bytes]]:
-    """Every row (but audit entries of refused requests) and every file of the data dir."""
+    """Every row (but audit entries of refused requests) and every file of the data dir (but the
+    audit checkpoint, which names the newest audit entries)."""
     db = sqlite3.connect(data_dir / "blindlink.db")
     rows = [
         line
@@ -137,7 +139,7 @@ def snapshot(data_dir: Path) -> tuple[list[str], dict[str, bytes]]:
     files = {
         str(p.relative_to(data_dir)): p.read_bytes()
         for p in sorted(data_dir.rglob("*"))
-        if p.is_file() and not p.name.startswith("blindlink.db")
+        if p.is_file() and not p.name.startswith("blindlink.db") and p.name != CHECKPOINT_NAME
     }
     return rows, files
 

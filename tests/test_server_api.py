@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.audit.chain import AuditEntry, read_entries
+from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema
@@ -40,14 +41,15 @@ def random_rows(n: int, seed: int, bits: int = BITS) -> np.ndarray:
 
 
 def snapshot(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
-    """Every row of every table and every non-database file under the data dir."""
+    """Every row of every table and every file under the data dir but the database and the audit
+    checkpoint (which names the newest audit entries)."""
     db = sqlite3.connect(server.store.data_dir / "blindlink.db")
     rows = [line for line in db.iterdump() if line.startswith("INSERT")]
     db.close()
     files = {
         str(p.relative_to(server.store.data_dir)): p.read_bytes()
         for p in server.store.data_dir.rglob("*")
-        if p.is_file() and not p.name.startswith("blindlink.db")
+        if p.is_file() and not p.name.startswith("blindlink.db") and p.name != CHECKPOINT_NAME
     }
     return rows, files
 

@@ -138,3 +138,27 @@ def counts_visible(agreement: Agreement, party: str, approved: bool) -> bool:
         return True
     released = not agreement.custodian_approval or approved
     return agreement.release[party] is not ReleaseKind.NOTHING and released
+
+
+Pairs = tuple[Sequence[int], Sequence[int]]  # (requester rows, custodian rows) of a run's pairs
+
+
+def released_rows(
+    agreement: Agreement, party: str, matches: Pairs, possible: Pairs
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The row references a party's release holds: (own, other party's) rows of the matches,
+    then of the possible matches where the agreement lists them. Pairs come in requester-row
+    order; own rows alone are sorted, so that their order says nothing of the pairing."""
+    kind = agreement.release[party]
+
+    def rows(pairs: Pairs) -> tuple[list[int], list[int]]:
+        requester, custodian = pairs
+        own, other = (requester, custodian) if party == "requester" else (custodian, requester)
+        if kind is ReleaseKind.OWN_ROWS:
+            return sorted(own), []
+        if kind is ReleaseKind.PAIRS:
+            return list(own), list(other)
+        return [], []
+
+    listed = agreement.possible_release == "list"
+    return (*rows(matches), *rows(possible if listed else ([], [])))

@@ -4,6 +4,12 @@ Each entry's `entry_hash` is the SHA-256 of the canonical JSON of its fields and
 entry's hash (`prev_hash`; GENESIS for the first), and its signature is the server's Ed25519
 signature of the `entry_hash` text. An entry is appended inside the caller's transaction, so a
 state change and its entry are committed together or not at all.
+
+Each project's entries form a chain of their own as well: `project_seq` counts the project's
+entries from 1 and `prev_project_hash` is the hash of the project's entry before (GENESIS for
+its first), both covered by the hash and signature, so one project's entries are checkable
+without the others'. Entries written before these links existed have neither field; a
+project's first linked entry then counts on from the project's earlier entries.
 """
 
 from __future__ import annotations
@@ -34,8 +40,11 @@ CREATE TABLE IF NOT EXISTS audit_log (
     details TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     entry_hash TEXT NOT NULL,
-    signature TEXT NOT NULL
+    signature TEXT NOT NULL,
+    project_seq INTEGER,  -- NULL in entries from before per-project links
+    prev_project_hash TEXT
 );
+CREATE INDEX IF NOT EXISTS audit_by_project ON audit_log(project_id, seq);
 """
 
 KINDS = frozenset(
@@ -65,7 +74,10 @@ _FIELD_TYPES: dict[str, type] = {
     "entry_hash": str,
     "signature": str,
 }
-_COLUMNS = ", ".join(_FIELD_TYPES)
+# Fields of entries from before per-project links are absent, not null, in their JSON.
+_LINK_FIELDS: dict[str, type] = {"project_seq": int, "prev_project_hash": str}
+_NAMES = [*_FIELD_TYPES, *_LINK_FIELDS]  # the columns, in order
+_COLUMNS = ", ".join(_NAMES)
 _JSON_TYPE_NAMES = {int: "integer", str: "string", dict: "object"}
 
 
@@ -84,24 +96,28 @@ class AuditEntry:
     prev_hash: str
     entry_hash: str
     signature: str
+    project_seq: int | None = None  # None in entries from before per-project links
+    prev_project_hash: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as a JSON object; also the form of a receipt."""
-        return {name: copy.deepcopy(getattr(self, name)) for name in _FIELD_TYPES}
+        names = [*_FIELD_TYPES, *(n for n in _LINK_FIELDS if getattr(self, n) is not None)]
+        return {name: copy.deepcopy(getattr(self, name)) for name in names}
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> AuditEntry:
-        """Parse `to_json()` output strictly: every field present, of its type, nothing else."""
+        """Parse `to_json()` output strictly: every field present (the per-project link fields
+        only in entries that have them), of its type, nothing else."""
         if not isinstance(document, dict):
             raise AuditFormatError("an audit entry must be a JSON object")
         missing = [name for name in _FIELD_TYPES if name not in document]
         if missing:
             raise AuditFormatError(f"audit entry lacks field(s): {', '.join(missing)}")
-        unknown = sorted(set(document) - set(_FIELD_TYPES))
+        unknown = sorted(set(document) - set(_FIELD_TYPES) - set(_LINK_FIELDS))
         if unknown:
             raise AuditFormatError(f"audit entry has unknown field(s): {', '.join(unknown)}")
-        for name, expected in _FIELD_TYPES.items():
-            value = document[name]
+        for name, value in document.items():
+            expected = (_FIELD_TYPES | _LINK_FIELDS)[name]
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise AuditFormatError(
                     f"audit entry field '{name}' must be a JSON {_JSON_TYPE_NAMES[expected]}"
@@ -117,8 +133,11 @@ def entry_hash(
     party: str,
     details: dict[str, Any],
     prev_hash: str,
+    project_seq: int | None = None,
+    prev_project_hash: str | None = None,
 ) -> str:
-    """SHA-256 hex of the canonical JSON of an entry's fields and its predecessor's hash."""
+    """SHA-256 hex of the canonical JSON of an entry's fields and its predecessors' hashes; a
+    per-project link field is left out where the entry has none."""
     document = {
         "seq": seq,
         "time": time,
@@ -128,6 +147,8 @@ def entry_hash(
         "details": details,
         "prev_hash": prev_hash,
     }
+    links = {"project_seq": project_seq, "prev_project_hash": prev_project_hash}
+    document.update({name: value for name, value in links.items() if value is not None})
     return hashlib.sha256(canonical_json(document)).hexdigest()
 
 
@@ -155,24 +176,25 @@ def append_entry(
         raise ValueError("audit details must be a dict")
     details = json.loads(canonical_json(details))  # exactly what is stored and read back
     seq, prev_hash = _next_link(conn)
-    time = _utc_text(now or datetime.now(UTC))
-    digest = entry_hash(seq, time, kind, project_id, party, details, prev_hash)
-    entry = AuditEntry(
-        seq,
-        time,
-        kind,
-        project_id,
-        party,
-        details,
-        prev_hash,
-        digest,
-        sign(signing_key, digest.encode("ascii")),
-    )
+    project_seq, prev_project_hash = _next_project_link(conn, project_id)
+    time = audit_time_text(now or datetime.now(UTC))
+    fields = (seq, time, kind, project_id, party, details, prev_hash)
+    digest = entry_hash(*fields, project_seq, prev_project_hash)
+    signature = sign(signing_key, digest.encode("ascii"))
+    entry = AuditEntry(*fields, digest, signature, project_seq, prev_project_hash)
     conn.execute(
-        f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join('?' * len(_NAMES))})",
         _row_values(entry),
     )
     return entry
+
+
+def add_project_links(conn: sqlite3.Connection) -> None:
+    """Databases from before per-project links: add their columns (NULL in existing entries)."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(audit_log)")]
+    if columns and "project_seq" not in columns:
+        conn.execute("ALTER TABLE audit_log ADD COLUMN project_seq INTEGER")
+        conn.execute("ALTER TABLE audit_log ADD COLUMN prev_project_hash TEXT")
 
 
 def read_entries(conn: sqlite3.Connection, project_id: str | None = None) -> list[AuditEntry]:
@@ -193,7 +215,25 @@ def _next_link(conn: sqlite3.Connection) -> tuple[int, str]:
     return (last[0] + 1, last[1]) if last else (1, GENESIS)
 
 
-def _utc_text(moment: datetime) -> str:
+def _next_project_link(conn: sqlite3.Connection, project_id: str) -> tuple[int, str]:
+    """The project_seq and prev_project_hash of the project's entry to append."""
+    last = conn.execute(
+        "SELECT project_seq, entry_hash FROM audit_log WHERE project_id=? ORDER BY seq DESC "
+        "LIMIT 1",
+        (project_id,),
+    ).fetchone()
+    if last is None:
+        return 1, GENESIS
+    if last[0] is None:  # the project's entries so far have no links: count on from them
+        (count,) = conn.execute(
+            "SELECT count(*) FROM audit_log WHERE project_id=?", (project_id,)
+        ).fetchone()
+        return count + 1, last[1]
+    return last[0] + 1, last[1]
+
+
+def audit_time_text(moment: datetime) -> str:
+    """An audit entry's or checkpoint's time: UTC, in microseconds, ending in Z."""
     if moment.tzinfo is None:
         raise ValueError("audit time must be timezone-aware")
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -210,11 +250,13 @@ def _row_values(entry: AuditEntry) -> tuple[Any, ...]:
         entry.prev_hash,
         entry.entry_hash,
         entry.signature,
+        entry.project_seq,
+        entry.prev_project_hash,
     )
 
 
 def _entry_from_row(row: tuple[Any, ...]) -> AuditEntry:
-    document = dict(zip(_FIELD_TYPES, row, strict=True))
+    document = {name: value for name, value in zip(_NAMES, row, strict=True) if value is not None}
     try:
         document["details"] = json.loads(document["details"])
     except (TypeError, json.JSONDecodeError):

@@ -1,7 +1,9 @@
 """Checking an audit log export, and parties' receipts, against the server's public key.
 
 Each entry must be signed by the server, hash to its `entry_hash`, carry the seq after its
-predecessor's and link to its predecessor's hash. A tampering is named at the entry it affects:
+predecessor's and link to its predecessor's hash; in one project's entries (a partial log), the
+project_seq after its predecessor's and link to its hash. A tampering is named at the entry it
+affects:
 an edited entry is named, not its successor whose link it broke; a removed entry is named at the
 entry that now follows the gap; an inserted entry, when its successor links past it, is named as
 inserted and its successor is not blamed.
@@ -41,11 +43,14 @@ def verify_entries(
     """Check a log in order and report every problem, each at the entry it concerns.
 
     A full log starts at seq 1, linked to GENESIS, and its seqs are consecutive. With `partial`
-    (one project's entries) gaps between seqs are expected and only entries with consecutive seqs
-    are checked for their link. Raises SecurityError if the key text is malformed.
+    the entries are one project's (`audit export --project`): its own chain, from project_seq 1
+    linked to GENESIS, with consecutive project_seqs, each linked to the one before by
+    prev_project_hash. Raises SecurityError if the key text is malformed.
     """
     parse_public_key(server_public_key)
-    return VerifyReport(len(entries), _Walk(entries, server_public_key, partial).run())
+    if partial:
+        return VerifyReport(len(entries), _project_walk(entries, server_public_key))
+    return VerifyReport(len(entries), _Walk(entries, server_public_key).run())
 
 
 def verify_receipt(receipt: dict[str, Any], server_public_key: str) -> bool:
@@ -90,6 +95,8 @@ def _own_problems(entry: AuditEntry, server_public_key: str) -> list[str]:
         entry.party,
         entry.details,
         entry.prev_hash,
+        entry.project_seq,
+        entry.prev_project_hash,
     )
     if recomputed != entry.entry_hash:
         reasons.append("entry_hash does not match the entry's fields (edited)")
@@ -101,10 +108,9 @@ def _own_problems(entry: AuditEntry, server_public_key: str) -> list[str]:
 class _Walk:
     """One pass over the entries, tracking the entry each one should follow."""
 
-    def __init__(self, entries: Sequence[AuditEntry], key: str, partial: bool) -> None:
+    def __init__(self, entries: Sequence[AuditEntry], key: str) -> None:
         self.entries = entries
         self.key = key
-        self.partial = partial
         self.seqs = sorted({e.seq for e in entries})
         self.position_of_hash: dict[str, int] = {}
         for position, entry in enumerate(entries):
@@ -157,8 +163,8 @@ class _Walk:
     def _order(self, entry: AuditEntry) -> tuple[list[str], bool]:
         """Problems with the entry's seq, and whether its link can then be checked."""
         if self.pred is None:
-            if entry.seq == 1 or self.partial:
-                return [], entry.seq == 1
+            if entry.seq == 1:
+                return [], True
             if entry.seq < 1:
                 return [f"first entry has seq {entry.seq}; a log starts at seq 1"], False
             gap = self._gap(0, entry.seq)
@@ -170,21 +176,10 @@ class _Walk:
             return [f"seq {entry.seq} appears twice (duplicate)"], False
         if entry.seq < before:
             return [f"seq {entry.seq} appears after seq {before} (reordered)"], False
-        if self.partial:
-            return [], False
         return [f"seq {entry.seq} follows seq {before} ({self._gap(before, entry.seq)})"], True
 
     def _gap(self, low: int, high: int) -> str:
-        """Describe the seqs strictly between `low` and `high`."""
-        between = high - low - 1
-        elsewhere = bisect_left(self.seqs, high) - bisect_right(self.seqs, low)
-        if elsewhere == 0:
-            if between == 1:
-                return f"entry {low + 1} is missing"
-            return f"entries {low + 1}-{high - 1} are missing"
-        if elsewhere == between:
-            return "reordered: the entries between appear elsewhere"
-        return f"{between - elsewhere} of the {between} entries between are missing"
+        return _gap(self.seqs, low, high)
 
     def _link(self, entry: AuditEntry) -> list[str]:
         """Problems with the entry's prev_hash, unless its predecessor failed (then it is to
@@ -206,3 +201,68 @@ class _Walk:
             f"prev_hash does not match entry seq {before.seq} "
             "(an entry was removed, inserted or reordered before it)"
         ]
+
+
+def _gap(seqs: list[int], low: int, high: int) -> str:
+    """Describe the numbers strictly between `low` and `high`, given the sorted numbers seen."""
+    between = high - low - 1
+    elsewhere = bisect_left(seqs, high) - bisect_right(seqs, low)
+    if elsewhere == 0:
+        if between == 1:
+            return f"entry {low + 1} is missing"
+        return f"entries {low + 1}-{high - 1} are missing"
+    if elsewhere == between:
+        return "reordered: the entries between appear elsewhere"
+    return f"{between - elsewhere} of the {between} entries between are missing"
+
+
+def _project_walk(entries: Sequence[AuditEntry], key: str) -> list[Problem]:
+    """Check one project's entries as a chain of their own, by project_seq and
+    prev_project_hash. Entries from before per-project links may only come first; the first
+    linked entry counts on from them. Like the full walk, an entry that fails its own checks is
+    blamed, not its successor: the successor may link to it, or past it if it was inserted."""
+    project = entries[0].project_id if entries else ""
+    numbers = sorted({e.project_seq for e in entries if e.project_seq is not None})
+    problems = []
+    expected = (1, GENESIS)  # (project_seq, prev_project_hash) of the next genuine entry
+    after_failed: tuple[int, str] | None = None  # the same, if the failed entry before is genuine
+    highest = 0  # the highest project_seq so far
+    unlinked_seq = 0  # seq of the last entry without links
+    for position, entry in enumerate(entries):
+        own = _own_problems(entry, key)
+        reasons = []
+        if entry.project_id != project:
+            reasons.append(f"an entry of project {entry.project_id}, not {project} (inserted)")
+        elif entry.project_seq is None:
+            if highest:
+                reasons.append("an entry without project links after linked ones (reordered)")
+            elif entry.seq <= unlinked_seq:
+                reasons.append(f"seq {entry.seq} appears after seq {unlinked_seq} (reordered)")
+            else:
+                unlinked_seq, expected = entry.seq, (expected[0] + 1, entry.entry_hash)
+        else:
+            number = entry.project_seq
+            linked = (number, entry.prev_project_hash) in (expected, after_failed)
+            if not linked:
+                before = expected[0] - 1
+                if number == highest:
+                    reasons.append(f"project_seq {number} appears twice (duplicate)")
+                elif number < highest:
+                    reasons.append(f"project_seq {number} appears after {highest} (reordered)")
+                elif number > expected[0]:
+                    gap = _gap(numbers, before, number)
+                    after = f"project_seq {before}" if before else "the project's start"
+                    reasons.append(f"project_seq {number} follows {after} ({gap})")
+                else:
+                    reasons.append(
+                        f"prev_project_hash does not match the project's entry {before} (an "
+                        "entry was removed, inserted or reordered before it)"
+                    )
+            if linked or number > highest:
+                if own:
+                    after_failed = (number + 1, entry.entry_hash)
+                else:
+                    expected, after_failed = (number + 1, entry.entry_hash), None
+                highest = max(highest, number)
+        problems += [Problem(position, entry.seq, reason) for reason in reasons + own]
+    return problems

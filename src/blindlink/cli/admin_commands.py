@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.errors import InputError
 from blindlink.security.keys import load_private_key, load_public_key_text
 from blindlink.server.config import read_config_file
@@ -59,6 +60,12 @@ def add_admin_commands(commands: argparse._SubParsersAction) -> None:
         "--server-key",
         type=Path,
         help=f"the server's public key file (default: DATA_DIR/{SIGNING_KEY_NAME}.pub)",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the audit checkpoint to check the log against, e.g. a copy kept elsewhere "
+        f"(default: DATA_DIR/{CHECKPOINT_NAME})",
     )
     verify.set_defaults(run=admin_verify)
 
@@ -179,13 +186,13 @@ def admin_verify(args: argparse.Namespace) -> int:
     """Print one line per problem and return 1, or a summary and return 0."""
     directory = data_dir(args)
     key = load_public_key_text(args.server_key or directory / f"{SIGNING_KEY_NAME}.pub")
-    report = verify_data_dir(directory, key, in_use=data_dir_in_use(directory))
+    report = verify_data_dir(directory, key, data_dir_in_use(directory), args.checkpoint)
     if report.problems:
         print("\n".join(report.problems))
         return 1
     print(
         f"data directory OK: {report.projects} projects, {report.files} encodings files "
         f"(content hashes match), {report.runs} runs, {report.audit_entries} audit entries "
-        "(chain and signatures verified)"
+        "(chain, signatures, checkpoint and the state they commit to verified)"
     )
     return 0

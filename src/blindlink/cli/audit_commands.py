@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blindlink.audit.chain import AuditEntry
+from blindlink.audit.chain import AuditEntry, AuditFormatError
+from blindlink.audit.checkpoint import checkpoint_problems, read_checkpoint
 from blindlink.audit.export import export_log, read_export
 from blindlink.audit.verify import check_receipts_in_log, verify_entries, verify_receipt
 from blindlink.errors import InputError
@@ -43,6 +44,12 @@ def add_audit_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the export holds one project's entries (audit export --project)",
     )
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the server's audit checkpoint (DATA_DIR/audit-checkpoint.json, or a copy kept "
+        "elsewhere): every entry it names must be in the export",
+    )
     verify.set_defaults(run=audit_verify)
 
 
@@ -58,13 +65,35 @@ def audit_verify(args: argparse.Namespace) -> int:
     entries = read_export(args.export)
     report = verify_entries(entries, key, partial=args.partial)
     lines = [f"entry at line {p.position + 1} (seq {p.seq}): {p.reason}" for p in report.problems]
+    if args.checkpoint is not None:
+        lines += [
+            f"checkpoint {args.checkpoint}: {reason}"
+            for reason in _checkpoint_problems(args.checkpoint, entries, key, args.partial)
+        ]
     for path in args.receipt:
         lines += [f"receipt {path}: {reason}" for reason in _receipt_problems(path, entries, key)]
     if lines:
         print("\n".join(lines))
         return 1
-    print(f"audit log OK: {report.entries} entries")
+    of_project = f" of project {entries[0].project_id}" if args.partial and entries else ""
+    print(f"audit log OK: {report.entries} entries{of_project}")
     return 0
+
+
+def _checkpoint_problems(
+    path: Path, entries: list[AuditEntry], key: str, partial: bool
+) -> list[str]:
+    """Entries the checkpoint names that the export lacks: the log's newest, or in a partial
+    export its project's newest."""
+    try:
+        checkpoint = read_checkpoint(path, key)
+    except AuditFormatError as exc:
+        return [str(exc)]
+    project = entries[0].project_id if partial and entries else None
+    if partial and project is None:
+        return ["an empty partial export names no project to check"]
+    hashes = {entry.seq: entry.entry_hash for entry in entries}
+    return checkpoint_problems(checkpoint, hashes.get, project)
 
 
 def _server_key(value: str) -> str:

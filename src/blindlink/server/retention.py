@@ -7,7 +7,7 @@ import threading
 import time
 
 from blindlink.agreement.model import Agreement, ReleaseKind, parse_agreement
-from blindlink.store.sqlite import DONE, Store
+from blindlink.store.sqlite import DONE, Altered, Store
 
 log = logging.getLogger("blindlink.server.retention")
 
@@ -22,7 +22,11 @@ def purge_expired(store: Store, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     deleted = []
     for project_id in store.project_ids():
-        raw = store.agreement(project_id)
+        try:
+            raw = store.agreement(project_id)
+        except Altered as exc:
+            log.error("retention skips project %s: %s", project_id, exc)
+            continue
         if raw is None:
             continue
         agreement = parse_agreement(raw)

@@ -22,7 +22,7 @@ from blindlink.matching.engine import (
     SharedEncodings,
 )
 from blindlink.matching.executors import Executor, LocalPoolExecutor, SerialExecutor
-from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Store
+from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Altered, Store
 
 log = logging.getLogger("blindlink.server.runs")
 
@@ -214,7 +214,9 @@ class RunQueue:
 
 def _detail(exc: Exception) -> str:
     """Why a run failed, for the operator's log."""
-    return str(exc) if isinstance(exc, RunFailed | MatchingAborted) else type(exc).__name__
+    return (
+        str(exc) if isinstance(exc, RunFailed | MatchingAborted | Altered) else type(exc).__name__
+    )
 
 
 def _reason(exc: Exception) -> str:

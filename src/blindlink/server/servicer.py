@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -24,10 +23,12 @@ from blindlink.agreement.policy import (
     check_upload,
     check_validity,
     counts_visible,
+    released_rows,
     run_threshold,
 )
 from blindlink.agreement.signing import parse_signed
 from blindlink.audit.chain import AuditEntry
+from blindlink.audit.commitments import rows_sha256
 from blindlink.encoding.encodings_file import write_encodings
 from blindlink.errors import AgreementError, EncodingsFileError
 from blindlink.matching.decision import DecisionSummary, PairStatus
@@ -49,6 +50,7 @@ from blindlink.store.sqlite import (
     DONE,
     FAILED,
     AlreadyExists,
+    Altered,
     Deleted,
     NotFound,
     RunRecord,
@@ -116,7 +118,14 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         """The project's agreement and the caller's role in it."""
         if not _SHA256_HEX.fullmatch(project_id):
             raise invalid("project_id must be the agreement's SHA-256 as 64 lowercase hex digits")
-        raw = self._store.agreement(project_id)
+        try:
+            raw = self._store.agreement(project_id)
+        except Altered as exc:
+            raise ServiceError(
+                grpc.StatusCode.DATA_LOSS,
+                f"{exc}; the server refuses to act on it (the operator runs `blindlink admin "
+                "verify`)",
+            ) from None
         if raw is None:
             raise not_found(f"no project {project_id} on this server")
         agreement = parse_agreement(raw)
@@ -429,22 +438,20 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         release = pb.Release(
             project_id=request.project_id, party=role, run_id=run.run_id, kind=_RELEASE_KINDS[kind]
         )
+        rows: tuple[list[int], ...] = ([], [], [], [])
         if kind is not ReleaseKind.NOTHING:
-            own, other = self._pairs(run.run_id, role, PairStatus.MATCH)
-            release.match_count = len(own)
+            matches = self._store.matches(run.run_id)
+            possible = self._store.matches(run.run_id, PairStatus.POSSIBLE)
+            rows = released_rows(agreement, role, matches, possible)
+            release.match_count = len(matches[0])
             release.withheld_count = run.withheld_count
-            _add_rows(release.own_rows, release.other_rows, kind, own, other)
             if run.decision is not None:
                 release.decision.CopyFrom(_decision_message(run.decision))
-            if agreement.possible_release == "list":
-                own, other = self._pairs(run.run_id, role, PairStatus.POSSIBLE)
-                _add_rows(release.possible_own_rows, release.possible_other_rows, kind, own, other)
-        rows = (
-            release.own_rows,
-            release.other_rows,
-            release.possible_own_rows,
-            release.possible_other_rows,
-        )
+        own, other, possible_own, possible_other = rows
+        release.own_rows.extend(own)
+        release.other_rows.extend(other)
+        release.possible_own_rows.extend(possible_own)
+        release.possible_other_rows.extend(possible_other)
         entry = self._store.record_release(
             request.project_id,
             run.run_id,
@@ -454,18 +461,12 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 "matches": release.match_count,
                 "possible": release.decision.possible_count,
                 "rows": sum(len(r) for r in rows),
+                "rows_sha256": rows_sha256(*rows),
             },
         )
         release.receipt = receipt_json(entry)
         self._apply_release_retention(agreement, request.project_id, run.run_id)
         return release
-
-    def _pairs(self, run_id: str, role: str, status: PairStatus) -> tuple[list[int], list[int]]:
-        """(the caller's rows, the other party's rows) of a run's pairs with this status."""
-        requester_rows, custodian_rows = self._store.matches(run_id, status)
-        if role == "requester":
-            return requester_rows, custodian_rows
-        return custodian_rows, requester_rows
 
     def _apply_release_retention(self, agreement: Agreement, project_id: str, run_id: str) -> None:
         run = self._run(project_id, run_id)
@@ -505,18 +506,6 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         except NotFound:
             raise not_found(f"no project {request.project_id!r} on this server") from None
         return pb.DeleteProjectResponse(receipt=receipt_json(entry))
-
-
-def _add_rows(
-    own_field: Any, other_field: Any, kind: ReleaseKind, own: list[int], other: list[int]
-) -> None:
-    """Fill a release's row fields as the party's release kind allows: its own rows (sorted,
-    so that their order says nothing of the pairing), or the pairs."""
-    if kind is ReleaseKind.OWN_ROWS:
-        own_field.extend(sorted(own))
-    elif kind is ReleaseKind.PAIRS:
-        own_field.extend(own)
-        other_field.extend(other)
 
 
 def _decision_message(summary: DecisionSummary) -> pb.RunDecision:

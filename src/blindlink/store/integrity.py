@@ -1,7 +1,8 @@
 """Checking a data directory: the database's integrity and foreign keys, every encodings file
 against its recorded count, bit length and content hash, files without rows and rows without
-files, the stored matches against the runs' counts, and the audit log's hash chain and
-signatures against the server's public key.
+files, the stored matches against the runs' counts, the audit log's hash chain and signatures
+against the server's public key, its newest entries against the signed checkpoint, and the
+tables against what the audit entries committed to (`audited_state`).
 
 The database is read in one read-only transaction, so the check is safe while the server runs;
 files written or deleted during the check may then show as problems (run it again to confirm).
@@ -16,9 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindlink.audit.chain import AuditFormatError, read_entries
+from blindlink.audit.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    checkpoint_problems,
+    read_checkpoint,
+)
 from blindlink.audit.verify import verify_entries
 from blindlink.encoding.encodings_file import iter_payload_chunks, read_header
 from blindlink.errors import EncodingsFileError
+from blindlink.store.audited_state import state_problems
 from blindlink.store.directory import ENCODINGS_DIR, INCOMING_DIR
 from blindlink.store.reports import open_read_only
 
@@ -39,16 +47,21 @@ class IntegrityReport:
         return not self.problems
 
 
-def verify_data_dir(data_dir: Path, server_public_key: str, in_use: bool) -> IntegrityReport:
+def verify_data_dir(
+    data_dir: Path, server_public_key: str, in_use: bool, checkpoint_path: Path | None = None
+) -> IntegrityReport:
     """Every problem found in `data_dir`. `in_use`: a server owns the directory now, so files
-    in incoming/ are uploads in progress, not leftovers."""
+    in incoming/ are uploads in progress, not leftovers. `checkpoint_path`: the audit checkpoint
+    to check the log against (default: the one in `data_dir`)."""
     data_dir = Path(data_dir)
+    # Read before the snapshot: the server writes a checkpoint after committing what it names.
+    checkpoint = _checkpoint(checkpoint_path or data_dir / CHECKPOINT_NAME, server_public_key)
     conn = open_read_only(data_dir)
     try:
         conn.execute("BEGIN")  # one consistent snapshot for every query below
         problems = _database_problems(conn)
         file_problems, files = _file_problems(conn, data_dir, in_use)
-        audit_problems, entries = _audit_problems(conn, server_public_key)
+        audit_problems, entries = _audit_problems(conn, server_public_key, checkpoint)
         (projects,) = conn.execute("SELECT count(*) FROM projects").fetchone()
         (runs,) = conn.execute("SELECT count(*) FROM runs").fetchone()
     finally:
@@ -144,10 +157,27 @@ def _encodings_problem(
     return None
 
 
-def _audit_problems(conn: sqlite3.Connection, server_public_key: str) -> tuple[list[str], int]:
+def _checkpoint(path: Path, server_public_key: str) -> Checkpoint | AuditFormatError:
+    try:
+        return read_checkpoint(path, server_public_key)
+    except AuditFormatError as exc:
+        return exc
+
+
+def _audit_problems(
+    conn: sqlite3.Connection, server_public_key: str, checkpoint: Checkpoint | AuditFormatError
+) -> tuple[list[str], int]:
     try:
         entries = read_entries(conn)
     except AuditFormatError as exc:
         return [f"audit log: {exc}"], 0
     report = verify_entries(entries, server_public_key)
-    return [f"audit log seq {p.seq}: {p.reason}" for p in report.problems], len(entries)
+    problems = [f"audit log seq {p.seq}: {p.reason}" for p in report.problems]
+    if isinstance(checkpoint, Checkpoint):
+        hashes = {entry.seq: entry.entry_hash for entry in entries}
+        problems += [f"audit checkpoint: {p}" for p in checkpoint_problems(checkpoint, hashes.get)]
+    elif any(entry.project_seq is not None for entry in entries):
+        # Logs from before checkpoints have no linked entries and no checkpoint yet.
+        problems.append(f"audit checkpoint: {checkpoint}")
+    problems += state_problems(conn, entries)
+    return problems, len(entries)

@@ -7,13 +7,18 @@ Invariants:
 - A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
 - Reads are per project (and per run); what a party may see is the caller's policy.
+- A project's stored agreement hashes to its ID; `agreement` refuses one that does not.
+- After each commit that appended audit entries, the audit checkpoint file names the newest
+  entries; the store does not open a log that lacks an entry its checkpoint names.
 - One Store at a time owns a data directory (an exclusive lock on `blindlink.lock`, released
   by the kernel even when the process is killed); read-only tools need no lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +35,19 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from blindlink.audit.chain import SCHEMA_SQL as AUDIT_SCHEMA
-from blindlink.audit.chain import AuditEntry, append_entry
+from blindlink.audit.chain import AuditEntry, AuditFormatError, add_project_links, append_entry
+from blindlink.audit.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    checkpoint_problems,
+    database_heads,
+    read_checkpoint,
+    write_checkpoint,
+)
+from blindlink.audit.commitments import match_set_sha256
+from blindlink.errors import BlindlinkError
 from blindlink.matching.decision import Decisions, DecisionSummary, PairStatus
+from blindlink.security.keys import public_key_text
 from blindlink.store.directory import (
     DATABASE_NAME,
     ENCODINGS_DIR,
@@ -92,6 +109,8 @@ CREATE TABLE IF NOT EXISTS releases (
 WAITING, QUEUED, RUNNING, DONE, FAILED = "waiting", "queued", "running", "done", "failed"
 RUN_STATES = (WAITING, QUEUED, RUNNING, DONE, FAILED)
 
+log = logging.getLogger("blindlink.store")
+
 
 class AlreadyExists(Exception):
     """The row being created exists already."""
@@ -103,6 +122,15 @@ class NotFound(Exception):
 
 class Deleted(Exception):
     """The project was deleted; its ID cannot be used again."""
+
+
+class Altered(Exception):
+    """Stored state contradicts the hash that vouches for it: the database was edited."""
+
+
+class CheckpointMismatch(BlindlinkError):
+    """The audit log lacks an entry its checkpoint names, or the checkpoint is not the
+    server's."""
 
 
 @dataclass(frozen=True)
@@ -199,8 +227,41 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         _add_batch_ids(self._db)
         _add_decisions(self._db)
+        add_project_links(self._db)
         self._db.executescript(SCHEMA + AUDIT_SCHEMA)
+        self._checkpoint_path = self.data_dir / CHECKPOINT_NAME
+        try:
+            self._checkpoint = self._open_checkpoint()
+        except BaseException:
+            self.close()
+            raise
+        self._appended: list[AuditEntry] = []  # by the transaction in progress
         self._remove_orphan_files()
+
+    def _open_checkpoint(self) -> Checkpoint:
+        """Check the log against its checkpoint, then write the checkpoint of the log as it is
+        (a crash may have left the checkpoint behind the log, never ahead of it)."""
+        if self._checkpoint_path.exists():
+            try:
+                checkpoint = read_checkpoint(self._checkpoint_path, public_key_text(self._key))
+            except AuditFormatError as exc:
+                raise CheckpointMismatch(str(exc)) from None
+            problems = checkpoint_problems(checkpoint, self._entry_hash_at)
+            if problems:
+                raise CheckpointMismatch(
+                    f"{self._checkpoint_path}: {problems[0]}. The database was rolled back or "
+                    "edited; run `blindlink admin verify`. After restoring a backup on "
+                    "purpose, move the checkpoint aside (keep it) and start again."
+                )
+        else:
+            log.warning("no audit checkpoint; writing one from the audit log")
+        checkpoint = database_heads(self._db, datetime.now(UTC))
+        write_checkpoint(self._checkpoint_path, self._key, checkpoint)
+        return checkpoint
+
+    def _entry_hash_at(self, seq: int) -> str | None:
+        row = self._db.execute("SELECT entry_hash FROM audit_log WHERE seq=?", (seq,)).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         with self._lock:
@@ -215,8 +276,21 @@ class Store:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._appended.clear()
                 raise
             self._db.execute("COMMIT")
+            if self._appended:
+                self._advance_checkpoint()
+
+    def _advance_checkpoint(self) -> None:
+        """Name the entries just committed in the checkpoint. A failure to write it is logged:
+        the next commit writes it again, and meanwhile it only lags the log."""
+        self._checkpoint = self._checkpoint.advanced(self._appended, datetime.now(UTC))
+        self._appended.clear()
+        try:
+            write_checkpoint(self._checkpoint_path, self._key, self._checkpoint)
+        except OSError as exc:
+            log.error("cannot write the audit checkpoint: %s", exc)
 
     def _repeat(
         self,
@@ -238,7 +312,9 @@ class Store:
         party: str,
         details: dict[str, Any],
     ) -> AuditEntry:
-        return append_entry(db, self._key, kind, project_id, party, details)
+        entry = append_entry(db, self._key, kind, project_id, party, details)
+        self._appended.append(entry)
+        return entry
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -275,8 +351,16 @@ class Store:
             return self._audit(db, "project_created", project_id, party, details)
 
     def agreement(self, project_id: str) -> bytes | None:
+        """The project's agreement; MUST raise Altered if it does not hash to the project ID."""
         rows = self._read("SELECT agreement FROM projects WHERE project_id=?", (project_id,))
-        return rows[0][0] if rows else None
+        if not rows:
+            return None
+        if hashlib.sha256(rows[0][0]).hexdigest() != project_id:
+            raise Altered(
+                f"the stored agreement of project {project_id} does not hash to the project ID: "
+                "the server's database was altered"
+            )
+        return bytes(rows[0][0])
 
     def delete_project(self, project_id: str, party: str, reason: str) -> AuditEntry:
         """Delete the project's rows, then its encodings files; the audit log keeps the record."""
@@ -384,6 +468,7 @@ class Store:
                 run_id, queued = "", []
                 if party == "requester":
                     run_id = details["run_id"] = uuid.uuid4().hex
+                    details["threshold"] = threshold
                     db.execute(
                         "INSERT INTO runs (run_id, project_id, batch_id, state, threshold, "
                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -513,7 +598,8 @@ class Store:
 
     def finish_run(self, project_id: str, run_id: str, decisions: Decisions) -> None:
         """Store the run's decided pairs and mark it done, atomically; replaces earlier ones.
-        The audit entry records how the run decided, in aggregates only."""
+        The audit entry records how the run decided, in aggregates only, and the hash of the
+        pairs (`matches_sha256`), by which they can be checked later."""
         probabilities = [None if np.isnan(p) else p for p in decisions.probabilities.tolist()]
         rows = zip(
             [run_id] * len(decisions.requester_rows),
@@ -525,6 +611,9 @@ class Store:
             strict=True,
         )
         summary = decisions.summary()
+        matches_sha256 = match_set_sha256(
+            decisions.requester_rows, decisions.custodian_rows, decisions.status
+        )
         with self._transaction() as db:
             db.execute("DELETE FROM matches WHERE run_id=?", (run_id,))
             db.executemany("INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -540,7 +629,8 @@ class Store:
                     run_id,
                 ),
             )
-            self._audit(db, "run_finished", project_id, "", {"run_id": run_id, **summary.to_dict()})
+            details = {"run_id": run_id, **summary.to_dict(), "matches_sha256": matches_sha256}
+            self._audit(db, "run_finished", project_id, "", details)
 
     def fail_run(self, project_id: str, run_id: str, message: str) -> None:
         with self._transaction() as db:
@@ -562,7 +652,7 @@ class Store:
         matches (neither withheld nor merely possible)."""
         rows = self._read(
             "SELECT requester_row, custodian_row FROM matches WHERE run_id=? AND "
-            "status=? ORDER BY requester_row",
+            "status=? ORDER BY requester_row, custodian_row",
             (run_id, int(status)),
         )
         return [r[0] for r in rows], [r[1] for r in rows]
