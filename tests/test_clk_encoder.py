@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from clkhash import clk
+from clkhash.key_derivation import generate_key_lists
+from conftest import clkhash_schema
 
-from blindlink.encoding.clk_encoder import CACHE_ENTRIES, ClkEncoder, ValueProblem, field_keys
+from blindlink.encoding.clk_encoder import CACHE_ENTRIES, ClkEncoder, ValueProblem
 from blindlink.encoding.schema import LinkageSchema, parse_schema
 
 SECRET = b"clk encoder test secret"
@@ -113,8 +115,19 @@ def random_rows(count: int, seed: int) -> list[list[str]]:
     return rows
 
 
-def clkhash_bytes(rows: list[list[str]], schema: LinkageSchema) -> bytes:
-    encoded, _ = clk.hash_chunk(rows, field_keys(schema, SECRET), schema.clkhash)
+def clkhash_bytes(rows: list[list[str]], schema: LinkageSchema, secret: bytes = SECRET) -> bytes:
+    """clkhash's CLKs of the rows, with clkhash's own schema reading and key derivation."""
+    parsed = clkhash_schema(schema)
+    keys = generate_key_lists(
+        secret,
+        len(parsed.fields),
+        key_size=parsed.kdf_key_size,
+        salt=parsed.kdf_salt,
+        info=parsed.kdf_info,
+        kdf=parsed.kdf_type,
+        hash_algo=parsed.kdf_hash,
+    )
+    encoded, _ = clk.hash_chunk(rows, keys, parsed)
     return b"".join(e.tobytes() for e in encoded)
 
 
