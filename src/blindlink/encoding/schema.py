@@ -258,22 +258,22 @@ def _field(feature: Any, where: str) -> Field:
     hashing = _hashing(_object(feature, "hashing", where), f"{where}.hashing", encoding)
     if ignored:
         return Field(identifier)
-    field = Field(identifier, fmt, hashing)
-    replacement = hashing.replace_with
+    replacement = hashing.replace_with if hashing.replace_with is not None else hashing.sentinel
     if isinstance(hashing.comparison, NumericComparison) and replacement:
         try:
             hashing.comparison.tokenize(replacement)
         except InvalidValue:
             raise _Invalid(
-                f"{where}.hashing.missingValue.replaceWith: a numeric comparison needs a "
-                f"number (found {replacement!r})"
+                f"{where}.hashing.missingValue: a numeric comparison hashes numbers, and a "
+                f"missing value would be hashed as {replacement!r}; set 'replaceWith' to a "
+                "number or ''"
             ) from None
-    return field
+    return Field(identifier, fmt, hashing)
 
 
 def _format(fmt: dict[str, Any], where: str) -> tuple[Format, str]:
     kind = _choice(fmt, "type", where, tuple(_FORMAT_KEYS), required=True)
-    _only(fmt, _FORMAT_KEYS[kind], where, f"a {kind} format")
+    _only(fmt, _FORMAT_KEYS[kind], where, f"{kind} formats")
     _string(fmt, "description", where)
     if kind == "integer":
         return IntegerFormat(_integer(fmt, "minimum", where), _integer(fmt, "maximum", where)), (
