@@ -254,7 +254,9 @@ def _field(feature: Any, where: str) -> Field:
     ignored = _boolean(feature, "ignored", where)
     if ignored and "format" not in feature and "hashing" not in feature:
         return Field(identifier)
-    fmt, encoding = _format(_object(feature, "format", where), f"{where}.format")
+    format_document = _object(feature, "format", where)
+    fmt = _format(format_document, f"{where}.format")
+    encoding = format_document.get("encoding", "utf-8")  # checked by _format; strings only
     hashing = _hashing(_object(feature, "hashing", where), f"{where}.hashing", encoding)
     if ignored:
         return Field(identifier)
@@ -271,34 +273,32 @@ def _field(feature: Any, where: str) -> Field:
     return Field(identifier, fmt, hashing)
 
 
-def _format(fmt: dict[str, Any], where: str) -> tuple[Format, str]:
+def _format(fmt: dict[str, Any], where: str) -> Format:
     kind = _choice(fmt, "type", where, tuple(_FORMAT_KEYS), required=True)
     _only(fmt, _FORMAT_KEYS[kind], where, f"{kind} formats")
     _string(fmt, "description", where)
     if kind == "integer":
-        return IntegerFormat(_integer(fmt, "minimum", where), _integer(fmt, "maximum", where)), (
-            "utf-8"
-        )
+        return IntegerFormat(_integer(fmt, "minimum", where), _integer(fmt, "maximum", where))
     if kind == "date":
-        return DateFormat(_string(fmt, "format", where, required=True)), "utf-8"
+        return DateFormat(_string(fmt, "format", where, required=True))
     if kind == "enum":
         values = fmt.get("values")
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise _Invalid(f"{where}.values: must be a list of strings")
-        return EnumFormat(tuple(values)), "utf-8"
-    encoding = _choice(fmt, "encoding", where, _ENCODINGS) or "utf-8"
+        return EnumFormat(tuple(values))
+    _choice(fmt, "encoding", where, _ENCODINGS)
     if "pattern" not in fmt:
         return StringFormat(
             case=_choice(fmt, "case", where, _CASES) or "mixed",
             min_length=_integer(fmt, "minLength", where, minimum=0),
             max_length=_integer(fmt, "maxLength", where, minimum=1),
-        ), encoding
+        )
     for key in ("case", "minLength", "maxLength"):
         if key in fmt:
             raise _Invalid(f"{where}: '{key}' cannot be combined with 'pattern'")
     pattern = _string(fmt, "pattern", where, required=True)
     try:
-        return StringFormat(pattern=re.compile(pattern)), encoding
+        return StringFormat(pattern=re.compile(pattern))
     except re.error as exc:
         raise _Invalid(f"{where}.pattern: not a valid regular expression ({exc})") from None
 
