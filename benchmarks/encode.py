@@ -11,12 +11,14 @@ Prints and writes benchmarks/results/encode.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from clkhash import clk
+from clkhash.schema import from_json_dict
 
 from blindlink.benchmarking.data import BENCHMARK_SECRET
 from blindlink.benchmarking.results import summary, timed, write_result
@@ -35,7 +37,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> None:
     files = generate_datasets(work / "data", args.records, 0.5, seed=3)
-    schema = load_schema(default_schema_path())
+    clkhash_schema = from_json_dict(copy.deepcopy(load_schema(default_schema_path()).document))
     secret_file = work / "secret"
     secret_file.write_bytes(BENCHMARK_SECRET)
     command = [
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     def clkhash_encode(workers: int | None) -> None:
         with open(files.requester, encoding="utf-8") as f:
             clk.generate_clk_from_csv(
-                f, BENCHMARK_SECRET, schema.clkhash, progress_bar=False, max_workers=workers
+                f, BENCHMARK_SECRET, clkhash_schema, progress_bar=False, max_workers=workers
             )
 
     times: dict[str, list[float]] = {"blindlink": [], "clkhash_1": [], "clkhash_all": []}

@@ -3,11 +3,13 @@ a loopback port."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from clkhash import schema as clkhash_schema_format
 
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
 from blindlink.agreement.signing import SignedAgreement, sign_with_files
@@ -51,6 +53,11 @@ class Identities:
 @pytest.fixture(scope="session")
 def schema() -> LinkageSchema:
     return load_schema(default_schema_path())
+
+
+def clkhash_schema(schema: LinkageSchema) -> clkhash_schema_format.Schema:
+    """clkhash's own reading of a schema, for tests that compare blindlink with clkhash."""
+    return clkhash_schema_format.from_json_dict(copy.deepcopy(schema.document))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from clkhash import clk
 from clkhash.serialization import serialize_bitarray
-from conftest import Cli, Identities, party_args, run, sign_args, tls_args
+from conftest import Cli, Identities, clkhash_schema, party_args, run, sign_args, tls_args
 
 from blindlink.cli.main import main
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
@@ -76,7 +76,11 @@ def test_encode_upload_watch_results(
     # The custodian uploads clkhash's own JSON output, made with the same schema and secret...
     with open(files.custodian, encoding="utf-8") as f:
         clks = clk.generate_clk_from_csv(
-            f, secret.read_bytes().strip(), schema.clkhash, progress_bar=False, max_workers=1
+            f,
+            secret.read_bytes().strip(),
+            clkhash_schema(schema),
+            progress_bar=False,
+            max_workers=1,
         )
     (tmp_path / "c.json").write_text(json.dumps({"clks": [serialize_bitarray(c) for c in clks]}))
     out = run(

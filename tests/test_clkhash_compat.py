@@ -11,6 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from clkhash import clk
+from conftest import clkhash_schema
 
 from blindlink.encoding.encoder import encode_rows
 from blindlink.encoding.schema import LinkageSchema
@@ -36,7 +37,11 @@ def test_clkhash_encodes_identically(schema: LinkageSchema) -> None:
     reference = _reference()
     text = (DATA / "clkhash_reference.csv").read_text(encoding="utf-8")
     clks = clk.generate_clk_from_csv(
-        io.StringIO(text), reference["secret"], schema.clkhash, progress_bar=False, max_workers=1
+        io.StringIO(text),
+        reference["secret"],
+        clkhash_schema(schema),
+        progress_bar=False,
+        max_workers=1,
     )
     assert [c.tobytes().hex() for c in clks] == reference["clks_hex"]
 

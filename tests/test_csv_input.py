@@ -244,9 +244,7 @@ def test_bad_sex_value(tmp_path: Path, schema: LinkageSchema, value: str) -> Non
     path = write_input(tmp_path, HEADER + row() + row("R2", sex=value))
     err = rejected(tmp_path, path, schema)
     assert_where(err, path, line=3, column=5, field="sex")
-    # clkhash keeps the allowed values in a set, so their order in the message varies.
-    assert "Expected enum value to be one of [" in err.reason
-    assert "'M'" in err.reason and "'F'" in err.reason
+    assert "Expected enum value to be one of ['M', 'F']" in err.reason
     assert_not_leaked(err, value)
 
 

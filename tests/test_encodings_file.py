@@ -12,6 +12,7 @@ import pytest
 from bitarray import bitarray
 from clkhash.clk import generate_clk_from_csv
 from clkhash.serialization import serialize_bitarray
+from conftest import clkhash_schema
 
 from blindlink.encoding.encodings_file import (
     HEADER_SIZE,
@@ -37,7 +38,7 @@ def reference_clks(schema: LinkageSchema) -> list[bitarray]:
     return generate_clk_from_csv(
         io.StringIO(text),
         "any secret will do here",
-        schema.clkhash,
+        clkhash_schema(schema),
         progress_bar=False,
         max_workers=1,
     )

@@ -66,7 +66,7 @@ def write(path: Path, text: str) -> Path:
 def test_default_schema_loads() -> None:
     schema = load_schema(default_schema_path())
     assert schema.columns == COLUMNS
-    assert len(schema.clkhash.fields) == 8
+    assert len(schema.fields) == 8
     assert schema.bit_length == 1024
     assert re.fullmatch(r"[0-9a-f]{64}", schema.sha256)
     assert schema.document == default_document()
@@ -313,3 +313,155 @@ def test_schema_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(SchemaError) as info:
         load_schema(path)
     assert str(info.value) == f"{path}: schema file not found"
+
+
+# --- settings blindlink reads itself: types, ranges, combinations --------------------------------
+
+
+def _hashing(name: str, **changes: Any) -> Mutation:
+    def mutation(document: Document) -> None:
+        feature(document, name)["hashing"].update(changes)
+
+    return mutation
+
+
+def _format(name: str, **changes: Any) -> Mutation:
+    def mutation(document: Document) -> None:
+        feature(document, name)["format"].update(changes)
+
+    return mutation
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (
+            _set(["clkConfig", "l"], 1000),
+            "features[1] (given_name).hashing.hash: blakeHash needs clkConfig.l to be a power "
+            "of two (found 1000)",
+        ),
+        (
+            _hashing("surname", hash={"type": "blakeHash", "prevent_singularity": True}),
+            "features[2] (surname).hashing.hash: 'prevent_singularity' does not apply to blakeHash",
+        ),
+        (
+            _hashing("surname", comparison={"type": "ngram", "n": 2, "resolution": 3}),
+            "features[2] (surname).hashing.comparison: 'resolution' does not apply to ngram "
+            "comparisons",
+        ),
+        (
+            _hashing("surname", comparison={"type": "ngram"}),
+            "features[2] (surname).hashing.comparison.n: required",
+        ),
+        (
+            _hashing("surname", comparison={"type": "ngram", "n": 0}),
+            "features[2] (surname).hashing.comparison.n: 0 is less than the minimum of 1",
+        ),
+        (
+            _hashing("surname", comparison={"type": "soundex"}),
+            "features[2] (surname).hashing.comparison.type: must be one of 'ngram', 'exact', "
+            "'numeric' (found 'soundex')",
+        ),
+        (
+            _hashing("surname", strategy={"bitsPerToken": 5, "bitsPerFeature": 50}),
+            "features[2] (surname).hashing.strategy: give exactly one of 'bitsPerToken' and "
+            "'bitsPerFeature'",
+        ),
+        (
+            _hashing("surname", strategy={"bitsPerToken": True}),
+            "features[2] (surname).hashing.strategy.bitsPerToken: must be an integer (found True)",
+        ),
+        (
+            _format("postcode", case="upper"),
+            "features[7] (postcode).format: 'case' cannot be combined with 'pattern'",
+        ),
+        (
+            _format("postcode", pattern="[0-9"),
+            "features[7] (postcode).format.pattern: not a valid regular expression",
+        ),
+        (
+            _format("date_of_birth", format=None),
+            "features[3] (date_of_birth).format.format: must be a string (found None)",
+        ),
+        (
+            _format("sex", pattern="M|F"),
+            "features[4] (sex).format: 'pattern' does not apply to enum formats",
+        ),
+        (
+            _format("city", encoding="latin-1"),
+            "features[6] (city).format.encoding: must be one of 'ascii', 'utf-8', 'utf-16', "
+            "'utf-32' (found 'latin-1')",
+        ),
+        (
+            _set(["clkConfig", "kdf", "salt"], "not base64!"),
+            "clkConfig.kdf.salt: not valid base64",
+        ),
+        (
+            _set(["clkConfig", "kdf", "type"], "PBKDF2"),
+            "clkConfig.kdf.type: must be one of 'HKDF' (found 'PBKDF2')",
+        ),
+        (
+            _set(["clkConfig", "kdf", "keySize"], 128),
+            "features[1] (given_name).hashing.hash: blakeHash takes keys of at most 64 bytes",
+        ),
+        (
+            _set(["clkConfig", "kdf", "keySize"], 600),
+            "clkConfig.kdf: 8 fields of two 600-byte keys need 9600 bytes, more than "
+            "HKDF-SHA256 derives (8160)",
+        ),
+        (
+            lambda d: d.pop("features"),
+            "s.json: features: required",
+        ),
+        (
+            lambda d: d["features"].append({"identifier": "extra", "ignored": False}),
+            "features[8] (extra).format: required",
+        ),
+    ],
+)
+def test_setting_of_the_wrong_type_range_or_combination_is_named(
+    mutation: Mutation, expected: str
+) -> None:
+    assert expected in schema_error(mutated(mutation))
+
+
+def test_numeric_comparison_refuses_a_missing_value_it_cannot_hash() -> None:
+    def numeric_age(document: Document) -> None:
+        document["features"].append(
+            {
+                "identifier": "age",
+                "format": {"type": "integer"},
+                "hashing": {
+                    "comparison": {"type": "numeric", "thresholdDistance": 2, "resolution": 2},
+                    "strategy": {"bitsPerToken": 5},
+                    "missingValue": {"sentinel": "unknown"},
+                },
+            }
+        )
+
+    message = schema_error(mutated(numeric_age))
+    assert "features[8] (age).hashing.missingValue: a numeric comparison hashes numbers" in message
+    assert "'unknown'" in message
+
+
+def test_ignored_field_needs_no_format() -> None:
+    schema = parse_schema(default_document())
+    assert schema.fields[0].hashing is None
+    assert schema.fields[0].format_value("R1") == "R1"
+
+
+def test_numeric_comparison_refuses_a_replacement_it_cannot_hash() -> None:
+    def numeric_age(document: Document) -> None:
+        document["features"].append(
+            {
+                "identifier": "age",
+                "format": {"type": "integer"},
+                "hashing": {
+                    "comparison": {"type": "numeric", "thresholdDistance": 2, "resolution": 2},
+                    "strategy": {"bitsPerToken": 5},
+                    "missingValue": {"sentinel": "", "replaceWith": "?"},
+                },
+            }
+        )
+
+    assert "would be hashed as '?'" in schema_error(mutated(numeric_age))

@@ -6,6 +6,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from blindlink.synthetic import CorruptionRates, GeneratedFiles, generate_datasets
 from blindlink.synthetic.address_parts import TOWNS
 from blindlink.synthetic.corruption import make_typo, swap_date
+from blindlink.synthetic.frequency_tables import TABLES
 from blindlink.synthetic.nicknames import FEMALE_VARIANTS, MALE_VARIANTS
 from blindlink.synthetic.population import female_given_names, male_given_names, surnames
 
@@ -286,3 +288,11 @@ def test_corruption_rates_scale_and_validate() -> None:
     assert set(vars(CorruptionRates.scaled(0)).values()) == {0.0}
     with pytest.raises(ValueError, match="typo"):
         CorruptionRates(typo=1.5)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_frequency_tables_are_clkhash_s_own(table: str) -> None:
+    """The shipped name and age tables are byte for byte those clkhash ships, so synthetic data
+    and attack simulations are what they were when blindlink read clkhash's copies."""
+    ours = resources.files("blindlink.synthetic") / "data" / table
+    assert ours.read_bytes() == (resources.files("clkhash") / "data" / table).read_bytes()

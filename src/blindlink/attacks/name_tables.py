@@ -1,21 +1,21 @@
 """Public name-frequency lists as an attacker uses them: each name's share of the population
 and the q-gram tokens the linkage schema makes of it.
 
-clkhash ships US name tables (surnames with counts; given names with counts per sex), so an
-attacker of any clkhash deployment has them too.
+The tables are public US name statistics (surnames with counts; given names with counts per sex)
+that clkhash also ships, so an attacker of any deployment has them too.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from importlib.resources import files
 
 import numpy as np
 from scipy import sparse
+
+from blindlink.synthetic.frequency_tables import read_counts
 
 Tokenizer = Callable[[str], Iterable[str]]
 
@@ -69,25 +69,23 @@ def build_table(counts: dict[str, float], tokenize: Tokenizer) -> NameTable:
     return NameTable(names, shares, list(index), incidence)
 
 
-def _clkhash_counts(name: str) -> dict[str, float]:
-    with (files("clkhash") / "data" / name).open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))[1:]
+def _counts(name: str) -> dict[str, float]:
     counts: defaultdict[str, float] = defaultdict(float)
-    for row in rows:
-        counts[row[0].strip()] += float(row[1])
+    for value, count in read_counts(name):
+        counts[value] += count
     return counts
 
 
 def surname_table(tokenize: Tokenizer) -> NameTable:
     """clkhash's surname list (about 6,700 names with counts)."""
-    return build_table(_clkhash_counts("last-names.csv"), tokenize)
+    return build_table(_counts("last-names.csv"), tokenize)
 
 
 def given_name_table(tokenize: Tokenizer) -> NameTable:
     """clkhash's male and female given-name lists, each sex weighted one half."""
     counts: defaultdict[str, float] = defaultdict(float)
     for table in ("male-first-names.csv", "female-first-names.csv"):
-        sex = _clkhash_counts(table)
+        sex = _counts(table)
         total = sum(sex.values())
         for name, count in sex.items():
             counts[name] += count / total / 2

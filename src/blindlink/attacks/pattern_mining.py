@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from clkhash.comparators import NgramComparison
 from scipy.optimize import linear_sum_assignment
 
 from blindlink.attacks.name_tables import NameTable, given_name_table, surname_table
 from blindlink.attacks.result import AttackResult
+from blindlink.encoding.fields import NgramComparison
 from blindlink.encoding.schema import LinkageSchema
 
 MAX_ATOMS = 300
@@ -311,18 +311,18 @@ def pattern_mining_attack(
     """Guess each encoded record's surname; score against `true_surnames` (one per row of the
     packed uint8 `encodings`) over the records whose surname is on the public list. `flip` is
     the bit-flip probability the attacker knows the encodings to have (randomized response)."""
-    fields = {f.identifier: f for f in schema.clkhash.fields if f.hashing_properties}
-    surname_props = fields[surname_field].hashing_properties
-    comparator = surname_props.comparator
+    fields = {f.identifier: f.hashing for f in schema.fields if f.hashing}
+    surname_hashing = fields[surname_field]
+    comparator = surname_hashing.comparison
     # Opening and closing q-grams are recognisable only in padded, non-positional q-grams.
     q = comparator.n if isinstance(comparator, NgramComparison) and not comparator.positional else 0
     surnames = surname_table(comparator.tokenize)
     given = (
-        given_name_table(fields[given_name_field].hashing_properties.comparator.tokenize)
+        given_name_table(fields[given_name_field].comparison.tokenize)
         if given_name_field in fields
         else None
     )
-    size = surname_props.strategy.bits_per_token(1)[0]
+    size = surname_hashing.strategy.bits_per_token(1)[0]
     members = _atom_members(np.unpackbits(encodings, axis=1), size, flip)
     labels = label_surname_atoms(members, surnames, given, q) if q >= 2 else {}
     guesses, shares = guess_surnames(members, labels, surnames)

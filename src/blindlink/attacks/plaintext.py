@@ -31,12 +31,11 @@ class Tokens:
 def record_tokens(row: Sequence[str], schema: LinkageSchema) -> list[tuple[str, str, int]]:
     """(field, token, bits per token) of every token clkhash hashes for `row`."""
     tokens = []
-    for value, field in zip(row, schema.clkhash.fields, strict=True):
-        properties = field.hashing_properties
-        if properties is None:
+    for value, field in zip(row, schema.fields, strict=True):
+        if field.hashing is None:
             continue
-        grams = list(properties.comparator.tokenize(field.format_value(value)))
-        counts = properties.strategy.bits_per_token(len(grams))
+        grams = field.tokens(value)
+        counts = field.hashing.strategy.bits_per_token(len(grams))
         tokens.extend((field.identifier, gram, k) for gram, k in zip(grams, counts, strict=True))
     return tokens
 

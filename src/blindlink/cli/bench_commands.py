@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blindlink.errors import BlindlinkError
-
 
 def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks of the encodings")
@@ -27,17 +25,9 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def bench_tradeoff(args: argparse.Namespace) -> int:
-    # Imported here: the benchmark pulls in matplotlib and scipy, which other commands never need.
-    try:
-        from blindlink.benchmarking.summary import f_star
-        from blindlink.benchmarking.tradeoff import tradeoff_benchmark
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.partition(".")[0] != "scipy":
-            raise
-        raise BlindlinkError(
-            "blindlink bench needs scipy, which is not installed: pip install scipy (the febrl "
-            "extra brings it too)"
-        ) from None
+    # Imported here: the benchmark pulls in matplotlib and scipy (the `bench` extra).
+    from blindlink.benchmarking.summary import f_star
+    from blindlink.benchmarking.tradeoff import tradeoff_benchmark
 
     summaries, sweep = tradeoff_benchmark(args.quick, args.out, print)
     runs = sweep["method"]["sizes"]["repeats"]

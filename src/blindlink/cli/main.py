@@ -18,6 +18,7 @@ from blindlink.cli.audit_commands import add_audit_commands
 from blindlink.cli.bench_commands import add_bench_commands
 from blindlink.cli.security_commands import add_security_commands
 from blindlink.errors import BlindlinkError
+from blindlink.extras import MissingExtra, extra_for
 from blindlink.matching.rules import Target
 from blindlink.server.config import add_arguments as add_server_arguments
 
@@ -276,7 +277,9 @@ def _pair(numbers: tuple[float, float]) -> str:
 
 
 def _add_party_commands(commands: argparse._SubParsersAction) -> None:
-    enc = commands.add_parser("encode", help="validate a CSV and encode it with clkhash")
+    enc = commands.add_parser(
+        "encode", help="validate a CSV and encode it into CLKs (as clkhash does)"
+    )
     enc.add_argument("input", type=Path, help="the party's CSV file")
     enc.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
     enc.add_argument("--secret-file", type=Path, required=True)
@@ -333,7 +336,13 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        try:
+            return int(args.run(args))
+        except ModuleNotFoundError as exc:
+            extra = extra_for(exc)
+            if extra is None:
+                raise
+            raise MissingExtra(extra) from None
     except BlindlinkError as exc:
         print(f"blindlink: error: {exc}", file=sys.stderr)
         return 2

@@ -1,1 +1,1 @@
-"""The encoder client: CSV validation, linkage schemas, clkhash encoding, file formats."""
+"""The encoder client: CSV validation, linkage schemas, clkhash-identical CLKs, file formats."""

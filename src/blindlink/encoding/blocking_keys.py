@@ -1,7 +1,7 @@
 """Keyed blocking keys: computed by each party from its records, compared by the server.
 
 For each key the agreement names (a combination of fields, each whole or its first characters),
-a record's key is the first 8 bytes of HMAC-SHA256 over the normalised values: clkhash's
+a record's key is the first 8 bytes of HMAC-SHA256 over the normalised values: the schema's
 formatting of the field (dates as YYYYMMDD), case-folded, with runs of whitespace made one
 space. The HMAC key is derived from the shared secret, one per combination, so the server cannot
 test guesses, and equal values under different combinations give unrelated keys. What the server
@@ -16,9 +16,9 @@ import hmac
 from collections.abc import Sequence
 
 import numpy as np
-from clkhash.field_formats import FieldSpec
 
 from blindlink.canonical import canonical_json
+from blindlink.encoding.fields import Field
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import SchemaError
 from blindlink.hardening.keys import derive_key
@@ -39,9 +39,9 @@ DEFAULT_SCHEMA_KEYS: list[list[dict[str, str]]] = [
 class _Part:
     """One field of a key: its column, prefix length and remembered normalised values."""
 
-    def __init__(self, column: int, spec: FieldSpec, prefix: int | None) -> None:
+    def __init__(self, column: int, field: Field, prefix: int | None) -> None:
         self.column = column
-        self.spec = spec
+        self.field = field
         self.prefix = prefix
         self.cache: dict[str, str] = {}
 
@@ -56,9 +56,9 @@ class _Part:
         return normal
 
     def _normalise(self, raw: str) -> str:
-        if self.spec.hashing_properties is not None and self.spec.is_missing_value(raw):
+        if self.field.is_missing(raw):
             return ""
-        normal = " ".join(self.spec.format_value(raw).casefold().split())
+        normal = " ".join(self.field.format_value(raw).casefold().split())
         return normal[: self.prefix] if self.prefix else normal
 
 
@@ -66,7 +66,7 @@ class BlockingKeyMaker:
     """The agreed blocking keys of valid rows (schema column order) under one secret."""
 
     def __init__(self, blocking: KeyBlocking, schema: LinkageSchema, secret: bytes) -> None:
-        fields = schema.clkhash.fields
+        fields = schema.fields
         self.keys: list[tuple[bytes, list[_Part]]] = []
         for number, (key, document) in enumerate(
             zip(blocking.keys, blocking.document(), strict=True), start=1

@@ -1,32 +1,41 @@
-"""clkhash's record encoding, with each distinct field value validated and hashed once.
+"""The record encoding of clkhash, with each distinct field value validated and hashed once.
 
-A record is encoded exactly as clkhash's `crypto_bloom_filter` encodes it: the same field
-formatting, tokenizers, hash functions and derived keys, OR-ed into one Bloom filter. Names,
-places and dates repeat across a file, so remembering each value's Bloom filter bits turns most
-fields into a dictionary lookup and an OR (tests/test_clkhash_compat.py proves the output is
-byte-identical to clkhash's).
+A record's CLK is a Bloom filter of `clkConfig.l` bits: each field's tokens (fields.py) set bits
+chosen by keyed hashes under that field's keys, which HKDF derives from the shared secret. The
+bits are those clkhash's `crypto_bloom_filter` sets, byte for byte (tests/test_clk_encoder.py
+and tests/test_clkhash_compat.py compare with clkhash itself). Names, places and dates repeat
+across a file, so remembering each value's bits turns most fields into a dictionary lookup and
+an OR; bits are kept as Python integers, bit 0 of the filter being the integer's top bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from clkhash.bloomfilter import hashing_function_from_properties
-from clkhash.field_formats import FieldSpec, InvalidEntryError
-from clkhash.key_derivation import generate_key_lists
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from blindlink.encoding.fields import Field, Hashing, InvalidValue
 from blindlink.encoding.schema import LinkageSchema
 
 # Distinct values remembered per field; the memory is bounded and the cache starts afresh
 # when it fills.
 CACHE_ENTRIES = 1 << 16
 
+_HKDF_HASHES = {"SHA256": hashes.SHA256, "SHA512": hashes.SHA512}
+
+TokenPositions = Callable[[bytes, int], list[int]]
+"""(token bytes, bits to set) -> filter positions; a position may repeat."""
+
 
 @dataclass(frozen=True)
 class ValueProblem:
     """A field value the schema refuses: its row within the chunk, its 1-based column, the field
-    and clkhash's reason with the value redacted."""
+    and the reason with the value redacted."""
 
     row: int
     column: int
@@ -34,78 +43,110 @@ class ValueProblem:
     message: str
 
 
+def field_keys(schema: LinkageSchema, secret: bytes) -> list[tuple[bytes, bytes]]:
+    """Each field's two hashing keys: HKDF output cut into keySize pieces, in field order."""
+    kdf, size = schema.kdf, schema.kdf.key_size
+    material = HKDF(
+        algorithm=_HKDF_HASHES[kdf.hash](),
+        length=2 * size * len(schema.fields),
+        salt=kdf.salt,
+        info=kdf.info,
+    ).derive(secret)
+    pieces = [material[i : i + size] for i in range(0, len(material), size)]
+    return list(zip(pieces[::2], pieces[1::2], strict=True))
+
+
+def token_positions(hashing: Hashing, keys: tuple[bytes, bytes], bits: int) -> TokenPositions:
+    """The hash a field's tokens go through, as the schema names it."""
+    if hashing.hash == "blakeHash":
+        return lambda token, k: _blake_positions(token, k, keys[0], bits)
+    return lambda token, k: _double_hash_positions(
+        token, k, keys, bits, hashing.prevent_singularity
+    )
+
+
+def _blake_positions(token: bytes, k: int, key: bytes, bits: int) -> list[int]:
+    """Keyed BLAKE2b, salted with the call's number, read as 32 little-endian 16-bit integers
+    per call (the byte order of every platform clkhash runs on), as many calls as k needs."""
+    shorts: list[int] = []
+    for call in range((k + 31) // 32):
+        digest = hashlib.blake2b(token, key=key, salt=str(call).encode()).digest()
+        shorts.extend(struct.unpack("<32H", digest))
+    return [s % bits for s in shorts[:k]]
+
+
+def _double_hash_positions(
+    token: bytes, k: int, keys: tuple[bytes, bytes], bits: int, non_singular: bool
+) -> list[int]:
+    """Positions h1 + i * h2 (mod l) with h1 = HMAC-SHA1 and h2 = HMAC-MD5 under the field's two
+    keys. h2 = 0 would put all k bits in one place; `non_singular` rehashes with an appended
+    counter character until it is not."""
+    first = int.from_bytes(hmac.digest(keys[0], token, "sha1"), "big") % bits
+    step = int.from_bytes(hmac.digest(keys[1], token, "md5"), "big") % bits
+    counter = 0
+    while non_singular and step == 0:
+        suffix = chr(counter).encode()
+        step = int.from_bytes(hmac.digest(keys[1], token + suffix, "md5"), "big") % bits
+        counter += 1
+    return [(first + i * step) % bits for i in range(k)]
+
+
 class _FieldHasher:
     """One field's validation and Bloom filter bits (as an integer), remembered per value."""
 
-    def __init__(self, spec: FieldSpec, keys: Sequence[bytes], bit_length: int) -> None:
-        self.spec = spec
-        self.keys = keys
+    def __init__(self, field: Field, keys: tuple[bytes, bytes], bit_length: int) -> None:
+        self.field = field
         self.bit_length = bit_length
-        self.properties = spec.hashing_properties
+        self.hashing = field.hashing
         self.cache: dict[str, int] = {}
         self.token_cache: dict[tuple[str, int], int] = {}
-        if self.properties is not None:
-            self.hash_function = hashing_function_from_properties(self.properties)
+        if self.hashing is not None:
+            self.positions = token_positions(self.hashing, keys, bit_length)
 
     def bits(self, value: str) -> int:
         cached = self.cache.get(value)
         if cached is None:
             cached = self._compute(value)
-            if self.properties is not None:
+            if self.hashing is not None:
                 if len(self.cache) >= CACHE_ENTRIES:
                     self.cache.clear()
                 self.cache[value] = cached
         return cached
 
     def _compute(self, value: str) -> int:
-        self.spec.validate(value)
-        fhp = self.properties
-        if fhp is None:
+        self.field.validate(value)
+        if self.hashing is None:
             return 0
-        ngrams = list(fhp.comparator.tokenize(self.spec.format_value(value)))
+        tokens = self.field.tokens(value)
         bits = 0
-        if not ngrams:
+        if not tokens:
             return bits
-        for ngram, k in zip(ngrams, fhp.strategy.bits_per_token(len(ngrams)), strict=True):
-            bits |= self._token_bits(ngram, k)
+        for token, k in zip(tokens, self.hashing.strategy.bits_per_token(len(tokens)), strict=True):
+            bits |= self._token_bits(token, k)
         return bits
 
-    def _token_bits(self, ngram: str, k: int) -> int:
-        """The bits clkhash sets for one token: its hash functions set each token's bits
-        independently, so a value's filter is the OR of its tokens' filters."""
-        cached = self.token_cache.get((ngram, k))
+    def _token_bits(self, token: str, k: int) -> int:
+        """The bits one token sets: tokens set their bits independently, so a value's filter is
+        the OR of its tokens' filters."""
+        cached = self.token_cache.get((token, k))
         if cached is None:
-            bloom = self.hash_function(
-                [ngram], self.keys, [k], self.bit_length, self.properties.encoding
-            )
-            cached = self.token_cache[(ngram, k)] = int.from_bytes(bloom.tobytes(), "big")
+            top = self.bit_length - 1
+            cached = 0
+            for position in self.positions(token.encode(self.hashing.encoding), k):
+                cached |= 1 << (top - position)
+            self.token_cache[(token, k)] = cached
         return cached
-
-
-def field_keys(schema: LinkageSchema, secret: bytes) -> Sequence[Sequence[bytes]]:
-    """clkhash's per-field hashing keys, derived from the secret as the schema says."""
-    parsed = schema.clkhash
-    return generate_key_lists(
-        secret,
-        len(parsed.fields),
-        key_size=parsed.kdf_key_size,
-        salt=parsed.kdf_salt,
-        info=parsed.kdf_info,
-        kdf=parsed.kdf_type,
-        hash_algo=parsed.kdf_hash,
-    )
 
 
 class ClkEncoder:
     """Encodes rows (schema column order) into clkhash CLKs under one secret."""
 
     def __init__(self, schema: LinkageSchema, secret: bytes) -> None:
-        parsed = schema.clkhash
         keys = field_keys(schema, secret)
-        self.width = parsed.l // 8
+        self.width = schema.bit_length // 8
         self.fields = [
-            _FieldHasher(spec, field_keys, parsed.l)
-            for spec, field_keys in zip(parsed.fields, keys, strict=True)
+            _FieldHasher(field, keys, schema.bit_length)
+            for field, keys in zip(schema.fields, keys, strict=True)
         ]
 
     def encode(self, rows: Sequence[Sequence[str]]) -> bytes | ValueProblem:
@@ -117,7 +158,7 @@ class ClkEncoder:
             try:
                 for value, field in zip(row, fields, strict=True):
                     clk |= field.bits(value)
-            except InvalidEntryError as exc:
+            except InvalidValue as exc:
                 return _problem(index, row, fields, exc)
             out += clk.to_bytes(width, "big")
         return bytes(out)
@@ -129,26 +170,26 @@ class ClkEncoder:
                 if value in field.cache:
                     continue  # encoded before, so valid
                 try:
-                    field.spec.validate(value)
-                except InvalidEntryError as exc:
+                    field.field.validate(value)
+                except InvalidValue as exc:
                     return _problem(index, row, self.fields, exc)
         return None
 
 
 def _problem(
-    index: int, row: Sequence[str], fields: list[_FieldHasher], exc: InvalidEntryError
+    index: int, row: Sequence[str], fields: list[_FieldHasher], exc: InvalidValue
 ) -> ValueProblem:
     """Which value of the row was refused: the first one its field does not accept."""
     for column, (value, field) in enumerate(zip(row, fields, strict=True), start=1):
         try:
-            field.spec.validate(value)
-        except InvalidEntryError as own:
-            return ValueProblem(index, column, field.spec.identifier, redact(str(own), value))
+            field.field.validate(value)
+        except InvalidValue as own:
+            return ValueProblem(index, column, field.field.identifier, redact(str(own), value))
     raise exc
 
 
 def redact(message: str, value: str) -> str:
-    """clkhash quotes the offending value in its messages, raw or as repr(); keep identity data
+    """Validation messages quote the offending value, raw or as repr(); keep identity data
     out of errors by replacing every quoted form of it."""
     if value:
         for quoted in (repr(value), f"'{value}'", f'"{value}"'):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindlink.errors import BlindlinkError
+from blindlink.extras import require_extra
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -27,6 +28,7 @@ class LocalServer:
 def local_server(data_dir: Path, tls_dir: Path, *options: str) -> Iterator[LocalServer]:
     """Serve `data_dir` on a free localhost port with mutual TLS from `tls_dir` (and any other
     `serve` options); yield once it serves, stop it gracefully (SIGTERM) at the end."""
+    require_extra("server")
     data_dir.mkdir(parents=True, exist_ok=True)
     port_file = data_dir / "port"
     port_file.unlink(missing_ok=True)

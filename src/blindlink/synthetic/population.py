@@ -1,19 +1,18 @@
 """Drawing true identities as column arrays, and rendering them to CSV field strings.
 
-Names and ages follow the real-world frequency tables that clkhash ships; addresses come from
+Names and ages follow the public US frequency tables that clkhash also ships; addresses come from
 the invented parts in `address_parts`. Everything is drawn for all people at once so that a
 million-person population costs a few numpy arrays rather than a million Python objects.
 """
 
-import csv
 from dataclasses import dataclass, fields
 from functools import cache
-from importlib.resources import files
 from typing import Self
 
 import numpy as np
 
 from blindlink.synthetic.address_parts import STREET_NAMES, STREET_TYPES, TOWNS
+from blindlink.synthetic.frequency_tables import read_counts
 
 # Ages are counted back from a fixed day, not today, so that a seed gives the same files forever.
 REFERENCE_DATE = np.datetime64("2025-01-01", "D")
@@ -41,32 +40,29 @@ class FrequencyTable:
         return self.values[rng.choice(len(self.values), size=size, p=self.probabilities)]
 
 
-def _clkhash_table(name: str) -> FrequencyTable:
-    with (files("clkhash") / "data" / name).open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    return FrequencyTable.from_counts(
-        [row[0].strip() for row in rows], [float(row[1]) for row in rows]
-    )
+def _table(name: str) -> FrequencyTable:
+    rows = read_counts(name)
+    return FrequencyTable.from_counts([value for value, _ in rows], [count for _, count in rows])
 
 
 @cache
 def surnames() -> FrequencyTable:
-    return _clkhash_table("last-names.csv")
+    return _table("last-names.csv")
 
 
 @cache
 def female_given_names() -> FrequencyTable:
-    return _clkhash_table("female-first-names.csv")
+    return _table("female-first-names.csv")
 
 
 @cache
 def male_given_names() -> FrequencyTable:
-    return _clkhash_table("male-first-names.csv")
+    return _table("male-first-names.csv")
 
 
 @cache
 def ages() -> FrequencyTable:
-    table = _clkhash_table("ages.csv")
+    table = _table("ages.csv")
     return FrequencyTable(table.values.astype(np.int64), table.probabilities)
 
 
