@@ -215,7 +215,7 @@ def test_missing_id_column_is_named(tmp_path: Path, schema: LinkageSchema) -> No
     path = write_input(tmp_path, HEADER.replace("id,", "rec_id,", 1) + row())
     err = rejected(tmp_path, path, schema)
     assert_where(err, path, line=1)
-    assert err.reason.startswith("no record ID column 'id'; pass --id-column")
+    assert err.reason.startswith("no record ID column 'id': pass --id-column")
 
 
 def test_mapping_to_an_absent_column_names_the_field(tmp_path: Path, schema: LinkageSchema) -> None:
@@ -604,3 +604,14 @@ def test_a_blocking_key_on_an_unhashed_field_needs_its_column(
         encode_csv(path, schema, SECRET, out, id_map, "rec_id", 1, blocking=blocking)
     assert_where(info.value, path, line=1, field="id")
     assert "a blocking key of the agreement uses" in info.value.reason
+
+
+def test_missing_fields_and_id_column_are_named_together(
+    tmp_path: Path, schema: LinkageSchema
+) -> None:
+    header = "rec_id,given_name,surname,date_of_birth,sex,street_address,suburb,postcode\n"
+    path = write_input(tmp_path, header + row())
+    err = rejected(tmp_path, path, schema)
+    assert_where(err, path, line=1, field="city")
+    assert "no column for this schema field: " in err.reason
+    assert "; no record ID column 'id': pass --id-column" in err.reason

@@ -140,25 +140,28 @@ def _check_header(
         )
     hashed = [f.identifier for f in schema.fields if f.hashing is not None]
     missing = [field for field in hashed if wanted[field] not in header]
+    problems = []
     if missing:
         named = [f"{f} (looked for '{wanted[f]}')" if wanted[f] != f else f for f in missing]
         if len(missing) == 1:
             what = "this schema field" + named[0].removeprefix(missing[0])
         else:
             what = f"schema fields {', '.join(named)}"
-        raise InputError(
-            str(path),
+        problems.append(
             f"no column for {what}: name the column after the field or map it with "
-            f"--column FIELD=CSVCOLUMN; the header has {','.join(header)}",
-            line=1,
-            field=missing[0] if len(missing) == 1 else None,
+            "--column FIELD=CSVCOLUMN"
         )
     if id_source not in header:
+        problems.append(
+            f"no record ID column '{id_source}': pass --id-column naming the column that "
+            "holds each record's ID"
+        )
+    if problems:
         raise InputError(
             str(path),
-            f"no record ID column '{id_source}'; pass --id-column naming the column that "
-            f"holds each record's ID (the header has {','.join(header)})",
+            f"{'; '.join(problems)} (the header has {','.join(header)})",
             line=1,
+            field=missing[0] if len(missing) == 1 else None,
         )
 
 
