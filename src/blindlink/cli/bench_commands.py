@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from blindlink.benchmarking.results import results_dir
+
 
 def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks of the encodings")
@@ -28,8 +30,6 @@ def bench_tradeoff(args: argparse.Namespace) -> int:
     # Imported here: the benchmark pulls in matplotlib and scipy (the `bench` extra).
     from blindlink.benchmarking.summary import f_star
     from blindlink.benchmarking.tradeoff import tradeoff_benchmark
-
-    from blindlink.benchmarking.results import results_dir
 
     args.out = args.out or results_dir()
     summaries, sweep = tradeoff_benchmark(args.quick, args.out, print)
