@@ -240,3 +240,14 @@ def test_encode_column_flag_needs_field_and_column(
         main(args)
     assert exited.value.code == 2
     assert "'city' is not FIELD=CSVCOLUMN" in capsys.readouterr().err
+
+
+def test_encode_refuses_a_field_mapped_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write(tmp_path / "people.csv", HEADER)
+    args = ["--column", "city=suburb", "--column", "city=town"]
+    code = main(encode_args(csv, secret_file(tmp_path), tmp_path / "people.enc", *args))
+    assert code == 2
+    message = error_line(capsys.readouterr().err)
+    assert message == f"{csv}: --column maps the field 'city' more than once"
