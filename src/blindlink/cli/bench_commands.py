@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from blindlink.benchmarking.results import results_dir
+
 
 def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks of the encodings")
@@ -18,8 +20,8 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     tradeoff.add_argument(
         "--out",
         type=Path,
-        default=Path("benchmarks/results"),
-        help="directory for tradeoff.json, .csv, .md and the figures",
+        help="directory for tradeoff.json, .csv, .md and the figures (default: "
+        "benchmarks/results in a checkout, under the current directory when installed)",
     )
     tradeoff.set_defaults(run=bench_tradeoff)
 
@@ -29,6 +31,7 @@ def bench_tradeoff(args: argparse.Namespace) -> int:
     from blindlink.benchmarking.summary import f_star
     from blindlink.benchmarking.tradeoff import tradeoff_benchmark
 
+    args.out = args.out or results_dir()
     summaries, sweep = tradeoff_benchmark(args.quick, args.out, print)
     runs = sweep["method"]["sizes"]["repeats"]
     print(

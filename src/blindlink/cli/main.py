@@ -285,7 +285,24 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
     enc.add_argument("--secret-file", type=Path, required=True)
     enc.add_argument("--out", type=Path, required=True, help="encodings file to write")
     enc.add_argument("--id-map", type=Path, help="local ID map (default: OUT.idmap.json)")
-    enc.add_argument("--id-column", default="id")
+    enc.add_argument(
+        "--id-column",
+        default="id",
+        metavar="NAME",
+        help="the CSV column holding each record's ID (default: id); also a schema field "
+        "mapped with --column",
+    )
+    enc.add_argument(
+        "--column",
+        dest="columns",
+        action="append",
+        type=party.column_mapping,
+        default=[],
+        metavar="FIELD=CSVCOLUMN",
+        help="read schema field FIELD from the CSV column CSVCOLUMN (repeatable). Columns are "
+        "matched by header name, in any order; columns the schema does not use are ignored, "
+        "and so are ignored (unhashed) schema fields the file lacks",
+    )
     enc.add_argument("--workers", type=int, help="processes (default: every core)")
     enc.add_argument(
         "--agreement",

@@ -92,6 +92,22 @@ def _latest_run(client: LinkageClient, project_id: str) -> str:
     return runs[-1].run_id
 
 
+def column_mapping(text: str) -> tuple[str, str]:
+    """FIELD=CSVCOLUMN: a schema field and the CSV column it is read from."""
+    field, _, column = text.partition("=")
+    if not field or not column:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=CSVCOLUMN, like surname=last_name")
+    return field, column
+
+
+def _columns(pairs: Sequence[tuple[str, str]], path: Path) -> dict[str, str]:
+    columns: dict[str, str] = {}
+    for field, column in pairs:
+        if columns.setdefault(field, column) != column:
+            raise InputError(str(path), f"--column maps the field '{field}' more than once")
+    return columns
+
+
 def encode(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema or default_schema_path())
     secret = read_secret(args.secret_file)
@@ -109,6 +125,7 @@ def encode(args: argparse.Namespace) -> int:
             progress.update,
             agreement.hardening if agreement else [],
             agreement.blocking_keys if agreement else None,
+            _columns(args.columns, args.input),
         )
     keys = agreement.blocking_keys if agreement else None
     bits = f"{result.header.bit_length} bits"
@@ -116,6 +133,8 @@ def encode(args: argparse.Namespace) -> int:
         encoding_bits = result.header.bit_length - 64 * len(keys.keys)
         bits += f": a {encoding_bits}-bit encoding and {len(keys.keys)} blocking keys"
     print(f"encoded {result.header.count} records ({bits}) to {result.encodings_path}")
+    if result.unused_columns:
+        print(f"ignored CSV column(s) the schema does not use: {', '.join(result.unused_columns)}")
     print(f"local ID map (keep it; never upload it): {result.id_map_path}")
     return 0
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import codecs
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from blindlink.encoding.schema import LinkageSchema
@@ -56,30 +58,122 @@ def _line_of(path: Path, byte_offset: int) -> tuple[int, int]:
     return data.count(b"\n") + 1, data.rfind(b"\n") + 1
 
 
-def read_records(
-    path: Path, schema: LinkageSchema, id_column: str
-) -> Iterator[tuple[int, str, list[str]]]:
-    """Yield (line where the record starts, record ID, fields) for every record, checking the
-    file, its header, each record's shape and its ID; the values are checked by the encoder."""
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Where a CSV file's values go: the column of each schema field (None for an ignored
+    field the file has no column for, read as empty), the record ID's column, and the columns
+    nothing reads."""
+
+    width: int
+    positions: tuple[int | None, ...]
+    id_position: int
+    id_column: str
+    unused_columns: tuple[str, ...]
+
+    def fields(self, row: list[str]) -> list[str]:
+        """A record's values in schema field order."""
+        if self.positions == tuple(range(self.width)):
+            return row
+        return [row[i] if i is not None else "" for i in self.positions]
+
+    def csv_column(self, field_index: int) -> int | None:
+        """The 1-based CSV column of the schema field at `field_index`."""
+        position = self.positions[field_index]
+        return None if position is None else position + 1
+
+
+def read_layout(
+    path: Path,
+    schema: LinkageSchema,
+    id_column: str = "id",
+    columns: Mapping[str, str] | None = None,
+) -> ColumnLayout:
+    """Match the file's header to the schema: each field is read from the column of its name,
+    or the column `columns` maps it to (field -> CSV column); the record ID from `id_column` (a
+    CSV column, or a field `columns` maps). Extra columns are ignored, and so are ignored
+    schema fields the file lacks."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "file not found")
-    if id_column not in schema.columns:
+    columns = dict(columns or {})
+    unknown = [f for f in columns if f not in schema.columns]
+    if unknown:
         raise InputError(
             str(path),
-            f"the ID column '{id_column}' is not in the schema; add it "
-            "as an ignored feature or pass --id-column",
+            f"the column mapping names {', '.join(unknown)}, which the schema does not have "
+            f"(its fields: {', '.join(schema.columns)})",
         )
-    id_index = schema.columns.index(id_column)
-    seen: dict[str, int] = {}
     try:
-        for line, row in _shaped_records(path, schema):
-            record_id = row[id_index]
-            _check_id(path, line, record_id, id_index + 1, id_column, seen)
-            yield line, record_id, row
-    except UnicodeDecodeError:
-        check_utf8(path)  # raises, naming the line and column of the first bad byte
-        raise
+        with _csv_reader(path) as reader:
+            header = next(reader, None)
+    except csv.Error as exc:
+        raise InputError(str(path), f"malformed CSV header: {exc}", line=1) from None
+    if header is None:
+        raise InputError(
+            str(path),
+            f"the file is empty; expected a header row naming the columns "
+            f"{', '.join(schema.columns)}",
+        )
+    wanted = {field: columns.get(field, field) for field in schema.columns}
+    id_source = columns.get(id_column, id_column)
+    _check_header(path, header, schema, wanted, id_source)
+    index = {name: i for i, name in enumerate(header)}
+    used = {*wanted.values(), id_source}
+    return ColumnLayout(
+        width=len(header),
+        positions=tuple(index.get(wanted[field]) for field in schema.columns),
+        id_position=index[id_source],
+        id_column=id_source,
+        unused_columns=tuple(name for name in header if name not in used),
+    )
+
+
+def _check_header(
+    path: Path, header: list[str], schema: LinkageSchema, wanted: dict[str, str], id_source: str
+) -> None:
+    """Every hashed field and the record ID have exactly one column in the header."""
+    used = {*wanted.values(), id_source}
+    duplicated = sorted({c for c in header if header.count(c) > 1 and c in used})
+    if duplicated:
+        raise InputError(
+            str(path), f"header names column(s) {', '.join(duplicated)} more than once", line=1
+        )
+    hashed = [f.identifier for f in schema.fields if f.hashing is not None]
+    missing = [field for field in hashed if wanted[field] not in header]
+    problems = []
+    if missing:
+        named = [f"{f} (looked for '{wanted[f]}')" if wanted[f] != f else f for f in missing]
+        if len(missing) == 1:
+            what = "this schema field" + named[0].removeprefix(missing[0])
+        else:
+            what = f"schema fields {', '.join(named)}"
+        problems.append(
+            f"no column for {what}: name the column after the field or map it with "
+            "--column FIELD=CSVCOLUMN"
+        )
+    if id_source not in header:
+        problems.append(
+            f"no record ID column '{id_source}': pass --id-column naming the column that "
+            "holds each record's ID"
+        )
+    if problems:
+        raise InputError(
+            str(path),
+            f"{'; '.join(problems)} (the header has {','.join(header)})",
+            line=1,
+            field=missing[0] if len(missing) == 1 else None,
+        )
+
+
+def read_records(path: Path, layout: ColumnLayout) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield (line where the record starts, record ID, values in schema field order) for every
+    record, checking each record's shape and its ID; the values are checked by the encoder."""
+    path = Path(path)
+    seen: dict[str, int] = {}
+    for line, row in _shaped_records(path, layout.width):
+        record_id = row[layout.id_position]
+        _check_id(path, line, record_id, layout.id_position + 1, layout.id_column, seen)
+        yield line, record_id, layout.fields(row)
     if not seen:
         raise InputError(str(path), "the file has a header but no records")
 
@@ -100,20 +194,23 @@ def _check_id(
         )
 
 
-def _shaped_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, list[str]]]:
-    width = len(schema.columns)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, strict=True)
+@contextmanager
+def _csv_reader(path: Path) -> Iterator[Iterator[list[str]]]:
+    """A strict CSV reader over the file; a byte that is not UTF-8 is reported by position."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            yield csv.reader(f, strict=True)
+    except UnicodeDecodeError:
+        check_utf8(path)  # raises, naming the line and column of the first bad byte
+        raise
+
+
+def _shaped_records(path: Path, width: int) -> Iterator[tuple[int, list[str]]]:
+    """The records after the header, each with the line it starts on; each has `width` fields."""
+    with _csv_reader(path) as reader:
         line = 1
         try:
-            header = next(reader, None)
-            if header is None:
-                raise InputError(
-                    str(path),
-                    "the file is empty; expected a header row naming "
-                    f"the columns {', '.join(schema.columns)}",
-                )
-            _check_header(path, header, schema)
+            next(reader)  # the header, read by read_layout
             line = reader.line_num + 1
             for row in reader:
                 if row:
@@ -127,30 +224,6 @@ def _shaped_records(path: Path, schema: LinkageSchema) -> Iterator[tuple[int, li
             raise InputError(
                 str(path), f"malformed CSV: {exc} (in the record starting on this line)", line=line
             ) from None
-
-
-def _check_header(path: Path, header: list[str], schema: LinkageSchema) -> None:
-    expected = schema.columns
-    if header == expected:
-        return
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise InputError(
-            str(path), f"header names column(s) {', '.join(duplicated)} more than once", line=1
-        )
-    missing = [c for c in expected if c not in header]
-    unexpected = [c for c in header if c not in expected]
-    if missing:
-        problem = f"missing column(s) {', '.join(missing)}"
-    elif unexpected:
-        problem = f"unexpected column(s) {', '.join(unexpected)}"
-    else:
-        problem = "columns are in a different order"
-    raise InputError(
-        str(path),
-        f"header does not match the schema: {problem}; expected {','.join(expected)}",
-        line=1,
-    )
 
 
 def expected_records(path: Path) -> int:

@@ -11,7 +11,7 @@ import os
 import secrets
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,12 @@ import numpy as np
 
 from blindlink.encoding.blocking_keys import BlockingKeyMaker
 from blindlink.encoding.clk_encoder import ClkEncoder, ValueProblem
-from blindlink.encoding.csv_input import expected_records, read_records
+from blindlink.encoding.csv_input import (
+    ColumnLayout,
+    expected_records,
+    read_layout,
+    read_records,
+)
 from blindlink.encoding.encodings_file import EncodingsHeader, write_encodings
 from blindlink.encoding.id_map import IdMap, write_id_map
 from blindlink.encoding.schema import LinkageSchema, parse_schema
@@ -47,6 +52,7 @@ class EncodeResult:
     header: EncodingsHeader
     encodings_path: Path
     id_map_path: Path
+    unused_columns: tuple[str, ...] = ()  # CSV columns the schema and the record ID do not use
 
 
 class _ChunkEncoder:
@@ -117,7 +123,7 @@ class _Job:
     secret: bytes
     hardening: list[dict[str, Any]]
     blocking: KeyBlocking | None
-    id_column: str
+    layout: ColumnLayout
     ids: list[str] = field(default_factory=list)
 
     def encoder_args(self) -> tuple[Any, ...]:
@@ -134,7 +140,7 @@ def _chunks(job: _Job) -> Iterator[_Chunk]:
     """The file's records in chunks; their IDs are collected in `job.ids`."""
     lines: list[int] = []
     rows: list[list[str]] = []
-    for line, record_id, row in read_records(job.path, job.schema, job.id_column):
+    for line, record_id, row in read_records(job.path, job.layout):
         job.ids.append(record_id)
         lines.append(line)
         rows.append(row)
@@ -151,7 +157,7 @@ def _checked(job: _Job, lines: list[int], encoded: bytes | ValueProblem) -> byte
             str(job.path),
             encoded.message,
             line=lines[encoded.row],
-            column=encoded.column,
+            column=job.layout.csv_column(encoded.column - 1),
             field=encoded.field,
         )
     return encoded
@@ -200,17 +206,24 @@ def encode_csv(
     progress: Progress = lambda n: None,
     hardening: list[dict[str, Any]] | None = None,
     blocking: KeyBlocking | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> EncodeResult:
     """Check and encode every record of `path`, apply the agreement's hardening steps, append
     its blocking keys to each record, and write the encodings file and the local ID map; raise
     InputError, writing nothing, at the first problem.
 
+    Columns are matched by header name: `columns` maps schema fields to differently named CSV
+    columns, `id_column` names the column with the record IDs (see csv_input.read_layout), and
+    other columns are ignored.
+
     Rows are written in a random order so that a row reference reveals nothing about the
     record's position in the party's file.
     """
-    job = _Job(Path(path), schema, secret, hardening or [], blocking, id_column)
+    layout = read_layout(Path(path), schema, id_column, columns)
+    job = _Job(Path(path), schema, secret, hardening or [], blocking, layout)
     if blocking is not None:
         BlockingKeyMaker(blocking, schema, secret)  # refuses keys on fields the schema lacks
+        _check_key_columns(job)
     bit_length = output_bit_length(schema.bit_length, job.hardening)
     bit_length += 64 * len(blocking.keys) if blocking else 0
     workers = workers or os.cpu_count() or 1
@@ -229,7 +242,23 @@ def encode_csv(
         header = write_encodings(out, bit_length, origin, _shuffled(spool, bit_length, order))
     ids = job.ids
     write_id_map(id_map_out, IdMap(header.content_sha256.hex(), [ids[i] for i in order]))
-    return EncodeResult(header, Path(out), Path(id_map_out))
+    return EncodeResult(header, Path(out), Path(id_map_out), layout.unused_columns)
+
+
+def _check_key_columns(job: _Job) -> None:
+    """A blocking key may use a field that is not hashed: the file must have its column."""
+    assert job.blocking is not None
+    for key in job.blocking.keys:
+        for part in key:
+            if job.layout.csv_column(job.schema.columns.index(part.field)) is None:
+                raise InputError(
+                    str(job.path),
+                    "no column for this schema field, which a blocking key of the agreement "
+                    "uses; name the column after the field or map it with "
+                    "--column FIELD=CSVCOLUMN",
+                    line=1,
+                    field=part.field,
+                )
 
 
 def _shuffled(spool: IO[bytes], bit_length: int, order: np.ndarray) -> Iterator[bytes]:
