@@ -225,6 +225,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows are overwritten and new pages zeroed, so neither a deleted project's
+        # data nor stale process memory in a page's unused space reaches the files.
+        self._db.execute("PRAGMA secure_delete=ON")
         _add_batch_ids(self._db)
         _add_decisions(self._db)
         add_project_links(self._db)
