@@ -1,3 +1,88 @@
-"""blindlink: privacy-preserving record matching between two parties under a signed agreement."""
+"""blindlink: privacy-preserving record matching between two parties under a signed agreement.
 
-__version__ = "0.1.0"
+The public Python API is what `__all__` names; everything else is internal. Names load on first
+use, so `import blindlink` stays light and the optional extras load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+try:
+    __version__ = version("blindlink")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+# Public name -> the module that holds it.
+_HOMES = {
+    "Agreement": "blindlink.agreement.model",
+    "BlindlinkError": "blindlink.errors",
+    "Client": "blindlink.client.linkage_client",
+    "ClientTls": "blindlink.client.linkage_client",
+    "Encoded": "blindlink.encoded",
+    "Estimates": "blindlink.matching.decision",
+    "InputError": "blindlink.errors",
+    "LinkResult": "blindlink.local_linkage",
+    "LinkageSchema": "blindlink.encoding.schema",
+    "PartyInfo": "blindlink.agreement.model",
+    "ServerError": "blindlink.client.linkage_client",
+    "SignedAgreement": "blindlink.agreement.signing",
+    "encode": "blindlink.encoded",
+    "link": "blindlink.local_linkage",
+    "load_agreement": "blindlink.agreement.signing",
+    "load_schema": "blindlink.encoding.schema",
+    "new_agreement_document": "blindlink.agreement.model",
+    "sign_agreement": "blindlink.agreement.signing",
+}
+# Public names whose home calls them otherwise.
+_ALIASES = {"Client": "LinkageClient", "link": "link_locally", "sign_agreement": "sign_with_files"}
+
+__all__ = [
+    "Agreement",
+    "BlindlinkError",
+    "Client",
+    "ClientTls",
+    "Encoded",
+    "Estimates",
+    "InputError",
+    "LinkResult",
+    "LinkageSchema",
+    "PartyInfo",
+    "ServerError",
+    "SignedAgreement",
+    "__version__",
+    "encode",
+    "link",
+    "load_agreement",
+    "load_schema",
+    "new_agreement_document",
+    "sign_agreement",
+]
+
+if TYPE_CHECKING:
+    from blindlink.agreement.model import Agreement, PartyInfo, new_agreement_document
+    from blindlink.agreement.signing import SignedAgreement, load_agreement
+    from blindlink.agreement.signing import sign_with_files as sign_agreement
+    from blindlink.client.linkage_client import ClientTls, ServerError
+    from blindlink.client.linkage_client import LinkageClient as Client
+    from blindlink.encoded import Encoded, encode
+    from blindlink.encoding.schema import LinkageSchema, load_schema
+    from blindlink.errors import BlindlinkError, InputError
+    from blindlink.local_linkage import LinkResult
+    from blindlink.local_linkage import link_locally as link
+    from blindlink.matching.decision import Estimates
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'blindlink' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), _ALIASES.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -159,3 +159,12 @@ def sign_with_files(signed: SignedAgreement, role: str, cert: Path, key: Path) -
     except SecurityError as exc:
         raise InputError(str(key), str(exc)) from None
     return sign_as(signed, role, cert_pem, private_key)
+
+
+def load_agreement(path: Path) -> SignedAgreement:
+    """A signed agreement file (or an unsigned agreement document), parsed and validated;
+    `.problems()` checks its signatures."""
+    try:
+        return parse_signed(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise InputError(str(path), "agreement file not found") from None

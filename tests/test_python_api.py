@@ -1,0 +1,189 @@
+"""The public Python API (`import blindlink as bl`): encoding from files, DataFrames and rows,
+local linking that decides exactly as a server run does, the README's example, one version."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import blindlink as bl
+from blindlink._generated import linkage_pb2 as pb
+from blindlink.agreement.signing import parse_signed
+from blindlink.client.linkage_client import LinkageClient
+from blindlink.encoding.schema import LinkageSchema, default_schema_path
+from blindlink.synthetic import GeneratedFiles, generate_datasets
+
+SECRET = b"python api test secret"
+README = Path(__file__).parents[1] / "README.md"
+KEYS = {
+    "method": "keys",
+    "keys": [
+        [{"field": "given_name"}, {"field": "surname"}],
+        [{"field": "surname", "prefix": 3}, {"field": "date_of_birth"}],
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> GeneratedFiles:
+    """600 generated people per party, half of them on both sides."""
+    return generate_datasets(tmp_path_factory.mktemp("data"), 600, 0.5, seed=8)
+
+
+def _by_id(encoded: bl.Encoded) -> dict[str, bytes]:
+    return {i: row.tobytes() for i, row in zip(encoded.ids, encoded.records, strict=True)}
+
+
+def _server_matches(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    signed: bytes,
+    ours: bl.Encoded,
+    theirs: bl.Encoded,
+    workdir: Path,
+) -> tuple[set[tuple[str, str]], pb.Release]:
+    """The matches a server run releases to the requester (granted pairs), by record IDs."""
+    project = requester.create_project(signed).project_id
+    for client, encoded in ((custodian, theirs), (requester, ours)):
+        path = workdir / f"{client.party}.bin"
+        encoded.save(path, workdir / f"{client.party}.ids.json")
+        run_id = client.upload(project, path).run_id
+    assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
+    release = requester.release(project, run_id)
+    pairs = zip(release.own_rows, release.other_rows, strict=True)
+    return {(ours.ids[r], theirs.ids[c]) for r, c in pairs}, release
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"hardening": []},  # a calibrated threshold, all pairs
+        {"threshold": 0.8, "blocking": KEYS},  # the recommended hardening, blocking keys
+    ],
+    ids=["calibrated", "fixed-hardened-keys"],
+)
+def test_link_gives_exactly_the_server_matches_for_the_same_agreement(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    files: GeneratedFiles,
+    tmp_path: Path,
+    settings: dict[str, Any],
+) -> None:
+    signed = make_agreement(requester_release="pairs", **settings)
+    agreement = parse_signed(signed).agreement
+    ours = bl.encode(files.requester, schema, SECRET, agreement=agreement)
+    theirs = bl.encode(files.custodian, schema, SECRET, agreement=agreement)
+    served, release = _server_matches(requester, custodian, signed, ours, theirs, tmp_path)
+
+    local = bl.link(ours, theirs, agreement=agreement)
+
+    assert set(local.matches()) == served
+    assert len(local.matches()) == release.match_count > 250
+    assert round(local.threshold, 6) == pytest.approx(release.decision.threshold)
+    assert local.rule == release.decision.rule
+    frame = local.to_pandas()
+    assert list(frame.columns) == ["requester_id", "custodian_id", "dice", "probability", "status"]
+    assert (frame["status"] == "match").sum() == release.match_count
+
+
+def test_a_dataframe_and_rows_encode_as_their_csv_file(
+    schema: LinkageSchema, files: GeneratedFiles
+) -> None:
+    from_file = bl.encode(files.requester, schema, SECRET)
+    frame = pd.read_csv(files.requester, dtype=str, keep_default_na=False)
+    with open(files.requester, encoding="utf-8", newline="") as f:
+        mappings = list(csv.DictReader(f))
+    sequences = [[row[c] for c in schema.columns] for row in mappings]
+    expected = _by_id(from_file)
+    for data in (frame, mappings, sequences):
+        encoded = bl.encode(data, schema, SECRET)
+        assert encoded.key_count == 0 and encoded.blocking_keys is None
+        assert _by_id(encoded) == expected
+    assert from_file.encodings.shape == (600, schema.bit_length // 8)
+
+
+def test_encoding_with_blocking_keys_splits_them_from_the_encodings(
+    make_agreement: Callable[..., bytes], schema: LinkageSchema, files: GeneratedFiles
+) -> None:
+    agreement = parse_signed(make_agreement(hardening=[], blocking=KEYS)).agreement
+    encoded = bl.encode(files.requester, schema, SECRET, agreement=agreement)
+    keys = encoded.blocking_keys
+    assert keys is not None and keys.shape == (600, 2) and keys.dtype == np.uint64
+    assert encoded.encodings.shape == (600, schema.bit_length // 8)
+    assert encoded.origin == agreement.encodings_id
+
+
+def test_a_problem_in_rows_names_the_row_not_a_temporary_file(schema: LinkageSchema) -> None:
+    row = {c: "" for c in schema.columns} | {"id": "1"}
+    duplicate = r"^records, field 'id': row 2: duplicate record ID \(first seen on row 1\)"
+    with pytest.raises(bl.InputError, match=duplicate):
+        bl.encode([row, row], schema, SECRET)
+    with pytest.raises(bl.InputError, match="row 1 has no column 'id'"):
+        bl.encode([{"surname": "Lee"}], schema, SECRET)
+
+
+def test_link_refuses_encodings_not_made_as_the_agreement_says(
+    make_agreement: Callable[..., bytes], schema: LinkageSchema, files: GeneratedFiles
+) -> None:
+    agreement = parse_signed(make_agreement(blocking=KEYS)).agreement
+    plain = bl.encode(files.requester, schema, SECRET)
+    with pytest.raises(bl.InputError, match="not encoded as the agreement says"):
+        bl.link(plain, plain, agreement=agreement)
+
+
+def test_the_readme_example_runs(files: GeneratedFiles, tmp_path: Path) -> None:
+    section = README.read_text(encoding="utf-8").split("## Use from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None
+    shutil.copy(files.requester, tmp_path / "ours.csv")
+    shutil.copy(files.custodian, tmp_path / "theirs.csv")
+    shutil.copy(default_schema_path(), tmp_path / "schema.json")
+    done = subprocess.run(
+        [sys.executable, "-c", code.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "matches at threshold" in done.stdout
+
+
+def test_import_is_light_and_every_public_name_resolves() -> None:
+    script = (
+        "import sys, blindlink as bl\n"
+        "heavy = {'pandas', 'numpy', 'grpc', 'matplotlib', 'scipy', 'anonlink'}\n"
+        "assert not heavy & {m.split('.')[0] for m in sys.modules}, sorted(sys.modules)\n"
+        "missing = [n for n in bl.__all__ if getattr(bl, n, None) is None]\n"
+        "assert not missing, missing\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(AttributeError):
+        _ = bl.not_a_public_name  # type: ignore[attr-defined]
+
+
+def test_version_comes_from_the_installed_distribution() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "blindlink"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bl.__version__ == version("blindlink")
+    assert done.stdout.strip() == f"blindlink {version('blindlink')}", done.stderr
