@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import Identities
 
 import blindlink as bl
-from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
-from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
 from blindlink.synthetic import GeneratedFiles, generate_datasets
 
@@ -47,23 +46,19 @@ def _by_id(encoded: bl.Encoded) -> dict[str, bytes]:
 
 
 def _server_matches(
-    requester: LinkageClient,
-    custodian: LinkageClient,
-    signed: bytes,
-    ours: bl.Encoded,
-    theirs: bl.Encoded,
-    workdir: Path,
-) -> tuple[set[tuple[str, str]], pb.Release]:
-    """The matches a server run releases to the requester (granted pairs), by record IDs."""
-    project = requester.create_project(signed).project_id
-    for client, encoded in ((custodian, theirs), (requester, ours)):
-        path = workdir / f"{client.party}.bin"
-        encoded.save(path, workdir / f"{client.party}.ids.json")
-        run_id = client.upload(project, path).run_id
-    assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
-    release = requester.release(project, run_id)
-    pairs = zip(release.own_rows, release.other_rows, strict=True)
-    return {(ours.ids[r], theirs.ids[c]) for r, c in pairs}, release
+    address: str, identities: Identities, signed: bytes, ours: bl.Encoded, theirs: bl.Encoded
+) -> bl.Results:
+    """What a server run releases to the requester, through `bl.Client`."""
+    with (
+        bl.Client(address, "requester", identities.tls("requester")) as requester,
+        bl.Client(address, "custodian", identities.tls("custodian")) as custodian,
+    ):
+        project = requester.create_project(signed)
+        assert project == parse_signed(signed).agreement.project_id
+        assert custodian.upload(project, theirs) == ""
+        run_id = requester.upload(project, ours)
+        requester.wait(project, run_id)
+        return requester.results(project, run_id, ours)
 
 
 @pytest.mark.parametrize(
@@ -75,8 +70,8 @@ def _server_matches(
     ids=["calibrated", "fixed-hardened-keys"],
 )
 def test_link_gives_exactly_the_server_matches_for_the_same_agreement(
-    requester: LinkageClient,
-    custodian: LinkageClient,
+    address: str,
+    identities: Identities,
     make_agreement: Callable[..., bytes],
     schema: LinkageSchema,
     files: GeneratedFiles,
@@ -87,17 +82,22 @@ def test_link_gives_exactly_the_server_matches_for_the_same_agreement(
     agreement = parse_signed(signed).agreement
     ours = bl.encode(files.requester, schema, SECRET, agreement=agreement)
     theirs = bl.encode(files.custodian, schema, SECRET, agreement=agreement)
-    served, release = _server_matches(requester, custodian, signed, ours, theirs, tmp_path)
+    served = _server_matches(address, identities, signed, ours, theirs)
 
     local = bl.link(ours, theirs, agreement=agreement)
 
-    assert set(local.matches()) == served
-    assert len(local.matches()) == release.match_count > 250
-    assert round(local.threshold, 6) == pytest.approx(release.decision.threshold)
-    assert local.rule == release.decision.rule
+    server_pairs = {(i, theirs.ids[r]) for i, r in zip(served.ids, served.other_rows, strict=True)}
+    assert set(local.matches()) == server_pairs
+    assert len(local.matches()) == served.match_count > 250
+    assert served.threshold is not None
+    assert round(local.threshold, 6) == pytest.approx(served.threshold)
+    assert (local.rule, local.estimates is None) == (served.rule, served.estimates is None)
     frame = local.to_pandas()
     assert list(frame.columns) == ["requester_id", "custodian_id", "dice", "probability", "status"]
-    assert (frame["status"] == "match").sum() == release.match_count
+    assert (frame["status"] == "match").sum() == served.match_count
+    released = served.to_pandas()
+    assert list(released.columns) == ["id", "other_row", "status"]
+    assert set(released["id"]) == set(served.ids)
 
 
 def test_a_dataframe_and_rows_encode_as_their_csv_file(

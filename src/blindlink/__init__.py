@@ -19,7 +19,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _HOMES = {
     "Agreement": "blindlink.agreement.model",
     "BlindlinkError": "blindlink.errors",
-    "Client": "blindlink.client.linkage_client",
+    "Client": "blindlink.client.client",
     "ClientTls": "blindlink.client.linkage_client",
     "Encoded": "blindlink.encoded",
     "Estimates": "blindlink.matching.decision",
@@ -27,6 +27,8 @@ _HOMES = {
     "LinkResult": "blindlink.local_linkage",
     "LinkageSchema": "blindlink.encoding.schema",
     "PartyInfo": "blindlink.agreement.model",
+    "Results": "blindlink.client.client",
+    "RunFailed": "blindlink.client.client",
     "ServerError": "blindlink.client.linkage_client",
     "SignedAgreement": "blindlink.agreement.signing",
     "encode": "blindlink.encoded",
@@ -37,7 +39,7 @@ _HOMES = {
     "sign_agreement": "blindlink.agreement.signing",
 }
 # Public names whose home calls them otherwise.
-_ALIASES = {"Client": "LinkageClient", "link": "link_locally", "sign_agreement": "sign_with_files"}
+_ALIASES = {"link": "link_locally", "sign_agreement": "sign_with_files"}
 
 __all__ = [
     "Agreement",
@@ -50,6 +52,8 @@ __all__ = [
     "LinkResult",
     "LinkageSchema",
     "PartyInfo",
+    "Results",
+    "RunFailed",
     "ServerError",
     "SignedAgreement",
     "__version__",
@@ -65,8 +69,8 @@ if TYPE_CHECKING:
     from blindlink.agreement.model import Agreement, PartyInfo, new_agreement_document
     from blindlink.agreement.signing import SignedAgreement, load_agreement
     from blindlink.agreement.signing import sign_with_files as sign_agreement
+    from blindlink.client.client import Client, Results, RunFailed
     from blindlink.client.linkage_client import ClientTls, ServerError
-    from blindlink.client.linkage_client import LinkageClient as Client
     from blindlink.encoded import Encoded, encode
     from blindlink.encoding.schema import LinkageSchema, load_schema
     from blindlink.errors import BlindlinkError, InputError
