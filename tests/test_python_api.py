@@ -22,10 +22,13 @@ from conftest import Identities
 import blindlink as bl
 from blindlink.agreement.signing import parse_signed
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
+from blindlink.extras import EXTRA_OF_MODULE
 from blindlink.synthetic import GeneratedFiles, generate_datasets
 
 SECRET = b"python api test secret"
 README = Path(__file__).parents[1] / "README.md"
+# What a core-only install lacks: clkhash is a test dependency, the rest belong to extras.
+ABSENT = ["clkhash", *EXTRA_OF_MODULE]
 KEYS = {
     "method": "keys",
     "keys": [
@@ -176,6 +179,33 @@ def test_import_is_light_and_every_public_name_resolves() -> None:
     assert done.returncode == 0, done.stderr
     with pytest.raises(AttributeError):
         _ = bl.not_a_public_name  # type: ignore[attr-defined]
+
+
+def test_the_api_works_without_extras_and_names_the_one_a_call_needs(
+    files: GeneratedFiles,
+) -> None:
+    script = (
+        "import sys\n"
+        f"for name in {ABSENT!r}:\n"
+        "    sys.modules[name] = None  # an import of it raises ModuleNotFoundError\n"
+        "import blindlink as bl\n"
+        "from blindlink.encoding.schema import default_schema_path\n"
+        "schema = bl.load_schema(default_schema_path())\n"
+        f"ours = bl.encode({str(files.requester)!r}, schema, b'secret', workers=1)\n"
+        "result = bl.link(ours, ours, threshold=0.9)\n"
+        "assert len(result.matches()) == len(ours) == 600\n"
+        "for call in (result.to_pandas, lambda: bl.tradeoff('out', quick=True)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except bl.BlindlinkError as exc:\n"
+        "        print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "this command needs the `pandas` extra: pip install 'blindlink[pandas]'",
+        "this command needs the `bench` extra: pip install 'blindlink[bench]'",
+    ]
 
 
 def test_version_comes_from_the_installed_distribution() -> None:

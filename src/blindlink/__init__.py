@@ -10,6 +10,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
+from blindlink.extras import MissingExtra, extra_for
+
 try:
     __version__ = version("blindlink")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -19,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _HOMES = {
     "Agreement": "blindlink.agreement.model",
     "BlindlinkError": "blindlink.errors",
+    "ConfigurationResult": "blindlink.benchmarking.tradeoff",
     "Client": "blindlink.client.client",
     "ClientTls": "blindlink.client.linkage_client",
     "Encoded": "blindlink.encoded",
@@ -31,20 +34,27 @@ _HOMES = {
     "RunFailed": "blindlink.client.client",
     "ServerError": "blindlink.client.linkage_client",
     "SignedAgreement": "blindlink.agreement.signing",
+    "TradeoffResult": "blindlink.benchmarking.tradeoff",
     "encode": "blindlink.encoded",
     "link": "blindlink.local_linkage",
     "load_agreement": "blindlink.agreement.signing",
     "load_schema": "blindlink.encoding.schema",
     "new_agreement_document": "blindlink.agreement.model",
     "sign_agreement": "blindlink.agreement.signing",
+    "tradeoff": "blindlink.benchmarking.tradeoff",
 }
 # Public names whose home calls them otherwise.
-_ALIASES = {"link": "link_locally", "sign_agreement": "sign_with_files"}
+_ALIASES = {
+    "link": "link_locally",
+    "sign_agreement": "sign_with_files",
+    "tradeoff": "tradeoff_benchmark",
+}
 
 __all__ = [
     "Agreement",
     "BlindlinkError",
     "Client",
+    "ConfigurationResult",
     "ClientTls",
     "Encoded",
     "Estimates",
@@ -56,6 +66,7 @@ __all__ = [
     "RunFailed",
     "ServerError",
     "SignedAgreement",
+    "TradeoffResult",
     "__version__",
     "encode",
     "link",
@@ -63,12 +74,15 @@ __all__ = [
     "load_schema",
     "new_agreement_document",
     "sign_agreement",
+    "tradeoff",
 ]
 
 if TYPE_CHECKING:
     from blindlink.agreement.model import Agreement, PartyInfo, new_agreement_document
     from blindlink.agreement.signing import SignedAgreement, load_agreement
     from blindlink.agreement.signing import sign_with_files as sign_agreement
+    from blindlink.benchmarking.tradeoff import ConfigurationResult, TradeoffResult
+    from blindlink.benchmarking.tradeoff import tradeoff_benchmark as tradeoff
     from blindlink.client.client import Client, Results, RunFailed
     from blindlink.client.linkage_client import ClientTls, ServerError
     from blindlink.encoded import Encoded, encode
@@ -83,7 +97,14 @@ def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'blindlink' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), _ALIASES.get(name, name))
+    try:
+        module = importlib.import_module(home)
+    except ModuleNotFoundError as exc:
+        extra = extra_for(exc)
+        if extra is None:
+            raise
+        raise MissingExtra(extra) from None
+    value = getattr(module, _ALIASES.get(name, name))
     globals()[name] = value
     return value
 
