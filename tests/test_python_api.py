@@ -217,3 +217,24 @@ def test_version_comes_from_the_installed_distribution() -> None:
     )
     assert bl.__version__ == version("blindlink")
     assert done.stdout.strip() == f"blindlink {version('blindlink')}", done.stderr
+
+
+def test_an_agreement_is_built_signed_and_verified_through_the_api(
+    identities: Identities, schema: LinkageSchema, tmp_path: Path
+) -> None:
+    pki = identities.pki
+    document = bl.new_agreement_document(
+        reference="from python",
+        requester=bl.party_info("A", pki.party_certs["requester"]),
+        custodian=bl.party_info("B", pki.party_certs["custodian"]),
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+    )
+    signed = bl.SignedAgreement.unsigned(document)
+    assert signed.problems() == ["the requester has not signed", "the custodian has not signed"]
+    for role in ("requester", "custodian"):
+        signed = bl.sign_agreement(signed, role, pki.party_certs[role], pki.party_keys[role])
+    (tmp_path / "agreement.json").write_bytes(signed.to_bytes())
+    loaded = bl.load_agreement(tmp_path / "agreement.json")
+    assert loaded.problems(pki.ca_cert.read_bytes()) == []
+    assert loaded.agreement.project_id == signed.agreement.project_id

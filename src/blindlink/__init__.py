@@ -40,6 +40,7 @@ _HOMES = {
     "load_agreement": "blindlink.agreement.signing",
     "load_schema": "blindlink.encoding.schema",
     "new_agreement_document": "blindlink.agreement.model",
+    "party_info": "blindlink.agreement.signing",
     "sign_agreement": "blindlink.agreement.signing",
     "tradeoff": "blindlink.benchmarking.tradeoff",
 }
@@ -73,13 +74,14 @@ __all__ = [
     "load_agreement",
     "load_schema",
     "new_agreement_document",
+    "party_info",
     "sign_agreement",
     "tradeoff",
 ]
 
 if TYPE_CHECKING:
     from blindlink.agreement.model import Agreement, PartyInfo, new_agreement_document
-    from blindlink.agreement.signing import SignedAgreement, load_agreement
+    from blindlink.agreement.signing import SignedAgreement, load_agreement, party_info
     from blindlink.agreement.signing import sign_with_files as sign_agreement
     from blindlink.benchmarking.tradeoff import ConfigurationResult, TradeoffResult
     from blindlink.benchmarking.tradeoff import tradeoff_benchmark as tradeoff
