@@ -4,6 +4,7 @@ local linking that decides exactly as a server run does, the README's example, o
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import re
 import shutil
@@ -238,3 +239,28 @@ def test_an_agreement_is_built_signed_and_verified_through_the_api(
     loaded = bl.load_agreement(tmp_path / "agreement.json")
     assert loaded.problems(pki.ca_cert.read_bytes()) == []
     assert loaded.agreement.project_id == signed.agreement.project_id
+
+
+# The API's own callables and result types; agreements and schemas carry their JSON documents
+# as dict[str, Any].
+TYPED = ["Client", "Encoded", "LinkResult", "Results", "TradeoffResult", "ConfigurationResult"]
+TYPED += ["encode", "link", "load_agreement", "party_info", "tradeoff"]
+
+
+def _annotations(obj: object) -> list[str]:
+    if inspect.isclass(obj):
+        members = [m for n, m in vars(obj).items() if not n.startswith("_") or n == "__init__"]
+        found = [str(a) for a in getattr(obj, "__annotations__", {}).values()]
+        return found + [a for m in members if callable(m) for a in _annotations(m)]
+    signature = inspect.signature(obj)  # type: ignore[arg-type]
+    params = [p for p in signature.parameters.values() if p.name not in ("self", "cls")]
+    found = [str(p.annotation) for p in params]
+    return [*found, str(signature.return_annotation)]
+
+
+def test_the_public_surface_is_all_typed_and_only_all() -> None:
+    assert sorted(dir(bl)) == sorted(bl.__all__)
+    for name in TYPED:
+        annotations = _annotations(getattr(bl, name))
+        assert annotations, name
+        assert not [a for a in annotations if "Any" in a or a == "<class 'inspect._empty'>"], name

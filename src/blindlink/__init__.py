@@ -6,15 +6,17 @@ use, so `import blindlink` stays light and the optional extras load only when us
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import PackageNotFoundError, version
+import importlib as _importlib
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
 from typing import TYPE_CHECKING
 
-from blindlink.extras import MissingExtra, extra_for
+from blindlink.extras import MissingExtra
+from blindlink.extras import extra_for as _extra_for
 
 try:
-    __version__ = version("blindlink")
-except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = _version("blindlink")
+except _NotInstalled:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 # Public name -> the module that holds it.
@@ -62,6 +64,7 @@ __all__ = [
     "InputError",
     "LinkResult",
     "LinkageSchema",
+    "MissingExtra",
     "PartyInfo",
     "Results",
     "RunFailed",
@@ -100,9 +103,9 @@ def __getattr__(name: str) -> object:
     if home is None:
         raise AttributeError(f"module 'blindlink' has no attribute {name!r}")
     try:
-        module = importlib.import_module(home)
+        module = _importlib.import_module(home)
     except ModuleNotFoundError as exc:
-        extra = extra_for(exc)
+        extra = _extra_for(exc)
         if extra is None:
             raise
         raise MissingExtra(extra) from None
@@ -112,4 +115,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted(__all__)
