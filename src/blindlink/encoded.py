@@ -81,6 +81,9 @@ def encode(
     a missing value (None, NaN) is an empty one. With `agreement`, the records are encoded as
     it says (hardening steps, blocking keys) and it must name `schema`. Raises InputError at
     the first problem, naming the row (line of the CSV) and field.
+
+    In-memory records pass through `blindlink encode`'s checks as a CSV file in a private
+    temporary directory (readable by this user only), deleted before this returns.
     """
     schema = schema if isinstance(schema, LinkageSchema) else load_schema(Path(schema))
     if agreement is not None and agreement.schema_sha256 != schema.sha256:
