@@ -81,6 +81,14 @@ def test_wheel_installs_with_pip_core_then_all(tmp_path: Path) -> None:
     out = run(blindlink, "encode", "people.csv", "--secret-file", "secret", "--out", "e.bin",
               cwd=tmp_path)  # fmt: skip
     assert "encoded 2 records" in out
+    version = wheel.name.split("-")[1]
+    assert run(blindlink, "--version").strip() == f"blindlink {version}"
+    api = (
+        "import blindlink as bl; from blindlink.encoding.schema import default_schema_path;"
+        "e = bl.encode('people.csv', bl.load_schema(default_schema_path()), b's', workers=1);"
+        f"assert len(bl.link(e, e, threshold=0.9).matches()) == 2 and bl.__version__ == {version!r}"
+    )
+    run(python, "-c", api, cwd=tmp_path)
     serve = subprocess.run([blindlink, "serve"], capture_output=True, text=True, cwd=tmp_path)
     assert "pip install 'blindlink[server]'" in serve.stderr
 

@@ -1,8 +1,8 @@
-"""`blindlink bench tradeoff --quick`: the files it writes exist and hold plausible numbers."""
+"""`bl.tradeoff(quick=True)`, which `blindlink bench tradeoff --quick` runs: the files it writes
+exist and hold plausible numbers, and the result object says the same."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -10,18 +10,20 @@ from typing import Any
 
 import pytest
 
+import blindlink as bl
+from blindlink.benchmarking import tradeoff
 from blindlink.benchmarking.figures import FIGURES
-from blindlink.cli.bench_commands import add_bench_commands
+from blindlink.cli.main import main
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tradeoff")
-    parser = argparse.ArgumentParser()
-    add_bench_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", "tradeoff", "--quick", "--out", str(directory)])
-    assert args.run(args) == 0
-    return directory
+def result(tmp_path_factory: pytest.TempPathFactory) -> bl.TradeoffResult:
+    return bl.tradeoff(tmp_path_factory.mktemp("tradeoff"), quick=True)
+
+
+@pytest.fixture(scope="module")
+def out(result: bl.TradeoffResult) -> Path:
+    return result.out
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,33 @@ def test_csv_has_one_row_per_configuration(document: dict[str, Any], out: Path) 
         rows = list(csv.DictReader(f))
     assert [r["config"] for r in rows] == [c["name"] for c in document["configs"]]
     assert all(0 <= float(r["worst_reid"]) <= 1 for r in rows)
+
+
+def test_the_result_object_holds_what_the_json_holds(
+    result: bl.TradeoffResult, document: dict[str, Any]
+) -> None:
+    names = [c.name for c in result.configurations]
+    assert names == [s["name"] for s in document["summaries"]]
+    assert result.recommended == document["recommended"]
+    assert result.recommended_meets_target == document["recommended_meets_target"]
+    baseline = result.configurations[names.index("baseline")]
+    assert (
+        baseline.f_star
+        == summary(document, "baseline")["generated"]["calibrated"]["f_star"]["median"]
+    )
+    frame = result.to_pandas()
+    assert list(frame["name"]) == names
+    assert frame["pareto"].any()
+
+
+def test_the_command_prints_the_result(
+    result: bl.TradeoffResult,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`blindlink bench tradeoff` prints the API's result (here the one already measured)."""
+    monkeypatch.setattr(tradeoff, "tradeoff_benchmark", lambda out, quick, progress: result)
+    assert main(["bench", "tradeoff", "--quick", "--out", str(result.out)]) == 0
+    printed = capsys.readouterr().out
+    for c in result.configurations:
+        assert f"{c.name:<34} F* {c.f_star:.3f}" in printed

@@ -15,7 +15,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from blindlink.agreement.model import ROLES, Agreement, agreement_from_document, load_json
+from blindlink.agreement.model import (
+    ROLES,
+    Agreement,
+    PartyInfo,
+    agreement_from_document,
+    load_json,
+)
 from blindlink.canonical import canonical_json
 from blindlink.errors import AgreementError, InputError
 from blindlink.security.certificate_signing import (
@@ -26,7 +32,7 @@ from blindlink.security.certificate_signing import (
     signed_by_certificate,
 )
 from blindlink.security.keys import SecurityError
-from blindlink.security.pki import certificate_fingerprint, read_key_pair
+from blindlink.security.pki import certificate_fingerprint, read_certificates, read_key_pair
 
 # What a party signs starts with this, so that no signature made by a certificate key for
 # another purpose (a TLS handshake) can pass for an agreement signature, nor the reverse.
@@ -39,6 +45,12 @@ class SignedAgreement:
     agreement: Agreement
     signatures: dict[str, str]
     certificates: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def unsigned(cls, document: dict[str, Any]) -> SignedAgreement:
+        """A new agreement document (`new_agreement_document`), validated, with no signatures
+        yet."""
+        return cls(agreement_from_document(document), {})
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.document())
@@ -159,3 +171,18 @@ def sign_with_files(signed: SignedAgreement, role: str, cert: Path, key: Path) -
     except SecurityError as exc:
         raise InputError(str(key), str(exc)) from None
     return sign_as(signed, role, cert_pem, private_key)
+
+
+def load_agreement(path: Path) -> SignedAgreement:
+    """A signed agreement file (or an unsigned agreement document), parsed and validated;
+    `.problems()` checks its signatures."""
+    try:
+        return parse_signed(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise InputError(str(path), "agreement file not found") from None
+
+
+def party_info(name: str, certificate: Path) -> PartyInfo:
+    """A party as an agreement names it: its name and its TLS client certificate's hash."""
+    pem = read_certificates(Path(certificate), "certificate")
+    return PartyInfo(name, certificate_fingerprint(pem))

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,9 +46,12 @@ from blindlink.benchmarking.record_pairs import (
 )
 from blindlink.benchmarking.report import write_results
 from blindlink.benchmarking.results import machine
-from blindlink.benchmarking.summary import summarise
+from blindlink.benchmarking.summary import encoded_bits, f_star, recommend, summarise
 from blindlink.encoding.schema import LinkageSchema, parse_schema
 from blindlink.hardening import encode_with_steps
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 POLICY_THRESHOLD = 0.8  # the agreement's default Dice threshold
 LINKAGE_OVERLAP = 0.5  # share of each party's records that are on both sides
@@ -277,15 +280,71 @@ def _method(size: SweepSize, with_febrl: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ConfigurationResult:
+    """One encoding configuration's medians over repeats: linkage quality (F* on generated
+    data at the calibrated threshold) against the worst re-identification rate of both attacks
+    at every attacker strength measured (`worst_attack` names it)."""
+
+    name: str
+    encoded_bits: int
+    f_star: float
+    worst_reidentification: float
+    worst_attack: str
+    pareto: bool  # on the frontier of (F*, worst re-identification)
+
+
+@dataclass(frozen=True)
+class TradeoffResult:
+    """The sweep's outcome per configuration, the recommended one, and where the files are
+    (tradeoff.json with every sample, tradeoff.csv, tradeoff.md and the figures)."""
+
+    configurations: tuple[ConfigurationResult, ...]
+    recommended: str
+    recommended_meets_target: bool
+    repeats: int
+    wall_seconds: float
+    out: Path
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per configuration (needs the `pandas` extra)."""
+        from blindlink.extras import MissingExtra
+
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingExtra("pandas") from None
+        return pd.DataFrame([asdict(c) for c in self.configurations])
+
+
 def tradeoff_benchmark(
-    quick: bool, out: Path, progress: Progress = lambda line: None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the sweep (`quick`: a few configurations, small data, one run each) and write
-    tradeoff.json, tradeoff.csv, tradeoff.md and the figures into `out`; the per-configuration
-    summaries and the raw sweep."""
+    out: Path, *, quick: bool = False, progress: Progress = lambda line: None
+) -> TradeoffResult:
+    """Run the sweep (`quick`: a few configurations, small data, one run each, about a minute)
+    and write tradeoff.json, tradeoff.csv, tradeoff.md and the figures into `out`."""
     sweep = run_sweep(sweep_configs(quick), sweep_size(quick), progress)
     summaries = summarise(sweep)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_figures(summaries, sweep, out)
     write_results(sweep, summaries, out)
-    return summaries, sweep
+    recommended, passes = recommend(summaries)
+    configurations = tuple(
+        ConfigurationResult(
+            s["name"],
+            encoded_bits(s),
+            f_star(s),
+            s["worst_reidentification"],
+            s["worst_attack"],
+            s["pareto"],
+        )
+        for s in summaries
+    )
+    return TradeoffResult(
+        configurations,
+        recommended["name"],
+        passes,
+        sweep["method"]["sizes"]["repeats"],
+        sweep["wall_seconds"],
+        out,
+    )

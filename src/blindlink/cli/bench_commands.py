@@ -28,17 +28,15 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
 
 def bench_tradeoff(args: argparse.Namespace) -> int:
     # Imported here: the benchmark pulls in matplotlib and scipy (the `bench` extra).
-    from blindlink.benchmarking.summary import f_star
     from blindlink.benchmarking.tradeoff import tradeoff_benchmark
 
-    args.out = args.out or results_dir()
-    summaries, sweep = tradeoff_benchmark(args.quick, args.out, print)
-    runs = sweep["method"]["sizes"]["repeats"]
+    result = tradeoff_benchmark(args.out or results_dir(), quick=args.quick, progress=print)
     print(
-        f"median of {runs} run(s) per configuration; F* on generated data at the calibrated "
-        "threshold; worst re-identification over both attacks and all attacker strengths"
+        f"median of {result.repeats} run(s) per configuration; F* on generated data at the "
+        "calibrated threshold; worst re-identification over both attacks and all attacker "
+        "strengths"
     )
-    for s in summaries:
-        print(f"{s['name']:<34} F* {f_star(s):.3f}  worst {s['worst_reidentification']:.1%}")
-    print(f"wall time {sweep['wall_seconds']:.0f} s; results in {args.out}")
+    for c in result.configurations:
+        print(f"{c.name:<34} F* {c.f_star:.3f}  worst {c.worst_reidentification:.1%}")
+    print(f"wall time {result.wall_seconds:.0f} s; results in {result.out}")
     return 0

@@ -24,7 +24,6 @@ from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.model import (
     RECOMMENDED_HARDENING,
     PartyInfo,
-    agreement_from_document,
     new_agreement_document,
 )
 from blindlink.agreement.signing import SignedAgreement
@@ -228,7 +227,7 @@ def _write_agreement(work: Path, pki: PkiFiles, blocking: dict[str, object] | No
         custodian_release="count",
     )
     path = work / "agreement.json"
-    signed = SignedAgreement(agreement_from_document(document), {})
+    signed = SignedAgreement.unsigned(document)
     path.write_text(json.dumps(signed.document(), indent=2), encoding="utf-8")
     return path
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from blindlink import __version__
 from blindlink.agreement.model import (
     POSSIBLE_RELEASES,
     RECOMMENDED_HARDENING,
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             "server that never sees plaintext, release only what the agreement grants."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"blindlink {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_setup_commands(commands)
     _add_party_commands(commands)

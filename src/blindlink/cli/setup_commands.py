@@ -10,21 +10,19 @@ from typing import Any
 from blindlink.agreement.model import (
     ROLES,
     Agreement,
-    PartyInfo,
     ReleaseKind,
-    agreement_from_document,
     agreement_json_schema,
     new_agreement_document,
     unusual_thresholds,
 )
-from blindlink.agreement.signing import SignedAgreement, parse_signed, sign_with_files
+from blindlink.agreement.signing import SignedAgreement, parse_signed, party_info, sign_with_files
 from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
 from blindlink.errors import AgreementError, InputError
 from blindlink.hardening.steps import output_bit_length, validate_steps
-from blindlink.security.pki import certificate_fingerprint, read_certificates
+from blindlink.security.pki import read_certificates
 from blindlink.synthetic import CorruptionRates, generate_datasets
 
 RELEASE_CHOICES = [k.value for k in ReleaseKind]
@@ -69,18 +67,13 @@ def schema_show_default(args: argparse.Namespace) -> int:
     return 0
 
 
-def _party(name: str, cert_file: Path) -> PartyInfo:
-    cert = read_certificates(cert_file, "certificate")
-    return PartyInfo(name, certificate_fingerprint(cert))
-
-
 def agreement_new(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema or default_schema_path())
     hardening = _hardening_steps(args.hardening)
     document = new_agreement_document(
         reference=args.reference,
-        requester=_party(args.requester, args.requester_cert),
-        custodian=_party(args.custodian, args.custodian_cert),
+        requester=party_info(args.requester, args.requester_cert),
+        custodian=party_info(args.custodian, args.custodian_cert),
         schema_sha256=schema.sha256,
         bit_length=output_bit_length(schema.bit_length, hardening),
         hardening=hardening,
@@ -99,7 +92,7 @@ def agreement_new(args: argparse.Namespace) -> int:
         encodings_ttl_seconds=args.encodings_ttl,
         results_ttl_seconds=args.results_ttl,
     )
-    signed = SignedAgreement(agreement_from_document(document), {})
+    signed = SignedAgreement.unsigned(document)
     _check_usual_thresholds(signed.agreement, args.allow_unusual_threshold)
     _write_signed(args.out, signed)
     print(
