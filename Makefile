@@ -26,6 +26,7 @@ test: $(VENV)/.synced
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 proto: $(VENV)/.synced
 	$(VENV)/bin/python scripts/generate_proto.py

@@ -93,10 +93,14 @@ def encode(
     with tempfile.TemporaryDirectory(prefix="blindlink-") as scratch:
         work = Path(scratch)
         in_memory = not isinstance(data, str | os.PathLike)
-        source = _written(data, schema.columns, work / "records.csv") if in_memory else data
+        source = (
+            Path(data)
+            if isinstance(data, str | os.PathLike)
+            else _written(data, schema.columns, work / "records.csv")
+        )
         try:
             result = encode_csv(
-                Path(source),
+                source,
                 schema,
                 secret,
                 work / "encodings.bin",

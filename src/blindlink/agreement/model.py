@@ -481,7 +481,7 @@ def new_agreement_document(
     """
     steps = _validated_hardening(hardening or [])
     start = (valid_from or datetime.now(UTC)).replace(microsecond=0)
-    calibration = {
+    calibration: dict[str, Any] = {
         "target": target,
         "min_precision": min_precision,
         "threshold_bounds": threshold_bounds,

@@ -80,8 +80,8 @@ def block_frequency_attack(
     ranked = np.argsort(-sizes, kind="stable")[: len(labels)]
     rank_of_block[ranked] = np.arange(len(ranked))
     guesses = correct = confident = confident_correct = 0
-    for record, b in zip(held, block, strict=True):
-        rank = rank_of_block[b]
+    for record, b in zip(held.tolist(), block.tolist(), strict=True):
+        rank = int(rank_of_block[b])
         if rank < 0:
             continue
         right = truth[record] == labels[rank]

@@ -30,7 +30,7 @@ class Tokens:
 
 def record_tokens(row: Sequence[str], schema: LinkageSchema) -> list[tuple[str, str, int]]:
     """(field, token, bits per token) of every token clkhash hashes for `row`."""
-    tokens = []
+    tokens: list[tuple[str, str, int]] = []
     for value, field in zip(row, schema.fields, strict=True):
         if field.hashing is None:
             continue

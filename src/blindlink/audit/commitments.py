@@ -10,10 +10,11 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 
 def match_set_sha256(
-    requester_rows: Sequence[int], custodian_rows: Sequence[int], status: Sequence[int]
+    requester_rows: npt.ArrayLike, custodian_rows: npt.ArrayLike, status: npt.ArrayLike
 ) -> str:
     """SHA-256 hex of a run's decided pairs as a set: its (requester row, custodian row,
     status) triples in sorted order."""

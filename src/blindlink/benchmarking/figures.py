@@ -10,7 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib import cycler  # noqa: E402
+from matplotlib.rcsetup import cycler  # noqa: E402
 
 from blindlink.benchmarking.configs import LINE_OVERLAP, LINE_SEEDS  # noqa: E402
 from blindlink.benchmarking.summary import (  # noqa: E402
@@ -26,7 +26,7 @@ FIGURES = {
     "pr": "pr_curves.png",
 }
 # Enough distinct colours (and dashes after the first 10) for every configuration of a panel.
-_LINES = cycler(linestyle=["-", "--"]) * cycler(color=plt.get_cmap("tab10").colors)
+_LINES = cycler(linestyle=["-", "--"]) * cycler(color=matplotlib.color_sequences["tab10"])
 
 
 def write_figures(summaries: list[dict[str, Any]], sweep: dict[str, Any], out: Path) -> list[Path]:
@@ -120,7 +120,7 @@ def _pr_curves(summaries: list[dict[str, Any]], sweep: dict[str, Any], path: Pat
     columns = min(3, len(knobs))
     rows = math.ceil(len(knobs) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.2 * rows), squeeze=False)
-    first = {}
+    first: dict[str, Any] = {}
     for result in sweep["results"]:
         first.setdefault(result["config"], result["generated"]["curve"])
     for ax, knob in zip(axes.flat, knobs, strict=False):

@@ -191,6 +191,7 @@ class LinkageClient:
 
 def _busy(error: grpc.RpcError) -> bool:
     """True if the server refused the call for now only: it is busy."""
-    trailing = error.trailing_metadata() or ()
+    # grpc-stubs types the items as _Metadatum objects; grpc gives (key, value) tuples.
+    trailing: tuple[tuple[str, str | bytes], ...] = error.trailing_metadata() or ()  # type: ignore[assignment]
     busy = any(key == RETRY_METADATA_KEY for key, _ in trailing)
     return busy and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

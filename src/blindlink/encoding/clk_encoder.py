@@ -102,6 +102,7 @@ class _FieldHasher:
         self.token_cache: dict[tuple[str, int], int] = {}
         if self.hashing is not None:
             self.positions = token_positions(self.hashing, keys, bit_length)
+            self.encoding = self.hashing.encoding
 
     def bits(self, value: str) -> int:
         cached = self.cache.get(value)
@@ -132,7 +133,7 @@ class _FieldHasher:
         if cached is None:
             top = self.bit_length - 1
             cached = 0
-            for position in self.positions(token.encode(self.hashing.encoding), k):
+            for position in self.positions(token.encode(self.encoding), k):
                 cached |= 1 << (top - position)
             self.token_cache[(token, k)] = cached
         return cached

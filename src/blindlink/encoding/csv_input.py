@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+from _csv import Reader
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def _check_id(
 
 
 @contextmanager
-def _csv_reader(path: Path) -> Iterator[Iterator[list[str]]]:
+def _csv_reader(path: Path) -> Iterator[Reader]:
     """A strict CSV reader over the file; a byte that is not UTF-8 is reported by position."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:

@@ -384,9 +384,10 @@ def _present(obj: dict[str, Any], key: str, where: str, required: bool) -> bool:
 
 def _object(obj: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     _present(obj, key, where, required=True)
-    if not isinstance(obj[key], dict):
+    value = obj[key]
+    if not isinstance(value, dict):
         raise _Invalid(f"{_path(where, key)}: must be a JSON object")
-    return obj[key]
+    return value
 
 
 def _integer(
@@ -413,9 +414,10 @@ def _string(obj: dict[str, Any], key: str, where: str, required: bool = False) -
 def _boolean(obj: dict[str, Any], key: str, where: str) -> bool | None:
     if key not in obj:
         return None
-    if not isinstance(obj[key], bool):
-        raise _Invalid(f"{_path(where, key)}: must be true or false (found {obj[key]!r})")
-    return obj[key]
+    value = obj[key]
+    if not isinstance(value, bool):
+        raise _Invalid(f"{_path(where, key)}: must be true or false (found {value!r})")
+    return value
 
 
 def _choice(

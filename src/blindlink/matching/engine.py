@@ -318,7 +318,9 @@ def find_candidates(
     all_pairs = len(shared.requester) * len(shared.custodian)
     # Progress counts comparisons, except with LSH, whose comparisons are known band by band.
     by_band = isinstance(blocking, LshBlocking)
-    total = len(tasks) if by_band else planned_comparisons(shared, blocking)
+    total = (
+        len(tasks) if isinstance(blocking, LshBlocking) else planned_comparisons(shared, blocking)
+    )
     if not by_band and total > limits.max_comparisons:
         raise MatchingAborted(
             "max_comparisons",

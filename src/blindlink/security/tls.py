@@ -34,7 +34,8 @@ def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredenti
 
 def peer_fingerprint(context: grpc.ServicerContext) -> str | None:
     """SHA-256 hex of the calling client's certificate, or None if it presented none."""
-    certs = context.auth_context().get(PEER_CERT_KEY)
+    # grpc-stubs types the values as bytes; grpc gives each key a list of values.
+    certs: list[bytes] | None = context.auth_context().get(PEER_CERT_KEY)  # type: ignore[assignment]
     return certificate_fingerprint(certs[0]) if certs else None
 
 

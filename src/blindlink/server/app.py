@@ -136,7 +136,9 @@ def _refuse_while_starting(request: Any, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting; retry in a moment")
 
 
-_STARTING = grpc.unary_unary_rpc_method_handler(_refuse_while_starting)
+_STARTING: grpc.RpcMethodHandler[Any, None] = grpc.unary_unary_rpc_method_handler(
+    _refuse_while_starting
+)
 
 
 def start_server(

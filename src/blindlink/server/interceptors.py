@@ -54,7 +54,7 @@ def split_method(full_method: str) -> tuple[str, str]:
 
 def status_code(context: grpc.ServicerContext, failure: BaseException | None) -> grpc.StatusCode:
     """The status a call ended with: the one it set, else OK, CANCELLED or UNKNOWN."""
-    code = context.code()
+    code = context.code()  # type: ignore[attr-defined]  # grpc-stubs lack it (grpc >= 1.38)
     if isinstance(code, grpc.StatusCode):
         return code
     if failure is None:
@@ -78,9 +78,9 @@ class _WrappingInterceptor(grpc.ServerInterceptor):
 
 
 def _behaviour(handler: grpc.RpcMethodHandler) -> Behaviour:
-    return (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
+    """The handler's one behaviour, of the four kinds."""
+    kinds = (handler.unary_unary, handler.unary_stream, handler.stream_unary, handler.stream_stream)
+    return next(behaviour for behaviour in kinds if behaviour is not None)
 
 
 def _handler(
@@ -430,7 +430,8 @@ class ErrorInterceptor(_WrappingInterceptor):
             try:
                 yield request
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-                if context.code() is not None or not context.is_active():
+                # grpc-stubs lack ServicerContext.code (grpc >= 1.38)
+                if context.code() is not None or not context.is_active():  # type: ignore[attr-defined]
                     raise  # aborted already, or the client has gone
                 _abort(context, exc)
 
@@ -463,17 +464,16 @@ class DecodingInterceptor(_WrappingInterceptor):
         if parse is None:
             return handler
         behaviour = _behaviour(handler)
-        if handler.request_streaming:
 
-            def decoded(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                return behaviour((_decode(parse, m) for m in requests), context)
+        def decoded_stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            return behaviour((_decode(parse, m) for m in requests), context)
 
-        else:
+        def decoded(request: bytes, context: grpc.ServicerContext) -> Any:
+            return behaviour(_decode(parse, request), context)
 
-            def decoded(request: bytes, context: grpc.ServicerContext) -> Any:
-                return behaviour(_decode(parse, request), context)
-
-        return _handler(handler, decoded, decode=False)
+        return _handler(
+            handler, decoded_stream if handler.request_streaming else decoded, decode=False
+        )
 
 
 def _decode(parse: Callable[[bytes], Any], data: bytes) -> Any:

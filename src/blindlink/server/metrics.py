@@ -95,15 +95,15 @@ class MetricsEndpoint:
         host, port = host_and_port(address, "metrics_listen")
         self._httpd: WSGIServer
         self._thread: threading.Thread
-        files = {}
-        if tls is not None:
-            files = {
-                "certfile": str(tls.cert),
-                "keyfile": str(tls.key),
-                "client_cafile": str(tls.client_ca),
-                "client_auth_required": True,
-            }
-        self._httpd, self._thread = start_http_server(port, host, metrics.registry, **files)
+        self._httpd, self._thread = start_http_server(
+            port,
+            host,
+            metrics.registry,
+            certfile=str(tls.cert) if tls else None,
+            keyfile=str(tls.key) if tls else None,
+            client_cafile=str(tls.client_ca) if tls else None,
+            client_auth_required=tls is not None,
+        )
         self.port = self._httpd.server_port
 
     def stop(self) -> None:

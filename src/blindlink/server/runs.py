@@ -178,8 +178,8 @@ class RunQueue:
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
         encodings = []
-        for upload in (batch, reference):
-            header, payload = read_payload(upload.path)
+        for path in (batch.path, reference.path):
+            header, payload = read_payload(path)
             encodings.append(np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1))
         keys = agreement.blocking_keys
         key_count = len(keys.keys) if keys else 0

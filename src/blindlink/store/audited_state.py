@@ -25,7 +25,7 @@ import sqlite3
 from collections import defaultdict
 
 from blindlink.agreement.model import Agreement, parse_agreement
-from blindlink.agreement.policy import released_rows
+from blindlink.agreement.policy import Pairs, released_rows
 from blindlink.audit.chain import AuditEntry
 from blindlink.audit.commitments import match_set_sha256, rows_sha256
 from blindlink.errors import BlindlinkError
@@ -191,10 +191,10 @@ def _pair_reasons(
         reasons.append("its stored pairs do not hash to its run_finished entry's (altered)")
     if agreement is None:
         return reasons
-    pairs = {
-        status: tuple(_columns([r for r in rows if r[2] == status], 2))
-        for status in (_MATCH, _POSSIBLE)
-    }
+    pairs: dict[int, Pairs] = {}
+    for status in (_MATCH, _POSSIBLE):
+        requester, custodian = _columns([r for r in rows if r[2] == status], 2)
+        pairs[status] = (requester, custodian)
     for entry in logged:
         if entry.kind != "release_fetched" or entry.party not in agreement.release:
             continue

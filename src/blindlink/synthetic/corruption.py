@@ -55,7 +55,10 @@ class CorruptionRates:
     @classmethod
     def scaled(cls, factor: float) -> Self:
         """The default rates multiplied by `factor`, each clipped to [0, 1]."""
-        return cls(**{f.name: min(max(f.default * factor, 0.0), 1.0) for f in fields(cls)})
+        defaults = cls()
+        return cls(
+            **{f.name: min(max(getattr(defaults, f.name) * factor, 0.0), 1.0) for f in fields(cls)}
+        )
 
 
 def corrupt(columns: Columns, rates: CorruptionRates, rng: np.random.Generator) -> None:

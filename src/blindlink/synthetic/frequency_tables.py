@@ -4,6 +4,7 @@ draws from, and what an attacker of any deployment knows about names (`blindlink
 from __future__ import annotations
 
 import csv
+import io
 from importlib.resources import files
 
 TABLES = ("last-names.csv", "female-first-names.csv", "male-first-names.csv", "ages.csv")
@@ -11,6 +12,6 @@ TABLES = ("last-names.csv", "female-first-names.csv", "male-first-names.csv", "a
 
 def read_counts(name: str) -> list[tuple[str, float]]:
     """(value, count) rows of one table, in file order."""
-    with (files("blindlink.synthetic") / "data" / name).open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))[1:]
+    text = (files("blindlink.synthetic") / "data" / name).read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text)))[1:]
     return [(row[0].strip(), float(row[1])) for row in rows]
