@@ -86,3 +86,36 @@ def test_health_checks_have_their_own_share_and_stalled_ones_make_room() -> None
         admit(admission, Kind.HEALTH, f"attacker{i}", call)
     admit(admission, Kind.HEALTH, "prober")
     assert sum(call.evicted for call in stalled) == 1
+
+
+def party_only(caller: str) -> bool:
+    return caller.startswith("party")
+
+
+def test_outsiders_hold_at_most_half_of_a_share_and_parties_the_rest() -> None:
+    """Certificates that no agreement names, however many, leave the parties half a share."""
+    admission = Admission(WORKERS, CallLimits(), party_only)
+    for caller in ("a", "b"):
+        admit(admission, Kind.UNARY, caller, Call(sent_nothing=False))
+    refusal = admission.enter(Kind.UNARY, "c", Call().evict)
+    assert isinstance(refusal, str) and "no agreement names" in refusal
+    for caller in ("party1", "party2"):
+        admit(admission, Kind.UNARY, caller, Call(sent_nothing=False))
+    refusal = admission.enter(Kind.UNARY, "party3", Call().evict)
+    assert isinstance(refusal, str) and "rpc_workers" in refusal
+    admit(admission, Kind.HEALTH, "c")  # health checks have threads of their own
+
+
+def test_an_outsider_that_sent_nothing_gives_its_place_to_another_outsider_only() -> None:
+    admission = Admission(WORKERS, CallLimits(), party_only)
+    silent = Call()
+    admit(admission, Kind.STREAM, "a", silent)
+    admit(admission, Kind.STREAM, "b", Call(sent_nothing=False))
+    # The outsiders' half is full: a's silent call makes room.
+    admit(admission, Kind.STREAM, "c", Call(sent_nothing=False))
+    assert silent.evicted
+    party_silent = Call()
+    admit(admission, Kind.STREAM, "party1", party_silent)
+    refusal = admission.enter(Kind.STREAM, "d", Call(sent_nothing=False).evict)
+    assert isinstance(refusal, str) and "no agreement names" in refusal
+    assert not party_silent.evicted

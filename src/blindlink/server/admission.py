@@ -9,7 +9,10 @@ every call is admitted, before it waits for anything, against shares of the thre
 - health checks `HEALTH_THREADS` threads of their own, and the health and reflection
   services' streams `OTHER_STREAM_THREADS`, so that those cannot keep uploads out.
 
-Per client certificate, at most `per_certificate` calls of each kind are open at once. A call
+Per client certificate, at most `per_certificate` calls of each kind are open at once, and
+certificates that no agreement names (outsiders: anyone the operator's CA vouches for) hold at
+most half of each Linkage share between them, so that no number of outsiders' certificates
+keeps the parties' calls out. A call
 beyond a share is refused at once with RESOURCE_EXHAUSTED, unless a call that has sent nothing
 yet makes room for it (see `Admission`), so however many calls stall, threads remain for health
 checks and short calls. `SPARE_THREADS` more threads refuse calls (a refusal holds a thread for
@@ -41,6 +44,10 @@ class Kind(StrEnum):
     UNARY = "unary"
     HEALTH = "health check"
     OTHER_STREAM = "health watch or reflection"
+
+
+# The shares of which outsiders may hold at most half.
+OUTSIDERS_HALVED = (Kind.STREAM, Kind.UNARY)
 
 
 def call_kind(method: str, request_streaming: bool, response_streaming: bool) -> Kind:
@@ -84,6 +91,7 @@ class Ticket:
     kind: Kind
     caller: str
     evict: Callable[[], bool]
+    outsider: bool = False
     evicted: bool = False
 
 
@@ -92,9 +100,15 @@ class Admission:
     those beyond the limits. When a share is full, a call that has sent nothing yet (a client
     sends its request at once; a stalled call never does) gives its place up to the newcomer,
     the oldest call of the caller with the most first, so that calls which send nothing cannot
-    keep others out, however many certificates they come from. Thread-safe."""
+    keep others out, however many certificates they come from. `is_party`: whether a caller's
+    certificate is one an agreement names. Thread-safe."""
 
-    def __init__(self, workers: int, limits: CallLimits) -> None:
+    def __init__(
+        self,
+        workers: int,
+        limits: CallLimits,
+        is_party: Callable[[str], bool] = lambda caller: True,
+    ) -> None:
         streams = limits.streams(workers)
         self._shares = {
             Kind.STREAM: streams,
@@ -103,6 +117,7 @@ class Admission:
             Kind.OTHER_STREAM: OTHER_STREAM_THREADS,
         }
         self._per_caller = limits.per_certificate
+        self._is_party = is_party
         self._open: dict[Kind, list[Ticket]] = {kind: [] for kind in Kind}  # oldest first
         self._by_caller: Counter[tuple[Kind, str]] = Counter()
         self._lock = threading.Lock()
@@ -118,12 +133,18 @@ class Admission:
                     "one has ended"
                 )
             calls = self._open[kind]
+            outsider = kind in OUTSIDERS_HALVED and not self._is_party(caller)
+            if outsider and not self._outsider_room(kind):
+                return (
+                    f"certificates that no agreement names hold half the server's {kind} calls "
+                    "already, the most it allows them; retry in a moment"
+                )
             if len(calls) >= self._shares[kind] and not self._make_room(kind):
                 return (
                     f"the server has {len(calls)} {kind} calls open already, the most it "
                     f"allows ({_SETTING[kind]}); retry in a moment"
                 )
-            ticket = Ticket(kind, caller, evict)
+            ticket = Ticket(kind, caller, evict, outsider)
             calls.append(ticket)
             self._by_caller[kind, caller] += 1
             return ticket
@@ -138,10 +159,17 @@ class Admission:
             if not ticket.evicted:
                 self._remove(ticket)
 
-    def _make_room(self, kind: Kind) -> bool:
-        """Evict a call of this kind that has sent nothing yet, the oldest of the caller with
-        the most calls first; False if there is none."""
-        calls = sorted(self._open[kind], key=lambda t: -self._by_caller[kind, t.caller])
+    def _outsider_room(self, kind: Kind) -> bool:
+        """Whether outsiders may open one more call of this kind, after evicting one of theirs
+        that has sent nothing yet if need be."""
+        theirs = [t for t in self._open[kind] if t.outsider]
+        return len(theirs) < max(1, self._shares[kind] // 2) or self._make_room(kind, theirs)
+
+    def _make_room(self, kind: Kind, among: list[Ticket] | None = None) -> bool:
+        """Evict a call of this kind (of those `among`, default all) that has sent nothing yet,
+        the oldest of the caller with the most calls first; False if there is none."""
+        open_calls = self._open[kind] if among is None else among
+        calls = sorted(open_calls, key=lambda t: -self._by_caller[kind, t.caller])
         for ticket in calls:  # the sort is stable: oldest first within a caller
             if ticket.evict():
                 ticket.evicted = True

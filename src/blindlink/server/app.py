@@ -35,7 +35,7 @@ from blindlink.server.admission import (
     pool_size,
 )
 from blindlink.server.config import ServerTls
-from blindlink.server.identity import PartyResolver
+from blindlink.server.identity import PartyCertificates, PartyResolver
 from blindlink.server.interceptors import (
     AdmissionInterceptor,
     DecodingInterceptor,
@@ -49,7 +49,7 @@ from blindlink.server.retention import Purger, purge_once
 from blindlink.server.runs import MatchingSettings, RunQueue
 from blindlink.server.servicer import LinkageServicer
 from blindlink.store.directory import SIGNING_KEY_NAME
-from blindlink.store.sqlite import Store
+from blindlink.store.sqlite import Altered, Store
 
 SERVICE_NAME = linkage_pb2.DESCRIPTOR.services_by_name["Linkage"].full_name
 # A release lists up to a row reference per match and party (a few bytes each).
@@ -169,7 +169,9 @@ def start_server(
     credentials = server_credentials(tls.cert, tls.key, tls.client_ca) if tls else None
     metrics = ServerMetrics()
     limits = calls or CallLimits()
-    admission = Admission(workers, limits)
+    parties = PartyCertificates()
+    # Without TLS callers are not told apart by certificate: none counts as an outsider.
+    admission = Admission(workers, limits, parties.__contains__ if tls else lambda caller: True)
     server = grpc.server(
         futures.ThreadPoolExecutor(pool_size(workers), thread_name_prefix="blindlink-rpc"),
         interceptors=[
@@ -222,12 +224,13 @@ def start_server(
         raise
     running.metrics = endpoint
     running.admission = admission
+    parties.load(_stored_agreements(running.store))
     metrics.watch_runs(running.store, running.runs)
     linkage.attach(
         LinkageServicer(
             running.store,
             running.runs,
-            PartyResolver(read_certificates(tls.client_ca, "client CA") if tls else None),
+            PartyResolver(read_certificates(tls.client_ca, "client CA") if tls else None, parties),
             running.public_key,
             running.stopping,
             max_watchers=max(1, limits.streams(workers) // 2),
@@ -237,6 +240,19 @@ def start_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving, data in %s", data_dir)
     return running
+
+
+def _stored_agreements(store: Store) -> list[bytes]:
+    """The stored projects' agreements, but for those altered (the server acts on none)."""
+    agreements = []
+    for project_id in store.project_ids():
+        try:
+            raw = store.agreement(project_id)
+        except Altered:
+            continue
+        if raw is not None:
+            agreements.append(raw)
+    return agreements
 
 
 def _open(

@@ -9,9 +9,11 @@ the certificates in a signed agreement are not checked against a CA (there is no
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
-from blindlink.agreement.model import ROLES, Agreement
+from blindlink.agreement.model import ROLES, Agreement, parse_agreement
 from blindlink.agreement.signing import SignedAgreement
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.status import ServiceError
@@ -19,12 +21,36 @@ from blindlink.server.status import ServiceError
 PARTY_METADATA_KEY = "blindlink-party"
 
 
+class PartyCertificates:
+    """The client-certificate fingerprints that some project's agreement names: the callers
+    that are parties, not outsiders. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, agreement: Agreement) -> None:
+        with self._lock:
+            self._known.update(party.certificate_sha256 for party in agreement.parties.values())
+
+    def load(self, agreements: list[bytes]) -> None:
+        """Add the parties of stored agreements (canonical bytes)."""
+        for raw in agreements:
+            self.add(parse_agreement(raw))
+
+    def __contains__(self, fingerprint: object) -> bool:
+        with self._lock:
+            return fingerprint in self._known
+
+
 class PartyResolver:
-    def __init__(self, client_ca: bytes | None) -> None:
+    def __init__(self, client_ca: bytes | None, parties: PartyCertificates) -> None:
         """`client_ca`: the PEM CA certificates whose client certificates the server accepts;
-        None without TLS."""
+        None without TLS. `parties`: the certificates that projects' agreements name, which
+        gains those of each project created."""
         self.client_ca = client_ca
         self.tls = client_ca is not None
+        self.parties = parties
 
     def signature_problems(self, signed: SignedAgreement) -> list[str]:
         """Why `signed` does not show that the holders of both named certificates agreed."""

@@ -202,6 +202,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 },
                 role,
             )
+            self._resolver.parties.add(agreement)
         except AlreadyExists:
             raise already_exists(
                 f"project {agreement.project_id} exists already (same "
