@@ -5,6 +5,7 @@ and names each edit, and the signed checkpoint catches the newest audit entries 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy
 import pytest
 from conftest import Identities
 from server_process import encodings_file, planted_pairs, signed_agreement
@@ -296,3 +298,28 @@ def test_an_entry_left_out_of_a_project_export_is_named(
     capsys.readouterr()
     assert main(verify) == 1
     assert f"(entry {left_out + 1} is missing)" in capsys.readouterr().out
+
+
+def test_commitments_are_keyed_and_unchecked_without_the_servers_key(
+    copy: Linked, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whoever reads an export cannot test guesses of the matched pairs against the run's
+    commitment: it is keyed with the server's signing key, without which admin verify says the
+    pairs were not checked rather than that they are intact."""
+    with closing(sqlite3.connect(copy.data_dir / "blindlink.db")) as db:
+        (details,) = db.execute(
+            "SELECT details FROM audit_log WHERE kind='run_finished' AND "
+            "json_extract(details, '$.run_id')=?",
+            (copy.released,),
+        ).fetchone()
+        pairs = db.execute(
+            "SELECT requester_row, custodian_row, status FROM matches WHERE run_id=?",
+            (copy.released,),
+        ).fetchall()
+    committed = json.loads(details)["matches_sha256"]
+    stored = numpy.array(sorted(pairs), dtype=">i8").tobytes()
+    assert len(pairs) > 0
+    assert committed != hashlib.sha256(stored).hexdigest()
+    (copy.data_dir / "server-signing.key").unlink()
+    out = admin_verify(copy.data_dir, capsys)
+    assert f"run {copy.released}: its pairs and releases could not be checked" in out

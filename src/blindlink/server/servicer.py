@@ -462,7 +462,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 "matches": release.match_count,
                 "possible": release.decision.possible_count,
                 "rows": sum(len(r) for r in rows),
-                "rows_sha256": rows_sha256(*rows),
+                "rows_sha256": rows_sha256(self._store.commitment_key, *rows),
             },
         )
         release.receipt = receipt_json(entry)

@@ -35,9 +35,12 @@ _STATE_AFTER = {"run_started": ("running",), "run_finished": ("done",), "run_fai
 _DECISION_KEYS = ("threshold", "rule", "matches", "withheld", "possible", "estimates")
 
 
-def state_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[str]:
+def state_problems(
+    conn: sqlite3.Connection, entries: list[AuditEntry], commitments: bytes | str
+) -> list[str]:
     """Every disagreement between the tables and the audit entries, naming the project, upload
-    or run."""
+    or run. `commitments`: the key of the entries' keyed hashes, or why there is none (then a
+    run whose entries hold such hashes is reported unchecked)."""
     by_run: dict[str, list[AuditEntry]] = defaultdict(list)
     for entry in entries:
         run_id = entry.details.get("run_id")
@@ -57,7 +60,7 @@ def state_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[
         logged = [e for e in by_run[run_id] if e.project_id == project_id]
         reasons = _run_reasons(run, logged)
         if not run["results_deleted"]:
-            reasons += _pair_reasons(conn, run_id, logged, agreements.get(project_id))
+            reasons += _pair_reasons(conn, run_id, logged, agreements.get(project_id), commitments)
         problems += [f"run {run_id}: {reason}" for reason in reasons]
     return problems
 
@@ -175,7 +178,11 @@ def _run_reasons(run: sqlite3.Row, logged: list[AuditEntry]) -> list[str]:
 
 
 def _pair_reasons(
-    conn: sqlite3.Connection, run_id: str, logged: list[AuditEntry], agreement: Agreement | None
+    conn: sqlite3.Connection,
+    run_id: str,
+    logged: list[AuditEntry],
+    agreement: Agreement | None,
+    commitments: bytes | str,
 ) -> list[str]:
     """Whether the stored pairs are those the run finished with, and give the rows each
     release hashed."""
@@ -187,7 +194,14 @@ def _pair_reasons(
     reasons = []
     finished = [e for e in logged if e.kind == "run_finished"]
     committed = finished[-1].details.get("matches_sha256") if finished else None
-    if committed is not None and match_set_sha256(*_columns(rows, 3)) != committed:
+    hashed = committed is not None or any("rows_sha256" in e.details for e in logged)
+    if isinstance(commitments, str) and hashed:
+        reasons.append(f"its pairs and releases could not be checked: {commitments}")
+    if (
+        isinstance(commitments, bytes)
+        and committed is not None
+        and match_set_sha256(commitments, *_columns(rows, 3)) != committed
+    ):
         reasons.append("its stored pairs do not hash to its run_finished entry's (altered)")
     if agreement is None:
         return reasons
@@ -204,10 +218,10 @@ def _pair_reasons(
                 f"released {entry.details.get('kind')} to the {entry.party} (seq {entry.seq}); "
                 f"the agreement grants {granted}"
             )
-        hashed = entry.details.get("rows_sha256")
-        if hashed is not None:
+        release_hash = entry.details.get("rows_sha256")
+        if isinstance(commitments, bytes) and release_hash is not None:
             expected = released_rows(agreement, entry.party, pairs[_MATCH], pairs[_POSSIBLE])
-            if rows_sha256(*expected) != hashed:
+            if rows_sha256(commitments, *expected) != release_hash:
                 reasons.append(
                     f"the {entry.party}'s release (seq {entry.seq}) holds rows the stored "
                     "pairs do not give (altered)"

@@ -23,11 +23,13 @@ from blindlink.audit.checkpoint import (
     checkpoint_problems,
     read_checkpoint,
 )
+from blindlink.audit.commitments import commitment_key
 from blindlink.audit.verify import verify_entries
 from blindlink.encoding.encodings_file import iter_payload_chunks, read_header
-from blindlink.errors import EncodingsFileError
+from blindlink.errors import BlindlinkError, EncodingsFileError
+from blindlink.security.keys import load_private_key
 from blindlink.store.audited_state import state_problems
-from blindlink.store.directory import ENCODINGS_DIR, INCOMING_DIR
+from blindlink.store.directory import ENCODINGS_DIR, INCOMING_DIR, SIGNING_KEY_NAME
 from blindlink.store.reports import open_read_only
 
 _FILE_NAME = re.compile(r"[0-9a-f]{32}\.bin")
@@ -56,12 +58,13 @@ def verify_data_dir(
     data_dir = Path(data_dir)
     # Read before the snapshot: the server writes a checkpoint after committing what it names.
     checkpoint = _checkpoint(checkpoint_path or data_dir / CHECKPOINT_NAME, server_public_key)
+    commitments = _commitment_key(data_dir)
     conn = open_read_only(data_dir)
     try:
         conn.execute("BEGIN")  # one consistent snapshot for every query below
         problems = _database_problems(conn)
         file_problems, files = _file_problems(conn, data_dir, in_use)
-        audit_problems, entries = _audit_problems(conn, server_public_key, checkpoint)
+        audit_problems, entries = _audit_problems(conn, server_public_key, checkpoint, commitments)
         (projects,) = conn.execute("SELECT count(*) FROM projects").fetchone()
         (runs,) = conn.execute("SELECT count(*) FROM runs").fetchone()
     finally:
@@ -164,8 +167,20 @@ def _checkpoint(path: Path, server_public_key: str) -> Checkpoint | AuditFormatE
         return exc
 
 
+def _commitment_key(data_dir: Path) -> bytes | str:
+    """The key of the audit entries' commitments (from the server's signing key), or why it
+    cannot be had."""
+    try:
+        return commitment_key(load_private_key(data_dir / f"{SIGNING_KEY_NAME}.key"))
+    except BlindlinkError as exc:
+        return str(exc)
+
+
 def _audit_problems(
-    conn: sqlite3.Connection, server_public_key: str, checkpoint: Checkpoint | AuditFormatError
+    conn: sqlite3.Connection,
+    server_public_key: str,
+    checkpoint: Checkpoint | AuditFormatError,
+    commitments: bytes | str,
 ) -> tuple[list[str], int]:
     try:
         entries = read_entries(conn)
@@ -179,5 +194,5 @@ def _audit_problems(
     elif any(entry.project_seq is not None for entry in entries):
         # Logs from before checkpoints have no linked entries and no checkpoint yet.
         problems.append(f"audit checkpoint: {checkpoint}")
-    problems += state_problems(conn, entries)
+    problems += state_problems(conn, entries, commitments)
     return problems, len(entries)

@@ -44,7 +44,7 @@ from blindlink.audit.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from blindlink.audit.commitments import match_set_sha256
+from blindlink.audit.commitments import commitment_key, match_set_sha256
 from blindlink.errors import BlindlinkError
 from blindlink.matching.decision import Decisions, DecisionSummary, PairStatus
 from blindlink.security.keys import public_key_text
@@ -216,6 +216,7 @@ class Store:
         for d in (self.data_dir, self.encodings_dir, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._key = signing_key
+        self.commitment_key = commitment_key(signing_key)
         self._owner = lock_data_dir(self.data_dir)
         self._lock = threading.RLock()
         database = self.data_dir / DATABASE_NAME
@@ -601,8 +602,8 @@ class Store:
 
     def finish_run(self, project_id: str, run_id: str, decisions: Decisions) -> None:
         """Store the run's decided pairs and mark it done, atomically; replaces earlier ones.
-        The audit entry records how the run decided, in aggregates only, and the hash of the
-        pairs (`matches_sha256`), by which they can be checked later."""
+        The audit entry records how the run decided, in aggregates only, and the keyed hash of
+        the pairs (`matches_sha256`), by which they can be checked later."""
         probabilities = [None if np.isnan(p) else p for p in decisions.probabilities.tolist()]
         rows = zip(
             [run_id] * len(decisions.requester_rows),
@@ -615,7 +616,10 @@ class Store:
         )
         summary = decisions.summary()
         matches_sha256 = match_set_sha256(
-            decisions.requester_rows, decisions.custodian_rows, decisions.status
+            self.commitment_key,
+            decisions.requester_rows,
+            decisions.custodian_rows,
+            decisions.status,
         )
         with self._transaction() as db:
             db.execute("DELETE FROM matches WHERE run_id=?", (run_id,))
