@@ -204,8 +204,8 @@ def test_the_api_works_without_extras_and_names_the_one_a_call_needs(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "this command needs the `pandas` extra: pip install 'blindlink[pandas]'",
-        "this command needs the `bench` extra: pip install 'blindlink[bench]'",
+        "LinkResult.to_pandas() needs the `pandas` extra: pip install 'blindlink[pandas]'",
+        "blindlink.tradeoff needs the `bench` extra: pip install 'blindlink[bench]'",
     ]
 
 

@@ -108,7 +108,7 @@ def __getattr__(name: str) -> object:
         extra = _extra_for(exc)
         if extra is None:
             raise
-        raise MissingExtra(extra) from None
+        raise MissingExtra(extra, f"blindlink.{name}") from None
     value = getattr(module, _ALIASES.get(name, name))
     globals()[name] = value
     return value

@@ -7,6 +7,7 @@ that reaches one says which extra to install instead of failing with an import e
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from blindlink.errors import BlindlinkError
 
@@ -24,13 +25,12 @@ EXTRA_OF_MODULE = {
 
 
 class MissingExtra(BlindlinkError):
-    """A command needs an optional part of blindlink that is not installed."""
+    """A command or a call (`needed_by`) needs an optional part of blindlink that is not
+    installed."""
 
-    def __init__(self, extra: str) -> None:
+    def __init__(self, extra: str, needed_by: str = "this command") -> None:
         self.extra = extra
-        super().__init__(
-            f"this command needs the `{extra}` extra: pip install 'blindlink[{extra}]'"
-        )
+        super().__init__(f"{needed_by} needs the `{extra}` extra: pip install 'blindlink[{extra}]'")
 
 
 def extra_for(exc: ModuleNotFoundError) -> str | None:
@@ -47,3 +47,11 @@ def require_extra(extra: str) -> None:
                 importlib.import_module(module)
             except ImportError:
                 raise MissingExtra(extra) from None
+
+
+def import_pandas(needed_by: str) -> ModuleType:
+    """pandas, for the API's `to_pandas` methods (`needed_by`: the one called)."""
+    try:
+        return importlib.import_module("pandas")
+    except ImportError:
+        raise MissingExtra("pandas", needed_by) from None

@@ -57,12 +57,9 @@ class LinkResult:
 
     def to_pandas(self) -> pd.DataFrame:
         """The pairs as a DataFrame (needs the `pandas` extra)."""
-        from blindlink.extras import MissingExtra
+        from blindlink.extras import import_pandas
 
-        try:
-            import pandas as pd
-        except ImportError:
-            raise MissingExtra("pandas") from None
+        pd = import_pandas("LinkResult.to_pandas()")
         return pd.DataFrame(
             {
                 "requester_id": list(self.requester_ids),

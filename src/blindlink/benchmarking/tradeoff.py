@@ -308,12 +308,9 @@ class TradeoffResult:
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per configuration (needs the `pandas` extra)."""
-        from blindlink.extras import MissingExtra
+        from blindlink.extras import import_pandas
 
-        try:
-            import pandas as pd
-        except ImportError:
-            raise MissingExtra("pandas") from None
+        pd = import_pandas("TradeoffResult.to_pandas()")
         return pd.DataFrame([asdict(c) for c in self.configurations])
 
 

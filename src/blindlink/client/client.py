@@ -56,12 +56,9 @@ class Results:
         """Released matches and possible matches, one row each: this party's `id`, the other
         party's `other_row` (with pairs) and `status` ("match" or "possible"). Needs the `pandas`
         extra."""
-        from blindlink.extras import MissingExtra
+        from blindlink.extras import import_pandas
 
-        try:
-            import pandas as pd
-        except ImportError:
-            raise MissingExtra("pandas") from None
+        pd = import_pandas("Results.to_pandas()")
         frame = pd.DataFrame(
             {
                 "id": [*self.ids, *self.possible_ids],
