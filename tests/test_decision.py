@@ -18,7 +18,12 @@ from blindlink.matching.engine import Candidates, SharedEncodings, find_candidat
 from blindlink.matching.evidence import PairEvidence
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import solve_one_to_one
-from blindlink.matching.match_model import ModelUnfit, RecordScores, fit_match_model
+from blindlink.matching.match_model import (
+    ModelUnfit,
+    RecordScores,
+    _tail_survival,
+    fit_match_model,
+)
 from blindlink.matching.rules import (
     CalibratedThreshold,
     DecisionRule,
@@ -278,3 +283,18 @@ def test_record_scores_are_the_first_two_candidates_still_free_when_solving_reac
     # 5: no candidates.
     assert scores.best.tolist() == [0.8, 0.95, -1.0, -1.0, 0.98, -1.0]
     assert scores.runner_up.tolist() == [0.6, 0.7, -1.0, -1.0, -1.0, -1.0]
+
+
+def test_the_non_match_tail_is_bounded_where_enough_runner_ups_show_it() -> None:
+    """Dice is bounded, and so is the best of a record's non-match scores: with enough
+    runner-ups the fitted tail ends near the highest of them instead of reaching every higher
+    score as an exponential would; with few, the tail stays exponential."""
+    rng = np.random.default_rng(3)
+    samples = rng.uniform(0.0, 0.1, 2000)  # a tail with a hard end at 0.1
+    tail, edges = np.histogram(samples, bins=20, range=(0.0, 0.1))
+    excess = (edges[:-1] + edges[1:]) / 2
+    at = np.array([0.0, 0.05, 0.2])
+    bounded = _tail_survival(excess, tail.astype(float), at)
+    assert bounded[0] == pytest.approx(1.0) and 0.1 < bounded[1] < 0.6 and bounded[2] == 0.0
+    few = _tail_survival(excess, tail / 20.0, at)  # 100 samples: below SHAPE_SAMPLES
+    np.testing.assert_allclose(few, np.exp(-at / float(excess @ tail / tail.sum())))
