@@ -21,17 +21,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from blindlink.agreement.model import (
+from blindlink.agreement.document import (
     ROLES,
-    Agreement,
-    PartyInfo,
     ReleaseKind,
     ThresholdRange,
-    agreement_from_document,
     agreement_json_schema,
+    recommended_thresholds,
+)
+from blindlink.agreement.model import (
+    Agreement,
+    PartyInfo,
+    agreement_from_document,
     new_agreement_document,
     parse_agreement,
-    recommended_thresholds,
     unusual_thresholds,
 )
 from blindlink.agreement.signing import SIGNING_CONTEXT, SignedAgreement, parse_signed, sign_as
