@@ -656,6 +656,8 @@ def _validated(document: dict[str, Any], rename: Callable[[str], str] = str) -> 
 def _check_complete(full: Any, given: Any, where: str) -> None:
     """A document read from bytes states every field: refuse one the defaults had to fill."""
     if isinstance(full, dict) and isinstance(given, dict):
+        for key in given.keys() - full.keys():  # the model refuses other unknown keys
+            raise AgreementError(f"{where}: '{key}' is null; leave it out instead")
         for key, value in full.items():
             if key not in given:
                 raise AgreementError(f"{where}: '{key}' is required")
@@ -739,7 +741,10 @@ def _message(error: ErrorDetails) -> str:
     """A pydantic error as a refusal that names the key."""
     names: list[str] = []
     for part in error["loc"]:
-        if names and names[-1] in _TAGGED and part in _TAGS:
+        # Union members' tags ("fixed", "lsh") and pydantic's names of types ("constrained-float")
+        if (names and names[-1] in _TAGGED and part in _TAGS) or (
+            isinstance(part, str) and not part.isidentifier()
+        ):
             continue
         names.append(f"[{part}]" if isinstance(part, int) else str(part))
     path = _join(names)
