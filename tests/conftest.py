@@ -78,11 +78,13 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
 @pytest.fixture
 def make_agreement(identities: Identities, schema: LinkageSchema) -> Callable[..., bytes]:
     """Signed agreement bytes for the default schema; keyword arguments are settings of
-    `new_agreement_document`, plus `signers` (default: both parties)."""
+    `new_agreement_document`, plus `signers` (default: both parties). Unhardened unless the
+    settings name hardening: the tests make their encodings without it."""
 
     def make(
         reference: str = "test agreement", signers: tuple[str, ...] = ROLES, **settings: object
     ) -> bytes:
+        settings.setdefault("hardening", [])
         document = new_agreement_document(
             reference=reference,
             requester=identities.party("requester"),

@@ -168,7 +168,9 @@ def signed_agreement(
     """An agreement both parties signed (like conftest's make_agreement, for any scope). Its
     runs decide at a fixed threshold of 0.8 unless `settings` say otherwise: the tests that use
     it plant exact copies among random encodings and check the server's lifecycle, not how it
-    decides (tests/test_decision.py and test_run_decisions.py do)."""
+    decides (tests/test_decision.py and test_run_decisions.py do). Unhardened unless `settings`
+    name hardening, as the tests make their encodings."""
+    settings.setdefault("hardening", [])
     if not {"threshold", "target", "threshold_bounds", "fallback_threshold"} & set(settings):
         settings = {"threshold": 0.8, **settings}
     document = new_agreement_document(

@@ -281,7 +281,8 @@ def test_agreements_with_separate_signing_keys_create_no_projects(
     """The attack as agreements allowed it before signatures were bound to certificates:
     Mallory names Ed25519 keys she generated beside the certificates, and signs with both."""
     keys = {role: Ed25519PrivateKey.generate() for role in ("requester", "custodian")}
-    document = mallorys_agreement(identities, schema).agreement.document
+    document = {**mallorys_agreement(identities, schema).agreement.document}
+    document["blindlink_agreement"] = 1  # the format that had separate signing keys
     for role, key in keys.items():
         document["parties"][role]["public_key"] = public_key_text(key)
     signed_bytes = canonical_json(document)
@@ -365,6 +366,7 @@ def test_projects_of_agreements_with_separate_signing_keys_keep_working(
 ) -> None:
     """A project created before signatures were bound to certificates stays usable."""
     legacy = json.loads(make_agreement(signers=()))["agreement"]
+    legacy["blindlink_agreement"] = 1  # the format that had separate signing keys
     for role, letter in (("requester", "A"), ("custodian", "B")):
         legacy["parties"][role]["public_key"] = f"ed25519:{letter * 43}="
     agreement = agreement_from_document(legacy)

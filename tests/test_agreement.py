@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import rfc8785
 from conftest import Identities
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -21,17 +22,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from blindlink.agreement.model import (
+from blindlink.agreement.document import (
+    FORMAT_VERSION,
     ROLES,
-    Agreement,
-    PartyInfo,
     ReleaseKind,
     ThresholdRange,
-    agreement_from_document,
     agreement_json_schema,
+    recommended_thresholds,
+)
+from blindlink.agreement.model import (
+    Agreement,
+    PartyInfo,
+    agreement_from_document,
     new_agreement_document,
     parse_agreement,
-    recommended_thresholds,
     unusual_thresholds,
 )
 from blindlink.agreement.signing import SIGNING_CONTEXT, SignedAgreement, parse_signed, sign_as
@@ -73,6 +77,9 @@ START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 # An agreement as blindlink wrote them before matching.decision, and its project ID then.
 BEFORE_DECISION = Path(__file__).parent / "data" / "agreement-before-decision.json"
 BEFORE_DECISION_PROJECT_ID = "64f193ccf43f3a3986aed746a83af5e6288ed1f15ca4d84dc09f4e90066fdcdd"
+# An agreement of format 1 that both parties signed, as written by the format-1 code.
+FORMAT_1_SIGNED = Path(__file__).parent / "data" / "agreement-v1-signed.json"
+FORMAT_1_PROJECT_ID = "9fff513eeb65200841e5e3dc934a49ca325a9787c7e4dd2bef7e82a4dfddcc52"
 DIFFUSION = [{"kind": "diffusion", "t": 3}]
 
 
@@ -82,7 +89,7 @@ def party(role: str) -> PartyInfo:
 
 def document(**settings: Any) -> Document:
     """A valid agreement document; keyword arguments are new_agreement_document's settings."""
-    base: dict[str, Any] = {"reference": "DSA-2026-017", "valid_from": START}
+    base: dict[str, Any] = {"reference": "DSA-2026-017", "valid_from": START, "hardening": []}
     base.update(settings)
     return new_agreement_document(
         requester=party("requester"),
@@ -176,7 +183,7 @@ def test_new_document_validates_against_the_published_schema(settings: dict[str,
     jsonschema.Draft202012Validator.check_schema(schema)
     doc = document(**settings)
     jsonschema.Draft202012Validator(schema).validate(doc)
-    assert doc["blindlink_agreement"] == 1
+    assert doc["blindlink_agreement"] == FORMAT_VERSION == 2
 
 
 def test_document_round_trips_through_canonical_bytes() -> None:
@@ -244,14 +251,42 @@ def test_validity_starts_now_unless_given() -> None:
     assert agreement.valid_until - agreement.valid_from == timedelta(days=2)
 
 
-def test_project_id_is_the_sha256_of_the_canonical_bytes() -> None:
-    doc = document()
+def test_project_id_is_the_sha256_of_the_rfc8785_bytes() -> None:
+    """An auditor recomputes a project ID with any RFC 8785 (JCS) library: numbers in their
+    shortest ECMAScript form (0, not 0.0; 1e-7, not 1e-07), keys sorted, no whitespace."""
+    doc = document(reference="Überweisung № 7", threshold=1.0, threshold_floor=1e-7)
     agreement = parse_agreement(json.dumps(doc).encode())
-    assert agreement.project_id == hashlib.sha256(canonical_json(doc)).hexdigest()
-    assert (
-        canonical_json(doc)
-        == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert agreement.format_version == FORMAT_VERSION == 2
+    assert agreement.canonical_bytes == rfc8785.dumps(json.loads(json.dumps(doc)))
+    assert agreement.project_id == hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
+    for written in [b'"ambiguity_margin":0,', b'"threshold":1,', b'"threshold_floor":1e-7}']:
+        assert written in agreement.canonical_bytes
+    assert "Überweisung № 7".encode() in agreement.canonical_bytes
+
+
+def test_format_1_agreement_signed_before_format_2_still_verifies() -> None:
+    """tests/data/agreement-v1-signed.json: written and signed by both parties with the code of
+    format 1. Its signatures and project ID hold over its format-1 canonical bytes."""
+    raw = FORMAT_1_SIGNED.read_bytes()
+    signed = parse_signed(raw)
+    assert signed.problems() == []
+    agreement = signed.agreement
+    assert agreement.format_version == 1
+    assert agreement.project_id == FORMAT_1_PROJECT_ID
+    assert agreement.canonical_bytes == canonical_json(json.loads(raw)["agreement"])
+    assert b'"ambiguity_margin":0.0' in agreement.canonical_bytes  # not RFC 8785
+    assert agreement.decision == DecisionRule(
+        CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.9), 0.6), (0.2, 0.9)
     )
+    assert (agreement.possible_release, agreement.hardening) == ("list", DIFFUSION)
+    assert signed.to_bytes() == parse_signed(signed.to_bytes()).to_bytes()
+
+
+def test_a_format_2_agreement_must_state_every_field() -> None:
+    """The defaults fill new agreements only: what is signed is what a reader sees."""
+    for path in ["release.possible_matches", "limits.period_seconds", "matching.blocking"]:
+        section, _, key = path.rpartition(".")
+        assert agreement_error(edited(delete_key(path))) == f"{section}: '{key}' is required"
 
 
 def test_project_id_does_not_depend_on_formatting_or_key_order() -> None:
@@ -366,10 +401,7 @@ def test_decision_forms_parse(
         doc["matching"]["decision"] = section
         if band is not None:
             doc["matching"]["possible_matches"] = band
-        if release is None:
-            del doc["release"]["possible_matches"]
-        else:
-            doc["release"]["possible_matches"] = release
+        doc["release"]["possible_matches"] = release or "count"
 
     raw = edited(edit)
     jsonschema.Draft202012Validator(agreement_json_schema()).validate(json.loads(raw))
@@ -409,36 +441,38 @@ def _then(*edits: Callable[[Document], None]) -> Callable[[Document], None]:
 
 ONE_RULE = "state the decision rule once: as 'decision', or"
 
-# (edit of the default document, its refusal's start, words in it)
 # (edit of the default document, its refusal's start, words in it): refusals the published
 # schema states...
 SCHEMA_REFUSALS = [
-    (_no_form, "matching: ", ONE_RULE),
-    (_both_forms, "matching: ", ONE_RULE),
-    (_then(_no_form, set_key("matching.threshold", 0.8)), "matching: ", ONE_RULE),
-    (set_key("matching.threshold", 0.8), "matching: ", "'threshold_floor' is a dependency"),
-    (_decision(rule="learned"), "matching.decision.rule: ", "is not one of"),
-    (_decision(rule=None), "matching.decision: ", "'rule' is a required property"),
-    (_decision(fallback_threshold=None), "matching.decision: ", "'fallback_threshold' is a"),
-    (_decision(target="best_recall"), "matching.decision.target: ", "is not one of"),
-    (_decision(bounds=[0.5]), "matching.decision.bounds: ", "is too short"),
-    (_decision(bounds=[0, 0.9]), "matching.decision.bounds.0: ", "minimum of 0"),
-    (_decision(fallback_threshold=1.2), "matching.decision.fallback_threshold: ", "maximum of 1"),
+    (_no_form, "matching: ", "'decision' is required"),
+    (_both_forms, "matching: ", "'threshold' is not a known key"),
+    (_decision(rule="learned"), "matching.decision.rule: ", "'learned' is not one of"),
+    (_decision(rule=None), "matching.decision: ", "'rule' is required"),
+    (_decision(fallback_threshold=None), "matching.decision: ", "'fallback_threshold' is required"),
+    (_decision(target="best_recall"), "matching.decision.target: ", "Input should be"),
+    (_decision(bounds=[0.5]), "matching.decision.bounds: ", "at least 2 items"),
+    (_decision(bounds=[0, 0.9]), "matching.decision.bounds[0]: ", "greater than 0"),
+    (_decision(fallback_threshold=1.2), "matching.decision.fallback_threshold: ", "or equal to 1"),
     (
         _decision(target="min_precision", min_precision=0),
         "matching.decision.min_precision: ",
-        "minimum of 0",
+        "greater than 0",
     ),
-    (_decision(threshold=0.8), "matching.decision: ", "('threshold' was unexpected)"),
-    (_then(_fixed_form, _decision(threshold=0)), "matching.decision.threshold: ", "minimum of 0"),
+    (set_key("matching.decision.min_precision", None), "matching.decision: ", "is null"),
+    (_decision(threshold=0.8), "matching.decision: ", "'threshold' is not a known key"),
+    (_then(_fixed_form, _decision(threshold=0)), "matching.decision.threshold: ", "greater than 0"),
     (
         _then(_fixed_form, _decision(bounds=[0.5, 0.9])),
         "matching.decision: ",
-        "('bounds' was unexpected)",
+        "'bounds' is not a known key",
     ),
-    (set_key("matching.possible_matches", [0.2, 1.1]), "matching.possible_matches.1: ", "maximum"),
-    (set_key("matching.possible_matches", 0.5), "matching.possible_matches: ", "'array'"),
-    (set_key("release.possible_matches", "pairs"), "release.possible_matches: ", "is not one of"),
+    (
+        set_key("matching.possible_matches", [0.2, 1.1]),
+        "matching.possible_matches[1]: ",
+        "or equal",
+    ),
+    (set_key("matching.possible_matches", 0.5), "matching.possible_matches: ", "a valid list"),
+    (set_key("release.possible_matches", "pairs"), "release.possible_matches: ", "'count' or"),
 ]
 # ...and those only its descriptions state, relations between values that parsing checks.
 CONSISTENCY_REFUSALS = [
@@ -486,6 +520,21 @@ def test_invalid_decision_is_refused_naming_its_key(
     assert words in message, message
     validator = jsonschema.Draft202012Validator(agreement_json_schema())
     assert validator.is_valid(json.loads(raw)) is not in_schema
+
+
+# Format 1 stated a fixed rule as matching.threshold and matching.threshold_floor instead.
+LEGACY_REFUSALS = [
+    (_fixed_form, ONE_RULE),
+    (_then(delete_key("matching.threshold"), delete_key("matching.threshold_floor")), ONE_RULE),
+    (delete_key("matching.threshold"), "'threshold' is required with"),
+    (delete_key("matching.threshold_floor"), "'threshold_floor' is required with"),
+]
+
+
+@pytest.mark.parametrize(("edit", "words"), LEGACY_REFUSALS, ids=[w for _, w in LEGACY_REFUSALS])
+def test_format_1_decision_is_stated_once(edit: Callable[[Document], None], words: str) -> None:
+    message = agreement_error(edited(edit, before_decision()))
+    assert message.startswith(f"matching: {words}"), message
 
 
 @pytest.mark.parametrize(
@@ -574,7 +623,7 @@ def test_default_fallback_moves_into_explicit_bounds(
         ({"target": "min_precision"}, "^matching.decision.min_precision: "),
         ({"fallback_threshold": 0.5}, "^matching.decision.fallback_threshold: 0.5 is outside"),
         ({"possible_release": "list"}, "^release.possible_matches: "),
-        ({"possible_release": "all"}, "^release.possible_matches: 'all' is not one of"),
+        ({"possible_release": "all"}, "^release.possible_matches: Input should be 'count' or"),
     ],
 )
 def test_new_agreement_refuses_conflicting_decision_settings(
@@ -626,8 +675,8 @@ def test_unknown_key_is_refused_naming_its_section(place: str) -> None:
 @pytest.mark.parametrize("section", [*SECTIONS, "reference", "blindlink_agreement"])
 def test_missing_section_is_refused(section: str) -> None:
     message = agreement_error(edited(delete_key(section)))
-    assert message.startswith("agreement: ")
-    assert f"'{section}' is a required property" in message
+    assert message.startswith(f"agreement: '{section}' "), message
+    assert "is required" in message
 
 
 @pytest.mark.parametrize(
@@ -644,36 +693,51 @@ def test_missing_section_is_refused(section: str) -> None:
 def test_missing_key_inside_a_section_is_refused(path: str) -> None:
     section, _, key = path.rpartition(".")
     message = agreement_error(edited(delete_key(path)))
-    assert message.startswith(f"{section}: ")
-    assert f"'{key}' is a required property" in message
+    assert message == f"{section}: '{key}' is required"
 
 
 INVALID_VALUES = [
-    ("release.requester", "everything", "is not one of"),
-    ("release.custodian", "own_row", "is not one of"),
-    ("release.custodian", None, "is not one of"),
-    ("matching.decision.fallback_threshold", 0, "less than or equal to the minimum of 0"),
-    ("matching.decision.fallback_threshold", 1.5, "greater than the maximum of 1"),
-    ("matching.decision.fallback_threshold", "0.8", "is not of type 'number'"),
-    ("matching.decision.min_precision", True, "is not of type 'number'"),
-    ("matching.decision", "calibrated", "is not of type 'object'"),
-    ("matching.blocking", "none", "is not valid under any of the given schemas"),
-    ("matching.blocking", {"method": "sorted-neighbourhood"}, "is not valid under any of"),
-    (
-        "matching.blocking",
-        {"method": "lsh", "bands": 0, "bits_per_band": 8, "seed": 1},
-        "is not valid under any of",
-    ),
-    ("matching.solver", "optimal", "is not one of"),
-    ("release.ambiguity_margin", -0.1, "less than the minimum of 0"),
-    ("release.custodian_approval", 1, "is not of type 'boolean'"),
-    ("encoding.bit_length", 1001, "is not a multiple of 8"),
-    ("encoding.bit_length", 0, "less than the minimum of 8"),
-    ("encoding.bit_length", "1024", "is not of type 'integer'"),
-    ("encoding.schema_sha256", SCHEMA_HASH.upper(), "does not match"),
-    ("encoding.schema_sha256", SCHEMA_HASH[:63], "does not match"),
-    ("encoding.schema_sha256", "g" * 64, "does not match"),
-    ("encoding.schema_sha256", SCHEMA_HASH + "0", "does not match"),
+    ("release.requester", "everything", "Input should be 'own_rows', 'pairs', 'count' or"),
+    ("release.custodian", "own_row", "Input should be 'own_rows'"),
+    ("release.custodian", None, "Input should be 'own_rows'"),
+    ("matching.decision.fallback_threshold", 0, "greater than 0"),
+    ("matching.decision.fallback_threshold", 1.5, "less than or equal to 1"),
+    ("matching.decision.fallback_threshold", "0.8", "a valid number"),
+    ("matching.decision.min_precision", True, "a valid number"),
+    ("matching.decision", "calibrated", "must be an object, not a string"),
+    ("matching.blocking", "none", "must be an object, not a string"),
+    ("matching.blocking.method", "sorted-neighbourhood", "is not one of 'none', 'lsh', 'keys'"),
+    ("matching.blocking", {"method": "lsh", "bands": 0, "bits_per_band": 8, "seed": 1}, ""),
+    ("matching.solver", "optimal", "Input should be 'greedy'"),
+    ("release.ambiguity_margin", -0.1, "greater than or equal to 0"),
+    ("release.custodian_approval", 1, "a valid boolean"),
+    ("encoding.bit_length", 1001, "a multiple of 8"),
+    ("encoding.bit_length", 0, "greater than or equal to 8"),
+    ("encoding.bit_length", "1024", "a valid integer"),
+    ("encoding.bit_length", 1024.0, "a valid integer"),
+    ("encoding.schema_sha256", SCHEMA_HASH.upper(), "should match pattern"),
+    ("encoding.schema_sha256", SCHEMA_HASH[:63], "should match pattern"),
+    ("encoding.schema_sha256", "g" * 64, "should match pattern"),
+    ("encoding.schema_sha256", SCHEMA_HASH + "0", "should match pattern"),
+    ("parties.custodian.certificate_sha256", "sha256:" + CERTS["custodian"], "should match"),
+    ("parties.requester.certificate_sha256", CERTS["requester"][:40], "should match pattern"),
+    ("parties.requester.name", "", "at least 1 character"),
+    ("limits.max_records_per_upload", 0, "greater than or equal to 1"),
+    ("limits.period_seconds", 1.5, "a valid integer"),
+    ("retention.encodings_ttl_seconds", -1, "greater than or equal to 1"),
+    ("retention.delete_encodings_after_release", "yes", "a valid boolean"),
+    ("limits.valid_from", "2026-12-01 00:00:00", "should match pattern"),
+    ("limits.valid_until", "2026-12-01T00:00:00+01:00", "should match pattern"),
+    ("limits.valid_from", "2026-13-01T00:00:00Z", "is not a UTC time"),
+    ("limits.valid_until", "2027-02-30T00:00:00Z", "is not a UTC time"),
+    ("blindlink_agreement", True, "true is not a format this blindlink reads (1, 2)"),
+    ("blindlink_agreement", 3, "3 is not a format this blindlink reads"),
+    ("blindlink_agreement", 2.0, "2.0 is not a format this blindlink reads"),
+    ("reference", "", "at least 1 character"),
+    ("parties", [], "must be an object, not an array"),
+]
+# Format 1 only: a party's separate signing key.
+LEGACY_KEYS = [
     ("parties.requester.public_key", "ed25519:short=", "does not match"),
     ("parties.requester.public_key", public_key_text(KEYS["requester"])[8:], "does not match"),
     (
@@ -681,21 +745,6 @@ INVALID_VALUES = [
         "rsa:" + public_key_text(KEYS["custodian"])[8:],
         "does not match",
     ),
-    ("parties.custodian.certificate_sha256", "sha256:" + CERTS["custodian"], "does not match"),
-    ("parties.requester.certificate_sha256", CERTS["requester"][:40], "does not match"),
-    ("parties.requester.name", "", "should be non-empty"),
-    ("limits.max_records_per_upload", 0, "less than the minimum of 1"),
-    ("limits.period_seconds", 1.5, "is not of type 'integer'"),
-    ("retention.encodings_ttl_seconds", -1, "less than the minimum of 1"),
-    ("retention.delete_encodings_after_release", "yes", "is not of type 'boolean'"),
-    ("limits.valid_from", "2026-12-01 00:00:00", "does not match"),
-    ("limits.valid_until", "2026-12-01T00:00:00+01:00", "does not match"),
-    ("limits.valid_from", "2026-13-01T00:00:00Z", "is not a UTC time"),
-    ("limits.valid_until", "2027-02-30T00:00:00Z", "is not a UTC time"),
-    ("blindlink_agreement", True, "is not of type 'integer'"),
-    ("blindlink_agreement", 2, "1 was expected"),
-    ("reference", "", "should be non-empty"),
-    ("parties", [], "is not of type 'object'"),
 ]
 
 
@@ -704,18 +753,28 @@ INVALID_VALUES = [
 )
 def test_invalid_value_is_refused_naming_its_path(path: str, value: Any, words: str) -> None:
     message = agreement_error(edited(set_key(path, value)))
-    assert message.startswith(f"{path}: ") or message.startswith(f"{path} ")
-    assert words in message
+    assert message.startswith(f"{path}: ") or message.startswith(f"{path}.bands: "), message
+    assert words in message, message
+
+
+@pytest.mark.parametrize(("path", "value", "words"), LEGACY_KEYS)
+def test_invalid_format_1_signing_key_is_refused_naming_its_path(
+    path: str, value: Any, words: str
+) -> None:
+    message = agreement_error(edited(set_key(path, value), before_decision()))
+    assert message.startswith(f"{path}: "), message
+    assert words in message, message
+    assert "'public_key' is not a known key" in agreement_error(edited(set_key(path, value)))
 
 
 @pytest.mark.parametrize(
     ("path", "value", "words"),
     [
-        ("matching.threshold", 0, "less than or equal to the minimum of 0"),
-        ("matching.threshold", 1.5, "greater than the maximum of 1"),
-        ("matching.threshold", "0.8", "is not of type 'number'"),
-        ("matching.threshold", True, "is not of type 'number'"),
-        ("matching.threshold_floor", 0, "less than or equal to the minimum of 0"),
+        ("matching.threshold", 0, "greater than 0"),
+        ("matching.threshold", 1.5, "less than or equal to 1"),
+        ("matching.threshold", "0.8", "a valid number"),
+        ("matching.threshold", True, "a valid number"),
+        ("matching.threshold_floor", 0, "greater than 0"),
     ],
 )
 def test_invalid_threshold_before_decision_is_refused_naming_its_path(
@@ -729,7 +788,7 @@ def test_invalid_threshold_before_decision_is_refused_naming_its_path(
 @pytest.mark.parametrize(
     ("steps", "words"),
     [
-        (["bit-flip"], "is not of type 'object'"),
+        (["bit-flip"], "must be an object, not a string"),
         ([{"kind": "bit-flip"}], "bit-flip"),
         ([{"kind": "xor_fold"}], "folds"),
         ([{"kind": "xor_fold", "folds": 1, "fold": 2}], "fold"),
@@ -771,7 +830,8 @@ def test_both_parties_with_the_same_identity_are_refused(field: str, words: str)
         doc["parties"]["requester"].setdefault(field, public_key_text(KEYS["requester"]))
         doc["parties"]["custodian"][field] = doc["parties"]["requester"][field]
 
-    message = agreement_error(edited(same))
+    # Only format 1 named separate public keys.
+    message = agreement_error(edited(same, before_decision() if field == "public_key" else None))
     assert message.startswith("parties: ")
     assert words in message
 
@@ -808,23 +868,40 @@ def test_bytes_that_are_not_utf8_json_are_refused(raw: bytes, words: str) -> Non
 
 @pytest.mark.parametrize("raw", [b"[]", b'"agreement"', b"null", b"1"])
 def test_json_that_is_not_an_object_is_refused(raw: bytes) -> None:
-    assert "is not of type 'object'" in agreement_error(raw)
+    assert agreement_error(raw).startswith("agreement: must be a JSON object, not ")
 
 
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
-        (b'{"reference": NaN}', "NaN is not a JSON number"),
-        (b'{"reference": Infinity}', "Infinity is not a JSON number"),
+        (b'{"reference": NaN}', "reference: NaN is not a JSON number"),
+        (b'{"reference": Infinity}', "reference: Infinity is not a JSON number"),
         (
             canonical_json(document()).replace(b'"bit_length":1024', b'"bit_length":-Infinity'),
-            "-Infinity is not a JSON number",
+            "encoding.bit_length: -Infinity is not a JSON number",
         ),
-        (canonical_json(document()).replace(b"DSA", b"\\ud800DSA"), "lone surrogate"),
+        (
+            canonical_json(document()).replace(b'"bounds":[0.6,', b'"bounds":[NaN,'),
+            "matching.decision.bounds[0]: NaN is not a JSON number",
+        ),
+        (
+            canonical_json(before_decision()).replace(b'"threshold":0.85', b'"threshold":NaN'),
+            "matching.threshold: NaN is not a JSON number",
+        ),
+        (
+            canonical_json(document()).replace(b"DSA", b"\\ud800DSA"),
+            "reference: the text holds a lone surrogate",
+        ),
+        (
+            canonical_json(document()).replace(b'"name":"custodian', b'"\\udc00":1,"name":"c'),
+            "parties.custodian: the text holds a lone surrogate",
+        ),
     ],
 )
-def test_numbers_without_json_form_and_lone_surrogates_are_refused(raw: bytes, words: str) -> None:
-    assert words in agreement_error(raw)
+def test_numbers_without_json_form_and_lone_surrogates_are_refused_naming_the_key(
+    raw: bytes, words: str
+) -> None:
+    assert agreement_error(raw).startswith(words)
 
 
 @pytest.mark.parametrize(
@@ -991,7 +1068,7 @@ def test_problems_reports_a_certificate_that_is_not_the_named_one(
 def test_problems_refuses_agreements_with_separate_signing_keys() -> None:
     """Agreements written before parties signed with their certificate's key name an Ed25519
     key beside each certificate: nothing binds it to the certificate's holder."""
-    doc = document()
+    doc = before_decision()  # format 1: the only format with separate signing keys
     for role in ROLES:
         doc["parties"][role]["public_key"] = public_key_text(KEYS[role])
     agreement = agreement_from_document(doc)

@@ -6,14 +6,23 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from conftest import Identities, party_args, run
 
+import blindlink as bl
+from blindlink.agreement import document
+from blindlink.agreement.document import default_hardening
 from blindlink.agreement.model import agreement_from_document
-from blindlink.cli.main import main
+from blindlink.cli.main import build_parser, main
+from blindlink.encoding.schema import default_schema_path, load_schema
+from blindlink.hardening.steps import output_bit_length
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 
 README = Path(__file__).parent.parent / "README.md"
@@ -196,3 +205,169 @@ def test_readme_example_writes_and_signs_a_sensible_agreement(
     printed = [run(capsys, *shlex.split(command, comments=True)[1:]) for command in commands]
     assert len(printed) == 3
     assert "signed by the holders of both named certificates" in printed[-1]
+
+
+# --- one model: the command line and the Python API write the same agreement ----------------
+
+
+class FrozenNow(datetime):
+    """A clock that stands still, so that both writers start the validity window alike."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> FrozenNow:
+        return cls(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=tz)
+
+
+LSH = {"method": "lsh", "bands": 20, "bits_per_band": 16, "seed": 7}
+# (`agreement new` options, the same settings of new_agreement_document)
+SAME_INPUTS: list[tuple[list[str], dict[str, Any]]] = [
+    ([], {}),
+    (
+        ["--target", "min-precision", "--min-precision", "0.99", "--threshold-bounds", "0.55,0.7"],
+        {"target": "min_precision", "min_precision": 0.99, "threshold_bounds": (0.55, 0.7)},
+    ),
+    (
+        [
+            "--hardening",
+            "[]",
+            "--blocking",
+            json.dumps(LSH),
+            "--threshold",
+            "0.85",
+            "--threshold-floor",
+            "0.8",
+            "--possible-matches",
+            "0.3,0.9",
+            "--possible-release",
+            "list",
+            "--requester-release",
+            "pairs",
+            "--custodian-release",
+            "nothing",
+            "--ambiguity-margin",
+            "0.02",
+            "--custodian-approval",
+            "--max-records-per-upload",
+            "500",
+            "--period-seconds",
+            "3600",
+            "--max-uploads-per-period",
+            "3",
+            "--max-records-per-period",
+            "900",
+            "--valid-days",
+            "10",
+            "--keep-encodings-after-release",
+            "--encodings-ttl",
+            "60",
+            "--results-ttl",
+            "120",
+        ],  # fmt: skip
+        {
+            "hardening": [],
+            "blocking": LSH,
+            "threshold": 0.85,
+            "threshold_floor": 0.8,
+            "possible_matches": (0.3, 0.9),
+            "possible_release": "list",
+            "requester_release": "pairs",
+            "custodian_release": "nothing",
+            "ambiguity_margin": 0.02,
+            "custodian_approval": True,
+            "max_records_per_upload": 500,
+            "period_seconds": 3600,
+            "max_uploads_per_period": 3,
+            "max_records_per_period": 900,
+            "valid_days": 10,
+            "delete_encodings_after_release": False,
+            "encodings_ttl_seconds": 60,
+            "results_ttl_seconds": 120,
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "settings"), SAME_INPUTS, ids=["defaults", "calibrated", "every option"]
+)
+def test_the_command_line_and_the_api_write_byte_identical_agreements(
+    identities: Identities,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+    settings: dict[str, Any],
+) -> None:
+    monkeypatch.setattr(document, "datetime", FrozenNow)
+    pki = identities.pki
+    code, written, err = new_agreement(
+        capsys, party_args(identities), tmp_path / "a.json", *options, OVERRIDE
+    )
+    assert code == 0, err
+    schema = load_schema(default_schema_path())
+    hardening = settings.get("hardening", default_hardening())
+    api = bl.new_agreement_document(
+        reference="cli",
+        requester=bl.party_info("A", pki.party_certs["requester"]),
+        custodian=bl.party_info("B", pki.party_certs["custodian"]),
+        schema_sha256=schema.sha256,
+        bit_length=output_bit_length(schema.bit_length, hardening),
+        **settings,
+    )
+    assert rfc8785.dumps(written) == rfc8785.dumps(api)
+    assert written == api
+    assert agreement_from_document(written).project_id == agreement_from_document(api).project_id
+
+
+def test_agreement_new_carries_no_defaults_of_its_own() -> None:
+    """Every agreement setting left out is None, for the agreement model to fill."""
+    required = ["--reference", "x", "--out", "o"]
+    for role in ("requester", "custodian"):
+        required += [f"--{role}", role, f"--{role}-cert", "c.pem"]
+    args = vars(build_parser().parse_args(["agreement", "new", *required]))
+    given = {"command", "action", "run", "reference", "out", "allow_unusual_threshold"}
+    given |= {f"{role}{suffix}" for role in ("requester", "custodian") for suffix in ("", "_cert")}
+    assert args.keys() - given
+    assert {key: value for key, value in args.items() if key not in given} == dict.fromkeys(
+        args.keys() - given
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--threshold", "nan"], "matching.decision.threshold: NaN is not a JSON number"),
+        (["--ambiguity-margin", "inf"], "release.ambiguity_margin: Infinity is not a JSON"),
+        (["--threshold-bounds", "0.5,nan"], "matching.decision.bounds[1]: NaN is not a JSON"),
+        (
+            ["--hardening", '[{"kind": "diffusion", "t": -Infinity}]'],
+            "encoding.hardening[0].t: -Infinity is not a JSON number",
+        ),
+        (["--reference", "case \udcff"], "reference: the text holds a lone surrogate"),
+    ],
+)
+def test_nan_infinities_and_lone_surrogates_are_refused_naming_the_key(
+    parties: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    words: str,
+) -> None:
+    code, written, err = new_agreement(capsys, parties, tmp_path / "a.json", *options, OVERRIDE)
+    assert (code, written) == (2, {})
+    assert words in err, err
+
+
+def test_the_readme_recomputes_a_project_id_with_a_standard_jcs_library(
+    parties: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, written, err = new_agreement(capsys, parties, tmp_path / "agreement.json")
+    assert code == 0, err
+    block = r"```python\n(import hashlib, json, rfc8785\n.*?)```"
+    snippet = re.search(block, README.read_text(encoding="utf-8"), re.DOTALL)
+    assert snippet is not None
+    done = subprocess.run(
+        [sys.executable, "-c", snippet.group(1)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == agreement_from_document(written).project_id

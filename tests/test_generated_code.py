@@ -1,8 +1,14 @@
-"""The committed gRPC code must be what proto/ generates today."""
+"""The committed gRPC code must be what proto/ generates today, and the published agreement
+JSON Schema what the agreement model generates."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from blindlink.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,3 +47,30 @@ def test_check_detects_a_stale_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "linkage_pb2.pyi" in result.stdout
+
+
+def schema_check(path: Path) -> subprocess.CompletedProcess[str]:
+    script = ROOT / "scripts" / "generate_agreement_schema.py"
+    return subprocess.run(
+        [sys.executable, str(script), "--check", str(path)], capture_output=True, text=True
+    )
+
+
+def test_published_agreement_schema_is_what_the_model_generates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    published = ROOT / "docs" / "agreement.schema.json"
+    result = schema_check(published)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert main(["agreement", "schema"]) == 0
+    assert capsys.readouterr().out == published.read_text(encoding="utf-8")
+
+
+def test_agreement_schema_check_detects_a_stale_copy(tmp_path: Path) -> None:
+    schema = json.loads((ROOT / "docs" / "agreement.schema.json").read_text(encoding="utf-8"))
+    schema["$defs"]["Limits"]["properties"]["period_seconds"]["default"] = 3600
+    stale = tmp_path / "agreement.schema.json"
+    stale.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+    result = schema_check(stale)
+    assert result.returncode == 1
+    assert "is stale" in result.stdout

@@ -30,11 +30,11 @@ from test_server_api import (
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
+from blindlink.agreement.document import format_timestamp
 from blindlink.agreement.model import (
     Agreement,
     PartyInfo,
     agreement_from_document,
-    format_timestamp,
     new_agreement_document,
 )
 from blindlink.agreement.policy import PolicyViolation, run_threshold
@@ -119,6 +119,7 @@ def signed_document(
         custodian=identities.party("custodian"),
         schema_sha256=schema.sha256,
         bit_length=schema.bit_length,
+        hardening=[],
         valid_from=valid_from,
     )
     document["limits"]["valid_until"] = format_timestamp(valid_until)

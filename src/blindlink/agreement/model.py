@@ -1,48 +1,40 @@
-"""The agreement document: strict parsing against its published JSON Schema, canonical bytes,
-content hash (the project ID), and the signed envelope both parties sign.
+"""A parsed agreement (`Agreement`: the settings the server and the parties act on, its
+canonical bytes and project ID) and the builder of new agreement documents.
 
-The schema is `agreement.schema.json` beside this module (`blindlink agreement schema` prints
-it). A signed agreement is the envelope `{"agreement": {...}, "signatures": {role: sig},
-"certificates": {role: PEM}}` (agreement/signing.py): each party signs with the key of the client
-certificate the agreement names for it.
+The document itself (its fields, defaults, validation, JSON Schema and canonical bytes) is the
+model in agreement/document.py; `blindlink agreement schema` prints its JSON Schema. A signed
+agreement is the envelope `{"agreement": {...}, "signatures": {role: sig}, "certificates":
+{role: PEM}}` (agreement/signing.py): each party signs with the key of the client certificate
+the agreement names for it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from functools import cache
-from importlib import resources
+from datetime import datetime, timedelta
 from typing import Any
 
-import jsonschema
-
-from blindlink.canonical import canonical_json, reject_duplicate_keys
+from blindlink.agreement.document import (
+    AgreementDocument,
+    CalibratedDecision,
+    KeyBlockingSection,
+    LshBlockingSection,
+    NoBlockingSection,
+    ReleaseKind,
+    canonical_bytes,
+    format_timestamp,
+    load_json,
+    new_document,
+    now_timestamp,
+    parse_timestamp,
+    read_document,
+    recommended_thresholds,
+)
 from blindlink.errors import AgreementError
-from blindlink.hardening.steps import HardeningError, encodings_id, validate_steps
+from blindlink.hardening.steps import encodings_id
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
-from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
-
-FORMAT_VERSION = 1
-ROLES = ("requester", "custodian")
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-POSSIBLE_RELEASES = ("count", "list")
-# The tradeoff benchmark's recommendation (benchmarks/results/tradeoff.md): F* 0.958 with the
-# worst re-identification at 1.2%.
-RECOMMENDED_HARDENING: list[dict[str, Any]] = [{"kind": "diffusion", "t": 3}]
-
-
-class ReleaseKind(StrEnum):
-    """What one party receives once a run is done."""
-
-    OWN_ROWS = "own_rows"
-    PAIRS = "pairs"
-    COUNT = "count"
-    NOTHING = "nothing"
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,7 @@ class Party:
 class Agreement:
     """A parsed, validated agreement. Field names follow the document's sections."""
 
-    document: dict[str, Any]
+    document: dict[str, Any]  # as signed (agreement/document.py: ReadDocument.document)
     parties: dict[str, Party]
     schema_sha256: str
     bit_length: int
@@ -80,6 +72,13 @@ class Agreement:
     delete_encodings_after_release: bool
     encodings_ttl_seconds: int
     results_ttl_seconds: int
+    # Where the document states the decision rule: "matching.decision", or "matching" in
+    # agreements written before it. Refusals under the rule name keys below this.
+    decision_key: str = "matching.decision"
+
+    @property
+    def format_version(self) -> int:
+        return int(self.document["blindlink_agreement"])
 
     @property
     def reference(self) -> str:
@@ -88,12 +87,6 @@ class Agreement:
     @property
     def ambiguity_margin(self) -> float:
         return self.decision.ambiguity_margin
-
-    @property
-    def decision_key(self) -> str:
-        """Where the document states the decision rule: "matching.decision", or "matching" in
-        agreements written before it. Refusals under the rule name keys below this."""
-        return "matching.decision" if "decision" in self.document["matching"] else "matching"
 
     def rule_for_run(self, threshold: float) -> DecisionRule:
         """The decision rule of a run whose threshold `run_threshold` gave: a fixed rule at that
@@ -104,7 +97,8 @@ class Agreement:
 
     @property
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.document)
+        """What the parties sign and the project ID hashes: RFC 8785 (format 2)."""
+        return canonical_bytes(self.document)
 
     @property
     def project_id(self) -> str:
@@ -135,267 +129,82 @@ class Agreement:
         return None
 
 
-@cache
-def agreement_json_schema() -> dict[str, Any]:
-    """The published JSON Schema of the agreement document."""
-    text = (resources.files("blindlink.agreement") / "agreement.schema.json").read_text("utf-8")
-    return dict(json.loads(text))
-
-
-# JSON Schema counts 1024.0 as an integer; the agreement does not, because a document that
-# writes 1024.0 hashes to a different project ID than one that writes 1024.
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
-    ),
-)
-
-
-def load_json(raw: bytes, what: str) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN or infinities."""
-    try:
-        return json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=reject_duplicate_keys,
-            parse_constant=_refuse_constant,
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AgreementError(f"{what} is not valid UTF-8 JSON: {exc}") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def parse_agreement(raw: bytes) -> Agreement:
     """Parse and validate agreement bytes (the agreement object itself, not the envelope)."""
     return agreement_from_document(load_json(raw, "agreement"))
 
 
 def agreement_from_document(document: Any) -> Agreement:
-    """Validate a document against the JSON Schema and the rules a schema cannot express."""
-    _check_values(document, "agreement")
-    validator = _Validator(agreement_json_schema())
-    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        where = ".".join(str(p) for p in first.absolute_path) or "agreement"
-        raise AgreementError(f"{where}: {_schema_message(first)}")
-    _validated_hardening(document["encoding"]["hardening"])
-    parties = {role: Party(role, **document["parties"][role]) for role in ROLES}
-    matching, release = document["matching"], document["release"]
-    limits, retention = document["limits"], document["retention"]
-    decision, threshold_floor = _decision(matching, release)
-    agreement = Agreement(
-        document=document,
+    """Validate a document (format 2, or 1 as written before) against the agreement model."""
+    read = read_document(document)
+    model, keys = read.model, dict(read.legacy_keys)
+    sections = {"requester": model.parties.requester, "custodian": model.parties.custodian}
+    parties = {
+        role: Party(role, section.name, section.certificate_sha256, keys.get(role))
+        for role, section in sections.items()
+    }
+    release, limits, retention = model.release, model.limits, model.retention
+    decision, threshold_floor = _decision(model)
+    return Agreement(
+        document=read.document,
         parties=parties,
-        schema_sha256=document["encoding"]["schema_sha256"],
-        bit_length=document["encoding"]["bit_length"],
-        hardening=document["encoding"]["hardening"],
+        schema_sha256=model.encoding.schema_sha256,
+        bit_length=model.encoding.bit_length,
+        hardening=[dict(step) for step in model.encoding.hardening],
         decision=decision,
         threshold_floor=threshold_floor,
-        blocking=_blocking(matching["blocking"]),
-        release={role: ReleaseKind(release[role]) for role in ROLES},
-        possible_release=release.get("possible_matches", "count"),
-        custodian_approval=release["custodian_approval"],
-        max_records_per_upload=limits["max_records_per_upload"],
-        period_seconds=limits["period_seconds"],
-        max_uploads_per_period=limits["max_uploads_per_period"],
-        max_records_per_period=limits["max_records_per_period"],
-        valid_from=parse_timestamp(limits["valid_from"], "limits.valid_from"),
-        valid_until=parse_timestamp(limits["valid_until"], "limits.valid_until"),
-        delete_encodings_after_release=retention["delete_encodings_after_release"],
-        encodings_ttl_seconds=retention["encodings_ttl_seconds"],
-        results_ttl_seconds=retention["results_ttl_seconds"],
+        blocking=_blocking(model.matching.blocking),
+        release={"requester": release.requester, "custodian": release.custodian},
+        possible_release=release.possible_matches,
+        custodian_approval=release.custodian_approval,
+        max_records_per_upload=limits.max_records_per_upload,
+        period_seconds=limits.period_seconds,
+        max_uploads_per_period=limits.max_uploads_per_period,
+        max_records_per_period=limits.max_records_per_period,
+        valid_from=parse_timestamp(limits.valid_from, "limits.valid_from"),
+        valid_until=parse_timestamp(limits.valid_until, "limits.valid_until"),
+        delete_encodings_after_release=retention.delete_encodings_after_release,
+        encodings_ttl_seconds=retention.encodings_ttl_seconds,
+        results_ttl_seconds=retention.results_ttl_seconds,
+        decision_key="matching" if read.legacy_decision else "matching.decision",
     )
-    _check_consistency(agreement)
-    return agreement
 
 
-def _check_values(value: Any, where: str) -> None:
-    """Refuse what has no canonical JSON form: NaN and infinities (a NaN floor would disable
-    the floor, a NaN threshold fail every run) and strings that are not Unicode text (a lone
-    surrogate cannot be encoded as UTF-8)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise AgreementError(f"{where}: {value} is not a finite number")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise AgreementError(f"{where}: the text holds a lone surrogate, not Unicode") from None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_values(key, where)
-            _check_values(item, f"{where}.{key}" if where != "agreement" else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_values(item, f"{where}[{index}]")
-
-
-def _schema_message(error: jsonschema.ValidationError) -> str:
-    """The validator's message, except where the matching section states no decision rule or
-    two: the validator's words for that would not name the keys."""
-    if error.validator == "oneOf" and list(error.absolute_path) == ["matching"]:
-        return (
-            "state the decision rule once: as 'decision', or (as agreements written before "
-            "'decision' did) as 'threshold' and 'threshold_floor'"
-        )
-    return str(error.message)
-
-
-def _validated_hardening(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    try:
-        validate_steps(steps)
-    except HardeningError as exc:
-        raise AgreementError(f"encoding.{exc}") from None
-    return steps
-
-
-def _decision(
-    matching: dict[str, Any], release: dict[str, Any]
-) -> tuple[DecisionRule, float | None]:
-    """The decision rule and, for a fixed threshold, its floor. An agreement written before
-    'decision' states a fixed threshold as matching.threshold and matching.threshold_floor."""
-    legacy = {k: matching.get(k) for k in ("threshold", "threshold_floor")}
-    section = matching.get("decision", {"rule": "fixed", **legacy})
+def _decision(model: AgreementDocument) -> tuple[DecisionRule, float | None]:
+    """The decision rule and, for a fixed threshold, its floor."""
+    section = model.matching.decision
     threshold: FixedThreshold | CalibratedThreshold
     floor: float | None = None
-    if section["rule"] == "fixed":
-        threshold = FixedThreshold(float(section["threshold"]))
-        floor = float(section["threshold_floor"])
-    else:
-        low, high = section["bounds"]
+    if isinstance(section, CalibratedDecision):
+        low, high = section.bounds
         threshold = CalibratedThreshold(
-            Target(section["target"]),
-            (float(low), float(high)),
-            float(section["fallback_threshold"]),
-            float(section.get("min_precision", 0.0)),
+            section.target, (low, high), section.fallback_threshold, section.min_precision or 0.0
         )
-    band = matching.get("possible_matches")
+    else:
+        threshold = FixedThreshold(section.threshold)
+        floor = section.threshold_floor
+    band = model.matching.possible_matches
     return DecisionRule(
         threshold,
-        None if band is None else (float(band[0]), float(band[1])),
-        float(release["ambiguity_margin"]),
+        None if band is None else (band[0], band[1]),
+        model.release.ambiguity_margin,
     ), floor
 
 
-def _blocking(section: dict[str, Any]) -> Blocking | None:
-    if section["method"] == "none":
-        return None
-    if section["method"] == "keys":
-        return KeyBlocking.from_document(section["keys"])
-    return LshBlocking(section["bands"], section["bits_per_band"], section["seed"])
-
-
-def _check_consistency(agreement: Agreement) -> None:
-    _check_decision(agreement)
-    if agreement.valid_from >= agreement.valid_until:
-        raise AgreementError("limits.valid_from must be before limits.valid_until")
-    requester, custodian = agreement.parties["requester"], agreement.parties["custodian"]
-    if requester.public_key is not None and requester.public_key == custodian.public_key:
-        raise AgreementError("parties: the requester and the custodian have the same public key")
-    if requester.certificate_sha256 == custodian.certificate_sha256:
-        raise AgreementError("parties: the requester and the custodian have the same certificate")
-
-
-def _check_decision(agreement: Agreement) -> None:
-    key, rule = agreement.decision_key, agreement.decision
-    chosen = rule.threshold
-    if isinstance(chosen, FixedThreshold):
-        floor = agreement.threshold_floor
-        if floor is not None and floor > chosen.threshold:
-            raise AgreementError(
-                f"{key}.threshold_floor: {floor:g} must not exceed {key}.threshold "
-                f"{chosen.threshold:g}"
-            )
-    else:
-        _check_calibration(agreement.document["matching"]["decision"], chosen)
-    band = rule.possible_band
-    if band is not None and band[0] >= band[1]:
-        raise AgreementError(
-            f"matching.possible_matches: the band [{band[0]:g}, {band[1]:g}) is empty; its "
-            "lower end must be below its upper end"
+def _blocking(
+    section: NoBlockingSection | LshBlockingSection | KeyBlockingSection,
+) -> Blocking | None:
+    if isinstance(section, LshBlockingSection):
+        return LshBlocking(section.bands, section.bits_per_band, section.seed)
+    if isinstance(section, KeyBlockingSection):
+        return KeyBlocking.from_document(
+            [[part.model_dump(exclude_none=True) for part in key] for key in section.keys]
         )
-    if agreement.possible_release == "list" and band is None:
-        raise AgreementError(
-            "release.possible_matches: 'list' releases possible matches, but the agreement has "
-            "no matching.possible_matches band to find them"
-        )
-
-
-def _check_calibration(section: dict[str, Any], chosen: CalibratedThreshold) -> None:
-    key = "matching.decision"
-    wants_minimum = chosen.target is Target.MIN_PRECISION
-    if wants_minimum and "min_precision" not in section:
-        raise AgreementError(
-            f"{key}.min_precision: the target min_precision needs the minimum estimated "
-            "precision, in (0, 1]"
-        )
-    if not wants_minimum and "min_precision" in section:
-        raise AgreementError(
-            f"{key}.min_precision: only the target min_precision takes a minimum precision; "
-            f"this rule's target is {chosen.target.value}"
-        )
-    low, high = chosen.bounds
-    if low > high:
-        raise AgreementError(
-            f"{key}.bounds: the lower bound {low:g} exceeds the upper bound {high:g}"
-        )
-    if not low <= chosen.fallback_threshold <= high:
-        raise AgreementError(
-            f"{key}.fallback_threshold: {chosen.fallback_threshold:g} is outside the bounds "
-            f"[{low:g}, {high:g}]"
-        )
-
-
-def parse_timestamp(text: str, where: str) -> datetime:
-    try:
-        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise AgreementError(
-            f"{where}: {text!r} is not a UTC time like 2026-12-01T00:00:00Z"
-        ) from None
-
-
-def format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-@dataclass(frozen=True)
-class ThresholdRange:
-    """What the tradeoff benchmark measured for a kind of hardening: the range of its calibrated
-    thresholds; and the calibration bounds and fallback threshold agreed by default with it."""
-
-    measured: tuple[float, float]
-    bounds: tuple[float, float]
-    fallback: float
-    hardening: str  # which configurations, in words
-
-    def distance(self, threshold: float) -> float:
-        """How far `threshold` lies outside the measured range (0 inside it)."""
-        low, high = self.measured
-        return max(low - threshold, threshold - high, 0.0)
+    return None
 
 
 # A fixed or fallback threshold this far outside the measured range is unusual.
 UNUSUAL_DISTANCE = 0.1
-
-
-def recommended_thresholds(hardening: list[dict[str, Any]]) -> ThresholdRange:
-    """The measured threshold range for these hardening steps, with default bounds and fallback.
-
-    From benchmarks/results/tradeoff.md (calibrated thresholds, generated data): 0.54-0.64 for
-    the hardened configurations with diffusion, xor folding or rule 90; 0.63-0.75 with
-    randomized response; 0.68-0.89 for unhardened ones, balancing and salting included.
-    Hardened encodings are less similar, so their thresholds lie lower.
-    """
-    kinds = {step["kind"] for step in hardening}
-    if kinds & {"diffusion", "xor_fold", "rule90"}:
-        return ThresholdRange((0.54, 0.64), (0.5, 0.9), 0.6, "diffusion, xor folding or rule 90")
-    if "randomized_response" in kinds:
-        return ThresholdRange((0.63, 0.75), (0.5, 0.9), 0.6, "randomized response")
-    return ThresholdRange((0.68, 0.89), (0.6, 0.95), 0.8, "no hardening, balancing or salting")
 
 
 def unusual_thresholds(agreement: Agreement) -> str | None:
@@ -455,23 +264,26 @@ def new_agreement_document(
     threshold_bounds: tuple[float, float] | None = None,
     fallback_threshold: float | None = None,
     possible_matches: tuple[float, float] | None = None,
-    possible_release: str = "count",
+    possible_release: str | None = None,
     blocking: dict[str, Any] | None = None,
-    requester_release: str = "own_rows",
-    custodian_release: str = "count",
-    ambiguity_margin: float = 0.0,
-    custodian_approval: bool = False,
-    max_records_per_upload: int = 10_000_000,
-    period_seconds: int = 86_400,
-    max_uploads_per_period: int = 100,
-    max_records_per_period: int = 100_000_000,
+    requester_release: str | None = None,
+    custodian_release: str | None = None,
+    ambiguity_margin: float | None = None,
+    custodian_approval: bool | None = None,
+    max_records_per_upload: int | None = None,
+    period_seconds: int | None = None,
+    max_uploads_per_period: int | None = None,
+    max_records_per_period: int | None = None,
     valid_from: datetime | None = None,
-    valid_days: int = 365,
-    delete_encodings_after_release: bool = True,
-    encodings_ttl_seconds: int = 30 * 86_400,
-    results_ttl_seconds: int = 30 * 86_400,
+    valid_days: int | None = None,
+    delete_encodings_after_release: bool | None = None,
+    encodings_ttl_seconds: int | None = None,
+    results_ttl_seconds: int | None = None,
 ) -> dict[str, Any]:
-    """A new, validated agreement document. Validity starts now unless `valid_from` is given.
+    """A new, validated agreement document (format 2). A setting left None takes the agreement
+    model's default (agreement/document.py), as `blindlink agreement new` does for an option
+    left out: the recommended hardening, validity from now for a year, the release, limits and
+    retention the model states.
 
     With `threshold`, runs decide at that fixed threshold (batches may ask for another, not
     below `threshold_floor`, which defaults to the threshold). Without it, each run calibrates
@@ -479,38 +291,25 @@ def new_agreement_document(
     `fallback_threshold`; bounds and fallback default to recommended_thresholds(hardening).
     `possible_matches`: a band of match probabilities whose pairs are possible matches.
     """
-    steps = _validated_hardening(hardening or [])
-    start = (valid_from or datetime.now(UTC)).replace(microsecond=0)
-    calibration: dict[str, Any] = {
+    calibration = {
         "target": target,
         "min_precision": min_precision,
-        "threshold_bounds": threshold_bounds,
+        "bounds": threshold_bounds and list(threshold_bounds),
         "fallback_threshold": fallback_threshold,
     }
-    if threshold is None:
-        decision = _calibrated_section(steps, threshold_floor, **calibration)
-    else:
-        decision = _fixed_section(threshold, threshold_floor, calibration)
-    matching: dict[str, Any] = {
-        "decision": decision,
-        "blocking": blocking or {"method": "none"},
-        "solver": "greedy",
-    }
-    if possible_matches is not None:
-        matching["possible_matches"] = list(possible_matches)
-    document = {
-        "blindlink_agreement": FORMAT_VERSION,
+    settings = {
         "reference": reference,
-        "parties": {
-            "requester": vars(requester).copy(),
-            "custodian": vars(custodian).copy(),
-        },
+        "parties": {"requester": vars(requester), "custodian": vars(custodian)},
         "encoding": {
             "schema_sha256": schema_sha256,
             "bit_length": bit_length,
-            "hardening": steps,
+            "hardening": hardening,
         },
-        "matching": matching,
+        "matching": {
+            "decision": _decision_settings(threshold, threshold_floor, calibration),
+            "possible_matches": possible_matches and list(possible_matches),
+            "blocking": blocking,
+        },
         "release": {
             "requester": requester_release,
             "custodian": custodian_release,
@@ -523,8 +322,7 @@ def new_agreement_document(
             "period_seconds": period_seconds,
             "max_uploads_per_period": max_uploads_per_period,
             "max_records_per_period": max_records_per_period,
-            "valid_from": format_timestamp(start),
-            "valid_until": format_timestamp(start + timedelta(days=valid_days)),
+            **_validity(valid_from, valid_days),
         },
         "retention": {
             "delete_encodings_after_release": delete_encodings_after_release,
@@ -532,50 +330,43 @@ def new_agreement_document(
             "results_ttl_seconds": results_ttl_seconds,
         },
     }
-    agreement_from_document(document)
-    return document
+    return new_document(_given(settings))
 
 
-def _fixed_section(
-    threshold: float, floor: float | None, calibration: dict[str, Any]
+def _decision_settings(
+    threshold: float | None, floor: float | None, calibration: dict[str, Any]
 ) -> dict[str, Any]:
+    """The decision section as far as the settings give it; the model fills the rest."""
     given = [name for name, value in calibration.items() if value is not None]
+    if threshold is None:
+        if floor is not None:
+            raise AgreementError(
+                "matching.decision.threshold_floor: only a fixed threshold has a floor; a "
+                "calibrated rule's bounds limit each run's threshold"
+            )
+        return {"rule": "calibrated", **calibration}
     if given:
+        names = ", ".join("threshold_bounds" if name == "bounds" else name for name in given)
         raise AgreementError(
             f"matching.decision: give either a fixed threshold or calibration settings "
-            f"({', '.join(given)}), not both"
+            f"({names}), not both"
         )
+    return {"rule": "fixed", "threshold": threshold, "threshold_floor": floor}
+
+
+def _validity(valid_from: datetime | None, valid_days: int | None) -> dict[str, str | None]:
+    """limits.valid_from and valid_until as far as given (validity starts now by default)."""
+    if valid_days is None:
+        return {"valid_from": format_timestamp(valid_from) if valid_from else None}
+    start = format_timestamp(valid_from) if valid_from else now_timestamp()
+    until = parse_timestamp(start, "limits.valid_from") + timedelta(days=valid_days)
+    return {"valid_from": start, "valid_until": format_timestamp(until)}
+
+
+def _given(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings without those left None, section by section."""
     return {
-        "rule": "fixed",
-        "threshold": threshold,
-        "threshold_floor": threshold if floor is None else floor,
+        key: _given(value) if isinstance(value, dict) else value
+        for key, value in settings.items()
+        if value is not None
     }
-
-
-def _calibrated_section(
-    hardening: list[dict[str, Any]],
-    threshold_floor: float | None,
-    target: str | None,
-    min_precision: float | None,
-    threshold_bounds: tuple[float, float] | None,
-    fallback_threshold: float | None,
-) -> dict[str, Any]:
-    """A calibrated rule; bounds and fallback default to the hardening's recommended ones (a
-    default fallback moves into explicit bounds)."""
-    if threshold_floor is not None:
-        raise AgreementError(
-            "matching.decision.threshold_floor: only a fixed threshold has a floor; a "
-            "calibrated rule's bounds limit each run's threshold"
-        )
-    recommended = recommended_thresholds(hardening)
-    low, high = threshold_bounds or recommended.bounds
-    fallback = min(max(recommended.fallback, low), high)
-    section: dict[str, Any] = {
-        "rule": "calibrated",
-        "target": target or Target.BEST_F_STAR.value,
-        "bounds": [low, high],
-        "fallback_threshold": fallback if fallback_threshold is None else fallback_threshold,
-    }
-    if min_precision is not None:
-        section["min_precision"] = min_precision
-    return section

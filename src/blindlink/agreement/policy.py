@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from blindlink.agreement.model import Agreement, ReleaseKind, format_timestamp
+from blindlink.agreement.document import ReleaseKind, format_timestamp
+from blindlink.agreement.model import Agreement
 from blindlink.matching.rules import FixedThreshold
 
 

@@ -15,13 +15,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from blindlink.agreement.model import (
-    ROLES,
-    Agreement,
-    PartyInfo,
-    agreement_from_document,
-    load_json,
-)
+from blindlink.agreement.document import ROLES, load_json
+from blindlink.agreement.model import Agreement, PartyInfo, agreement_from_document
 from blindlink.canonical import canonical_json
 from blindlink.errors import AgreementError, InputError
 from blindlink.security.certificate_signing import (

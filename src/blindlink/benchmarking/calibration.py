@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from blindlink.agreement.model import RECOMMENDED_HARDENING, recommended_thresholds
+from blindlink.agreement.document import RECOMMENDED_HARDENING, recommended_thresholds
 from blindlink.benchmarking.data import BENCHMARK_SECRET, encoded_pair
 from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
 from blindlink.benchmarking.record_pairs import febrl_pair, febrl_schema_document

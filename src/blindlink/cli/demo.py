@@ -21,11 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from blindlink._generated import linkage_pb2 as pb
-from blindlink.agreement.model import (
-    RECOMMENDED_HARDENING,
-    PartyInfo,
-    new_agreement_document,
-)
+from blindlink.agreement.document import default_hardening
+from blindlink.agreement.model import PartyInfo, new_agreement_document
 from blindlink.agreement.signing import SignedAgreement
 from blindlink.audit.export import read_export
 from blindlink.cli.party import describe_decision
@@ -220,11 +217,8 @@ def _write_agreement(work: Path, pki: PkiFiles, blocking: dict[str, object] | No
         requester=parties["requester"],
         custodian=parties["custodian"],
         schema_sha256=schema.sha256,
-        bit_length=output_bit_length(schema.bit_length, RECOMMENDED_HARDENING),
-        hardening=RECOMMENDED_HARDENING,
+        bit_length=output_bit_length(schema.bit_length, default_hardening()),
         blocking=blocking,
-        requester_release="own_rows",
-        custodian_release="count",
     )
     path = work / "agreement.json"
     signed = SignedAgreement.unsigned(document)

@@ -7,10 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from blindlink import __version__
-from blindlink.agreement.model import (
+from blindlink.agreement.document import (
     POSSIBLE_RELEASES,
-    RECOMMENDED_HARDENING,
+    VALIDITY,
+    Limits,
+    Release,
+    Retention,
+    default_hardening,
     recommended_thresholds,
 )
 from blindlink.cli import party, setup_commands
@@ -23,7 +29,7 @@ from blindlink.extras import MissingExtra, extra_for
 from blindlink.matching.rules import Target
 from blindlink.server.config import add_arguments as add_server_arguments
 
-HARDENED = recommended_thresholds(RECOMMENDED_HARDENING)
+HARDENED = recommended_thresholds(default_hardening())
 PLAIN = recommended_thresholds([])
 
 
@@ -145,6 +151,8 @@ def _add_setup_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
+    """`agreement new`: options left out take the agreement model's defaults
+    (agreement/document.py), which the help texts quote."""
     new = agreement.add_parser("new", help="write a new agreement for both parties to sign")
     new.add_argument("--reference", required=True, help="your agreement reference")
     for role in ("requester", "custodian"):
@@ -157,17 +165,15 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
         )
         new.add_argument(
             f"--{role}-release",
-            default="own_rows" if role == "requester" else "count",
             choices=setup_commands.RELEASE_CHOICES,
-            help=f"what the {role} receives",
+            help=f"what the {role} receives (default: {_default(Release, role)})",
         )
     new.add_argument("--schema", type=Path, help="linkage schema (default: shipped schema)")
     new.add_argument(
         "--hardening",
         metavar="JSON",
-        default=json.dumps(RECOMMENDED_HARDENING),
         help="hardening steps as JSON; '[]' for none (default: the tradeoff benchmark's "
-        f"recommendation, {json.dumps(RECOMMENDED_HARDENING)})",
+        f"recommendation, {json.dumps(default_hardening())})",
     )
     new.add_argument(
         "--blocking",
@@ -181,30 +187,42 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
     new.add_argument(
         "--ambiguity-margin",
         type=float,
-        default=0.0,
-        help="withhold matches with a rival within this similarity (0: off)",
+        help="withhold matches with a rival within this similarity (0: off; default: "
+        f"{_default(Release, 'ambiguity_margin')})",
     )
     new.add_argument(
         "--custodian-approval",
-        action="store_true",
+        action="store_const",
+        const=True,
         help="results are released only after the custodian approves a run",
     )
-    new.add_argument("--max-records-per-upload", type=int, default=10_000_000)
-    new.add_argument(
-        "--period-seconds", type=int, default=86_400, help="rolling period of the two limits below"
-    )
-    new.add_argument("--max-uploads-per-period", type=int, default=100)
-    new.add_argument("--max-records-per-period", type=int, default=100_000_000)
-    new.add_argument("--valid-days", type=int, default=365, help="validity from now")
+    counts: list[tuple[str, type[BaseModel], str, str]] = [
+        ("--max-records-per-upload", Limits, "max_records_per_upload", ""),
+        ("--period-seconds", Limits, "period_seconds", "rolling period of the two limits below"),
+        ("--max-uploads-per-period", Limits, "max_uploads_per_period", "per party"),
+        ("--max-records-per-period", Limits, "max_records_per_period", "per party"),
+        ("--encodings-ttl", Retention, "encodings_ttl_seconds", "seconds"),
+        ("--results-ttl", Retention, "results_ttl_seconds", "seconds"),
+    ]
+    for option, section, name, words in counts:
+        default = f"default: {_default(section, name)}"
+        new.add_argument(option, type=int, dest=name, help=f"{words} ({default})".lstrip())
+    new.add_argument("--valid-days", type=int, help=f"validity from now (default: {VALIDITY.days})")
     new.add_argument(
         "--keep-encodings-after-release",
-        action="store_true",
+        dest="delete_encodings_after_release",
+        action="store_const",
+        const=False,
         help="do not delete a batch's encodings once its release is fetched",
     )
-    new.add_argument("--encodings-ttl", type=int, default=30 * 86_400, help="seconds")
-    new.add_argument("--results-ttl", type=int, default=30 * 86_400, help="seconds")
     new.add_argument("--out", type=Path, required=True)
     new.set_defaults(run=setup_commands.agreement_new)
+
+
+def _default(section: type[BaseModel], name: str) -> str:
+    """The agreement model's default of a field, as a user would type it."""
+    value = section.model_fields[name].get_default(call_default_factory=True)
+    return str(getattr(value, "value", value))
 
 
 def _add_decision_arguments(new: argparse.ArgumentParser) -> None:

@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blindlink.agreement.model import (
+from blindlink.agreement.document import (
     ROLES,
-    Agreement,
     ReleaseKind,
     agreement_json_schema,
-    new_agreement_document,
-    unusual_thresholds,
+    check_values,
+    default_hardening,
+    load_json,
 )
+from blindlink.agreement.model import Agreement, new_agreement_document, unusual_thresholds
 from blindlink.agreement.signing import SignedAgreement, parse_signed, party_info, sign_with_files
 from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
@@ -77,20 +78,9 @@ def agreement_new(args: argparse.Namespace) -> int:
         schema_sha256=schema.sha256,
         bit_length=output_bit_length(schema.bit_length, hardening),
         hardening=hardening,
-        **_decision_settings(args),
         blocking=_blocking(args.blocking, schema),
-        requester_release=args.requester_release,
-        custodian_release=args.custodian_release,
-        ambiguity_margin=args.ambiguity_margin,
-        custodian_approval=args.custodian_approval,
-        max_records_per_upload=args.max_records_per_upload,
-        period_seconds=args.period_seconds,
-        max_uploads_per_period=args.max_uploads_per_period,
-        max_records_per_period=args.max_records_per_period,
-        valid_days=args.valid_days,
-        delete_encodings_after_release=not args.keep_encodings_after_release,
-        encodings_ttl_seconds=args.encodings_ttl,
-        results_ttl_seconds=args.results_ttl,
+        target=args.target and args.target.replace("-", "_"),
+        **{name: getattr(args, name) for name in _SETTINGS},
     )
     signed = SignedAgreement.unsigned(document)
     _check_usual_thresholds(signed.agreement, args.allow_unusual_threshold)
@@ -102,19 +92,29 @@ def agreement_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decision_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The decision options given; new_agreement_document supplies the defaults of the rest."""
-    given = {
-        "threshold": args.threshold,
-        "threshold_floor": args.threshold_floor,
-        "target": args.target and args.target.replace("-", "_"),
-        "min_precision": args.min_precision,
-        "threshold_bounds": args.threshold_bounds,
-        "fallback_threshold": args.fallback_threshold,
-        "possible_matches": args.possible_matches,
-        "possible_release": args.possible_release,
-    }
-    return {name: value for name, value in given.items() if value is not None}
+# Options of `agreement new` passed to new_agreement_document as given: None (left out) takes
+# the agreement model's default.
+_SETTINGS = (
+    "threshold",
+    "threshold_floor",
+    "min_precision",
+    "threshold_bounds",
+    "fallback_threshold",
+    "possible_matches",
+    "possible_release",
+    "requester_release",
+    "custodian_release",
+    "ambiguity_margin",
+    "custodian_approval",
+    "max_records_per_upload",
+    "period_seconds",
+    "max_uploads_per_period",
+    "max_records_per_period",
+    "valid_days",
+    "delete_encodings_after_release",
+    "encodings_ttl_seconds",
+    "results_ttl_seconds",
+)
 
 
 def _check_usual_thresholds(agreement: Agreement, allowed: bool) -> None:
@@ -141,25 +141,28 @@ def number_pair(text: str) -> tuple[float, float]:
 
 
 def _hardening_steps(text: str | None) -> list[dict[str, Any]]:
-    """--hardening: a JSON list of steps, e.g. '[{"kind": "xor_fold", "folds": 1}]'."""
-    if not text:
-        return []
-    try:
-        steps = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError("--hardening", f"not JSON: {exc}") from None
+    """--hardening: a JSON list of steps, e.g. '[{"kind": "xor_fold", "folds": 1}]'; left
+    out, the agreement model's default."""
+    if text is None:
+        return default_hardening()
+    steps = _json_option(text, "--hardening")
+    check_values(steps, "encoding.hardening")
     validate_steps(steps)
     return list(steps)
 
 
+def _json_option(text: str, option: str) -> Any:
+    try:
+        return load_json(text.encode("utf-8", "surrogatepass"), option)
+    except AgreementError as exc:
+        raise InputError(option, str(exc).removeprefix(f"{option} is ")) from None
+
+
 def _blocking(text: str | None, schema: LinkageSchema) -> dict[str, Any] | None:
     """--blocking: a JSON object; blocking keys must name columns of the schema."""
-    if not text:
+    if text is None:
         return None
-    try:
-        section = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError("--blocking", f"not JSON: {exc}") from None
+    section = _json_option(text, "--blocking")
     if isinstance(section, dict) and section.get("method") == "keys":
         for number, key in enumerate(section.get("keys") or [], start=1):
             for part in key if isinstance(key, list) else []:

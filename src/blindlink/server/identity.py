@@ -13,7 +13,8 @@ import threading
 
 import grpc
 
-from blindlink.agreement.model import ROLES, Agreement, parse_agreement
+from blindlink.agreement.document import ROLES
+from blindlink.agreement.model import Agreement, parse_agreement
 from blindlink.agreement.signing import SignedAgreement
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.status import ServiceError

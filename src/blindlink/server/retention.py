@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 
-from blindlink.agreement.model import Agreement, ReleaseKind, parse_agreement
+from blindlink.agreement.document import ReleaseKind
+from blindlink.agreement.model import Agreement, parse_agreement
 from blindlink.store.sqlite import DONE, Altered, Store
 
 log = logging.getLogger("blindlink.server.retention")

@@ -14,7 +14,8 @@ import grpc
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
-from blindlink.agreement.model import ROLES, Agreement, ReleaseKind, parse_agreement
+from blindlink.agreement.document import ROLES, ReleaseKind
+from blindlink.agreement.model import Agreement, parse_agreement
 from blindlink.agreement.policy import (
     PastUpload,
     PolicyViolation,
