@@ -42,28 +42,36 @@ class PairEvidence:
         custodian_rows: np.ndarray,
         requester_keys: np.ndarray,
         custodian_keys: np.ndarray,
+        absent: np.ndarray | None = None,
     ) -> PairEvidence:
+        """The evidence of each pair; with `absent` (a custodian row per pair), as if that
+        record were not in the custodian's population."""
         columns = [np.digitize(similarities, DICE_EDGES)]
         for k in range(requester_keys.shape[1]):
+            ours = requester_keys[requester_rows, k]
+            discount = None
+            if absent is not None:
+                discount = ((custodian_keys[absent, k] == ours) & (ours != 0)).astype(np.int64)
             columns.append(
-                _key_levels(
-                    requester_keys[requester_rows, k],
-                    custodian_keys[custodian_rows, k],
-                    custodian_keys[:, k],
-                )
+                _key_levels(ours, custodian_keys[custodian_rows, k], custodian_keys[:, k], discount)
             )
         sizes = (len(DICE_EDGES) + 1,) + (2 + len(SHARED_BY) + 1,) * requester_keys.shape[1]
         return cls(np.stack(columns, axis=1), sizes)
 
 
-def _key_levels(ours: np.ndarray, theirs: np.ndarray, population: np.ndarray) -> np.ndarray:
-    """One key's agreement level for each pair, by how many custodian records share it."""
+def _key_levels(
+    ours: np.ndarray, theirs: np.ndarray, population: np.ndarray, discount: np.ndarray | None = None
+) -> np.ndarray:
+    """One key's agreement level for each pair, by how many custodian records share it
+    (less `discount` of them)."""
     values, counts = np.unique(population[population != 0], return_counts=True)
     shared_by = np.zeros(len(ours), dtype=np.int64)
     if len(values):
         where = np.minimum(np.searchsorted(values, ours), len(values) - 1)
         found = values[where] == ours
         shared_by[found] = counts[where[found]]
+    if discount is not None:
+        shared_by = shared_by - discount
     return np.where(
         (ours == 0) | (theirs == 0),
         0,
