@@ -201,3 +201,35 @@ def test_anonlink_popcount_bound_is_kept_where_it_drops_pairs_at_the_threshold(p
         )
     assert kernel.AllPairs(three, five).pairs(slice(0, 1), (0, 1), 0.75)[0].size == 0
     assert kernel.AllPairs(five, three).pairs(slice(0, 1), (0, 1), 0.75)[0].tolist() == [0.75]
+
+
+@SETTINGS
+@given(
+    data=encoding_pairs(),
+    threshold=thresholds,
+    best=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_block_comparisons_equal_the_numpy_reference(
+    path: str, data: EncodingPair, threshold: float, best: int, seed: int
+) -> None:
+    """Records grouped by key (as by an LSH band or a blocking key): the same candidates and
+    values as listing each group's pairs and computing their Dice with numpy."""
+    rng = np.random.default_rng(seed)
+    members_a = np.flatnonzero(rng.random(len(data.requester)) < 0.9)
+    members_b = np.flatnonzero(rng.random(len(data.custodian)) < 0.9)
+    keys_a = rng.integers(1, 6, len(members_a)).astype(np.uint64)
+    keys_b = rng.integers(1, 6, len(members_b)).astype(np.uint64)
+    groups = kernel.KeyGroups.of(keys_a, members_a, keys_b, members_b)
+    pops = kernel.popcounts(data.requester), kernel.popcounts(data.custodian)
+    found = kernel.group_pairs(data.requester, data.custodian, *pops, groups, threshold, best)
+    kernel.select(kernel.REFERENCE)
+    try:
+        expected = kernel.group_pairs(
+            data.requester, data.custodian, *pops, groups, threshold, best
+        )
+    finally:
+        kernel.select(path)
+    assert in_anonlink_order(found) == in_anonlink_order(expected)
+    shared = (keys_a[:, None] == keys_b[None, :]).sum()
+    assert groups.comparisons == shared

@@ -5,7 +5,9 @@
  *                    threshold (and an optional per-row top k) applied inside the kernel so that
  *                    only candidates leave it;
  *   group_pairs      requester rows against custodian rows that share a block (LSH bands, key
- *                    groups), the threshold applied inside the kernel;
+ *                    groups), the threshold (and an optional per-row top k) applied inside the
+ *                    kernel; as blocking always has, it keeps every pair at or above the
+ *                    threshold (anonlink's popcount bound belongs to its all-pairs scan);
  *   pair_dice        the Dice coefficient of each pair of an explicit list.
  * and popcounts, the popcount of each encoding.
  *
@@ -76,6 +78,12 @@ typedef struct {
     const float *pop_b; /* custodian popcounts, from the first lane scanned */
     float scale, pop;
     int test;
+    /* For the AVX-512 path's early exit: after the first `split` words, c is at most the count
+     * so far plus the bits the rest of either record has, rest_a or rest_b[lane]; a block none
+     * of whose lanes can pass with that bound is dropped without counting the rest. */
+    Py_ssize_t split;
+    uint32_t rest_a;
+    const uint32_t *rest_b; /* from the first lane scanned */
 } Filter;
 
 /* Record the passing lanes of block b given their bitmask: lane index (from the first block
@@ -139,16 +147,19 @@ AVX2_TARGET static inline __m256i nibble_counts(__m256i x) {
     return _mm256_add_epi8(lo, hi);
 }
 
-/* The filter on 8 lanes' common bits (as int32 in lane order), then the kept lanes. */
+/* Which of 8 lanes, given their common bits (int32, lane order), pass the filter. */
+AVX2_TARGET static inline unsigned filter_mask(__m256i counts, Py_ssize_t b, const Filter *f) {
+    if (!f->test) return 0xFF;
+    __m256 lhs = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(counts), _mm256_set1_ps(f->scale)),
+                               _mm256_loadu_ps(f->pop_b + b * LANES));
+    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(lhs, _mm256_set1_ps(f->pop), _CMP_GE_OQ));
+}
+
+/* The filter on 8 lanes' common bits, then the kept lanes. */
 AVX2_TARGET static inline Py_ssize_t filter_lanes(__m256i counts, Py_ssize_t b, const Filter *f,
                                                   uint32_t *hits, uint32_t *hit_counts,
                                                   Py_ssize_t n) {
-    unsigned mask = 0xFF;
-    if (f->test) {
-        __m256 lhs = _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(counts), _mm256_set1_ps(f->scale)),
-                                   _mm256_loadu_ps(f->pop_b + b * LANES));
-        mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(lhs, _mm256_set1_ps(f->pop), _CMP_GE_OQ));
-    }
+    unsigned mask = filter_mask(counts, b, f);
     if (!mask) return n;
     uint32_t c[LANES];
     _mm256_storeu_si256((__m256i *)c, counts);
@@ -200,28 +211,33 @@ AVX2_TARGET static Py_ssize_t scan_blocks_avx2(const uint64_t *a, const uint64_t
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt")))
 
+/* Add the popcounts of words [k0, k1) of a AND the block's lanes to even and odd. */
+#define AVX512_COUNT_WORDS(k0, k1)                                                              \
+    for (Py_ssize_t k = (k0); k < (k1); k++) {                                                  \
+        __m512i x = _mm512_and_si512(_mm512_set1_epi64((long long)a[k]),                       \
+                                     _mm512_loadu_si512(block + k * LANES));                    \
+        if ((k - (k0)) % 2) odd = _mm512_add_epi64(odd, _mm512_popcnt_epi64(x));                \
+        else even = _mm512_add_epi64(even, _mm512_popcnt_epi64(x));                             \
+    }
+
 AVX512_TARGET static inline Py_ssize_t scan_blocks_avx512_w(const uint64_t *a,
                                                             const uint64_t *blocks,
                                                             Py_ssize_t nblocks, Py_ssize_t w,
                                                             const Filter *f, uint32_t *hits,
                                                             uint32_t *hit_counts) {
     Py_ssize_t n = 0;
+    const Py_ssize_t split = f->test ? f->split : w;
+    const __m256i rest_a = _mm256_set1_epi32((int)f->rest_a);
     for (Py_ssize_t b = 0; b < nblocks; b++) {
         const uint64_t *block = blocks + b * w * LANES;
         __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
-        Py_ssize_t k = 0;
-        for (; k + 2 <= w; k += 2) {
-            __m512i x0 = _mm512_and_si512(_mm512_set1_epi64((long long)a[k]),
-                                          _mm512_loadu_si512(block + k * LANES));
-            __m512i x1 = _mm512_and_si512(_mm512_set1_epi64((long long)a[k + 1]),
-                                          _mm512_loadu_si512(block + (k + 1) * LANES));
-            even = _mm512_add_epi64(even, _mm512_popcnt_epi64(x0));
-            odd = _mm512_add_epi64(odd, _mm512_popcnt_epi64(x1));
-        }
-        if (k < w) {
-            __m512i x = _mm512_and_si512(_mm512_set1_epi64((long long)a[k]),
-                                         _mm512_loadu_si512(block + k * LANES));
-            even = _mm512_add_epi64(even, _mm512_popcnt_epi64(x));
+        AVX512_COUNT_WORDS(0, split)
+        if (split < w) {
+            __m256i so_far = _mm512_cvtepi64_epi32(_mm512_add_epi64(even, odd));
+            __m256i rest = _mm256_min_epu32(
+                rest_a, _mm256_loadu_si256((const __m256i *)(f->rest_b + b * LANES)));
+            if (!filter_mask(_mm256_add_epi32(so_far, rest), b, f)) continue;
+            AVX512_COUNT_WORDS(split, w)
         }
         n = filter_lanes(_mm512_cvtepi64_epi32(_mm512_add_epi64(even, odd)), b, f, hits,
                          hit_counts, n);
@@ -500,6 +516,8 @@ typedef struct {
 typedef struct {
     float *pop_b;
     uint32_t *hits, *hit_counts;
+    Py_ssize_t split;          /* see Filter */
+    uint32_t *rest_a, *rest_b; /* bits in words [split, w) of each record */
 } Work;
 
 /* Row i's candidates among custodian rows [lo, hi) (within one tile of blocks), pushed to `out`
@@ -511,7 +529,8 @@ static int scan_tile(const Scan *s, const Work *work, Py_ssize_t i, Py_ssize_t l
     /* The float test's bound: the threshold, or the row's k-th best score once it has k. */
     double bound = s->threshold;
     if (heap && *heap_size == s->k && heap[0].score > bound) bound = heap[0].score;
-    Filter f = {work->pop_b + first * LANES, 0.0f, (float)pop, bound > 0};
+    Filter f = {work->pop_b + first * LANES, 0.0f, (float)pop, bound > 0,
+                work->split, work->rest_a[i], work->rest_b + first * LANES};
     if (f.test) f.scale = float_scale(bound);
     Py_ssize_t kept = scan_blocks(s->a + i * s->w, s->blocks + first * s->w * LANES, nblocks, s->w,
                                   &f, work->hits, work->hit_counts);
@@ -547,17 +566,26 @@ static int scan(const Scan *s, Pairs *out) {
     int status = 0;
     const Py_ssize_t tile = TILE_BLOCKS * LANES, lanes = (s->b1 + LANES - 1) / LANES * LANES;
     const Py_ssize_t rows = s->na ? s->na : 1;
-    Work work = {malloc(lanes * sizeof(float)), malloc(tile * sizeof(uint32_t)),
-                 malloc(tile * sizeof(uint32_t))};
+    Work work = {malloc(lanes * sizeof(float)),  malloc(tile * sizeof(uint32_t)),
+                 malloc(tile * sizeof(uint32_t)), s->w >= 8 ? (5 * s->w + 7) / 8 : s->w,
+                 calloc(rows, sizeof(uint32_t)),  calloc(lanes, sizeof(uint32_t))};
     uint32_t *max_diff = malloc(rows * sizeof(uint32_t));
     Node *heaps = s->k ? malloc(rows * s->k * sizeof(Node)) : NULL;
     Py_ssize_t *heap_sizes = s->k ? calloc(rows, sizeof(Py_ssize_t)) : NULL;
-    if (!work.pop_b || !work.hits || !work.hit_counts || !max_diff ||
-        (s->k && (!heaps || !heap_sizes))) {
+    if (!work.pop_b || !work.hits || !work.hit_counts || !work.rest_a || !work.rest_b ||
+        !max_diff || (s->k && (!heaps || !heap_sizes))) {
         status = -1;
         goto done;
     }
-    for (Py_ssize_t j = 0; j < lanes; j++) work.pop_b[j] = (float)s->pop_b[j];
+    for (Py_ssize_t j = s->b0 / LANES * LANES; j < lanes; j++) {
+        work.pop_b[j] = (float)s->pop_b[j];
+        const uint64_t *block = s->blocks + j / LANES * s->w * LANES;
+        for (Py_ssize_t k = work.split; k < s->w; k++)
+            work.rest_b[j] += popcount64(block[k * LANES + j % LANES]);
+    }
+    for (Py_ssize_t i = 0; i < s->na; i++)
+        for (Py_ssize_t k = work.split; k < s->w; k++)
+            work.rest_a[i] += popcount64(s->a[i * s->w + k]);
     for (Py_ssize_t i = 0; i < s->na; i++)
         max_diff[i] = max_popcount_difference(s->pop_a[i], s->threshold, s->bits);
     /* Tiles of custodian rows aligned to blocks; every requester row passes over a tile. */
@@ -582,6 +610,8 @@ static int scan(const Scan *s, Pairs *out) {
         }
     }
 done:
+    free(work.rest_a);
+    free(work.rest_b);
     free(work.pop_b);
     free(work.hits);
     free(work.hit_counts);
@@ -629,6 +659,117 @@ static PyObject *py_threshold_pairs(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* Block-against-block comparisons: requester rows rows_a[start_a[g] : start_a[g] + count_a[g]]
+ * against custodian rows rows_b[start_b[g] : ...] for each group g. */
+typedef struct {
+    const uint8_t *a, *b;
+    const uint32_t *pop_a, *pop_b;
+    const int64_t *rows_a, *rows_b, *start_a, *count_a, *start_b, *count_b;
+    Py_ssize_t nbytes, groups, k;
+    double threshold;
+} Groups;
+
+/* Requester row x against custodian rows rows[0:n]: the pairs at or above the threshold, then
+ * (with k) x's best k of them that are below it. */
+static int group_row(const Groups *g, int64_t x, const int64_t *rows, Py_ssize_t n, Node *heap,
+                     Pairs *out) {
+    const uint8_t *u = g->a + x * g->nbytes;
+    Py_ssize_t heap_size = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int64_t y = rows[j];
+        if (j + 1 < n) __builtin_prefetch(g->b + rows[j + 1] * g->nbytes);
+        uint32_t pa = g->pop_a[x], pb = g->pop_b[y];
+        double score = pa + pb ? dice_value(common(u, g->b + y * g->nbytes, g->nbytes), pa, pb)
+                               : 0.0;
+        if (score >= g->threshold) {
+            if (pairs_push(out, score, x, y) < 0) return -1;
+        }
+        if (g->k) {
+            Node node = {score, y};
+            heap_offer(heap, &heap_size, g->k, node);
+        }
+    }
+    for (Py_ssize_t h = 0; h < heap_size; h++)
+        if (!(heap[h].score >= g->threshold) && pairs_push(out, heap[h].score, x, heap[h].index) < 0)
+            return -1;
+    return 0;
+}
+
+static int compare_groups(const Groups *g, Pairs *out) {
+    Node *heap = g->k ? malloc(g->k * sizeof(Node)) : NULL;
+    if (g->k && !heap) return -1;
+    int status = 0;
+    for (Py_ssize_t i = 0; i < g->groups && status == 0; i++) {
+        const int64_t *rows_b = g->rows_b + g->start_b[i];
+        for (int64_t r = g->start_a[i]; r < g->start_a[i] + g->count_a[i] && status == 0; r++)
+            status = group_row(g, g->rows_a[r], rows_b, g->count_b[i], heap, out);
+    }
+    free(heap);
+    return status;
+}
+
+/* Whether every group's slices lie within rows (of length n) and every row within [0, limit). */
+static int groups_in_bounds(const int64_t *rows, Py_ssize_t n, Py_ssize_t limit,
+                            const int64_t *start, const int64_t *count, Py_ssize_t groups) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= limit) return 0;
+    for (Py_ssize_t i = 0; i < groups; i++)
+        if (start[i] < 0 || count[i] < 0 || start[i] > n || count[i] > n - start[i]) return 0;
+    return 1;
+}
+
+static PyObject *py_group_pairs(PyObject *self, PyObject *args) {
+    Py_buffer buf[10];
+    Py_ssize_t na, nb, nra, nrb;
+    Groups g;
+    if (!PyArg_ParseTuple(args, "y*y*nnny*y*y*y*nny*y*y*y*ndn", &buf[0], &buf[1], &na, &nb,
+                          &g.nbytes, &buf[2], &buf[3], &buf[4], &buf[5], &nra, &nrb, &buf[6],
+                          &buf[7], &buf[8], &buf[9], &g.groups, &g.threshold, &g.k))
+        return NULL;
+    PyObject *result = NULL;
+    if (g.nbytes <= 0 || g.groups < 0 || g.k < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad byte length, group count or k");
+    } else if (check_buffer(&buf[0], na, g.nbytes, "encodings_a") == 0 &&
+               check_buffer(&buf[1], nb, g.nbytes, "encodings_b") == 0 &&
+               check_buffer(&buf[2], na, 4, "popcounts_a") == 0 &&
+               check_buffer(&buf[3], nb, 4, "popcounts_b") == 0 &&
+               check_buffer(&buf[4], nra, 8, "rows_a") == 0 &&
+               check_buffer(&buf[5], nrb, 8, "rows_b") == 0 &&
+               check_buffer(&buf[6], g.groups, 8, "start_a") == 0 &&
+               check_buffer(&buf[7], g.groups, 8, "count_a") == 0 &&
+               check_buffer(&buf[8], g.groups, 8, "start_b") == 0 &&
+               check_buffer(&buf[9], g.groups, 8, "count_b") == 0) {
+        g.a = buf[0].buf;
+        g.b = buf[1].buf;
+        g.pop_a = buf[2].buf;
+        g.pop_b = buf[3].buf;
+        g.rows_a = buf[4].buf;
+        g.rows_b = buf[5].buf;
+        g.start_a = buf[6].buf;
+        g.count_a = buf[7].buf;
+        g.start_b = buf[8].buf;
+        g.count_b = buf[9].buf;
+        if (!groups_in_bounds(g.rows_a, nra, na, g.start_a, g.count_a, g.groups) ||
+            !groups_in_bounds(g.rows_b, nrb, nb, g.start_b, g.count_b, g.groups)) {
+            PyErr_SetString(PyExc_IndexError, "a group names rows outside the encodings");
+        } else {
+            Pairs out = {0};
+            int status;
+            Py_BEGIN_ALLOW_THREADS
+            status = compare_groups(&g, &out);
+            Py_END_ALLOW_THREADS
+            if (status < 0) {
+                pairs_free(&out);
+                PyErr_NoMemory();
+            } else {
+                result = pairs_result(&out);
+            }
+        }
+    }
+    for (int i = 0; i < 10; i++) PyBuffer_Release(&buf[i]);
+    return result;
+}
+
 static PyObject *py_set_path(PyObject *self, PyObject *args) {
     const char *name;
     if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
@@ -672,6 +813,11 @@ static PyMethodDef methods[] = {
      "(sims, rows_a, rows_b) as bytes (float64, int64, int64): anonlink's candidates of the "
      "na requester rows against custodian rows [b0, b1) (rows_b relative to b0); k > 0 keeps "
      "each requester row's best k."},
+    {"group_pairs", py_group_pairs, METH_VARARGS,
+     "group_pairs(enc_a, enc_b, na, nb, nbytes, pop_a, pop_b, rows_a, rows_b, nra, nrb, "
+     "start_a, count_a, start_b, count_b, groups, threshold, k) -> (sims, rows_a, rows_b) as "
+     "bytes: for each group, its requester rows against its custodian rows; the pairs at or "
+     "above the threshold and (k > 0) each requester row's best k of the group."},
     {"set_path", py_set_path, METH_VARARGS, "set_path(name): scalar, avx2 or avx512."},
     {"get_path", py_get_path, METH_NOARGS, "The active code path."},
     {"supported_paths", py_supported_paths, METH_NOARGS,

@@ -22,7 +22,6 @@ from blindlink.matching.blocking import (
     KeyBlocking,
     LshBlocking,
     band_keys,
-    band_pairs,
 )
 from blindlink.matching.executors import Executor
 
@@ -215,19 +214,15 @@ def _band_data(shared: SharedEncodings) -> _BandData:
 
 
 def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
-    """Dice of the pairs that share one band, kept at or above the threshold."""
+    """Dice of the pairs that share one band: those at or above the threshold, and each
+    requester record's `best` in the band."""
     data = _band_data(shared)
     (keys_a, rows_a), (keys_b, rows_b) = _band_members(task, shared, data)
-    parts, comparisons = [], 0
-    for a, b in band_pairs(keys_a, keys_b):
-        a, b = rows_a[a], rows_b[b]
-        sims = kernel.pair_dice(shared.requester, shared.custodian, a, b, *data.popcounts)
-        # A slice holds every pair of its requester records, so its best are theirs in the band.
-        keep = kept_pairs(sims, a, b, task.threshold, task.best)
-        parts.append(TaskResult(sims[keep], a[keep], b[keep], 0))
-        comparisons += len(a)
-    sims, a, b = _concatenated(parts)
-    return TaskResult(sims, a, b, comparisons)
+    groups = kernel.KeyGroups.of(keys_a, rows_a, keys_b, rows_b)
+    sims, a, b = kernel.group_pairs(
+        shared.requester, shared.custodian, *data.popcounts, groups, task.threshold, task.best
+    )
+    return TaskResult(sims, a, b, groups.comparisons)
 
 
 def _band_members(
@@ -361,23 +356,8 @@ def _kept(
     sim, r0, r1 = _concatenated(parts)
     _, first = np.unique(r0 * custodian_records + r1, return_index=True)
     sim, r0, r1 = sim[first], r0[first], r1[first]
-    keep = kept_pairs(sim, r0, r1, threshold, best)
+    keep = kernel.kept_pairs(sim, r0, r1, threshold, best)
     return TaskResult(sim[keep], r0[keep], r1[keep], 0)
-
-
-def kept_pairs(
-    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, threshold: float, best: int
-) -> np.ndarray:
-    """Which pairs (each listed once) are at or above `threshold` or among their requester
-    record's `best` by similarity (ties broken by custodian row)."""
-    keep = sim >= threshold
-    if best and len(sim):
-        order = np.lexsort((rows1, -sim, rows0))
-        grouped = rows0[order]
-        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
-        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        keep[order[rank < best]] = True
-    return keep
 
 
 def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

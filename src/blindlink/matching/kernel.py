@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from bitarray import bitarray
 
+from blindlink.matching.blocking import band_pairs
 from blindlink.matching.linkage import to_bitarrays
 
 with warnings.catch_warnings():
@@ -155,6 +157,139 @@ def _numpy_words(encodings: np.ndarray) -> np.ndarray:
     if encodings.shape[1] % 8 == 0:
         return np.ascontiguousarray(encodings).view(np.uint64)
     return encodings
+
+
+@dataclass(frozen=True)
+class KeyGroups:
+    """Records grouped by a key both parties' records have (an LSH band's bits, or an agreed
+    blocking key): group g pairs requester rows rows_a[start_a[g]:][:count_a[g]] with custodian
+    rows rows_b[start_b[g]:][:count_b[g]]. Rows within a group are in increasing order."""
+
+    keys_a: np.ndarray  # the inputs, for the reference path
+    keys_b: np.ndarray
+    rows_a: np.ndarray  # int64, sorted by key
+    rows_b: np.ndarray
+    start_a: np.ndarray  # int64, one per key both parties have
+    count_a: np.ndarray
+    start_b: np.ndarray
+    count_b: np.ndarray
+    members_a: np.ndarray  # the inputs' rows, for the reference path
+    members_b: np.ndarray
+
+    @classmethod
+    def of(
+        cls, keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray, rows_b: np.ndarray
+    ) -> KeyGroups:
+        """Group records `rows_x` by their keys `keys_x`."""
+        sides = []
+        for keys, rows in ((keys_a, rows_a), (keys_b, rows_b)):
+            order = np.argsort(keys, kind="stable")
+            ordered = keys[order]
+            first = np.ones(len(ordered), dtype=bool)  # of its key
+            first[1:] = ordered[1:] != ordered[:-1]
+            start = np.flatnonzero(first)
+            count = np.diff(np.r_[start, len(ordered)])
+            sides.append((ordered[start], rows[order].astype(np.int64), start, count))
+        (va, ra, sa, ca), (vb, rb, sb, cb) = sides
+        _, in_a, in_b = np.intersect1d(va, vb, assume_unique=True, return_indices=True)
+        return cls(
+            keys_a,
+            keys_b,
+            ra,
+            rb,
+            sa[in_a].astype(np.int64),
+            ca[in_a].astype(np.int64),
+            sb[in_b].astype(np.int64),
+            cb[in_b].astype(np.int64),
+            rows_a,
+            rows_b,
+        )
+
+    @property
+    def comparisons(self) -> int:
+        return int((self.count_a * self.count_b).sum())
+
+
+def group_pairs(
+    encodings_a: np.ndarray,
+    encodings_b: np.ndarray,
+    popcount_a: np.ndarray,
+    popcount_b: np.ndarray,
+    groups: KeyGroups,
+    threshold: float,
+    best: int = 0,
+) -> Pairs:
+    """Every group's requester records against its custodian records: the pairs at or above
+    `threshold`, and each requester record's `best` most similar of its group (`kept_pairs`)."""
+    if active() == REFERENCE:
+        return _numpy_group_pairs(
+            encodings_a, encodings_b, popcount_a, popcount_b, groups, threshold, best
+        )
+    a = np.ascontiguousarray(encodings_a, dtype=np.uint8)
+    b = np.ascontiguousarray(encodings_b, dtype=np.uint8)
+    sims, r0, r1 = _dice.group_pairs(
+        a,
+        b,
+        len(a),
+        len(b),
+        a.shape[1],
+        np.ascontiguousarray(popcount_a, dtype=np.uint32),
+        np.ascontiguousarray(popcount_b, dtype=np.uint32),
+        groups.rows_a,
+        groups.rows_b,
+        len(groups.rows_a),
+        len(groups.rows_b),
+        groups.start_a,
+        groups.count_a,
+        groups.start_b,
+        groups.count_b,
+        len(groups.start_a),
+        threshold,
+        best,
+    )
+    return (
+        np.frombuffer(sims, dtype=np.float64),
+        np.frombuffer(r0, dtype=np.int64),
+        np.frombuffer(r1, dtype=np.int64),
+    )
+
+
+def _numpy_group_pairs(
+    encodings_a: np.ndarray,
+    encodings_b: np.ndarray,
+    popcount_a: np.ndarray,
+    popcount_b: np.ndarray,
+    groups: KeyGroups,
+    threshold: float,
+    best: int,
+) -> Pairs:
+    """The reference: the groups' pairs listed in slices, their Dice, then `kept_pairs`."""
+    parts = []
+    for a, b in band_pairs(groups.keys_a, groups.keys_b):
+        a, b = groups.members_a[a], groups.members_b[b]
+        sims = pair_dice(encodings_a, encodings_b, a, b, popcount_a, popcount_b)
+        # A slice holds every pair of its requester records, so its best are theirs.
+        keep = kept_pairs(sims, a, b, threshold, best)
+        parts.append((sims[keep], a[keep].astype(np.int64), b[keep].astype(np.int64)))
+    if not parts:
+        return np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    sims, r0, r1 = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return sims, r0, r1
+
+
+def kept_pairs(
+    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, threshold: float, best: int
+) -> np.ndarray:
+    """Which pairs (each listed once) are at or above `threshold` or among their requester
+    record's `best` by similarity (ties broken by custodian row)."""
+    keep = sim >= threshold
+    if best and len(sim):
+        order = np.lexsort((rows1, -sim, rows0))
+        grouped = rows0[order]
+        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        keep[order[rank < best]] = True
+    return keep
 
 
 class AllPairs:
