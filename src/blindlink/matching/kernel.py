@@ -19,6 +19,7 @@ from functools import cached_property
 import numpy as np
 from bitarray import bitarray
 
+from blindlink.errors import BlindlinkError
 from blindlink.matching.blocking import band_pairs
 from blindlink.matching.linkage import to_bitarrays
 
@@ -56,8 +57,9 @@ def select(path: str | None = None) -> str:
     wanted = path or os.environ.get(ENV) or paths()[0]
     if wanted not in paths():
         why = "" if _dice else f" (the native kernel is not available: {_NATIVE_ERROR})"
-        raise ValueError(
-            f"Dice kernel path {wanted!r} cannot run here{why}; choose one of {', '.join(paths())}"
+        raise BlindlinkError(
+            f"Dice kernel path {wanted!r} ({ENV}) cannot run here{why}; choose one of "
+            f"{', '.join(paths())}"
         )
     if wanted != REFERENCE:
         _dice.set_path(wanted)
