@@ -22,7 +22,7 @@ from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import SchemaError
 from blindlink.evaluation import membership_quality, read_truth
-from blindlink.matching.blocking import KeyBlocking, band_pairs, dice, popcounts
+from blindlink.matching.blocking import KeyBlocking, band_pairs
 from blindlink.matching.engine import (
     MatchingAborted,
     MatchingLimits,
@@ -31,6 +31,7 @@ from blindlink.matching.engine import (
     planned_comparisons,
 )
 from blindlink.matching.executors import LocalPoolExecutor, SerialExecutor
+from blindlink.matching.kernel import pair_dice, popcounts
 from blindlink.synthetic import generate_datasets
 
 SECRET = b"blocking keys test secret"
@@ -137,7 +138,9 @@ def test_key_blocking_compares_exactly_the_pairs_that_share_a_key() -> None:
 
     share = (keys_r[:, None, :] == keys_c[None, :, :]) & (keys_r[:, None, :] != 0)
     rows_a, rows_b = np.nonzero(share.any(axis=2))
-    sims = dice(requester, custodian, rows_a, rows_b, popcounts(requester), popcounts(custodian))
+    sims = pair_dice(
+        requester, custodian, rows_a, rows_b, popcounts(requester), popcounts(custodian)
+    )
     keep = sims >= 0.3
     expected = set(zip(rows_a[keep].tolist(), rows_b[keep].tolist(), strict=True))
     found = set(zip(serial.requester_rows.tolist(), serial.custodian_rows.tolist(), strict=True))

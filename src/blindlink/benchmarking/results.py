@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from blindlink.matching import kernel
+
 # src/blindlink/benchmarking/results.py in a checkout; site-packages/... when installed.
 _CHECKOUT = Path(__file__).resolve().parents[3]
 
@@ -29,7 +31,8 @@ def results_dir() -> Path:
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, and the Dice kernel path matching uses on it (chosen
+    as in the server: BLINDLINK_DICE_KERNEL, else the fastest this CPU runs)."""
     model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -44,6 +47,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(memory / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "dice_kernel": f"{kernel.active()}: {kernel.describe(kernel.active())}",
     }
 
 

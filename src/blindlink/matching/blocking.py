@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-DICE_SLICE = 65_536
-
 
 @dataclass(frozen=True)
 class LshBlocking:
@@ -98,34 +96,3 @@ def band_pairs(
         # Position of each pair within its block, then the matching index into sorted_b.
         offsets = np.arange(int(part.sum())) - np.repeat(np.cumsum(part) - part, part)
         yield rows_a, order_b[np.repeat(starts[low:high], part) + offsets]
-
-
-def dice(
-    encodings_a: np.ndarray,
-    encodings_b: np.ndarray,
-    rows_a: np.ndarray,
-    rows_b: np.ndarray,
-    popcount_a: np.ndarray,
-    popcount_b: np.ndarray,
-) -> np.ndarray:
-    """Dice coefficients of the given pairs, computed in slices that stay in cache."""
-    words_a, words_b = _words(encodings_a), _words(encodings_b)
-    common = np.empty(len(rows_a), dtype=np.int64)
-    for start in range(0, len(rows_a), DICE_SLICE):
-        block = words_a[rows_a[start : start + DICE_SLICE]]
-        block &= words_b[rows_b[start : start + DICE_SLICE]]
-        common[start : start + DICE_SLICE] = np.bitwise_count(block).sum(axis=1, dtype=np.int64)
-    total = popcount_a[rows_a] + popcount_b[rows_b]
-    return np.divide(2.0 * common, total, out=np.zeros(len(total)), where=total > 0)
-
-
-def _words(encodings: np.ndarray) -> np.ndarray:
-    """The encodings as 64-bit words where their length allows: a quarter of the work of
-    counting bits byte by byte."""
-    if encodings.shape[1] % 8 == 0:
-        return np.ascontiguousarray(encodings).view(np.uint64)
-    return encodings
-
-
-def popcounts(encodings: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(encodings).sum(axis=1).astype(np.int64)

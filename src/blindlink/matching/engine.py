@@ -15,29 +15,25 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from bitarray import bitarray
 
+from blindlink.matching import kernel
 from blindlink.matching.blocking import (
     Blocking,
     KeyBlocking,
     LshBlocking,
     band_keys,
-    band_pairs,
-    dice,
-    popcounts,
 )
 from blindlink.matching.executors import Executor
-from blindlink.matching.linkage import to_bitarrays
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
     from anonlink.concurrency import split_to_chunks
-    from anonlink.similarities import dice_coefficient_accelerated
 
 CHUNK_COMPARISONS = 100_000_000
 # With blocking, pairs found in several bands are made distinct once this many accumulate.
 COMPACT_ROWS = 5_000_000
-# Bytes per record that the in-memory bitarray form costs beyond the encoding itself.
+# Bytes per record that anonlink's bitarray form (without the native kernel) costs beyond the
+# encoding itself.
 BITARRAY_OVERHEAD_BYTES = 100
 
 Progress = Callable[[int, int], None]
@@ -152,31 +148,28 @@ class Candidates:
         return 1.0 - self.comparisons / self.all_pairs if self.all_pairs else 0.0
 
 
-_bitarray_cache: dict[str, tuple[list[bitarray], list[bitarray]]] = {}
+_all_pairs_cache: dict[str, kernel.AllPairs] = {}
 
 
-def _bitarrays(shared: SharedEncodings) -> tuple[list[bitarray], list[bitarray]]:
-    """The shared encodings as bitarrays, converted once per worker process."""
-    if shared.key not in _bitarray_cache:
-        _bitarray_cache.clear()
-        _bitarray_cache[shared.key] = (
-            to_bitarrays(shared.requester.tobytes(), shared.requester.shape[1] * 8),
-            to_bitarrays(shared.custodian.tobytes(), shared.custodian.shape[1] * 8),
-        )
-    return _bitarray_cache[shared.key]
+def _all_pairs(shared: SharedEncodings) -> kernel.AllPairs:
+    """The shared encodings in the kernel's all-pairs form, made once per worker process."""
+    if shared.key not in _all_pairs_cache:
+        _all_pairs_cache.clear()
+        _all_pairs_cache[shared.key] = kernel.AllPairs(shared.requester, shared.custodian)
+    return _all_pairs_cache[shared.key]
 
 
 def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
-    """anonlink all-pairs comparison of one chunk: the pairs at or above the threshold, and each
-    requester record's `best` most similar custodian records of the chunk (a pair may be listed
-    twice; find_candidates keeps each once)."""
-    requester, custodian = _bitarrays(shared)
+    """anonlink's all-pairs comparison of one chunk: the pairs at or above the threshold, and
+    each requester record's `best` most similar custodian records of the chunk (a pair may be
+    listed twice; find_candidates keeps each once)."""
+    data = _all_pairs(shared)
     (a, b), (c, d) = task.requester, task.custodian
     if not task.best:
-        sims, r0, r1 = _anonlink_pairs(requester[a:b], custodian[c:d], task.threshold, None)
+        sims, r0, r1 = data.pairs(slice(a, b), (c, d), task.threshold)
         return TaskResult(sims, r0 + a, r1 + c, task.comparisons)
-    sims, r0, r1 = _anonlink_pairs(requester[a:b], custodian[c:d], 0.0, task.best)
-    r0 += a
+    sims, r0, r1 = data.pairs(slice(a, b), (c, d), 0.0, task.best)
+    r0 = r0 + a
     if task.threshold <= 1.0:
         # Records whose `best` candidates all reach the threshold may have more that do.
         rows, counts = np.unique(r0, return_counts=True)
@@ -184,27 +177,11 @@ def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
         np.minimum.at(lowest, r0 - a, sims)
         crowded = [int(r) for r in rows[counts == task.best] if lowest[r - a] >= task.threshold]
         if crowded:
-            more, m0, m1 = _anonlink_pairs(
-                [requester[r] for r in crowded], custodian[c:d], task.threshold, None
-            )
+            chosen = np.asarray(crowded, dtype=np.int64)
+            more, m0, m1 = data.pairs(chosen, (c, d), task.threshold)
             sims, r1 = np.r_[sims, more], np.r_[r1, m1]
-            r0 = np.r_[r0, np.asarray(crowded, dtype=np.int64)[m0]]
+            r0 = np.r_[r0, chosen[m0]]
     return TaskResult(sims, r0, r1 + c, task.comparisons)
-
-
-def _anonlink_pairs(
-    requester: list[bitarray], custodian: list[bitarray], threshold: float, k: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """anonlink's Dice of the pairs at or above `threshold` (at most `k` per requester
-    record): similarities and the two lists' row positions."""
-    # anonlink's own k (per requester record), not find_candidate_pairs', which also limits
-    # each custodian record to k.
-    sims, (r0, r1) = dice_coefficient_accelerated([requester, custodian], threshold, k)
-    return (
-        np.frombuffer(sims, dtype=np.float64),
-        np.frombuffer(r0, dtype=np.uint32).astype(np.int64),
-        np.frombuffer(r1, dtype=np.uint32).astype(np.int64),
-    )
 
 
 class _BandData:
@@ -216,7 +193,7 @@ class _BandData:
 
     @cached_property
     def popcounts(self) -> tuple[np.ndarray, np.ndarray]:
-        return popcounts(self.shared.requester), popcounts(self.shared.custodian)
+        return kernel.popcounts(self.shared.requester), kernel.popcounts(self.shared.custodian)
 
     @cached_property
     def columns(self) -> tuple[np.ndarray, np.ndarray]:
@@ -237,19 +214,15 @@ def _band_data(shared: SharedEncodings) -> _BandData:
 
 
 def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
-    """Dice of the pairs that share one band, kept at or above the threshold."""
+    """Dice of the pairs that share one band: those at or above the threshold, and each
+    requester record's `best` in the band."""
     data = _band_data(shared)
     (keys_a, rows_a), (keys_b, rows_b) = _band_members(task, shared, data)
-    parts, comparisons = [], 0
-    for a, b in band_pairs(keys_a, keys_b):
-        a, b = rows_a[a], rows_b[b]
-        sims = dice(shared.requester, shared.custodian, a, b, *data.popcounts)
-        # A slice holds every pair of its requester records, so its best are theirs in the band.
-        keep = kept_pairs(sims, a, b, task.threshold, task.best)
-        parts.append(TaskResult(sims[keep], a[keep], b[keep], 0))
-        comparisons += len(a)
-    sims, a, b = _concatenated(parts)
-    return TaskResult(sims, a, b, comparisons)
+    groups = kernel.KeyGroups.of(keys_a, rows_a, keys_b, rows_b)
+    sims, a, b = kernel.group_pairs(
+        shared.requester, shared.custodian, *data.popcounts, groups, task.threshold, task.best
+    )
+    return TaskResult(sims, a, b, groups.comparisons)
 
 
 def _band_members(
@@ -287,9 +260,14 @@ def plan(
 
 
 def check_memory(shared: SharedEncodings, workers: int, limits: MatchingLimits) -> None:
-    """Refuse before starting when the encodings, copied to every worker, would not fit."""
+    """Refuse before starting when the encodings, copied to every worker with the form the
+    kernel compares them in, would not fit."""
     records = len(shared.requester) + len(shared.custodian)
-    per_copy = records * (shared.requester.shape[1] + BITARRAY_OVERHEAD_BYTES)
+    width = shared.requester.shape[1]
+    if kernel.active() == kernel.REFERENCE:
+        per_copy = records * (width + BITARRAY_OVERHEAD_BYTES)
+    else:  # the encodings and the custodian's interleaved copy
+        per_copy = (records + len(shared.custodian)) * width
     needed = per_copy * (workers + 1)
     if needed > limits.max_memory_bytes:
         raise MatchingAborted(
@@ -378,23 +356,8 @@ def _kept(
     sim, r0, r1 = _concatenated(parts)
     _, first = np.unique(r0 * custodian_records + r1, return_index=True)
     sim, r0, r1 = sim[first], r0[first], r1[first]
-    keep = kept_pairs(sim, r0, r1, threshold, best)
+    keep = kernel.kept_pairs(sim, r0, r1, threshold, best)
     return TaskResult(sim[keep], r0[keep], r1[keep], 0)
-
-
-def kept_pairs(
-    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, threshold: float, best: int
-) -> np.ndarray:
-    """Which pairs (each listed once) are at or above `threshold` or among their requester
-    record's `best` by similarity (ties broken by custodian row)."""
-    keep = sim >= threshold
-    if best and len(sim):
-        order = np.lexsort((rows1, -sim, rows0))
-        grouped = rows0[order]
-        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
-        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        keep[order[rank < best]] = True
-    return keep
 
 
 def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

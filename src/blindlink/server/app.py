@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from blindlink._generated import linkage_pb2, linkage_pb2_grpc
 from blindlink.errors import BlindlinkError
+from blindlink.matching import kernel
 from blindlink.security.keys import generate_signing_key, load_private_key, public_key_text
 from blindlink.security.pki import read_certificates
 from blindlink.security.tls import is_loopback, server_credentials
@@ -166,6 +167,7 @@ def start_server(
             f"refusing to serve without TLS on {listen}: plaintext is allowed "
             "on loopback addresses only"
         )
+    kernel.active()  # choose the Dice kernel's code path now: logged at start, refused if unknown
     credentials = server_credentials(tls.cert, tls.key, tls.client_ca) if tls else None
     metrics = ServerMetrics()
     limits = calls or CallLimits()

@@ -13,13 +13,14 @@ import numpy as np
 
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_payload
-from blindlink.matching.blocking import Blocking, LshBlocking
+from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
 from blindlink.matching.decision import link
 from blindlink.matching.engine import (
     DEFAULT_LIMITS,
     MatchingAborted,
     MatchingLimits,
     SharedEncodings,
+    planned_comparisons,
 )
 from blindlink.matching.executors import Executor, LocalPoolExecutor, SerialExecutor
 from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Altered, Store
@@ -185,7 +186,11 @@ class RunQueue:
         key_count = len(keys.keys) if keys else 0
         shared = SharedEncodings.from_rows(encodings[0], encodings[1], key_count)
         report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
-        executor, workers = self._matching.executor_for(len(encodings[0]) * len(encodings[1]))
+        # With blocking keys the comparisons are known before matching (LSH's are not): a run
+        # that makes few stays in this process, where shipping the encodings to workers would
+        # cost more than the kernel spends comparing.
+        keyed = agreement.blocking if isinstance(agreement.blocking, KeyBlocking) else None
+        executor, workers = self._matching.executor_for(planned_comparisons(shared, keyed))
         decisions = link(
             shared,
             agreement.rule_for_run(run.threshold),
