@@ -7,7 +7,6 @@ that reaches one says which extra to install instead of failing with an import e
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 from blindlink.errors import BlindlinkError
 
@@ -49,9 +48,9 @@ def require_extra(extra: str) -> None:
                 raise MissingExtra(extra) from None
 
 
-def import_pandas(needed_by: str) -> ModuleType:
-    """pandas, for the API's `to_pandas` methods (`needed_by`: the one called)."""
+def require_pandas(needed_by: str) -> None:
+    """Raise MissingExtra unless pandas imports (`needed_by`: the `to_pandas` method called)."""
     try:
-        return importlib.import_module("pandas")
+        importlib.import_module("pandas")
     except ImportError:
         raise MissingExtra("pandas", needed_by) from None

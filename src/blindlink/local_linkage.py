@@ -57,9 +57,11 @@ class LinkResult:
 
     def to_pandas(self) -> pd.DataFrame:
         """The pairs as a DataFrame (needs the `pandas` extra)."""
-        from blindlink.extras import import_pandas
+        from blindlink.extras import require_pandas
 
-        pd = import_pandas("LinkResult.to_pandas()")
+        require_pandas("LinkResult.to_pandas()")
+        import pandas as pd
+
         return pd.DataFrame(
             {
                 "requester_id": list(self.requester_ids),

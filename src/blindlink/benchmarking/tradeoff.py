@@ -308,9 +308,11 @@ class TradeoffResult:
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per configuration (needs the `pandas` extra)."""
-        from blindlink.extras import import_pandas
+        from blindlink.extras import require_pandas
 
-        pd = import_pandas("TradeoffResult.to_pandas()")
+        require_pandas("TradeoffResult.to_pandas()")
+        import pandas as pd
+
         return pd.DataFrame([asdict(c) for c in self.configurations])
 
 

@@ -56,9 +56,11 @@ class Results:
         """Released matches and possible matches, one row each: this party's `id`, the other
         party's `other_row` (with pairs) and `status` ("match" or "possible"). Needs the `pandas`
         extra."""
-        from blindlink.extras import import_pandas
+        from blindlink.extras import require_pandas
 
-        pd = import_pandas("Results.to_pandas()")
+        require_pandas("Results.to_pandas()")
+        import pandas as pd
+
         frame = pd.DataFrame(
             {
                 "id": [*self.ids, *self.possible_ids],
