@@ -17,7 +17,8 @@ Prints and writes benchmarks/results/blocking.json (blocking-lsh.json with LSH, 
 
 Without --threshold, runs calibrate their threshold as `agreement new` agrees by default (the
 results file then ends in -calibrated), and the run's own estimates are recorded beside the
-truth.
+truth; with --min-precision P they aim at an estimated precision of at least P instead of the
+best estimated F* (-calibrated-precision-P).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def main() -> None:
     parser.add_argument("--bits-per-band", type=int, default=22)
     parser.add_argument(
         "--threshold", type=float, help="a fixed Dice threshold (default: calibrated runs)"
+    )
+    parser.add_argument(
+        "--min-precision",
+        type=float,
+        help="calibrated runs aim at this estimated precision (default: the best estimated F*)",
     )
     parser.add_argument(
         "--hardening",
@@ -126,7 +132,8 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             f"{args.records} x {args.records} generated identities (overlap 0.5, "
             f"default corruption), default schema, hardening {json.dumps(hardening)}; "
             f"{describe(blocking)}, "
-            f"{'threshold ' + str(args.threshold) if args.threshold else 'calibrated runs'}; "
+            f"{'threshold ' + str(args.threshold) if args.threshold else 'calibrated runs'}"
+            f"{target_text(args)}; "
             "one run of upload -> match -> release against a "
             "`blindlink serve` process with mutual TLS on this machine; precision and "
             "recall of the custodian's released pair list against the truth; peak "
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         + ("-lsh" if args.method == "lsh" else "")
         + ("-hardened" if hardening else "")
         + ("" if args.threshold else "-calibrated")
+        + (f"-precision-{args.min_precision:g}" if args.min_precision else "")
     )
     path = write_result(name, result)
     print(f"end to end (upload to release): {result['end_to_end_seconds']:.0f} s  {stages}")
@@ -173,6 +181,12 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             )
     print(f"server: {result['server_run_log']}")
     print(f"-> {path}")
+
+
+def target_text(args: argparse.Namespace) -> str:
+    if not args.min_precision:
+        return ""
+    return f" (target: estimated precision >= {args.min_precision})"
 
 
 def describe(blocking: Blocking) -> str:
@@ -245,6 +259,11 @@ def link(
         bit_length=output_bit_length(schema.bit_length, args.hardening_steps),
         hardening=args.hardening_steps,
         **({"threshold": args.threshold} if args.threshold else {}),
+        **(
+            {"target": "min_precision", "min_precision": args.min_precision}
+            if args.min_precision
+            else {}
+        ),
         blocking=blocking_section(blocking),
         custodian_release="pairs",
         max_records_per_upload=args.records,
