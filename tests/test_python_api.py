@@ -120,6 +120,27 @@ def test_a_dataframe_and_rows_encode_as_their_csv_file(
     assert from_file.encodings.shape == (600, schema.bit_length // 8)
 
 
+def test_columns_are_mapped_and_extra_ones_ignored_without_editing_the_data(
+    schema: LinkageSchema, files: GeneratedFiles, tmp_path: Path
+) -> None:
+    expected = _by_id(bl.encode(files.requester, schema, SECRET))
+    frame = pd.read_csv(files.requester, dtype=str, keep_default_na=False)
+    renamed = {"id": "rec_id", "surname": "family_name"}
+    theirs = frame.rename(columns=renamed).assign(notes="not part of the schema")
+    mapping = {"surname": "family_name"}
+    from_frame = bl.encode(theirs, schema, SECRET, id_column="rec_id", columns=mapping)
+    assert _by_id(from_frame) == expected
+    rows = theirs.to_dict("records")
+    assert _by_id(bl.encode(rows, schema, SECRET, id_column="rec_id", columns=mapping)) == expected
+    theirs.to_csv(tmp_path / "theirs.csv", index=False)
+    from_file = bl.encode(
+        tmp_path / "theirs.csv", schema, SECRET, id_column="rec_id", columns=mapping
+    )
+    assert _by_id(from_file) == expected
+    with pytest.raises(bl.InputError, match="field .surname.: the columns: .* columns=\\{"):
+        bl.encode(theirs, schema, SECRET, id_column="rec_id")
+
+
 def test_encoding_with_blocking_keys_splits_them_from_the_encodings(
     make_agreement: Callable[..., bytes], schema: LinkageSchema, files: GeneratedFiles
 ) -> None:
@@ -136,7 +157,12 @@ def test_a_problem_in_rows_names_the_row_not_a_temporary_file(schema: LinkageSch
     duplicate = r"^records, field 'id': row 2: duplicate record ID \(first seen on row 1\)"
     with pytest.raises(bl.InputError, match=duplicate):
         bl.encode([row, row], schema, SECRET)
-    with pytest.raises(bl.InputError, match="row 1 has no column 'id'"):
+    with pytest.raises(
+        bl.InputError,
+        match=r"^records: the columns: no column for schema .*"
+        r"map it with columns=\{FIELD: COLUMN\}; no record ID column 'id': "
+        r"pass id_column= naming",
+    ):
         bl.encode([{"surname": "Lee"}], schema, SECRET)
 
 

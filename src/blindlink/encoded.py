@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blindlink.agreement.model import Agreement
+from blindlink.encoding.csv_input import ID_COLUMN
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import read_payload, write_encodings
 from blindlink.encoding.id_map import IdMap, read_id_map, write_id_map
@@ -71,16 +72,19 @@ def encode(
     secret: bytes,
     *,
     agreement: Agreement | None = None,
-    id_column: str = "id",
+    id_column: str = ID_COLUMN,
+    columns: Mapping[str, str] | None = None,
     workers: int | None = None,
 ) -> Encoded:
     """Check and encode records with `schema` and the parties' shared `secret`.
 
     `data` is a CSV file's path, a pandas DataFrame, or rows: mappings from column name to
-    value, or sequences in the schema's column order. Every column of the schema is needed;
-    a missing value (None, NaN) is an empty one. With `agreement`, the records are encoded as
-    it says (hardening steps, blocking keys) and it must name `schema`. Raises InputError at
-    the first problem, naming the row (line of the CSV) and field.
+    value, or sequences in the schema's column order. Columns are matched to the schema's
+    fields by name, or as `columns` maps them (field -> column); `id_column` holds the record
+    IDs; other columns are ignored. A missing value (None, NaN) is an empty one. With
+    `agreement`, the records are encoded as it says (hardening steps, blocking keys) and it
+    must name `schema`. Raises InputError at the first problem, naming the row (line of the
+    CSV) and field.
 
     In-memory records pass through `blindlink encode`'s checks as a CSV file in a private
     temporary directory (readable by this user only), deleted before this returns.
@@ -109,9 +113,10 @@ def encode(
                 workers,
                 hardening=hardening,
                 blocking=keys,
+                columns=columns,
             )
         except InputError as exc:
-            raise _in_rows(exc) if in_memory else exc from None
+            raise _for_python(exc, in_memory) from None
         header, payload = read_payload(result.encodings_path)
         ids = read_id_map(result.id_map_path).ids
     records = np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
@@ -119,21 +124,38 @@ def encode(
 
 
 def _written(data: pd.DataFrame | Sequence[Row], columns: list[str], path: Path) -> Path:
-    """`path`, written as a CSV file of the records with the schema's columns."""
-    rows: Sequence[Row] = data.to_dict("records") if _is_dataframe(data) else data  # type: ignore[union-attr,assignment]
+    """`path`, written as a CSV file of the records: with their own column names (a DataFrame's,
+    the first mapping's keys), or, for sequences, the schema's `columns`."""
+    if _is_dataframe(data):
+        frame: pd.DataFrame = data  # type: ignore[assignment]
+        header = [str(c) for c in frame.columns]
+        rows: Sequence[Row] = frame.to_dict("records")  # type: ignore[assignment]
+    else:
+        rows = data  # type: ignore[assignment]
+        first = rows[0] if len(rows) else None
+        header = [str(c) for c in first] if isinstance(first, Mapping) else columns
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
+        writer.writerow(header)
         for number, row in enumerate(rows, start=1):
-            writer.writerow(_ordered(row, columns, number))
+            writer.writerow(_ordered(row, header, number))
     return path
 
 
-def _in_rows(exc: InputError) -> InputError:
-    """A problem in the CSV written from in-memory records, told by row number (line 2 of
-    that file is row 1) rather than in a file the caller never saw."""
-    where = f"row {exc.line - 1}: " if exc.line is not None else ""
-    reason = re.sub(r"\bline (\d+)", lambda m: f"row {int(m.group(1)) - 1}", exc.reason)
+def _for_python(exc: InputError, in_memory: bool) -> InputError:
+    """A problem told to a Python caller: with this function's arguments rather than the
+    command line's flags and, for in-memory records, by row number (line 2 of the CSV written
+    from them is row 1) rather than in a file the caller never saw."""
+    reason = exc.reason.replace("--column FIELD=CSVCOLUMN", "columns={FIELD: COLUMN}")
+    reason = reason.replace("--id-column", "id_column=")
+    if not in_memory:
+        return InputError(exc.path, reason, line=exc.line, column=exc.column, field=exc.field)
+    reason = re.sub(r"\bline (\d+)", lambda m: f"row {int(m.group(1)) - 1}", reason)
+    where = ""
+    if exc.line == 1:
+        where = "the columns: "
+    elif exc.line is not None:
+        where = f"row {exc.line - 1}: "
     return InputError("records", where + reason, field=exc.field)
 
 

@@ -24,6 +24,7 @@ from blindlink.cli.admin_commands import add_admin_commands
 from blindlink.cli.audit_commands import add_audit_commands
 from blindlink.cli.bench_commands import add_bench_commands
 from blindlink.cli.security_commands import add_security_commands
+from blindlink.encoding.csv_input import ID_COLUMN
 from blindlink.errors import BlindlinkError
 from blindlink.extras import MissingExtra, extra_for
 from blindlink.matching.rules import Target
@@ -307,9 +308,9 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
     enc.add_argument("--id-map", type=Path, help="local ID map (default: OUT.idmap.json)")
     enc.add_argument(
         "--id-column",
-        default="id",
+        default=ID_COLUMN,
         metavar="NAME",
-        help="the CSV column holding each record's ID (default: id); also a schema field "
+        help=f"the CSV column holding each record's ID (default: {ID_COLUMN}); also a schema field "
         "mapped with --column",
     )
     enc.add_argument(

@@ -18,6 +18,9 @@ from pathlib import Path
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import InputError
 
+# The column holding each record's ID unless a party names another.
+ID_COLUMN = "id"
+
 
 def check_utf8(path: Path) -> None:
     """Raise InputError naming the line and column of the first byte that is not UTF-8."""
@@ -86,7 +89,7 @@ class ColumnLayout:
 def read_layout(
     path: Path,
     schema: LinkageSchema,
-    id_column: str = "id",
+    id_column: str = ID_COLUMN,
     columns: Mapping[str, str] | None = None,
 ) -> ColumnLayout:
     """Match the file's header to the schema: each field is read from the column of its name,

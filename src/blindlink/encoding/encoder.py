@@ -22,6 +22,7 @@ import numpy as np
 from blindlink.encoding.blocking_keys import BlockingKeyMaker
 from blindlink.encoding.clk_encoder import ClkEncoder, ValueProblem
 from blindlink.encoding.csv_input import (
+    ID_COLUMN,
     ColumnLayout,
     expected_records,
     read_layout,
@@ -201,7 +202,7 @@ def encode_csv(
     secret: bytes,
     out: Path,
     id_map_out: Path,
-    id_column: str = "id",
+    id_column: str = ID_COLUMN,
     workers: int | None = None,
     progress: Progress = lambda n: None,
     hardening: list[dict[str, Any]] | None = None,
