@@ -240,3 +240,39 @@ def test_the_command_line_agrees_on_and_declares_a_purpose(
     receipt = tmp_path / "receipt.json"
     cli.party("requester", *upload, "--purpose", CASE, "--receipt", str(receipt))
     assert json.loads(receipt.read_text(encoding="utf-8"))["details"]["purpose"] == CASE
+
+
+def test_a_purpose_that_is_not_utf8_is_refused_as_a_bad_message(
+    start: Callable[..., tuple[str, Path]],
+    server: RunningServer,
+    address: str,
+    identities: Identities,
+    schema: LinkageSchema,
+) -> None:
+    """A lone surrogate cannot be encoded as UTF-8, so a client that sends one anyway sends
+    bytes that are not a valid message."""
+    project, _ = start(require_purpose=True)
+    rows = ROWS[10:]
+    header = pb.UploadHeader(
+        project_id=project,
+        count=len(rows),
+        bit_length=rows.shape[1] * 8,
+        schema_sha256=schema.sha256,
+        content_sha256=hashlib.sha256(rows.tobytes()).digest(),
+        purpose="\0\0\0",
+    )
+    valid = pb.UploadRequest(header=header).SerializeToString()
+    # The purpose's three bytes become U+D800 as if it were UTF-8.
+    messages = [
+        valid.replace(b"\x3a\x03\0\0\0", b"\x3a\x03\xed\xa0\x80"),
+        pb.UploadRequest(encodings=rows.tobytes()).SerializeToString(),
+    ]
+    assert messages[0] != valid
+    tls = identities.tls("requester")
+    credentials = channel_credentials(tls.ca, tls.cert, tls.key)
+    with grpc.secure_channel(address, credentials) as channel:
+        upload = channel.stream_unary("/blindlink.v1.Linkage/Upload")
+        with pytest.raises(grpc.RpcError) as err:
+            upload(iter(messages))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.store.uploads(project, "requester") == []
