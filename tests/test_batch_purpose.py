@@ -88,6 +88,12 @@ REFUSALS = [
     # (agreement settings, the purpose sent, the rule the refusal names, words in it)
     ({"require_purpose": True}, "", "batch_purpose", "requires each batch to declare"),
     ({"allowed_purposes": ["audit", "fraud"]}, "", "batch_purpose", "one of 'audit', 'fraud'"),
+    (
+        {"allowed_purposes": [f"v{i}" for i in range(7)]},
+        "",
+        "batch_purpose",
+        "'v4', ... (7 in all)",
+    ),
     ({"purpose_max_length": 10}, "x" * 11, "batch_purpose.max_length", "has 11 characters"),
     ({"require_purpose": True}, "é" * 201, "batch_purpose.max_length", "at most 200"),
     ({"allowed_purposes": ["audit", "fraud"]}, "Audit", "batch_purpose.allowed", "not one of"),

@@ -93,7 +93,7 @@ def batch_purpose(agreement: Agreement, party: str, purpose: str) -> str | None:
         return None
     if not purpose:
         wanted = (
-            f"one of {', '.join(map(repr, rule.allowed))}"
+            f"one of {_listed(rule.allowed)}"
             if rule.allowed is not None
             else f"free text of at most {rule.max_length} characters"
         )
@@ -109,7 +109,7 @@ def batch_purpose(agreement: Agreement, party: str, purpose: str) -> str | None:
     if rule.allowed is not None and purpose not in rule.allowed:
         raise PolicyViolation(
             "batch_purpose.allowed",
-            f"the purpose is not one of the agreed values: {', '.join(map(repr, rule.allowed))}",
+            f"the purpose is not one of the agreed values: {_listed(rule.allowed)}",
             invalid=True,
         )
     if rule.max_length is not None and len(purpose) > rule.max_length:
@@ -120,6 +120,13 @@ def batch_purpose(agreement: Agreement, party: str, purpose: str) -> str | None:
             invalid=True,
         )
     return purpose
+
+
+def _listed(values: Sequence[str], shown: int = 5) -> str:
+    """The first few agreed values, quoted, and how many there are (a status message stays
+    short)."""
+    listed = ", ".join(map(repr, values[:shown]))
+    return listed if len(values) <= shown else f"{listed}, ... ({len(values)} in all)"
 
 
 def check_upload(
