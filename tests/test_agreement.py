@@ -164,6 +164,8 @@ def delete_key(path: str) -> Callable[[Document], None]:
         {"possible_matches": (0.2, 0.9), "possible_release": "list"},
         {"blocking": {"method": "lsh", "bands": 20, "bits_per_band": 16, "seed": 7}},
         {"requester_release": "pairs", "custodian_release": "nothing", "custodian_approval": True},
+        {"require_purpose": True},
+        {"allowed_purposes": ["fraud review", "Überprüfung № 7"]},
         {
             "requester_release": "count",
             "custodian_release": "own_rows",
@@ -934,6 +936,61 @@ def test_new_agreement_document_refuses_invalid_settings() -> None:
             schema_sha256=SCHEMA_HASH,
             bit_length=1024,
         )
+
+
+# --- batch purpose ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "section"),
+    [
+        ({}, None),
+        ({"require_purpose": True}, {"max_length": 200}),
+        ({"purpose_max_length": 40}, {"max_length": 40}),
+        ({"allowed_purposes": ("audit", "fraud")}, {"allowed": ["audit", "fraud"]}),
+    ],
+)
+def test_batch_purpose_is_absent_unless_required(
+    settings: dict[str, Any], section: dict[str, Any] | None
+) -> None:
+    written = document(**settings)
+    assert written.get("batch_purpose") == section
+    agreement = parse_agreement(rfc8785.dumps(written))
+    stated = agreement.batch_purpose
+    assert (stated and stated.model_dump(exclude_none=True)) == section
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ({}, "batch_purpose: 'max_length' is required"),
+        ({"max_length": 0}, "batch_purpose.max_length: Input should be greater than or equal"),
+        ({"max_length": 10, "allowed": ["a"]}, "batch_purpose: give either max_length"),
+        ({"allowed": []}, "batch_purpose.allowed: List should have at least 1 item"),
+        ({"allowed": ["a", "b", "a"]}, "batch_purpose.allowed[2]: is listed twice"),
+        ({"allowed": ["a", "b\tc"]}, "batch_purpose.allowed[1]: character 2 is a control"),
+        ({"allowed": [" "]}, "batch_purpose.allowed[0]: is blank"),
+        ({"max_length": 10, "required": True}, "batch_purpose: 'required' is not a known key"),
+        (None, "agreement: 'batch_purpose' is null; leave it out instead"),
+    ],
+)
+def test_invalid_batch_purpose_is_refused_naming_its_key(
+    section: dict[str, Any] | None, words: str
+) -> None:
+    assert agreement_error(edited(set_key("batch_purpose", section))).startswith(words)
+
+
+def test_a_format_1_agreement_has_no_batch_purpose() -> None:
+    written = json.loads(FORMAT_1_SIGNED.read_bytes())["agreement"]
+    written["batch_purpose"] = {"max_length": 200}
+    assert agreement_error(json.dumps(written).encode()).startswith(
+        "batch_purpose: format-1 agreements have none"
+    )
+
+
+def test_new_agreement_document_refuses_purpose_settings_without_a_purpose() -> None:
+    with pytest.raises(AgreementError, match="^batch_purpose: a maximum length"):
+        document(require_purpose=False, purpose_max_length=20)
 
 
 # --- signatures ------------------------------------------------------------------------------

@@ -287,8 +287,20 @@ SAME_INPUTS: list[tuple[list[str], dict[str, Any]]] = [
 ]
 
 
+SAME_INPUTS += [
+    (["--require-purpose"], {"require_purpose": True}),
+    (["--purpose-max-length", "40"], {"purpose_max_length": 40}),
+    (
+        ["--allowed-purpose", "audit", "--allowed-purpose", "fraud"],
+        {"allowed_purposes": ["audit", "fraud"]},
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("options", "settings"), SAME_INPUTS, ids=["defaults", "calibrated", "every option"]
+    ("options", "settings"),
+    SAME_INPUTS,
+    ids=["defaults", "calibrated", "every option", "purpose", "purpose length", "purposes"],
 )
 def test_the_command_line_and_the_api_write_byte_identical_agreements(
     identities: Identities,

@@ -54,20 +54,22 @@ class Project(_message.Message):
     def __init__(self, project_id: _Optional[str] = ..., agreement: _Optional[bytes] = ..., server_public_key: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256", "threshold")
+    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256", "threshold", "purpose")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BIT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_SHA256_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     count: int
     bit_length: int
     schema_sha256: str
     content_sha256: bytes
     threshold: float
-    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ..., threshold: _Optional[float] = ...) -> None: ...
+    purpose: str
+    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ..., threshold: _Optional[float] = ..., purpose: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "encodings")

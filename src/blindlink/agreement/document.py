@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,7 @@ FORMATS = (1, 2)
 ROLES = ("requester", "custodian")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VALIDITY = timedelta(days=365)
+PURPOSE_MAX_LENGTH = 200  # characters of a batch's free-text purpose, unless agreed otherwise
 # The tradeoff benchmark's recommendation (benchmarks/results/tradeoff.md): F* 0.958 with the
 # worst re-identification at 1.2%.
 RECOMMENDED_HARDENING: list[dict[str, Any]] = [{"kind": "diffusion", "t": 3}]
@@ -471,6 +473,90 @@ class Retention(_Section):
     results_ttl_seconds: Count = 30 * 86_400
 
 
+# Characters that would let a purpose rewrite how an audit line reads: controls, line and
+# paragraph separators, bidirectional embeddings, overrides and isolates; and lone surrogates.
+_UNPRINTABLE_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+_BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def purpose_text_problem(text: str) -> str | None:
+    """Why `text` cannot be a batch's purpose (blank, or holding a character that is not
+    printable text), or None when it can. Names the character's position, not the text."""
+    if not text.strip():
+        return "is blank"
+    for position, char in enumerate(text, 1):
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return f"character {position} is a lone surrogate (U+{ord(char):04X}), not Unicode text"
+        if category in _UNPRINTABLE_CATEGORIES or char in _BIDI_CONTROLS:
+            return f"character {position} is a control character (U+{ord(char):04X})"
+    return None
+
+
+def _purpose_text(text: str) -> str:
+    problem = purpose_text_problem(text)
+    if problem:
+        raise refusal(problem)
+    return text
+
+
+def _distinct(values: list[str]) -> list[str]:
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise refusal("is listed twice", f"[{index}]")
+    return values
+
+
+PurposeValue = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_purpose_text)]
+
+
+class BatchPurpose(_Section):
+    """Each requester batch declares its purpose or case reference: free text of at most
+    max_length characters, or one of the allowed values. The server refuses a batch without
+    one and records it in the batch's upload_committed audit entry."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    max_length: (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                le=1000,
+                description="free text: at most this many characters (Unicode code points). "
+                f"Default, unless allowed is given: {PURPOSE_MAX_LENGTH}",
+            ),
+        ]
+        | SkipJsonSchema[None]
+    ) = None
+    allowed: (
+        Annotated[
+            list[PurposeValue],
+            Field(
+                min_length=1,
+                max_length=100,
+                description="the agreed purposes: a batch's must be one of these, exactly",
+                json_schema_extra={"uniqueItems": True},
+            ),
+            AfterValidator(_distinct),
+        ]
+        | SkipJsonSchema[None]
+    ) = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _free_text_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.keys() & {"max_length", "allowed"}:
+            return {**data, "max_length": PURPOSE_MAX_LENGTH}
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BatchPurpose:
+        if self.max_length is not None and self.allowed is not None:
+            raise refusal("give either max_length (free text) or allowed (agreed values), not both")
+        return self
+
+
 class AgreementDocument(_Section):
     """What two parties agree to link and what each may receive."""
 
@@ -493,6 +579,17 @@ class AgreementDocument(_Section):
     release: Release = Field(default_factory=Release)
     limits: Limits = Field(default_factory=lambda: Limits.model_validate({}))
     retention: Retention = Field(default_factory=Retention)
+    batch_purpose: (
+        Annotated[
+            BatchPurpose,
+            Field(
+                description="each requester batch must declare its purpose or case reference "
+                "(free text or an agreed value), which the batch's audit entry records. Absent: "
+                "batches carry none"
+            ),
+        ]
+        | SkipJsonSchema[None]
+    ) = None
 
     @model_validator(mode="before")
     @classmethod
@@ -677,7 +774,11 @@ def _read_format_1(document: dict[str, Any]) -> ReadDocument:
     """A format-1 document, read into the model. Format 1 also allowed: the decision rule as
     matching.threshold and matching.threshold_floor (written before matching.decision); a
     party's separate Ed25519 public_key (written before parties signed with their certificate's
-    key); and no release.possible_matches (count)."""
+    key); and no release.possible_matches (count). It had no batch_purpose."""
+    if "batch_purpose" in document:
+        raise AgreementError(
+            "batch_purpose: format-1 agreements have none; write the agreement in format 2"
+        )
     upgraded = copy.deepcopy(document)
     upgraded["blindlink_agreement"] = FORMAT_VERSION
     legacy_keys = _legacy_keys(upgraded.get("parties"))

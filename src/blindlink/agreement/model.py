@@ -11,12 +11,14 @@ the agreement names for it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from blindlink.agreement.document import (
     AgreementDocument,
+    BatchPurpose,
     CalibratedDecision,
     KeyBlockingSection,
     LshBlockingSection,
@@ -72,6 +74,8 @@ class Agreement:
     delete_encodings_after_release: bool
     encodings_ttl_seconds: int
     results_ttl_seconds: int
+    # What each requester batch must declare as its purpose; None: batches declare none.
+    batch_purpose: BatchPurpose | None = None
     # Where the document states the decision rule: "matching.decision", or "matching" in
     # agreements written before it. Refusals under the rule name keys below this.
     decision_key: str = "matching.decision"
@@ -166,6 +170,7 @@ def agreement_from_document(document: Any) -> Agreement:
         delete_encodings_after_release=retention.delete_encodings_after_release,
         encodings_ttl_seconds=retention.encodings_ttl_seconds,
         results_ttl_seconds=retention.results_ttl_seconds,
+        batch_purpose=model.batch_purpose,
         decision_key="matching" if read.legacy_decision else "matching.decision",
     )
 
@@ -279,6 +284,9 @@ def new_agreement_document(
     delete_encodings_after_release: bool | None = None,
     encodings_ttl_seconds: int | None = None,
     results_ttl_seconds: int | None = None,
+    require_purpose: bool | None = None,
+    purpose_max_length: int | None = None,
+    allowed_purposes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """A new, validated agreement document (format 2). A setting left None takes the agreement
     model's default (agreement/document.py), as `blindlink agreement new` does for an option
@@ -290,6 +298,10 @@ def new_agreement_document(
     its threshold towards `target` (default best_f_star) within `threshold_bounds`, else
     `fallback_threshold`; bounds and fallback default to recommended_thresholds(hardening).
     `possible_matches`: a band of match probabilities whose pairs are possible matches.
+
+    With `require_purpose` (implied by the two after it), each requester batch must declare its
+    purpose: free text of at most `purpose_max_length` characters (default 200), or one of
+    `allowed_purposes`.
     """
     calibration = {
         "target": target,
@@ -329,8 +341,24 @@ def new_agreement_document(
             "encodings_ttl_seconds": encodings_ttl_seconds,
             "results_ttl_seconds": results_ttl_seconds,
         },
+        "batch_purpose": _purpose_settings(require_purpose, purpose_max_length, allowed_purposes),
     }
     return new_document(_given(settings))
+
+
+def _purpose_settings(
+    required: bool | None, max_length: int | None, allowed: Sequence[str] | None
+) -> dict[str, Any] | None:
+    """The batch_purpose section as far as the settings give it: None when not required."""
+    given = max_length is not None or allowed is not None
+    if required is False and given:
+        raise AgreementError(
+            "batch_purpose: a maximum length or allowed purposes require a purpose; leave "
+            "require_purpose out or set it"
+        )
+    if not (required or given):
+        return None
+    return {"max_length": max_length, "allowed": None if allowed is None else list(allowed)}
 
 
 def _decision_settings(

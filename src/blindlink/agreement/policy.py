@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from blindlink.agreement.document import ReleaseKind, format_timestamp
+from blindlink.agreement.document import ReleaseKind, format_timestamp, purpose_text_problem
 from blindlink.agreement.model import Agreement
 from blindlink.matching.rules import FixedThreshold
 
@@ -14,13 +14,17 @@ from blindlink.matching.rules import FixedThreshold
 class PolicyViolation(Exception):
     """A request the agreement does not allow. `rule` is the agreement key, e.g.
     "limits.max_uploads_per_period"; `denied` when the caller's role may never do this
-    (PERMISSION_DENIED) rather than not now."""
+    (PERMISSION_DENIED) rather than not now; `invalid` when the request itself does not say
+    what the agreement asks of it (INVALID_ARGUMENT)."""
 
-    def __init__(self, rule: str, message: str, denied: bool = False) -> None:
+    def __init__(
+        self, rule: str, message: str, denied: bool = False, invalid: bool = False
+    ) -> None:
         super().__init__(f"{rule}: {message}")
         self.rule = rule
         self.message = message
         self.denied = denied
+        self.invalid = invalid
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,60 @@ def run_threshold(agreement: Agreement, party: str, requested: float) -> float:
             f"threshold {requested} is below the agreed floor {floor}",
         )
     return requested
+
+
+def batch_purpose(agreement: Agreement, party: str, purpose: str) -> str | None:
+    """The purpose a batch's audit entry records, checked against the agreement ("": none
+    given): required of each requester batch where the agreement has batch_purpose (free text
+    within max_length, or one of the allowed values), refused where it has none (the parties
+    did not agree to its recording) and on the custodian's upload. Refusals never repeat the
+    purpose."""
+    rule = agreement.batch_purpose
+    if party != "requester" or rule is None:
+        if purpose:
+            why = (
+                "only the requester's batches declare a purpose"
+                if party != "requester"
+                else "the agreement does not ask batches for a purpose, so none is recorded"
+            )
+            raise PolicyViolation("batch_purpose", f"{why}; leave it out", invalid=True)
+        return None
+    if not purpose:
+        wanted = (
+            f"one of {_listed(rule.allowed)}"
+            if rule.allowed is not None
+            else f"free text of at most {rule.max_length} characters"
+        )
+        raise PolicyViolation(
+            "batch_purpose",
+            f"the agreement requires each batch to declare its purpose or case reference "
+            f"({wanted}; `blindlink upload --purpose`)",
+            invalid=True,
+        )
+    problem = purpose_text_problem(purpose)
+    if problem:
+        raise PolicyViolation("batch_purpose", f"the purpose {problem}", invalid=True)
+    if rule.allowed is not None and purpose not in rule.allowed:
+        raise PolicyViolation(
+            "batch_purpose.allowed",
+            f"the purpose is not one of the agreed values: {_listed(rule.allowed)}",
+            invalid=True,
+        )
+    if rule.max_length is not None and len(purpose) > rule.max_length:
+        raise PolicyViolation(
+            "batch_purpose.max_length",
+            f"the purpose has {len(purpose)} characters; the agreement allows at most "
+            f"{rule.max_length}",
+            invalid=True,
+        )
+    return purpose
+
+
+def _listed(values: Sequence[str], shown: int = 5) -> str:
+    """The first few agreed values, quoted, and how many there are (a status message stays
+    short)."""
+    listed = ", ".join(map(repr, values[:shown]))
+    return listed if len(values) <= shown else f"{listed}, ... ({len(values)} in all)"
 
 
 def check_upload(

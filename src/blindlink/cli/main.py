@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from blindlink import __version__
 from blindlink.agreement.document import (
     POSSIBLE_RELEASES,
+    PURPOSE_MAX_LENGTH,
     VALIDITY,
     Limits,
     Release,
@@ -216,8 +217,39 @@ def _add_agreement_new(agreement: argparse._SubParsersAction) -> None:
         const=False,
         help="do not delete a batch's encodings once its release is fetched",
     )
+    _add_purpose_arguments(new)
     new.add_argument("--out", type=Path, required=True)
     new.set_defaults(run=setup_commands.agreement_new)
+
+
+def _add_purpose_arguments(new: argparse.ArgumentParser) -> None:
+    """Whether each requester batch must declare its purpose, and in what form."""
+    purpose = new.add_argument_group(
+        "batch purpose",
+        "Each requester batch declares its purpose or case reference (`upload --purpose`); the "
+        "server refuses batches without one and records it in the batch's audit entry. By "
+        "default batches carry none.",
+    )
+    purpose.add_argument(
+        "--require-purpose",
+        action="store_const",
+        const=True,
+        help=f"require a purpose: free text of at most {PURPOSE_MAX_LENGTH} characters unless "
+        "--purpose-max-length or --allowed-purpose says otherwise",
+    )
+    purpose.add_argument(
+        "--purpose-max-length",
+        type=int,
+        metavar="N",
+        help="require a purpose of free text of at most N characters",
+    )
+    purpose.add_argument(
+        "--allowed-purpose",
+        dest="allowed_purposes",
+        action="append",
+        metavar="TEXT",
+        help="require a purpose from an agreed list: this value is one (repeatable)",
+    )
 
 
 def _default(section: type[BaseModel], name: str) -> str:
@@ -343,6 +375,12 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="requester batches: the run's threshold (default: the agreement's)",
+    )
+    up.add_argument(
+        "--purpose",
+        metavar="TEXT",
+        help="requester batches: the batch's purpose or case reference, where the agreement "
+        "requires one (batch_purpose); recorded in the batch's audit entry",
     )
     up.add_argument("--receipt", type=Path, help="write the server's signed receipt here")
     up.set_defaults(run=party.upload)

@@ -170,7 +170,9 @@ def upload(args: argparse.Namespace) -> int:
             path = converted
         header = read_header(path)
         with connect(args) as client, bar(header.payload_bytes, "uploading", unit="B") as bar_:
-            receipt = client.upload(args.project, path, args.threshold, bar_.update)
+            receipt = client.upload(
+                args.project, path, args.threshold, bar_.update, purpose=args.purpose
+            )
     if json.loads(receipt.receipt)["kind"] == "upload_repeated":
         print(
             f"this batch was uploaded before (upload {receipt.upload_id}); nothing new was "

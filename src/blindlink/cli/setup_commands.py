@@ -114,6 +114,9 @@ _SETTINGS = (
     "delete_encodings_after_release",
     "encodings_ttl_seconds",
     "results_ttl_seconds",
+    "require_purpose",
+    "purpose_max_length",
+    "allowed_purposes",
 )
 
 

@@ -95,14 +95,22 @@ class Client:
         raw = agreement.to_bytes() if isinstance(agreement, SignedAgreement) else agreement
         return self._client.create_project(raw).project_id
 
-    def upload(self, project_id: str, encoded: Encoded, threshold: float = 0.0) -> str:
+    def upload(
+        self,
+        project_id: str,
+        encoded: Encoded,
+        threshold: float = 0.0,
+        purpose: str | None = None,
+    ) -> str:
         """Upload this party's encodings; the ID of the run a requester batch starts ("" for
         the custodian's reference data). `threshold`: a fixed-threshold agreement's requester
-        may ask for another threshold, not below the agreed floor."""
+        may ask for another threshold, not below the agreed floor. `purpose`: the batch's
+        purpose or case reference, which an agreement with batch_purpose requires of every
+        requester batch (and which is refused otherwise); the batch's audit entry records it."""
         with tempfile.TemporaryDirectory(prefix="blindlink-") as scratch:
             path = Path(scratch) / "encodings.bin"
             encoded.save(path, Path(scratch) / "ids.json")
-            return self._client.upload(project_id, path, threshold).run_id
+            return self._client.upload(project_id, path, threshold, purpose=purpose).run_id
 
     def wait(self, project_id: str, run_id: str) -> None:
         """Block until the run is done; raise RunFailed if it failed."""

@@ -13,6 +13,7 @@ import grpc
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
+from blindlink.agreement.document import purpose_text_problem
 from blindlink.encoding.encodings_file import iter_payload_chunks, read_payload
 from blindlink.errors import BlindlinkError
 from blindlink.security.tls import channel_credentials
@@ -107,8 +108,14 @@ class LinkageClient:
         encodings: Path,
         threshold: float = 0.0,
         progress: Callable[[int], None] = lambda n: None,
+        *,
+        purpose: str | None = None,
     ) -> pb.UploadReceipt:
-        """Upload an encodings file after checking its integrity; `progress` gets byte counts."""
+        """Upload an encodings file after checking its integrity; `progress` gets byte counts.
+        `purpose`: a requester batch's declared purpose, where the agreement asks for one."""
+        problem = purpose and purpose_text_problem(purpose)
+        if problem:
+            raise BlindlinkError(f"purpose: the batch's purpose {problem}")
         header, _ = read_payload(encodings)
         first = pb.UploadHeader(
             project_id=project_id,
@@ -117,6 +124,7 @@ class LinkageClient:
             schema_sha256=header.schema_sha256,
             content_sha256=header.content_sha256,
             threshold=threshold,
+            purpose=purpose or "",
         )
 
         def messages() -> Iterator[pb.UploadRequest]:

@@ -19,6 +19,7 @@ from blindlink.agreement.model import Agreement, parse_agreement
 from blindlink.agreement.policy import (
     PastUpload,
     PolicyViolation,
+    batch_purpose,
     check_approval,
     check_release,
     check_upload,
@@ -144,6 +145,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         """Log a refusal in the audit log; the caller raises the returned error."""
         details: dict[str, object] = {"rule": violation.rule, "method": _method()}
         self._record_refusal(project_id, role, details, f"{project_id}/{role}")
+        if violation.invalid:
+            return invalid(str(violation))
         return denied(str(violation)) if violation.denied else precondition(str(violation))
 
     def _record_refusal(
@@ -240,11 +243,12 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             check_upload(agreement, header.count, [PastUpload(*p) for p in past], datetime.now(UTC))
 
         try:
+            purpose = batch_purpose(agreement, role, header.purpose)
             threshold = run_threshold(agreement, role, header.threshold)
             # Checked before the data is streamed, and again when it is committed; a repeated
             # batch is not a new upload (the commit checks that it really is one).
             repeat = role == "requester" and self._store.repeats_live_batch(
-                header.project_id, header.content_sha256, threshold
+                header.project_id, header.content_sha256, threshold, purpose
             )
             reservation = None
             if not repeat:
@@ -252,7 +256,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         except PolicyViolation as violation:
             raise self._refuse(header.project_id, role, violation) from None
         try:
-            return self._receive(request_iterator, header, role, threshold, check_limits)
+            return self._receive(request_iterator, header, role, threshold, purpose, check_limits)
         finally:
             if reservation is not None:
                 with self._reservations_lock:
@@ -286,6 +290,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         header: pb.UploadHeader,
         role: str,
         threshold: float,
+        purpose: str | None,
         check_limits: Callable[[list[tuple[float, int]]], None],
     ) -> pb.UploadReceipt:
         """Stream the upload's data to a file, check it and commit it."""
@@ -315,6 +320,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 written.content_sha256,
                 threshold,
                 check_limits,
+                purpose=purpose,
             )
         except PolicyViolation as violation:
             raise self._refuse(header.project_id, role, violation) from None

@@ -163,15 +163,22 @@ class RunRecord:
 
 
 def _live_batch(
-    db: sqlite3.Connection, project_id: str, content_sha256: bytes, threshold: float
+    db: sqlite3.Connection,
+    project_id: str,
+    content_sha256: bytes,
+    threshold: float,
+    purpose: str | None,
 ) -> tuple[str, str] | None:
-    """(upload, run) of the requester batch with this content and threshold whose run can
-    still be released."""
+    """(upload, run) of the requester batch with this content, threshold and purpose whose run
+    can still be released. The purpose's one home is the batch's upload_committed entry."""
     row = db.execute(
         "SELECT u.upload_id, r.run_id FROM uploads u JOIN runs r ON r.batch_id = u.upload_id "
         "WHERE u.project_id=? AND u.party='requester' AND u.content_sha256=? "
-        "AND u.file IS NOT NULL AND r.threshold=? AND r.state != ? AND r.results_deleted = 0",
-        (project_id, content_sha256, threshold, FAILED),
+        "AND u.file IS NOT NULL AND r.threshold=? AND r.state != ? AND r.results_deleted = 0 "
+        "AND (SELECT json_extract(a.details, '$.purpose') FROM audit_log a "
+        "WHERE a.project_id = u.project_id AND a.kind = 'upload_committed' "
+        "AND json_extract(a.details, '$.upload_id') = u.upload_id) IS ?",
+        (project_id, content_sha256, threshold, FAILED, purpose),
     ).fetchone()
     return (row[0], row[1]) if row else None
 
@@ -401,13 +408,16 @@ class Store:
         content_sha256: bytes,
         threshold: float,
         check_limits: Callable[[list[tuple[float, int]]], None],
+        purpose: str | None = None,
     ) -> Commit:
         """Move the verified file at `path` into place and record it, atomically.
 
-        A requester batch identical to one whose run is live (same content and threshold, its
-        encodings and results still held, not failed) is not stored again: the earlier upload
-        and run are returned with an `upload_repeated` receipt, so that retrying an upload whose
-        reply was lost neither starts a second run nor counts against the limits.
+        A requester batch's `purpose` (its declared reason, never record data) is recorded in
+        its upload_committed entry. A requester batch identical to one whose run is live (same
+        content, threshold and purpose, its encodings and results still held, not failed) is
+        not stored again: the earlier upload and run are returned with an `upload_repeated`
+        receipt, so that retrying an upload whose reply was lost neither starts a second run
+        nor counts against the limits.
 
         MUST raise NotFound, storing nothing, when the project was deleted meanwhile.
         `check_limits` gets the party's earlier uploads as (committed_at, count) inside the
@@ -427,7 +437,7 @@ class Store:
                 ).fetchone():
                     raise NotFound(project_id)  # deleted while the upload streamed
                 if party == "requester":
-                    repeated = _live_batch(db, project_id, content_sha256, threshold)
+                    repeated = _live_batch(db, project_id, content_sha256, threshold, purpose)
                     if repeated is not None:
                         path.unlink()
                         return self._repeat(db, project_id, *repeated, content_sha256)
@@ -473,6 +483,8 @@ class Store:
                 if party == "requester":
                     run_id = details["run_id"] = uuid.uuid4().hex
                     details["threshold"] = threshold
+                    if purpose is not None:
+                        details["purpose"] = purpose
                     db.execute(
                         "INSERT INTO runs (run_id, project_id, batch_id, state, threshold, "
                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -533,10 +545,14 @@ class Store:
             return None
         return next(u for u in self.uploads(rows[0][0]) if u.upload_id == upload_id)
 
-    def repeats_live_batch(self, project_id: str, content_sha256: bytes, threshold: float) -> bool:
-        """Whether a requester batch with this content and threshold would be a repeat."""
+    def repeats_live_batch(
+        self, project_id: str, content_sha256: bytes, threshold: float, purpose: str | None
+    ) -> bool:
+        """Whether a requester batch with this content, threshold and purpose would be a
+        repeat."""
         with self._lock:
-            return _live_batch(self._db, project_id, content_sha256, threshold) is not None
+            live = _live_batch(self._db, project_id, content_sha256, threshold, purpose)
+            return live is not None
 
     def live_custodian_upload(self, project_id: str) -> UploadRecord | None:
         live = [u for u in self.uploads(project_id, "custodian") if u.path is not None]
