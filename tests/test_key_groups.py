@@ -17,6 +17,7 @@ from server_process import encodings_file, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
+from blindlink.cli.main import main
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.matching.blocking import KeyBlocking, KeyGroup, describe_key_loads, key_loads
@@ -30,6 +31,8 @@ KEYS = [
     [{"field": "surname", "prefix": 3}, {"field": "date_of_birth"}],
 ]
 BLOCKING = {"method": "keys", "keys": KEYS}
+# Two key values as the parties' HMACs make them: 64 bits that look random.
+KEY_VALUES = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 
 
 def test_key_loads_are_each_keys_comparisons_and_largest_groups() -> None:
@@ -89,6 +92,7 @@ def test_the_largest_key_groups_reach_the_operator_and_never_the_parties(
     identities: Identities,
     schema: LinkageSchema,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # One key value groups 29 requester records with 41 custodian records (1,189 comparisons);
     # another 17 with 19 (323). The other records have no keys.
@@ -101,10 +105,16 @@ def test_the_largest_key_groups_reach_the_operator_and_never_the_parties(
             LinkageClient(address, "requester", identities.tls("requester")) as requester,
             LinkageClient(address, "custodian", identities.tls("custodian")) as custodian,
         ):
-            agreement = signed_agreement(identities, schema, "key groups", blocking=BLOCKING)
+            agreement = signed_agreement(
+                identities,
+                schema,
+                "groups",
+                blocking=BLOCKING,
+                delete_encodings_after_release=False,
+            )
             project = requester.create_project(agreement).project_id
-            custodian_keys = with_keys(67, [(1, 41), (2, 19)])
-            requester_keys = with_keys(53, [(1, 29), (2, 17)])
+            custodian_keys = with_keys(67, [(KEY_VALUES[0], 41), (KEY_VALUES[1], 19)])
+            requester_keys = with_keys(53, [(KEY_VALUES[0], 29), (KEY_VALUES[1], 17)])
             custodian.upload(project, keyed_file(tmp_path / "c.bin", custodian_keys, 1, agreement))
             receipt = requester.upload(
                 project, keyed_file(tmp_path / "r.bin", requester_keys, 2, agreement)
@@ -114,37 +124,41 @@ def test_the_largest_key_groups_reach_the_operator_and_never_the_parties(
             for party in (requester, custodian):
                 seen += [str(party.status(project)), str(party.release(project, receipt.run_id))]
         assert server.metrics_port is not None
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics")
-        families = text_string_to_metric_families(metrics.read().decode())
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        scraped = urllib.request.urlopen(url).read().decode()
     finally:
         server.stop(grace=1)
+    assert main(["admin", "key-groups", "--data-dir", str(tmp_path / "data"), project]) == 0
+    admin = capsys.readouterr().out
 
-    reports = [r.getMessage() for r in caplog.records if "blocking key groups" in r.getMessage()]
-    assert reports == [
-        f"run {receipt.run_id[:12]} blocking key groups: given_name + surname: 1,512 "
-        "comparisons, largest groups 29x41 (78.6%), 17x19 (21.4%); "
+    figures = (
+        "given_name + surname: 1,512 comparisons, largest groups 29x41 (78.6%), 17x19 (21.4%); "
         "surname[:3] + date_of_birth: 0 comparisons, largest groups none"
-    ]
+    )
+    logged = [r.getMessage() for r in caplog.records if "blocking key groups" in r.getMessage()]
+    assert logged == [f"run {receipt.run_id[:12]} blocking key groups: {figures}"]
+    assert admin == f"{receipt.run_id}  done  {figures}\n"
     largest = {
-        (s.name, s.labels["key"]): s.value
-        for family in families
+        s.labels["key"]: s.value
+        for family in text_string_to_metric_families(scraped)
         if family.name == "blindlink_key_group_largest_comparisons"
         for s in family.samples
         if s.name.endswith("_sum")
     }
-    assert largest == {
-        ("blindlink_key_group_largest_comparisons_sum", "given_name + surname"): 1189.0,
-        ("blindlink_key_group_largest_comparisons_sum", "surname[:3] + date_of_birth"): 0.0,
-    }
+    assert largest == {"given_name + surname": 1189.0, "surname[:3] + date_of_birth": 0.0}
+    # The operator sees sizes, never a key value (it would identify the group across runs).
+    operator = "\n".join([*logged, admin, scraped])
+    for value in KEY_VALUES:
+        assert str(value) not in operator and f"{value:x}" not in operator
     # The parties learn none of it: not the other party's records in a group (41 for the
     # requester, 29 for the custodian), nor comparisons, nor shares. A figure is a number on
     # its own, not part of an ID, a time, a signature or an escaped byte such as \323.
-    figures = re.compile(
+    figures_told = re.compile(
         r"(?<![\\\w.+/=:-])(29|41|17|19|1,?189|1,?512|323|78\.6|21\.4)(?![\w.+/=:-])"
     )
     told = "\n".join(seen)
     assert "x41" not in told
-    assert figures.findall(told) == []
+    assert figures_told.findall(told) == []
 
 
 def test_operator_limits_apply_per_requester_batch(

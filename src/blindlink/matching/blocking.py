@@ -71,6 +71,14 @@ class KeyBlocking:
 Blocking = LshBlocking | KeyBlocking
 
 
+def split_records(records: np.ndarray, blocking_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uploaded records (each an encoding followed by `blocking_keys` little-endian 64-bit
+    keys) as encodings (records, bytes) and keys (records, blocking keys)."""
+    width = records.shape[1] - 8 * blocking_keys
+    keys = np.ascontiguousarray(records[:, width:]).view("<u8").astype(np.uint64)
+    return np.ascontiguousarray(records[:, :width]), keys
+
+
 @dataclass(frozen=True)
 class KeyGroup:
     """The records of both parties that share one value of a blocking key (the value itself is

@@ -23,6 +23,7 @@ from blindlink.matching.blocking import (
     LshBlocking,
     band_keys,
     key_loads,
+    split_records,
 )
 from blindlink.matching.executors import Executor
 
@@ -94,13 +95,10 @@ class SharedEncodings:
         64-bit keys) into encodings and keys."""
         if not blocking_keys:
             return cls.of(requester, custodian)
-        width = requester.shape[1] - 8 * blocking_keys
-        parts = [
-            (np.ascontiguousarray(rows[:, :width]), np.ascontiguousarray(rows[:, width:]))
-            for rows in (requester, custodian)
-        ]
-        keys = [k.view("<u8").astype(np.uint64) for _, k in parts]
-        return cls.of(parts[0][0], parts[1][0], keys[0], keys[1])
+        (encodings_a, keys_a), (encodings_b, keys_b) = (
+            split_records(rows, blocking_keys) for rows in (requester, custodian)
+        )
+        return cls.of(encodings_a, encodings_b, keys_a, keys_b)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from blindlink.agreement.model import parse_agreement
-from blindlink.encoding.encodings_file import read_payload
+from blindlink.encoding.encodings_file import read_records
 from blindlink.matching.blocking import (
     Blocking,
     KeyBlocking,
@@ -191,13 +189,11 @@ class RunQueue:
         reference = self._store.live_custodian_upload(project_id)
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
-        encodings = []
-        for path in (batch.path, reference.path):
-            header, payload = read_payload(path)
-            encodings.append(np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1))
         keys = agreement.blocking_keys
         key_count = len(keys.keys) if keys else 0
-        shared = SharedEncodings.from_rows(encodings[0], encodings[1], key_count)
+        shared = SharedEncodings.from_rows(
+            read_records(batch.path), read_records(reference.path), key_count
+        )
         report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
         # With blocking keys the comparisons are known before matching (LSH's are not): a run
         # that makes few stays in this process, where shipping the encodings to workers would
