@@ -162,10 +162,14 @@ def test_the_largest_key_groups_reach_the_operator_and_never_the_parties(
 
 
 def test_operator_limits_apply_per_requester_batch(
-    tmp_path: Path, identities: Identities, schema: LinkageSchema
+    tmp_path: Path,
+    identities: Identities,
+    schema: LinkageSchema,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Each batch is a run of its own: one over the limit is refused with the limit named,
-    and the project's smaller batches before and after it run."""
+    """Each batch is a run of its own: one over the limit is refused with the limit named (the
+    operator's log has its key groups), and the project's smaller batches before and after it
+    run."""
     # The custodian's 100 records fall in 10 key groups of 10; a requester record meets one.
     custodian_keys = with_keys(100, [(1 + v, 10) for v in range(10)])
     limits = {
@@ -173,6 +177,7 @@ def test_operator_limits_apply_per_requester_batch(
         # A 20-record batch needs under 70 kB, 400 records over 170 kB, kernel as it is.
         "max_memory_gb": MatchingLimits(max_memory_bytes=100_000),
     }
+    caplog.set_level(logging.INFO, "blindlink.server.runs")
     for name, limit in limits.items():
         server = serve(tmp_path / name, identities, limit)
         try:
@@ -186,12 +191,12 @@ def test_operator_limits_apply_per_requester_batch(
                 custodian.upload(
                     project, keyed_file(tmp_path / "c.bin", custodian_keys, 1, agreement)
                 )
-                outcomes = []
-                for records in (20, 400, 20):  # 200, 4,000 and 200 comparisons
+                runs, outcomes = [], []
+                for seed, records in enumerate((20, 400, 20)):  # 200, 4,000, 200 comparisons
                     batch = with_keys(records, [(1 + v, records // 10) for v in range(10)])
-                    path = keyed_file(tmp_path / f"r{records}.bin", batch, records, agreement)
-                    run_id = requester.upload(project, path).run_id
-                    outcomes.append(requester.wait(project, run_id))
+                    path = keyed_file(tmp_path / f"r{seed}.bin", batch, seed + 2, agreement)
+                    runs.append(requester.upload(project, path).run_id)
+                    outcomes.append(requester.wait(project, runs[-1]))
         finally:
             server.stop(grace=1)
         assert [o.state for o in outcomes] == [
@@ -199,4 +204,7 @@ def test_operator_limits_apply_per_requester_batch(
             pb.RUN_STATE_FAILED,
             pb.RUN_STATE_DONE,
         ], name
+        assert len(set(runs)) == 3
         assert f"above the operator's limit {name}" in outcomes[1].message
+        refused = f"run {runs[1][:12]} blocking key groups: given_name + surname: 4,000 "
+        assert any(r.getMessage().startswith(refused) for r in caplog.records)
