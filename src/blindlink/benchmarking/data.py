@@ -11,12 +11,11 @@ import numpy as np
 
 from blindlink.canonical import canonical_json
 from blindlink.encoding.encoder import encode_csv
-from blindlink.encoding.encodings_file import read_payload
+from blindlink.encoding.encodings_file import read_records
 from blindlink.encoding.id_map import read_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.evaluation import read_truth
-from blindlink.hardening.steps import output_bit_length
-from blindlink.matching.blocking import KeyBlocking
+from blindlink.matching.blocking import KeyBlocking, split_records
 from blindlink.synthetic import CorruptionRates, generate_datasets
 
 BENCHMARK_SECRET = b"blindlink benchmark secret, not for real data"
@@ -59,7 +58,7 @@ def encoded_pair(
         name += "-hardened-" + hashlib.sha256(canonical_json(hardening)).hexdigest()[:12]
     directory = workdir / name
     schema = load_schema(default_schema_path())
-    width = output_bit_length(schema.bit_length, hardening or []) // 8
+    key_count = len(blocking.keys) if blocking else 0
     if not (directory / "custodian.bin").exists():
         files = generate_datasets(directory, records, overlap, seed, corruption)
         for role, csv_path in (("requester", files.requester), ("custodian", files.custodian)):
@@ -76,10 +75,7 @@ def encoded_pair(
     keys = {}
     rows = {}
     for role in ("requester", "custodian"):
-        header, payload = read_payload(directory / f"{role}.bin")
-        arrays[role] = np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
-        keys[role] = np.ascontiguousarray(arrays[role][:, width:]).view("<u8").astype(np.uint64)
-        arrays[role] = np.ascontiguousarray(arrays[role][:, :width])
+        arrays[role], keys[role] = split_records(read_records(directory / f"{role}.bin"), key_count)
         rows[role] = {v: i for i, v in enumerate(read_id_map(directory / f"{role}.ids.json").ids)}
     truth = read_truth(directory / "truth.csv")
     return EncodedPair(

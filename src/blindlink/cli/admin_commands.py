@@ -1,7 +1,7 @@
 """`blindlink admin`: the operator's commands on a server's data directory.
 
-`projects`, `run` and `verify` only read (safe while the server runs); `purge` changes the
-store and needs the server stopped.
+`projects`, `run`, `key-groups` and `verify` only read (safe while the server runs); `purge`
+changes the store and needs the server stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.errors import InputError
+from blindlink.matching.blocking import describe_key_loads
 from blindlink.security.keys import load_private_key, load_public_key_text
 from blindlink.server.config import read_config_file
 from blindlink.store.directory import SIGNING_KEY_NAME, data_dir_in_use
@@ -21,6 +22,7 @@ from blindlink.store.integrity import verify_data_dir
 from blindlink.store.reports import (
     ProjectSummary,
     RunReport,
+    key_group_reports,
     open_read_only,
     project_summaries,
     run_report,
@@ -44,6 +46,17 @@ def add_admin_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("run_id", metavar="run", help="run ID")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(run=admin_run)
+
+    groups = actions.add_parser(
+        "key-groups",
+        help="per run of a project with blocking keys: each key's comparisons and largest "
+        "groups of records sharing one key value (sizes only, never the keys)",
+    )
+    _add_data_dir(groups)
+    groups.add_argument("project", help="project ID")
+    groups.add_argument("--top", type=int, default=3, help="groups to show per key")
+    groups.add_argument("--json", action="store_true", help="one JSON object per run")
+    groups.set_defaults(run=admin_key_groups)
 
     purge = actions.add_parser(
         "purge", help="apply the agreements' retention rules now (the server must be stopped)"
@@ -160,6 +173,22 @@ def _decision_text(decision: dict[str, Any] | None) -> str:
         f"threshold {decision['threshold']} ({decision['rule']}); {decision['possible']} "
         f"possible matches; {quality}"
     )
+
+
+def admin_key_groups(args: argparse.Namespace) -> int:
+    directory = data_dir(args)
+    with closing(open_read_only(directory)) as conn:
+        reports = key_group_reports(conn, directory, args.project, args.top)
+    if not reports:
+        print("no runs")
+    for report in reports:
+        if args.json:
+            print(json.dumps(report.to_json(), sort_keys=True))
+        elif report.loads is None:
+            print(f"{report.run_id}  {report.state}  encodings deleted")
+        else:
+            print(f"{report.run_id}  {report.state}  {describe_key_loads(report.loads)}")
+    return 0
 
 
 def admin_purge(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from blindlink.errors import EncodingsFileError
 
 MAGIC = b"BLNKENC1"
@@ -122,6 +124,12 @@ def read_payload(path: Path) -> tuple[EncodingsHeader, bytes]:
     if hashlib.sha256(payload).digest() != header.content_sha256:
         raise EncodingsFileError(f"{path}: content hash mismatch; the file is corrupt")
     return header, payload
+
+
+def read_records(path: Path) -> np.ndarray:
+    """The file's records as a (records, bytes per record) array."""
+    header, payload = read_payload(path)
+    return np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
 
 
 def iter_payload_chunks(path: Path, chunk_bytes: int) -> Iterable[bytes]:

@@ -60,8 +60,82 @@ class KeyBlocking:
             for key in self.keys
         ]
 
+    def names(self) -> list[str]:
+        """Each key's fields as the operator reads them, e.g. "surname[:3] + date_of_birth"."""
+        return [
+            " + ".join(p.field + (f"[:{p.prefix}]" if p.prefix else "") for p in key)
+            for key in self.keys
+        ]
+
 
 Blocking = LshBlocking | KeyBlocking
+
+
+def split_records(records: np.ndarray, blocking_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uploaded records (each an encoding followed by `blocking_keys` little-endian 64-bit
+    keys) as encodings (records, bytes) and keys (records, blocking keys)."""
+    width = records.shape[1] - 8 * blocking_keys
+    keys = np.ascontiguousarray(records[:, width:]).view("<u8").astype(np.uint64)
+    return np.ascontiguousarray(records[:, :width]), keys
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """The records of both parties that share one value of a blocking key (the value itself is
+    not kept: it would identify the group across runs)."""
+
+    requester: int
+    custodian: int
+
+    @property
+    def comparisons(self) -> int:
+        return self.requester * self.custodian
+
+
+@dataclass(frozen=True)
+class KeyLoad:
+    """One blocking key's share of a run: its comparisons and its largest groups, by
+    comparisons. For the operator only: group sizes reveal the other party's record counts."""
+
+    key: str
+    comparisons: int
+    largest: tuple[KeyGroup, ...]
+
+
+def key_loads(
+    blocking: KeyBlocking, requester_keys: np.ndarray, custodian_keys: np.ndarray, top: int = 3
+) -> list[KeyLoad]:
+    """Per agreed key (a column of both parties' (records, keys) arrays, 0 where a record has
+    none), the comparisons it makes and its `top` largest groups."""
+    loads = []
+    for column, name in enumerate(blocking.names()):
+        (values_a, counts_a), (values_b, counts_b) = (
+            np.unique(keys[keys != 0], return_counts=True)
+            for keys in (requester_keys[:, column], custodian_keys[:, column])
+        )
+        _, in_a, in_b = np.intersect1d(values_a, values_b, assume_unique=True, return_indices=True)
+        sizes_a, sizes_b = counts_a[in_a].astype(np.int64), counts_b[in_b].astype(np.int64)
+        products = sizes_a * sizes_b
+        largest = np.argsort(-products, kind="stable")[:top]
+        groups = tuple(KeyGroup(int(sizes_a[i]), int(sizes_b[i])) for i in largest)
+        loads.append(KeyLoad(name, int(products.sum()), groups))
+    return loads
+
+
+def describe_key_loads(loads: list[KeyLoad]) -> str:
+    """The loads in one line: per key its comparisons and largest groups as requester x
+    custodian records with their share of all the run's comparisons."""
+    total = max(sum(load.comparisons for load in loads), 1)
+    return "; ".join(
+        f"{load.key}: {load.comparisons:,} comparisons, largest groups "
+        + (
+            ", ".join(
+                f"{g.requester}x{g.custodian} ({g.comparisons / total:.1%})" for g in load.largest
+            )
+            or "none"
+        )
+        for load in loads
+    )
 
 
 def band_keys(columns: np.ndarray, positions: np.ndarray) -> np.ndarray:

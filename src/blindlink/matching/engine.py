@@ -22,6 +22,8 @@ from blindlink.matching.blocking import (
     KeyBlocking,
     LshBlocking,
     band_keys,
+    key_loads,
+    split_records,
 )
 from blindlink.matching.executors import Executor
 
@@ -93,13 +95,10 @@ class SharedEncodings:
         64-bit keys) into encodings and keys."""
         if not blocking_keys:
             return cls.of(requester, custodian)
-        width = requester.shape[1] - 8 * blocking_keys
-        parts = [
-            (np.ascontiguousarray(rows[:, :width]), np.ascontiguousarray(rows[:, width:]))
-            for rows in (requester, custodian)
-        ]
-        keys = [k.view("<u8").astype(np.uint64) for _, k in parts]
-        return cls.of(parts[0][0], parts[1][0], keys[0], keys[1])
+        (encodings_a, keys_a), (encodings_b, keys_b) = (
+            split_records(rows, blocking_keys) for rows in (requester, custodian)
+        )
+        return cls.of(encodings_a, encodings_b, keys_a, keys_b)
 
 
 @dataclass(frozen=True)
@@ -337,15 +336,8 @@ def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -
     if blocking is None:
         return len(shared.requester) * len(shared.custodian)
     assert shared.requester_keys is not None and shared.custodian_keys is not None
-    total = 0
-    for column in range(len(blocking.keys)):
-        values = []
-        for keys in (shared.requester_keys[:, column], shared.custodian_keys[:, column]):
-            values.append(np.unique(keys[keys != 0], return_counts=True))
-        (keys_a, counts_a), (keys_b, counts_b) = values
-        _, in_a, in_b = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
-        total += int((counts_a[in_a] * counts_b[in_b]).sum())
-    return total
+    loads = key_loads(blocking, shared.requester_keys, shared.custodian_keys, top=0)
+    return sum(load.comparisons for load in loads)
 
 
 def _kept(

@@ -218,7 +218,7 @@ def start_server(
             MetricsEndpoint(metrics, metrics_listen, metrics_files) if metrics_listen else None
         )
         log.info("listening on port %d (%s); starting", port, "TLS" if tls else "plaintext")
-        running = _open(data_dir, server, port, health_servicer, purge_interval, matching)
+        running = _open(data_dir, server, port, health_servicer, purge_interval, matching, metrics)
     except BaseException:
         server.stop(None)
         if endpoint:
@@ -264,6 +264,7 @@ def _open(
     health_servicer: health.HealthServicer,
     purge_interval: float,
     matching: MatchingSettings | None,
+    metrics: ServerMetrics,
 ) -> RunningServer:
     """Open the store, apply retention, requeue unfinished runs, start the background work."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -271,7 +272,7 @@ def _open(
     store = Store(data_dir, key)
     try:
         purge_once(store)
-        runs = RunQueue(store, matching or MatchingSettings.local())
+        runs = RunQueue(store, matching or MatchingSettings.local(), metrics.observe_key_loads)
         purger = Purger(store, purge_interval)
         runs.start()
         purger.start()

@@ -14,11 +14,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from blindlink.matching.blocking import KeyLoad
 from blindlink.server.config import ServerTls, host_and_port
 from blindlink.server.runs import RunQueue
 from blindlink.store.sqlite import RUN_STATES, Store
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+COMPARISON_BUCKETS = tuple(10.0**e for e in range(2, 13))
 
 
 class ServerMetrics:
@@ -52,6 +54,20 @@ class ServerMetrics:
             labels,
             registry=self.registry,
         )
+        self.key_group_comparisons = Histogram(
+            "blindlink_key_group_largest_comparisons",
+            "Per run with blocking keys, the comparisons of each key's largest group (records "
+            "sharing one key value), by the key's fields",
+            ("key",),
+            buckets=COMPARISON_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_key_loads(self, loads: list[KeyLoad]) -> None:
+        """Record one run's blocking key groups."""
+        for load in loads:
+            largest = load.largest[0].comparisons if load.largest else 0
+            self.key_group_comparisons.labels(load.key).observe(largest)
 
     def watch_runs(self, store: Store, runs: RunQueue) -> None:
         """Report run metrics from `store` and `runs` at every scrape."""

@@ -9,11 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from blindlink.agreement.model import parse_agreement
-from blindlink.encoding.encodings_file import read_payload
-from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
+from blindlink.encoding.encodings_file import read_records
+from blindlink.matching.blocking import (
+    Blocking,
+    KeyBlocking,
+    KeyLoad,
+    LshBlocking,
+    describe_key_loads,
+    key_loads,
+)
 from blindlink.matching.decision import link
 from blindlink.matching.engine import (
     DEFAULT_LIMITS,
@@ -85,9 +90,15 @@ class RunQueue:
     is run again from the start when the server next starts: matching is deterministic, so the
     result is the one an uninterrupted run gives."""
 
-    def __init__(self, store: Store, matching: MatchingSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        matching: MatchingSettings,
+        on_key_loads: Callable[[list[KeyLoad]], None] = lambda loads: None,
+    ) -> None:
         self._store = store
         self._matching = matching
+        self._on_key_loads = on_key_loads
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._current = ""
@@ -178,19 +189,17 @@ class RunQueue:
         reference = self._store.live_custodian_upload(project_id)
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
-        encodings = []
-        for path in (batch.path, reference.path):
-            header, payload = read_payload(path)
-            encodings.append(np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1))
         keys = agreement.blocking_keys
         key_count = len(keys.keys) if keys else 0
-        shared = SharedEncodings.from_rows(encodings[0], encodings[1], key_count)
+        shared = SharedEncodings.from_rows(
+            read_records(batch.path), read_records(reference.path), key_count
+        )
         report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
         # With blocking keys the comparisons are known before matching (LSH's are not): a run
         # that makes few stays in this process, where shipping the encodings to workers would
         # cost more than the kernel spends comparing.
         keyed = agreement.blocking if isinstance(agreement.blocking, KeyBlocking) else None
-        executor, workers = self._matching.executor_for(planned_comparisons(shared, keyed))
+        executor, workers = self._matching.executor_for(self._planned(run_id, shared, keyed))
         decisions = link(
             shared,
             agreement.rule_for_run(run.threshold),
@@ -215,6 +224,18 @@ class RunQueue:
             summary.possible,
             time.monotonic() - started,
         )
+
+    def _planned(self, run_id: str, shared: SharedEncodings, keyed: KeyBlocking | None) -> int:
+        """The run's comparisons without blocking or with blocking keys. The keys' largest
+        groups go to the operator (log and metrics; never to the parties, whose record counts
+        they reveal) before matching, so that a run refused for a limit has them too."""
+        if keyed is None:
+            return planned_comparisons(shared, None)
+        assert shared.requester_keys is not None and shared.custodian_keys is not None
+        loads = key_loads(keyed, shared.requester_keys, shared.custodian_keys)
+        log.info("run %s blocking key groups: %s", run_id[:12], describe_key_loads(loads))
+        self._on_key_loads(loads)
+        return sum(load.comparisons for load in loads)
 
 
 def _detail(exc: Exception) -> str:

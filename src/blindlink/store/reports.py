@@ -1,7 +1,8 @@
 """Read-only views of a data directory for the operator: project and run metadata.
 
 They read the database through a read-only connection, so they are safe while the server runs,
-and they never read encodings, matches or row references.
+and they never read encodings, matches or row references; the key group report reads the
+blocking keys stored after the encodings, and reports how many records share a key, never a key.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from blindlink.agreement.model import parse_agreement
+from blindlink.encoding.encodings_file import read_records
 from blindlink.errors import BlindlinkError
-from blindlink.store.directory import DATABASE_NAME
+from blindlink.matching.blocking import KeyLoad, key_loads, split_records
+from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR
 
 
 def open_read_only(data_dir: Path) -> sqlite3.Connection:
@@ -155,3 +161,56 @@ def run_report(conn: sqlite3.Connection, project_id: str, run_id: str) -> RunRep
         fetched,
         events,
     )
+
+
+@dataclass(frozen=True)
+class KeyGroupReport:
+    """A run's blocking key groups: its batch against the custodian's stored encodings."""
+
+    run_id: str
+    state: str
+    loads: list[KeyLoad] | None  # None once the batch's or the custodian's keys are deleted
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def key_group_reports(
+    conn: sqlite3.Connection, data_dir: Path, project_id: str, top: int = 3
+) -> list[KeyGroupReport]:
+    """Per run of a project with blocking keys, oldest first, each key's comparisons and `top`
+    largest groups. Runs are measured against the custodian's encodings as stored now."""
+    row = conn.execute("SELECT agreement FROM projects WHERE project_id=?", (project_id,))
+    agreement = row.fetchone()
+    if agreement is None:
+        raise BlindlinkError(f"{data_dir}: no project {project_id}")
+    blocking = parse_agreement(agreement[0]).blocking_keys
+    if blocking is None:
+        raise BlindlinkError(f"project {project_id} does not block on keys")
+    encodings = Path(data_dir) / ENCODINGS_DIR
+
+    def keys(name: str | None) -> np.ndarray | None:
+        if name is None:
+            return None
+        return split_records(read_records(encodings / name), len(blocking.keys))[1]
+
+    live = conn.execute(
+        "SELECT file FROM uploads WHERE project_id=? AND party='custodian' AND file IS NOT NULL "
+        "ORDER BY committed_at DESC LIMIT 1",
+        (project_id,),
+    ).fetchone()
+    custodian = keys(live[0]) if live else None
+    reports = []
+    for run_id, state, name in conn.execute(
+        "SELECT run_id, state, file FROM runs JOIN uploads ON upload_id=batch_id "
+        "WHERE runs.project_id=? ORDER BY created_at",
+        (project_id,),
+    ).fetchall():
+        requester = keys(name)
+        loads = (
+            None
+            if requester is None or custodian is None
+            else key_loads(blocking, requester, custodian, top)
+        )
+        reports.append(KeyGroupReport(run_id, state, loads))
+    return reports
