@@ -238,6 +238,12 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
         absent=np.array([1, 1, 1, 1, 7]),
     )
     assert without.levels[:, 1].tolist() == [2, 3, 1, 0, 2]
+    # -1: no record to leave out (not the last custodian row).
+    five = np.full((5, 1), 7, dtype=np.uint64)
+    nobody = PairEvidence.of(
+        np.full(1, 0.9), np.zeros(1, int), np.zeros(1, int), five[:1], five, absent=np.full(1, -1)
+    )
+    assert nobody.levels[:, 1].tolist() == [4]  # shared by all 5
 
 
 def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> None:

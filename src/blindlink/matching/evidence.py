@@ -44,14 +44,15 @@ class PairEvidence:
         custodian_keys: np.ndarray,
         absent: np.ndarray | None = None,
     ) -> PairEvidence:
-        """The evidence of each pair; with `absent` (a custodian row per pair), as if that
-        record were not in the custodian's population."""
+        """The evidence of each pair; with `absent` (a custodian row per pair, -1 for none), as
+        if that record were not in the custodian's population."""
         columns = [np.digitize(similarities, DICE_EDGES)]
         for k in range(requester_keys.shape[1]):
             ours = requester_keys[requester_rows, k]
             discount = None
             if absent is not None:
-                discount = ((custodian_keys[absent, k] == ours) & (ours != 0)).astype(np.int64)
+                theirs = custodian_keys[np.maximum(absent, 0), k]
+                discount = ((theirs == ours) & (ours != 0) & (absent >= 0)).astype(np.int64)
             columns.append(
                 _key_levels(ours, custodian_keys[custodian_rows, k], custodian_keys[:, k], discount)
             )
