@@ -113,6 +113,23 @@ def test_lsh_blocking_finds_close_pairs_with_far_fewer_comparisons() -> None:
     assert as_tuples(pooled) == as_tuples(blocked)
 
 
+def test_compacting_band_results_as_they_arrive_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pairs found in many bands are kept once, with each record's best few, whether the
+    server compacts the band results once at the end or many times as they arrive; and the
+    candidate cap counts distinct pairs, not their repeats across bands."""
+    shared = encodings(600, seed=5, noise=0.1)
+    blocking = LshBlocking(bands=40, bits_per_band=8, seed=2)
+    whole = find_candidates(shared, 0.6, SerialExecutor(), 1, blocking, best=4)
+    monkeypatch.setattr(engine, "COMPACT_ROWS", 50)
+    distinct = len(whole.similarities)
+    limits = MatchingLimits(max_candidate_pairs=distinct)
+    piecewise = find_candidates(shared, 0.6, SerialExecutor(), 1, blocking, limits, best=4)
+    assert as_tuples(piecewise) == as_tuples(whole)
+    assert whole.comparisons == piecewise.comparisons > 2 * distinct  # repeats across bands
+
+
 def test_candidate_cap_aborts_with_the_reason() -> None:
     shared = encodings(300, seed=4)
     with pytest.raises(MatchingAborted, match="more than 100 candidate pairs"):

@@ -305,18 +305,21 @@ def find_candidates(
             f"{limits.max_comparisons:,}; use blocking, or more specific blocking keys",
         )
     parts: list[TaskResult] = []
-    done = comparisons = 0
+    done = comparisons = kept = compacted = 0
     compare = compare_chunk if blocking is None else compare_band
     for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
         parts.append(result)
         comparisons += result.comparisons
         done += 1 if by_band else result.comparisons
-        kept = sum(len(p.similarities) for p in parts)
-        if (blocking is not None or best) and kept > COMPACT_ROWS:
+        kept += len(result.similarities)
+        too_many = kept > max(COMPACT_ROWS, 2 * compacted) or kept > limits.max_candidate_pairs
+        if (blocking is not None or best) and too_many:
             # The same pair shares many bands, and a record's best in one task may not be its
             # best overall: keep each pair once, so memory and the limit count distinct pairs.
+            # Compacting again only once the rows have doubled keeps the server's share of
+            # the work proportional to the pairs found, not to their number times the bands.
             parts = [_kept(parts, len(shared.custodian), threshold, best)]
-            kept = len(parts[0].similarities)
+            kept = compacted = len(parts[0].similarities)
         if kept > limits.max_candidate_pairs:
             raise MatchingAborted(
                 "max_candidate_pairs",
@@ -346,9 +349,7 @@ def _kept(
     """The parts' pairs, each once, that are candidates: at or above the threshold, or among
     their requester record's `best`."""
     sim, r0, r1 = _concatenated(parts)
-    _, first = np.unique(r0 * custodian_records + r1, return_index=True)
-    sim, r0, r1 = sim[first], r0[first], r1[first]
-    keep = kernel.kept_pairs(sim, r0, r1, threshold, best)
+    keep = kernel.distinct_kept_pairs(sim, r0, r1, threshold, best)
     return TaskResult(sim[keep], r0[keep], r1[keep], 0)
 
 

@@ -287,11 +287,31 @@ def kept_pairs(
     keep = sim >= threshold
     if best and len(sim):
         order = np.lexsort((rows1, -sim, rows0))
-        grouped = rows0[order]
-        starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
-        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        keep[order[rank < best]] = True
+        keep[order[_ranks(rows0[order]) < best]] = True
     return keep
+
+
+def distinct_kept_pairs(
+    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, threshold: float, best: int
+) -> np.ndarray:
+    """The indices of the pairs `kept_pairs` keeps, each pair once though listed several
+    times (always with the same similarity), in one sort."""
+    order = np.lexsort((rows1, -sim, rows0))
+    grouped, partners = rows0[order], rows1[order]
+    first = np.r_[True, (grouped[1:] != grouped[:-1]) | (partners[1:] != partners[:-1])]
+    order = order[first]
+    keep = sim[order] >= threshold
+    if best:
+        keep |= _ranks(rows0[order]) < best
+    return order[keep]
+
+
+def _ranks(grouped: np.ndarray) -> np.ndarray:
+    """Each element's position within its run of equal values."""
+    if not len(grouped):
+        return np.zeros(0, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+    return np.arange(len(grouped)) - np.repeat(starts, np.diff(np.r_[starts, len(grouped)]))
 
 
 class AllPairs:
