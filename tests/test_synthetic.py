@@ -354,6 +354,8 @@ def test_batches_need_enough_custodian_records(tmp_path: Path) -> None:
         generate_batches(tmp_path, 299, 3, 100, 1.0, seed=1)
     with pytest.raises(ValueError, match="batches"):
         generate_batches(tmp_path, 299, 0, 100, 1.0, seed=1)
+    with pytest.raises(ValueError, match="9-digit IDs allow at most 900000000"):
+        generate_batches(tmp_path, 10, 1000, 900_001, 0.0, seed=1)
 
 
 def test_people_are_a_function_of_their_index() -> None:

@@ -37,6 +37,7 @@ TRUTH_FIELDS = ("requester_id", "custodian_id")
 
 _CHUNK_ROWS = 65_536  # rows rendered at once: bounds memory, does not change the output
 _ID_DIGITS = 9
+_MAX_RECORDS = 10**_ID_DIGITS - 10 ** (_ID_DIGITS - 1)  # per party: one distinct ID each
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,17 @@ class _Plan:
     seed: int
     corruption: CorruptionRates
 
+    def __post_init__(self) -> None:
+        for party, records in (
+            ("custodian", self.custodian_records),
+            ("requester", self.batches * self.batch_records),
+        ):
+            if records > _MAX_RECORDS:
+                raise ValueError(
+                    f"the {party} would have {records} records; {_ID_DIGITS}-digit IDs allow "
+                    f"at most {_MAX_RECORDS}"
+                )
+
     @property
     def shared(self) -> int:
         return round(self.overlap * self.batch_records)
@@ -175,8 +187,7 @@ class _Plan:
 
     def ids(self, stream: _Stream, prefix: str, index: np.ndarray) -> list[str]:
         """Distinct random IDs of a fixed width, e.g. R482913077, for distinct indices."""
-        low = 10 ** (_ID_DIGITS - 1)
-        numbers = Permutation(self.key(stream), 10**_ID_DIGITS - low)(index) + low
+        numbers = Permutation(self.key(stream), _MAX_RECORDS)(index) + 10 ** (_ID_DIGITS - 1)
         return [f"{prefix}{number}" for number in numbers.tolist()]
 
 
