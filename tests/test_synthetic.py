@@ -12,12 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blindlink.synthetic import CorruptionRates, GeneratedFiles, generate_datasets
+from blindlink.cli.main import main
+from blindlink.synthetic import (
+    CorruptionRates,
+    GeneratedFiles,
+    generate_batches,
+    generate_datasets,
+)
 from blindlink.synthetic.address_parts import TOWNS
 from blindlink.synthetic.corruption import make_typo, swap_date
 from blindlink.synthetic.frequency_tables import TABLES
 from blindlink.synthetic.nicknames import FEMALE_VARIANTS, MALE_VARIANTS
-from blindlink.synthetic.population import female_given_names, male_given_names, surnames
+from blindlink.synthetic.population import (
+    draw_people,
+    female_given_names,
+    male_given_names,
+    surnames,
+)
+from blindlink.synthetic.randomness import Permutation, stream_key
 
 HEADER = [
     "id",
@@ -296,3 +308,80 @@ def test_frequency_tables_are_clkhash_s_own(table: str) -> None:
     and attack simulations are what they were when blindlink read clkhash's copies."""
     ours = resources.files("blindlink.synthetic") / "data" / table
     assert ours.read_bytes() == (resources.files("clkhash") / "data" / table).read_bytes()
+
+
+def test_chunk_size_does_not_change_the_output(tmp_path: Path) -> None:
+    outputs = []
+    for chunk_rows in (1, 97, 65_536):
+        batches = generate_batches(
+            tmp_path / str(chunk_rows), 400, 3, 60, 0.5, 9, chunk_rows=chunk_rows
+        )
+        paths = (batches.custodian, *batches.requesters, *batches.truths)
+        outputs.append([path.read_bytes() for path in paths])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_batches_draw_their_overlap_from_the_custodian(tmp_path: Path) -> None:
+    batches = generate_batches(
+        tmp_path, 500, 4, 80, 0.25, seed=6, corruption=CorruptionRates.scaled(0)
+    )
+    custodian = {row["id"]: row for row in read_csv(batches.custodian)[1]}
+    assert len(custodian) == batches.custodian_records == 500
+    assert batches.true_matches_per_batch == 20
+    matched: list[str] = []
+    requester_ids: set[str] = set()
+    for requester_path, truth_path in zip(batches.requesters, batches.truths, strict=True):
+        requester = {row["id"]: row for row in read_csv(requester_path)[1]}
+        truth = read_csv(truth_path)[1]
+        assert len(requester) == 80 and len(truth) == 20
+        requester_ids |= set(requester)
+        # Clean copies: a true pair is the same person, and no unmatched requester record is.
+        for pair in truth:
+            assert (
+                differing((requester[pair["requester_id"]], custodian[pair["custodian_id"]]))
+                == set()
+            )
+        people = {tuple(row[f] for f in PERSON_FIELDS) for row in custodian.values()}
+        unmatched = set(requester) - {pair["requester_id"] for pair in truth}
+        assert not any(tuple(requester[i][f] for f in PERSON_FIELDS) in people for i in unmatched)
+        matched += [pair["custodian_id"] for pair in truth]
+    assert len(set(matched)) == len(matched) == 80  # no custodian record in two batches
+    assert len(requester_ids) == 4 * 80  # IDs distinct across batches
+
+
+def test_batches_need_enough_custodian_records(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="need 300 custodian records"):
+        generate_batches(tmp_path, 299, 3, 100, 1.0, seed=1)
+    with pytest.raises(ValueError, match="batches"):
+        generate_batches(tmp_path, 299, 0, 100, 1.0, seed=1)
+    with pytest.raises(ValueError, match="9-digit IDs allow at most 900000000"):
+        generate_batches(tmp_path, 10, 1000, 900_001, 0.0, seed=1)
+
+
+def test_people_are_a_function_of_their_index() -> None:
+    key = stream_key(4, 0)
+    everyone = draw_people(key, np.arange(1000)).render()
+    some = draw_people(key, np.array([999, 3, 500])).render()
+    assert some == {field: [column[i] for i in (999, 3, 500)] for field, column in everyone.items()}
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000, 4097])
+def test_permutation_is_a_bijection(size: int) -> None:
+    image = Permutation(stream_key(1, 2), size)(np.arange(size))
+    assert sorted(image.tolist()) == list(range(size))
+    if size > 100:
+        assert (image != np.arange(size)).mean() > 0.9
+
+
+def test_generate_command_writes_batches_and_rejects_bad_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--records", "300", "--out", str(tmp_path), "--seed", "2"]
+    assert main([*args, "--batches", "2", "--batch-records", "40"]) == 0
+    names = {"custodian.csv", "requester-1.csv", "requester-2.csv", "truth-1.csv", "truth-2.csv"}
+    assert {path.name for path in tmp_path.iterdir()} == names
+    assert len(read_csv(tmp_path / "truth-2.csv")[1]) == 20
+    assert main([*args, "--batch-records", "40"]) == 2
+    assert "--batch-records needs --batches" in capsys.readouterr().err
+    assert main([*args, "--batches", "4", "--batch-records", "200", "--overlap", "1"]) == 2
+    assert "need 800 custodian records, but the custodian has 300" in capsys.readouterr().err

@@ -89,8 +89,30 @@ def _lazy(module: str, name: str):  # type: ignore[no-untyped-def]
 
 def _add_setup_commands(commands: argparse._SubParsersAction) -> None:
     gen = commands.add_parser("generate", help="write synthetic party files with ground truth")
-    gen.add_argument("--records", type=int, required=True, help="records per party")
-    gen.add_argument("--overlap", type=float, default=0.5, help="fraction of shared people")
+    gen.add_argument(
+        "--records",
+        type=int,
+        required=True,
+        help="records per party; with --batches, the custodian's records",
+    )
+    gen.add_argument(
+        "--overlap",
+        type=float,
+        default=0.5,
+        help="fraction of each requester file's people that the custodian holds",
+    )
+    gen.add_argument(
+        "--batches",
+        type=int,
+        help="write this many requester batches drawn from one custodian "
+        "(requester-K.csv, truth-K.csv) instead of requester.csv and truth.csv",
+    )
+    gen.add_argument(
+        "--batch-records",
+        type=int,
+        help="records per requester batch, with --batches (default: "
+        f"{setup_commands.DEFAULT_BATCH_RECORDS})",
+    )
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument(
         "--corruption",

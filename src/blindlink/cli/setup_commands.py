@@ -21,27 +21,52 @@ from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
 from blindlink.encoding.schema import LinkageSchema, default_schema_path, load_schema
 from blindlink.encoding.secret import write_new_secret
-from blindlink.errors import AgreementError, InputError
+from blindlink.errors import AgreementError, BlindlinkError, InputError
 from blindlink.hardening.steps import output_bit_length, validate_steps
 from blindlink.security.pki import read_certificates
-from blindlink.synthetic import CorruptionRates, generate_datasets
+from blindlink.synthetic import CorruptionRates, generate_batches, generate_datasets
 
 RELEASE_CHOICES = [k.value for k in ReleaseKind]
+DEFAULT_BATCH_RECORDS = 1000
 
 
 def generate(args: argparse.Namespace) -> int:
-    with bar(2 * args.records, "generating") as progress:
-        files = generate_datasets(
+    try:
+        return _generate(args, CorruptionRates.scaled(args.corruption))
+    except ValueError as exc:
+        raise BlindlinkError(f"generate: {exc}") from None
+
+
+def _generate(args: argparse.Namespace, corruption: CorruptionRates) -> int:
+    if args.batches is None:
+        if args.batch_records is not None:
+            raise ValueError("--batch-records needs --batches")
+        with bar(2 * args.records, "generating") as progress:
+            files = generate_datasets(
+                args.out, args.records, args.overlap, args.seed, corruption, progress.update
+            )
+        print(
+            f"wrote {files.requester} ({files.requester_records} records), {files.custodian} "
+            f"({files.custodian_records} records), {files.truth} ({files.true_matches} true pairs)"
+        )
+        return 0
+    batch_records = args.batch_records or DEFAULT_BATCH_RECORDS
+    with bar(args.records + args.batches * batch_records, "generating") as progress:
+        batches = generate_batches(
             args.out,
             args.records,
+            args.batches,
+            batch_records,
             args.overlap,
             args.seed,
-            CorruptionRates.scaled(args.corruption),
+            corruption,
             progress.update,
         )
     print(
-        f"wrote {files.requester} ({files.requester_records} records), {files.custodian} "
-        f"({files.custodian_records} records), {files.truth} ({files.true_matches} true pairs)"
+        f"wrote {batches.custodian} ({batches.custodian_records} records) and "
+        f"{len(batches.requesters)} requester batches of {batches.batch_records} records in "
+        f"{args.out} (requester-K.csv, truth-K.csv: {batches.true_matches_per_batch} true pairs "
+        "each)"
     )
     return 0
 

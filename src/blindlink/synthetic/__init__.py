@@ -1,6 +1,17 @@
-"""Synthetic requester/custodian CSV files with known true matches, for demos and benchmarks."""
+"""Synthetic custodian and requester CSV files with known true matches, for demos and benchmarks."""
 
 from blindlink.synthetic.corruption import CorruptionRates
-from blindlink.synthetic.datasets import GeneratedFiles, generate_datasets
+from blindlink.synthetic.datasets import (
+    GeneratedBatches,
+    GeneratedFiles,
+    generate_batches,
+    generate_datasets,
+)
 
-__all__ = ["CorruptionRates", "GeneratedFiles", "generate_datasets"]
+__all__ = [
+    "CorruptionRates",
+    "GeneratedBatches",
+    "GeneratedFiles",
+    "generate_batches",
+    "generate_datasets",
+]

@@ -1,17 +1,20 @@
 """Corrupting copies of records the way real registries disagree about the same person.
 
-Errors are applied to rendered string columns in place. Every random choice is drawn from the
-generator in bulk, so a seed fixes the result and per-record work is plain string handling.
+Errors are applied to rendered string columns in place. Every random choice comes from the
+record's own row of uniforms (`CORRUPTION_DRAWS` per record), so a record's errors do not depend
+on which records are corrupted with it, and per-record work is plain string handling.
 """
 
 import datetime as dt
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Self
 
 import numpy as np
 
 from blindlink.synthetic.nicknames import FEMALE_VARIANTS, MALE_VARIANTS
 from blindlink.synthetic.population import (
+    ADDRESS_DRAWS,
     REFERENCE_DATE,
     Columns,
     draw_addresses,
@@ -61,57 +64,77 @@ class CorruptionRates:
         )
 
 
-def corrupt(columns: Columns, rates: CorruptionRates, rng: np.random.Generator) -> None:
-    """Give each record each kind of error independently with its rate, in place.
+# Columns of the uniforms `corrupt` reads per record, in order.
+_HITS = slice(0, 5)  # nickname, surname change, moved, date swap, typo
+_MISSING = slice(5, 5 + len(MISSABLE_FIELDS))
+_NICKNAME = _MISSING.stop
+_SURNAME = _NICKNAME + 1
+_ADDRESS = slice(_SURNAME + 1, _SURNAME + 1 + ADDRESS_DRAWS)
+_DATE = slice(_ADDRESS.stop, _ADDRESS.stop + 2)
+_TYPO = slice(_DATE.stop, _DATE.stop + 4)
+CORRUPTION_DRAWS = _TYPO.stop
+
+
+def corrupt(columns: Columns, rates: CorruptionRates, u: np.ndarray) -> None:
+    """Give each record each kind of error independently with its rate, in place; row i of the
+    uniforms `u` (shape (records, CORRUPTION_DRAWS)) decides record i's errors.
 
     Replacements come first and blanking last, so a blanked field stays blank.
     """
-    size = len(columns["surname"])
     per_record = [rates.nickname, rates.surname_change, rates.moved, rates.date_swap, rates.typo]
-    hit = rng.random((size, len(per_record))) < per_record
-    _use_nicknames(columns, np.flatnonzero(hit[:, 0]), rng)
-    _change_surnames(columns, np.flatnonzero(hit[:, 1]), rng)
-    _move(columns, np.flatnonzero(hit[:, 2]), rng)
-    _swap_dates(columns, np.flatnonzero(hit[:, 3]), rng)
-    _add_typos(columns, np.flatnonzero(hit[:, 4]), rng)
-    _blank(columns, rng.random((size, len(MISSABLE_FIELDS))) < rates.missing)
+    hit = u[:, _HITS] < per_record
+    _use_nicknames(columns, np.flatnonzero(hit[:, 0]), u[:, _NICKNAME])
+    _change_surnames(columns, np.flatnonzero(hit[:, 1]), u[:, _SURNAME])
+    _move(columns, np.flatnonzero(hit[:, 2]), u[:, _ADDRESS])
+    _swap_dates(columns, np.flatnonzero(hit[:, 3]), u[:, _DATE])
+    _add_typos(columns, np.flatnonzero(hit[:, 4]), u[:, _TYPO])
+    _blank(columns, u[:, _MISSING] < rates.missing)
 
 
-def _use_nicknames(columns: Columns, rows: np.ndarray, rng: np.random.Generator) -> None:
+def _use_nicknames(columns: Columns, rows: np.ndarray, u: np.ndarray) -> None:
     given, sex = columns["given_name"], columns["sex"]
-    for row, draw in zip(rows.tolist(), rng.random(len(rows)).tolist(), strict=True):
+    for row, draw in zip(rows.tolist(), u[rows].tolist(), strict=True):
         variants = (MALE_VARIANTS if sex[row] == "M" else FEMALE_VARIANTS).get(given[row], ())
         if variants:
             given[row] = variants[int(draw * len(variants))]
 
 
-def _change_surnames(columns: Columns, rows: np.ndarray, rng: np.random.Generator) -> None:
-    current = np.asarray(columns["surname"], dtype=object)[rows]
-    new = surnames().draw(rng, len(rows))
-    # Redraw until every surname really changes; common names make a repeat draw likely.
-    while (same := np.flatnonzero(new == current)).size:
-        new[same] = surnames().draw(rng, same.size)
-    for row, surname in zip(rows.tolist(), new.tolist(), strict=True):
+def _change_surnames(columns: Columns, rows: np.ndarray, u: np.ndarray) -> None:
+    """A new surname drawn by frequency among all surnames but the current one."""
+    table = surnames()
+    current = np.asarray([_surname_index()[columns["surname"][row]] for row in rows.tolist()])
+    current = current.astype(np.int64)
+    p_current = table.probabilities[current]
+    before = table.cumulative[current] - p_current
+    target = u[rows] * (1 - p_current)
+    new = table.index(np.where(target >= before, target + p_current, target))
+    # Rounding can land on the current name at the edge of its interval: take the next one.
+    new = np.where(new == current, (current + 1) % len(table.values), new)
+    for row, surname in zip(rows.tolist(), table.values[new].tolist(), strict=True):
         columns["surname"][row] = surname
 
 
-def _move(columns: Columns, rows: np.ndarray, rng: np.random.Generator) -> None:
-    rendered = draw_addresses(rng, len(rows)).render()
+@cache
+def _surname_index() -> dict[str, int]:
+    return {name: i for i, name in enumerate(surnames().values.tolist())}
+
+
+def _move(columns: Columns, rows: np.ndarray, u: np.ndarray) -> None:
+    rendered = draw_addresses(u[rows]).render()
     for field, values in zip(("street_address", "city", "postcode"), rendered, strict=True):
         column = columns[field]
         for row, value in zip(rows.tolist(), values, strict=True):
             column[row] = value
 
 
-def _swap_dates(columns: Columns, rows: np.ndarray, rng: np.random.Generator) -> None:
+def _swap_dates(columns: Columns, rows: np.ndarray, u: np.ndarray) -> None:
     dates = columns["date_of_birth"]
-    draws = rng.random((len(rows), 2)).tolist()
-    for row, (kind, position) in zip(rows.tolist(), draws, strict=True):
+    for row, (kind, position) in zip(rows.tolist(), u[rows].tolist(), strict=True):
         dates[row] = swap_date(dates[row], kind, position)
 
 
-def _add_typos(columns: Columns, rows: np.ndarray, rng: np.random.Generator) -> None:
-    for row, draws in zip(rows.tolist(), rng.random((len(rows), 4)).tolist(), strict=True):
+def _add_typos(columns: Columns, rows: np.ndarray, u: np.ndarray) -> None:
+    for row, draws in zip(rows.tolist(), u[rows].tolist(), strict=True):
         column = columns[TYPO_FIELDS[int(draws[0] * len(TYPO_FIELDS))]]
         column[row] = make_typo(column[row], *draws[1:])
 

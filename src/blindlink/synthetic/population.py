@@ -1,18 +1,19 @@
 """Drawing true identities as column arrays, and rendering them to CSV field strings.
 
 Names and ages follow the public US frequency tables that clkhash also ships; addresses come from
-the invented parts in `address_parts`. Everything is drawn for all people at once so that a
-million-person population costs a few numpy arrays rather than a million Python objects.
+the invented parts in `address_parts`. Person i is a pure function of the population key and i
+(`randomness.uniforms`), drawn with numpy for a whole chunk of indices at once.
 """
 
-from dataclasses import dataclass, fields
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Self
 
 import numpy as np
 
 from blindlink.synthetic.address_parts import STREET_NAMES, STREET_TYPES, TOWNS
 from blindlink.synthetic.frequency_tables import read_counts
+from blindlink.synthetic.randomness import uniforms
 
 # Ages are counted back from a fixed day, not today, so that a seed gives the same files forever.
 REFERENCE_DATE = np.datetime64("2025-01-01", "D")
@@ -35,9 +36,17 @@ class FrequencyTable:
         weights = np.asarray(counts, dtype=np.float64)
         return cls(np.asarray(values, dtype=object), weights / weights.sum())
 
-    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """Draw `size` values, each with its table frequency."""
-        return self.values[rng.choice(len(self.values), size=size, p=self.probabilities)]
+    @cached_property
+    def cumulative(self) -> np.ndarray:
+        return np.cumsum(self.probabilities)
+
+    def pick(self, u: np.ndarray) -> np.ndarray:
+        """The value at each uniform `u` in [0, 1): each value with its table frequency."""
+        return self.values[self.index(u)]
+
+    def index(self, u: np.ndarray) -> np.ndarray:
+        """Table positions for uniforms `u` (the inverse of the cumulative distribution)."""
+        return np.minimum(np.searchsorted(self.cumulative, u, side="right"), len(self.values) - 1)
 
 
 def _table(name: str) -> FrequencyTable:
@@ -87,9 +96,6 @@ class Addresses:
     street: np.ndarray
     town: np.ndarray
 
-    def take(self, rows: np.ndarray) -> Self:
-        return type(self)(**{f.name: getattr(self, f.name).take(rows) for f in fields(self)})
-
     def render(self) -> tuple[list[str], list[str], list[str]]:
         """(street_address, city, postcode) strings."""
         streets = _streets()[self.street].tolist()
@@ -101,11 +107,19 @@ class Addresses:
         return street_address, names[self.town].tolist(), postcodes[self.town].tolist()
 
 
-def draw_addresses(rng: np.random.Generator, size: int) -> Addresses:
-    """Draw addresses: low house numbers are most common, towns weighted by size."""
-    house_number = np.minimum(rng.geometric(1 / _MEAN_HOUSE_NUMBER, size), 999)
-    street = rng.integers(0, len(_streets()), size)
-    town = rng.choice(len(TOWNS), size=size, p=_towns()[2])
+ADDRESS_DRAWS = 3
+"""Uniforms per address: house number, street, town."""
+
+
+def draw_addresses(u: np.ndarray) -> Addresses:
+    """Addresses from uniforms of shape (n, ADDRESS_DRAWS): low house numbers are most common
+    (geometric, capped at 999), streets uniform, towns weighted by size."""
+    p = 1 / _MEAN_HOUSE_NUMBER
+    house_number = np.minimum(np.floor(np.log1p(-u[:, 0]) / np.log1p(-p)).astype(np.int64) + 1, 999)
+    street = np.minimum((u[:, 1] * len(_streets())).astype(np.int64), len(_streets()) - 1)
+    town = np.minimum(
+        np.searchsorted(np.cumsum(_towns()[2]), u[:, 2], side="right"), len(TOWNS) - 1
+    )
     return Addresses(house_number, street, town)
 
 
@@ -122,9 +136,6 @@ class People:
     def __len__(self) -> int:
         return len(self.male)
 
-    def take(self, rows: np.ndarray) -> Self:
-        return type(self)(**{f.name: getattr(self, f.name).take(rows) for f in fields(self)})
-
     def render(self) -> Columns:
         """The people's CSV fields (all but `id`) as strings."""
         street_address, city, postcode = self.address.render()
@@ -139,22 +150,23 @@ class People:
         }
 
 
-def draw_birth_dates(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Birth dates for ages drawn from the clkhash age table, uniform within each year of age."""
-    years = ages().draw(rng, size) + rng.random(size)
-    return REFERENCE_DATE - np.floor(years * _DAYS_PER_YEAR).astype("timedelta64[D]")
+PERSON_DRAWS = 5 + ADDRESS_DRAWS
+"""Uniforms per person: sex, given name, surname, age, day within the year, address."""
 
 
-def draw_people(rng: np.random.Generator, size: int) -> People:
-    """Draw `size` independent people; given names follow the frequencies for their sex."""
-    male = rng.random(size) < 0.5
-    given_name = np.empty(size, dtype=object)
-    given_name[male] = male_given_names().draw(rng, int(male.sum()))
-    given_name[~male] = female_given_names().draw(rng, int((~male).sum()))
+def draw_people(key: np.uint64, index: np.ndarray) -> People:
+    """The people with population indices `index` under `key`; given names follow the
+    frequencies for their sex."""
+    u = uniforms(key, index, PERSON_DRAWS)
+    male = u[:, 0] < 0.5
+    given_name = np.where(
+        male, male_given_names().pick(u[:, 1]), female_given_names().pick(u[:, 1])
+    )
+    years = ages().pick(u[:, 3]) + u[:, 4]
     return People(
         male=male,
         given_name=given_name,
-        surname=surnames().draw(rng, size),
-        birth_date=draw_birth_dates(rng, size),
-        address=draw_addresses(rng, size),
+        surname=surnames().pick(u[:, 2]),
+        birth_date=REFERENCE_DATE - np.floor(years * _DAYS_PER_YEAR).astype("timedelta64[D]"),
+        address=draw_addresses(u[:, 5:]),
     )
