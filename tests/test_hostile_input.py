@@ -592,19 +592,21 @@ def _open_calls(crowd: Crowd, kind: str, names: list[str], release: threading.Ev
     return opened
 
 
-def _answered_within_a_second(crowd: Crowd) -> None:
+def _answered_promptly(crowd: Crowd) -> None:
     """A health check (from a certificate no agreement names) and a party's status call are
-    answered within a second, and answered well."""
+    answered well, within a few seconds (on a quiet machine in milliseconds; the deadline only
+    tells an answer from a stall, on a loaded 2-core machine shared with the flood's own 32
+    threads)."""
     started = time.monotonic()
     health = health_pb2_grpc.HealthStub(crowd.channels["extra9"]).Check(
-        health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage"), timeout=1.0
+        health_pb2.HealthCheckRequest(service="blindlink.v1.Linkage"), timeout=3.0
     )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     status = crowd.stub("requester").GetStatus(
-        pb.GetStatusRequest(project_id=crowd.target.project_id), timeout=1.0
+        pb.GetStatusRequest(project_id=crowd.target.project_id), timeout=3.0
     )
     assert status.runs[0].run_id == crowd.target.run_id
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 6.0
 
 
 # Only parties may watch a run or keep an upload going past its header; anyone may try the
@@ -631,7 +633,7 @@ def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, 
     release = threading.Event()
     opened = _open_calls(crowd, kind, CROWDS[kind], release)
     try:
-        _answered_within_a_second(crowd)
+        _answered_promptly(crowd)
         refused_now = [call for call in opened if call.done()]
         assert len(refused_now) >= STALLED // 2
         assert all(call.code() in CLEAR for call in refused_now)
@@ -640,7 +642,7 @@ def test_health_and_short_calls_are_answered_while_64_calls_stall(crowd: Crowd, 
         release.set()
         for call in opened:
             call.cancel()
-    _answered_within_a_second(crowd)
+    _answered_promptly(crowd)
 
 
 def test_health_and_short_calls_are_answered_during_a_flood_of_unary_calls(crowd: Crowd) -> None:
@@ -664,7 +666,7 @@ def test_health_and_short_calls_are_answered_during_a_flood_of_unary_calls(crowd
     try:
         time.sleep(0.5)
         for _ in range(5):
-            _answered_within_a_second(crowd)
+            _answered_promptly(crowd)
     finally:
         stop.set()
         for thread in threads:
