@@ -256,7 +256,9 @@ def test_sigterm_during_matching_exits_promptly_and_the_run_resumes(
     schema: LinkageSchema,
 ) -> None:
     server = launch(shutdown_grace=0.2, metrics_listen="127.0.0.1:0").start()
-    requester_rows, custodian_rows, pairs = planted_pairs(15_000, 300, seed=9)
+    # Large enough that matching is still running when the metrics are read, with the native
+    # kernel on both cores (about a second).
+    requester_rows, custodian_rows, pairs = planted_pairs(30_000, 300, seed=9)
     with server.client("requester") as requester, server.client("custodian") as custodian:
         project = requester.create_project(signed_agreement(identities, schema, "drain")).project_id
         custodian.upload(project, encodings_file(tmp_path / "c.bin", custodian_rows, schema.sha256))
@@ -270,7 +272,7 @@ def test_sigterm_during_matching_exits_promptly_and_the_run_resumes(
         # work is in thousandths, and no count of comparisons is quoted.
         assert progress.total == 1000 and progress.done <= 1000
         assert "comparisons" not in progress.message and "/s" not in progress.message
-        assert str(15_000 * 15_000) not in progress.message.replace(",", "")
+        assert str(30_000 * 30_000) not in progress.message.replace(",", "")
     samples = scrape(metrics_port(server))
     assert samples[("blindlink_runs", (("state", "running"),))] == 1
     assert samples[("blindlink_run_comparisons_per_second", ())] > 0
