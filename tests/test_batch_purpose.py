@@ -63,13 +63,11 @@ def start(
     return start
 
 
-def raw_upload(
-    address: str, identities: Identities, project: str, schema: LinkageSchema, purpose: str
-) -> None:
-    """A requester upload made with the generated stub, so that the purpose reaches the server
-    as given (the blindlink client refuses some purposes itself)."""
-    rows = ROWS[10:]
-    header = pb.UploadHeader(
+def upload_header(
+    project: str, schema: LinkageSchema, rows: np.ndarray, purpose: str
+) -> pb.UploadHeader:
+    """The header of a requester upload of `rows` with `purpose`."""
+    return pb.UploadHeader(
         project_id=project,
         count=len(rows),
         bit_length=rows.shape[1] * 8,
@@ -77,6 +75,15 @@ def raw_upload(
         content_sha256=hashlib.sha256(rows.tobytes()).digest(),
         purpose=purpose,
     )
+
+
+def raw_upload(
+    address: str, identities: Identities, project: str, schema: LinkageSchema, purpose: str
+) -> None:
+    """A requester upload made with the generated stub, so that the purpose reaches the server
+    as given (the blindlink client refuses some purposes itself)."""
+    rows = ROWS[10:]
+    header = upload_header(project, schema, rows, purpose)
     tls = identities.tls("requester")
     credentials = channel_credentials(tls.ca, tls.cert, tls.key)
     with grpc.secure_channel(address, credentials) as channel:
@@ -259,14 +266,7 @@ def test_a_purpose_that_is_not_utf8_is_refused_as_a_bad_message(
     bytes that are not a valid message."""
     project, _ = start(require_purpose=True)
     rows = ROWS[10:]
-    header = pb.UploadHeader(
-        project_id=project,
-        count=len(rows),
-        bit_length=rows.shape[1] * 8,
-        schema_sha256=schema.sha256,
-        content_sha256=hashlib.sha256(rows.tobytes()).digest(),
-        purpose="\0\0\0",
-    )
+    header = upload_header(project, schema, rows, "\0\0\0")
     valid = pb.UploadRequest(header=header).SerializeToString()
     # The purpose's three bytes become U+D800 as if it were UTF-8.
     messages = [

@@ -246,11 +246,13 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
     assert nobody.levels[:, 1].tolist() == [4]  # shared by all 5
 
 
-def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> None:
-    """Among 30,000 people per party, many non-matches share a key with a record: the keys
-    they do not share, and how common the shared ones are, tell them from matches."""
+def _keyed_run(
+    tmp_path: Path, records: int, overlap: float
+) -> tuple[Candidates, tuple[np.ndarray, np.ndarray], set[tuple[int, int]]]:
+    """Generated parties with the default schema's blocking keys: the candidates a calibrated
+    run decides among, both parties' keys, and the true pairs."""
     blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
-    pair = encoded_pair(tmp_path, 30_000, 0.5, 5, blocking)
+    pair = encoded_pair(tmp_path, records, overlap, 5, blocking)
     shared = SharedEncodings.of(
         pair.requester, pair.custodian, pair.requester_keys, pair.custodian_keys
     )
@@ -258,7 +260,13 @@ def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> N
         zip(pair.true_requester_rows.tolist(), pair.true_custodian_rows.tolist(), strict=True)
     )
     candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
-    keys = (pair.requester_keys, pair.custodian_keys)
+    return candidates, (pair.requester_keys, pair.custodian_keys), truth
+
+
+def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> None:
+    """Among 30,000 people per party, many non-matches share a key with a record: the keys
+    they do not share, and how common the shared ones are, tell them from matches."""
+    candidates, keys, truth = _keyed_run(tmp_path, 30_000, 0.5)
     with_keys = decide(candidates, 30_000, CALIBRATED, keys)
     dice_only = decide(candidates, 30_000, CALIBRATED)
     assert with_keys.note.startswith("calibrated on match score from Dice and shared")
@@ -322,16 +330,8 @@ def test_blocking_keys_keep_the_matches_dice_finds_where_most_records_have_a_par
     """With 90% of 20,000 records matched, a match whose corrupted field breaks several keys
     at once is still a match: the keys' evidence, calibrated on the run's own scores, loses
     none of the matches that Dice alone releases."""
-    blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
-    pair = encoded_pair(tmp_path, 20_000, 0.9, 5, blocking)
-    shared = SharedEncodings.of(
-        pair.requester, pair.custodian, pair.requester_keys, pair.custodian_keys
-    )
-    truth = set(
-        zip(pair.true_requester_rows.tolist(), pair.true_custodian_rows.tolist(), strict=True)
-    )
-    candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
-    with_keys = decide(candidates, 20_000, CALIBRATED, (pair.requester_keys, pair.custodian_keys))
+    candidates, keys, truth = _keyed_run(tmp_path, 20_000, 0.9)
+    with_keys = decide(candidates, 20_000, CALIBRATED, keys)
     assert with_keys.note.startswith("calibrated on match score from Dice and shared")
     precision, recall = _true_quality(with_keys, truth)
     dice_precision, dice_recall = _true_quality(decide(candidates, 20_000, CALIBRATED), truth)
