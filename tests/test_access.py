@@ -29,6 +29,7 @@ from blindlink.audit.chain import AuditEntry
 from blindlink.audit.verify import verify_receipt
 from blindlink.canonical import canonical_json
 from blindlink.client.linkage_client import LinkageClient, ServerError
+from blindlink.encoding.encodings_file import read_header
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import AgreementError, BlindlinkError
 from blindlink.security.certificate_signing import load_signing_key, sign_with_key
@@ -131,7 +132,8 @@ def test_outsider_cannot_create_a_project_it_is_not_named_in(
 
 OUTSIDER_CALLS: dict[str, Callable[[LinkageClient, str, str, Path], object]] = {
     "GetStatus": lambda c, p, r, f: c.status(p),
-    "Upload": lambda c, p, r, f: c.upload(p, f),
+    "Upload": lambda c, p, r, f: c.upload(p, f, restart=True),
+    "GetUploadOffset": lambda c, p, r, f: c.upload_offset(p, read_header(f).content_sha256),
     "WatchRun": lambda c, p, r, f: list(c.watch(p, r)),
     "GetRelease": lambda c, p, r, f: c.release(p, r),
     "ApproveRun": lambda c, p, r, f: c.approve(p, r),

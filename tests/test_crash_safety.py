@@ -28,7 +28,7 @@ from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.cli.main import main
 from blindlink.client.linkage_client import LinkageClient
-from blindlink.encoding.encodings_file import read_payload
+from blindlink.encoding.encodings_file import HEADER_SIZE, read_payload
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.server.app import start_server
 
@@ -93,7 +93,7 @@ def uninterrupted(
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)
-def test_kill_during_upload_leaves_nothing_and_the_retry_succeeds(
+def test_kill_during_upload_keeps_what_arrived_and_the_retry_continues(
     attempt: int,
     tmp_path: Path,
     launch: Callable[..., ServerProcess],
@@ -149,14 +149,16 @@ def test_kill_during_upload_leaves_nothing_and_the_retry_succeeds(
     server.kill()
     uploader.join(10)
     assert failures == [grpc.StatusCode.UNAVAILABLE]
-    # The kill landed mid-upload: a partial file, no row.
-    assert list((server.data_dir / "incoming").iterdir())
+    # The kill landed mid-upload: the bytes that arrived are kept, no row.
+    (kept,) = (server.data_dir / "staged").iterdir()
     assert server.rows("SELECT count(*) FROM uploads WHERE party='requester'") == [(0,)]
 
     server.start()
     assert list((server.data_dir / "incoming").iterdir()) == []
     assert len(list((server.data_dir / "encodings").iterdir())) == 1  # the custodian's
     with server.client("requester") as requester:
+        offset = requester.upload_offset(project, read_payload(batch)[0].content_sha256)
+        assert 0 < offset == kept.stat().st_size - HEADER_SIZE
         run_id = requester.upload(project, batch).run_id
         assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
         assert list(requester.release(project, run_id).own_rows) == [r for r, _ in pairs]
@@ -165,6 +167,7 @@ def test_kill_during_upload_leaves_nothing_and_the_retry_succeeds(
         ("requester", 1),
     ]
     assert server.rows("SELECT count(*) FROM runs") == [(1,)]
+    assert list((server.data_dir / "staged").iterdir()) == []
     assert server.terminate() == 0
     verify_data_dir(server.data_dir, capsys)
 

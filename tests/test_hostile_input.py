@@ -37,6 +37,7 @@ from blindlink.server.admission import MIB, CallLimits
 from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.interceptors import StreamLimits
 from blindlink.server.status import RETRY_METADATA_KEY
+from blindlink.store.directory import STAGED_DIR
 
 IDLE_S, MAX_S, FIRST_MESSAGE_S = 1.0, 3.0, 1.5
 SERVICE = "/blindlink.v1.Linkage/"
@@ -50,6 +51,7 @@ CLEAR = {
     CODE.ALREADY_EXISTS,
     CODE.RESOURCE_EXHAUSTED,
     CODE.DEADLINE_EXCEEDED,
+    CODE.ABORTED,  # a second stream of an upload that is streaming now
 }
 METHOD_KINDS = {
     "CreateProject": "unary_unary",
@@ -128,7 +130,8 @@ def env(
 
 def snapshot(data_dir: Path) -> tuple[list[str], dict[str, bytes]]:
     """Every row (but audit entries of refused requests) and every file of the data dir (but the
-    audit checkpoint, which names the newest audit entries)."""
+    audit checkpoint, which names the newest audit entries, and the interrupted uploads kept for
+    their party to continue)."""
     db = sqlite3.connect(data_dir / "blindlink.db")
     rows = [
         line
@@ -139,7 +142,10 @@ def snapshot(data_dir: Path) -> tuple[list[str], dict[str, bytes]]:
     files = {
         str(p.relative_to(data_dir)): p.read_bytes()
         for p in sorted(data_dir.rglob("*"))
-        if p.is_file() and not p.name.startswith("blindlink.db") and p.name != CHECKPOINT_NAME
+        if p.is_file()
+        and not p.name.startswith("blindlink.db")
+        and p.name != CHECKPOINT_NAME
+        and p.parent.name != STAGED_DIR
     }
     return rows, files
 
@@ -160,6 +166,9 @@ def refused(env: Env, call: Callable[[], object]) -> grpc.RpcError:
     assert err.value.details()
     assert serving(env)
     assert snapshot(env.data_dir) == before
+    # At most one interrupted upload per party is kept, whatever the calls.
+    kept = [p.name.rsplit(".", 1)[0] for p in (env.data_dir / STAGED_DIR).iterdir()]
+    assert len(kept) == len(set(kept)), kept
     return err.value
 
 

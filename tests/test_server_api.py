@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -23,10 +24,11 @@ from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.audit.chain import AuditEntry, read_entries
 from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.client.linkage_client import LinkageClient, ServerError
-from blindlink.encoding.encodings_file import write_encodings
+from blindlink.encoding.encodings_file import read_payload, write_encodings
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.security.tls import channel_credentials
 from blindlink.server.app import RunningServer, ServerTls, start_server
+from blindlink.store.directory import STAGED_TTL_S
 
 BITS = 1024
 
@@ -227,7 +229,7 @@ def test_wrong_bit_length_encodings_file_is_refused(
     assert snapshot(server) == before
 
 
-@pytest.mark.parametrize("kind", ["truncated", "oversized", "altered", "no header", "two headers"])
+@pytest.mark.parametrize("kind", ["oversized", "altered", "no header", "two headers"])
 def test_bad_upload_stream_is_refused_and_changes_nothing(
     address: str,
     identities: Identities,
@@ -240,7 +242,6 @@ def test_bad_upload_stream_is_refused_and_changes_nothing(
     header = header_for(project, rows, schema.sha256)
     data = rows.tobytes()
     messages = {
-        "truncated": [header, pb.UploadRequest(encodings=data[: len(data) // 2])],
         "oversized": [header, pb.UploadRequest(encodings=data + data[:128])],
         "altered": [header, pb.UploadRequest(encodings=bytes([data[0] ^ 1]) + data[1:])],
         "no header": [pb.UploadRequest(encodings=data)],
@@ -256,11 +257,33 @@ def test_bad_upload_stream_is_refused_and_changes_nothing(
     assert raw_upload(address, identities, [header, pb.UploadRequest(encodings=data)]).run_id
 
 
-def test_cancelled_upload_stream_leaves_nothing(
+def kept_upload(server: RunningServer) -> dict[str, bytes]:
+    """The files of interrupted uploads the server keeps, by name."""
+    return {p.name: p.read_bytes() for p in server.store.staged_dir.iterdir()}
+
+
+def committed_payload(server: RunningServer, upload_id: str) -> bytes:
+    """The record bytes of a committed upload, as the server stored them."""
+    upload = server.store.upload(upload_id)
+    assert upload is not None and upload.path is not None
+    return read_payload(upload.path)[1]
+
+
+def upload_offset(
+    address: str, identities: Identities, project: str, rows: np.ndarray, role: str
+) -> int:
+    with secure_channel(address, identities, role) as channel:
+        request = pb.UploadOffsetRequest(
+            project_id=project, content_sha256=hashlib.sha256(rows.tobytes()).digest()
+        )
+        return pb_grpc.LinkageStub(channel).GetUploadOffset(request).offset
+
+
+def test_cancelled_upload_stream_commits_nothing_and_keeps_what_arrived(
     address: str, identities: Identities, server: RunningServer, project: str, schema: LinkageSchema
 ) -> None:
     rows = random_rows(10, 5)
-    before = snapshot(server)
+    before, _ = snapshot(server)
     sent_half = []
 
     def messages() -> Iterator[pb.UploadRequest]:
@@ -277,9 +300,142 @@ def test_cancelled_upload_stream_leaves_nothing(
         time.sleep(0.2)
         future.cancel()
     deadline = time.monotonic() + 10
-    while snapshot(server) != before and time.monotonic() < deadline:
+    while upload_offset(address, identities, project, rows, "requester") < 640:
+        assert time.monotonic() < deadline, "the server did not keep the bytes that arrived"
         time.sleep(0.05)
-    assert snapshot(server) == before
+    assert snapshot(server)[0] == before  # nothing committed, no run
+    # The other party learns nothing of it.
+    assert upload_offset(address, identities, project, rows, "custodian") == 0
+    # The upload continues from the kept bytes, and what is committed is the whole of it.
+    rest = pb.UploadRequest(encodings=rows.tobytes()[640:])
+    receipt = raw_upload(
+        address, identities, [header_for(project, rows, schema.sha256, offset=640), rest]
+    )
+    assert committed_payload(server, receipt.upload_id) == rows.tobytes()
+    assert kept_upload(server) == {}
+
+
+def test_truncated_upload_is_kept_and_the_client_continues_it(
+    address: str,
+    identities: Identities,
+    server: RunningServer,
+    requester: LinkageClient,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    rows = random_rows(10, 8)
+    data = rows.tobytes()
+    with pytest.raises(grpc.RpcError) as err:
+        raw_upload(
+            address,
+            identities,
+            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=data[:300])],
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "continue from byte 300" in (err.value.details() or "")
+    assert upload_offset(address, identities, project, rows, "requester") == 300
+    sent: list[int] = []
+    receipt = requester.upload(
+        project, make_encodings(tmp_path / "e.bin", rows, schema.sha256), progress=sent.append
+    )
+    assert committed_payload(server, receipt.upload_id) == data
+    assert sum(sent) == len(data)
+    assert upload_offset(address, identities, project, rows, "requester") == 0
+
+
+def test_continued_upload_is_checked_whole(
+    address: str,
+    identities: Identities,
+    server: RunningServer,
+    requester: LinkageClient,
+    project: str,
+    schema: LinkageSchema,
+    tmp_path: Path,
+) -> None:
+    """Kept bytes that differ from the file's are caught by the content hash: nothing is
+    committed, nothing stays kept, and the next attempt starts afresh and succeeds."""
+    rows = random_rows(10, 9)
+    wrong = bytes(b ^ 1 for b in rows.tobytes()[:300])
+    with pytest.raises(grpc.RpcError):
+        raw_upload(
+            address,
+            identities,
+            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=wrong)],
+        )
+    path = make_encodings(tmp_path / "e.bin", rows, schema.sha256)
+    before, _ = snapshot(server)
+    with pytest.raises(ServerError) as refused:
+        requester.upload(project, path)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "content hash does not match" in refused.value.details
+    assert snapshot(server)[0] == before
+    assert kept_upload(server) == {}
+    receipt = requester.upload(project, path)
+    assert committed_payload(server, receipt.upload_id) == rows.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("offset", "code", "words"),
+    [
+        (301, grpc.StatusCode.FAILED_PRECONDITION, "the server keeps 300 bytes"),
+        (10 * 128 + 1, grpc.StatusCode.INVALID_ARGUMENT, "beyond the upload's 10 encodings"),
+    ],
+)
+def test_continuing_past_the_kept_bytes_is_refused(
+    address: str,
+    identities: Identities,
+    server: RunningServer,
+    project: str,
+    schema: LinkageSchema,
+    offset: int,
+    code: grpc.StatusCode,
+    words: str,
+) -> None:
+    rows = random_rows(10, 10)
+    data = rows.tobytes()
+    with pytest.raises(grpc.RpcError):
+        raw_upload(
+            address,
+            identities,
+            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=data[:300])],
+        )
+    kept = kept_upload(server)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_upload(
+            address,
+            identities,
+            [
+                header_for(project, rows, schema.sha256, offset=offset),
+                pb.UploadRequest(encodings=data[offset:]),
+            ],
+        )
+    assert err.value.code() == code
+    assert words in (err.value.details() or "")
+    assert kept_upload(server) == kept  # the kept bytes are still there to continue
+
+
+def test_deleting_the_project_removes_kept_uploads(
+    address: str,
+    identities: Identities,
+    server: RunningServer,
+    requester: LinkageClient,
+    project: str,
+    schema: LinkageSchema,
+) -> None:
+    rows = random_rows(10, 11)
+    with pytest.raises(grpc.RpcError):
+        raw_upload(
+            address,
+            identities,
+            [
+                header_for(project, rows, schema.sha256),
+                pb.UploadRequest(encodings=rows.tobytes()[:300]),
+            ],
+        )
+    assert kept_upload(server)
+    requester.delete(project)
+    assert kept_upload(server) == {}
 
 
 def test_duplicate_custodian_upload_is_refused_and_keeps_the_first(
@@ -610,3 +766,18 @@ def test_deleting_a_project_while_an_upload_streams_ends_the_upload_cleanly(
     assert "deleted while this upload streamed" in err.value.details()
     assert list(server.store.encodings_dir.iterdir()) == []
     assert list(server.store.incoming_dir.iterdir()) == []
+
+
+def test_kept_uploads_expire_and_go_with_their_project(server: RunningServer, project: str) -> None:
+    staged = server.store.staged_dir
+    fresh, old, orphan = (
+        staged / f"{project}.requester.{'a' * 64}",
+        staged / f"{project}.custodian.{'b' * 64}",
+        staged / f"{'c' * 64}.requester.{'d' * 64}",
+    )
+    for path in (fresh, old, orphan):
+        path.write_bytes(b"\0" * 200)
+    day_ago = time.time() - STAGED_TTL_S - 60
+    os.utime(old, (day_ago, day_ago))
+    server.store.remove_expired_staged()
+    assert sorted(staged.iterdir()) == [fresh]

@@ -54,7 +54,7 @@ class Project(_message.Message):
     def __init__(self, project_id: _Optional[str] = ..., agreement: _Optional[bytes] = ..., server_public_key: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256", "threshold", "purpose")
+    __slots__ = ("project_id", "count", "bit_length", "schema_sha256", "content_sha256", "threshold", "purpose", "offset")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BIT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class UploadHeader(_message.Message):
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     project_id: str
     count: int
     bit_length: int
@@ -69,7 +70,8 @@ class UploadHeader(_message.Message):
     content_sha256: bytes
     threshold: float
     purpose: str
-    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ..., threshold: _Optional[float] = ..., purpose: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, project_id: _Optional[str] = ..., count: _Optional[int] = ..., bit_length: _Optional[int] = ..., schema_sha256: _Optional[str] = ..., content_sha256: _Optional[bytes] = ..., threshold: _Optional[float] = ..., purpose: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "encodings")
@@ -96,6 +98,20 @@ class UploadReceipt(_message.Message):
     run_id: str
     receipt: str
     def __init__(self, project_id: _Optional[str] = ..., party: _Optional[str] = ..., count: _Optional[int] = ..., content_sha256: _Optional[bytes] = ..., upload_id: _Optional[str] = ..., run_id: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
+
+class UploadOffsetRequest(_message.Message):
+    __slots__ = ("project_id", "content_sha256")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    content_sha256: bytes
+    def __init__(self, project_id: _Optional[str] = ..., content_sha256: _Optional[bytes] = ...) -> None: ...
+
+class UploadOffset(_message.Message):
+    __slots__ = ("offset",)
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    def __init__(self, offset: _Optional[int] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
     __slots__ = ("project_id", "run_id")

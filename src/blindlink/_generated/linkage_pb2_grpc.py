@@ -51,6 +51,11 @@ class LinkageStub:
                 request_serializer=blindlink_dot_v1_dot_linkage__pb2.UploadRequest.SerializeToString,
                 response_deserializer=blindlink_dot_v1_dot_linkage__pb2.UploadReceipt.FromString,
                 _registered_method=True)
+        self.GetUploadOffset = channel.unary_unary(
+                '/blindlink.v1.Linkage/GetUploadOffset',
+                request_serializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffsetRequest.SerializeToString,
+                response_deserializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffset.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/blindlink.v1.Linkage/WatchRun',
                 request_serializer=blindlink_dot_v1_dot_linkage__pb2.WatchRunRequest.SerializeToString,
@@ -97,6 +102,14 @@ class LinkageServicer:
 
     def Upload(self, request_iterator, context):
         """Upload encodings: one header message, then encoding bytes in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUploadOffset(self, request, context):
+        """How many bytes of an interrupted upload of the calling party the server has kept, so that
+        an Upload of the same content can continue from there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +162,11 @@ def add_LinkageServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=blindlink_dot_v1_dot_linkage__pb2.UploadRequest.FromString,
                     response_serializer=blindlink_dot_v1_dot_linkage__pb2.UploadReceipt.SerializeToString,
+            ),
+            'GetUploadOffset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUploadOffset,
+                    request_deserializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffsetRequest.FromString,
+                    response_serializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffset.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -237,6 +255,33 @@ class Linkage:
             '/blindlink.v1.Linkage/Upload',
             blindlink_dot_v1_dot_linkage__pb2.UploadRequest.SerializeToString,
             blindlink_dot_v1_dot_linkage__pb2.UploadReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUploadOffset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blindlink.v1.Linkage/GetUploadOffset',
+            blindlink_dot_v1_dot_linkage__pb2.UploadOffsetRequest.SerializeToString,
+            blindlink_dot_v1_dot_linkage__pb2.UploadOffset.FromString,
             options,
             channel_credentials,
             insecure,

@@ -405,6 +405,12 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
         "requires one (batch_purpose); recorded in the batch's audit entry",
     )
     up.add_argument("--receipt", type=Path, help="write the server's signed receipt here")
+    up.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh rather than continue an interrupted upload of the same file that "
+        "the server kept",
+    )
     up.set_defaults(run=party.upload)
 
     status = commands.add_parser("status", help="show a project's status")

@@ -171,7 +171,12 @@ def upload(args: argparse.Namespace) -> int:
         header = read_header(path)
         with connect(args) as client, bar(header.payload_bytes, "uploading", unit="B") as bar_:
             receipt = client.upload(
-                args.project, path, args.threshold, bar_.update, purpose=args.purpose
+                args.project,
+                path,
+                args.threshold,
+                bar_.update,
+                purpose=args.purpose,
+                restart=args.restart,
             )
     if json.loads(receipt.receipt)["kind"] == "upload_repeated":
         print(

@@ -14,7 +14,7 @@ import grpc
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.agreement.document import purpose_text_problem
-from blindlink.encoding.encodings_file import iter_payload_chunks, read_payload
+from blindlink.encoding.encodings_file import iter_payload_chunks, verify_payload
 from blindlink.errors import BlindlinkError
 from blindlink.security.tls import channel_credentials
 from blindlink.server.identity import PARTY_METADATA_KEY
@@ -27,6 +27,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 BUSY_PATIENCE_S = 60.0
 BUSY_FIRST_PAUSE_S = 0.1
 BUSY_MAX_PAUSE_S = 1.0
+# An upload whose connection broke off is continued this many times in all, after a pause that
+# doubles each time (1, 2, 4, 8 s: long enough for a server restart).
+RESUME_ATTEMPTS = 5
+RESUME_FIRST_PAUSE_S = 1.0
 
 T = TypeVar("T")
 
@@ -102,6 +106,13 @@ class LinkageClient:
             )
         )
 
+    def upload_offset(self, project_id: str, content_sha256: bytes) -> int:
+        """Bytes the server keeps of this party's interrupted upload of that content (0: none)."""
+        request = pb.UploadOffsetRequest(project_id=project_id, content_sha256=content_sha256)
+        return self._call(
+            lambda: self._stub.GetUploadOffset(request, metadata=self._metadata)
+        ).offset
+
     def upload(
         self,
         project_id: str,
@@ -110,13 +121,18 @@ class LinkageClient:
         progress: Callable[[int], None] = lambda n: None,
         *,
         purpose: str | None = None,
+        restart: bool = False,
     ) -> pb.UploadReceipt:
         """Upload an encodings file after checking its integrity; `progress` gets byte counts.
-        `purpose`: a requester batch's declared purpose, where the agreement asks for one."""
+        `purpose`: a requester batch's declared purpose, where the agreement asks for one.
+
+        An upload the server kept when an earlier attempt broke off continues where it stopped
+        (`restart`: start afresh instead), and a connection lost while streaming is retried the
+        same way, up to RESUME_ATTEMPTS times."""
         problem = purpose and purpose_text_problem(purpose)
         if problem:
             raise BlindlinkError(f"purpose: the batch's purpose {problem}")
-        header, _ = read_payload(encodings)
+        header = verify_payload(encodings)
         first = pb.UploadHeader(
             project_id=project_id,
             count=header.count,
@@ -126,14 +142,37 @@ class LinkageClient:
             threshold=threshold,
             purpose=purpose or "",
         )
+        reported = 0
 
-        def messages() -> Iterator[pb.UploadRequest]:
-            yield pb.UploadRequest(header=first)
-            for chunk in iter_payload_chunks(encodings, CHUNK_BYTES):
+        def messages(offset: int) -> Iterator[pb.UploadRequest]:
+            nonlocal reported
+            resumed = pb.UploadHeader()
+            resumed.CopyFrom(first)
+            resumed.offset = offset
+            yield pb.UploadRequest(header=resumed)
+            position = offset
+            for chunk in iter_payload_chunks(encodings, CHUNK_BYTES, offset):
                 yield pb.UploadRequest(encodings=chunk)
-                progress(len(chunk))
+                position += len(chunk)
+                if position > reported:
+                    progress(position - reported)
+                    reported = position
 
-        return self._call(lambda: self._stub.Upload(messages(), metadata=self._metadata))
+        def send() -> pb.UploadReceipt:  # from the current offset, each time afresh
+            return self._stub.Upload(messages(offset), metadata=self._metadata)
+
+        offset = 0 if restart else self.upload_offset(project_id, header.content_sha256)
+        pause = RESUME_FIRST_PAUSE_S
+        for _ in range(RESUME_ATTEMPTS - 1):
+            try:
+                return self._call(send)
+            except ServerError as exc:
+                if exc.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            time.sleep(pause)
+            pause *= 2
+            offset = self.upload_offset(project_id, header.content_sha256)
+        return self._call(send)
 
     def watch(self, project_id: str, run_id: str) -> Iterator[pb.RunProgress]:
         try:

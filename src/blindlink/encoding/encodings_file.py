@@ -27,14 +27,19 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from blindlink.errors import EncodingsFileError
 
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
 MAGIC = b"BLNKENC1"
 _HEADER = struct.Struct("<8sIQ32s32s")
 HEADER_SIZE = _HEADER.size
+_REHASH_BYTES = 1 << 20  # read size when re-hashing a kept payload
 
 
 @dataclass(frozen=True)
@@ -57,30 +62,78 @@ def write_encodings(
     path: Path, bit_length: int, schema_sha256: str, chunks: Iterable[bytes]
 ) -> EncodingsHeader:
     """Write payload chunks to `path` atomically (temporary file, fsync, rename)."""
-    if bit_length <= 0 or bit_length % 8:
-        raise EncodingsFileError(f"bit length must be a positive multiple of 8, not {bit_length}")
-    record_bytes = bit_length // 8
+    _check_bit_length(bit_length)
     tmp = Path(f"{path}.partial")
+    try:
+        digest = stage_payload(tmp, 0, chunks)
+        return finish_staged(tmp, path, bit_length, schema_sha256, digest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def staged_bytes(staged: Path) -> int:
+    """The payload bytes a staging file holds (0 if there is none)."""
+    try:
+        return max(0, staged.stat().st_size - HEADER_SIZE)
+    except FileNotFoundError:
+        return 0
+
+
+def stage_payload(staged: Path, offset: int, chunks: Iterable[bytes]) -> _Hash:
+    """Write payload chunks into the staging file `staged` from payload byte `offset` on,
+    keeping the bytes before it (offset 0 starts a new file), and return the SHA-256 state of
+    the whole payload so far. Whatever arrived reaches the disk even when `chunks` breaks off,
+    so an interrupted stream can continue from `staged_bytes(staged)`."""
+    kept = staged_bytes(staged)
+    if offset > kept:
+        raise EncodingsFileError(
+            f"cannot continue at byte {offset}: only {kept} bytes of this upload are kept"
+        )
     digest = hashlib.sha256()
-    size = 0
-    with open(tmp, "wb") as f:
-        f.write(b"\0" * HEADER_SIZE)
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-            f.write(chunk)
-        if size % record_bytes:
-            tmp.unlink()
-            raise EncodingsFileError(
-                f"payload of {size} bytes is not a whole number of {bit_length}-bit encodings"
-            )
-        header = EncodingsHeader(bit_length, size // record_bytes, schema_sha256, digest.digest())
-        f.seek(0)
+    with open(staged, "r+b" if offset else "wb") as f:
+        if offset:
+            f.seek(HEADER_SIZE)
+            for start in range(0, offset, _REHASH_BYTES):
+                digest.update(f.read(min(_REHASH_BYTES, offset - start)))
+            f.truncate(HEADER_SIZE + offset)
+        else:
+            f.write(b"\0" * HEADER_SIZE)
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                f.write(chunk)
+        finally:
+            f.flush()
+            os.fsync(f.fileno())
+    return digest
+
+
+def finish_staged(
+    staged: Path, path: Path, bit_length: int, schema_sha256: str, digest: _Hash
+) -> EncodingsHeader:
+    """Turn a complete staging file into the encodings file `path`: header, fsync, rename.
+    `digest`: the payload's SHA-256 state from `stage_payload`."""
+    record_bytes = _check_bit_length(bit_length)
+    size = staged_bytes(staged)
+    if size % record_bytes:
+        raise EncodingsFileError(
+            f"payload of {size} bytes is not a whole number of {bit_length}-bit encodings"
+        )
+    header = EncodingsHeader(bit_length, size // record_bytes, schema_sha256, digest.digest())
+    with open(staged, "r+b") as f:
         f.write(_pack(header))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(staged, path)
     return header
+
+
+def _check_bit_length(bit_length: int) -> int:
+    """Bytes per record; EncodingsFileError unless `bit_length` is a positive multiple of 8."""
+    if bit_length <= 0 or bit_length % 8:
+        raise EncodingsFileError(f"bit length must be a positive multiple of 8, not {bit_length}")
+    return bit_length // 8
 
 
 def _pack(header: EncodingsHeader) -> bytes:
@@ -132,11 +185,23 @@ def read_records(path: Path) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.uint8).reshape(header.count, -1)
 
 
-def iter_payload_chunks(path: Path, chunk_bytes: int) -> Iterable[bytes]:
-    """Yield the payload in chunks of at most chunk_bytes."""
+def iter_payload_chunks(path: Path, chunk_bytes: int, start: int = 0) -> Iterable[bytes]:
+    """Yield the payload from byte `start` on, in chunks of at most chunk_bytes."""
     with open(path, "rb") as f:
-        f.seek(HEADER_SIZE)
+        f.seek(HEADER_SIZE + start)
         yield from iter(lambda: f.read(chunk_bytes), b"")
+
+
+def verify_payload(path: Path) -> EncodingsHeader:
+    """The header, once the payload is checked against its content hash, reading the file in
+    chunks (memory stays small whatever the file's size)."""
+    header = read_header(path)
+    digest = hashlib.sha256()
+    for chunk in iter_payload_chunks(path, _REHASH_BYTES):
+        digest.update(chunk)
+    if digest.digest() != header.content_sha256:
+        raise EncodingsFileError(f"{path}: content hash mismatch; the file is corrupt")
+    return header
 
 
 def import_clkhash_json(source: Path, out: Path, schema_sha256: str) -> EncodingsHeader:

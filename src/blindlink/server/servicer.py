@@ -31,7 +31,12 @@ from blindlink.agreement.policy import (
 from blindlink.agreement.signing import parse_signed
 from blindlink.audit.chain import AuditEntry
 from blindlink.audit.commitments import rows_sha256
-from blindlink.encoding.encodings_file import write_encodings
+from blindlink.encoding.encodings_file import (
+    EncodingsHeader,
+    finish_staged,
+    stage_payload,
+    staged_bytes,
+)
 from blindlink.errors import AgreementError, EncodingsFileError
 from blindlink.matching.decision import DecisionSummary, PairStatus
 from blindlink.security.tls import peer_fingerprint
@@ -113,6 +118,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         # Uploads streaming now: token -> (project, party, started at, records).
         self._reservations: dict[object, tuple[str, str, float, int]] = {}
         self._reservations_lock = threading.Lock()
+        self._streaming: set[Path] = set()  # kept uploads a stream is writing now
 
     # Helpers shared by the handlers
 
@@ -300,17 +306,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             )
         incoming = self._store.incoming_path()
         try:
-            written = write_encodings(
-                incoming,
-                header.bit_length,
-                header.schema_sha256,
-                _payload_chunks(request_iterator, header),
-            )
-            if written.content_sha256 != header.content_sha256:
-                raise invalid(
-                    "content hash does not match the header's content_sha256; the "
-                    "data was altered or truncated in transit"
-                )
+            written = self._stage(request_iterator, header, role, incoming)
             commit = self._store.commit_upload(
                 header.project_id,
                 role,
@@ -324,8 +320,6 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             )
         except PolicyViolation as violation:
             raise self._refuse(header.project_id, role, violation) from None
-        except EncodingsFileError as exc:
-            raise invalid(str(exc)) from None
         except AlreadyExists:
             raise already_exists("the custodian has already uploaded to this project") from None
         except NotFound:
@@ -335,7 +329,6 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             ) from None
         finally:
             incoming.unlink(missing_ok=True)
-            Path(f"{incoming}.partial").unlink(missing_ok=True)
         for run_id in commit.queued_runs:
             self._runs.enqueue(header.project_id, run_id)
         return pb.UploadReceipt(
@@ -347,6 +340,81 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             run_id=commit.run_id,
             receipt=receipt_json(commit.receipt),
         )
+
+    def _stage(
+        self,
+        request_iterator: Iterator[pb.UploadRequest],
+        header: pb.UploadHeader,
+        role: str,
+        incoming: Path,
+    ) -> EncodingsHeader:
+        """Receive the stream into the party's kept upload (continuing it at header.offset) and,
+        once complete and matching its content hash, move it to `incoming`. A stream that
+        breaks off leaves what arrived kept, to be continued; bad content is discarded."""
+        staged = self._store.staged_path(header.project_id, role, header.content_sha256)
+        with self._reservations_lock:
+            if staged in self._streaming:
+                raise ServiceError(
+                    grpc.StatusCode.ABORTED,
+                    "an upload of the same content by this party is streaming now; wait for it "
+                    "to finish or fail, then continue it",
+                )
+            self._streaming.add(staged)
+        try:
+            if header.offset == 0:
+                with self._reservations_lock:
+                    streaming = set(self._streaming)
+                self._store.discard_staged(header.project_id, role, streaming)
+            elif header.offset > staged_bytes(staged):
+                raise precondition(
+                    f"cannot continue this upload at byte {header.offset}: the server keeps "
+                    f"{staged_bytes(staged)} bytes of it (ask GetUploadOffset)"
+                )
+            try:
+                digest = stage_payload(
+                    staged, header.offset, _payload_chunks(request_iterator, header)
+                )
+            except EncodingsFileError as exc:
+                if not isinstance(exc, StreamEnded):
+                    staged.unlink(missing_ok=True)  # bad content: nothing to continue
+                elif not staged_bytes(staged):
+                    staged.unlink(missing_ok=True)
+                raise invalid(str(exc)) from None
+            except BaseException:  # the stream broke off or was aborted: what arrived is kept
+                if not staged_bytes(staged):
+                    staged.unlink(missing_ok=True)
+                raise
+            try:
+                written = finish_staged(
+                    staged, incoming, header.bit_length, header.schema_sha256, digest
+                )
+            except EncodingsFileError as exc:
+                raise invalid(str(exc)) from None
+            except FileNotFoundError:
+                raise not_found(
+                    f"project {header.project_id} was deleted while this upload streamed; "
+                    "nothing was stored"
+                ) from None
+            finally:
+                staged.unlink(missing_ok=True)
+            if written.content_sha256 != header.content_sha256:
+                raise invalid(
+                    "content hash does not match the header's content_sha256; the data was "
+                    "altered or truncated in transit, and nothing was kept: upload it afresh"
+                )
+            return written
+        finally:
+            with self._reservations_lock:
+                self._streaming.discard(staged)
+
+    def GetUploadOffset(
+        self, request: pb.UploadOffsetRequest, context: grpc.ServicerContext
+    ) -> pb.UploadOffset:
+        _, role = self._project(request.project_id, context)
+        if len(request.content_sha256) != 32:
+            raise invalid("content_sha256 must be 32 bytes")
+        staged = self._store.staged_path(request.project_id, role, request.content_sha256)
+        return pb.UploadOffset(offset=staged_bytes(staged))
 
     def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext
@@ -557,14 +625,21 @@ def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
         raise invalid("an upload must hold at least one encoding")
     if len(header.content_sha256) != 32:
         raise invalid("content_sha256 must be 32 bytes")
+    if header.offset > header.count * header.bit_length // 8:
+        raise invalid(f"offset {header.offset} lies beyond the upload's {header.count} encodings")
+
+
+class StreamEnded(EncodingsFileError):
+    """An upload stream ended before all its announced records arrived."""
 
 
 def _payload_chunks(
     requests: Iterator[pb.UploadRequest], header: pb.UploadHeader
 ) -> Iterator[bytes]:
-    """The encoding bytes of an upload stream, refusing anything but exactly `count` records."""
+    """The encoding bytes of an upload stream from header.offset on, refusing anything but
+    exactly `count` records in all."""
     expected = header.count * header.bit_length // 8
-    received = 0
+    received = header.offset
     for message in requests:
         if message.WhichOneof("part") != "encodings":
             raise EncodingsFileError("only encoding chunks may follow the upload header")
@@ -575,7 +650,12 @@ def _payload_chunks(
             )
         yield message.encodings
     if received != expected:
-        raise EncodingsFileError(
-            f"the stream ended after {received} of {expected} bytes "
-            f"({header.count} encodings announced); nothing was stored"
+        kept = (
+            f"the server keeps them: upload again to continue from byte {received}"
+            if received
+            else "nothing was stored"
+        )
+        raise StreamEnded(
+            f"the stream ended after {received} of {expected} bytes ({header.count} "
+            f"encodings announced); {kept}"
         )

@@ -13,6 +13,11 @@ DATABASE_NAME = "blindlink.db"  # SQLite (WAL): projects, uploads, runs, matches
 LOCK_NAME = "blindlink.lock"  # locked by the one process that owns the directory
 ENCODINGS_DIR = "encodings"  # one <upload_id>.bin per committed upload with live encodings
 INCOMING_DIR = "incoming"  # uploads in progress; leftovers of a crash are removed at start
+# Interrupted uploads kept so that their party can continue them: <project>.<party>.<sha256>,
+# removed when committed, replaced, deleted with their project, or STAGED_TTL_S after their
+# last write.
+STAGED_DIR = "staged"
+STAGED_TTL_S = 24 * 3600.0
 SIGNING_KEY_NAME = "server-signing"  # .key signs the audit log; .pub verifies it
 
 

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +52,8 @@ from blindlink.store.directory import (
     DATABASE_NAME,
     ENCODINGS_DIR,
     INCOMING_DIR,
+    STAGED_DIR,
+    STAGED_TTL_S,
     lock_data_dir,
     make_private,
 )
@@ -220,7 +222,8 @@ class Store:
         self.data_dir = Path(data_dir)
         self.encodings_dir = self.data_dir / ENCODINGS_DIR
         self.incoming_dir = self.data_dir / INCOMING_DIR
-        for d in (self.data_dir, self.encodings_dir, self.incoming_dir):
+        self.staged_dir = self.data_dir / STAGED_DIR
+        for d in (self.data_dir, self.encodings_dir, self.incoming_dir, self.staged_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._key = signing_key
         self.commitment_key = commitment_key(signing_key)
@@ -338,6 +341,7 @@ class Store:
         for path in self.encodings_dir.iterdir():
             if path.name not in committed:
                 path.unlink()
+        self.remove_expired_staged()
 
     # Projects
 
@@ -390,9 +394,30 @@ class Store:
             )
         for name in files:
             (self.encodings_dir / name).unlink(missing_ok=True)
+        for path in self.staged_dir.glob(f"{project_id}.*"):
+            path.unlink(missing_ok=True)
         return entry
 
     # Uploads
+
+    def staged_path(self, project_id: str, party: str, content_sha256: bytes) -> Path:
+        """Where the party's interrupted upload of this content is kept, to be continued."""
+        return self.staged_dir / f"{project_id}.{party}.{content_sha256.hex()}"
+
+    def discard_staged(self, project_id: str, party: str, streaming: Collection[Path]) -> None:
+        """Forget the uploads the party has kept in the project (a fresh start replaces them),
+        but those `streaming` now."""
+        for path in self.staged_dir.glob(f"{project_id}.{party}.*"):
+            if path not in streaming:
+                path.unlink(missing_ok=True)
+
+    def remove_expired_staged(self) -> None:
+        """Remove kept uploads STAGED_TTL_S after their last write, or of deleted projects."""
+        projects = {r[0] for r in self._read("SELECT project_id FROM projects")}
+        expired = time.time() - STAGED_TTL_S
+        for path in self.staged_dir.iterdir():
+            if path.name.split(".")[0] not in projects or path.stat().st_mtime < expired:
+                path.unlink(missing_ok=True)
 
     def incoming_path(self) -> Path:
         """A fresh path for an upload in progress."""
