@@ -7,6 +7,7 @@ Each scenario runs five times, the kill landing at a different point each time.
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from server_process import (
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
 from blindlink.cli.main import main
+from blindlink.client import linkage_client
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.encodings_file import HEADER_SIZE, read_payload
 from blindlink.encoding.schema import LinkageSchema
@@ -170,6 +172,72 @@ def test_kill_during_upload_keeps_what_arrived_and_the_retry_continues(
     assert list((server.data_dir / "staged").iterdir()) == []
     assert server.terminate() == 0
     verify_data_dir(server.data_dir, capsys)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_upload_broken_by_a_restart_continues_by_itself(
+    tmp_path: Path,
+    launch: Callable[..., ServerProcess],
+    identities: Identities,
+    schema: LinkageSchema,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client, its stream cut by a server restart halfway, continues from the bytes the
+    server kept, without being called again."""
+    requester_rows, custodian_rows, pairs = planted_pairs(2000, 100, seed=11)
+    batch = encodings_file(tmp_path / "requester.bin", requester_rows, schema.sha256)
+    server = launch(listen=f"127.0.0.1:{_free_port()}").start()
+    with server.client("requester") as requester, server.client("custodian") as custodian:
+        project = requester.create_project(
+            signed_agreement(identities, schema, "continued upload")
+        ).project_id
+        custodian.upload(
+            project, encodings_file(tmp_path / "custodian.bin", custodian_rows, schema.sha256)
+        )
+    monkeypatch.setattr(linkage_client, "CHUNK_BYTES", 16 * 1024)
+    halfway, restarted = threading.Event(), threading.Event()
+    sent: list[int] = []
+
+    def progress(count: int) -> None:
+        sent.append(count)
+        if len(sent) == 4:
+            halfway.set()
+            restarted.wait(30)
+
+    receipts: list[pb.UploadReceipt] = []
+
+    def upload() -> None:
+        with server.client("requester") as requester:
+            receipts.append(requester.upload(project, batch, progress=progress))
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    assert halfway.wait(10)
+    staged = server.data_dir / "staged"
+    deadline = time.monotonic() + 10
+    while not any(p.stat().st_size > HEADER_SIZE for p in staged.iterdir()):
+        assert time.monotonic() < deadline, "no bytes of the upload reached the server"
+        time.sleep(0.02)
+    server.kill()
+    server.start()
+    with server.client("requester") as requester:
+        content = read_payload(batch)[0].content_sha256
+        assert requester.upload_offset(project, content) > 0  # kept, to be continued
+    restarted.set()
+    uploader.join(60)
+    (receipt,) = receipts
+    assert sum(sent) == requester_rows.nbytes
+    with server.client("requester") as requester:
+        assert requester.wait(project, receipt.run_id).state == pb.RUN_STATE_DONE
+        assert list(requester.release(project, receipt.run_id).own_rows) == [r for r, _ in pairs]
+    assert server.rows("SELECT count(*) FROM uploads WHERE party='requester'") == [(1,)]
+    assert list((server.data_dir / "staged").iterdir()) == []
+    assert server.terminate() == 0
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)

@@ -158,21 +158,25 @@ class LinkageClient:
                     progress(position - reported)
                     reported = position
 
-        def send() -> pb.UploadReceipt:  # from the current offset, each time afresh
-            return self._stub.Upload(messages(offset), metadata=self._metadata)
+        offset = 0
 
-        offset = 0 if restart else self.upload_offset(project_id, header.content_sha256)
+        def attempt(fresh: bool) -> pb.UploadReceipt:
+            nonlocal offset
+            offset = 0 if fresh else self.upload_offset(project_id, header.content_sha256)
+            return self._call(lambda: self._stub.Upload(messages(offset), metadata=self._metadata))
+
+        fresh = restart
         pause = RESUME_FIRST_PAUSE_S
         for _ in range(RESUME_ATTEMPTS - 1):
             try:
-                return self._call(send)
+                return attempt(fresh)
             except ServerError as exc:
                 if exc.code != grpc.StatusCode.UNAVAILABLE:
                     raise
+            fresh = False  # what arrived of this attempt is kept: continue it
             time.sleep(pause)
             pause *= 2
-            offset = self.upload_offset(project_id, header.content_sha256)
-        return self._call(send)
+        return attempt(fresh)
 
     def watch(self, project_id: str, run_id: str) -> Iterator[pb.RunProgress]:
         try:
