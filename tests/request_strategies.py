@@ -53,6 +53,7 @@ def upload_messages(target: Target) -> st.SearchStrategy[list[pb.UploadRequest]]
         schema_sha256=texts(target.schema_sha256),
         content_sha256=st.binary(max_size=40),
         threshold=st.floats(allow_nan=True, allow_infinity=True),
+        offset=st.one_of(st.integers(0, 2000), st.integers(0, 2**64 - 1)),
     )
     part = st.one_of(
         st.builds(pb.UploadRequest, encodings=st.binary(max_size=400)),
@@ -77,6 +78,11 @@ def calls(target: Target) -> st.SearchStrategy[Call]:
         "GetRelease": st.builds(pb.GetReleaseRequest, **ids),
         "DeleteProject": st.builds(pb.DeleteProjectRequest, project_id=texts()),
         "Upload": upload_messages(target),
+        "GetUploadOffset": st.builds(
+            pb.UploadOffsetRequest,
+            project_id=ids["project_id"],
+            content_sha256=st.binary(max_size=40),
+        ),
     }
     roles = st.sampled_from(("requester", "custodian"))
     structured = st.one_of(

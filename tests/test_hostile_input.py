@@ -60,6 +60,7 @@ METHOD_KINDS = {
     "ApproveRun": "unary_unary",
     "GetRelease": "unary_unary",
     "GetStatus": "unary_unary",
+    "GetUploadOffset": "unary_unary",
     "DeleteProject": "unary_unary",
 }
 
