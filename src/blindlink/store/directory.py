@@ -12,6 +12,9 @@ from blindlink.errors import BlindlinkError
 DATABASE_NAME = "blindlink.db"  # SQLite (WAL): projects, uploads, runs, matches, audit log
 LOCK_NAME = "blindlink.lock"  # locked by the one process that owns the directory
 ENCODINGS_DIR = "encodings"  # one <upload_id>.bin per committed upload with live encodings
+# <upload_id>/ per custodian upload with live encodings in a project with blocking keys: its
+# standing index (blindlink.index); anything else there is a crash's leftover, removed at start
+INDEX_DIR = "index"
 INCOMING_DIR = "incoming"  # uploads in progress; leftovers of a crash are removed at start
 SIGNING_KEY_NAME = "server-signing"  # .key signs the audit log; .pub verifies it
 
