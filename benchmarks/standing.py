@@ -18,7 +18,7 @@ batches are served. Prints and writes benchmarks/results/standing.json (standing
 for other sizes).
 
     python benchmarks/standing.py [--records 1000000] [--small-records 100000] [--workdir DIR]
-    python benchmarks/standing.py --records 10000000   # the issue's national-scale target
+    python benchmarks/standing.py --records 10000000 --small-records 1000000  # national scale
 """
 
 from __future__ import annotations

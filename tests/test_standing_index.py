@@ -263,8 +263,10 @@ def test_a_server_builds_the_index_at_the_custodians_upload_and_serves_projects_
         path, expected = batches[2]
         assert run_batch(server, parties, project, path) == expected
         assert CustodianIndex(index).keys.shape == (RECORDS, len(BLOCKING.keys))
-        # The index goes with the custodian's encodings.
-        parties["custodian"].delete(project)
+        # The index goes with the custodian's encodings, as retention deletes them.
+        upload = server.store.live_custodian_upload(project)
+        assert upload is not None
+        assert server.store.delete_encodings(upload, "retention.encodings_ttl_seconds")
         assert not index.exists()
     finally:
         for client in parties.values():
