@@ -6,11 +6,7 @@ is discarded and rebuilt."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Identities
-from server_process import encodings_file, signed_agreement
+from server_process import encodings_file, server_launcher, signed_agreement
 
+from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
 from blindlink.client.linkage_client import LinkageClient
@@ -40,6 +37,7 @@ from blindlink.store.directory import INDEX_DIR
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
 CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 RECORDS = 3_000
+KILL_RECORDS = 500_000  # about half a second to index
 
 
 @pytest.fixture(scope="module")
@@ -122,35 +120,57 @@ def test_a_batch_sharing_no_key_value_with_the_custodian_reads_none_of_its_recor
     assert_same(decisions, link(whole, CALIBRATED, SerialExecutor(), 1, BLOCKING))
 
 
-def test_an_index_killed_while_building_leaves_no_index(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    records = 1_000_000
-    rows = rng.integers(0, 256, (records, 48), dtype=np.uint8)  # 32-byte encodings, 2 keys
-    source = encodings_file(tmp_path / "c.bin", rows, "cd" * 32)
-    destination = tmp_path / "index" / "upload-2"
-    destination.parent.mkdir()
-    builder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; from blindlink.index.build import build_index;"
-            "build_index(Path(sys.argv[1]), 'upload-2', 2, Path(sys.argv[2]))",
-            str(source),
-            str(destination),
-        ]
+launch_fixture = pytest.fixture(name="launch")(server_launcher)
+
+
+def test_a_server_killed_while_building_the_index_rebuilds_it_and_serves_the_batch(
+    tmp_path: Path, identities: Identities, schema: LinkageSchema, launch: Any
+) -> None:
+    agreement = signed_agreement(
+        identities,
+        schema,
+        "killed while indexing",
+        blocking={"method": "keys", "keys": [[{"field": "surname"}], [{"field": "postcode"}]]},
+        max_records_per_upload=KILL_RECORDS,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not any(p.name.endswith(PARTIAL_SUFFIX) for p in destination.parent.iterdir()):
-            assert builder.poll() is None and time.monotonic() < deadline
+    terms = parse_signed(agreement).agreement
+    rng = np.random.default_rng(4)
+    encodings = rng.integers(0, 256, (KILL_RECORDS, terms.bit_length // 8), dtype=np.uint8)
+    # About five records per key value; a batch of copies of 200 custodian records.
+    keys = rng.integers(1, KILL_RECORDS // 5, (KILL_RECORDS, 2)).astype(np.uint64)
+    custodian_file = encodings_file(
+        tmp_path / "c.bin", keyed_rows(encodings, keys), terms.encodings_id
+    )
+    copied = np.sort(rng.choice(KILL_RECORDS, 200, replace=False))
+    batch = encodings_file(
+        tmp_path / "r.bin", keyed_rows(encodings[copied], keys[copied]), terms.encodings_id
+    )
+    server = launch().start()
+    index_dir = server.data_dir / INDEX_DIR
+    with server.client("requester") as requester, server.client("custodian") as custodian:
+        project = requester.create_project(agreement).project_id
+        upload_id = custodian.upload(project, custodian_file).upload_id
+        deadline = time.monotonic() + 30
+        while not any(p.name.endswith(PARTIAL_SUFFIX) for p in index_dir.iterdir()):
+            assert time.monotonic() < deadline and not (index_dir / upload_id).exists()
             time.sleep(0.002)
-        os.kill(builder.pid, signal.SIGKILL)
-    finally:
-        builder.wait()
-    assert builder.returncode == -signal.SIGKILL
-    assert not destination.exists()
-    (partial,) = destination.parent.iterdir()
-    assert partial.name.startswith(".upload-2.") and not (partial / MANIFEST).exists()
+    server.kill()
+    assert not (index_dir / upload_id).exists()  # half-built: under its temporary name only
+
+    server.start()
+    assert list(index_dir.iterdir()) == []  # the half-built index was removed at start
+    with server.client("requester") as requester:
+        run_id = requester.upload(project, batch).run_id
+        assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
+    matched = server.rows(
+        "SELECT requester_row, custodian_row FROM matches WHERE run_id=? AND status=0 "
+        "ORDER BY requester_row",
+        (run_id,),
+    )
+    assert matched == list(enumerate(copied.tolist()))
+    assert [p.name for p in index_dir.iterdir()] == [upload_id]
+    assert CustodianIndex(index_dir / upload_id).manifest.records == KILL_RECORDS
+    server.terminate()
 
 
 def serve(data_dir: Path, identities: Identities) -> RunningServer:
