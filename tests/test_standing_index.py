@@ -33,6 +33,7 @@ from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThr
 from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.runs import MatchingSettings
 from blindlink.store.directory import INDEX_DIR
+from blindlink.store.reports import key_group_reports, open_read_only
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
 CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
@@ -283,9 +284,23 @@ def test_a_server_builds_the_index_at_the_custodians_upload_and_serves_projects_
         path, expected = batches[2]
         assert run_batch(server, parties, project, path) == expected
         assert CustodianIndex(index).keys.shape == (RECORDS, len(BLOCKING.keys))
-        # The index goes with the custodian's encodings, as retention deletes them.
+        # The operator's key group report reads the index (not the custodian's encodings
+        # file), and reports what the whole custodian's keys give.
         upload = server.store.live_custodian_upload(project)
-        assert upload is not None
+        assert upload is not None and upload.path is not None
+        conn = open_read_only(data_dir)
+        try:
+            upload.path.rename(tmp_path / "custodian.bin")
+            from_index = key_group_reports(conn, data_dir, project)
+            (tmp_path / "custodian.bin").rename(upload.path)
+            index.rename(tmp_path / "index")
+            from_file = key_group_reports(conn, data_dir, project)
+            (tmp_path / "index").rename(index)
+        finally:
+            conn.close()
+        assert len(from_index) == 3 and all(report.loads for report in from_index)
+        assert from_index == from_file
+        # The index goes with the custodian's encodings, as retention deletes them.
         assert server.store.delete_encodings(upload, "retention.encodings_ttl_seconds")
         assert not index.exists()
     finally:

@@ -30,13 +30,9 @@ class CustodianIndexes:
         """The index of `upload`, whose records carry `key_count` blocking keys; IndexUnusable
         if there is none, or it is incomplete or was built from other data."""
         index = CustodianIndex(self.path(upload.upload_id))
-        built_from = index.manifest
-        if (
-            built_from.upload_id,
-            built_from.content_sha256,
-            built_from.records,
-            built_from.key_count,
-        ) != (upload.upload_id, upload.content_sha256.hex(), upload.count, key_count):
+        if not index.manifest.is_of(
+            upload.upload_id, upload.content_sha256, upload.count, key_count
+        ):
             raise IndexUnusable(f"{index.directory}: built from other encodings")
         return index
 

@@ -49,6 +49,11 @@ class Manifest:
     key_count: int
     format_version: int = FORMAT_VERSION
 
+    def is_of(self, upload_id: str, content_sha256: bytes, records: int, key_count: int) -> bool:
+        """Whether this index was built from that upload, with `key_count` blocking keys."""
+        built_from = (self.upload_id, self.content_sha256, self.records, self.key_count)
+        return built_from == (upload_id, content_sha256.hex(), records, key_count)
+
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST
         path.write_text(json.dumps(asdict(self), sort_keys=True), encoding="utf-8")
