@@ -6,8 +6,9 @@ them with the default schema and its blocking keys, and drives a `blindlink serv
 with mutual TLS: the custodian's upload, then the standing index the server builds from it
 (upload + build = from the upload's start until the index's manifest is on disk), then
 requester batches one at a time, each timed from the start of its upload until the requester
-has fetched its release (calibrated runs, as agreed by default). Against the large custodian:
-20 batches of 1,000 records, 3 of 10,000 and one of 100,000; against the small one, 3 of
+has fetched its release (calibrated runs, as agreed by default), with the run's own time and
+comparisons from the server's log. Against the large custodian:
+20 batches of 1,000 records, 5 of 10,000 and one of 100,000; against the small one, 5 of
 10,000, for the ratio of the 10,000-record batch's median latency between the two sizes
 (measured in the same run). Precision and recall score the custodian's released pair lists
 against the truth, per batch size and pooled; pair completeness is the share of true pairs
@@ -24,6 +25,7 @@ for other sizes).
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import threading
@@ -57,7 +59,7 @@ from blindlink.synthetic import generate_batches
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
 SMALL_BATCHES, SMALL_RECORDS = 20, 1_000
-MEDIUM_BATCHES, MEDIUM_RECORDS = 3, 10_000
+MEDIUM_BATCHES, MEDIUM_RECORDS = 5, 10_000
 LARGE_RECORDS = 100_000
 DEFAULT_RECORDS, DEFAULT_SMALL_RECORDS = 1_000_000, 100_000
 
@@ -303,18 +305,24 @@ def serve_custodian(
     first_released: set[tuple[str, str]] = set()
     for size, group in custodian.batches.items():
         seconds = []
+        run_ids = []
         found: set[tuple[str, str]] = set()
         for batch in group:
-            took, pairs = link_batch(clients, project, batch, custodian)
+            took, pairs, run_id = link_batch(clients, project, batch, custodian)
             first_released = first_released or pairs
             seconds.append(took)
+            run_ids.append(run_id)
             found |= pairs
             shared, total = completeness(batch, custodian)
             compared, true_pairs = compared + shared, true_pairs + total
         true = set().union(*(batch.truth for batch in group))
         quality = pair_quality(found, true)
         released, truth = released | found, truth | true
+        log = (data_dir / "server.log").read_text()
+        server_seconds, comparisons = zip(*(server_side(log, r) for r in run_ids), strict=True)
         batches[size] = {
+            "server_run_s": list(server_seconds),
+            "comparisons": list(comparisons),
             "count": len(seconds),
             "p50_s": statistics.median(seconds),
             "p95_s": float(np.percentile(seconds, 95)),
@@ -324,8 +332,9 @@ def serve_custodian(
             "recall": quality.recall,
         }
         print(
-            f"  batches of {size:,}: {[round(s, 2) for s in seconds]} s; precision "
-            f"{quality.precision:.4f}, recall {quality.recall:.4f}",
+            f"  batches of {size:,}: {[round(s, 2) for s in seconds]} s (in the server "
+            f"{list(server_seconds)} s, {statistics.median(comparisons):,.0f} comparisons); "
+            f"precision {quality.precision:.4f}, recall {quality.recall:.4f}",
             flush=True,
         )
     memory.serving(False)
@@ -351,9 +360,9 @@ def serve_custodian(
 
 def link_batch(
     clients: dict[str, LinkageClient], project: str, batch: Batch, custodian: Custodian
-) -> tuple[float, set[tuple[str, str]]]:
+) -> tuple[float, set[tuple[str, str]], str]:
     """Seconds from the batch's upload until the requester has its release; the custodian's
-    released pairs as (requester ID, custodian ID)."""
+    released pairs as (requester ID, custodian ID); the run's ID."""
     clock = time.perf_counter()
     run_id = clients["requester"].upload(project, batch.path).run_id
     final = clients["requester"].wait(project, run_id)
@@ -366,7 +375,18 @@ def link_batch(
         (batch.ids[r], custodian.ids[c])
         for r, c in zip(release.other_rows, release.own_rows, strict=True)
     }
-    return took, pairs
+    return took, pairs, run_id
+
+
+def server_side(log: str, run_id: str) -> tuple[float, int]:
+    """A run's seconds in the server (the operator's log line, to 0.1 s) and its comparisons
+    (the sum over keys of its key groups' comparisons)."""
+    done = re.search(rf"run {run_id[:12]} done on .* in ([\d.]+) s", log)
+    groups = re.search(rf"run {run_id[:12]} blocking key groups: (.*)", log)
+    if done is None or groups is None:
+        raise SystemExit(f"run {run_id} is not in the server's log")
+    found = re.findall(r"([\d,]+) comparisons", groups.group(1))
+    return float(done.group(1)), sum(int(n.replace(",", "")) for n in found)
 
 
 def without_index(agreement: Agreement, batch: Batch, custodian: Custodian) -> set[tuple[str, str]]:
