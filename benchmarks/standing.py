@@ -25,6 +25,7 @@ for other sizes).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import tempfile
@@ -202,6 +203,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     print(f"data ready ({time.perf_counter() - started:.0f} s)", flush=True)
     parties = Parties.create(scratch)
     data_dir = scratch / "server"
+    load_before = os.getloadavg()
     measured: dict[int, dict[str, Any]] = {}
     with local_server(data_dir, parties.tls_dir) as server:
         memory = ServerMemory(server.process.pid)
@@ -231,6 +233,8 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             "against the truth; pair completeness = true pairs sharing a blocking key"
         ),
         "custodians": measured,
+        # Other work shares this machine: its load (1, 5, 15 min) before and after serving.
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "batch_10000_p50_ratio_large_to_small_custodian": ratio,
         "custodian_ratio_large_to_small": args.records / args.small_records,
         "targets": {
