@@ -298,7 +298,8 @@ def distinct_kept_pairs(
     times (always with the same similarity), in one sort."""
     order = np.lexsort((rows1, -sim, rows0))
     grouped, partners = rows0[order], rows1[order]
-    first = np.r_[True, (grouped[1:] != grouped[:-1]) | (partners[1:] != partners[:-1])]
+    first = np.ones(len(order), dtype=bool)  # of its pair; no pairs at all when none were found
+    first[1:] = (grouped[1:] != grouped[:-1]) | (partners[1:] != partners[:-1])
     order = order[first]
     keep = sim[order] >= threshold
     if best:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_records
+from blindlink.index.custodian import CustodianIndex
+from blindlink.index.directory import CustodianIndexes
 from blindlink.matching.blocking import (
     Blocking,
     KeyBlocking,
@@ -18,6 +20,7 @@ from blindlink.matching.blocking import (
     LshBlocking,
     describe_key_loads,
     key_loads,
+    split_records,
 )
 from blindlink.matching.decision import link
 from blindlink.matching.engine import (
@@ -28,7 +31,7 @@ from blindlink.matching.engine import (
     planned_comparisons,
 )
 from blindlink.matching.executors import Executor, LocalPoolExecutor, SerialExecutor
-from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Altered, Store
+from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Altered, Store, UploadRecord
 
 log = logging.getLogger("blindlink.server.runs")
 
@@ -83,12 +86,22 @@ class RunInterrupted(Exception):
 INTERRUPT_TIMEOUT_S = 30.0
 
 
+@dataclass(frozen=True)
+class _Job:
+    project_id: str
+    run_id: str = ""  # none: build the project's custodian index
+
+
 class RunQueue:
     """Runs queued runs one at a time; progress is kept in memory, outcomes in the store.
 
     A run is left unfinished (queued or running) when the server stops before it is done, and
     is run again from the start when the server next starts: matching is deterministic, so the
-    result is the one an uninterrupted run gives."""
+    result is the one an uninterrupted run gives.
+
+    With blocking keys, runs read the custodian's standing index (blindlink.index), built in
+    this queue when the custodian's upload commits, or at a project's first run when it has
+    none (a project from before indexes, or an index a crash left unfinished)."""
 
     def __init__(
         self,
@@ -99,7 +112,8 @@ class RunQueue:
         self._store = store
         self._matching = matching
         self._on_key_loads = on_key_loads
-        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._indexes = CustodianIndexes(store.index_dir)
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._current = ""
         self._lock = threading.Lock()
@@ -129,7 +143,12 @@ class RunQueue:
 
     def enqueue(self, project_id: str, run_id: str) -> None:
         self._set(run_id, RunProgress(QUEUED))
-        self._queue.put((project_id, run_id))
+        self._queue.put(_Job(project_id, run_id))
+
+    def build_index(self, project_id: str) -> None:
+        """Build the custodian's index, if the project blocks on keys, before the runs queued
+        after this call."""
+        self._queue.put(_Job(project_id))
 
     def progress(self, run_id: str) -> RunProgress | None:
         """Live progress of a run this process is working on or has queued."""
@@ -155,8 +174,11 @@ class RunQueue:
             self._progress.pop(run_id, None)
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None and not self._stopping.is_set():
-            project_id, run_id = item
+        while (job := self._queue.get()) is not None and not self._stopping.is_set():
+            project_id, run_id = job.project_id, job.run_id
+            if not run_id:
+                self._prepare(project_id)
+                continue
             with self._lock:
                 self._current = run_id
             try:
@@ -189,16 +211,20 @@ class RunQueue:
         reference = self._store.live_custodian_upload(project_id)
         if batch is None or batch.path is None or reference is None or reference.path is None:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
-        keys = agreement.blocking_keys
-        key_count = len(keys.keys) if keys else 0
-        shared = SharedEncodings.from_rows(
-            read_records(batch.path), read_records(reference.path), key_count
-        )
+        keyed = agreement.blocking_keys
+        indexed = None
+        if keyed is None:
+            shared = SharedEncodings.from_rows(
+                read_records(batch.path), read_records(reference.path), 0
+            )
+        else:
+            index = self._index(reference, len(keyed.keys))
+            indexed = index.batch(*split_records(read_records(batch.path), len(keyed.keys)))
+            shared = indexed.shared
         report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
         # With blocking keys the comparisons are known before matching (LSH's are not): a run
         # that makes few stays in this process, where shipping the encodings to workers would
         # cost more than the kernel spends comparing.
-        keyed = agreement.blocking if isinstance(agreement.blocking, KeyBlocking) else None
         executor, workers = self._matching.executor_for(self._planned(run_id, shared, keyed))
         decisions = link(
             shared,
@@ -209,6 +235,8 @@ class RunQueue:
             self._matching.limits,
             report,
         )
+        if indexed is not None:
+            decisions = indexed.in_custodian_rows(decisions)
         self._publish(run_id, RunProgress(RUNNING, "storing"))
         self._store.finish_run(project_id, run_id, decisions)
         summary = decisions.summary()
@@ -224,6 +252,29 @@ class RunQueue:
             summary.possible,
             time.monotonic() - started,
         )
+
+    def _prepare(self, project_id: str) -> None:
+        """Build the custodian's index of a project that blocks on keys; a failure is logged,
+        and the project's next run tries again."""
+        try:
+            raw = self._store.agreement(project_id)
+            keyed = parse_agreement(raw).blocking_keys if raw else None
+            reference = self._store.live_custodian_upload(project_id)
+            if keyed is not None and reference is not None:
+                self._index(reference, len(keyed.keys))
+        except Exception as exc:  # noqa: BLE001 - a failed build must not stop the worker
+            log.error("custodian index of project %s not built: %s", project_id[:12], exc)
+
+    def _index(self, reference: UploadRecord, key_count: int) -> CustodianIndex:
+        """The standing index of the custodian's upload `reference`, built if it has none.
+        An index finished after its encodings were deleted (retention, or the project's
+        deletion, while it was built) is deleted too."""
+        index = self._indexes.ensure(reference, key_count)
+        live = self._store.upload(reference.upload_id)
+        if live is None or live.path is None:
+            self._store.remove_index(reference.upload_id)
+            raise RunFailed("encodings were deleted under the agreement's retention rules")
+        return index
 
     def _planned(self, run_id: str, shared: SharedEncodings, keyed: KeyBlocking | None) -> int:
         """The run's comparisons without blocking or with blocking keys. The keys' largest

@@ -329,6 +329,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             ) from None
         finally:
             incoming.unlink(missing_ok=True)
+        if role == "custodian":
+            self._runs.build_index(header.project_id)
         for run_id in commit.queued_runs:
             self._runs.enqueue(header.project_id, run_id)
         return pb.UploadReceipt(

@@ -12,6 +12,9 @@ from blindlink.errors import BlindlinkError
 DATABASE_NAME = "blindlink.db"  # SQLite (WAL): projects, uploads, runs, matches, audit log
 LOCK_NAME = "blindlink.lock"  # locked by the one process that owns the directory
 ENCODINGS_DIR = "encodings"  # one <upload_id>.bin per committed upload with live encodings
+# <upload_id>/ per custodian upload with live encodings in a project with blocking keys: its
+# standing index (blindlink.index); anything else there is a crash's leftover, removed at start
+INDEX_DIR = "index"
 INCOMING_DIR = "incoming"  # uploads in progress; leftovers of a crash are removed at start
 # Interrupted uploads kept so that their party can continue them: <project>.<party>.<sha256>,
 # removed when committed, replaced, deleted with their project, or STAGED_TTL_S after their

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_records
 from blindlink.errors import BlindlinkError
+from blindlink.index.custodian import CustodianIndex
+from blindlink.index.layout import IndexUnusable
 from blindlink.matching.blocking import KeyLoad, key_loads, split_records
-from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR
+from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR, INDEX_DIR
 
 
 def open_read_only(data_dir: Path) -> sqlite3.Connection:
@@ -195,11 +198,11 @@ def key_group_reports(
         return split_records(read_records(encodings / name), len(blocking.keys))[1]
 
     live = conn.execute(
-        "SELECT file FROM uploads WHERE project_id=? AND party='custodian' AND file IS NOT NULL "
-        "ORDER BY committed_at DESC LIMIT 1",
+        "SELECT upload_id, file, count, content_sha256 FROM uploads WHERE project_id=? AND "
+        "party='custodian' AND file IS NOT NULL ORDER BY committed_at DESC LIMIT 1",
         (project_id,),
     ).fetchone()
-    custodian = keys(live[0]) if live else None
+    custodian = _custodian_keys(Path(data_dir), live, len(blocking.keys), keys) if live else None
     reports = []
     for run_id, state, name in conn.execute(
         "SELECT run_id, state, file FROM runs JOIN uploads ON upload_id=batch_id "
@@ -210,7 +213,30 @@ def key_group_reports(
         loads = (
             None
             if requester is None or custodian is None
-            else key_loads(blocking, requester, custodian, top)
+            else key_loads(blocking, requester, custodian(requester), top)
         )
         reports.append(KeyGroupReport(run_id, state, loads))
     return reports
+
+
+def _custodian_keys(
+    data_dir: Path,
+    live: tuple[str, str, int, bytes],
+    key_count: int,
+    keys: Callable[[str], np.ndarray | None],
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Per batch (its keys), the keys of the custodian's records a run's key groups are made of:
+    from the custodian's standing index, those sharing a key value with the batch (every group
+    whole, as in the run); without a usable index, all of them, from the encodings file
+    (`live`: the custodian's upload ID, file name, records and content hash)."""
+    upload_id, name, count, content_sha256 = live
+    try:
+        index = CustodianIndex(data_dir / INDEX_DIR / upload_id)
+        usable = index.manifest.is_of(upload_id, content_sha256, count, key_count)
+    except IndexUnusable:
+        usable = False
+    if usable:
+        return lambda batch: np.asarray(index.keys[index.candidate_rows(batch)])
+    everyone = keys(name)
+    assert everyone is not None
+    return lambda batch: everyone

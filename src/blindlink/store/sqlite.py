@@ -4,6 +4,9 @@ Invariants:
 - Every state change and its audit-log entry are committed in one transaction.
 - An upload is committed by renaming its verified file into place and inserting its row in the
   same transaction; a file without a row is garbage from a crash and is removed at start-up.
+- A custodian upload's standing index (index/<upload_id>/, blindlink.index) lives no longer than
+  its encodings: deleting them deletes it, and at start-up every directory in index/ that is not
+  a live custodian upload's (e.g. one a crash left half-built) is removed.
 - A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
 - Reads are per project (and per run); what a party may see is the caller's policy.
@@ -20,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -52,6 +56,7 @@ from blindlink.store.directory import (
     DATABASE_NAME,
     ENCODINGS_DIR,
     INCOMING_DIR,
+    INDEX_DIR,
     STAGED_DIR,
     STAGED_TTL_S,
     lock_data_dir,
@@ -223,7 +228,9 @@ class Store:
         self.encodings_dir = self.data_dir / ENCODINGS_DIR
         self.incoming_dir = self.data_dir / INCOMING_DIR
         self.staged_dir = self.data_dir / STAGED_DIR
-        for d in (self.data_dir, self.encodings_dir, self.incoming_dir, self.staged_dir):
+        self.index_dir = self.data_dir / INDEX_DIR
+        dirs = (self.encodings_dir, self.incoming_dir, self.staged_dir, self.index_dir)
+        for d in (self.data_dir, *dirs):
             d.mkdir(parents=True, exist_ok=True)
         self._key = signing_key
         self.commitment_key = commitment_key(signing_key)
@@ -341,7 +348,25 @@ class Store:
         for path in self.encodings_dir.iterdir():
             if path.name not in committed:
                 path.unlink()
+        live = {
+            r[0]
+            for r in self._read(
+                "SELECT upload_id FROM uploads WHERE party='custodian' AND file IS NOT NULL"
+            )
+        }
+        for path in self.index_dir.iterdir():
+            if path.name not in live:
+                log.info("removing %s: no live custodian upload's index", path.name)
+                self.remove_index(path.name)
         self.remove_expired_staged()
+
+    def remove_index(self, name: str) -> None:
+        """Delete the standing index directory `name` (a custodian upload ID) in index/."""
+        path = self.index_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
     # Projects
 
@@ -380,20 +405,18 @@ class Store:
     def delete_project(self, project_id: str, party: str, reason: str) -> AuditEntry:
         """Delete the project's rows, then its encodings files; the audit log keeps the record."""
         with self._transaction() as db:
-            files = [
-                r[0]
-                for r in db.execute(
-                    "SELECT file FROM uploads WHERE project_id=? AND file IS NOT NULL",
-                    (project_id,),
-                )
-            ]
+            files = db.execute(
+                "SELECT upload_id, file FROM uploads WHERE project_id=? AND file IS NOT NULL",
+                (project_id,),
+            ).fetchall()
             if not db.execute("DELETE FROM projects WHERE project_id=?", (project_id,)).rowcount:
                 raise NotFound(project_id)
             entry = self._audit(
                 db, "data_deleted", project_id, party, {"what": "project", "reason": reason}
             )
-        for name in files:
+        for upload_id, name in files:
             (self.encodings_dir / name).unlink(missing_ok=True)
+            self.remove_index(upload_id)
         for path in self.staged_dir.glob(f"{project_id}.*"):
             path.unlink(missing_ok=True)
         return entry
@@ -606,6 +629,7 @@ class Store:
             )
         if upload.path is not None:
             upload.path.unlink(missing_ok=True)
+        self.remove_index(upload.upload_id)
         return True
 
     # Runs
