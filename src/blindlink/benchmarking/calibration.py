@@ -9,7 +9,7 @@ each fixed Dice threshold of the 0.50..0.99 grid give the oracle: the one with t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from blindlink.agreement.document import RECOMMENDED_HARDENING, recommended_thresholds
-from blindlink.benchmarking.data import BENCHMARK_SECRET, encoded_pair
+from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
 from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
 from blindlink.benchmarking.record_pairs import febrl_pair, febrl_schema_document
 from blindlink.benchmarking.results import timed
@@ -35,6 +35,10 @@ SIZES = (10_000, 100_000, 1_000_000)
 OVERLAPS = (0.1, 0.5, 0.9)
 ALL_PAIRS_UP_TO = 10_000  # larger generated cases compare only records sharing a blocking key
 CORRUPTION = {"default": CorruptionRates(), "heavy": CorruptionRates.scaled(2.0)}
+# Requester batches drawn from the largest generated requester file and matched against the
+# whole custodian file: the verification service's case, where 1:1 solving cannot protect a
+# batch record without a partner (the custodian records it resembles are free).
+BATCH_RECORDS = 10_000
 FEBRL_RECORDS = 5000
 FEBRL_CUT = 2500  # records per party of the FEBRL4 cuts: 2 * 2500 - 0.1 * 2500 <= 5000 people
 SEED = 1
@@ -57,6 +61,7 @@ class Case:
     corruption: str  # a CORRUPTION name, or "febrl4"
     keyed: bool  # compare only records sharing a blocking key, else all pairs
     hardened: bool
+    batch: int = 0  # requester records drawn from the requester file (0: all of them)
 
     @property
     def data_set(self) -> str:
@@ -64,7 +69,8 @@ class Case:
         blocking = "keys" if self.keyed else "all-pairs"
         if self.dataset == "febrl4":
             return f"febrl4-{self.records}-{self.overlap}"
-        return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}"
+        batch = f"-batch{self.batch}" if self.batch else ""
+        return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}{batch}"
 
     @property
     def name(self) -> str:
@@ -85,6 +91,12 @@ def plan(sizes: list[int], datasets: list[str], quick: bool) -> list[Case]:
             for size in sizes
             for corruption in CORRUPTION
             for overlap in OVERLAPS
+        ]
+        sets += [
+            Case("generated", max(sizes), overlap, corruption, True, False, BATCH_RECORDS)
+            for corruption in CORRUPTION
+            for overlap in OVERLAPS
+            if max(sizes) > max(ALL_PAIRS_UP_TO, BATCH_RECORDS)
         ]
         sets += [Case("febrl4", FEBRL_RECORDS, 1.0, "febrl4", False, False)]
         sets += [Case("febrl4", FEBRL_CUT, o, "febrl4", False, False) for o in OVERLAPS]
@@ -121,6 +133,8 @@ def prepare(case: Case, workdir: Path) -> Prepared:
         steps,
         CORRUPTION[case.corruption],
     )
+    if case.batch:
+        data = _batch_of(data, case.batch)
     truth = set(
         zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
     )
@@ -133,6 +147,22 @@ def prepare(case: Case, workdir: Path) -> Prepared:
         data.requester, data.custodian, data.requester_keys, data.custodian_keys
     )
     return Prepared(shared, truth, blocking, completeness)
+
+
+def _batch_of(data: EncodedPair, records: int) -> EncodedPair:
+    """A requester batch of `records` drawn at random from the requester's file (in file
+    order), with the true pairs of its records."""
+    rows = np.sort(np.random.default_rng(SEED).choice(len(data.requester), records, replace=False))
+    position = np.full(len(data.requester), -1)
+    position[rows] = np.arange(records)
+    drawn = position[data.true_requester_rows] >= 0
+    return replace(
+        data,
+        requester=data.requester[rows],
+        requester_keys=data.requester_keys[rows],
+        true_requester_rows=position[data.true_requester_rows[drawn]],
+        true_custodian_rows=data.true_custodian_rows[drawn],
+    )
 
 
 def calibrated_rule(hardened: bool) -> DecisionRule:
