@@ -754,6 +754,10 @@ def test_deleting_a_project_while_an_upload_streams_ends_the_upload_cleanly(
 
     def delete() -> None:
         halfway.wait(10)
+        # Once the server has taken the header in and is storing the stream.
+        deadline = time.monotonic() + 10
+        while not any(server.store.staged_dir.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         custodian.delete(project)
         deleted.set()
 
@@ -766,6 +770,7 @@ def test_deleting_a_project_while_an_upload_streams_ends_the_upload_cleanly(
     assert "deleted while this upload streamed" in err.value.details()
     assert list(server.store.encodings_dir.iterdir()) == []
     assert list(server.store.incoming_dir.iterdir()) == []
+    assert list(server.store.staged_dir.iterdir()) == []
 
 
 def test_kept_uploads_expire_and_go_with_their_project(server: RunningServer, project: str) -> None:
