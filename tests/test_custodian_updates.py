@@ -5,32 +5,40 @@ during an update keeps the version before it and recovers by itself."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities
+from conftest import Cli, Identities, tls_args
 from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
+import blindlink
+from blindlink import Client, Encoded
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
+from blindlink.cli.main import main
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
-from blindlink.encoding.schema import LinkageSchema
+from blindlink.encoding.schema import LinkageSchema, default_schema_path
 from blindlink.index.build import InvalidUpdate, build_index, extend_index
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import PARTIAL_SUFFIX
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.server.app import RunningServer
 from blindlink.store.directory import INDEX_DIR
+from blindlink.store.integrity import verify_data_dir
+from blindlink.synthetic import GeneratedFiles, generate_datasets
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
 RECORDS = 3_000
@@ -262,14 +270,20 @@ def test_the_requester_learns_nothing_of_updates_and_may_not_make_one(
     with pytest.raises(ServerError) as refused:
         requester.update(project, 2_000, remove=[12])
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
-    entries = [
-        json.loads(row[0])
-        for row in server.store._read(
+    with closing(sqlite3.connect(server.store.data_dir / "blindlink.db")) as db:
+        rows = db.execute(
             "SELECT details FROM audit_log WHERE project_id=? AND kind='custodian_updated'",
             (project,),
-        )
-    ]
+        ).fetchall()
+    entries = [json.loads(details) for (details,) in rows]
     assert [e["removed"] for e in entries] == [1, 2]
+    data_dir = server.store.data_dir
+    assert verify_data_dir(data_dir, server.public_key, in_use=True).problems == []
+    with closing(sqlite3.connect(data_dir / "blindlink.db")) as db:
+        db.execute("UPDATE custodian_updates SET removed_rows = x'' WHERE version = 2")
+        db.commit()
+    problems = verify_data_dir(data_dir, server.public_key, in_use=True).problems
+    assert len(problems) == 1 and "custodian_updated audit entry" in problems[0]
     assert all(
         set(e)
         == {"update_id", "upload_id", "version", "appended", "removed", "removed_rows_sha256"}
@@ -302,6 +316,11 @@ def _upload_id(server: RunningServer, project: str) -> str:
 
 
 launch_fixture = pytest.fixture(name="launch")(server_launcher)
+
+
+@pytest.fixture(scope="module")
+def files_for_api(tmp_path_factory: pytest.TempPathFactory) -> GeneratedFiles:
+    return generate_datasets(tmp_path_factory.mktemp("api"), 300, 0.5, seed=12)
 
 
 def test_a_server_killed_during_an_update_keeps_the_version_before_it_and_recovers(
@@ -380,3 +399,93 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.002)
+
+
+def test_the_cli_appends_encoded_records_removes_rows_and_extends_the_id_map(
+    cli: Cli, tmp_path: Path
+) -> None:
+    files = generate_datasets(tmp_path / "data", 400, 0.5, seed=11)
+    agreement = cli.signed_agreement(
+        "cli updates",
+        "--blocking",
+        json.dumps({"method": "keys", "keys": DEFAULT_SCHEMA_KEYS}),
+        "--custodian-release",
+        "own_rows",
+    )
+    with open(files.custodian, encoding="utf-8") as f:
+        header, *records = f.readlines()
+    first, later = tmp_path / "first.csv", tmp_path / "later.csv"
+    first.write_text(header + "".join(records[:200]), encoding="utf-8")
+    later.write_text(header + "".join(records[200:]), encoding="utf-8")
+    secret = tmp_path / "secret"
+    cli("secret", "new", "--out", str(secret))
+    project = cli.party("requester", "project", "create", "--agreement", str(agreement)).strip()
+
+    def encode(source: Path, out: Path, *id_map: str) -> None:
+        cli("encode", str(source), "--secret-file", str(secret), "--agreement", str(agreement),
+            "--out", str(out), *id_map)  # fmt: skip
+
+    id_map = tmp_path / "custodian.json"
+    encode(first, tmp_path / "custodian.bin", "--id-map", str(id_map))
+    cli.party("custodian", "upload", "--project", project, str(tmp_path / "custodian.bin"))
+    encode(later, tmp_path / "later.bin")  # its ID map: later.bin.idmap.json
+    ids = json.loads(id_map.read_text())["ids"]
+    rows = tmp_path / "rows.txt"
+    rows.write_text("# rows to remove\n0\n\n7\n", encoding="utf-8")
+    receipt = tmp_path / "receipt.json"
+    out = cli.party(
+        "custodian", "update", "--project", project, "--id-map", str(id_map),
+        "--append", str(tmp_path / "later.bin"), "--remove", str(rows), "--receipt", str(receipt),
+    )  # fmt: skip
+    assert "version 1; 200 records appended as rows 200 to 399, 2 removed; 398 records" in out
+    assert json.loads(receipt.read_text())["kind"] == "custodian_updated"
+    extended = json.loads(id_map.read_text())["ids"]
+    later_ids = json.loads((tmp_path / "later.bin.idmap.json").read_text())["ids"]
+    assert extended == ids + later_ids
+    # Sent again (its receipt lost, say), the removal is refused and changes nothing.
+    again = ["update", "--project", project, "--id-map", str(id_map), "--remove", str(rows)]
+    tls = tls_args(cli.identities, "custodian")
+    args = [*again, "--server", cli.address, "--party", "custodian", *tls]
+    assert main(args) != 0
+    assert "row 0 was removed already; nothing was changed" in cli.capsys.readouterr().err
+    encode(files.requester, tmp_path / "requester.bin")
+    cli.party("requester", "upload", "--project", project, str(tmp_path / "requester.bin"))
+    assert "done" in cli.party("requester", "status", "--project", project, "--watch")
+    matches = tmp_path / "matches.csv"
+    cli.party("custodian", "results", "--project", project, "--id-map", str(id_map),
+              "--out", str(matches))  # fmt: skip
+    with open(matches, encoding="utf-8") as f:
+        matched = {row[0] for row in csv.reader(f)}
+    assert matched & set(later_ids) and not matched & {ids[0], ids[7]}
+
+
+def test_the_python_client_updates_the_custodian_and_maps_releases_to_its_ids(
+    files_for_api: GeneratedFiles, address: str, identities: Identities, make_agreement: Any
+) -> None:
+    terms = make_agreement(
+        "python updates",
+        blocking={"method": "keys", "keys": DEFAULT_SCHEMA_KEYS},
+        custodian_release="own_rows",
+    )
+    agreement = parse_signed(terms).agreement
+    secret = b"a shared secret of the two parties"
+    everyone = blindlink.encode(
+        files_for_api.custodian, default_schema_path(), secret, agreement=agreement
+    )
+    requester_records = blindlink.encode(
+        files_for_api.requester, default_schema_path(), secret, agreement=agreement
+    )
+    first = Encoded(everyone.records[:150], everyone.ids[:150], everyone.key_count, everyone.origin)
+    later = Encoded(everyone.records[150:], everyone.ids[150:], everyone.key_count, everyone.origin)
+    with (
+        Client(address, "requester", identities.tls("requester")) as requester,
+        Client(address, "custodian", identities.tls("custodian")) as custodian,
+    ):
+        project = requester.create_project(terms)
+        custodian.upload(project, first)
+        held = custodian.update(project, first, append=later, remove=[3])
+        assert held.ids == everyone.ids and np.array_equal(held.records, everyone.records)
+        run_id = requester.upload(project, requester_records)
+        requester.wait(project, run_id)
+        matched = set(custodian.results(project, run_id, held).ids)
+    assert matched & set(later.ids) and first.ids[3] not in matched
