@@ -245,7 +245,14 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             "server RSS = the server process and its children, sampled every 0.2 s while "
             "batches are served (includes the index pages it has mapped); precision/recall = "
             "the custodian's released pair lists of the large custodian's batches, pooled, "
-            "against the truth; pair completeness = true pairs sharing a blocking key"
+            "against the truth; pair completeness = true pairs sharing a blocking key; update = "
+            "the large custodian's update appending copies of the 100,000-record batch's first "
+            "`appended` rows as new custodian records, from the start of the custodian's update "
+            "call to its receipt (streaming, the index's next version, the commit: runs that "
+            "start after it see the records), then a 1,000-record batch of those people (upload "
+            "to fetched release), counting those paired with their appended copy (the others "
+            "have an identical or nearly identical original among the custodian's records, "
+            "which the tie or the ambiguity rule favours), then an update removing 1,000 rows"
         ),
         "custodians": measured,
         # Other work shares this machine: its load (1, 5, 15 min) before and after serving.
@@ -284,8 +291,8 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         print(
             f"update appending {update['appended']:,} records to {args.records:,}: "
             f"{update['append_until_visible_s']:.1f} s until visible; the next 1,000-record "
-            f"batch {update['next_batch_s']:.2f} s, {update['next_batch_pairs_to_appended']} of "
-            f"its people paired with their appended copies; removing 1,000 rows "
+            f"batch {update['next_batch_s']:.2f} s, {update['next_batch_pairs_to_appended']:,} "
+            "of its people paired with their appended copies; removing 1,000 rows "
             f"{update['remove_1000_s']:.1f} s"
         )
     print(

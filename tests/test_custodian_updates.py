@@ -185,6 +185,12 @@ def test_linking_after_updates_matches_a_fresh_project_with_the_final_records(
     custodian_rows = {c for _, c in found}
     assert custodian_rows & set(range(2_000, RECORDS)) and not custodian_rows & removed
     assert len(found) > 1_000
+    # The appended records and every index version go with the custodian's encodings.
+    appended = [u.path for u in server.store.custodian_updates(upload.upload_id) if u.path]
+    assert len(appended) == 2 and all(path.exists() for path in appended)
+    assert server.store.delete_encodings(upload, "retention.encodings_ttl_seconds")
+    assert not any(path.exists() for path in appended)
+    assert not list(index_dir.glob(f"{upload.upload_id}*"))
 
 
 @pytest.fixture

@@ -23,11 +23,13 @@ log = logging.getLogger("blindlink.index")
 
 class CustodianIndexes:
     """The indexes under `root` (the data directory's index/). Building, opening and retiring
-    versions are serialized, so that a run never opens a version an update is retiring."""
+    versions hold `lock`; so do a run between reading the committed updates and opening their
+    version, and an update between its commit and retiring the version before it, so that a
+    run never opens a version being retired."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
 
     def path(self, upload_id: str, version: int = 0) -> Path:
         return self.root / index_name(upload_id, version)
@@ -40,7 +42,7 @@ class CustodianIndexes:
         incomplete or was built from other data."""
         version = len(updates)
         records = upload.count + sum(update.appended for update in updates)
-        with self._lock:
+        with self.lock:
             index = CustodianIndex(self.path(upload.upload_id, version))
         if not index.manifest.is_of(
             upload.upload_id, upload.content_sha256, records, key_count, version
@@ -54,7 +56,7 @@ class CustodianIndexes:
         """The index of `upload` as `updates` left it, built first if it has none (an upload
         from before indexes) or its index is unusable: from the upload, then each update in
         turn."""
-        with self._lock:
+        with self.lock:
             try:
                 return self.open(upload, key_count, updates)
             except IndexUnusable as why:
@@ -105,5 +107,5 @@ class CustodianIndexes:
     def retire(self, upload_id: str, version: int) -> None:
         """Remove version `version` of an upload's index (superseded, or never committed). A
         run that opened it keeps reading it: its files are memory-mapped."""
-        with self._lock:
+        with self.lock:
             shutil.rmtree(self.path(upload_id, version), ignore_errors=True)

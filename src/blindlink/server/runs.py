@@ -269,8 +269,9 @@ class RunQueue:
         """The standing index of the custodian's upload `reference` as its updates committed so
         far left it, built if it has none. An index finished after its encodings were deleted
         (retention, or the project's deletion, while it was built) is deleted too."""
-        updates = self._store.custodian_updates(reference.upload_id)
-        index = self.indexes.ensure(reference, key_count, updates)
+        with self.indexes.lock:  # no update commits between reading its updates and opening
+            updates = self._store.custodian_updates(reference.upload_id)
+            index = self.indexes.ensure(reference, key_count, updates)
         live = self._store.upload(reference.upload_id)
         if live is None or live.path is None:
             self._store.remove_index(reference.upload_id)

@@ -508,13 +508,15 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             }
             if append is not None:
                 details["content_sha256"] = append.content_sha256.hex()
-            try:
-                entry = self._store.commit_custodian_update(
-                    reference, version, incoming, count, removed, check_limits, details
-                )
-            except BaseException:
-                indexes.retire(reference.upload_id, version)
-                raise
+            with indexes.lock:
+                try:
+                    entry = self._store.commit_custodian_update(
+                        reference, version, incoming, count, removed, check_limits, details
+                    )
+                except BaseException:
+                    indexes.retire(reference.upload_id, version)
+                    raise
+                indexes.retire(reference.upload_id, version - 1)
         except PolicyViolation as violation:
             raise self._refuse(project_id, "custodian", violation) from None
         except (NotFound, IndexUnusable):
@@ -534,7 +536,6 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                     self._reservations.pop(reservation)
             if incoming is not None:
                 incoming.unlink(missing_ok=True)
-        indexes.retire(reference.upload_id, version - 1)
         manifest = built.manifest
         return pb.UpdateReceipt(
             project_id=project_id,
