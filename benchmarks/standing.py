@@ -250,9 +250,10 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             "`appended` rows as new custodian records, from the start of the custodian's update "
             "call to its receipt (streaming, the index's next version, the commit: runs that "
             "start after it see the records), then a 1,000-record batch of those people (upload "
-            "to fetched release), counting those paired with their appended copy (the others "
-            "have an identical or nearly identical original among the custodian's records, "
-            "which the tie or the ambiguity rule favours), then an update removing 1,000 rows"
+            "to fetched release), counting those paired with their appended copy and those "
+            "paired with their original record (identical to the copy where the batch's record "
+            "was not corrupted: an exact tie goes to the lower row), then an update removing "
+            "1,000 rows"
         ),
         "custodians": measured,
         # Other work shares this machine: its load (1, 5, 15 min) before and after serving.
@@ -292,7 +293,9 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             f"update appending {update['appended']:,} records to {args.records:,}: "
             f"{update['append_until_visible_s']:.1f} s until visible; the next 1,000-record "
             f"batch {update['next_batch_s']:.2f} s, {update['next_batch_pairs_to_appended']:,} "
-            "of its people paired with their appended copies; removing 1,000 rows "
+            f"of its people paired with their appended copies, "
+            f"{update['next_batch_pairs_to_original_rows']:,} with original rows; removing 1,000 "
+            "rows "
             f"{update['remove_1000_s']:.1f} s"
         )
     print(
@@ -425,17 +428,17 @@ def update_custodian(
     clients["requester"].release(project, run_id)
     next_batch = time.perf_counter() - clock
     release = clients["custodian"].release(project, run_id)
-    to_copies = sum(
-        c == receipt.first_row + r
-        for r, c in zip(release.other_rows, release.own_rows, strict=True)
-    )
+    pairs = list(zip(release.other_rows, release.own_rows, strict=True))
+    to_copies = sum(c == receipt.first_row + r for r, c in pairs)
+    to_originals = sum(c < receipt.first_row for _, c in pairs)
     clock = time.perf_counter()
     rows_now = custodian.records + count
     clients["custodian"].update(project, rows_now, remove=range(0, rows_now, rows_now // 1_000))
     removed = time.perf_counter() - clock
     print(
         f"  update appending {count:,} records: visible after {visible:.1f} s; the next "
-        f"1,000-record batch {next_batch:.2f} s, {to_copies} paired with their appended copies; "
+        f"1,000-record batch {next_batch:.2f} s, {to_copies} paired with their appended copies, "
+        f"{to_originals} with original rows, {release.withheld_count} withheld as ambiguous; "
         f"removing 1,000 rows: {removed:.1f} s",
         flush=True,
     )
@@ -444,6 +447,8 @@ def update_custodian(
         "append_until_visible_s": visible,
         "next_batch_s": next_batch,
         "next_batch_pairs_to_appended": to_copies,
+        "next_batch_pairs_to_original_rows": to_originals,
+        "next_batch_withheld": release.withheld_count,
         "remove_1000_s": removed,
     }
 

@@ -222,7 +222,9 @@ def keyed_project(
 
 REFUSED_UPDATES: list[tuple[str, dict[str, Any], grpc.StatusCode, str]] = [
     ("beyond", {"remove": [2_000]}, grpc.StatusCode.INVALID_ARGUMENT, "not a custodian row"),
+    ("huge", {"remove": [2**64 - 1]}, grpc.StatusCode.INVALID_ARGUMENT, "not a custodian row"),
     ("twice", {"remove": [3, 3]}, grpc.StatusCode.INVALID_ARGUMENT, "named twice"),
+    ("neither", {}, grpc.StatusCode.INVALID_ARGUMENT, "appends records or removes rows"),
     ("again", {"remove": [9]}, grpc.StatusCode.INVALID_ARGUMENT, "removed already"),
     ("stale", {"rows": 1_999, "remove": [1]}, grpc.StatusCode.FAILED_PRECONDITION, "1999"),
     ("limit", {"append": 2_001}, grpc.StatusCode.FAILED_PRECONDITION, "max_records_per_upload"),

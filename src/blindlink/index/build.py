@@ -61,13 +61,19 @@ def check_removals(parent: Path, removed: Sequence[int] | np.ndarray) -> np.ndar
     """`removed` as rows, if each names a row of the index in `parent` that is not removed yet,
     once; InvalidUpdate otherwise."""
     records = Manifest.read(parent).records
-    rows = np.asarray(removed, dtype=np.int64).reshape(-1)
-    beyond = rows[(rows < 0) | (rows >= records)]
+    try:
+        rows = np.asarray(removed, dtype=np.uint64).reshape(-1)
+    except OverflowError:
+        raise InvalidUpdate(
+            f"row references are whole numbers from 0 to {records - 1}; nothing was changed"
+        ) from None
+    beyond = rows[rows >= records]
     if len(beyond):
         raise InvalidUpdate(
             f"row {beyond[0]} is not a custodian row (rows are 0 to {records - 1}); nothing "
             "was changed"
         )
+    rows = rows.astype(np.int64)
     ordered = np.sort(rows)
     twice = ordered[1:][ordered[1:] == ordered[:-1]]
     if len(twice):

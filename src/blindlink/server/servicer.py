@@ -479,6 +479,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             removed = check_removals(parent.directory, header.remove_rows)
         except InvalidUpdate as exc:
             raise invalid(str(exc)) from None
+        except IndexUnusable:
+            raise _deleted_meanwhile() from None
         if header.rows != parent.manifest.records:
             raise precondition(
                 f"this update was made for {header.rows} custodian rows, but the custodian's "
@@ -508,7 +510,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             }
             if append is not None:
                 details["content_sha256"] = append.content_sha256.hex()
-            with indexes.lock:
+            with indexes.lock:  # runs open the new version from the commit on, never the old
                 try:
                     entry = self._store.commit_custodian_update(
                         reference, version, incoming, count, removed, check_limits, details
@@ -520,10 +522,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         except PolicyViolation as violation:
             raise self._refuse(project_id, "custodian", violation) from None
         except (NotFound, IndexUnusable):
-            raise not_found(
-                "the custodian's encodings or the project were deleted while this update was "
-                "made; nothing was changed"
-            ) from None
+            raise _deleted_meanwhile() from None
         except AlreadyExists:
             raise ServiceError(
                 grpc.StatusCode.ABORTED,
@@ -728,6 +727,13 @@ def _decision_message(summary: DecisionSummary) -> pb.RunDecision:
             )
         )
     return decision
+
+
+def _deleted_meanwhile() -> ServiceError:
+    return not_found(
+        "the custodian's encodings or the project were deleted while this update was made; "
+        "nothing was changed"
+    )
 
 
 def _check_append(project_id: str, append: pb.UploadHeader, agreement: Agreement) -> None:
