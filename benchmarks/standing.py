@@ -15,10 +15,16 @@ against the truth, per batch size and pooled; pair completeness is the share of 
 sharing a blocking key. The first batch's release is checked against the same batch decided in
 this process against the whole custodian (the path before the index). Server memory is the
 resident set of the server process and its children (pool workers), sampled every 0.2 s while
-batches are served. Prints and writes benchmarks/results/standing.json (standing-RECORDS.json
-for other sizes).
+batches are served. Then a custodian update appends `--append` records to the large custodian
+(copies of the 100,000-record batch's first rows, as new people of the custodian's), timed from
+the start of the update's call until its receipt (the appended records streamed, the index's
+next version built, the update committed: from then on every run that starts sees them), and a
+1,000-record batch of those people follows, each of which must be paired with its appended copy;
+then an update removing 1,000 rows. Prints and writes benchmarks/results/standing.json
+(standing-RECORDS.json for other sizes).
 
     python benchmarks/standing.py [--records 1000000] [--small-records 100000] [--workdir DIR]
+        [--append 100000]
     python benchmarks/standing.py --records 10000000 --small-records 1000000  # national scale
 """
 
@@ -72,7 +78,15 @@ def main() -> None:
         "--small-records", type=int, default=DEFAULT_SMALL_RECORDS, help="small custodian"
     )
     parser.add_argument("--workdir", type=Path, help="keep generated and encoded data here")
+    parser.add_argument(
+        "--append",
+        type=int,
+        default=LARGE_RECORDS,
+        help=f"custodian records to append in an update (at most {LARGE_RECORDS:,}; 0: none)",
+    )
     args = parser.parse_args()
+    if not 0 <= args.append <= LARGE_RECORDS:
+        parser.error(f"--append: 0 to {LARGE_RECORDS:,} records")
     with tempfile.TemporaryDirectory() as tmp:
         run(args, args.workdir or Path(tmp), Path(tmp))
 
@@ -210,8 +224,9 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         clients = {role: parties.client(server.address, role) for role in ROLES}
         try:
             for custodian in custodians:
+                append = args.append if custodian is custodians[-1] else 0
                 measured[custodian.records] = serve_custodian(
-                    clients, parties, custodian, data_dir, memory
+                    clients, parties, custodian, data_dir, memory, append, scratch
                 )
         finally:
             for client in clients.values():
@@ -230,7 +245,15 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             "server RSS = the server process and its children, sampled every 0.2 s while "
             "batches are served (includes the index pages it has mapped); precision/recall = "
             "the custodian's released pair lists of the large custodian's batches, pooled, "
-            "against the truth; pair completeness = true pairs sharing a blocking key"
+            "against the truth; pair completeness = true pairs sharing a blocking key; update = "
+            "the large custodian's update appending copies of the 100,000-record batch's first "
+            "`appended` rows as new custodian records, from the start of the custodian's update "
+            "call to its receipt (streaming, the index's next version, the commit: runs that "
+            "start after it see the records), then a 1,000-record batch of those people (upload "
+            "to fetched release), counting those paired with their appended copy and those "
+            "paired with their original record (identical to the copy where the batch's record "
+            "was not corrupted: an exact tie goes to the lower row), then an update removing "
+            "1,000 rows"
         ),
         "custodians": measured,
         # Other work shares this machine: its load (1, 5, 15 min) before and after serving.
@@ -245,6 +268,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             "batch_10000_p50_s": 3,
             "batch_100000_s": 20,
             "batch_10000_ratio_10m_to_1m": 2,
+            "append_100000_until_visible_s": 30,
         },
     }
     default = args.records == DEFAULT_RECORDS and args.small_records == DEFAULT_SMALL_RECORDS
@@ -263,6 +287,17 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
             f"  pair completeness {found['pair_completeness']:.4f}, precision "
             f"{found['precision']:.4f}, recall {found['recall']:.4f} (all batches pooled)"
         )
+    update = large.get("update")
+    if update:
+        print(
+            f"update appending {update['appended']:,} records to {args.records:,}: "
+            f"{update['append_until_visible_s']:.1f} s until visible; the next 1,000-record "
+            f"batch {update['next_batch_s']:.2f} s, {update['next_batch_pairs_to_appended']:,} "
+            f"of its people paired with their appended copies, "
+            f"{update['next_batch_pairs_to_original_rows']:,} with original rows; removing 1,000 "
+            "rows "
+            f"{update['remove_1000_s']:.1f} s"
+        )
     print(
         f"10,000-record batch, median latency: {ratio:.2f}x with a "
         f"{args.records / args.small_records:.0f}x larger custodian"
@@ -276,8 +311,11 @@ def serve_custodian(
     custodian: Custodian,
     data_dir: Path,
     memory: ServerMemory,
+    append: int,
+    scratch: Path,
 ) -> dict[str, Any]:
-    """A project for `custodian`: its upload and index, then its batches; what was measured."""
+    """A project for `custodian`: its upload and index, then its batches, then (`append`) an
+    update appending records and one removing rows; what was measured."""
     schema = load_schema(default_schema_path())
     agreement = parties.agreement(
         f"standing index benchmark, {custodian.records} records",
@@ -346,7 +384,9 @@ def serve_custodian(
     first = next(iter(custodian.batches.values()))[0]
     same = first_released == without_index(parse_signed(agreement).agreement, first, custodian)
     print(f"  first batch's release identical to a run over the whole custodian: {same}")
+    update = update_custodian(clients, project, custodian, append, scratch) if append else None
     return {
+        "update": update,
         "first_batch_identical_to_whole_custodian_run": same,
         "custodian_upload_s": uploaded,
         "index_build_s": built - uploaded,
@@ -359,6 +399,57 @@ def serve_custodian(
         "recall": quality.recall,
         "released_pairs": len(released),
         "true_pairs": len(truth),
+    }
+
+
+def update_custodian(
+    clients: dict[str, LinkageClient],
+    project: str,
+    custodian: Custodian,
+    count: int,
+    scratch: Path,
+) -> dict[str, Any]:
+    """Append the first `count` records of the 100,000-record batch to the custodian, as new
+    people of its own; then a batch of 1,000 of them, and an update removing 1,000 rows."""
+    source = custodian.batches[LARGE_RECORDS][0].path
+    header = read_header(source)
+    rows = read_records(source)
+    appended, batch = scratch / "appended.bin", scratch / "after-update.bin"
+    write_encodings(appended, header.bit_length, header.schema_sha256, [rows[:count].tobytes()])
+    write_encodings(batch, header.bit_length, header.schema_sha256, [rows[:1_000].tobytes()])
+    clock = time.perf_counter()
+    receipt = clients["custodian"].update(project, custodian.records, appended)
+    visible = time.perf_counter() - clock
+    clock = time.perf_counter()
+    run_id = clients["requester"].upload(project, batch).run_id
+    final = clients["requester"].wait(project, run_id)
+    if "failed" in final.message:
+        raise SystemExit(f"the run after the update failed: {final.message}")
+    clients["requester"].release(project, run_id)
+    next_batch = time.perf_counter() - clock
+    release = clients["custodian"].release(project, run_id)
+    pairs = list(zip(release.other_rows, release.own_rows, strict=True))
+    to_copies = sum(c == receipt.first_row + r for r, c in pairs)
+    to_originals = sum(c < receipt.first_row for _, c in pairs)
+    clock = time.perf_counter()
+    rows_now = custodian.records + count
+    clients["custodian"].update(project, rows_now, remove=range(0, rows_now, rows_now // 1_000))
+    removed = time.perf_counter() - clock
+    print(
+        f"  update appending {count:,} records: visible after {visible:.1f} s; the next "
+        f"1,000-record batch {next_batch:.2f} s, {to_copies} paired with their appended copies, "
+        f"{to_originals} with original rows, {release.withheld_count} withheld as ambiguous; "
+        f"removing 1,000 rows: {removed:.1f} s",
+        flush=True,
+    )
+    return {
+        "appended": count,
+        "append_until_visible_s": visible,
+        "next_batch_s": next_batch,
+        "next_batch_pairs_to_appended": to_copies,
+        "next_batch_pairs_to_original_rows": to_originals,
+        "next_batch_withheld": release.withheld_count,
+        "remove_1000_s": removed,
     }
 
 

@@ -44,8 +44,8 @@ def texts(*real: str) -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(real + NASTY_TEXT), st.text(max_size=80))
 
 
-def upload_messages(target: Target) -> st.SearchStrategy[list[pb.UploadRequest]]:
-    header = st.builds(
+def upload_headers(target: Target) -> st.SearchStrategy[pb.UploadHeader]:
+    return st.builds(
         pb.UploadHeader,
         project_id=texts(target.project_id),
         count=st.one_of(st.integers(0, 20), st.integers(0, 2**64 - 1)),
@@ -55,12 +55,34 @@ def upload_messages(target: Target) -> st.SearchStrategy[list[pb.UploadRequest]]
         threshold=st.floats(allow_nan=True, allow_infinity=True),
         offset=st.one_of(st.integers(0, 2000), st.integers(0, 2**64 - 1)),
     )
+
+
+def upload_messages(target: Target) -> st.SearchStrategy[list[pb.UploadRequest]]:
+    header = upload_headers(target)
     part = st.one_of(
         st.builds(pb.UploadRequest, encodings=st.binary(max_size=400)),
         st.builds(pb.UploadRequest, header=header),
     )
     return st.tuples(header, st.lists(part, max_size=4)).map(
         lambda h: [pb.UploadRequest(header=h[0]), *h[1]]
+    )
+
+
+def update_messages(target: Target) -> st.SearchStrategy[list[pb.UpdateRequest]]:
+    rows = st.one_of(st.integers(0, 2_000), st.integers(0, 2**64 - 1))
+    header = st.builds(
+        pb.UpdateHeader,
+        project_id=texts(target.project_id),
+        append=st.one_of(st.none(), upload_headers(target)),
+        remove_rows=st.lists(rows, max_size=5),
+        rows=rows,
+    )
+    part = st.one_of(
+        st.builds(pb.UpdateRequest, encodings=st.binary(max_size=400)),
+        st.builds(pb.UpdateRequest, header=header),
+    )
+    return st.tuples(header, st.lists(part, max_size=4)).map(
+        lambda h: [pb.UpdateRequest(header=h[0]), *h[1]]
     )
 
 
@@ -78,6 +100,7 @@ def calls(target: Target) -> st.SearchStrategy[Call]:
         "GetRelease": st.builds(pb.GetReleaseRequest, **ids),
         "DeleteProject": st.builds(pb.DeleteProjectRequest, project_id=texts()),
         "Upload": upload_messages(target),
+        "UpdateCustodian": update_messages(target),
         "GetUploadOffset": st.builds(
             pb.UploadOffsetRequest,
             project_id=ids["project_id"],

@@ -61,6 +61,7 @@ METHOD_KINDS = {
     "GetRelease": "unary_unary",
     "GetStatus": "unary_unary",
     "GetUploadOffset": "unary_unary",
+    "UpdateCustodian": "stream_unary",
     "DeleteProject": "unary_unary",
 }
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Identities
-from server_process import encodings_file, server_launcher, signed_agreement
+from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
@@ -45,11 +45,6 @@ KILL_RECORDS = 500_000  # about half a second to index
 def pair(tmp_path_factory: pytest.TempPathFactory) -> EncodedPair:
     """Generated people with the default schema's blocking keys, half of them in both parties."""
     return encoded_pair(tmp_path_factory.mktemp("standing"), RECORDS, 0.5, 3, BLOCKING)
-
-
-def keyed_rows(encodings: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Records as uploaded: each encoding followed by its keys."""
-    return np.hstack([encodings, keys.astype("<u8").view(np.uint8)])
 
 
 def assert_same(found: Decisions, expected: Decisions) -> None:

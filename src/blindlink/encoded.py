@@ -58,6 +58,15 @@ class Encoded:
         width = self.records.shape[1] - 8 * self.key_count
         return np.ascontiguousarray(self.records[:, width:]).view("<u8").astype(np.uint64)
 
+    def extended(self, appended: Encoded | None) -> Encoded:
+        """These records followed by `appended` (as a custodian update leaves them)."""
+        if appended is None:
+            return self
+        if (appended.origin, appended.records.shape[1]) != (self.origin, self.records.shape[1]):
+            raise InputError("append", "records made otherwise than the custodian's")
+        records = np.concatenate([self.records, appended.records])
+        return Encoded(records, self.ids + appended.ids, self.key_count, self.origin)
+
     def save(self, encodings: str | os.PathLike[str], id_map: str | os.PathLike[str]) -> None:
         """Write the encodings file to upload and the local ID map to keep."""
         header = write_encodings(

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62lindlink/v1/linkage.proto\x12\x0c\x62lindlink.v1\"0\n\x14\x43reateProjectRequest\x12\x18\n\x10signed_agreement\x18\x01 \x01(\x0c\"\\\n\x07Project\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tagreement\x18\x02 \x01(\x0c\x12\x19\n\x11server_public_key\x18\x03 \x01(\t\x12\x0f\n\x07receipt\x18\x04 \x01(\t\"\xa8\x01\n\x0cUploadHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nbit_length\x18\x03 \x01(\r\x12\x15\n\rschema_sha256\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x0e\n\x06offset\x18\x08 \x01(\x04\"Z\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.blindlink.v1.UploadHeaderH\x00\x12\x13\n\tencodings\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8d\x01\n\rUploadReceipt\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12\x11\n\tupload_id\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x0f\n\x07receipt\x18\x07 \x01(\t\"A\n\x13UploadOffsetRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x02 \x01(\x0c\"\x1e\n\x0cUploadOffset\x12\x0e\n\x06offset\x18\x01 \x01(\x04\"5\n\x0fWatchRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\x81\x01\n\x0bRunProgress\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"7\n\x11\x41pproveRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xeb\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x16\n\x0e\x63ounts_visible\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_count\x18\x06 \x01(\x04\x12\x16\n\x0ewithheld_count\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\t \x01(\x0b\x32\x19.blindlink.v1.RunDecision\"r\n\x0bRunDecision\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x16\n\x0epossible_count\x18\x03 \x01(\x04\x12*\n\testimates\x18\x04 \x01(\x0b\x32\x17.blindlink.v1.Estimates\">\n\tEstimates\x12\x11\n\tprecision\x18\x01 \x01(\x01\x12\x0e\n\x06recall\x18\x02 \x01(\x01\x12\x0e\n\x06\x66_star\x18\x03 \x01(\x01\"7\n\x11GetReleaseRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xae\x02\n\x07Release\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.blindlink.v1.ReleaseKind\x12\x13\n\x0bmatch_count\x18\x04 \x01(\x04\x12\x10\n\x08own_rows\x18\x05 \x03(\r\x12\x12\n\nother_rows\x18\x06 \x03(\r\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x16\n\x0ewithheld_count\x18\x08 \x01(\x04\x12\x0f\n\x07receipt\x18\t \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\n \x01(\x0b\x32\x19.blindlink.v1.RunDecision\x12\x19\n\x11possible_own_rows\x18\x0b \x03(\r\x12\x1b\n\x13possible_other_rows\x18\x0c \x03(\r\"&\n\x10GetStatusRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"P\n\x0bPartyUpload\x12\r\n\x05party\x18\x01 \x01(\t\x12\x10\n\x08uploaded\x18\x02 \x01(\x08\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x11\n\tupload_id\x18\x04 \x01(\t\"w\n\rProjectStatus\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x07uploads\x18\x02 \x03(\x0b\x32\x19.blindlink.v1.PartyUpload\x12&\n\x04runs\x18\x03 \x03(\x0b\x32\x18.blindlink.v1.RunSummary\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteProjectResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\t*\x9f\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_STATE_WAITING_FOR_UPLOADS\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x12\n\x0eRUN_STATE_DONE\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05*\x90\x01\n\x0bReleaseKind\x12\x1c\n\x18RELEASE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_KIND_OWN_ROWS\x10\x01\x12\x16\n\x12RELEASE_KIND_PAIRS\x10\x02\x12\x16\n\x12RELEASE_KIND_COUNT\x10\x03\x12\x18\n\x14RELEASE_KIND_NOTHING\x10\x04\x32\xe8\x04\n\x07Linkage\x12J\n\rCreateProject\x12\".blindlink.v1.CreateProjectRequest\x1a\x15.blindlink.v1.Project\x12\x44\n\x06Upload\x12\x1b.blindlink.v1.UploadRequest\x1a\x1b.blindlink.v1.UploadReceipt(\x01\x12P\n\x0fGetUploadOffset\x12!.blindlink.v1.UploadOffsetRequest\x1a\x1a.blindlink.v1.UploadOffset\x12\x46\n\x08WatchRun\x12\x1d.blindlink.v1.WatchRunRequest\x1a\x19.blindlink.v1.RunProgress0\x01\x12G\n\nApproveRun\x12\x1f.blindlink.v1.ApproveRunRequest\x1a\x18.blindlink.v1.RunSummary\x12\x44\n\nGetRelease\x12\x1f.blindlink.v1.GetReleaseRequest\x1a\x15.blindlink.v1.Release\x12H\n\tGetStatus\x12\x1e.blindlink.v1.GetStatusRequest\x1a\x1b.blindlink.v1.ProjectStatus\x12X\n\rDeleteProject\x12\".blindlink.v1.DeleteProjectRequest\x1a#.blindlink.v1.DeleteProjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62lindlink/v1/linkage.proto\x12\x0c\x62lindlink.v1\"0\n\x14\x43reateProjectRequest\x12\x18\n\x10signed_agreement\x18\x01 \x01(\x0c\"\\\n\x07Project\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tagreement\x18\x02 \x01(\x0c\x12\x19\n\x11server_public_key\x18\x03 \x01(\t\x12\x0f\n\x07receipt\x18\x04 \x01(\t\"\xa8\x01\n\x0cUploadHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nbit_length\x18\x03 \x01(\r\x12\x15\n\rschema_sha256\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x0e\n\x06offset\x18\x08 \x01(\x04\"Z\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.blindlink.v1.UploadHeaderH\x00\x12\x13\n\tencodings\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8d\x01\n\rUploadReceipt\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12\x11\n\tupload_id\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x0f\n\x07receipt\x18\x07 \x01(\t\"A\n\x13UploadOffsetRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x02 \x01(\x0c\"\x1e\n\x0cUploadOffset\x12\x0e\n\x06offset\x18\x01 \x01(\x04\"q\n\x0cUpdateHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x06\x61ppend\x18\x02 \x01(\x0b\x32\x1a.blindlink.v1.UploadHeader\x12\x13\n\x0bremove_rows\x18\x03 \x03(\x04\x12\x0c\n\x04rows\x18\x04 \x01(\x04\"Z\n\rUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.blindlink.v1.UpdateHeaderH\x00\x12\x13\n\tencodings\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8c\x01\n\rUpdateReceipt\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x10\n\x08\x61ppended\x18\x03 \x01(\x04\x12\x0f\n\x07removed\x18\x04 \x01(\x04\x12\x11\n\tfirst_row\x18\x05 \x01(\x04\x12\x0f\n\x07records\x18\x06 \x01(\x04\x12\x0f\n\x07receipt\x18\x07 \x01(\t\"5\n\x0fWatchRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\x81\x01\n\x0bRunProgress\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\"7\n\x11\x41pproveRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xeb\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.blindlink.v1.RunState\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x10\n\x08\x61pproved\x18\x04 \x01(\x08\x12\x16\n\x0e\x63ounts_visible\x18\x05 \x01(\x08\x12\x13\n\x0bmatch_count\x18\x06 \x01(\x04\x12\x16\n\x0ewithheld_count\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\t \x01(\x0b\x32\x19.blindlink.v1.RunDecision\"r\n\x0bRunDecision\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x16\n\x0epossible_count\x18\x03 \x01(\x04\x12*\n\testimates\x18\x04 \x01(\x0b\x32\x17.blindlink.v1.Estimates\">\n\tEstimates\x12\x11\n\tprecision\x18\x01 \x01(\x01\x12\x0e\n\x06recall\x18\x02 \x01(\x01\x12\x0e\n\x06\x66_star\x18\x03 \x01(\x01\"7\n\x11GetReleaseRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xae\x02\n\x07Release\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.blindlink.v1.ReleaseKind\x12\x13\n\x0bmatch_count\x18\x04 \x01(\x04\x12\x10\n\x08own_rows\x18\x05 \x03(\r\x12\x12\n\nother_rows\x18\x06 \x03(\r\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x16\n\x0ewithheld_count\x18\x08 \x01(\x04\x12\x0f\n\x07receipt\x18\t \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\n \x01(\x0b\x32\x19.blindlink.v1.RunDecision\x12\x19\n\x11possible_own_rows\x18\x0b \x03(\r\x12\x1b\n\x13possible_other_rows\x18\x0c \x03(\r\"&\n\x10GetStatusRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"P\n\x0bPartyUpload\x12\r\n\x05party\x18\x01 \x01(\t\x12\x10\n\x08uploaded\x18\x02 \x01(\x08\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x11\n\tupload_id\x18\x04 \x01(\t\"w\n\rProjectStatus\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x07uploads\x18\x02 \x03(\x0b\x32\x19.blindlink.v1.PartyUpload\x12&\n\x04runs\x18\x03 \x03(\x0b\x32\x18.blindlink.v1.RunSummary\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteProjectResponse\x12\x0f\n\x07receipt\x18\x01 \x01(\t*\x9f\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_STATE_WAITING_FOR_UPLOADS\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x12\n\x0eRUN_STATE_DONE\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05*\x90\x01\n\x0bReleaseKind\x12\x1c\n\x18RELEASE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_KIND_OWN_ROWS\x10\x01\x12\x16\n\x12RELEASE_KIND_PAIRS\x10\x02\x12\x16\n\x12RELEASE_KIND_COUNT\x10\x03\x12\x18\n\x14RELEASE_KIND_NOTHING\x10\x04\x32\xb7\x05\n\x07Linkage\x12J\n\rCreateProject\x12\".blindlink.v1.CreateProjectRequest\x1a\x15.blindlink.v1.Project\x12\x44\n\x06Upload\x12\x1b.blindlink.v1.UploadRequest\x1a\x1b.blindlink.v1.UploadReceipt(\x01\x12P\n\x0fGetUploadOffset\x12!.blindlink.v1.UploadOffsetRequest\x1a\x1a.blindlink.v1.UploadOffset\x12M\n\x0fUpdateCustodian\x12\x1b.blindlink.v1.UpdateRequest\x1a\x1b.blindlink.v1.UpdateReceipt(\x01\x12\x46\n\x08WatchRun\x12\x1d.blindlink.v1.WatchRunRequest\x1a\x19.blindlink.v1.RunProgress0\x01\x12G\n\nApproveRun\x12\x1f.blindlink.v1.ApproveRunRequest\x1a\x18.blindlink.v1.RunSummary\x12\x44\n\nGetRelease\x12\x1f.blindlink.v1.GetReleaseRequest\x1a\x15.blindlink.v1.Release\x12H\n\tGetStatus\x12\x1e.blindlink.v1.GetStatusRequest\x1a\x1b.blindlink.v1.ProjectStatus\x12X\n\rDeleteProject\x12\".blindlink.v1.DeleteProjectRequest\x1a#.blindlink.v1.DeleteProjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'blindlink.v1.linkage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=2048
-  _globals['_RUNSTATE']._serialized_end=2207
-  _globals['_RELEASEKIND']._serialized_start=2210
-  _globals['_RELEASEKIND']._serialized_end=2354
+  _globals['_RUNSTATE']._serialized_start=2398
+  _globals['_RUNSTATE']._serialized_end=2557
+  _globals['_RELEASEKIND']._serialized_start=2560
+  _globals['_RELEASEKIND']._serialized_end=2704
   _globals['_CREATEPROJECTREQUEST']._serialized_start=44
   _globals['_CREATEPROJECTREQUEST']._serialized_end=92
   _globals['_PROJECT']._serialized_start=94
@@ -49,32 +49,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADOFFSETREQUEST']._serialized_end=660
   _globals['_UPLOADOFFSET']._serialized_start=662
   _globals['_UPLOADOFFSET']._serialized_end=692
-  _globals['_WATCHRUNREQUEST']._serialized_start=694
-  _globals['_WATCHRUNREQUEST']._serialized_end=747
-  _globals['_RUNPROGRESS']._serialized_start=750
-  _globals['_RUNPROGRESS']._serialized_end=879
-  _globals['_APPROVERUNREQUEST']._serialized_start=881
-  _globals['_APPROVERUNREQUEST']._serialized_end=936
-  _globals['_RUNSUMMARY']._serialized_start=939
-  _globals['_RUNSUMMARY']._serialized_end=1174
-  _globals['_RUNDECISION']._serialized_start=1176
-  _globals['_RUNDECISION']._serialized_end=1290
-  _globals['_ESTIMATES']._serialized_start=1292
-  _globals['_ESTIMATES']._serialized_end=1354
-  _globals['_GETRELEASEREQUEST']._serialized_start=1356
-  _globals['_GETRELEASEREQUEST']._serialized_end=1411
-  _globals['_RELEASE']._serialized_start=1414
-  _globals['_RELEASE']._serialized_end=1716
-  _globals['_GETSTATUSREQUEST']._serialized_start=1718
-  _globals['_GETSTATUSREQUEST']._serialized_end=1756
-  _globals['_PARTYUPLOAD']._serialized_start=1758
-  _globals['_PARTYUPLOAD']._serialized_end=1838
-  _globals['_PROJECTSTATUS']._serialized_start=1840
-  _globals['_PROJECTSTATUS']._serialized_end=1959
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=1961
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=2003
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=2005
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=2045
-  _globals['_LINKAGE']._serialized_start=2357
-  _globals['_LINKAGE']._serialized_end=2973
+  _globals['_UPDATEHEADER']._serialized_start=694
+  _globals['_UPDATEHEADER']._serialized_end=807
+  _globals['_UPDATEREQUEST']._serialized_start=809
+  _globals['_UPDATEREQUEST']._serialized_end=899
+  _globals['_UPDATERECEIPT']._serialized_start=902
+  _globals['_UPDATERECEIPT']._serialized_end=1042
+  _globals['_WATCHRUNREQUEST']._serialized_start=1044
+  _globals['_WATCHRUNREQUEST']._serialized_end=1097
+  _globals['_RUNPROGRESS']._serialized_start=1100
+  _globals['_RUNPROGRESS']._serialized_end=1229
+  _globals['_APPROVERUNREQUEST']._serialized_start=1231
+  _globals['_APPROVERUNREQUEST']._serialized_end=1286
+  _globals['_RUNSUMMARY']._serialized_start=1289
+  _globals['_RUNSUMMARY']._serialized_end=1524
+  _globals['_RUNDECISION']._serialized_start=1526
+  _globals['_RUNDECISION']._serialized_end=1640
+  _globals['_ESTIMATES']._serialized_start=1642
+  _globals['_ESTIMATES']._serialized_end=1704
+  _globals['_GETRELEASEREQUEST']._serialized_start=1706
+  _globals['_GETRELEASEREQUEST']._serialized_end=1761
+  _globals['_RELEASE']._serialized_start=1764
+  _globals['_RELEASE']._serialized_end=2066
+  _globals['_GETSTATUSREQUEST']._serialized_start=2068
+  _globals['_GETSTATUSREQUEST']._serialized_end=2106
+  _globals['_PARTYUPLOAD']._serialized_start=2108
+  _globals['_PARTYUPLOAD']._serialized_end=2188
+  _globals['_PROJECTSTATUS']._serialized_start=2190
+  _globals['_PROJECTSTATUS']._serialized_end=2309
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=2311
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=2353
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=2355
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=2395
+  _globals['_LINKAGE']._serialized_start=2707
+  _globals['_LINKAGE']._serialized_end=3402
 # @@protoc_insertion_point(module_scope)

@@ -113,6 +113,44 @@ class UploadOffset(_message.Message):
     offset: int
     def __init__(self, offset: _Optional[int] = ...) -> None: ...
 
+class UpdateHeader(_message.Message):
+    __slots__ = ("project_id", "append", "remove_rows", "rows")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    append: UploadHeader
+    remove_rows: _containers.RepeatedScalarFieldContainer[int]
+    rows: int
+    def __init__(self, project_id: _Optional[str] = ..., append: _Optional[_Union[UploadHeader, _Mapping]] = ..., remove_rows: _Optional[_Iterable[int]] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class UpdateRequest(_message.Message):
+    __slots__ = ("header", "encodings")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    header: UpdateHeader
+    encodings: bytes
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., encodings: _Optional[bytes] = ...) -> None: ...
+
+class UpdateReceipt(_message.Message):
+    __slots__ = ("project_id", "version", "appended", "removed", "first_row", "records", "receipt")
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPENDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    project_id: str
+    version: int
+    appended: int
+    removed: int
+    first_row: int
+    records: int
+    receipt: str
+    def __init__(self, project_id: _Optional[str] = ..., version: _Optional[int] = ..., appended: _Optional[int] = ..., removed: _Optional[int] = ..., first_row: _Optional[int] = ..., records: _Optional[int] = ..., receipt: _Optional[str] = ...) -> None: ...
+
 class WatchRunRequest(_message.Message):
     __slots__ = ("project_id", "run_id")
     PROJECT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -56,6 +56,11 @@ class LinkageStub:
                 request_serializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffsetRequest.SerializeToString,
                 response_deserializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffset.FromString,
                 _registered_method=True)
+        self.UpdateCustodian = channel.stream_unary(
+                '/blindlink.v1.Linkage/UpdateCustodian',
+                request_serializer=blindlink_dot_v1_dot_linkage__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=blindlink_dot_v1_dot_linkage__pb2.UpdateReceipt.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/blindlink.v1.Linkage/WatchRun',
                 request_serializer=blindlink_dot_v1_dot_linkage__pb2.WatchRunRequest.SerializeToString,
@@ -115,6 +120,15 @@ class LinkageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCustodian(self, request_iterator, context):
+        """The custodian appends records to its encodings and removes records from them, in one
+        update committed atomically: one header message, then the appended encoding bytes in chunks
+        (none for an update that only removes). Runs that start after the update see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRun(self, request, context):
         """Stream a run's progress until it is done or has failed.
         """
@@ -167,6 +181,11 @@ def add_LinkageServicer_to_server(servicer, server):
                     servicer.GetUploadOffset,
                     request_deserializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffsetRequest.FromString,
                     response_serializer=blindlink_dot_v1_dot_linkage__pb2.UploadOffset.SerializeToString,
+            ),
+            'UpdateCustodian': grpc.stream_unary_rpc_method_handler(
+                    servicer.UpdateCustodian,
+                    request_deserializer=blindlink_dot_v1_dot_linkage__pb2.UpdateRequest.FromString,
+                    response_serializer=blindlink_dot_v1_dot_linkage__pb2.UpdateReceipt.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -282,6 +301,33 @@ class Linkage:
             '/blindlink.v1.Linkage/GetUploadOffset',
             blindlink_dot_v1_dot_linkage__pb2.UploadOffsetRequest.SerializeToString,
             blindlink_dot_v1_dot_linkage__pb2.UploadOffset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCustodian(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/blindlink.v1.Linkage/UpdateCustodian',
+            blindlink_dot_v1_dot_linkage__pb2.UpdateRequest.SerializeToString,
+            blindlink_dot_v1_dot_linkage__pb2.UpdateReceipt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -158,6 +158,23 @@ def check_upload(
         )
 
 
+def check_update(agreement: Agreement, party: str, now: datetime) -> None:
+    """Whether `party` may update its records now: only the custodian, only in a project whose
+    agreement blocks on keys (updates change the custodian's standing index)."""
+    check_validity(agreement, now)
+    if party != "custodian":
+        raise PolicyViolation(
+            "custodian_updates", "only the custodian updates its records", denied=True
+        )
+    if agreement.blocking_keys is None:
+        raise PolicyViolation(
+            "blocking.keys",
+            "custodian updates need an agreement with blocking keys (the server keeps such a "
+            "custodian's records in a standing index it can update); without blocking keys, "
+            "sign a new agreement (a new reference) and upload the new data to a new project",
+        )
+
+
 def check_release(
     agreement: Agreement, state: str, approved: bool, results_deleted: bool, now: datetime
 ) -> None:

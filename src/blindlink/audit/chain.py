@@ -52,6 +52,7 @@ KINDS = frozenset(
         "project_created",
         "upload_committed",
         "upload_repeated",
+        "custodian_updated",
         "run_started",
         "run_finished",
         "run_failed",

@@ -413,6 +413,42 @@ def _add_party_commands(commands: argparse._SubParsersAction) -> None:
     )
     up.set_defaults(run=party.upload)
 
+    upd = commands.add_parser(
+        "update",
+        help="custodian: append records to your encodings on the server and remove records",
+    )
+    party.add_party_arguments(upd)
+    upd.add_argument(
+        "--id-map",
+        type=Path,
+        required=True,
+        help="your local ID map of the records on the server; extended by the appended rows",
+    )
+    upd.add_argument(
+        "--append",
+        type=Path,
+        metavar="ENCODINGS",
+        help="encodings file of the records to append (`blindlink encode --agreement`)",
+    )
+    upd.add_argument(
+        "--append-id-map",
+        type=Path,
+        help="the appended file's ID map (default: ENCODINGS.idmap.json)",
+    )
+    upd.add_argument(
+        "--remove",
+        type=Path,
+        metavar="ROWS",
+        help="text file of the row references to remove, one a line",
+    )
+    upd.add_argument("--receipt", type=Path, help="write the server's signed receipt here")
+    upd.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the appended records' stream afresh rather than continue an interrupted one",
+    )
+    upd.set_defaults(run=party.update)
+
     status = commands.add_parser("status", help="show a project's status")
     party.add_party_arguments(status)
     status.add_argument("--watch", action="store_true", help="follow a run until it ends")

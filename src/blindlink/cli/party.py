@@ -21,7 +21,7 @@ from blindlink.client.linkage_client import ClientTls, LinkageClient, ServerErro
 from blindlink.encoding.csv_input import expected_records
 from blindlink.encoding.encoder import encode_csv
 from blindlink.encoding.encodings_file import import_clkhash_json, read_header
-from blindlink.encoding.id_map import IdMap, read_id_map
+from blindlink.encoding.id_map import IdMap, read_id_map, read_row_references, write_id_map
 from blindlink.encoding.schema import default_schema_path, load_schema
 from blindlink.encoding.secret import read_secret
 from blindlink.errors import InputError
@@ -190,6 +190,44 @@ def upload(args: argparse.Namespace) -> int:
         )
     if receipt.run_id:
         print(f"run {receipt.run_id} matches this batch")
+    if args.receipt:
+        args.receipt.write_text(receipt.receipt + "\n", encoding="utf-8")
+    return 0
+
+
+def update(args: argparse.Namespace) -> int:
+    """The custodian's update: append an encodings file's records, remove rows, in one commit;
+    then the local ID map is extended by the appended file's map."""
+    if args.append is None and args.remove is None:
+        raise InputError("update", "give --append, --remove or both")
+    id_map = read_id_map(args.id_map)
+    removed = read_row_references(args.remove) if args.remove else []
+    appended_map = None
+    if args.append is not None:
+        appended_map = read_id_map(args.append_id_map or Path(f"{args.append}.idmap.json"))
+        header = read_header(args.append)
+        if appended_map.content_sha256 != header.content_sha256.hex():
+            raise InputError(
+                str(args.append_id_map or f"{args.append}.idmap.json"),
+                f"this ID map is not the map of {args.append} (another content hash)",
+            )
+    size = read_header(args.append).payload_bytes if args.append else 0
+    with connect(args) as client, bar(size, "appending", unit="B") as bar_:
+        receipt = client.update(
+            args.project, len(id_map.ids), args.append, removed, bar_.update, restart=args.restart
+        )
+    if appended_map is not None:
+        write_id_map(args.id_map, id_map.extended(appended_map))
+    print(
+        f"update committed: version {receipt.version}; {receipt.appended} records appended as "
+        f"rows {receipt.first_row} to {receipt.first_row + receipt.appended - 1}, "
+        f"{receipt.removed} removed; {receipt.records} records now"
+        if receipt.appended
+        else f"update committed: version {receipt.version}; {receipt.removed} records removed; "
+        f"{receipt.records} records now"
+    )
+    if appended_map is not None:
+        print(f"local ID map extended: {args.id_map} (keep it; never upload it)")
     if args.receipt:
         args.receipt.write_text(receipt.receipt + "\n", encoding="utf-8")
     return 0

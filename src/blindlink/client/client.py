@@ -112,6 +112,28 @@ class Client:
             encoded.save(path, Path(scratch) / "ids.json")
             return self._client.upload(project_id, path, threshold, purpose=purpose).run_id
 
+    def update(
+        self,
+        project_id: str,
+        custodian: Encoded,
+        *,
+        append: Encoded | None = None,
+        remove: Sequence[int] = (),
+    ) -> Encoded:
+        """The custodian's update of its records on the server, committed at once: append the
+        records `append` and remove rows `remove` (row references). `custodian` is what the
+        server holds now, as uploaded or as the last update returned; the custodian's records
+        after this update are returned, to pass to `results` and to the next update (appended
+        rows follow the last row; removed rows keep their place, never released again). Runs
+        that start after the update see it."""
+        with tempfile.TemporaryDirectory(prefix="blindlink-") as scratch:
+            path = None
+            if append is not None:
+                path = Path(scratch) / "appended.bin"
+                append.save(path, Path(scratch) / "ids.json")
+            self._client.update(project_id, len(custodian), path, remove)
+        return custodian.extended(append)
+
     def wait(self, project_id: str, run_id: str) -> None:
         """Block until the run is done; raise RunFailed if it failed."""
         last = self._client.wait(project_id, run_id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TypeVar
 
@@ -142,28 +143,81 @@ class LinkageClient:
             threshold=threshold,
             purpose=purpose or "",
         )
+
+        def send(resumed: pb.UploadHeader, chunks: Iterator[bytes]) -> pb.UploadReceipt:
+            messages = chain(
+                [pb.UploadRequest(header=resumed)], (pb.UploadRequest(encodings=c) for c in chunks)
+            )
+            return self._stub.Upload(messages, metadata=self._metadata)
+
+        return self._resumable(encodings, first, send, progress, restart)
+
+    def update(
+        self,
+        project_id: str,
+        rows: int,
+        append: Path | None = None,
+        remove: Sequence[int] = (),
+        progress: Callable[[int], None] = lambda n: None,
+        *,
+        restart: bool = False,
+    ) -> pb.UpdateReceipt:
+        """The custodian's update: append the records of the encodings file `append` (streamed
+        as an upload is, continued where an interrupted attempt stopped) and remove rows
+        `remove`, in one commit. `rows`: the custodian's row count the update was made for (its
+        ID map's); the server refuses the update when it has another."""
+
+        def send(appended: pb.UploadHeader | None, chunks: Iterator[bytes]) -> pb.UpdateReceipt:
+            header = pb.UpdateHeader(
+                project_id=project_id, append=appended, remove_rows=remove, rows=rows
+            )
+            messages = chain(
+                [pb.UpdateRequest(header=header)], (pb.UpdateRequest(encodings=c) for c in chunks)
+            )
+            return self._stub.UpdateCustodian(messages, metadata=self._metadata)
+
+        if append is None:
+            return self._call(lambda: send(None, iter(())))
+        header = verify_payload(append)
+        first = pb.UploadHeader(
+            project_id=project_id,
+            count=header.count,
+            bit_length=header.bit_length,
+            schema_sha256=header.schema_sha256,
+            content_sha256=header.content_sha256,
+        )
+        return self._resumable(append, first, send, progress, restart)
+
+    def _resumable(
+        self,
+        encodings: Path,
+        first: pb.UploadHeader,
+        send: Callable[[pb.UploadHeader, Iterator[bytes]], T],
+        progress: Callable[[int], None],
+        restart: bool,
+    ) -> T:
+        """Stream the file `encodings` described by `first` through `send` (the header, then
+        the chunks from its offset). A stream the server kept when an earlier attempt broke off
+        continues where it stopped (`restart`: start afresh instead), and a connection lost
+        while streaming is retried the same way, up to RESUME_ATTEMPTS times."""
         reported = 0
 
-        def messages(offset: int) -> Iterator[pb.UploadRequest]:
+        def chunks(offset: int) -> Iterator[bytes]:
             nonlocal reported
-            resumed = pb.UploadHeader()
-            resumed.CopyFrom(first)
-            resumed.offset = offset
-            yield pb.UploadRequest(header=resumed)
             position = offset
             for chunk in iter_payload_chunks(encodings, CHUNK_BYTES, offset):
-                yield pb.UploadRequest(encodings=chunk)
+                yield chunk
                 position += len(chunk)
                 if position > reported:
                     progress(position - reported)
                     reported = position
 
-        offset = 0
-
-        def attempt(fresh: bool) -> pb.UploadReceipt:
-            nonlocal offset
-            offset = 0 if fresh else self.upload_offset(project_id, header.content_sha256)
-            return self._call(lambda: self._stub.Upload(messages(offset), metadata=self._metadata))
+        def attempt(fresh: bool) -> T:
+            offset = 0 if fresh else self.upload_offset(first.project_id, first.content_sha256)
+            resumed = pb.UploadHeader()
+            resumed.CopyFrom(first)
+            resumed.offset = offset
+            return self._call(lambda: send(resumed, chunks(offset)))
 
         fresh = restart
         pause = RESUME_FIRST_PAUSE_S

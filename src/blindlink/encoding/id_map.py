@@ -28,6 +28,32 @@ class IdMap:
             )
         return [self.ids[r] for r in rows]
 
+    def extended(self, appended: IdMap) -> IdMap:
+        """This map followed by `appended`'s rows: the custodian's map after an update appended
+        `appended`'s encodings (their rows follow this map's last row). Removed rows keep their
+        place and ID; no release names them again."""
+        return IdMap(self.content_sha256, self.ids + appended.ids)
+
+
+def read_row_references(path: Path) -> list[int]:
+    """Row references from a text file, one a line (blank lines and lines starting with # are
+    skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(str(path), "file of row references not found") from None
+    except UnicodeDecodeError:
+        raise InputError(str(path), "not UTF-8 text") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if not text.isascii() or not text.isdigit():
+            raise InputError(str(path), "not a row reference (a whole number >= 0)", line=number)
+        rows.append(int(text))
+    return rows
+
 
 def write_id_map(path: Path, id_map: IdMap) -> None:
     tmp = Path(f"{path}.partial")

@@ -113,10 +113,10 @@ class CustodianIndex:
         """The batch (encodings, keys) against the custodian records it shares a key value
         with, read from the memory-mapped arrays."""
         rows = self.candidate_rows(requester_keys)
-        # The custodian's part follows from its upload and the batch's keys, so hashing those
-        # identifies the pair (workers cache their forms of it by this key) without hashing
-        # the records read, which grow with the key groups the batch hits.
-        digest = hashlib.sha256(self.manifest.content_sha256.encode())
+        # The custodian's part follows from its upload, its version and the batch's keys, so
+        # hashing those identifies the pair (workers cache their forms of it by this key)
+        # without hashing the records read, which grow with the key groups the batch hits.
+        digest = hashlib.sha256(f"{self.manifest.content_sha256}.{self.manifest.version}".encode())
         for array in (requester, requester_keys):
             digest.update(np.ascontiguousarray(array).tobytes())
         shared = SharedEncodings(

@@ -112,7 +112,7 @@ class RunQueue:
         self._store = store
         self._matching = matching
         self._on_key_loads = on_key_loads
-        self._indexes = CustodianIndexes(store.index_dir)
+        self.indexes = CustodianIndexes(store.index_dir)  # custodian updates build them too
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._current = ""
@@ -266,10 +266,12 @@ class RunQueue:
             log.error("custodian index of project %s not built: %s", project_id[:12], exc)
 
     def _index(self, reference: UploadRecord, key_count: int) -> CustodianIndex:
-        """The standing index of the custodian's upload `reference`, built if it has none.
-        An index finished after its encodings were deleted (retention, or the project's
-        deletion, while it was built) is deleted too."""
-        index = self._indexes.ensure(reference, key_count)
+        """The standing index of the custodian's upload `reference` as its updates committed so
+        far left it, built if it has none. An index finished after its encodings were deleted
+        (retention, or the project's deletion, while it was built) is deleted too."""
+        with self.indexes.lock:  # no update commits between reading its updates and opening
+            updates = self._store.custodian_updates(reference.upload_id)
+            index = self.indexes.ensure(reference, key_count, updates)
         live = self._store.upload(reference.upload_id)
         if live is None or live.path is None:
             self._store.remove_index(reference.upload_id)

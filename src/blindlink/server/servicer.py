@@ -22,6 +22,7 @@ from blindlink.agreement.policy import (
     batch_purpose,
     check_approval,
     check_release,
+    check_update,
     check_upload,
     check_validity,
     counts_visible,
@@ -38,6 +39,9 @@ from blindlink.encoding.encodings_file import (
     staged_bytes,
 )
 from blindlink.errors import AgreementError, EncodingsFileError
+from blindlink.index.build import InvalidUpdate, check_removals
+from blindlink.index.custodian import CustodianIndex
+from blindlink.index.layout import IndexUnusable
 from blindlink.matching.decision import DecisionSummary, PairStatus
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.identity import PartyResolver
@@ -62,6 +66,7 @@ from blindlink.store.sqlite import (
     NotFound,
     RunRecord,
     Store,
+    UploadRecord,
 )
 
 MAX_AGREEMENT_BYTES = 1 << 20
@@ -119,6 +124,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         self._reservations: dict[object, tuple[str, str, float, int]] = {}
         self._reservations_lock = threading.Lock()
         self._streaming: set[Path] = set()  # kept uploads a stream is writing now
+        self._updating: set[str] = set()  # projects whose custodian update is being made
 
     # Helpers shared by the handlers
 
@@ -284,7 +290,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 for (project, party, at, count) in self._reservations.values()
                 if (project, party) == (project_id, role)
             ]
-            committed = [(u.committed_at, u.count) for u in self._store.uploads(project_id, role)]
+            committed = self._store.past_uploads(project_id, role)
             check_limits(committed + streaming)
             token = object()
             self._reservations[token] = (project_id, role, time.time(), count)
@@ -345,7 +351,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
 
     def _stage(
         self,
-        request_iterator: Iterator[pb.UploadRequest],
+        request_iterator: Iterator[pb.UploadRequest] | Iterator[pb.UpdateRequest],
         header: pb.UploadHeader,
         role: str,
         incoming: Path,
@@ -417,6 +423,128 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             raise invalid("content_sha256 must be 32 bytes")
         staged = self._store.staged_path(request.project_id, role, request.content_sha256)
         return pb.UploadOffset(offset=staged_bytes(staged))
+
+    def UpdateCustodian(
+        self, request_iterator: Iterator[pb.UpdateRequest], context: grpc.ServicerContext
+    ) -> pb.UpdateReceipt:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise invalid("the first message of an update must be its header")
+        header = first.header
+        agreement, role = self._project(header.project_id, context)
+        try:
+            check_update(agreement, role, datetime.now(UTC))
+        except PolicyViolation as violation:
+            raise self._refuse(header.project_id, role, violation) from None
+        append = header.append if header.HasField("append") else None
+        if append is None and not header.remove_rows:
+            raise invalid("an update appends records or removes rows; this one does neither")
+        if append is not None:
+            _check_append(header.project_id, append, agreement)
+        reference = self._store.live_custodian_upload(header.project_id)
+        if reference is None:
+            raise precondition(
+                "the custodian has no encodings on this server to update; upload them first"
+            )
+        with self._reservations_lock:
+            if header.project_id in self._updating:
+                raise ServiceError(
+                    grpc.StatusCode.ABORTED,
+                    "another update of the custodian's records is being made; wait for its "
+                    "receipt, then send this one",
+                )
+            self._updating.add(header.project_id)
+        try:
+            return self._update(request_iterator, header, append, agreement, reference)
+        finally:
+            with self._reservations_lock:
+                self._updating.discard(header.project_id)
+
+    def _update(
+        self,
+        request_iterator: Iterator[pb.UpdateRequest],
+        header: pb.UpdateHeader,
+        append: pb.UploadHeader | None,
+        agreement: Agreement,
+        reference: UploadRecord,
+    ) -> pb.UpdateReceipt:
+        """Check the removals, receive the appended records, build the custodian index's next
+        version and commit the update; the index version before it is retired once it is."""
+        project_id = header.project_id
+        updates = self._store.custodian_updates(reference.upload_id)
+        key_count = len(agreement.blocking_keys.keys)  # type: ignore[union-attr]
+        indexes = self._runs.indexes
+        try:
+            parent = indexes.ensure(reference, key_count, updates)
+            removed = check_removals(parent.directory, header.remove_rows)
+        except InvalidUpdate as exc:
+            raise invalid(str(exc)) from None
+        except IndexUnusable:
+            raise _deleted_meanwhile() from None
+        if header.rows != parent.manifest.records:
+            raise precondition(
+                f"this update was made for {header.rows} custodian rows, but the custodian's "
+                f"records have {parent.manifest.records} rows (removed ones included) at version "
+                f"{len(updates)}: an update was committed since (this one, if its receipt was "
+                "lost?); nothing was changed"
+            )
+        count = append.count if append is not None else 0
+
+        def check_limits(past: list[tuple[float, int]]) -> None:
+            check_upload(agreement, count, [PastUpload(*p) for p in past], datetime.now(UTC))
+
+        version = len(updates) + 1
+        incoming = self._store.incoming_path() if append is not None else None
+        reservation = None
+        try:
+            if append is not None and incoming is not None:
+                reservation = self._reserve(project_id, "custodian", count, check_limits)
+                self._stage(request_iterator, append, "custodian", incoming)
+            built = CustodianIndex(indexes.extend(reference, key_count, updates, incoming, removed))
+            details = {
+                "upload_id": reference.upload_id,
+                "version": version,
+                "appended": count,
+                "removed": len(removed),
+                "removed_rows_sha256": rows_sha256(self._store.commitment_key, removed.tolist()),
+            }
+            if append is not None:
+                details["content_sha256"] = append.content_sha256.hex()
+            with indexes.lock:  # runs open the new version from the commit on, never the old
+                try:
+                    entry = self._store.commit_custodian_update(
+                        reference, version, incoming, count, removed, check_limits, details
+                    )
+                except BaseException:
+                    indexes.retire(reference.upload_id, version)
+                    raise
+                indexes.retire(reference.upload_id, version - 1)
+        except PolicyViolation as violation:
+            raise self._refuse(project_id, "custodian", violation) from None
+        except (NotFound, IndexUnusable):
+            raise _deleted_meanwhile() from None
+        except AlreadyExists:
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                "another update of the custodian's records was committed first; nothing was "
+                "changed: check the rows to remove, then send this update again",
+            ) from None
+        finally:
+            if reservation is not None:
+                with self._reservations_lock:
+                    self._reservations.pop(reservation)
+            if incoming is not None:
+                incoming.unlink(missing_ok=True)
+        manifest = built.manifest
+        return pb.UpdateReceipt(
+            project_id=project_id,
+            version=version,
+            appended=count,
+            removed=len(removed),
+            first_row=manifest.records - count,
+            records=manifest.records - manifest.removed,
+            receipt=receipt_json(entry),
+        )
 
     def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext
@@ -601,6 +729,24 @@ def _decision_message(summary: DecisionSummary) -> pb.RunDecision:
     return decision
 
 
+def _deleted_meanwhile() -> ServiceError:
+    return not_found(
+        "the custodian's encodings or the project were deleted while this update was made; "
+        "nothing was changed"
+    )
+
+
+def _check_append(project_id: str, append: pb.UploadHeader, agreement: Agreement) -> None:
+    """An update's appended records' header, checked as an upload's; its project is the
+    update's."""
+    if append.project_id not in ("", project_id):
+        raise invalid("the appended records' header names another project than the update")
+    if append.threshold or append.purpose:
+        raise invalid("appended custodian records carry no threshold or purpose")
+    append.project_id = project_id
+    _check_header(append, agreement)
+
+
 def _check_header(header: pb.UploadHeader, agreement: Agreement) -> None:
     if not _SHA256_HEX.fullmatch(header.schema_sha256):
         raise invalid("schema_sha256 must be a schema's SHA-256 as 64 lowercase hex digits")
@@ -636,7 +782,7 @@ class StreamEnded(EncodingsFileError):
 
 
 def _payload_chunks(
-    requests: Iterator[pb.UploadRequest], header: pb.UploadHeader
+    requests: Iterator[pb.UploadRequest] | Iterator[pb.UpdateRequest], header: pb.UploadHeader
 ) -> Iterator[bytes]:
     """The encoding bytes of an upload stream from header.offset on, refusing anything but
     exactly `count` records in all."""

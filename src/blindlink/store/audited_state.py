@@ -3,6 +3,8 @@
 The tables are not signed; the audit log is. Each check recomputes from the tables what an
 entry recorded when the state was made:
 - a project's agreement hashes to its ID, which its `project_created` entry names;
+- a custodian update's upload, version, appended and removed counts are its
+  `custodian_updated` entry's;
 - an upload's party, count, bit length and content hash are its `upload_committed` entry's,
   and the uploads and runs that entries record are there while their project is;
 - a run's batch and threshold are those its batch's entry records (and the threshold its
@@ -48,6 +50,7 @@ def state_problems(
             by_run[run_id].append(entry)
     agreements, problems = _project_problems(conn, entries)
     problems += _upload_problems(conn, entries) + _removed_rows(conn, entries)
+    problems += _update_problems(conn, entries)
     runs = conn.cursor()
     runs.row_factory = sqlite3.Row
     runs.execute(
@@ -107,6 +110,34 @@ def _upload_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> lis
             problems.append(
                 f"upload {upload_id}: its project, party, count, bit length or content hash "
                 "differ from its upload_committed audit entry (altered)"
+            )
+    return problems
+
+
+def _update_problems(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[str]:
+    """Custodian updates whose upload, version or counts differ from their `custodian_updated`
+    entry (a database from before updates has none)."""
+    logged = {e.details.get("update_id"): e for e in entries if e.kind == "custodian_updated"}
+    try:
+        rows = conn.execute(
+            "SELECT update_id, upload_id, version, appended, length(removed_rows) / 8 "
+            "FROM custodian_updates"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    problems = []
+    for update_id, upload_id, version, appended, removed in rows:
+        entry = logged.get(update_id)
+        recorded = {
+            "upload_id": upload_id,
+            "version": version,
+            "appended": appended,
+            "removed": removed,
+        }
+        if entry is None or any(entry.details.get(k) != v for k, v in recorded.items()):
+            problems.append(
+                f"custodian update {update_id}: no custodian_updated audit entry records its "
+                "upload, version and counts (altered)"
             )
     return problems
 

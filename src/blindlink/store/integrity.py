@@ -122,7 +122,7 @@ def _file_problems(conn: sqlite3.Connection, data_dir: Path, in_use: bool) -> tu
         )
         if problem:
             problems.append(f"upload {upload_id}: {problem}")
-    names = {name for _, name, *_ in recorded}
+    names = {name for _, name, *_ in recorded} | _appended_files(conn)
     problems += [
         f"{ENCODINGS_DIR}/{path.name}: no upload records this file (orphan)"
         for path in sorted((data_dir / ENCODINGS_DIR).iterdir())
@@ -135,6 +135,15 @@ def _file_problems(conn: sqlite3.Connection, data_dir: Path, in_use: bool) -> tu
             for path in sorted((data_dir / INCOMING_DIR).iterdir())
         ]
     return problems, len(recorded)
+
+
+def _appended_files(conn: sqlite3.Connection) -> set[str]:
+    """The files of records that custodian updates appended (none before updates existed)."""
+    try:
+        rows = conn.execute("SELECT file FROM custodian_updates WHERE file IS NOT NULL")
+    except sqlite3.OperationalError:
+        return set()
+    return {name for (name,) in rows}
 
 
 def _encodings_problem(

@@ -21,7 +21,7 @@ from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_records
 from blindlink.errors import BlindlinkError
 from blindlink.index.custodian import CustodianIndex
-from blindlink.index.layout import IndexUnusable
+from blindlink.index.layout import IndexUnusable, index_name
 from blindlink.matching.blocking import KeyLoad, key_loads, split_records
 from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR, INDEX_DIR
 
@@ -202,7 +202,9 @@ def key_group_reports(
         "party='custodian' AND file IS NOT NULL ORDER BY committed_at DESC LIMIT 1",
         (project_id,),
     ).fetchone()
-    custodian = _custodian_keys(Path(data_dir), live, len(blocking.keys), keys) if live else None
+    custodian = (
+        _custodian_keys(conn, Path(data_dir), live, len(blocking.keys), keys) if live else None
+    )
     reports = []
     for run_id, state, name in conn.execute(
         "SELECT run_id, state, file FROM runs JOIN uploads ON upload_id=batch_id "
@@ -220,6 +222,7 @@ def key_group_reports(
 
 
 def _custodian_keys(
+    conn: sqlite3.Connection,
     data_dir: Path,
     live: tuple[str, str, int, bytes],
     key_count: int,
@@ -230,13 +233,34 @@ def _custodian_keys(
     whole, as in the run); without a usable index, all of them, from the encodings file
     (`live`: the custodian's upload ID, file name, records and content hash)."""
     upload_id, name, count, content_sha256 = live
+    version, appended = _custodian_version(conn, upload_id)
     try:
-        index = CustodianIndex(data_dir / INDEX_DIR / upload_id)
-        usable = index.manifest.is_of(upload_id, content_sha256, count, key_count)
+        index = CustodianIndex(data_dir / INDEX_DIR / index_name(upload_id, version))
+        usable = index.manifest.is_of(
+            upload_id, content_sha256, count + appended, key_count, version
+        )
     except IndexUnusable:
         usable = False
     if usable:
         return lambda batch: np.asarray(index.keys[index.candidate_rows(batch)])
+    if version:
+        raise BlindlinkError(
+            f"project's custodian encodings were updated, and their index (version {version}) "
+            "is missing: start the server, which rebuilds it at the project's next run"
+        )
     everyone = keys(name)
     assert everyone is not None
     return lambda batch: everyone
+
+
+def _custodian_version(conn: sqlite3.Connection, upload_id: str) -> tuple[int, int]:
+    """The custodian updates of an upload: how many, and the records they appended (none in a
+    database from before updates)."""
+    try:
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum(appended), 0) FROM custodian_updates WHERE upload_id=?",
+            (upload_id,),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return 0, 0
+    return int(row[0]), int(row[1])

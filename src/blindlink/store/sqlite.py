@@ -7,6 +7,10 @@ Invariants:
 - A custodian upload's standing index (index/<upload_id>/, blindlink.index) lives no longer than
   its encodings: deleting them deletes it, and at start-up every directory in index/ that is not
   a live custodian upload's (e.g. one a crash left half-built) is removed.
+- A custodian update is committed by one transaction (its row, its appended file renamed into
+  place, its audit entry) after its index version was built; at start-up only each live upload's
+  current version stays in index/, so a crash leaves the version before the update or after it.
+  Deleting the custodian's encodings deletes its updates' appended files too.
 - A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
 - Reads are per project (and per run); what a party may see is the caller's policy.
@@ -50,6 +54,7 @@ from blindlink.audit.checkpoint import (
 )
 from blindlink.audit.commitments import commitment_key, match_set_sha256
 from blindlink.errors import BlindlinkError
+from blindlink.index.layout import index_name
 from blindlink.matching.decision import Decisions, DecisionSummary, PairStatus
 from blindlink.security.keys import public_key_text
 from blindlink.store.directory import (
@@ -105,6 +110,18 @@ CREATE TABLE IF NOT EXISTS matches (
     probability REAL  -- the match model's; NULL where it could not be fitted
 );
 CREATE INDEX IF NOT EXISTS matches_by_run ON matches(run_id);
+-- The custodian's updates of its live upload: version 1, 2, ... in order; appended records get
+-- the rows after the last one, removed rows stay numbered (blindlink.index applies them).
+CREATE TABLE IF NOT EXISTS custodian_updates (
+    update_id TEXT PRIMARY KEY,
+    upload_id TEXT NOT NULL REFERENCES uploads(upload_id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    appended INTEGER NOT NULL,
+    removed_rows BLOB NOT NULL,  -- int64 little-endian
+    file TEXT,  -- the appended encodings; NULL when none were appended or they were deleted
+    committed_at REAL NOT NULL,
+    UNIQUE (upload_id, version)
+);
 CREATE TABLE IF NOT EXISTS releases (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     party TEXT NOT NULL,
@@ -153,6 +170,19 @@ class UploadRecord:
 
 
 @dataclass(frozen=True)
+class CustodianUpdate:
+    """One committed update of a custodian upload."""
+
+    update_id: str
+    upload_id: str
+    version: int
+    appended: int
+    removed_rows: np.ndarray  # int64
+    path: Path | None  # the appended encodings; None when none were appended or were deleted
+    committed_at: float
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: str
     batch_id: str
@@ -188,6 +218,15 @@ def _live_batch(
         (project_id, content_sha256, threshold, FAILED, purpose),
     ).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def _past_uploads(db: sqlite3.Connection, project_id: str, party: str) -> list[tuple[float, int]]:
+    return db.execute(
+        "SELECT committed_at, count FROM uploads WHERE project_id=? AND party=? UNION ALL "
+        "SELECT c.committed_at, c.appended FROM custodian_updates c JOIN uploads u USING "
+        "(upload_id) WHERE u.project_id=? AND u.party=? AND c.appended > 0",
+        (project_id, party, project_id, party),
+    ).fetchall()
 
 
 def _add_decisions(db: sqlite3.Connection) -> None:
@@ -344,29 +383,33 @@ class Store:
     def _remove_orphan_files(self) -> None:
         for leftover in self.incoming_dir.iterdir():
             leftover.unlink()
-        committed = {r[0] for r in self._read("SELECT file FROM uploads WHERE file IS NOT NULL")}
+        committed = {
+            r[0]
+            for r in self._read(
+                "SELECT file FROM uploads WHERE file IS NOT NULL UNION "
+                "SELECT file FROM custodian_updates WHERE file IS NOT NULL"
+            )
+        }
         for path in self.encodings_dir.iterdir():
             if path.name not in committed:
                 path.unlink()
         live = {
-            r[0]
-            for r in self._read(
-                "SELECT upload_id FROM uploads WHERE party='custodian' AND file IS NOT NULL"
+            index_name(upload_id, version)
+            for upload_id, version in self._read(
+                "SELECT upload_id, (SELECT count(*) FROM custodian_updates c WHERE c.upload_id = "
+                "u.upload_id) FROM uploads u WHERE party='custodian' AND file IS NOT NULL"
             )
         }
         for path in self.index_dir.iterdir():
             if path.name not in live:
-                log.info("removing %s: no live custodian upload's index", path.name)
-                self.remove_index(path.name)
+                log.info("removing %s: no live custodian upload's current index", path.name)
+                _remove_path(path)
         self.remove_expired_staged()
 
-    def remove_index(self, name: str) -> None:
-        """Delete the standing index directory `name` (a custodian upload ID) in index/."""
-        path = self.index_dir / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    def remove_index(self, upload_id: str) -> None:
+        """Delete every version of a custodian upload's standing index in index/."""
+        for path in (self.index_dir / upload_id, *self.index_dir.glob(f"{upload_id}.*")):
+            _remove_path(path)
 
     # Projects
 
@@ -406,8 +449,10 @@ class Store:
         """Delete the project's rows, then its encodings files; the audit log keeps the record."""
         with self._transaction() as db:
             files = db.execute(
-                "SELECT upload_id, file FROM uploads WHERE project_id=? AND file IS NOT NULL",
-                (project_id,),
+                "SELECT upload_id, file FROM uploads WHERE project_id=? AND file IS NOT NULL "
+                "UNION ALL SELECT c.upload_id, c.file FROM custodian_updates c JOIN uploads u "
+                "USING (upload_id) WHERE u.project_id=? AND c.file IS NOT NULL",
+                (project_id, project_id),
             ).fetchall()
             if not db.execute("DELETE FROM projects WHERE project_id=?", (project_id,)).rowcount:
                 raise NotFound(project_id)
@@ -489,12 +534,7 @@ class Store:
                     if repeated is not None:
                         path.unlink()
                         return self._repeat(db, project_id, *repeated, content_sha256)
-                check_limits(
-                    db.execute(
-                        "SELECT committed_at, count FROM uploads WHERE project_id=? AND party=?",
-                        (project_id, party),
-                    ).fetchall()
-                )
+                check_limits(_past_uploads(db, project_id, party))
                 custodian_files = [
                     r[0]
                     for r in db.execute(
@@ -587,6 +627,98 @@ class Store:
             for uid, p, count, bits, digest, name, at in rows
         ]
 
+    def past_uploads(self, project_id: str, party: str) -> list[tuple[float, int]]:
+        """(committed_at, records) of the party's uploads, the custodian's appends included: what
+        the agreement's upload limits count."""
+        with self._lock:
+            return _past_uploads(self._db, project_id, party)
+
+    def custodian_updates(self, upload_id: str) -> list[CustodianUpdate]:
+        """The updates of a custodian upload, in order (version 1 first)."""
+        rows = self._read(
+            "SELECT update_id, version, appended, removed_rows, file, committed_at FROM "
+            "custodian_updates WHERE upload_id=? ORDER BY version",
+            (upload_id,),
+        )
+        return [
+            CustodianUpdate(
+                update_id,
+                upload_id,
+                version,
+                appended,
+                np.frombuffer(removed, dtype="<i8").astype(np.int64),
+                self.encodings_dir / name if name else None,
+                at,
+            )
+            for update_id, version, appended, removed, name, at in rows
+        ]
+
+    def commit_custodian_update(
+        self,
+        upload: UploadRecord,
+        version: int,
+        appended: Path | None,
+        appended_count: int,
+        removed_rows: np.ndarray,
+        check_limits: Callable[[list[tuple[float, int]]], None],
+        details: dict[str, Any],
+    ) -> AuditEntry:
+        """Record update `version` of the custodian's `upload`, moving the verified file of
+        appended encodings at `appended` (if any) into place, atomically, with a
+        `custodian_updated` entry holding `details`.
+
+        MUST raise NotFound, storing nothing, when the upload's encodings were deleted or its
+        project meanwhile, and AlreadyExists when another update took `version` first.
+        `check_limits` gets the custodian's earlier uploads and appends inside the transaction
+        (only an update that appends counts as an upload)."""
+        update_id = uuid.uuid4().hex
+        name = f"{update_id}.bin" if appended is not None else None
+        final = self.encodings_dir / name if name else None
+        try:
+            with self._transaction() as db:
+                if not db.execute(
+                    "SELECT 1 FROM uploads WHERE upload_id=? AND file IS NOT NULL",
+                    (upload.upload_id,),
+                ).fetchone():
+                    raise NotFound(upload.upload_id)
+                (current,) = db.execute(
+                    "SELECT count(*) FROM custodian_updates WHERE upload_id=?",
+                    (upload.upload_id,),
+                ).fetchone()
+                if current != version - 1:
+                    raise AlreadyExists(f"{upload.upload_id} version {version}")
+                if appended_count:
+                    check_limits(_past_uploads(db, upload.project_id, "custodian"))
+                if appended is not None and final is not None:
+                    os.chmod(appended, 0o600)
+                    os.replace(appended, final)
+                    _fsync_dir(self.encodings_dir)
+                db.execute(
+                    "INSERT INTO custodian_updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        update_id,
+                        upload.upload_id,
+                        version,
+                        appended_count,
+                        removed_rows.astype("<i8").tobytes(),
+                        name,
+                        time.time(),
+                    ),
+                )
+                return self._audit(
+                    db,
+                    "custodian_updated",
+                    upload.project_id,
+                    "custodian",
+                    {"update_id": update_id, **details},
+                )
+        except BaseException:
+            if appended is not None:
+                appended.unlink(missing_ok=True)
+            if final is not None:
+                final.unlink(missing_ok=True)
+            raise
+
     def upload(self, upload_id: str) -> UploadRecord | None:
         rows = self._read("SELECT project_id FROM uploads WHERE upload_id=?", (upload_id,))
         if not rows:
@@ -615,6 +747,13 @@ class Store:
                 (upload.upload_id,),
             ).rowcount:
                 return False
+            appended = db.execute(
+                "SELECT file FROM custodian_updates WHERE upload_id=? AND file IS NOT NULL",
+                (upload.upload_id,),
+            ).fetchall()
+            db.execute(
+                "UPDATE custodian_updates SET file=NULL WHERE upload_id=?", (upload.upload_id,)
+            )
             self._audit(
                 db,
                 "data_deleted",
@@ -629,6 +768,8 @@ class Store:
             )
         if upload.path is not None:
             upload.path.unlink(missing_ok=True)
+        for (name,) in appended:
+            (self.encodings_dir / name).unlink(missing_ok=True)
         self.remove_index(upload.upload_id)
         return True
 
@@ -787,6 +928,13 @@ def _run_record(project_id: str, row: tuple[Any, ...]) -> RunRecord:
         frozenset(fetched.split(",")) if fetched else frozenset(),
         DecisionSummary.from_dict(json.loads(decision)) if decision else None,
     )
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
