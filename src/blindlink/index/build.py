@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,27 @@ def build_index(source: Path, upload_id: str, key_count: int, destination: Path)
     absent or complete. A crash leaves only the temporary directory (its name ends in
     PARTIAL_SUFFIX), which the store removes at the next start."""
     started = time.monotonic()
+    manifest = write_atomically(
+        destination, lambda partial: _write(source, upload_id, key_count, partial)
+    )
+    log.info(
+        "custodian index of upload %s built: %d records, %d blocking keys, in %.1f s",
+        upload_id[:12],
+        manifest.records,
+        key_count,
+        time.monotonic() - started,
+    )
+    return manifest
+
+
+def write_atomically(destination: Path, write: Callable[[Path], Manifest]) -> Manifest:
+    """An index directory at `destination`, which must not exist, whose arrays `write` puts in
+    the directory it is given: written under a temporary name beside it (ending in
+    PARTIAL_SUFFIX), synced, its manifest last, then renamed into place."""
     partial = destination.parent / f".{destination.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
     partial.mkdir(mode=0o700)
     try:
-        manifest = _write(source, upload_id, key_count, partial)
+        manifest = write(partial)
         manifest.write(partial)
         for path in partial.iterdir():
             _fsync(path)
@@ -48,13 +66,6 @@ def build_index(source: Path, upload_id: str, key_count: int, destination: Path)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    log.info(
-        "custodian index of upload %s built: %d records, %d blocking keys, in %.1f s",
-        upload_id[:12],
-        manifest.records,
-        key_count,
-        time.monotonic() - started,
-    )
     return manifest
 
 
@@ -67,8 +78,8 @@ def _write(source: Path, upload_id: str, key_count: int, directory: Path) -> Man
         raise EncodingsFileError(
             f"{source}: {header.bit_length}-bit records cannot hold {key_count} blocking keys"
         )
-    encodings = _new_array(directory / ENCODINGS, np.uint8, (header.count, encoding_bytes))
-    keys = _new_array(directory / KEYS, np.uint64, (header.count, key_count))
+    encodings = new_array(directory / ENCODINGS, np.uint8, (header.count, encoding_bytes))
+    keys = new_array(directory / KEYS, np.uint64, (header.count, key_count))
     digest = hashlib.sha256()
     row = 0
     for chunk in iter_payload_chunks(source, CHUNK_RECORDS * header.record_bytes):
@@ -100,10 +111,10 @@ def _write_postings(column: np.ndarray, key: int, directory: Path) -> None:
         "rows": rows.astype(np.int64),
     }
     for part, array in parts.items():
-        _new_array(directory / postings_file(key, part), array.dtype, array.shape)[:] = array
+        new_array(directory / postings_file(key, part), array.dtype, array.shape)[:] = array
 
 
-def _new_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
+def new_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
     """A new .npy file of that shape, readable by the server's user only, memory-mapped for
     writing."""
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
