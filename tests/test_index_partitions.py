@@ -5,6 +5,7 @@ exactly as on one machine, and a server with a Dask scheduler serves batches tha
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,14 +164,19 @@ def test_a_server_with_a_dask_scheduler_serves_batches_from_the_partitions(
     try:
         project = parties["requester"].create_project(agreement).project_id
         upload_id = parties["custodian"].upload(project, pair.directory / "custodian.bin").upload_id
+        # The index is partitioned when the custodian's upload commits, before any batch.
+        partitions = tmp_path / "data" / INDEX_DIR / upload_id / PARTITIONS_DIR / "2"
+        deadline = time.monotonic() + 30
+        while not all((partitions / str(p) / MANIFEST).exists() for p in range(2)):
+            assert time.monotonic() < deadline, "the index was not partitioned"
+            time.sleep(0.05)
         for number, rows in enumerate((slice(0, 1_000), slice(1_000, 1_500))):
             records = keyed_rows(pair.requester[rows], pair.requester_keys[rows])
             path = encodings_file(tmp_path / f"batch{number}.bin", records, terms.encodings_id)
             expected = expected_batch(pair, rows, terms.rule_for_run(0.0))
             assert run_batch(server, parties, project, path) == expected
             assert len(expected[0]) > 100
-        partitions = tmp_path / "data" / INDEX_DIR / upload_id / PARTITIONS_DIR / "2"
-        assert all((partitions / str(p) / MANIFEST).exists() for p in range(2))
+        assert sorted(p.name for p in partitions.parent.iterdir()) == ["2"]
         done = [r.getMessage() for r in caplog.records if " done on " in r.getMessage()]
         assert len(done) == 2
         assert all("2 index partitions on the Dask cluster" in line for line in done)

@@ -8,6 +8,8 @@ upload ID, in the data directory's `index/`.
     key<k>.offsets.npy  int64 (values + 1): value i's records are rows[offsets[i]:offsets[i + 1]]
     key<k>.rows.npy     int64: custodian rows grouped by value, increasing within a value
 
+    partitions/<P>/<p>/ on a Dask cluster, partition p of P of the index (partitions.py)
+
 Every array is an .npy file that runs memory-map. A directory is complete when it has its final
 name: it is built under a temporary name and renamed into place once every file is on disk.
 """

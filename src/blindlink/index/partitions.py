@@ -220,6 +220,11 @@ class PartitionedIndex:
         self.address = address
         self.parts = parts
 
+    def prepare(self) -> Placement:
+        """The partitions on the cluster's workers, built now if missing."""
+        with _client(self.address) as client:
+            return self.place(client)
+
     def place(self, client: Any) -> Placement:
         """The partitions on the cluster's workers, built first if missing (older partition
         counts, and partitions a crash left half-built, are removed)."""

@@ -88,6 +88,12 @@ class MatchingSettings:
             return PartitionedIndex(index, self.executor.address).batch(requester, requester_keys)
         return index.batch(requester, requester_keys)
 
+    def place(self, index: CustodianIndex) -> None:
+        """On a Dask cluster, partition the custodian's index across its workers now, rather
+        than at the first batch."""
+        if isinstance(self.executor, DaskExecutor):
+            PartitionedIndex(index, self.executor.address).prepare()
+
     @classmethod
     def local(
         cls, workers: int | None = None, limits: MatchingLimits = DEFAULT_LIMITS
@@ -280,14 +286,14 @@ class RunQueue:
         )
 
     def _prepare(self, project_id: str) -> None:
-        """Build the custodian's index of a project that blocks on keys; a failure is logged,
-        and the project's next run tries again."""
+        """Build the custodian's index of a project that blocks on keys (on a Dask cluster,
+        and its partitions); a failure is logged, and the project's next run tries again."""
         try:
             raw = self._store.agreement(project_id)
             keyed = parse_agreement(raw).blocking_keys if raw else None
             reference = self._store.live_custodian_upload(project_id)
             if keyed is not None and reference is not None:
-                self._index(reference, len(keyed.keys))
+                self._matching.place(self._index(reference, len(keyed.keys)))
         except Exception as exc:  # noqa: BLE001 - a failed build must not stop the worker
             log.error("custodian index of project %s not built: %s", project_id[:12], exc)
 
