@@ -28,6 +28,7 @@ from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import LinkageSchema
+from blindlink.errors import BlindlinkError
 from blindlink.index.build import build_index
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import MANIFEST
@@ -134,8 +135,23 @@ def test_a_batch_matched_on_the_partitions_is_decided_as_on_one_machine(
             assert expected.summary().matches > 100
         built = index.directory / PARTITIONS_DIR / str(parts or 2)
         assert sorted(p.name for p in built.iterdir()) == [str(p) for p in range(parts or 2)]
-    # Only the latest partition count is kept.
+    # Only the latest partition count is kept, and it is kept whatever the number of workers.
     assert [p.name for p in (index.directory / PARTITIONS_DIR).iterdir()] == ["3"]
+    assert PartitionedIndex(index, cluster.scheduler_address).prepare().parts == 3
+
+
+def test_a_cluster_without_workers_is_named_in_a_clear_error(
+    tmp_path: Path, pair: EncodedPair
+) -> None:
+    build_index(pair.directory / "custodian.bin", "u", len(BLOCKING.keys), tmp_path / "u")
+    index = CustodianIndex(tmp_path / "u")
+    with (
+        distributed.LocalCluster(n_workers=0, dashboard_address=":0") as empty,
+        pytest.raises(BlindlinkError, match="has no workers"),
+    ):
+        PartitionedIndex(index, empty.scheduler_address).batch(
+            pair.requester[:10], pair.requester_keys[:10]
+        )
 
 
 def test_a_server_with_a_dask_scheduler_serves_batches_from_the_partitions(

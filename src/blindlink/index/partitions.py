@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from blindlink.errors import BlindlinkError
 from blindlink.index.build import new_array, write_atomically
 from blindlink.index.custodian import CustodianIndex, IndexedBatch, batch_key
 from blindlink.index.layout import ENCODINGS, KEYS, MANIFEST, Manifest, postings_file
@@ -205,6 +206,17 @@ class Placement:
         )
 
 
+def _complete_count(root: Path) -> int:
+    """The partition count of a complete set of partitions in `root`, 0 if none: a set
+    outlives changes in the number of workers, which only move partitions between them."""
+    for path in root.iterdir() if root.exists() else ():
+        if path.name.isdigit() and all(
+            (path / str(p) / MANIFEST).exists() for p in range(int(path.name))
+        ):
+            return int(path.name)
+    return 0
+
+
 def _client(address: str) -> Any:
     from dask.distributed import Client
 
@@ -213,7 +225,8 @@ def _client(address: str) -> Any:
 
 class PartitionedIndex:
     """A custodian index served by the workers of the Dask cluster at `address`, in `parts`
-    partitions (by default one per worker), built by those workers at first use."""
+    partitions (by default: as many as already built, else one per worker), built by those
+    workers at first use."""
 
     def __init__(self, index: CustodianIndex, address: str, parts: int | None = None) -> None:
         self.index = index
@@ -226,11 +239,13 @@ class PartitionedIndex:
             return self.place(client)
 
     def place(self, client: Any) -> Placement:
-        """The partitions on the cluster's workers, built first if missing (older partition
+        """The partitions on the cluster's workers, built first if missing (other partition
         counts, and partitions a crash left half-built, are removed)."""
         workers = tuple(sorted(client.scheduler_info()["workers"]))
-        parts = self.parts or len(workers)
+        if not workers:
+            raise BlindlinkError(f"the Dask cluster at {self.address} has no workers")
         root = self.index.directory / PARTITIONS_DIR
+        parts = self.parts or _complete_count(root) or len(workers)
         placement = Placement(self.address, root / str(parts), parts, workers)
         missing = [
             p for p in range(parts) if not (placement.directory / str(p) / MANIFEST).exists()
