@@ -129,7 +129,7 @@ class Partition:
             np.ascontiguousarray(self.index.encodings[local]),
             requester_keys,
             in_partition(np.asarray(self.index.keys[local]), part, parts),
-            f"{key}:{part}/{parts}",
+            f"{key}:{self.index.directory}",  # the partition's own forms, in worker caches
         )
         return shared, np.asarray(self.members[local])
 
