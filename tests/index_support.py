@@ -1,6 +1,6 @@
-"""Helpers for tests of the standing custodian index: records as uploaded, decisions compared
-field by field, a batch's expected decisions against the whole custodian, and a server whose
-batches are linked and read back."""
+"""Helpers for tests of the standing custodian index: decisions compared field by field, a
+batch's expected decisions against the whole custodian, and a server whose batches are linked
+and read back."""
 
 from __future__ import annotations
 
@@ -22,11 +22,6 @@ from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.runs import MatchingSettings
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
-
-
-def keyed_rows(encodings: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Records as uploaded: each encoding followed by its keys."""
-    return np.hstack([encodings, keys.astype("<u8").view(np.uint8)])
 
 
 def assert_same(found: Decisions, expected: Decisions) -> None:

@@ -162,6 +162,11 @@ def encodings_file(path: Path, rows: np.ndarray, schema_sha256: str) -> Path:
     return path
 
 
+def keyed_rows(encodings: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Records as uploaded: each encoding followed by its keys."""
+    return np.hstack([encodings, keys.astype("<u8").view(np.uint8)])
+
+
 def signed_agreement(
     identities: Identities, schema: LinkageSchema, reference: str, **settings: Any
 ) -> bytes:

@@ -18,11 +18,10 @@ from index_support import (
     assert_same,
     clients,
     expected_batch,
-    keyed_rows,
     run_batch,
     serve,
 )
-from server_process import encodings_file, signed_agreement
+from server_process import encodings_file, keyed_rows, signed_agreement
 
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair

@@ -19,11 +19,10 @@ from index_support import (
     assert_same,
     clients,
     expected_batch,
-    keyed_rows,
     run_batch,
     serve,
 )
-from server_process import encodings_file, server_launcher, signed_agreement
+from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
