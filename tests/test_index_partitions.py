@@ -134,8 +134,12 @@ def test_a_batch_matched_on_the_partitions_is_decided_as_on_one_machine(
             assert expected.summary().matches > 100
         built = index.directory / PARTITIONS_DIR / str(parts or 2)
         assert sorted(p.name for p in built.iterdir()) == [str(p) for p in range(parts or 2)]
+    # Only the server's user can read them.
+    root = index.directory / PARTITIONS_DIR
+    for path in [root, *root.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, path
     # Only the latest partition count is kept, and it is kept whatever the number of workers.
-    assert [p.name for p in (index.directory / PARTITIONS_DIR).iterdir()] == ["3"]
+    assert [p.name for p in root.iterdir()] == ["3"]
     assert PartitionedIndex(index, cluster.scheduler_address).prepare().parts == 3
 
 

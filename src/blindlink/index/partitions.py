@@ -259,7 +259,8 @@ class PartitionedIndex:
         for path in root.iterdir() if root.exists() else ():
             if path != placement.directory:
                 shutil.rmtree(path)
-        placement.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in (root, placement.directory):  # readable by the server's user only
+            directory.mkdir(mode=0o700, exist_ok=True)
         for path in placement.directory.iterdir():
             if not (path / MANIFEST).exists():
                 shutil.rmtree(path)
