@@ -5,6 +5,7 @@ exactly as on one machine, and a server with a Dask scheduler serves batches tha
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from blindlink.index.partitions import (
     PARTITIONS_DIR,
     PartitionedIndex,
     build_partition,
+    gather_on_partition,
     partition_of,
 )
 from blindlink.matching.decision import link
@@ -106,6 +108,22 @@ def test_each_partition_holds_its_key_values_groups_whole_and_no_others(tmp_path
     for key in range(3):
         assert seen[key] == set(keys[:, key].tolist()) - {0}
     assert TOP in seen[0]
+
+
+def test_a_partition_rebuilt_at_the_same_path_is_read_afresh(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    keys = rng.integers(1, 2**63, (2, 100, 2)).astype(np.uint64)
+    encodings = rng.integers(0, 256, (100, 16), dtype=np.uint8)
+    partition = tmp_path / "partition"
+    for number, custodian_keys in enumerate(keys):
+        rows = keyed_rows(encodings, custodian_keys)
+        source = encodings_file(tmp_path / f"c{number}.bin", rows, "ab" * 32)
+        build_index(source, f"u{number}", 2, tmp_path / f"u{number}")
+        shutil.rmtree(partition, ignore_errors=True)
+        build_partition(tmp_path / f"u{number}", 0, 1, partition)
+        found, found_keys = gather_on_partition(str(partition), custodian_keys[:5])
+        assert found.tolist() == [0, 1, 2, 3, 4]
+        assert np.array_equal(found_keys, custodian_keys[:5])
 
 
 def test_a_batch_matched_on_the_partitions_is_decided_as_on_one_machine(

@@ -134,15 +134,23 @@ class Partition:
         return shared, np.asarray(self.members[local])
 
 
-_opened: dict[str, Partition] = {}
+# Partitions a worker keeps open (each maps its files), the most recently used first to stay.
+OPEN_PARTITIONS = 64
+_opened: dict[str, tuple[int, Partition]] = {}
 
 
 def _partition(directory: str) -> Partition:
-    """The partition in `directory`, opened once per worker process."""
-    if directory not in _opened:
-        path = Path(directory)
-        _opened[directory] = Partition(CustodianIndex(path), np.load(path / MEMBERS, mmap_mode="r"))
-    return _opened[directory]
+    """The partition in `directory`, opened once per worker process while its manifest is the
+    same file (a partition rebuilt at the same path is opened again)."""
+    path = Path(directory)
+    built = (path / MANIFEST).stat().st_ino
+    found = _opened.pop(directory, None)
+    if found is None or found[0] != built:
+        found = built, Partition(CustodianIndex(path), np.load(path / MEMBERS, mmap_mode="r"))
+    _opened[directory] = found
+    while len(_opened) > OPEN_PARTITIONS:
+        del _opened[next(iter(_opened))]
+    return found[1]
 
 
 def gather_on_partition(directory: str, requester_keys: np.ndarray) -> tuple[np.ndarray, ...]:
