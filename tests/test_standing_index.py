@@ -14,28 +14,31 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Identities
+from index_support import (
+    BLOCKING,
+    assert_same,
+    clients,
+    expected_batch,
+    run_batch,
+    serve,
+)
 from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
-from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.index.build import build_index
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import FORMAT_VERSION, MANIFEST, PARTIAL_SUFFIX
-from blindlink.matching.blocking import KeyBlocking
-from blindlink.matching.decision import Decisions, PairStatus, link
+from blindlink.matching.decision import link
 from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
-from blindlink.server.app import RunningServer, ServerTls, start_server
-from blindlink.server.runs import MatchingSettings
 from blindlink.store.directory import INDEX_DIR
 from blindlink.store.reports import key_group_reports, open_read_only
 
-BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
 CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 RECORDS = 3_000
 KILL_RECORDS = 500_000  # about half a second to index
@@ -45,13 +48,6 @@ KILL_RECORDS = 500_000  # about half a second to index
 def pair(tmp_path_factory: pytest.TempPathFactory) -> EncodedPair:
     """Generated people with the default schema's blocking keys, half of them in both parties."""
     return encoded_pair(tmp_path_factory.mktemp("standing"), RECORDS, 0.5, 3, BLOCKING)
-
-
-def assert_same(found: Decisions, expected: Decisions) -> None:
-    assert found.summary() == expected.summary()
-    for name in ("requester_rows", "custodian_rows", "similarities", "status"):
-        assert np.array_equal(getattr(found, name), getattr(expected, name)), name
-    assert np.array_equal(found.probabilities, expected.probabilities, equal_nan=True)
 
 
 def test_the_index_holds_the_encodings_and_every_key_values_records(tmp_path: Path) -> None:
@@ -167,55 +163,6 @@ def test_a_server_killed_while_building_the_index_rebuilds_it_and_serves_the_bat
     assert [p.name for p in index_dir.iterdir()] == [upload_id]
     assert CustodianIndex(index_dir / upload_id).manifest.records == KILL_RECORDS
     server.terminate()
-
-
-def serve(data_dir: Path, identities: Identities) -> RunningServer:
-    pki = identities.pki
-    return start_server(
-        data_dir,
-        "127.0.0.1:0",
-        ServerTls(pki.server_cert, pki.server_key, pki.ca_cert),
-        matching=MatchingSettings(SerialExecutor(), 1, MatchingSettings.local().limits),
-    )
-
-
-def clients(server: RunningServer, identities: Identities) -> dict[str, LinkageClient]:
-    address = f"127.0.0.1:{server.port}"
-    return {role: LinkageClient(address, role, identities.tls(role)) for role in ROLES}
-
-
-ROLES = ("requester", "custodian")
-
-
-def run_batch(
-    server: RunningServer, parties: dict[str, LinkageClient], project: str, batch: Path
-) -> tuple[list[tuple[int, int]], dict[str, Any]]:
-    """Upload a requester batch; the released (requester row, custodian row) pairs and how the
-    run decided, as its audit entry records it."""
-    run_id = parties["requester"].upload(project, batch).run_id
-    final = parties["requester"].wait(project, run_id)
-    assert "failed" not in final.message, final.message
-    release = parties["custodian"].release(project, run_id)
-    run = server.store.run(project, run_id)
-    assert run is not None and run.decision is not None
-    return sorted(zip(release.other_rows, release.own_rows, strict=True)), run.decision.to_dict()
-
-
-def expected_batch(
-    pair: EncodedPair, rows: slice, rule: DecisionRule
-) -> tuple[list[tuple[int, int]], dict[str, Any]]:
-    """What the batch's run decides against the whole custodian, without an index."""
-    whole = SharedEncodings.of(
-        pair.requester[rows], pair.custodian, pair.requester_keys[rows], pair.custodian_keys
-    )
-    decisions = link(whole, rule, SerialExecutor(), 1, BLOCKING)
-    matched = decisions.status == PairStatus.MATCH
-    pairs = zip(
-        decisions.requester_rows[matched].tolist(),
-        decisions.custodian_rows[matched].tolist(),
-        strict=True,
-    )
-    return sorted(pairs), decisions.summary().to_dict()
 
 
 def test_a_server_builds_the_index_at_the_custodians_upload_and_serves_projects_without_one(

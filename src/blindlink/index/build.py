@@ -34,8 +34,8 @@ log = logging.getLogger("blindlink.index")
 
 def build_index(source: Path, upload_id: str, key_count: int, destination: Path) -> Manifest:
     """Index the encodings file `source` (custodian upload `upload_id`, whose records carry
-    `key_count` blocking keys) at `destination`, which must not exist (see `_write_atomically`)."""
-    return _write_atomically(
+    `key_count` blocking keys) at `destination`, which must not exist (see `write_atomically`)."""
+    return write_atomically(
         destination, lambda partial: _write(source, upload_id, key_count, partial)
     )
 
@@ -48,7 +48,7 @@ def extend_index(
     rows `removed` (see `check_removals`) removed. Written in time proportional to all rows;
     the parent is only read."""
     rows = check_removals(parent, removed)
-    return _write_atomically(
+    return write_atomically(
         destination, lambda partial: _write_extended(parent, appended, rows, partial)
     )
 
@@ -85,7 +85,7 @@ def check_removals(parent: Path, removed: Sequence[int] | np.ndarray) -> np.ndar
     return rows
 
 
-def _write_atomically(destination: Path, write: Callable[[Path], Manifest]) -> Manifest:
+def write_atomically(destination: Path, write: Callable[[Path], Manifest]) -> Manifest:
     """An index `write` writes into a directory: written under a temporary name beside
     `destination`, synced, then renamed into place, so that `destination` is either absent or
     complete. A crash leaves only the temporary directory (its name ends in PARTIAL_SUFFIX),
@@ -122,8 +122,8 @@ def _write(source: Path, upload_id: str, key_count: int, directory: Path) -> Man
     while it is copied."""
     header = read_header(source)
     encoding_bytes = _encoding_bytes(source, header, key_count)
-    encodings = _new_array(directory / ENCODINGS, np.uint8, (header.count, encoding_bytes))
-    keys = _new_array(directory / KEYS, np.uint64, (header.count, key_count))
+    encodings = new_array(directory / ENCODINGS, np.uint8, (header.count, encoding_bytes))
+    keys = new_array(directory / KEYS, np.uint64, (header.count, key_count))
     _copy_records(source, header, encodings, keys, 0)
     for key in range(key_count):
         _write_postings(np.array(keys[:, key]), key, directory)
@@ -143,9 +143,9 @@ def _write_extended(
         if _encoding_bytes(appended, header, old.key_count) != old.encoding_bytes:
             raise EncodingsFileError(f"{appended}: records of another size than the custodian's")
     records = old.records + added
-    encodings = _new_array(directory / ENCODINGS, np.uint8, (records, old.encoding_bytes))
-    keys = _new_array(directory / KEYS, np.uint64, (records, old.key_count))
-    gone = _new_array(directory / REMOVED, np.bool_, (records,))
+    encodings = new_array(directory / ENCODINGS, np.uint8, (records, old.encoding_bytes))
+    keys = new_array(directory / KEYS, np.uint64, (records, old.key_count))
+    gone = new_array(directory / REMOVED, np.bool_, (records,))
     arrays = ((ENCODINGS, encodings), (KEYS, keys), (REMOVED, gone))
     for name, array in arrays:
         if (parent / name).exists():
@@ -205,10 +205,10 @@ def _write_postings(column: np.ndarray, key: int, directory: Path) -> None:
         "rows": rows.astype(np.int64),
     }
     for part, array in parts.items():
-        _new_array(directory / postings_file(key, part), array.dtype, array.shape)[:] = array
+        new_array(directory / postings_file(key, part), array.dtype, array.shape)[:] = array
 
 
-def _new_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
+def new_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
     """A new .npy file of that shape, readable by the server's user only, memory-mapped for
     writing."""
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

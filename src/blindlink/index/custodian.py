@@ -26,6 +26,7 @@ from blindlink.index.layout import (
 )
 from blindlink.matching.decision import Decisions
 from blindlink.matching.engine import SharedEncodings
+from blindlink.matching.executors import Executor
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,14 @@ class Postings:
 @dataclass(frozen=True)
 class IndexedBatch:
     """A requester batch and the custodian records it shares a key value with: `shared`'s
-    custodian row i is the custodian's row `custodian_rows[i]` (increasing)."""
+    custodian row i is the custodian's row `custodian_rows[i]` (increasing). With `executor`
+    (an index partitioned across workers, partitions.py) the custodian's encodings stay with
+    the partitions: `shared.custodian` has a row per record but no bytes, and only `executor`
+    matches the batch."""
 
     shared: SharedEncodings
     custodian_rows: np.ndarray
+    executor: Executor | None = None
 
     def in_custodian_rows(self, decisions: Decisions) -> Decisions:
         """Decisions on `shared` with the custodian's own row references."""
@@ -113,20 +118,24 @@ class CustodianIndex:
         """The batch (encodings, keys) against the custodian records it shares a key value
         with, read from the memory-mapped arrays."""
         rows = self.candidate_rows(requester_keys)
-        # The custodian's part follows from its upload, its version and the batch's keys, so
-        # hashing those identifies the pair (workers cache their forms of it by this key)
-        # without hashing the records read, which grow with the key groups the batch hits.
-        digest = hashlib.sha256(f"{self.manifest.content_sha256}.{self.manifest.version}".encode())
-        for array in (requester, requester_keys):
-            digest.update(np.ascontiguousarray(array).tobytes())
         shared = SharedEncodings(
             requester,
             np.ascontiguousarray(self.encodings[rows]),
             requester_keys,
             np.ascontiguousarray(self.keys[rows]),
-            digest.hexdigest(),
+            batch_key(self.manifest, requester, requester_keys),
         )
         return IndexedBatch(shared, rows)
+
+
+def batch_key(manifest: Manifest, requester: np.ndarray, requester_keys: np.ndarray) -> str:
+    """The key by which workers cache their forms of a batch against an index. The custodian's
+    part follows from its upload, its version and the batch's keys, so hashing those identifies
+    the pair without hashing the records read, which grow with the key groups the batch hits."""
+    digest = hashlib.sha256(f"{manifest.content_sha256}.{manifest.version}".encode())
+    for array in (requester, requester_keys):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _distinct_values(column: np.ndarray) -> np.ndarray:

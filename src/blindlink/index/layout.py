@@ -13,6 +13,8 @@ version (`index_name`), each version built from the one before it.
 
 Appended records get the rows after the last one, so row references stay valid across versions.
 
+    partitions/<P>/<p>/ on a Dask cluster, partition p of P of the index (partitions.py)
+
 Every array is an .npy file that runs memory-map. A directory is complete when it has its final
 name: it is built under a temporary name and renamed into place once every file is on disk.
 """

@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from blindlink.agreement.model import parse_agreement
 from blindlink.encoding.encodings_file import read_records
-from blindlink.index.custodian import CustodianIndex
+from blindlink.index.custodian import CustodianIndex, IndexedBatch
 from blindlink.index.directory import CustodianIndexes
+from blindlink.index.partitions import PartitionedIndex
 from blindlink.matching.blocking import (
     Blocking,
     KeyBlocking,
@@ -30,7 +33,12 @@ from blindlink.matching.engine import (
     SharedEncodings,
     planned_comparisons,
 )
-from blindlink.matching.executors import Executor, LocalPoolExecutor, SerialExecutor
+from blindlink.matching.executors import (
+    DaskExecutor,
+    Executor,
+    LocalPoolExecutor,
+    SerialExecutor,
+)
 from blindlink.store.sqlite import DONE, FAILED, QUEUED, RUNNING, Altered, Store, UploadRecord
 
 log = logging.getLogger("blindlink.server.runs")
@@ -59,12 +67,32 @@ class MatchingSettings:
     workers: int
     limits: MatchingLimits
 
-    def executor_for(self, comparisons: int) -> tuple[Executor, int]:
-        """The executor and worker count for a run of this size: small runs stay in this
+    def executor_for(
+        self, comparisons: int, indexed: IndexedBatch | None = None
+    ) -> tuple[Executor, int]:
+        """The executor and worker count for a run of this size: a batch whose custodian
+        records stay on the index's partitions is matched there; small runs stay in this
         process, where starting workers would cost more than it saves."""
+        if indexed is not None and indexed.executor is not None:
+            return indexed.executor, 1
         if isinstance(self.executor, LocalPoolExecutor) and comparisons < POOL_MIN_COMPARISONS:
             return SerialExecutor(), 1
         return self.executor, self.workers
+
+    def indexed_batch(
+        self, index: CustodianIndex, requester: np.ndarray, requester_keys: np.ndarray
+    ) -> IndexedBatch:
+        """A batch (encodings, keys) against the custodian's index: on a Dask cluster, against
+        the index partitioned across its workers; otherwise read in this process."""
+        if isinstance(self.executor, DaskExecutor):
+            return PartitionedIndex(index, self.executor.address).batch(requester, requester_keys)
+        return index.batch(requester, requester_keys)
+
+    def place(self, index: CustodianIndex) -> None:
+        """On a Dask cluster, partition the custodian's index across its workers now, rather
+        than at the first batch."""
+        if isinstance(self.executor, DaskExecutor):
+            PartitionedIndex(index, self.executor.address).prepare()
 
     @classmethod
     def local(
@@ -219,13 +247,17 @@ class RunQueue:
             )
         else:
             index = self._index(reference, len(keyed.keys))
-            indexed = index.batch(*split_records(read_records(batch.path), len(keyed.keys)))
+            indexed = self._matching.indexed_batch(
+                index, *split_records(read_records(batch.path), len(keyed.keys))
+            )
             shared = indexed.shared
         report = _ProgressReporter(lambda p: self._publish(run_id, p), agreement.blocking)
         # With blocking keys the comparisons are known before matching (LSH's are not): a run
         # that makes few stays in this process, where shipping the encodings to workers would
         # cost more than the kernel spends comparing.
-        executor, workers = self._matching.executor_for(self._planned(run_id, shared, keyed))
+        executor, workers = self._matching.executor_for(
+            self._planned(run_id, shared, keyed), indexed
+        )
         decisions = link(
             shared,
             agreement.rule_for_run(run.threshold),
@@ -254,14 +286,14 @@ class RunQueue:
         )
 
     def _prepare(self, project_id: str) -> None:
-        """Build the custodian's index of a project that blocks on keys; a failure is logged,
-        and the project's next run tries again."""
+        """Build the custodian's index of a project that blocks on keys (on a Dask cluster,
+        and its partitions); a failure is logged, and the project's next run tries again."""
         try:
             raw = self._store.agreement(project_id)
             keyed = parse_agreement(raw).blocking_keys if raw else None
             reference = self._store.live_custodian_upload(project_id)
             if keyed is not None and reference is not None:
-                self._index(reference, len(keyed.keys))
+                self._matching.place(self._index(reference, len(keyed.keys)))
         except Exception as exc:  # noqa: BLE001 - a failed build must not stop the worker
             log.error("custodian index of project %s not built: %s", project_id[:12], exc)
 
