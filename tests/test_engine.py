@@ -13,8 +13,8 @@ from anonlink.similarities import dice_coefficient_accelerated
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.errors import BlindlinkError
-from blindlink.matching import engine
-from blindlink.matching.blocking import LshBlocking
+from blindlink.matching import engine, kernel
+from blindlink.matching.blocking import LshBlocking, band_keys
 from blindlink.matching.engine import (
     MatchingAborted,
     MatchingLimits,
@@ -128,6 +128,40 @@ def test_compacting_band_results_as_they_arrive_changes_nothing(
     piecewise = find_candidates(shared, 0.6, SerialExecutor(), 1, blocking, limits, best=4)
     assert as_tuples(piecewise) == as_tuples(whole)
     assert whole.comparisons == piecewise.comparisons > 2 * distinct  # repeats across bands
+
+
+def test_lsh_candidates_are_the_best_across_every_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands compared a few per task, each task keeping every record's best across its bands,
+    the tasks' results merged as they arrive: exactly the candidates of all the pairs that
+    share a band (at or above the threshold, and each record's best 4), each pair once, as
+    when every band's own candidates were merged."""
+    shared = encodings(600, seed=5, noise=0.1)
+    blocking = LshBlocking(bands=40, bits_per_band=8, seed=2)
+    share, comparisons = np.zeros((600, 600), dtype=bool), 0
+    columns = [np.ascontiguousarray(side.T) for side in (shared.requester, shared.custodian)]
+    for positions in blocking.positions(512):
+        keys_a, keys_b = (band_keys(c, positions) for c in columns)
+        same = keys_a[:, None] == keys_b[None, :]
+        share |= same
+        comparisons += int(same.sum())
+    bits_a, bits_b = (
+        np.unpackbits(shared.requester, axis=1),
+        np.unpackbits(shared.custodian, axis=1),
+    )
+    common = bits_a.astype(np.int64) @ bits_b.T.astype(np.int64)
+    total = bits_a.sum(axis=1)[:, None] + bits_b.sum(axis=1)[None, :]
+    dice = np.divide(2.0 * common, total, out=np.zeros(total.shape), where=total > 0)
+    r0, r1 = np.nonzero(share)
+    sims, r0, r1 = kernel.kept((dice[r0, r1], r0, r1), 0.35, 4)
+    order = np.lexsort((r1, r0, -sims))
+    expected = list(zip(sims[order].tolist(), r0[order].tolist(), r1[order].tolist(), strict=True))
+    monkeypatch.setattr(engine, "BANDS_PER_TASK", 3)
+    monkeypatch.setattr(engine, "COMPACT_ROWS", 50)
+    for executor, workers in ((SerialExecutor(), 1), (LocalPoolExecutor(2), 2)):
+        found = find_candidates(shared, 0.35, executor, workers, blocking, best=4)
+        assert as_tuples(found) == expected
+        assert found.comparisons == comparisons
+    assert len(expected) > 4 * 600  # pairs at or above 0.35 beyond the best 4 are included
 
 
 def test_candidate_cap_aborts_with_the_reason() -> None:
