@@ -350,8 +350,15 @@ def find_candidates(
             )
         progress(done, total)
     if blocking is not None or best:
-        parts = [_kept(parts, threshold, best)]
-    return _merge(parts, comparisons, all_pairs)
+        merged = _kept(parts, threshold, best)
+        sim, r0, r1 = merged.similarities, merged.requester_rows, merged.custodian_rows
+        # Already by requester row, then similarity descending, then custodian row: sorting
+        # stably by similarity alone gives the candidates' order.
+        order = np.argsort(-sim, kind="stable")
+    else:
+        sim, r0, r1 = _concatenated(parts)
+        order = np.lexsort((r1, r0, -sim))
+    return Candidates(sim[order], r0[order], r1[order], comparisons, all_pairs)
 
 
 def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -> int:
@@ -366,7 +373,7 @@ def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -
 
 def _kept(parts: list[TaskResult], threshold: float, best: int) -> TaskResult:
     """The parts' pairs, each once, that are candidates: at or above the threshold, or among
-    their requester record's `best`."""
+    their requester record's `best`; in `kernel.kept`'s order."""
     pairs = [(p.similarities, p.requester_rows, p.custodian_rows) for p in parts]
     return TaskResult(*kernel.merge_kept(pairs, threshold, best), 0)
 
@@ -379,9 +386,3 @@ def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.n
         np.concatenate([p.requester_rows for p in parts]),
         np.concatenate([p.custodian_rows for p in parts]),
     )
-
-
-def _merge(parts: list[TaskResult], comparisons: int, all_pairs: int) -> Candidates:
-    sim, r0, r1 = _concatenated(parts)
-    order = np.lexsort((r1, r0, -sim))
-    return Candidates(sim[order], r0[order], r1[order], comparisons, all_pairs)
