@@ -134,7 +134,7 @@ def test_lsh_candidates_are_the_best_across_every_band(monkeypatch: pytest.Monke
     """Bands compared a few per task, each task keeping every record's best across its bands,
     the tasks' results merged as they arrive: exactly the candidates of all the pairs that
     share a band (at or above the threshold, and each record's best 4), each pair once, as
-    when every band's own candidates were merged."""
+    when every band's own candidates were merged; progress still counts bands."""
     shared = encodings(600, seed=5, noise=0.1)
     blocking = LshBlocking(bands=40, bits_per_band=8, seed=2)
     share, comparisons = np.zeros((600, 600), dtype=bool), 0
@@ -155,13 +155,23 @@ def test_lsh_candidates_are_the_best_across_every_band(monkeypatch: pytest.Monke
     sims, r0, r1 = kernel.kept((dice[r0, r1], r0, r1), 0.35, 4)
     order = np.lexsort((r1, r0, -sims))
     expected = list(zip(sims[order].tolist(), r0[order].tolist(), r1[order].tolist(), strict=True))
-    monkeypatch.setattr(engine, "BANDS_PER_TASK", 3)
+    monkeypatch.setattr(engine, "BANDS_PER_TASK", 4)
     monkeypatch.setattr(engine, "COMPACT_ROWS", 50)
     for executor, workers in ((SerialExecutor(), 1), (LocalPoolExecutor(2), 2)):
-        found = find_candidates(shared, 0.35, executor, workers, blocking, best=4)
+        reports: list[tuple[int, int]] = []
+        found = find_candidates(
+            shared, 0.35, executor, workers, blocking, best=4, progress=_recorder(reports)
+        )
         assert as_tuples(found) == expected
         assert found.comparisons == comparisons
+        # Progress is in bands, whatever the bands per task.
+        assert reports == [(done, 40) for done in range(4, 41, 4)]
     assert len(expected) > 4 * 600  # pairs at or above 0.35 beyond the best 4 are included
+
+
+def _recorder(reports: list[tuple[int, int]]) -> engine.Progress:
+    """A progress callback that appends each (done, total) to `reports`."""
+    return lambda done, total: reports.append((done, total))
 
 
 def test_candidate_cap_aborts_with_the_reason() -> None:

@@ -684,18 +684,20 @@ static void band_keys(const uint8_t *columns, Py_ssize_t n, const int64_t *posit
     }
 }
 
-#define RADIX_BITS 11
+#define RADIX_BITS 8
 #define RADIX (1 << RADIX_BITS)
 
-/* keys and rows sorted by key, stably (an LSD radix sort over the bits the keys use). keys and
- * rows are overwritten with the result; spare_keys and spare_rows are scratch of n items. */
+/* keys and rows sorted by key, stably (an LSD radix sort over the bits the keys use), in place;
+ * spare_keys and spare_rows are scratch of n items. */
 static void sort_by_key(uint64_t *keys, int64_t *rows, uint64_t *spare_keys, int64_t *spare_rows,
                         Py_ssize_t n) {
     uint64_t used = 0;
     for (Py_ssize_t i = 0; i < n; i++) used |= keys[i];
+    uint64_t *from_keys = keys, *to_keys = spare_keys;
+    int64_t *from_rows = rows, *to_rows = spare_rows;
     for (int shift = 0; shift < 64 && (used >> shift); shift += RADIX_BITS) {
         Py_ssize_t offsets[RADIX] = {0};
-        for (Py_ssize_t i = 0; i < n; i++) offsets[(keys[i] >> shift) & (RADIX - 1)]++;
+        for (Py_ssize_t i = 0; i < n; i++) offsets[(from_keys[i] >> shift) & (RADIX - 1)]++;
         Py_ssize_t total = 0;
         for (int d = 0; d < RADIX; d++) {
             Py_ssize_t count = offsets[d];
@@ -703,12 +705,20 @@ static void sort_by_key(uint64_t *keys, int64_t *rows, uint64_t *spare_keys, int
             total += count;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            Py_ssize_t to = offsets[(keys[i] >> shift) & (RADIX - 1)]++;
-            spare_keys[to] = keys[i];
-            spare_rows[to] = rows[i];
+            Py_ssize_t to = offsets[(from_keys[i] >> shift) & (RADIX - 1)]++;
+            to_keys[to] = from_keys[i];
+            to_rows[to] = from_rows[i];
         }
-        memcpy(keys, spare_keys, n * sizeof(uint64_t));
-        memcpy(rows, spare_rows, n * sizeof(int64_t));
+        uint64_t *k = from_keys;
+        from_keys = to_keys;
+        to_keys = k;
+        int64_t *r = from_rows;
+        from_rows = to_rows;
+        to_rows = r;
+    }
+    if (from_keys != keys) { /* an odd number of passes */
+        memcpy(keys, from_keys, n * sizeof(uint64_t));
+        memcpy(rows, from_rows, n * sizeof(int64_t));
     }
 }
 
@@ -775,6 +785,7 @@ typedef struct {
 #define GATHER_AHEAD 8
 
 typedef struct {
+    int64_t *rows_a, *rows_b; /* the window's rows, group after group */
     uint8_t *a, *b;
     uint32_t *pop_a, *pop_b;
     Node *heaps;
@@ -813,12 +824,13 @@ static void gather(const uint8_t *from, const uint32_t *pop, const Node *heaps, 
             int64_t ahead = rows[i + GATHER_AHEAD];
             for (Py_ssize_t at = 0; at < nbytes; at += 64)
                 __builtin_prefetch(from + ahead * nbytes + at);
+            __builtin_prefetch(from + ahead * nbytes + nbytes - 1);
             __builtin_prefetch(pop + ahead);
             if (k) __builtin_prefetch(heaps + ahead * k);
         }
         memcpy(to + i * nbytes, from + rows[i] * nbytes, nbytes);
         to_pop[i] = pop[rows[i]];
-        if (k) memcpy(to_heaps + i * k, heaps + rows[i] * k, k * sizeof(Node));
+        for (Py_ssize_t h = 0; h < k; h++) to_heaps[i * k + h] = heaps[rows[i] * k + h];
     }
 }
 
@@ -827,13 +839,14 @@ static int compare_window(const Groups *g, Window *w, Py_ssize_t first, Py_ssize
                           Pairs *out) {
     Py_ssize_t na = 0, nb = 0;
     for (Py_ssize_t i = first; i < last; i++) {
-        gather(g->a, g->pop_a, g->heaps, g->k, g->rows_a + g->start_a[i], g->count_a[i],
-               g->nbytes, w->a + na * g->nbytes, w->pop_a + na, w->heaps + na * g->k);
-        gather(g->b, g->pop_b, NULL, 0, g->rows_b + g->start_b[i], g->count_b[i], g->nbytes,
-               w->b + nb * g->nbytes, w->pop_b + nb, NULL);
+        memcpy(w->rows_a + na, g->rows_a + g->start_a[i], g->count_a[i] * sizeof(int64_t));
+        memcpy(w->rows_b + nb, g->rows_b + g->start_b[i], g->count_b[i] * sizeof(int64_t));
         na += g->count_a[i];
         nb += g->count_b[i];
     }
+    /* One gather per side, so that loads run ahead across groups. */
+    gather(g->a, g->pop_a, g->heaps, g->k, w->rows_a, na, g->nbytes, w->a, w->pop_a, w->heaps);
+    gather(g->b, g->pop_b, NULL, 0, w->rows_b, nb, g->nbytes, w->b, w->pop_b, NULL);
     na = nb = 0;
     for (Py_ssize_t i = first; i < last; i++) {
         const int64_t *rows_a = g->rows_a + g->start_a[i], *rows_b = g->rows_b + g->start_b[i];
@@ -843,8 +856,7 @@ static int compare_window(const Groups *g, Window *w, Py_ssize_t first, Py_ssize
                             w->heaps + at * g->k, rows_b, w->b + nb * g->nbytes, w->pop_b + nb,
                             g->count_b[i], out) < 0)
                 return -1;
-            if (g->k)
-                memcpy(g->heaps + rows_a[r] * g->k, w->heaps + at * g->k, g->k * sizeof(Node));
+            for (Py_ssize_t h = 0; h < g->k; h++) g->heaps[rows_a[r] * g->k + h] = w->heaps[at * g->k + h];
         }
         na += g->count_a[i];
         nb += g->count_b[i];
@@ -871,10 +883,11 @@ static int compare_large_group(const Groups *g, Py_ssize_t i, Pairs *out) {
 }
 
 static int compare_groups(const Groups *g, Pairs *out) {
-    Window w = {malloc(WINDOW_ROWS * g->nbytes), malloc(WINDOW_ROWS * g->nbytes),
+    Window w = {malloc(WINDOW_ROWS * sizeof(int64_t)), malloc(WINDOW_ROWS * sizeof(int64_t)),
+                malloc(WINDOW_ROWS * g->nbytes), malloc(WINDOW_ROWS * g->nbytes),
                 malloc(WINDOW_ROWS * sizeof(uint32_t)), malloc(WINDOW_ROWS * sizeof(uint32_t)),
                 malloc(WINDOW_ROWS * (g->k ? g->k : 1) * sizeof(Node))};
-    int status = w.a && w.b && w.pop_a && w.pop_b && w.heaps ? 0 : -1;
+    int status = w.rows_a && w.rows_b && w.a && w.b && w.pop_a && w.pop_b && w.heaps ? 0 : -1;
     for (Py_ssize_t i = 0; i < g->groups && status == 0;) {
         if (g->count_a[i] > WINDOW_ROWS || g->count_b[i] > WINDOW_ROWS) {
             status = compare_large_group(g, i++, out);
@@ -890,6 +903,8 @@ static int compare_groups(const Groups *g, Pairs *out) {
         status = compare_window(g, &w, i, last, out);
         i = last;
     }
+    free(w.rows_a);
+    free(w.rows_b);
     free(w.a);
     free(w.b);
     free(w.pop_a);

@@ -136,6 +136,7 @@ class TaskResult:
     requester_rows: np.ndarray
     custodian_rows: np.ndarray
     comparisons: int
+    bands: int = 0  # LSH bands compared
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,8 @@ def compare_bands(task: BandTask, shared: SharedEncodings) -> TaskResult:
         groups = kernel.KeyGroups.of(keys_a, rows_a, keys_b, rows_b)
         found.add(groups)
         comparisons += groups.comparisons
-    return TaskResult(*found.pairs(), comparisons)
+    bands = 0 if task.positions is None else len(task.positions)
+    return TaskResult(*found.pairs(), comparisons, bands)
 
 
 Members = tuple[np.ndarray, np.ndarray]  # band keys, and the rows of the records that have them
@@ -317,7 +319,9 @@ def find_candidates(
     # Progress counts comparisons, except with LSH, whose comparisons are known band by band.
     by_band = isinstance(blocking, LshBlocking)
     total = (
-        len(tasks) if isinstance(blocking, LshBlocking) else planned_comparisons(shared, blocking)
+        blocking.bands
+        if isinstance(blocking, LshBlocking)
+        else planned_comparisons(shared, blocking)
     )
     if not by_band and total > limits.max_comparisons:
         raise MatchingAborted(
@@ -331,7 +335,7 @@ def find_candidates(
     for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
         parts.append(result)
         comparisons += result.comparisons
-        done += 1 if by_band else result.comparisons
+        done += result.bands if by_band else result.comparisons
         kept += len(result.similarities)
         too_many = kept > max(COMPACT_ROWS, 2 * compacted) or kept > limits.max_candidate_pairs
         if (blocking is not None or best) and too_many:
