@@ -781,8 +781,8 @@ typedef struct {
  * encodings, and most groups are small. So the rows of consecutive groups are first copied
  * together into a window (a loop of independent loads, which the CPU overlaps, unlike loads
  * between comparisons), then compared there. */
-#define WINDOW_ROWS 2048
-#define GATHER_AHEAD 8
+#define WINDOW_ROWS 1024
+#define GATHER_AHEAD 16
 
 typedef struct {
     int64_t *rows_a, *rows_b; /* the window's rows, group after group */
@@ -1039,42 +1039,79 @@ static PyObject *py_offer_groups(PyObject *self, PyObject *args) {
     return result;
 }
 
-static PyObject *py_heap_pairs(PyObject *self, PyObject *args) {
-    Py_buffer heaps;
-    Py_ssize_t na, k;
-    if (!PyArg_ParseTuple(args, "w*nn", &heaps, &na, &k)) return NULL;
-    PyObject *result = NULL;
-    if (k < 0) {
-        PyErr_SetString(PyExc_ValueError, "k < 0");
-    } else if (check_buffer(&heaps, na * k, sizeof(Node), "heaps") == 0) {
-        Node *heap = heaps.buf;
-        Pairs out = {0};
-        int status = 0;
-        for (Py_ssize_t x = 0; x < na && status == 0; x++) {
-            Py_ssize_t size = heap_size(heap + x * k, k);
-            heap_sorted(heap + x * k, size);
-            for (Py_ssize_t h = 0; h < size && status == 0; h++)
-                status = pairs_push(&out, heap[x * k + h].score, x, heap[x * k + h].index);
-        }
-        if (status < 0) {
-            pairs_free(&out);
-            PyErr_NoMemory();
-        } else {
-            result = pairs_result(&out);
-        }
-    }
-    PyBuffer_Release(&heaps);
-    return result;
-}
-
-/* ---------------------------------------------------------------- merging kept pairs */
-
 /* The order of kept pairs: requester row, then similarity descending, then custodian row. */
 static inline int precedes(double s1, int64_t a1, int64_t b1, double s2, int64_t a2, int64_t b2) {
     if (a1 != a2) return a1 < a2;
     if (s1 != s2) return s1 > s2;
     return b1 < b2;
 }
+
+static int in_order(const double *s, const int64_t *a, const int64_t *b, Py_ssize_t n) {
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (precedes(s[i], a[i], b[i], s[i - 1], a[i - 1], b[i - 1])) return 0;
+    return 1;
+}
+
+/* Per requester row, its heap best first, then its pairs left out of the heap (in the order of
+ * kept pairs; each is worse than every pair still in the heap, which only ever improves). */
+static Py_ssize_t heap_pairs(Node *heaps, Py_ssize_t na, Py_ssize_t k, const double *left_s,
+                             const int64_t *left_a, const int64_t *left_b, Py_ssize_t n_left,
+                             double *s, int64_t *a, int64_t *b) {
+    Py_ssize_t out = 0, l = 0;
+    for (Py_ssize_t x = 0; x < na; x++) {
+        Node *heap = heaps + x * k;
+        Py_ssize_t size = heap_size(heap, k);
+        heap_sorted(heap, size);
+        for (Py_ssize_t h = 0; h < size; h++, out++) {
+            s[out] = heap[h].score;
+            a[out] = x;
+            b[out] = heap[h].index;
+        }
+        for (; l < n_left && left_a[l] == x; l++, out++) {
+            s[out] = left_s[l];
+            a[out] = x;
+            b[out] = left_b[l];
+        }
+    }
+    return out;
+}
+
+static PyObject *py_heap_pairs(PyObject *self, PyObject *args) {
+    Py_buffer buf[7];
+    Py_ssize_t na, k, n_left;
+    if (!PyArg_ParseTuple(args, "w*nny*y*y*nw*w*w*", &buf[0], &na, &k, &buf[1], &buf[2], &buf[3],
+                          &n_left, &buf[4], &buf[5], &buf[6]))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t room = na * k + n_left;
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k < 0");
+    } else if (check_buffer(&buf[0], na * k, sizeof(Node), "heaps") == 0 &&
+               check_buffer(&buf[1], n_left, 8, "left_sims") == 0 &&
+               check_buffer(&buf[2], n_left, 8, "left_rows_a") == 0 &&
+               check_buffer(&buf[3], n_left, 8, "left_rows_b") == 0 &&
+               check_buffer(&buf[4], room, 8, "sims") == 0 &&
+               check_buffer(&buf[5], room, 8, "rows_a") == 0 &&
+               check_buffer(&buf[6], room, 8, "rows_b") == 0) {
+        const int64_t *left_a = buf[2].buf;
+        int rows_ok = in_order(buf[1].buf, left_a, buf[3].buf, n_left);
+        for (Py_ssize_t i = 0; i < n_left && rows_ok; i++) rows_ok = left_a[i] >= 0 && left_a[i] < na;
+        if (!rows_ok) {
+            PyErr_SetString(PyExc_ValueError, "left-out pairs out of order or rows outside [0, na)");
+        } else {
+            Py_ssize_t n = heap_pairs(buf[0].buf, na, k, buf[1].buf, left_a, buf[3].buf, n_left,
+                                      buf[4].buf, buf[5].buf, buf[6].buf);
+            if (in_order(buf[4].buf, buf[5].buf, buf[6].buf, n))
+                result = PyLong_FromSsize_t(n);
+            else /* a left-out pair better than one kept in its heap: not offered by offer_groups */
+                PyErr_SetString(PyExc_ValueError, "left-out pairs rank above pairs in the heaps");
+        }
+    }
+    for (int i = 0; i < 7; i++) PyBuffer_Release(&buf[i]);
+    return result;
+}
+
+/* ---------------------------------------------------------------- merging kept pairs */
 
 /* Two lists in that order merged into `out` (room for n1 + n2), each pair once, keeping those
  * at or above the threshold or among their requester row's best k. Returns the pairs kept. */
@@ -1103,12 +1140,6 @@ static Py_ssize_t merge_kept(const double *s1, const int64_t *a1, const int64_t 
         }
     }
     return out;
-}
-
-static int in_order(const double *s, const int64_t *a, const int64_t *b, Py_ssize_t n) {
-    for (Py_ssize_t i = 1; i < n; i++)
-        if (precedes(s[i], a[i], b[i], s[i - 1], a[i - 1], b[i - 1])) return 0;
-    return 1;
 }
 
 static PyObject *py_merge_kept(PyObject *self, PyObject *args) {
@@ -1206,8 +1237,9 @@ static PyMethodDef methods[] = {
      "int64 custodian row, -1 where unused, kept across calls, each pair at most once); "
      "returns the pairs at or above the threshold left out of the best k (maybe repeated)."},
     {"heap_pairs", py_heap_pairs, METH_VARARGS,
-     "heap_pairs(heaps, na, k) -> (sims, rows_a, rows_b) as bytes: the pairs of the heaps, "
-     "by requester row, best first."},
+     "heap_pairs(heaps, na, k, left_sims, left_rows_a, left_rows_b, n_left, sims, rows_a, "
+     "rows_b) -> n: writes, per requester row, the pairs of its heap, best first, then its "
+     "pairs left out of the heap (given in the order of merge_kept, each once)."},
     {"merge_kept", py_merge_kept, METH_VARARGS,
      "merge_kept(sims1, rows_a1, rows_b1, n1, sims2, rows_a2, rows_b2, n2, threshold, k, sims, "
      "rows_a, rows_b) -> n: merges two lists ordered by requester row, similarity descending, "

@@ -334,16 +334,16 @@ class BestPairs:
         """The candidates, each once, in `kept`'s order."""
         if not self.native:
             return kept(_concatenated(self._parts), self.threshold, self.best)
-        sims, r0, r1 = _dice.heap_pairs(self._heaps, len(self._heaps), self.best)
-        heaps = (
-            np.frombuffer(sims, dtype=np.float64),
-            np.frombuffer(r0, dtype=np.int64),
-            np.frombuffer(r1, dtype=np.int64),
+        # Pairs at or above the threshold left out of the best: each once, in order.
+        left = kept(_concatenated(self._parts), self.threshold, 0)
+        room = self._heaps.shape[0] * self.best + len(left[0])
+        out: Pairs = (
+            np.empty(room),
+            np.empty(room, dtype=np.int64),
+            np.empty(room, dtype=np.int64),
         )
-        if not self._parts:
-            return heaps
-        left_out = kept(_concatenated(self._parts), self.threshold, 0)
-        return merge_kept([heaps, left_out], self.threshold, self.best)
+        n = _dice.heap_pairs(self._heaps, len(self._heaps), self.best, *left, len(left[0]), *out)
+        return out[0][:n], out[1][:n], out[2][:n]
 
 
 def _numpy_group_pairs(
