@@ -333,6 +333,9 @@ def find_candidates(
     done = comparisons = kept = compacted = 0
     compare = compare_chunk if blocking is None else compare_bands
     for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
+        if result is None:  # no result yet: the progress callback may stop the run
+            progress(done, total)
+            continue
         parts.append(result)
         comparisons += result.comparisons
         done += result.bands if by_band else result.comparisons

@@ -24,7 +24,9 @@ _shared_in_worker: Any = None
 class Executor(Protocol):
     def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
         """Results of fn(task, shared) for every task, in completion order; stops early (and
-        cancels what is left) when the consumer stops iterating."""
+        cancels what is left) when the consumer stops iterating. While waiting for results it
+        may yield None now and then, so that the consumer can stop (a stopping server) without
+        waiting for the tasks running."""
         ...  # pragma: no cover - protocol
 
     def describe(self) -> str: ...  # pragma: no cover - protocol
@@ -41,6 +43,8 @@ class SerialExecutor:
 
 # How often a pool worker checks that the process that started it is alive.
 WATCH_PARENT_S = 1.0
+# How often a pool waiting for results yields None to its consumer.
+HEARTBEAT_S = 0.5
 
 
 def _install(shared: Any, parent: int) -> None:
@@ -92,7 +96,9 @@ class LocalPoolExecutor:
                     if len(pending) >= 2 * self.workers:
                         break
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done, pending = wait(pending, HEARTBEAT_S, return_when=FIRST_COMPLETED)
+                    if not done:
+                        yield None
                     for future in done:
                         for task in queue:
                             pending.add(pool.submit(_call_with_installed, fn, task))
@@ -101,6 +107,16 @@ class LocalPoolExecutor:
             finally:
                 for future in pending:
                     future.cancel()
+                if pending:
+                    _end_workers(pool)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers: the consumer stopped before the last result (a limit was
+    reached, or the server is stopping), and tasks already running (each can take seconds)
+    would otherwise be waited for."""
+    for process in list((pool._processes or {}).values()):  # no public way to end them
+        process.terminate()
 
 
 class DaskExecutor:
