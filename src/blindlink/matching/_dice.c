@@ -667,7 +667,7 @@ static PyObject *py_threshold_pairs(PyObject *self, PyObject *args) {
 /* LSH band keys: per record, the bits at `bits` positions packed into an integer, the first
  * position the most significant. `columns` is the encodings transposed (nbytes, n), so that
  * each sampled bit is read from one contiguous column; records are taken a block at a time,
- * bit by bit, in loops the compiler vectorises. */
+ * so that a block's keys stay in the cache while their bits are added one by one. */
 #define KEY_BLOCK 2048
 
 static void band_keys(const uint8_t *columns, Py_ssize_t n, const int64_t *positions,
@@ -679,7 +679,8 @@ static void band_keys(const uint8_t *columns, Py_ssize_t n, const int64_t *posit
         for (Py_ssize_t i = 0; i < bits; i++) {
             const uint8_t *column = columns + (positions[i] >> 3) * n + lo;
             const int shift = 7 - (int)(positions[i] & 7);
-            for (Py_ssize_t r = 0; r < m; r++) keys[r] = (keys[r] << 1) | ((column[r] >> shift) & 1);
+            for (Py_ssize_t r = 0; r < m; r++)
+                keys[r] = (keys[r] << 1) | ((column[r] >> shift) & 1);
         }
     }
 }
@@ -780,7 +781,8 @@ typedef struct {
 /* Memory, not arithmetic, bounds block comparisons: a group's rows sit anywhere in the
  * encodings, and most groups are small. So the rows of consecutive groups are first copied
  * together into a window (a loop of independent loads, which the CPU overlaps, unlike loads
- * between comparisons), then compared there. */
+ * between comparisons), then compared there. A requester row is in at most one group of a
+ * call (one key per record), so its heap is copied to the window and back once. */
 #define WINDOW_ROWS 1024
 #define GATHER_AHEAD 16
 
@@ -856,7 +858,8 @@ static int compare_window(const Groups *g, Window *w, Py_ssize_t first, Py_ssize
                             w->heaps + at * g->k, rows_b, w->b + nb * g->nbytes, w->pop_b + nb,
                             g->count_b[i], out) < 0)
                 return -1;
-            for (Py_ssize_t h = 0; h < g->k; h++) g->heaps[rows_a[r] * g->k + h] = w->heaps[at * g->k + h];
+            for (Py_ssize_t h = 0; h < g->k; h++) /* the row's heap back from the window */
+                g->heaps[rows_a[r] * g->k + h] = w->heaps[at * g->k + h];
         }
         na += g->count_a[i];
         nb += g->count_b[i];
@@ -870,7 +873,8 @@ static int compare_large_group(const Groups *g, Py_ssize_t i, Pairs *out) {
     uint32_t *pop_b = malloc((g->count_b[i] ? g->count_b[i] : 1) * sizeof(uint32_t));
     uint8_t *b = malloc((g->count_b[i] ? g->count_b[i] : 1) * g->nbytes);
     int status = pop_b && b ? 0 : -1;
-    if (status == 0) gather(g->b, g->pop_b, NULL, 0, rows_b, g->count_b[i], g->nbytes, b, pop_b, NULL);
+    if (status == 0)
+        gather(g->b, g->pop_b, NULL, 0, rows_b, g->count_b[i], g->nbytes, b, pop_b, NULL);
     for (int64_t r = g->start_a[i]; r < g->start_a[i] + g->count_a[i] && status == 0; r++) {
         int64_t x = g->rows_a[r];
         status = compare_row(g, x, g->a + x * g->nbytes, g->pop_a[x],
@@ -936,7 +940,8 @@ static PyObject *py_band_keys(PyObject *self, PyObject *args) {
         int bad = bits > 64;
         for (Py_ssize_t i = 0; i < bits; i++) bad |= p[i] < 0 || p[i] >= 8 * nbytes;
         if (bad) {
-            PyErr_SetString(PyExc_ValueError, "more than 64 bits, or a position outside the encodings");
+            PyErr_SetString(PyExc_ValueError,
+                            "more than 64 bits, or a position outside the encodings");
         } else {
             Py_BEGIN_ALLOW_THREADS
             band_keys(columns.buf, n, p, bits, out.buf);
@@ -958,8 +963,10 @@ static PyObject *py_group_keys(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t most = na > nb ? na : nb, fewest = na < nb ? na : nb;
-    if (check_buffer(&buf[0], na, 8, "keys_a") == 0 && check_buffer(&buf[1], na, 8, "rows_a") == 0 &&
-        check_buffer(&buf[2], nb, 8, "keys_b") == 0 && check_buffer(&buf[3], nb, 8, "rows_b") == 0 &&
+    if (check_buffer(&buf[0], na, 8, "keys_a") == 0 &&
+        check_buffer(&buf[1], na, 8, "rows_a") == 0 &&
+        check_buffer(&buf[2], nb, 8, "keys_b") == 0 &&
+        check_buffer(&buf[3], nb, 8, "rows_b") == 0 &&
         check_buffer(&buf[4], fewest, 8, "start_a") == 0 &&
         check_buffer(&buf[5], fewest, 8, "count_a") == 0 &&
         check_buffer(&buf[6], fewest, 8, "start_b") == 0 &&
@@ -1095,9 +1102,11 @@ static PyObject *py_heap_pairs(PyObject *self, PyObject *args) {
                check_buffer(&buf[6], room, 8, "rows_b") == 0) {
         const int64_t *left_a = buf[2].buf;
         int rows_ok = in_order(buf[1].buf, left_a, buf[3].buf, n_left);
-        for (Py_ssize_t i = 0; i < n_left && rows_ok; i++) rows_ok = left_a[i] >= 0 && left_a[i] < na;
+        for (Py_ssize_t i = 0; i < n_left && rows_ok; i++)
+            rows_ok = left_a[i] >= 0 && left_a[i] < na;
         if (!rows_ok) {
-            PyErr_SetString(PyExc_ValueError, "left-out pairs out of order or rows outside [0, na)");
+            PyErr_SetString(PyExc_ValueError,
+                            "left-out pairs out of order or rows outside [0, na)");
         } else {
             Py_ssize_t n = heap_pairs(buf[0].buf, na, k, buf[1].buf, left_a, buf[3].buf, n_left,
                                       buf[4].buf, buf[5].buf, buf[6].buf);

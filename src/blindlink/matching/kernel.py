@@ -184,7 +184,7 @@ class KeyGroups:
     def of(
         cls, keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray, rows_b: np.ndarray
     ) -> KeyGroups:
-        """Group records `rows_x` by their keys `keys_x` (uint64)."""
+        """Group records `rows_x` (each at most once) by their keys `keys_x` (uint64)."""
         if active() == REFERENCE:
             return cls._numpy_of(keys_a, rows_a, keys_b, rows_b)
         # Copies, which the kernel sorts by key in place.
