@@ -32,9 +32,9 @@ with warnings.catch_warnings():
 
 CHUNK_COMPARISONS = 100_000_000
 # LSH bands compared by one task. A task returns each requester record's candidates across its
-# bands: more bands per task mean fewer results for the server to merge, but longer tasks,
-# which a stopping server waits for.
-BANDS_PER_TASK = 10
+# bands: more bands per task mean fewer results to send and merge, but coarser progress and
+# more time at the end when one worker finishes its last task while the others have none.
+BANDS_PER_TASK = 15
 # Task results are merged once this many candidate pairs wait to be.
 COMPACT_ROWS = 5_000_000
 # Bytes per record that anonlink's bitarray form (without the native kernel) costs beyond the
