@@ -22,7 +22,12 @@ from blindlink.matching.engine import (
     SharedEncodings,
     find_candidates,
 )
-from blindlink.matching.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
+from blindlink.matching.executors import (
+    DaskExecutor,
+    LocalPoolExecutor,
+    SerialExecutor,
+    stop_requested,
+)
 from blindlink.matching.linkage import to_bitarrays
 from blindlink.server.app import start_server
 from blindlink.server.runs import MatchingSettings
@@ -97,13 +102,16 @@ def test_dask_local_cluster_equals_single_process(many_chunks: None) -> None:
 
 
 def sleep_for(seconds: float, shared: object) -> float:
-    time.sleep(seconds)
+    """Sleep, in steps, until `seconds` have passed or the pool asks its tasks to stop."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not stop_requested():
+        time.sleep(0.05)
     return seconds
 
 
 def test_a_pool_stopped_early_does_not_wait_for_its_running_tasks() -> None:
     """A consumer that stops before the last result (a limit reached, or a stopping server)
-    gets the pool's workers ended, not waited for."""
+    has the pool ask its running tasks to stop, rather than wait for them."""
     started = time.monotonic()
     results = LocalPoolExecutor(2).run(sleep_for, [0.0, 60.0, 60.0, 60.0], None)
     assert next(r for r in results if r is not None) == 0.0  # None: no result yet

@@ -24,7 +24,7 @@ from blindlink.matching.blocking import (
     key_loads,
     split_records,
 )
-from blindlink.matching.executors import Executor
+from blindlink.matching.executors import Executor, TaskStopped, stop_requested
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
@@ -229,6 +229,8 @@ def compare_bands(task: BandTask, shared: SharedEncodings) -> TaskResult:
     )
     comparisons = 0
     for (keys_a, rows_a), (keys_b, rows_b) in _band_members(task, shared, data):
+        if stop_requested():
+            raise TaskStopped
         groups = kernel.KeyGroups.of(keys_a, rows_a, keys_b, rows_b)
         found.add(groups)
         comparisons += groups.comparisons

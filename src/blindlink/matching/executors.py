@@ -19,6 +19,7 @@ from blindlink.errors import BlindlinkError
 TaskFunction = Callable[[Any, Any], Any]  # (task, shared) -> result
 
 _shared_in_worker: Any = None
+_stop_in_worker: Any = None  # the pool's event asking its running tasks to stop
 
 
 class Executor(Protocol):
@@ -47,10 +48,22 @@ WATCH_PARENT_S = 1.0
 HEARTBEAT_S = 0.5
 
 
-def _install(shared: Any, parent: int) -> None:
-    global _shared_in_worker
+def _install(shared: Any, parent: int, stop: Any) -> None:
+    global _shared_in_worker, _stop_in_worker
     _shared_in_worker = shared
+    _stop_in_worker = stop
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def stop_requested() -> bool:
+    """Whether the pool running this task no longer wants its result (its consumer stopped: a
+    limit was reached, or the server is stopping); long tasks check between steps. Always
+    False outside a pool worker."""
+    return _stop_in_worker is not None and _stop_in_worker.is_set()
+
+
+class TaskStopped(Exception):
+    """A task ended early because its pool asked (`stop_requested`)."""
 
 
 def _exit_with(parent: int) -> None:
@@ -81,11 +94,12 @@ class LocalPoolExecutor:
     def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
         # forkserver: forking a process that runs gRPC threads is unsafe.
         context = multiprocessing.get_context("forkserver")
+        stop = context.Event()
         with ProcessPoolExecutor(
             self.workers,
             mp_context=context,
             initializer=_install,
-            initargs=(shared, os.getpid()),
+            initargs=(shared, os.getpid(), stop),
         ) as pool:
             pending: set[Future[Any]] = set()
             queue = iter(tasks)
@@ -108,15 +122,9 @@ class LocalPoolExecutor:
                 for future in pending:
                     future.cancel()
                 if pending:
-                    _end_workers(pool)
-
-
-def _end_workers(pool: ProcessPoolExecutor) -> None:
-    """End the pool's workers: the consumer stopped before the last result (a limit was
-    reached, or the server is stopping), and tasks already running (each can take seconds)
-    would otherwise be waited for."""
-    for process in list((pool._processes or {}).values()):  # no public way to end them
-        process.terminate()
+                    # Stopped before the last result: the pool waits for the tasks running
+                    # (each can take seconds) when it closes, so ask them to stop.
+                    stop.set()
 
 
 class DaskExecutor:
