@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blindlink.errors import BlindlinkError
-from blindlink.matching import kernel
+from blindlink.matching import blocking, kernel
 from blindlink.matching.engine import SharedEncodings, find_candidates
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import to_bitarrays
@@ -148,7 +149,7 @@ CHOOSE_AND_MATCH = """
 import logging, numpy as np
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 from blindlink.errors import BlindlinkError
-from blindlink.matching import kernel
+from blindlink.matching import blocking, kernel
 from blindlink.matching.engine import SharedEncodings, find_candidates
 from blindlink.matching.executors import SerialExecutor
 enc = np.packbits(np.random.default_rng(1).random((50, 128)) < 0.3, axis=1)
@@ -205,33 +206,102 @@ def test_anonlink_popcount_bound_is_kept_where_it_drops_pairs_at_the_threshold(p
     assert kernel.AllPairs(five, three).pairs(slice(0, 1), (0, 1), 0.75)[0].tolist() == [0.75]
 
 
+@contextmanager
+def forced(path: str) -> Iterator[None]:
+    """The kernel path `path` for the block, then the one before."""
+    before = kernel.active()
+    kernel.select(path)
+    try:
+        yield
+    finally:
+        kernel.select(before)
+
+
 @SETTINGS
 @given(
     data=encoding_pairs(),
     threshold=thresholds,
     best=st.integers(0, 3),
+    groupings=st.integers(1, 3),
+    wide=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_block_comparisons_equal_the_numpy_reference(
-    path: str, data: EncodingPair, threshold: float, best: int, seed: int
+    path: str,
+    data: EncodingPair,
+    threshold: float,
+    best: int,
+    groupings: int,
+    wide: bool,
+    seed: int,
 ) -> None:
-    """Records grouped by key (as by an LSH band or a blocking key): the same candidates and
-    values as listing each group's pairs and computing their Dice with numpy."""
+    """Records grouped by key in several groupings (as by LSH bands or blocking keys, with
+    small or 64-bit keys): the same groups, and the same candidates and values, each pair once
+    however many groupings it is in, as listing each group's pairs and computing their Dice
+    with numpy."""
     rng = np.random.default_rng(seed)
-    members_a = np.flatnonzero(rng.random(len(data.requester)) < 0.9)
-    members_b = np.flatnonzero(rng.random(len(data.custodian)) < 0.9)
-    keys_a = rng.integers(1, 6, len(members_a)).astype(np.uint64)
-    keys_b = rng.integers(1, 6, len(members_b)).astype(np.uint64)
-    groups = kernel.KeyGroups.of(keys_a, members_a, keys_b, members_b)
+    values = rng.integers(1, 2**64 - 1 if wide else 6, 5, dtype=np.uint64, endpoint=True)
     pops = kernel.popcounts(data.requester), kernel.popcounts(data.custodian)
-    found = kernel.group_pairs(data.requester, data.custodian, *pops, groups, threshold, best)
-    kernel.select(kernel.REFERENCE)
-    try:
-        expected = kernel.group_pairs(
-            data.requester, data.custodian, *pops, groups, threshold, best
-        )
-    finally:
-        kernel.select(path)
-    assert in_anonlink_order(found) == in_anonlink_order(expected)
-    shared = (keys_a[:, None] == keys_b[None, :]).sum()
-    assert groups.comparisons == shared
+    found = kernel.BestPairs(data.requester, data.custodian, *pops, threshold, best)
+    with forced(kernel.REFERENCE):
+        expected = kernel.BestPairs(data.requester, data.custodian, *pops, threshold, best)
+    for _ in range(groupings):
+        members_a = np.flatnonzero(rng.random(len(data.requester)) < 0.9)
+        members_b = np.flatnonzero(rng.random(len(data.custodian)) < 0.9)
+        keys_a = values[rng.integers(0, 5, len(members_a))]
+        keys_b = values[rng.integers(0, 5, len(members_b))]
+        groups = kernel.KeyGroups.of(keys_a, members_a, keys_b, members_b)
+        found.add(groups)
+        with forced(kernel.REFERENCE):
+            reference = kernel.KeyGroups.of(keys_a, members_a, keys_b, members_b)
+            expected.add(reference)
+        for name in ("rows_a", "rows_b", "start_a", "count_a", "start_b", "count_b"):
+            assert getattr(groups, name).tolist() == getattr(reference, name).tolist(), name
+        assert groups.comparisons == (keys_a[:, None] == keys_b[None, :]).sum()
+    assert as_lists(found.pairs()) == as_lists(expected.pairs())
+
+
+def as_lists(pairs: kernel.Pairs) -> list[list[float] | list[int]]:
+    return [column.tolist() for column in pairs]
+
+
+@SETTINGS
+@given(
+    threshold=thresholds,
+    best=st.integers(0, 3),
+    parts=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_merging_kept_pairs_equals_the_numpy_reference(
+    path: str, threshold: float, best: int, parts: int, seed: int
+) -> None:
+    """Candidate lists, each in `kept`'s order and sharing pairs with the others, merge into
+    the candidates of their union."""
+    rng = np.random.default_rng(seed)
+    sims = rng.choice([0.0, 0.25, 0.5, 0.8, 1.0], (6, 6))  # ties included
+    lists = []
+    for _ in range(parts):
+        r0, r1 = rng.integers(0, 6, 20), rng.integers(0, 6, 20)
+        lists.append(kernel.kept((sims[r0, r1], r0, r1), threshold, best))
+    with forced(kernel.REFERENCE):
+        expected = kernel.merge_kept(lists, threshold, best)
+    assert as_lists(kernel.merge_kept(lists, threshold, best)) == as_lists(expected)
+
+
+def test_merging_refuses_pairs_out_of_order(path: str) -> None:
+    ordered = kernel.kept((np.array([0.5, 0.9]), np.array([0, 0]), np.array([1, 2])), 0.0, 0)
+    backwards = tuple(column[::-1].copy() for column in ordered)
+    with pytest.raises(ValueError, match="not in order of requester row"):
+        kernel.merge_kept([ordered, backwards], 0.0, 0)  # type: ignore[list-item]
+
+
+@SETTINGS
+@given(data=encoding_pairs(), bits=st.integers(1, 64), seed=st.integers(0, 2**32 - 1))
+def test_band_keys_equal_the_numpy_reference(
+    path: str, data: EncodingPair, bits: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    positions = rng.integers(0, data.requester.shape[1] * 8, bits)
+    columns = np.ascontiguousarray(data.requester.T)
+    expected = blocking.band_keys(columns, positions)
+    assert kernel.band_keys(columns, positions).tolist() == expected.tolist()

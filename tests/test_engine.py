@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,20 @@ from anonlink.similarities import dice_coefficient_accelerated
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.errors import BlindlinkError
-from blindlink.matching import engine
-from blindlink.matching.blocking import LshBlocking
+from blindlink.matching import engine, kernel
+from blindlink.matching.blocking import LshBlocking, band_keys
 from blindlink.matching.engine import (
     MatchingAborted,
     MatchingLimits,
     SharedEncodings,
     find_candidates,
 )
-from blindlink.matching.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
+from blindlink.matching.executors import (
+    DaskExecutor,
+    LocalPoolExecutor,
+    SerialExecutor,
+    stop_requested,
+)
 from blindlink.matching.linkage import to_bitarrays
 from blindlink.server.app import start_server
 from blindlink.server.runs import MatchingSettings
@@ -95,6 +101,24 @@ def test_dask_local_cluster_equals_single_process(many_chunks: None) -> None:
     assert len(expected.similarities) >= 590
 
 
+def sleep_for(seconds: float, shared: object) -> float:
+    """Sleep, in steps, until `seconds` have passed or the pool asks its tasks to stop."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not stop_requested():
+        time.sleep(0.05)
+    return seconds
+
+
+def test_a_pool_stopped_early_does_not_wait_for_its_running_tasks() -> None:
+    """A consumer that stops before the last result (a limit reached, or a stopping server)
+    has the pool ask its running tasks to stop, rather than wait for them."""
+    started = time.monotonic()
+    results = LocalPoolExecutor(2).run(sleep_for, [0.0, 60.0, 60.0, 60.0], None)
+    assert next(r for r in results if r is not None) == 0.0  # None: no result yet
+    results.close()
+    assert time.monotonic() - started < 20
+
+
 def test_missing_dask_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "dask.distributed", None)
     with pytest.raises(BlindlinkError, match="'dask' extra"):
@@ -128,6 +152,51 @@ def test_compacting_band_results_as_they_arrive_changes_nothing(
     piecewise = find_candidates(shared, 0.6, SerialExecutor(), 1, blocking, limits, best=4)
     assert as_tuples(piecewise) == as_tuples(whole)
     assert whole.comparisons == piecewise.comparisons > 2 * distinct  # repeats across bands
+
+
+def test_lsh_candidates_are_the_best_across_every_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands compared a few per task, each task keeping every record's best across its bands,
+    the tasks' results merged as they arrive: exactly the candidates of all the pairs that
+    share a band (at or above the threshold, and each record's best 4), each pair once, as
+    when every band's own candidates were merged; progress still counts bands."""
+    shared = encodings(600, seed=5, noise=0.1)
+    blocking = LshBlocking(bands=40, bits_per_band=8, seed=2)
+    share, comparisons = np.zeros((600, 600), dtype=bool), 0
+    columns = [np.ascontiguousarray(side.T) for side in (shared.requester, shared.custodian)]
+    for positions in blocking.positions(512):
+        keys_a, keys_b = (band_keys(c, positions) for c in columns)
+        same = keys_a[:, None] == keys_b[None, :]
+        share |= same
+        comparisons += int(same.sum())
+    bits_a, bits_b = (
+        np.unpackbits(shared.requester, axis=1),
+        np.unpackbits(shared.custodian, axis=1),
+    )
+    common = bits_a.astype(np.int64) @ bits_b.T.astype(np.int64)
+    total = bits_a.sum(axis=1)[:, None] + bits_b.sum(axis=1)[None, :]
+    dice = np.divide(2.0 * common, total, out=np.zeros(total.shape), where=total > 0)
+    r0, r1 = np.nonzero(share)
+    sims, r0, r1 = kernel.kept((dice[r0, r1], r0, r1), 0.35, 4)
+    order = np.lexsort((r1, r0, -sims))
+    expected = list(zip(sims[order].tolist(), r0[order].tolist(), r1[order].tolist(), strict=True))
+    monkeypatch.setattr(engine, "BANDS_PER_TASK", 4)
+    monkeypatch.setattr(engine, "COMPACT_ROWS", 50)
+    for executor, workers in ((SerialExecutor(), 1), (LocalPoolExecutor(2), 2)):
+        reports: list[tuple[int, int]] = []
+        found = find_candidates(
+            shared, 0.35, executor, workers, blocking, best=4, progress=_recorder(reports)
+        )
+        assert as_tuples(found) == expected
+        assert found.comparisons == comparisons
+        # Progress is in bands, whatever the bands per task (and repeated while the pool
+        # waits for results, so that a stopping server need not wait for them).
+        assert sorted(set(reports) - {(0, 40)}) == [(done, 40) for done in range(4, 41, 4)]
+    assert len(expected) > 4 * 600  # pairs at or above 0.35 beyond the best 4 are included
+
+
+def _recorder(reports: list[tuple[int, int]]) -> engine.Progress:
+    """A progress callback that appends each (done, total) to `reports`."""
+    return lambda done, total: reports.append((done, total))
 
 
 def test_candidate_cap_aborts_with_the_reason() -> None:

@@ -48,6 +48,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "dice_kernel": f"{kernel.active()}: {kernel.describe(kernel.active())}",
+        # Other work on a shared machine slows a run: the load when the result was written.
+        "load_average_1_5_15_min": [round(load, 2) for load in os.getloadavg()],
     }
 
 

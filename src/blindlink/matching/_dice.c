@@ -4,12 +4,15 @@
  *   threshold_pairs  requester rows against a range of custodian rows (all-pairs chunks), the
  *                    threshold (and an optional per-row top k) applied inside the kernel so that
  *                    only candidates leave it;
- *   group_pairs      requester rows against custodian rows that share a block (LSH bands, key
- *                    groups), the threshold (and an optional per-row top k) applied inside the
- *                    kernel; as blocking always has, it keeps every pair at or above the
- *                    threshold (anonlink's popcount bound belongs to its all-pairs scan);
+ *   offer_groups     requester rows against custodian rows that share a block (LSH bands, key
+ *                    groups), each requester row's best k kept across blocks and calls, each
+ *                    pair once; as blocking always has, every pair at or above the threshold
+ *                    is kept too (anonlink's popcount bound belongs to its all-pairs scan);
  *   pair_dice        the Dice coefficient of each pair of an explicit list.
- * and popcounts, the popcount of each encoding.
+ * and popcounts, the popcount of each encoding; for blocking, band_keys (an LSH band's bits of
+ * each record), group_keys (records grouped by key, a radix sort) and heap_pairs (the best k
+ * kept); and merge_kept, the union of two candidate lists, each record's best k and the pairs
+ * at or above the threshold.
  *
  * Each runs one of three code paths, chosen at run time (set_path): AVX-512 with VPOPCNTQ, AVX2,
  * or portable C. All compute the same integers (popcounts of ANDs) and then the same double
@@ -659,52 +662,258 @@ static PyObject *py_threshold_pairs(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ---------------------------------------------------------------- blocking: bands and keys */
+
+/* LSH band keys: per record, the bits at `bits` positions packed into an integer, the first
+ * position the most significant. `columns` is the encodings transposed (nbytes, n), so that
+ * each sampled bit is read from one contiguous column; records are taken a block at a time,
+ * so that a block's keys stay in the cache while their bits are added one by one. */
+#define KEY_BLOCK 2048
+
+static void band_keys(const uint8_t *columns, Py_ssize_t n, const int64_t *positions,
+                      Py_ssize_t bits, uint64_t *out) {
+    for (Py_ssize_t lo = 0; lo < n; lo += KEY_BLOCK) {
+        Py_ssize_t m = n - lo < KEY_BLOCK ? n - lo : KEY_BLOCK;
+        uint64_t *keys = out + lo;
+        memset(keys, 0, m * sizeof(uint64_t));
+        for (Py_ssize_t i = 0; i < bits; i++) {
+            const uint8_t *column = columns + (positions[i] >> 3) * n + lo;
+            const int shift = 7 - (int)(positions[i] & 7);
+            for (Py_ssize_t r = 0; r < m; r++)
+                keys[r] = (keys[r] << 1) | ((column[r] >> shift) & 1);
+        }
+    }
+}
+
+#define RADIX_BITS 8
+#define RADIX (1 << RADIX_BITS)
+
+/* keys and rows sorted by key, stably (an LSD radix sort over the bits the keys use), in place;
+ * spare_keys and spare_rows are scratch of n items. */
+static void sort_by_key(uint64_t *keys, int64_t *rows, uint64_t *spare_keys, int64_t *spare_rows,
+                        Py_ssize_t n) {
+    uint64_t used = 0;
+    for (Py_ssize_t i = 0; i < n; i++) used |= keys[i];
+    uint64_t *from_keys = keys, *to_keys = spare_keys;
+    int64_t *from_rows = rows, *to_rows = spare_rows;
+    for (int shift = 0; shift < 64 && (used >> shift); shift += RADIX_BITS) {
+        Py_ssize_t offsets[RADIX] = {0};
+        for (Py_ssize_t i = 0; i < n; i++) offsets[(from_keys[i] >> shift) & (RADIX - 1)]++;
+        Py_ssize_t total = 0;
+        for (int d = 0; d < RADIX; d++) {
+            Py_ssize_t count = offsets[d];
+            offsets[d] = total;
+            total += count;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t to = offsets[(from_keys[i] >> shift) & (RADIX - 1)]++;
+            to_keys[to] = from_keys[i];
+            to_rows[to] = from_rows[i];
+        }
+        uint64_t *k = from_keys;
+        from_keys = to_keys;
+        to_keys = k;
+        int64_t *r = from_rows;
+        from_rows = to_rows;
+        to_rows = r;
+    }
+    if (from_keys != keys) { /* an odd number of passes */
+        memcpy(keys, from_keys, n * sizeof(uint64_t));
+        memcpy(rows, from_rows, n * sizeof(int64_t));
+    }
+}
+
+/* Both sides sorted by key: the keys both have, in increasing order, each as the start and
+ * length of its run on either side. Returns the number of groups. */
+static Py_ssize_t join_runs(const uint64_t *keys_a, Py_ssize_t na, const uint64_t *keys_b,
+                            Py_ssize_t nb, int64_t *start_a, int64_t *count_a, int64_t *start_b,
+                            int64_t *count_b) {
+    Py_ssize_t i = 0, j = 0, groups = 0;
+    while (i < na && j < nb) {
+        uint64_t ka = keys_a[i], kb = keys_b[j];
+        Py_ssize_t ei = i, ej = j;
+        if (ka <= kb)
+            while (ei < na && keys_a[ei] == ka) ei++;
+        if (kb <= ka)
+            while (ej < nb && keys_b[ej] == kb) ej++;
+        if (ka == kb) {
+            start_a[groups] = i;
+            count_a[groups] = ei - i;
+            start_b[groups] = j;
+            count_b[groups] = ej - j;
+            groups++;
+        }
+        i = ei;
+        j = ej;
+    }
+    return groups;
+}
+
+/* A requester record's best k so far, each custodian row at most once (k > 0). Offers `node`
+ * and returns the node that this offer leaves out of the best k: `node` itself when it does
+ * not enter, the root it replaces when it does; index -1 when none (it entered a heap not yet
+ * full, or was in the heap already). A node once left out is never re-admitted (the heap only
+ * gets better), so the best k of the distinct pairs offered are kept however often each is. */
+static Node offer_distinct(Node *heap, Py_ssize_t *size, Py_ssize_t k, Node node) {
+    const Node none = {0.0, -1};
+    if (*size == k && !worse(heap[0], node)) return heap[0].index == node.index ? none : node;
+    for (Py_ssize_t h = 0; h < *size; h++)
+        if (heap[h].index == node.index) return none;
+    Node out = *size == k ? heap[0] : none;
+    heap_offer(heap, size, k, node);
+    return out;
+}
+
 /* Block-against-block comparisons: requester rows rows_a[start_a[g] : start_a[g] + count_a[g]]
- * against custodian rows rows_b[start_b[g] : ...] for each group g. */
+ * against custodian rows rows_b[start_b[g] : ...] for each group g, offered to each requester
+ * row's best k (heaps, kept across calls: k nodes per requester row, the unused ones with index
+ * -1); the pairs at or above the threshold that are not (or no longer) among a row's best k go
+ * to `out`, possibly more than once. */
 typedef struct {
     const uint8_t *a, *b;
     const uint32_t *pop_a, *pop_b;
     const int64_t *rows_a, *rows_b, *start_a, *count_a, *start_b, *count_b;
     Py_ssize_t nbytes, groups, k;
     double threshold;
+    Node *heaps; /* (na, k) */
 } Groups;
 
-/* Requester row x against custodian rows rows[0:n]: the pairs at or above the threshold, then
- * (with k) x's best k of them that are below it. */
-static int group_row(const Groups *g, int64_t x, const int64_t *rows, Py_ssize_t n, Node *heap,
-                     Pairs *out) {
-    const uint8_t *u = g->a + x * g->nbytes;
-    Py_ssize_t heap_size = 0;
+/* Memory, not arithmetic, bounds block comparisons: a group's rows sit anywhere in the
+ * encodings, and most groups are small. So the rows of consecutive groups are first copied
+ * together into a window (a loop of independent loads, which the CPU overlaps, unlike loads
+ * between comparisons), then compared there. A requester row is in at most one group of a
+ * call (one key per record), so its heap is copied to the window and back once. */
+#define WINDOW_ROWS 1024
+#define GATHER_AHEAD 16
+
+typedef struct {
+    int64_t *rows_a, *rows_b; /* the window's rows, group after group */
+    uint8_t *a, *b;
+    uint32_t *pop_a, *pop_b;
+    Node *heaps;
+} Window;
+
+static Py_ssize_t heap_size(const Node *heap, Py_ssize_t k) {
+    Py_ssize_t size = 0;
+    while (size < k && heap[size].index >= 0) size++;
+    return size;
+}
+
+/* Requester row x (encoding u, popcount pa, heap `heap`) against custodian rows rows[0:n]
+ * (encodings v, popcounts pop_b). */
+static int compare_row(const Groups *g, int64_t x, const uint8_t *u, uint32_t pa, Node *heap,
+                       const int64_t *rows, const uint8_t *v, const uint32_t *pop_b, Py_ssize_t n,
+                       Pairs *out) {
+    Py_ssize_t size = g->k ? heap_size(heap, g->k) : 0;
     for (Py_ssize_t j = 0; j < n; j++) {
-        int64_t y = rows[j];
-        if (j + 1 < n) __builtin_prefetch(g->b + rows[j + 1] * g->nbytes);
-        uint32_t pa = g->pop_a[x], pb = g->pop_b[y];
-        double score = pa + pb ? dice_value(common(u, g->b + y * g->nbytes, g->nbytes), pa, pb)
-                               : 0.0;
-        if (score >= g->threshold) {
-            if (pairs_push(out, score, x, y) < 0) return -1;
-        }
-        if (g->k) {
-            Node node = {score, y};
-            heap_offer(heap, &heap_size, g->k, node);
-        }
-    }
-    for (Py_ssize_t h = 0; h < heap_size; h++)
-        if (!(heap[h].score >= g->threshold) && pairs_push(out, heap[h].score, x, heap[h].index) < 0)
+        uint32_t pb = pop_b[j];
+        Node node = {pa + pb ? dice_value(common(u, v + j * g->nbytes, g->nbytes), pa, pb) : 0.0,
+                     rows[j]};
+        if (g->k) node = offer_distinct(heap, &size, g->k, node);
+        if (node.index >= 0 && node.score >= g->threshold &&
+            pairs_push(out, node.score, x, node.index) < 0)
             return -1;
+    }
     return 0;
 }
 
-static int compare_groups(const Groups *g, Pairs *out) {
-    Node *heap = g->k ? malloc(g->k * sizeof(Node)) : NULL;
-    if (g->k && !heap) return -1;
-    int status = 0;
-    for (Py_ssize_t i = 0; i < g->groups && status == 0; i++) {
-        const int64_t *rows_b = g->rows_b + g->start_b[i];
-        for (int64_t r = g->start_a[i]; r < g->start_a[i] + g->count_a[i] && status == 0; r++)
-            status = group_row(g, g->rows_a[r], rows_b, g->count_b[i], heap, out);
+/* Copies rows' encodings and popcounts (and, with k > 0, their k heap nodes) to the window. */
+static void gather(const uint8_t *from, const uint32_t *pop, const Node *heaps, Py_ssize_t k,
+                   const int64_t *rows, Py_ssize_t n, Py_ssize_t nbytes, uint8_t *to,
+                   uint32_t *to_pop, Node *to_heaps) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + GATHER_AHEAD < n) {
+            int64_t ahead = rows[i + GATHER_AHEAD];
+            for (Py_ssize_t at = 0; at < nbytes; at += 64)
+                __builtin_prefetch(from + ahead * nbytes + at);
+            __builtin_prefetch(from + ahead * nbytes + nbytes - 1);
+            __builtin_prefetch(pop + ahead);
+            if (k) __builtin_prefetch(heaps + ahead * k);
+        }
+        memcpy(to + i * nbytes, from + rows[i] * nbytes, nbytes);
+        to_pop[i] = pop[rows[i]];
+        for (Py_ssize_t h = 0; h < k; h++) to_heaps[i * k + h] = heaps[rows[i] * k + h];
     }
-    free(heap);
+}
+
+/* Groups [first, last), whose rows fit the window. */
+static int compare_window(const Groups *g, Window *w, Py_ssize_t first, Py_ssize_t last,
+                          Pairs *out) {
+    Py_ssize_t na = 0, nb = 0;
+    for (Py_ssize_t i = first; i < last; i++) {
+        memcpy(w->rows_a + na, g->rows_a + g->start_a[i], g->count_a[i] * sizeof(int64_t));
+        memcpy(w->rows_b + nb, g->rows_b + g->start_b[i], g->count_b[i] * sizeof(int64_t));
+        na += g->count_a[i];
+        nb += g->count_b[i];
+    }
+    /* One gather per side, so that loads run ahead across groups. */
+    gather(g->a, g->pop_a, g->heaps, g->k, w->rows_a, na, g->nbytes, w->a, w->pop_a, w->heaps);
+    gather(g->b, g->pop_b, NULL, 0, w->rows_b, nb, g->nbytes, w->b, w->pop_b, NULL);
+    na = nb = 0;
+    for (Py_ssize_t i = first; i < last; i++) {
+        const int64_t *rows_a = g->rows_a + g->start_a[i], *rows_b = g->rows_b + g->start_b[i];
+        for (Py_ssize_t r = 0; r < g->count_a[i]; r++) {
+            Py_ssize_t at = na + r;
+            if (compare_row(g, rows_a[r], w->a + at * g->nbytes, w->pop_a[at],
+                            w->heaps + at * g->k, rows_b, w->b + nb * g->nbytes, w->pop_b + nb,
+                            g->count_b[i], out) < 0)
+                return -1;
+            for (Py_ssize_t h = 0; h < g->k; h++) /* the row's heap back from the window */
+                g->heaps[rows_a[r] * g->k + h] = w->heaps[at * g->k + h];
+        }
+        na += g->count_a[i];
+        nb += g->count_b[i];
+    }
+    return 0;
+}
+
+/* A group too large for the window, compared in place (its rows are reused from the cache). */
+static int compare_large_group(const Groups *g, Py_ssize_t i, Pairs *out) {
+    const int64_t *rows_b = g->rows_b + g->start_b[i];
+    uint32_t *pop_b = malloc((g->count_b[i] ? g->count_b[i] : 1) * sizeof(uint32_t));
+    uint8_t *b = malloc((g->count_b[i] ? g->count_b[i] : 1) * g->nbytes);
+    int status = pop_b && b ? 0 : -1;
+    if (status == 0)
+        gather(g->b, g->pop_b, NULL, 0, rows_b, g->count_b[i], g->nbytes, b, pop_b, NULL);
+    for (int64_t r = g->start_a[i]; r < g->start_a[i] + g->count_a[i] && status == 0; r++) {
+        int64_t x = g->rows_a[r];
+        status = compare_row(g, x, g->a + x * g->nbytes, g->pop_a[x],
+                             g->k ? g->heaps + x * g->k : NULL, rows_b, b, pop_b, g->count_b[i],
+                             out);
+    }
+    free(pop_b);
+    free(b);
+    return status;
+}
+
+static int compare_groups(const Groups *g, Pairs *out) {
+    Window w = {malloc(WINDOW_ROWS * sizeof(int64_t)), malloc(WINDOW_ROWS * sizeof(int64_t)),
+                malloc(WINDOW_ROWS * g->nbytes), malloc(WINDOW_ROWS * g->nbytes),
+                malloc(WINDOW_ROWS * sizeof(uint32_t)), malloc(WINDOW_ROWS * sizeof(uint32_t)),
+                malloc(WINDOW_ROWS * (g->k ? g->k : 1) * sizeof(Node))};
+    int status = w.rows_a && w.rows_b && w.a && w.b && w.pop_a && w.pop_b && w.heaps ? 0 : -1;
+    for (Py_ssize_t i = 0; i < g->groups && status == 0;) {
+        if (g->count_a[i] > WINDOW_ROWS || g->count_b[i] > WINDOW_ROWS) {
+            status = compare_large_group(g, i++, out);
+            continue;
+        }
+        Py_ssize_t last = i, na = 0, nb = 0;
+        while (last < g->groups && na + g->count_a[last] <= WINDOW_ROWS &&
+               nb + g->count_b[last] <= WINDOW_ROWS) {
+            na += g->count_a[last];
+            nb += g->count_b[last];
+            last++;
+        }
+        status = compare_window(g, &w, i, last, out);
+        i = last;
+    }
+    free(w.rows_a);
+    free(w.rows_b);
+    free(w.a);
+    free(w.b);
+    free(w.pop_a);
+    free(w.pop_b);
+    free(w.heaps);
     return status;
 }
 
@@ -718,13 +927,78 @@ static int groups_in_bounds(const int64_t *rows, Py_ssize_t n, Py_ssize_t limit,
     return 1;
 }
 
-static PyObject *py_group_pairs(PyObject *self, PyObject *args) {
-    Py_buffer buf[10];
+static PyObject *py_band_keys(PyObject *self, PyObject *args) {
+    Py_buffer columns, positions, out;
+    Py_ssize_t nbytes, n, bits;
+    if (!PyArg_ParseTuple(args, "y*nny*nw*", &columns, &nbytes, &n, &positions, &bits, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_buffer(&columns, nbytes, n, "columns") == 0 &&
+        check_buffer(&positions, bits, sizeof(int64_t), "positions") == 0 &&
+        check_buffer(&out, n, sizeof(uint64_t), "out") == 0) {
+        const int64_t *p = positions.buf;
+        int bad = bits > 64;
+        for (Py_ssize_t i = 0; i < bits; i++) bad |= p[i] < 0 || p[i] >= 8 * nbytes;
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError,
+                            "more than 64 bits, or a position outside the encodings");
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            band_keys(columns.buf, n, p, bits, out.buf);
+            Py_END_ALLOW_THREADS
+            result = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&columns);
+    PyBuffer_Release(&positions);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *py_group_keys(PyObject *self, PyObject *args) {
+    Py_buffer buf[8];
+    Py_ssize_t na, nb;
+    if (!PyArg_ParseTuple(args, "w*w*nw*w*nw*w*w*w*", &buf[0], &buf[1], &na, &buf[2], &buf[3],
+                          &nb, &buf[4], &buf[5], &buf[6], &buf[7]))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t most = na > nb ? na : nb, fewest = na < nb ? na : nb;
+    if (check_buffer(&buf[0], na, 8, "keys_a") == 0 &&
+        check_buffer(&buf[1], na, 8, "rows_a") == 0 &&
+        check_buffer(&buf[2], nb, 8, "keys_b") == 0 &&
+        check_buffer(&buf[3], nb, 8, "rows_b") == 0 &&
+        check_buffer(&buf[4], fewest, 8, "start_a") == 0 &&
+        check_buffer(&buf[5], fewest, 8, "count_a") == 0 &&
+        check_buffer(&buf[6], fewest, 8, "start_b") == 0 &&
+        check_buffer(&buf[7], fewest, 8, "count_b") == 0) {
+        uint64_t *spare_keys = malloc((most ? most : 1) * sizeof(uint64_t));
+        int64_t *spare_rows = malloc((most ? most : 1) * sizeof(int64_t));
+        if (!spare_keys || !spare_rows) {
+            PyErr_NoMemory();
+        } else {
+            Py_ssize_t groups;
+            Py_BEGIN_ALLOW_THREADS
+            sort_by_key(buf[0].buf, buf[1].buf, spare_keys, spare_rows, na);
+            sort_by_key(buf[2].buf, buf[3].buf, spare_keys, spare_rows, nb);
+            groups = join_runs(buf[0].buf, na, buf[2].buf, nb, buf[4].buf, buf[5].buf, buf[6].buf,
+                               buf[7].buf);
+            Py_END_ALLOW_THREADS
+            result = PyLong_FromSsize_t(groups);
+        }
+        free(spare_keys);
+        free(spare_rows);
+    }
+    for (int i = 0; i < 8; i++) PyBuffer_Release(&buf[i]);
+    return result;
+}
+
+static PyObject *py_offer_groups(PyObject *self, PyObject *args) {
+    Py_buffer buf[11];
     Py_ssize_t na, nb, nra, nrb;
     Groups g;
-    if (!PyArg_ParseTuple(args, "y*y*nnny*y*y*y*nny*y*y*y*ndn", &buf[0], &buf[1], &na, &nb,
+    if (!PyArg_ParseTuple(args, "y*y*nnny*y*y*y*nny*y*y*y*ndnw*", &buf[0], &buf[1], &na, &nb,
                           &g.nbytes, &buf[2], &buf[3], &buf[4], &buf[5], &nra, &nrb, &buf[6],
-                          &buf[7], &buf[8], &buf[9], &g.groups, &g.threshold, &g.k))
+                          &buf[7], &buf[8], &buf[9], &g.groups, &g.threshold, &g.k, &buf[10]))
         return NULL;
     PyObject *result = NULL;
     if (g.nbytes <= 0 || g.groups < 0 || g.k < 0) {
@@ -738,7 +1012,8 @@ static PyObject *py_group_pairs(PyObject *self, PyObject *args) {
                check_buffer(&buf[6], g.groups, 8, "start_a") == 0 &&
                check_buffer(&buf[7], g.groups, 8, "count_a") == 0 &&
                check_buffer(&buf[8], g.groups, 8, "start_b") == 0 &&
-               check_buffer(&buf[9], g.groups, 8, "count_b") == 0) {
+               check_buffer(&buf[9], g.groups, 8, "count_b") == 0 &&
+               check_buffer(&buf[10], na * g.k, sizeof(Node), "heaps") == 0) {
         g.a = buf[0].buf;
         g.b = buf[1].buf;
         g.pop_a = buf[2].buf;
@@ -749,6 +1024,7 @@ static PyObject *py_group_pairs(PyObject *self, PyObject *args) {
         g.count_a = buf[7].buf;
         g.start_b = buf[8].buf;
         g.count_b = buf[9].buf;
+        g.heaps = buf[10].buf;
         if (!groups_in_bounds(g.rows_a, nra, na, g.start_a, g.count_a, g.groups) ||
             !groups_in_bounds(g.rows_b, nrb, nb, g.start_b, g.count_b, g.groups)) {
             PyErr_SetString(PyExc_IndexError, "a group names rows outside the encodings");
@@ -766,7 +1042,148 @@ static PyObject *py_group_pairs(PyObject *self, PyObject *args) {
             }
         }
     }
-    for (int i = 0; i < 10; i++) PyBuffer_Release(&buf[i]);
+    for (int i = 0; i < 11; i++) PyBuffer_Release(&buf[i]);
+    return result;
+}
+
+/* The order of kept pairs: requester row, then similarity descending, then custodian row. */
+static inline int precedes(double s1, int64_t a1, int64_t b1, double s2, int64_t a2, int64_t b2) {
+    if (a1 != a2) return a1 < a2;
+    if (s1 != s2) return s1 > s2;
+    return b1 < b2;
+}
+
+static int in_order(const double *s, const int64_t *a, const int64_t *b, Py_ssize_t n) {
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (precedes(s[i], a[i], b[i], s[i - 1], a[i - 1], b[i - 1])) return 0;
+    return 1;
+}
+
+/* Per requester row, its heap best first, then its pairs left out of the heap (in the order of
+ * kept pairs; each is worse than every pair still in the heap, which only ever improves). */
+static Py_ssize_t heap_pairs(Node *heaps, Py_ssize_t na, Py_ssize_t k, const double *left_s,
+                             const int64_t *left_a, const int64_t *left_b, Py_ssize_t n_left,
+                             double *s, int64_t *a, int64_t *b) {
+    Py_ssize_t out = 0, l = 0;
+    for (Py_ssize_t x = 0; x < na; x++) {
+        Node *heap = heaps + x * k;
+        Py_ssize_t size = heap_size(heap, k);
+        heap_sorted(heap, size);
+        for (Py_ssize_t h = 0; h < size; h++, out++) {
+            s[out] = heap[h].score;
+            a[out] = x;
+            b[out] = heap[h].index;
+        }
+        for (; l < n_left && left_a[l] == x; l++, out++) {
+            s[out] = left_s[l];
+            a[out] = x;
+            b[out] = left_b[l];
+        }
+    }
+    return out;
+}
+
+static PyObject *py_heap_pairs(PyObject *self, PyObject *args) {
+    Py_buffer buf[7];
+    Py_ssize_t na, k, n_left;
+    if (!PyArg_ParseTuple(args, "w*nny*y*y*nw*w*w*", &buf[0], &na, &k, &buf[1], &buf[2], &buf[3],
+                          &n_left, &buf[4], &buf[5], &buf[6]))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t room = na * k + n_left;
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k < 0");
+    } else if (check_buffer(&buf[0], na * k, sizeof(Node), "heaps") == 0 &&
+               check_buffer(&buf[1], n_left, 8, "left_sims") == 0 &&
+               check_buffer(&buf[2], n_left, 8, "left_rows_a") == 0 &&
+               check_buffer(&buf[3], n_left, 8, "left_rows_b") == 0 &&
+               check_buffer(&buf[4], room, 8, "sims") == 0 &&
+               check_buffer(&buf[5], room, 8, "rows_a") == 0 &&
+               check_buffer(&buf[6], room, 8, "rows_b") == 0) {
+        const int64_t *left_a = buf[2].buf;
+        int rows_ok = in_order(buf[1].buf, left_a, buf[3].buf, n_left);
+        for (Py_ssize_t i = 0; i < n_left && rows_ok; i++)
+            rows_ok = left_a[i] >= 0 && left_a[i] < na;
+        if (!rows_ok) {
+            PyErr_SetString(PyExc_ValueError,
+                            "left-out pairs out of order or rows outside [0, na)");
+        } else {
+            Py_ssize_t n = heap_pairs(buf[0].buf, na, k, buf[1].buf, left_a, buf[3].buf, n_left,
+                                      buf[4].buf, buf[5].buf, buf[6].buf);
+            if (in_order(buf[4].buf, buf[5].buf, buf[6].buf, n))
+                result = PyLong_FromSsize_t(n);
+            else /* a left-out pair better than one kept in its heap: not offered by offer_groups */
+                PyErr_SetString(PyExc_ValueError, "left-out pairs rank above pairs in the heaps");
+        }
+    }
+    for (int i = 0; i < 7; i++) PyBuffer_Release(&buf[i]);
+    return result;
+}
+
+/* ---------------------------------------------------------------- merging kept pairs */
+
+/* Two lists in that order merged into `out` (room for n1 + n2), each pair once, keeping those
+ * at or above the threshold or among their requester row's best k. Returns the pairs kept. */
+static Py_ssize_t merge_kept(const double *s1, const int64_t *a1, const int64_t *b1, Py_ssize_t n1,
+                             const double *s2, const int64_t *a2, const int64_t *b2, Py_ssize_t n2,
+                             double threshold, Py_ssize_t k, double *s, int64_t *a, int64_t *b) {
+    Py_ssize_t i = 0, j = 0, out = 0, rank = 0;
+    int64_t last_a = -1, last_b = -1;
+    while (i < n1 || j < n2) {
+        int first = j == n2 || (i < n1 && !precedes(s2[j], a2[j], b2[j], s1[i], a1[i], b1[i]));
+        double score = first ? s1[i] : s2[j];
+        int64_t x = first ? a1[i] : a2[j], y = first ? b1[i] : b2[j];
+        if (first)
+            i++;
+        else
+            j++;
+        if (x == last_a && y == last_b) continue; /* the same pair again */
+        rank = x == last_a ? rank + 1 : 0;
+        last_a = x;
+        last_b = y;
+        if (rank < k || score >= threshold) {
+            s[out] = score;
+            a[out] = x;
+            b[out] = y;
+            out++;
+        }
+    }
+    return out;
+}
+
+static PyObject *py_merge_kept(PyObject *self, PyObject *args) {
+    Py_buffer buf[9];
+    Py_ssize_t n1, n2, k;
+    double threshold;
+    if (!PyArg_ParseTuple(args, "y*y*y*ny*y*y*ndnw*w*w*", &buf[0], &buf[1], &buf[2], &n1, &buf[3],
+                          &buf[4], &buf[5], &n2, &threshold, &k, &buf[6], &buf[7], &buf[8]))
+        return NULL;
+    PyObject *result = NULL;
+    if (k < 0) {
+        PyErr_SetString(PyExc_ValueError, "k < 0");
+    } else if (check_buffer(&buf[0], n1, 8, "sims_1") == 0 &&
+               check_buffer(&buf[1], n1, 8, "rows_a_1") == 0 &&
+               check_buffer(&buf[2], n1, 8, "rows_b_1") == 0 &&
+               check_buffer(&buf[3], n2, 8, "sims_2") == 0 &&
+               check_buffer(&buf[4], n2, 8, "rows_a_2") == 0 &&
+               check_buffer(&buf[5], n2, 8, "rows_b_2") == 0 &&
+               check_buffer(&buf[6], n1 + n2, 8, "sims") == 0 &&
+               check_buffer(&buf[7], n1 + n2, 8, "rows_a") == 0 &&
+               check_buffer(&buf[8], n1 + n2, 8, "rows_b") == 0) {
+        if (!in_order(buf[0].buf, buf[1].buf, buf[2].buf, n1) ||
+            !in_order(buf[3].buf, buf[4].buf, buf[5].buf, n2)) {
+            PyErr_SetString(PyExc_ValueError, "pairs not in order of requester row, then "
+                                              "similarity descending, then custodian row");
+        } else {
+            Py_ssize_t kept;
+            Py_BEGIN_ALLOW_THREADS
+            kept = merge_kept(buf[0].buf, buf[1].buf, buf[2].buf, n1, buf[3].buf, buf[4].buf,
+                              buf[5].buf, n2, threshold, k, buf[6].buf, buf[7].buf, buf[8].buf);
+            Py_END_ALLOW_THREADS
+            result = PyLong_FromSsize_t(kept);
+        }
+    }
+    for (int i = 0; i < 9; i++) PyBuffer_Release(&buf[i]);
     return result;
 }
 
@@ -813,11 +1230,30 @@ static PyMethodDef methods[] = {
      "(sims, rows_a, rows_b) as bytes (float64, int64, int64): anonlink's candidates of the "
      "na requester rows against custodian rows [b0, b1) (rows_b relative to b0); k > 0 keeps "
      "each requester row's best k."},
-    {"group_pairs", py_group_pairs, METH_VARARGS,
-     "group_pairs(enc_a, enc_b, na, nb, nbytes, pop_a, pop_b, rows_a, rows_b, nra, nrb, "
-     "start_a, count_a, start_b, count_b, groups, threshold, k) -> (sims, rows_a, rows_b) as "
-     "bytes: for each group, its requester rows against its custodian rows; the pairs at or "
-     "above the threshold and (k > 0) each requester row's best k of the group."},
+    {"band_keys", py_band_keys, METH_VARARGS,
+     "band_keys(columns, nbytes, n, positions, bits, out): out[r] = the bits of record r at "
+     "the positions (int64), the first the most significant; columns are the encodings "
+     "transposed (nbytes, n)."},
+    {"group_keys", py_group_keys, METH_VARARGS,
+     "group_keys(keys_a, rows_a, na, keys_b, rows_b, nb, start_a, count_a, start_b, count_b) "
+     "-> groups: sorts each side's keys (uint64) and rows (int64) by key, stably, in place, and "
+     "writes the keys both sides have, in increasing order, as runs of the sorted sides."},
+    {"offer_groups", py_offer_groups, METH_VARARGS,
+     "offer_groups(enc_a, enc_b, na, nb, nbytes, pop_a, pop_b, rows_a, rows_b, nra, nrb, "
+     "start_a, count_a, start_b, count_b, groups, threshold, k, heaps) -> (sims, rows_a, "
+     "rows_b) as bytes: for each group, its requester rows against its custodian rows, offered "
+     "to each requester row's best k (heaps: (na, k) nodes of a float64 similarity and an "
+     "int64 custodian row, -1 where unused, kept across calls, each pair at most once); "
+     "returns the pairs at or above the threshold left out of the best k (maybe repeated)."},
+    {"heap_pairs", py_heap_pairs, METH_VARARGS,
+     "heap_pairs(heaps, na, k, left_sims, left_rows_a, left_rows_b, n_left, sims, rows_a, "
+     "rows_b) -> n: writes, per requester row, the pairs of its heap, best first, then its "
+     "pairs left out of the heap (given in the order of merge_kept, each once)."},
+    {"merge_kept", py_merge_kept, METH_VARARGS,
+     "merge_kept(sims1, rows_a1, rows_b1, n1, sims2, rows_a2, rows_b2, n2, threshold, k, sims, "
+     "rows_a, rows_b) -> n: merges two lists ordered by requester row, similarity descending, "
+     "custodian row into the outputs, each pair once, keeping those at or above the "
+     "threshold or among their row's best k."},
     {"set_path", py_set_path, METH_VARARGS, "set_path(name): scalar, avx2 or avx512."},
     {"get_path", py_get_path, METH_NOARGS, "The active code path."},
     {"supported_paths", py_supported_paths, METH_NOARGS,

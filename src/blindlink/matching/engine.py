@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -21,18 +21,21 @@ from blindlink.matching.blocking import (
     Blocking,
     KeyBlocking,
     LshBlocking,
-    band_keys,
     key_loads,
     split_records,
 )
-from blindlink.matching.executors import Executor
+from blindlink.matching.executors import Executor, TaskStopped, stop_requested
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
     from anonlink.concurrency import split_to_chunks
 
 CHUNK_COMPARISONS = 100_000_000
-# With blocking, pairs found in several bands are made distinct once this many accumulate.
+# LSH bands compared by one task. A task returns each requester record's candidates across its
+# bands: more bands per task mean fewer results to send and merge, but coarser progress and
+# more time at the end when one worker finishes its last task while the others have none.
+BANDS_PER_TASK = 15
+# Task results are merged once this many candidate pairs wait to be.
 COMPACT_ROWS = 5_000_000
 # Bytes per record that anonlink's bitarray form (without the native kernel) costs beyond the
 # encoding itself.
@@ -115,7 +118,8 @@ class ChunkTask:
 
 @dataclass(frozen=True)
 class BandTask:
-    """One blocking band: LSH bit positions, or the column of one agreed blocking key."""
+    """Blocking bands: LSH bands' bit positions (bands, bits per band), or the column of one
+    agreed blocking key."""
 
     threshold: float
     positions: np.ndarray | None = None
@@ -125,10 +129,14 @@ class BandTask:
 
 @dataclass(frozen=True)
 class TaskResult:
+    """A task's candidates. Those of blocking bands, or of chunks keeping each record's best,
+    are listed each once in `kernel.kept`'s order (requester row first), for merging."""
+
     similarities: np.ndarray
     requester_rows: np.ndarray
     custodian_rows: np.ndarray
     comparisons: int
+    bands: int = 0  # LSH bands compared
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ def compare_chunk(task: ChunkTask, shared: SharedEncodings) -> TaskResult:
             more, m0, m1 = data.pairs(chosen, (c, d), task.threshold)
             sims, r1 = np.r_[sims, more], np.r_[r1, m1]
             r0 = np.r_[r0, chosen[m0]]
-    return TaskResult(sims, r0, r1 + c, task.comparisons)
+    return TaskResult(*kernel.kept((sims, r0, r1 + c), task.threshold, task.best), task.comparisons)
 
 
 class _BandData:
@@ -212,35 +220,49 @@ def _band_data(shared: SharedEncodings) -> _BandData:
     return _band_cache[shared.key]
 
 
-def compare_band(task: BandTask, shared: SharedEncodings) -> TaskResult:
-    """Dice of the pairs that share one band: those at or above the threshold, and each
-    requester record's `best` in the band."""
+def compare_bands(task: BandTask, shared: SharedEncodings) -> TaskResult:
+    """Dice of the pairs that share one of the task's bands: those at or above the threshold,
+    and each requester record's `best` across the bands."""
     data = _band_data(shared)
-    (keys_a, rows_a), (keys_b, rows_b) = _band_members(task, shared, data)
-    groups = kernel.KeyGroups.of(keys_a, rows_a, keys_b, rows_b)
-    sims, a, b = kernel.group_pairs(
-        shared.requester, shared.custodian, *data.popcounts, groups, task.threshold, task.best
+    found = kernel.BestPairs(
+        shared.requester, shared.custodian, *data.popcounts, task.threshold, task.best
     )
-    return TaskResult(sims, a, b, groups.comparisons)
+    comparisons = 0
+    for (keys_a, rows_a), (keys_b, rows_b) in _band_members(task, shared, data):
+        if stop_requested():
+            raise TaskStopped
+        groups = kernel.KeyGroups.of(keys_a, rows_a, keys_b, rows_b)
+        found.add(groups)
+        comparisons += groups.comparisons
+    bands = 0 if task.positions is None else len(task.positions)
+    return TaskResult(*found.pairs(), comparisons, bands)
+
+
+Members = tuple[np.ndarray, np.ndarray]  # band keys, and the rows of the records that have them
 
 
 def _band_members(
     task: BandTask, shared: SharedEncodings, data: _BandData
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Per party, the band keys of the records in the band and those records' rows: every
-    record for LSH; for a blocking key, the records that have one (0 means a missing field)."""
+) -> Iterator[tuple[Members, Members]]:
+    """Per band, for each party the band keys of the records in the band and those records'
+    rows: every record for LSH; for a blocking key, the records that have one (0 means a
+    missing field)."""
     if task.positions is not None:
-        return tuple(  # type: ignore[return-value]
-            (band_keys(columns, task.positions), np.arange(columns.shape[1]))
-            for columns in data.columns
-        )
+        columns_a, columns_b = data.columns
+        rows_a, rows_b = np.arange(columns_a.shape[1]), np.arange(columns_b.shape[1])
+        for positions in task.positions:
+            yield (
+                (kernel.band_keys(columns_a, positions), rows_a),
+                (kernel.band_keys(columns_b, positions), rows_b),
+            )
+        return
     members = []
     for keys in (shared.requester_keys, shared.custodian_keys):
         assert keys is not None, "blocking keys were not loaded"
         column = keys[:, task.key_column]
         rows = np.flatnonzero(column)
         members.append((column[rows], rows))
-    return members[0], members[1]
+    yield members[0], members[1]
 
 
 def plan(
@@ -249,7 +271,10 @@ def plan(
     sizes = [len(shared.requester), len(shared.custodian)]
     if isinstance(blocking, LshBlocking):
         positions = blocking.positions(shared.requester.shape[1] * 8)
-        return [BandTask(threshold, positions=p, best=best) for p in positions]
+        parts = -(-len(positions) // BANDS_PER_TASK)
+        return [
+            BandTask(threshold, positions=p, best=best) for p in np.array_split(positions, parts)
+        ]
     if isinstance(blocking, KeyBlocking):
         return [BandTask(threshold, key_column=k, best=best) for k in range(len(blocking.keys))]
     return [
@@ -296,7 +321,9 @@ def find_candidates(
     # Progress counts comparisons, except with LSH, whose comparisons are known band by band.
     by_band = isinstance(blocking, LshBlocking)
     total = (
-        len(tasks) if isinstance(blocking, LshBlocking) else planned_comparisons(shared, blocking)
+        blocking.bands
+        if isinstance(blocking, LshBlocking)
+        else planned_comparisons(shared, blocking)
     )
     if not by_band and total > limits.max_comparisons:
         raise MatchingAborted(
@@ -306,19 +333,22 @@ def find_candidates(
         )
     parts: list[TaskResult] = []
     done = comparisons = kept = compacted = 0
-    compare = compare_chunk if blocking is None else compare_band
+    compare = compare_chunk if blocking is None else compare_bands
     for result in executor.run(compare, tasks, shared):  # type: ignore[arg-type]
+        if result is None:  # no result yet: the progress callback may stop the run
+            progress(done, total)
+            continue
         parts.append(result)
         comparisons += result.comparisons
-        done += 1 if by_band else result.comparisons
+        done += result.bands if by_band else result.comparisons
         kept += len(result.similarities)
         too_many = kept > max(COMPACT_ROWS, 2 * compacted) or kept > limits.max_candidate_pairs
         if (blocking is not None or best) and too_many:
-            # The same pair shares many bands, and a record's best in one task may not be its
-            # best overall: keep each pair once, so memory and the limit count distinct pairs.
-            # Compacting again only once the rows have doubled keeps the server's share of
-            # the work proportional to the pairs found, not to their number times the bands.
-            parts = [_kept(parts, len(shared.custodian), threshold, best)]
+            # The same pair shares bands of several tasks, and a record's best in one task may
+            # not be its best overall: keep each pair once, so memory and the limit count
+            # distinct pairs. Merging again only once the rows have doubled keeps the server's
+            # share of the work proportional to the pairs found.
+            parts = [_kept(parts, threshold, best)]
             kept = compacted = len(parts[0].similarities)
         if kept > limits.max_candidate_pairs:
             raise MatchingAborted(
@@ -329,8 +359,15 @@ def find_candidates(
             )
         progress(done, total)
     if blocking is not None or best:
-        parts = [_kept(parts, len(shared.custodian), threshold, best)]
-    return _merge(parts, comparisons, all_pairs)
+        merged = _kept(parts, threshold, best)
+        sim, r0, r1 = merged.similarities, merged.requester_rows, merged.custodian_rows
+        # Already by requester row, then similarity descending, then custodian row: sorting
+        # stably by similarity alone gives the candidates' order.
+        order = np.argsort(-sim, kind="stable")
+    else:
+        sim, r0, r1 = _concatenated(parts)
+        order = np.lexsort((r1, r0, -sim))
+    return Candidates(sim[order], r0[order], r1[order], comparisons, all_pairs)
 
 
 def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -> int:
@@ -343,14 +380,11 @@ def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -
     return sum(load.comparisons for load in loads)
 
 
-def _kept(
-    parts: list[TaskResult], custodian_records: int, threshold: float, best: int
-) -> TaskResult:
+def _kept(parts: list[TaskResult], threshold: float, best: int) -> TaskResult:
     """The parts' pairs, each once, that are candidates: at or above the threshold, or among
-    their requester record's `best`."""
-    sim, r0, r1 = _concatenated(parts)
-    keep = kernel.distinct_kept_pairs(sim, r0, r1, threshold, best)
-    return TaskResult(sim[keep], r0[keep], r1[keep], 0)
+    their requester record's `best`; in `kernel.kept`'s order."""
+    pairs = [(p.similarities, p.requester_rows, p.custodian_rows) for p in parts]
+    return TaskResult(*kernel.merge_kept(pairs, threshold, best), 0)
 
 
 def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -361,9 +395,3 @@ def _concatenated(parts: list[TaskResult]) -> tuple[np.ndarray, np.ndarray, np.n
         np.concatenate([p.requester_rows for p in parts]),
         np.concatenate([p.custodian_rows for p in parts]),
     )
-
-
-def _merge(parts: list[TaskResult], comparisons: int, all_pairs: int) -> Candidates:
-    sim, r0, r1 = _concatenated(parts)
-    order = np.lexsort((r1, r0, -sim))
-    return Candidates(sim[order], r0[order], r1[order], comparisons, all_pairs)

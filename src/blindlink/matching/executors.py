@@ -19,12 +19,15 @@ from blindlink.errors import BlindlinkError
 TaskFunction = Callable[[Any, Any], Any]  # (task, shared) -> result
 
 _shared_in_worker: Any = None
+_stop_in_worker: Any = None  # the pool's event asking its running tasks to stop
 
 
 class Executor(Protocol):
     def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
         """Results of fn(task, shared) for every task, in completion order; stops early (and
-        cancels what is left) when the consumer stops iterating."""
+        cancels what is left) when the consumer stops iterating. While waiting for results it
+        may yield None now and then, so that the consumer can stop (a stopping server) without
+        waiting for the tasks running."""
         ...  # pragma: no cover - protocol
 
     def describe(self) -> str: ...  # pragma: no cover - protocol
@@ -41,12 +44,26 @@ class SerialExecutor:
 
 # How often a pool worker checks that the process that started it is alive.
 WATCH_PARENT_S = 1.0
+# How often a pool waiting for results yields None to its consumer.
+HEARTBEAT_S = 0.5
 
 
-def _install(shared: Any, parent: int) -> None:
-    global _shared_in_worker
+def _install(shared: Any, parent: int, stop: Any) -> None:
+    global _shared_in_worker, _stop_in_worker
     _shared_in_worker = shared
+    _stop_in_worker = stop
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def stop_requested() -> bool:
+    """Whether the pool running this task no longer wants its result (its consumer stopped: a
+    limit was reached, or the server is stopping); long tasks check between steps. Always
+    False outside a pool worker."""
+    return _stop_in_worker is not None and _stop_in_worker.is_set()
+
+
+class TaskStopped(Exception):
+    """A task ended early because its pool asked (`stop_requested`)."""
 
 
 def _exit_with(parent: int) -> None:
@@ -77,11 +94,12 @@ class LocalPoolExecutor:
     def run(self, fn: TaskFunction, tasks: Sequence[Any], shared: Any) -> Iterator[Any]:
         # forkserver: forking a process that runs gRPC threads is unsafe.
         context = multiprocessing.get_context("forkserver")
+        stop = context.Event()
         with ProcessPoolExecutor(
             self.workers,
             mp_context=context,
             initializer=_install,
-            initargs=(shared, os.getpid()),
+            initargs=(shared, os.getpid(), stop),
         ) as pool:
             pending: set[Future[Any]] = set()
             queue = iter(tasks)
@@ -92,7 +110,9 @@ class LocalPoolExecutor:
                     if len(pending) >= 2 * self.workers:
                         break
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done, pending = wait(pending, HEARTBEAT_S, return_when=FIRST_COMPLETED)
+                    if not done:
+                        yield None
                     for future in done:
                         for task in queue:
                             pending.add(pool.submit(_call_with_installed, fn, task))
@@ -101,6 +121,10 @@ class LocalPoolExecutor:
             finally:
                 for future in pending:
                     future.cancel()
+                if pending:
+                    # Stopped before the last result: the pool waits for the tasks running
+                    # (each can take seconds) when it closes, so ask them to stop.
+                    stop.set()
 
 
 class DaskExecutor:

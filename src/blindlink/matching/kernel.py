@@ -20,6 +20,7 @@ import numpy as np
 from bitarray import bitarray
 
 from blindlink.errors import BlindlinkError
+from blindlink.matching.blocking import band_keys as blocking_band_keys
 from blindlink.matching.blocking import band_pairs
 from blindlink.matching.linkage import to_bitarrays
 
@@ -165,7 +166,8 @@ def _numpy_words(encodings: np.ndarray) -> np.ndarray:
 class KeyGroups:
     """Records grouped by a key both parties' records have (an LSH band's bits, or an agreed
     blocking key): group g pairs requester rows rows_a[start_a[g]:][:count_a[g]] with custodian
-    rows rows_b[start_b[g]:][:count_b[g]]. Rows within a group are in increasing order."""
+    rows rows_b[start_b[g]:][:count_b[g]], in increasing order of key. Within a group, rows keep
+    the order they were given in."""
 
     keys_a: np.ndarray  # the inputs, for the reference path
     keys_b: np.ndarray
@@ -182,7 +184,31 @@ class KeyGroups:
     def of(
         cls, keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray, rows_b: np.ndarray
     ) -> KeyGroups:
-        """Group records `rows_x` by their keys `keys_x`."""
+        """Group records `rows_x` (each at most once) by their keys `keys_x` (uint64)."""
+        if active() == REFERENCE:
+            return cls._numpy_of(keys_a, rows_a, keys_b, rows_b)
+        # Copies, which the kernel sorts by key in place.
+        sorted_keys = [np.array(keys, dtype=np.uint64) for keys in (keys_a, keys_b)]
+        ordered_a, ordered_b = (np.array(rows, dtype=np.int64) for rows in (rows_a, rows_b))
+        runs = np.empty((4, min(len(ordered_a), len(ordered_b))), dtype=np.int64)
+        groups = _dice.group_keys(
+            sorted_keys[0],
+            ordered_a,
+            len(ordered_a),
+            sorted_keys[1],
+            ordered_b,
+            len(ordered_b),
+            *runs,
+        )
+        start_a, count_a, start_b, count_b = runs[:, :groups]
+        return cls(
+            keys_a, keys_b, ordered_a, ordered_b, start_a, count_a, start_b, count_b, rows_a, rows_b
+        )
+
+    @classmethod
+    def _numpy_of(
+        cls, keys_a: np.ndarray, rows_a: np.ndarray, keys_b: np.ndarray, rows_b: np.ndarray
+    ) -> KeyGroups:
         sides = []
         for keys, rows in ((keys_a, rows_a), (keys_b, rows_b)):
             order = np.argsort(keys, kind="stable")
@@ -212,48 +238,112 @@ class KeyGroups:
         return int((self.count_a * self.count_b).sum())
 
 
-def group_pairs(
-    encodings_a: np.ndarray,
-    encodings_b: np.ndarray,
-    popcount_a: np.ndarray,
-    popcount_b: np.ndarray,
-    groups: KeyGroups,
-    threshold: float,
-    best: int = 0,
-) -> Pairs:
-    """Every group's requester records against its custodian records: the pairs at or above
-    `threshold`, and each requester record's `best` most similar of its group (`kept_pairs`)."""
+def band_keys(columns: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Per record, the sampled bits of one LSH band packed into an integer key, as
+    `blocking.band_keys` computes them (`columns`: the encodings transposed)."""
     if active() == REFERENCE:
-        return _numpy_group_pairs(
-            encodings_a, encodings_b, popcount_a, popcount_b, groups, threshold, best
+        return blocking_band_keys(columns, positions)
+    columns = np.ascontiguousarray(columns, dtype=np.uint8)
+    out = np.empty(columns.shape[1], dtype=np.uint64)
+    _dice.band_keys(
+        columns,
+        columns.shape[0],
+        columns.shape[1],
+        np.ascontiguousarray(positions, dtype=np.int64),
+        len(positions),
+        out,
+    )
+    return out
+
+
+class BestPairs:
+    """Each requester record's candidates among the pairs of several groupings (LSH bands,
+    blocking keys): the pairs at or above `threshold` and its `best` most similar, each pair
+    once however many groupings it is in. The native path keeps every record's best in a heap
+    across groupings, so that only candidates are ever listed."""
+
+    def __init__(
+        self,
+        encodings_a: np.ndarray,
+        encodings_b: np.ndarray,
+        popcount_a: np.ndarray,
+        popcount_b: np.ndarray,
+        threshold: float,
+        best: int,
+    ) -> None:
+        self.encodings = (
+            np.ascontiguousarray(encodings_a, dtype=np.uint8),
+            np.ascontiguousarray(encodings_b, dtype=np.uint8),
         )
-    a = np.ascontiguousarray(encodings_a, dtype=np.uint8)
-    b = np.ascontiguousarray(encodings_b, dtype=np.uint8)
-    sims, r0, r1 = _dice.group_pairs(
-        a,
-        b,
-        len(a),
-        len(b),
-        a.shape[1],
-        np.ascontiguousarray(popcount_a, dtype=np.uint32),
-        np.ascontiguousarray(popcount_b, dtype=np.uint32),
-        groups.rows_a,
-        groups.rows_b,
-        len(groups.rows_a),
-        len(groups.rows_b),
-        groups.start_a,
-        groups.count_a,
-        groups.start_b,
-        groups.count_b,
-        len(groups.start_a),
-        threshold,
-        best,
-    )
-    return (
-        np.frombuffer(sims, dtype=np.float64),
-        np.frombuffer(r0, dtype=np.int64),
-        np.frombuffer(r1, dtype=np.int64),
-    )
+        self.popcounts = (
+            np.ascontiguousarray(popcount_a, dtype=np.uint32),
+            np.ascontiguousarray(popcount_b, dtype=np.uint32),
+        )
+        self.threshold = threshold
+        self.best = best
+        self.native = active() != REFERENCE
+        # Per requester record, `best` heap nodes as the kernel lays them out: a float64
+        # similarity and an int64 custodian row, -1 while unused.
+        self._heaps = np.zeros((len(encodings_a) if self.native else 0, best, 2), dtype=np.int64)
+        self._heaps[..., 1] = -1
+        # Native: pairs at or above the threshold left out of the best (maybe repeated);
+        # reference: each grouping's candidates.
+        self._parts: list[Pairs] = []
+
+    def add(self, groups: KeyGroups) -> None:
+        """Offer every pair of the groups."""
+        if not self.native:
+            self._parts.append(
+                _numpy_group_pairs(
+                    *self.encodings, *self.popcounts, groups, self.threshold, self.best
+                )
+            )
+            return
+        (a, b), (pop_a, pop_b) = self.encodings, self.popcounts
+        sims, r0, r1 = _dice.offer_groups(
+            a,
+            b,
+            len(a),
+            len(b),
+            a.shape[1],
+            pop_a,
+            pop_b,
+            groups.rows_a,
+            groups.rows_b,
+            len(groups.rows_a),
+            len(groups.rows_b),
+            groups.start_a,
+            groups.count_a,
+            groups.start_b,
+            groups.count_b,
+            len(groups.start_a),
+            self.threshold,
+            self.best,
+            self._heaps,
+        )
+        if sims:
+            self._parts.append(
+                (
+                    np.frombuffer(sims, dtype=np.float64),
+                    np.frombuffer(r0, dtype=np.int64),
+                    np.frombuffer(r1, dtype=np.int64),
+                )
+            )
+
+    def pairs(self) -> Pairs:
+        """The candidates, each once, in `kept`'s order."""
+        if not self.native:
+            return kept(_concatenated(self._parts), self.threshold, self.best)
+        # Pairs at or above the threshold left out of the best: each once, in order.
+        left = kept(_concatenated(self._parts), self.threshold, 0)
+        room = self._heaps.shape[0] * self.best + len(left[0])
+        out: Pairs = (
+            np.empty(room),
+            np.empty(room, dtype=np.int64),
+            np.empty(room, dtype=np.int64),
+        )
+        n = _dice.heap_pairs(self._heaps, len(self._heaps), self.best, *left, len(left[0]), *out)
+        return out[0][:n], out[1][:n], out[2][:n]
 
 
 def _numpy_group_pairs(
@@ -273,6 +363,10 @@ def _numpy_group_pairs(
         # A slice holds every pair of its requester records, so its best are theirs.
         keep = kept_pairs(sims, a, b, threshold, best)
         parts.append((sims[keep], a[keep].astype(np.int64), b[keep].astype(np.int64)))
+    return _concatenated(parts)
+
+
+def _concatenated(parts: list[Pairs]) -> Pairs:
     if not parts:
         return np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     sims, r0, r1 = (np.concatenate(column) for column in zip(*parts, strict=True))
@@ -291,11 +385,11 @@ def kept_pairs(
     return keep
 
 
-def distinct_kept_pairs(
-    sim: np.ndarray, rows0: np.ndarray, rows1: np.ndarray, threshold: float, best: int
-) -> np.ndarray:
-    """The indices of the pairs `kept_pairs` keeps, each pair once though listed several
-    times (always with the same similarity), in one sort."""
+def kept(pairs: Pairs, threshold: float, best: int) -> Pairs:
+    """The pairs `kept_pairs` keeps, each once though listed several times (always with the
+    same similarity), ordered by requester row, then similarity descending, then custodian
+    row: the order `merge_kept` merges."""
+    sim, rows0, rows1 = pairs
     order = np.lexsort((rows1, -sim, rows0))
     grouped, partners = rows0[order], rows1[order]
     first = np.ones(len(order), dtype=bool)  # of its pair; no pairs at all when none were found
@@ -304,7 +398,32 @@ def distinct_kept_pairs(
     keep = sim[order] >= threshold
     if best:
         keep |= _ranks(rows0[order]) < best
-    return order[keep]
+    order = order[keep]
+    return sim[order], rows0[order], rows1[order]
+
+
+def merge_kept(parts: list[Pairs], threshold: float, best: int) -> Pairs:
+    """`kept` of the parts' pairs together, each part already in `kept`'s order: on the native
+    path a linear merge (no sort), so that the pairs already kept are not sorted again."""
+    if not parts:
+        return _concatenated(parts)
+    if active() == REFERENCE:
+        return kept(_concatenated(parts), threshold, best)
+    merged = parts[0]
+    for part in parts[1:]:
+        n = len(merged[0]) + len(part[0])
+        out: Pairs = (np.empty(n), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64))
+        size = _dice.merge_kept(
+            *(np.ascontiguousarray(column) for column in merged),
+            len(merged[0]),
+            *(np.ascontiguousarray(column) for column in part),
+            len(part[0]),
+            threshold,
+            best,
+            *out,
+        )
+        merged = (out[0][:size], out[1][:size], out[2][:size])
+    return merged
 
 
 def _ranks(grouped: np.ndarray) -> np.ndarray:
