@@ -133,16 +133,8 @@ class LinkageClient:
         problem = purpose and purpose_text_problem(purpose)
         if problem:
             raise BlindlinkError(f"purpose: the batch's purpose {problem}")
-        header = verify_payload(encodings)
-        first = pb.UploadHeader(
-            project_id=project_id,
-            count=header.count,
-            bit_length=header.bit_length,
-            schema_sha256=header.schema_sha256,
-            content_sha256=header.content_sha256,
-            threshold=threshold,
-            purpose=purpose or "",
-        )
+        first = _upload_header(project_id, encodings)
+        first.threshold, first.purpose = threshold, purpose or ""
 
         def send(resumed: pb.UploadHeader, chunks: Iterator[bytes]) -> pb.UploadReceipt:
             messages = chain(
@@ -178,15 +170,7 @@ class LinkageClient:
 
         if append is None:
             return self._call(lambda: send(None, iter(())))
-        header = verify_payload(append)
-        first = pb.UploadHeader(
-            project_id=project_id,
-            count=header.count,
-            bit_length=header.bit_length,
-            schema_sha256=header.schema_sha256,
-            content_sha256=header.content_sha256,
-        )
-        return self._resumable(append, first, send, progress, restart)
+        return self._resumable(append, _upload_header(project_id, append), send, progress, restart)
 
     def _resumable(
         self,
@@ -292,6 +276,18 @@ class LinkageClient:
                 pb.DeleteProjectRequest(project_id=project_id), metadata=self._metadata
             )
         )
+
+
+def _upload_header(project_id: str, encodings: Path) -> pb.UploadHeader:
+    """The header announcing an encodings file's records, once the file is checked whole."""
+    header = verify_payload(encodings)
+    return pb.UploadHeader(
+        project_id=project_id,
+        count=header.count,
+        bit_length=header.bit_length,
+        schema_sha256=header.schema_sha256,
+        content_sha256=header.content_sha256,
+    )
 
 
 def _busy(error: grpc.RpcError) -> bool:
