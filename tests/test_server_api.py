@@ -279,6 +279,24 @@ def upload_offset(
         return pb_grpc.LinkageStub(channel).GetUploadOffset(request).offset
 
 
+def broken_off_upload(
+    address: str,
+    identities: Identities,
+    project: str,
+    schema: LinkageSchema,
+    rows: np.ndarray,
+    sent: bytes,
+) -> grpc.RpcError:
+    """An upload of `rows` whose stream ends after the bytes `sent`: the server's refusal."""
+    with pytest.raises(grpc.RpcError) as err:
+        raw_upload(
+            address,
+            identities,
+            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=sent)],
+        )
+    return err.value
+
+
 def test_cancelled_upload_stream_commits_nothing_and_keeps_what_arrived(
     address: str, identities: Identities, server: RunningServer, project: str, schema: LinkageSchema
 ) -> None:
@@ -326,14 +344,9 @@ def test_truncated_upload_is_kept_and_the_client_continues_it(
 ) -> None:
     rows = random_rows(10, 8)
     data = rows.tobytes()
-    with pytest.raises(grpc.RpcError) as err:
-        raw_upload(
-            address,
-            identities,
-            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=data[:300])],
-        )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "continue from byte 300" in (err.value.details() or "")
+    refused = broken_off_upload(address, identities, project, schema, rows, data[:300])
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "continue from byte 300" in (refused.details() or "")
     assert upload_offset(address, identities, project, rows, "requester") == 300
     sent: list[int] = []
     receipt = requester.upload(
@@ -357,12 +370,7 @@ def test_continued_upload_is_checked_whole(
     committed, nothing stays kept, and the next attempt starts afresh and succeeds."""
     rows = random_rows(10, 9)
     wrong = bytes(b ^ 1 for b in rows.tobytes()[:300])
-    with pytest.raises(grpc.RpcError):
-        raw_upload(
-            address,
-            identities,
-            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=wrong)],
-        )
+    broken_off_upload(address, identities, project, schema, rows, wrong)
     path = make_encodings(tmp_path / "e.bin", rows, schema.sha256)
     before, _ = snapshot(server)
     with pytest.raises(ServerError) as refused:
@@ -394,12 +402,7 @@ def test_continuing_past_the_kept_bytes_is_refused(
 ) -> None:
     rows = random_rows(10, 10)
     data = rows.tobytes()
-    with pytest.raises(grpc.RpcError):
-        raw_upload(
-            address,
-            identities,
-            [header_for(project, rows, schema.sha256), pb.UploadRequest(encodings=data[:300])],
-        )
+    broken_off_upload(address, identities, project, schema, rows, data[:300])
     kept = kept_upload(server)
     with pytest.raises(grpc.RpcError) as err:
         raw_upload(
@@ -424,15 +427,7 @@ def test_deleting_the_project_removes_kept_uploads(
     schema: LinkageSchema,
 ) -> None:
     rows = random_rows(10, 11)
-    with pytest.raises(grpc.RpcError):
-        raw_upload(
-            address,
-            identities,
-            [
-                header_for(project, rows, schema.sha256),
-                pb.UploadRequest(encodings=rows.tobytes()[:300]),
-            ],
-        )
+    broken_off_upload(address, identities, project, schema, rows, rows.tobytes()[:300])
     assert kept_upload(server)
     requester.delete(project)
     assert kept_upload(server) == {}
