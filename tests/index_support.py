@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 from conftest import ROLES, Identities
+from server_process import signed_agreement
 
 from blindlink.benchmarking.data import EncodedPair
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
+from blindlink.encoding.schema import LinkageSchema
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import Decisions, PairStatus, link
 from blindlink.matching.engine import SharedEncodings
@@ -22,6 +24,20 @@ from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.runs import MatchingSettings
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
+
+
+def keyed_agreement(identities: Identities, schema: LinkageSchema, reference: str) -> bytes:
+    """A signed agreement that blocks on the default schema's keys, decides by best estimated
+    F*, releases pairs to the custodian and keeps the encodings after a release."""
+    return signed_agreement(
+        identities,
+        schema,
+        reference,
+        target="best_f_star",
+        blocking={"method": "keys", "keys": DEFAULT_SCHEMA_KEYS},
+        custodian_release="pairs",
+        delete_encodings_after_release=False,
+    )
 
 
 def assert_same(found: Decisions, expected: Decisions) -> None:

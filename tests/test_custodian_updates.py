@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import Cli, Identities, tls_args
+from index_support import keyed_agreement
 from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
 import blindlink
@@ -121,18 +122,7 @@ def test_linking_after_updates_matches_a_fresh_project_with_the_final_records(
     requester: LinkageClient,
     custodian: LinkageClient,
 ) -> None:
-    def agreement(reference: str) -> bytes:
-        return signed_agreement(
-            identities,
-            schema,
-            reference,
-            target="best_f_star",
-            blocking={"method": "keys", "keys": DEFAULT_SCHEMA_KEYS},
-            custodian_release="pairs",
-            delete_encodings_after_release=False,
-        )
-
-    updated_terms = agreement("updated custodian")
+    updated_terms = keyed_agreement(identities, schema, "updated custodian")
     encodings_id = parse_signed(updated_terms).agreement.encodings_id
     parties = {"requester": requester, "custodian": custodian}
     project = requester.create_project(updated_terms).project_id
@@ -177,7 +167,9 @@ def test_linking_after_updates_matches_a_fresh_project_with_the_final_records(
         tmp_path / "batch.bin", keyed_rows(pair.requester, pair.requester_keys), encodings_id
     )
     found, decided = released_pairs(server, parties, project, batch)
-    fresh = requester.create_project(agreement("fresh custodian")).project_id
+    fresh = requester.create_project(
+        keyed_agreement(identities, schema, "fresh custodian")
+    ).project_id
     custodian.upload(fresh, custodian_file(pair, tmp_path / "final.bin", kept, encodings_id))
     expected, expected_decision = released_pairs(server, parties, fresh, batch)
     assert found == [(r, int(kept[c])) for r, c in expected]

@@ -19,14 +19,14 @@ from index_support import (
     assert_same,
     clients,
     expected_batch,
+    keyed_agreement,
     run_batch,
     serve,
 )
-from server_process import encodings_file, keyed_rows, signed_agreement
+from server_process import encodings_file, keyed_rows
 
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
-from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import BlindlinkError
 from blindlink.index.build import build_index
@@ -184,15 +184,7 @@ def test_a_server_with_a_dask_scheduler_serves_batches_from_the_partitions(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="blindlink.server.runs")
-    agreement = signed_agreement(
-        identities,
-        schema,
-        "partitioned index",
-        target="best_f_star",
-        blocking={"method": "keys", "keys": DEFAULT_SCHEMA_KEYS},
-        custodian_release="pairs",
-        delete_encodings_after_release=False,
-    )
+    agreement = keyed_agreement(identities, schema, "partitioned index")
     terms = parse_signed(agreement).agreement
     limits = MatchingSettings.local().limits
     dask = MatchingSettings(DaskExecutor(cluster.scheduler_address), 1, limits)

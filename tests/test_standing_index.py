@@ -19,6 +19,7 @@ from index_support import (
     assert_same,
     clients,
     expected_batch,
+    keyed_agreement,
     run_batch,
     serve,
 )
@@ -27,7 +28,6 @@ from server_process import encodings_file, keyed_rows, server_launcher, signed_a
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
-from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.index.build import build_index
 from blindlink.index.custodian import CustodianIndex
@@ -168,15 +168,7 @@ def test_a_server_killed_while_building_the_index_rebuilds_it_and_serves_the_bat
 def test_a_server_builds_the_index_at_the_custodians_upload_and_serves_projects_without_one(
     tmp_path: Path, identities: Identities, schema: LinkageSchema, pair: EncodedPair
 ) -> None:
-    agreement = signed_agreement(
-        identities,
-        schema,
-        "standing index",
-        target="best_f_star",
-        blocking={"method": "keys", "keys": DEFAULT_SCHEMA_KEYS},
-        custodian_release="pairs",
-        delete_encodings_after_release=False,
-    )
+    agreement = keyed_agreement(identities, schema, "standing index")
     terms = parse_signed(agreement).agreement
     batches = []
     for number, rows in enumerate((slice(0, 1_000), slice(1_000, 2_000), slice(2_000, 3_000))):
