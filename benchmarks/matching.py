@@ -3,7 +3,10 @@
 All run on the same encodings (generated identities, encoded with the default schema) in the
 same process run, alternately, `--runs` times each: one anonlink call, then the service path on
 one worker process, then on one per core; the service path includes starting its worker pool
-and shipping the encodings to it. Prints and writes benchmarks/results/matching.json.
+and shipping the encodings to it. Then the peak memory of the service path on one worker per
+core, in a fresh process with the native kernel and with the reference path (anonlink and its
+bitarrays, as before the kernel): the summed PSS of the process and its workers, sampled every
+0.1 s. Prints and writes benchmarks/results/matching.json.
 
     python benchmarks/matching.py [--records 100000] [--runs 3] [--threshold 0.8]
 """
@@ -11,7 +14,11 @@ and shipping the encodings to it. Prints and writes benchmarks/results/matching.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -103,8 +110,64 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             f"{executor.describe():<26} {rate:.3g} comparisons/s, {rate / raw_rate:.2f}x "
             "raw anonlink"
         )
+    result["peak_pss_gib"] = {
+        path: peak_pss_gib(workdir, shared, args.threshold, path)
+        for path in (kernel.active(), "reference")
+    }
+    print(f"peak memory (PSS, process and workers): {result['peak_pss_gib']} GiB")
     print(f"Dice kernel: {kernel.active()} ({kernel.describe(kernel.active())})")
     print(f"-> {write_result('matching', result)}")
+
+
+MEASURED_RUN = """
+import sys
+import numpy as np
+from blindlink.matching.engine import SharedEncodings, find_candidates
+from blindlink.matching.executors import LocalPoolExecutor
+shared = SharedEncodings.of(np.load(sys.argv[1]), np.load(sys.argv[2]))
+pool = LocalPoolExecutor()
+find_candidates(shared, float(sys.argv[3]), pool, pool.workers)
+"""
+
+
+def peak_pss_gib(workdir: Path, shared: SharedEncodings, threshold: float, path: str) -> float:
+    """Peak summed PSS of a fresh process matching `shared` on one worker per core with the
+    kernel path `path` (BLINDLINK_DICE_KERNEL), and of its workers."""
+    files = [workdir / "requester.npy", workdir / "custodian.npy"]
+    np.save(files[0], shared.requester)
+    np.save(files[1], shared.custodian)
+    command = [sys.executable, "-c", MEASURED_RUN, *map(str, files), str(threshold)]
+    process = subprocess.Popen(command, env={**os.environ, "BLINDLINK_DICE_KERNEL": path})
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _tree_pss_kib(process.pid))
+        time.sleep(0.1)
+    if process.returncode:
+        raise SystemExit(f"the measured run ({path}) failed")
+    return peak / 2**20
+
+
+def _tree_pss_kib(root: int) -> int:
+    """The summed PSS of process `root` and its descendants, in KiB (0 for those gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        pending += children.get(pid, [])
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next(
+            int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")
+        )
+    return total
 
 
 if __name__ == "__main__":
