@@ -26,6 +26,7 @@ from blindlink.index.layout import (
     Manifest,
     postings_file,
 )
+from blindlink.store.directory import sync_to_disk
 
 CHUNK_RECORDS = 1 << 16
 
@@ -97,10 +98,10 @@ def write_atomically(destination: Path, write: Callable[[Path], Manifest]) -> Ma
         manifest = write(partial)
         manifest.write(partial)
         for path in partial.iterdir():
-            _fsync(path)
-        _fsync(partial)
+            sync_to_disk(path)
+        sync_to_disk(partial)
         os.rename(partial, destination)
-        _fsync(destination.parent)
+        sync_to_disk(destination.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -213,11 +214,3 @@ def new_array(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.
     writing."""
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -61,3 +61,12 @@ def make_private(data_dir: Path) -> None:
             os.chmod(Path(root) / name, 0o700)
         for name in files:
             os.chmod(Path(root) / name, 0o600)
+
+
+def sync_to_disk(path: Path) -> None:
+    """fsync the file or directory `path` (a directory: the names in it, after a rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

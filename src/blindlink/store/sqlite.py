@@ -66,6 +66,7 @@ from blindlink.store.directory import (
     STAGED_TTL_S,
     lock_data_dir,
     make_private,
+    sync_to_disk,
 )
 
 SCHEMA = """
@@ -547,7 +548,7 @@ class Store:
                     raise AlreadyExists(f"{project_id}/custodian")
                 os.chmod(path, 0o600)
                 os.replace(path, final)
-                _fsync_dir(self.encodings_dir)
+                sync_to_disk(self.encodings_dir)
                 db.execute(
                     "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -692,7 +693,7 @@ class Store:
                 if appended is not None and final is not None:
                     os.chmod(appended, 0o600)
                     os.replace(appended, final)
-                    _fsync_dir(self.encodings_dir)
+                    sync_to_disk(self.encodings_dir)
                 db.execute(
                     "INSERT INTO custodian_updates VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -935,11 +936,3 @@ def _remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
