@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from blindlink.benchmarking.calibration import calibrated_rule
 from blindlink.benchmarking.data import encoded_pair
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching.blocking import KeyBlocking
@@ -30,6 +31,7 @@ from blindlink.matching.rules import (
     FixedThreshold,
     Target,
 )
+from blindlink.synthetic.corruption import CorruptionRates
 
 CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 ScoreDraw = Callable[[np.random.Generator, int], np.ndarray]
@@ -247,20 +249,35 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
 
 
 def _keyed_run(
-    tmp_path: Path, records: int, overlap: float
+    tmp_path: Path,
+    records: int,
+    overlap: float,
+    seed: int = 5,
+    corruption: CorruptionRates | None = None,
 ) -> tuple[Candidates, tuple[np.ndarray, np.ndarray], set[tuple[int, int]]]:
     """Generated parties with the default schema's blocking keys: the candidates a calibrated
-    run decides among, both parties' keys, and the true pairs."""
+    run decides among, both parties' keys, and the true pairs. The encoder shuffles each
+    party's rows at random; here they are put in the order of their encodings, so the same
+    seed gives the same run."""
     blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
-    pair = encoded_pair(tmp_path, records, overlap, 5, blocking)
-    shared = SharedEncodings.of(
-        pair.requester, pair.custodian, pair.requester_keys, pair.custodian_keys
-    )
+    pair = encoded_pair(tmp_path, records, overlap, seed, blocking, corruption=corruption)
+    requester, custodian = _in_encoding_order(pair.requester), _in_encoding_order(pair.custodian)
+    keys = (pair.requester_keys[requester], pair.custodian_keys[custodian])
+    shared = SharedEncodings.of(pair.requester[requester], pair.custodian[custodian], *keys)
     truth = set(
-        zip(pair.true_requester_rows.tolist(), pair.true_custodian_rows.tolist(), strict=True)
+        zip(
+            np.argsort(requester)[pair.true_requester_rows].tolist(),
+            np.argsort(custodian)[pair.true_custodian_rows].tolist(),
+            strict=True,
+        )
     )
     candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
-    return candidates, (pair.requester_keys, pair.custodian_keys), truth
+    return candidates, keys, truth
+
+
+def _in_encoding_order(encodings: np.ndarray) -> np.ndarray:
+    """The row order that sorts `encodings` by their bytes."""
+    return np.lexsort(encodings.T[::-1])
 
 
 def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> None:
@@ -338,3 +355,40 @@ def test_blocking_keys_keep_the_matches_dice_finds_where_most_records_have_a_par
     assert recall >= dice_recall - 0.001 and precision >= dice_precision - 0.001
     assert with_keys.estimates is not None
     assert abs(with_keys.estimates.precision - precision) <= 0.005
+
+
+def _requester_batch(candidates: Candidates, rows: np.ndarray, records: int) -> Candidates:
+    """The candidates of the requester records `rows` (increasing) of `records`, renumbered
+    0.. in order, as a batch of those records would find them."""
+    renumbered = np.full(records, -1)
+    renumbered[rows] = np.arange(len(rows))
+    kept = renumbered[candidates.requester_rows] >= 0
+    return Candidates(
+        candidates.similarities[kept],
+        renumbered[candidates.requester_rows[kept]],
+        candidates.custodian_rows[kept],
+        0,
+        0,
+    )
+
+
+def test_blocking_keys_are_used_only_where_the_model_expects_them_to_do_better(
+    tmp_path: Path,
+) -> None:
+    """Batches of 1,000 heavily corrupted records, a fifth with a partner among 20,000: the
+    keys' evidence is fitted on few matches, and in some batches (here the first) the match
+    model expects a worse F* from it than from Dice alone. The decision then stays on Dice:
+    the scoring decided on is never the one the model expects to do worse."""
+    candidates, keys, _ = _keyed_run(tmp_path, 20_000, 0.2, 1, CorruptionRates.scaled(2.0))
+    rule = calibrated_rule(hardened=False)
+    rng = np.random.default_rng(0)
+    scales = []
+    for _ in range(3):
+        rows = np.sort(rng.choice(20_000, 1_000, replace=False))
+        batch = _requester_batch(candidates, rows, 20_000)
+        with_keys = decide(batch, 1_000, rule, (keys[0][rows], keys[1]))
+        dice_only = decide(batch, 1_000, rule)
+        assert with_keys.estimates is not None and dice_only.estimates is not None
+        assert with_keys.estimates.f_star >= dice_only.estimates.f_star
+        scales.append(with_keys.note.split(":")[0])
+    assert "calibrated on match score from Dice and shared blocking keys" in scales

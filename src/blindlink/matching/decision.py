@@ -198,8 +198,12 @@ def decide(
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
 
     With a calibrated rule and the parties' blocking keys (`keys`: requester's, custodian's),
-    pairs are scored by a Fellegi-Sunter model of their Dice score and the keys they share,
-    and the threshold applies to that match probability; otherwise it applies to Dice."""
+    pairs are also scored by a Fellegi-Sunter model of their Dice score and the keys they
+    share, and the run decides on that score where the match model expects its threshold to
+    meet the target better than Dice's (measured on 10,000-record batches against a million
+    heavily corrupted records, a tenth with a partner: the keys' model, fitted on few
+    matches, would have released at an estimated F* of 0.65 against Dice's 0.81, true 0.57
+    against 0.72); otherwise the threshold applies to Dice."""
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
@@ -207,13 +211,16 @@ def decide(
     )
     solved_all = solve_one_to_one(sim, rows0, rows1)
     by_dice, unfit = _dice_model(candidates, solved_all, requester_records)
-    scored = None
+    scored = _scored_by_dice(solved_all, rule, by_dice, unfit)
+    choice = _threshold(rule, scored)
     if keys is not None and by_dice is not None and isinstance(rule.threshold, CalibratedThreshold):
-        scored = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0])
-    if scored is None:
-        scored = _scored_by_dice(solved_all, rule, by_dice, unfit)
+        with_keys = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0])
+        if with_keys is not None:
+            keyed_choice = _threshold(rule, with_keys)
+            if keyed_choice.objective > choice.objective:
+                scored, choice = with_keys, keyed_choice
     solved, probabilities = scored.solved, scored.probabilities
-    threshold, note = _threshold(rule, scored)
+    threshold, note = choice.threshold, choice.note
     matched = (scored.scores >= threshold) & scored.eligible
     possible = np.zeros(len(solved), dtype=bool)
     if rule.possible_band is not None and scored.fitted:
@@ -404,14 +411,25 @@ def _as_score(log_odds: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + log_odds / (2 * LOG_ODDS_SPAN), 0.0, 1.0)
 
 
-def _threshold(rule: DecisionRule, scored: _Scored) -> tuple[float, str]:
-    """The run's threshold and a note on how it was chosen."""
+@dataclass(frozen=True)
+class _Choice:
+    """A run's threshold, a note on how it was chosen, and how well the model expects it to
+    meet the rule's target (estimated F*, or estimated recall at the minimum precision; -inf
+    where the target is not met or nothing was estimated)."""
+
+    threshold: float
+    note: str
+    objective: float = -np.inf
+
+
+def _threshold(rule: DecisionRule, scored: _Scored) -> _Choice:
+    """The run's threshold on `scored`'s scale, and how it was chosen."""
     chosen = rule.threshold
     if isinstance(chosen, FixedThreshold):
         note = "fixed threshold" + (f"; no estimates: {scored.unfit}" if scored.unfit else "")
-        return chosen.threshold, note
+        return _Choice(chosen.threshold, note)
     if scored.unfit:
-        return chosen.fallback_threshold, f"fallback threshold: {scored.unfit}"
+        return _Choice(chosen.fallback_threshold, f"fallback threshold: {scored.unfit}")
     scores = np.where(scored.eligible, scored.scores, -np.inf)
     if scored.scale == DICE:
         low, high = chosen.bounds
@@ -427,17 +445,23 @@ def _threshold(rule: DecisionRule, scored: _Scored) -> tuple[float, str]:
     if chosen.target is Target.MIN_PRECISION:
         meets = np.flatnonzero(precision >= chosen.min_precision)
         if not len(meets):
-            return float(high), (
+            return _Choice(
+                float(high),
                 f"{on}: no threshold within the bounds reaches estimated precision "
-                f"{chosen.min_precision}; the upper bound applies"
+                f"{chosen.min_precision}; the upper bound applies",
             )
-        return float(grid[meets[0]]), f"{on}: estimated precision >= {chosen.min_precision}"
+        recall = float(true[meets[0]]) / max(scored.matched_records, 1e-12)
+        return _Choice(
+            float(grid[meets[0]]), f"{on}: estimated precision >= {chosen.min_precision}", recall
+        )
     f_star = true / np.maximum(released + scored.matched_records - true, 1e-12)
     # Thresholds that release the same pairs tie; the middle of the best run of them lies
     # furthest from the scores on either side.
     best = np.flatnonzero(f_star >= f_star.max() - 1e-12)
     same = best[released[best] == released[best[0]]]
-    return float(grid[same[len(same) // 2]]), f"{on}: best estimated F*"
+    return _Choice(
+        float(grid[same[len(same) // 2]]), f"{on}: best estimated F*", float(f_star.max())
+    )
 
 
 def _estimates(probabilities: np.ndarray, matched_records: float) -> Estimates:
