@@ -174,6 +174,11 @@ def test_linking_after_updates_matches_a_fresh_project_with_the_final_records(
     expected, expected_decision = released_pairs(server, parties, fresh, batch)
     assert found == [(r, int(kept[c])) for r, c in expected]
     assert decided == expected_decision
+    # Each run's audit entry names the custodian records it was matched against.
+    assert _matched_against(server, project) == [(upload.upload_id, 3)]
+    fresh_upload = server.store.live_custodian_upload(fresh)
+    assert fresh_upload is not None
+    assert _matched_against(server, fresh) == [(fresh_upload.upload_id, 0)]
     custodian_rows = {c for _, c in found}
     assert custodian_rows & set(range(2_000, RECORDS)) and not custodian_rows & removed
     assert len(found) > 1_000
@@ -183,6 +188,17 @@ def test_linking_after_updates_matches_a_fresh_project_with_the_final_records(
     assert server.store.delete_encodings(upload, "retention.encodings_ttl_seconds")
     assert not any(path.exists() for path in appended)
     assert not list(index_dir.glob(f"{upload.upload_id}*"))
+
+
+def _matched_against(server: RunningServer, project: str) -> list[tuple[str, int]]:
+    """(custodian upload, version) of each finished run of `project`, from its audit entry."""
+    with closing(sqlite3.connect(server.store.data_dir / "blindlink.db")) as db:
+        rows = db.execute(
+            "SELECT details FROM audit_log WHERE project_id=? AND kind='run_finished'",
+            (project,),
+        ).fetchall()
+    entries = [json.loads(details) for (details,) in rows]
+    return [(e["custodian_upload_id"], e["custodian_version"]) for e in entries]
 
 
 @pytest.fixture

@@ -241,12 +241,14 @@ class RunQueue:
             raise RunFailed("encodings were deleted under the agreement's retention rules")
         keyed = agreement.blocking_keys
         indexed = None
+        version = 0  # updates need blocking keys
         if keyed is None:
             shared = SharedEncodings.from_rows(
                 read_records(batch.path), read_records(reference.path), 0
             )
         else:
             index = self._index(reference, len(keyed.keys))
+            version = index.manifest.version
             indexed = self._matching.indexed_batch(
                 index, *split_records(read_records(batch.path), len(keyed.keys))
             )
@@ -270,7 +272,7 @@ class RunQueue:
         if indexed is not None:
             decisions = indexed.in_custodian_rows(decisions)
         self._publish(run_id, RunProgress(RUNNING, "storing"))
-        self._store.finish_run(project_id, run_id, decisions)
+        self._store.finish_run(project_id, run_id, decisions, reference, version)
         summary = decisions.summary()
         log.info(
             "run %s done on %s: threshold %.3f (%s), %d matches, %d withheld, %d possible, "

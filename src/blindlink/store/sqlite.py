@@ -807,10 +807,19 @@ class Store:
                 db, "run_started", project_id, "", {"run_id": run_id, "threshold": threshold}
             )
 
-    def finish_run(self, project_id: str, run_id: str, decisions: Decisions) -> None:
+    def finish_run(
+        self,
+        project_id: str,
+        run_id: str,
+        decisions: Decisions,
+        custodian: UploadRecord,
+        version: int,
+    ) -> None:
         """Store the run's decided pairs and mark it done, atomically; replaces earlier ones.
-        The audit entry records how the run decided, in aggregates only, and the keyed hash of
-        the pairs (`matches_sha256`), by which they can be checked later."""
+        The audit entry records which custodian records the run matched against (the upload
+        and the version its updates had brought it to), how it decided, in aggregates only,
+        and the keyed hash of the pairs (`matches_sha256`), by which they can be checked
+        later."""
         probabilities = [None if np.isnan(p) else p for p in decisions.probabilities.tolist()]
         rows = zip(
             [run_id] * len(decisions.requester_rows),
@@ -843,7 +852,13 @@ class Store:
                     run_id,
                 ),
             )
-            details = {"run_id": run_id, **summary.to_dict(), "matches_sha256": matches_sha256}
+            details = {
+                "run_id": run_id,
+                "custodian_upload_id": custodian.upload_id,
+                "custodian_version": version,
+                **summary.to_dict(),
+                "matches_sha256": matches_sha256,
+            }
             self._audit(db, "run_finished", project_id, "", details)
 
     def fail_run(self, project_id: str, run_id: str, message: str) -> None:
