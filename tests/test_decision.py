@@ -392,3 +392,20 @@ def test_blocking_keys_are_used_only_where_the_model_expects_them_to_do_better(
         assert with_keys.estimates.f_star >= dice_only.estimates.f_star
         scales.append(with_keys.note.split(":")[0])
     assert "calibrated on match score from Dice and shared blocking keys" in scales
+
+
+def test_recall_estimates_count_the_partners_blocking_never_compared(tmp_path: Path) -> None:
+    """Heavily corrupted records, half with a partner among 20,000: about 3% of partners
+    share no key and are never compared. The run's recall estimate counts them."""
+    candidates, keys, truth = _keyed_run(tmp_path, 20_000, 0.5, 5, CorruptionRates.scaled(2.0))
+    rule = calibrated_rule(hardened=False)
+    decisions = decide(
+        candidates, 20_000, rule, keys, KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
+    )
+    compared_only = decide(candidates, 20_000, rule, keys)
+    _, recall = _true_quality(decisions, truth)
+    assert decisions.estimates is not None and compared_only.estimates is not None
+    assert abs(decisions.estimates.recall - recall) <= 0.01
+    assert compared_only.estimates.recall - recall > 0.02
+    # The same pairs are released: only the count of partners changes.
+    assert np.array_equal(decisions.status, compared_only.status)

@@ -180,7 +180,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     candidates_seconds, found = timed(
         lambda: candidates(data.shared, rule, executor, workers, data.blocking)
     )
-    decide_seconds, calibrated = timed(lambda: decide(found, records, rule, keys))
+    decide_seconds, calibrated = timed(lambda: decide(found, records, rule, keys, data.blocking))
     # The oracle: the same candidates, decided at every fixed Dice threshold of the grid.
     fixed = decide(found, records, DecisionRule(FixedThreshold(FLOOR)))
     curve = curve_of(fixed, data.truth)
