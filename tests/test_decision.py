@@ -15,7 +15,7 @@ from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import Decisions, PairStatus, decide, link
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
-from blindlink.matching.evidence import PairEvidence
+from blindlink.matching.evidence import PairEvidence, PartyKeys
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import solve_one_to_one
 from blindlink.matching.match_model import (
@@ -223,9 +223,8 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
     custodian = np.array([7, 7, 7, 7, 7, 9, 0, 8, 5], dtype=np.uint64)  # 0: no key
     requester = np.array([9, 7, 7, 0, 5], dtype=np.uint64)
     partners = np.array([5, 0, 7, 0, 8])
-    evidence = PairEvidence.of(
-        np.full(5, 0.9), np.arange(5), partners, requester[:, None], custodian[:, None]
-    )
+    keys = PartyKeys.counted(requester[:, None], custodian[:, None])
+    evidence = PairEvidence.of(np.full(5, 0.9), np.arange(5), partners, keys)
     # shared by 1 custodian record, by 5, different, missing, shared by 1
     assert evidence.levels[:, 1].tolist() == [2, 4, 1, 0, 2]
     # As if custodian row 1 (key 7) and row 7 (key 8) were not there: key 7 is shared by 4.
@@ -233,22 +232,25 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
         np.full(5, 0.9),
         np.arange(5),
         partners,
-        requester[:, None],
-        custodian[:, None],
+        keys,
         absent=np.array([1, 1, 1, 1, 7]),
     )
     assert without.levels[:, 1].tolist() == [2, 3, 1, 0, 2]
     # -1: no record to leave out (not the last custodian row).
     five = np.full((5, 1), 7, dtype=np.uint64)
     nobody = PairEvidence.of(
-        np.full(1, 0.9), np.zeros(1, int), np.zeros(1, int), five[:1], five, absent=np.full(1, -1)
+        np.full(1, 0.9),
+        np.zeros(1, int),
+        np.zeros(1, int),
+        PartyKeys.counted(five[:1], five),
+        absent=np.full(1, -1),
     )
     assert nobody.levels[:, 1].tolist() == [4]  # shared by all 5
 
 
 def _keyed_run(
     tmp_path: Path, records: int, overlap: float
-) -> tuple[Candidates, tuple[np.ndarray, np.ndarray], set[tuple[int, int]]]:
+) -> tuple[Candidates, PartyKeys, set[tuple[int, int]]]:
     """Generated parties with the default schema's blocking keys: the candidates a calibrated
     run decides among, both parties' keys, and the true pairs."""
     blocking = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
@@ -260,7 +262,7 @@ def _keyed_run(
         zip(pair.true_requester_rows.tolist(), pair.true_custodian_rows.tolist(), strict=True)
     )
     candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
-    return candidates, (pair.requester_keys, pair.custodian_keys), truth
+    return candidates, PartyKeys.counted(pair.requester_keys, pair.custodian_keys), truth
 
 
 def test_blocking_keys_add_evidence_to_calibrated_decisions(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from blindlink.encoding.schema import LinkageSchema
 from blindlink.index.build import build_index
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import FORMAT_VERSION, MANIFEST, PARTIAL_SUFFIX
+from blindlink.matching.blocking import custodian_key_counts
 from blindlink.matching.decision import link
 from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import SerialExecutor
@@ -75,6 +76,11 @@ def test_the_index_holds_the_encodings_and_every_key_values_records(tmp_path: Pa
         ((keys == batch[:, None, :]) & (batch[:, None, :] != 0)).any(2).any(0)
     )
     assert index.candidate_rows(batch).tolist() == expected.tolist()
+    # The custodian's count of each of the batch's key values, read from the postings, is the
+    # one counted among its records (0 for a value it lacks, and for no value).
+    counts = index.key_counts(batch)
+    assert counts.tolist() == custodian_key_counts(batch, keys).tolist()
+    assert counts[1, 2] == 0 and counts[0].min() > 0
     # Only the server's user can read it.
     for path in [tmp_path / "upload-1", *(tmp_path / "upload-1").iterdir()]:
         assert path.stat().st_mode & 0o077 == 0, path
@@ -89,6 +95,7 @@ def test_a_batch_decided_through_the_index_is_decided_as_against_the_whole_custo
         requester, keys = pair.requester[rows], pair.requester_keys[rows]
         whole = SharedEncodings.of(requester, pair.custodian, keys, pair.custodian_keys)
         batch = index.batch(requester, keys)
+        assert np.array_equal(batch.shared.key_counts, whole.key_counts)
         if rows != slice(None):  # a small batch reads a small part of the custodian
             assert len(batch.custodian_rows) < RECORDS / 4
         for rule in (CALIBRATED, DecisionRule(FixedThreshold(0.8))):

@@ -47,6 +47,11 @@ class Postings:
         found = self.values[at] == wanted
         return np.where(found, self.offsets[at], 0), np.where(found, self.offsets[at + 1], 0)
 
+    def counts(self, wanted: np.ndarray) -> np.ndarray:
+        """Per value in `wanted`, how many custodian rows have it (0 for none, and for 0)."""
+        starts, ends = self.ranges(wanted)
+        return np.asarray(ends - starts, dtype=np.int64)
+
     def rows_of(self, wanted: np.ndarray) -> np.ndarray:
         """The custodian rows that have any value in `wanted`, grouped by value."""
         starts, ends = self.ranges(wanted)
@@ -114,9 +119,18 @@ class CustodianIndex:
         # np.unique would hash first: ten times the time of a sort at a million rows.
         return rows[np.r_[True, rows[1:] != rows[:-1]]] if len(rows) else rows
 
+    def key_counts(self, requester_keys: np.ndarray) -> np.ndarray:
+        """Per requester record and key, how many custodian records have its value, from the
+        postings' offsets (as blocking.custodian_key_counts counts them among the records)."""
+        counts = np.empty(requester_keys.shape, dtype=np.int64)
+        for key, postings in enumerate(self.postings):
+            counts[:, key] = postings.counts(requester_keys[:, key])
+        return counts
+
     def batch(self, requester: np.ndarray, requester_keys: np.ndarray) -> IndexedBatch:
         """The batch (encodings, keys) against the custodian records it shares a key value
-        with, read from the memory-mapped arrays."""
+        with, read from the memory-mapped arrays; the counts of its key values from the
+        postings."""
         rows = self.candidate_rows(requester_keys)
         shared = SharedEncodings(
             requester,
@@ -124,6 +138,7 @@ class CustodianIndex:
             requester_keys,
             np.ascontiguousarray(self.keys[rows]),
             batch_key(self.manifest, requester, requester_keys),
+            self.key_counts(requester_keys),
         )
         return IndexedBatch(shared, rows)
 

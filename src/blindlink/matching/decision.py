@@ -29,6 +29,7 @@ from blindlink.matching.engine import (
 from blindlink.matching.evidence import (
     FellegiSunter,
     PairEvidence,
+    PartyKeys,
     fit_fellegi_sunter,
 )
 from blindlink.matching.executors import Executor
@@ -182,22 +183,23 @@ def candidates(
     )
 
 
-def blocking_keys(shared: SharedEncodings) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both parties' blocking keys, if the encodings carry them."""
+def blocking_keys(shared: SharedEncodings) -> PartyKeys | None:
+    """Both parties' blocking keys and the custodian's counts of the requester's key values, if
+    the encodings carry keys."""
     if shared.requester_keys is None or shared.custodian_keys is None:
         return None
-    return shared.requester_keys, shared.custodian_keys
+    return PartyKeys(shared.requester_keys, shared.custodian_keys, shared.key_counts)
 
 
 def decide(
     candidates: Candidates,
     requester_records: int,
     rule: DecisionRule,
-    keys: tuple[np.ndarray, np.ndarray] | None = None,
+    keys: PartyKeys | None = None,
 ) -> Decisions:
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
 
-    With a calibrated rule and the parties' blocking keys (`keys`: requester's, custodian's),
+    With a calibrated rule and the parties' blocking keys (`keys`),
     pairs are scored by a Fellegi-Sunter model of their Dice score and the keys they share,
     and the threshold applies to that match probability; otherwise it applies to Dice."""
     sim, rows0, rows1 = (
@@ -323,7 +325,7 @@ def _solve_floor(rule: DecisionRule, model: MatchModel | None) -> float:
 
 def _scored_with_keys(
     candidates: Candidates,
-    keys: tuple[np.ndarray, np.ndarray],
+    keys: PartyKeys,
     by_dice: MatchModel,
     dice_floor: float,
 ) -> _Scored | None:
@@ -343,7 +345,7 @@ def _scored_with_keys(
         candidates.requester_rows,
         candidates.custodian_rows,
     )
-    evidence = PairEvidence.of(sim, rows0, rows1, *keys)
+    evidence = PairEvidence.of(sim, rows0, rows1, keys)
     model = fit_fellegi_sunter(evidence, by_dice.probability(sim))
     if model is None:
         return None
@@ -351,7 +353,7 @@ def _scored_with_keys(
     order = np.lexsort((rows1, rows0, -sim, -score))
     score, rows0, rows1, sim = score[order], rows0[order], rows1[order], sim[order]
     by_score = solve_one_to_one(score, rows0, rows1)
-    scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys[0]))
+    scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys.requester))
     scores = _without_partners(scores, (sim, rows0, rows1), by_score, keys, model)
     try:
         fitted = fit_match_model(scores)
@@ -377,7 +379,7 @@ def _without_partners(
     scores: RecordScores,
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     solved: Matches,
-    keys: tuple[np.ndarray, np.ndarray],
+    keys: PartyKeys,
     model: FellegiSunter,
 ) -> RecordScores:
     """`scores` with each runner-up scored as if its record's solved partner were not among
@@ -392,7 +394,7 @@ def _without_partners(
     partner = np.full(len(scores.best), -1)
     partner[solved.requester_rows] = solved.custodian_rows
     evidence = PairEvidence.of(
-        sim[index], rows0[index], rows1[index], *keys, absent=partner[records]
+        sim[index], rows0[index], rows1[index], keys, absent=partner[records]
     )
     runner_up = scores.runner_up.copy()
     runner_up[records] = _as_score(model.log_odds(evidence))

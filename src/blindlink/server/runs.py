@@ -316,8 +316,8 @@ class RunQueue:
         they reveal) before matching, so that a run refused for a limit has them too."""
         if keyed is None:
             return planned_comparisons(shared, None)
-        assert shared.requester_keys is not None and shared.custodian_keys is not None
-        loads = key_loads(keyed, shared.requester_keys, shared.custodian_keys)
+        assert shared.requester_keys is not None
+        loads = key_loads(keyed, shared.requester_keys, shared.key_counts)
         log.info("run %s blocking key groups: %s", run_id[:12], describe_key_loads(loads))
         self._on_key_loads(loads)
         return sum(load.comparisons for load in loads)
