@@ -45,7 +45,7 @@ from blindlink.index.partitions import (
 )
 from blindlink.matching.blocking import split_records
 from blindlink.matching.decision import Decisions, blocking_keys, candidates, decide, link
-from blindlink.matching.engine import BandTask, compare_band
+from blindlink.matching.engine import BandTask, compare_bands
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.match_model import RANKED
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, Target
@@ -178,11 +178,11 @@ def serve_in_process(
             for part, rows, share in placement.shares(keys):
                 where = (part, placement.parts, f"{size}-{number}")
                 clock = time.perf_counter()
-                gathered, _ = gather_on_partition(placement.path(part), share)
+                gathered = gather_on_partition(placement.path(part), share)[0]
                 gather = time.perf_counter() - clock
                 clock = time.perf_counter()
                 results = run_on_partition(
-                    compare_band, tasks, placement.path(part), where, requester[rows], share
+                    compare_bands, tasks, placement.path(part), where, requester[rows], share
                 )
                 compare = time.perf_counter() - clock
                 comparisons = sum(r.comparisons for r in results)

@@ -35,7 +35,7 @@ from blindlink.encoding.schema import LinkageSchema, default_schema_path
 from blindlink.index.build import InvalidUpdate, build_index, extend_index
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import PARTIAL_SUFFIX
-from blindlink.matching.blocking import KeyBlocking
+from blindlink.matching.blocking import KeyBlocking, custodian_key_counts
 from blindlink.server.app import RunningServer
 from blindlink.store.directory import INDEX_DIR
 from blindlink.store.integrity import verify_data_dir
@@ -89,6 +89,13 @@ def test_a_new_index_version_holds_the_final_records_and_a_run_keeps_the_one_it_
     rows = updated.candidate_rows(batch)
     assert rows.tolist() == kept[fresh.candidate_rows(batch)].tolist()
     assert np.array_equal(updated.encodings[rows], pair.custodian[rows])
+    # The counts of the batch's key values read from the postings are the final records'.
+    final_counts = custodian_key_counts(batch, pair.custodian_keys[kept])
+    assert np.array_equal(updated.key_counts(batch), final_counts)
+    assert np.array_equal(
+        updated.batch(pair.requester[:500], batch).shared.key_counts, final_counts
+    )
+    assert not np.array_equal(before.key_counts(batch), final_counts)
     # A run that opened version 0 keeps reading it after the update retired it.
     expected = before.batch(pair.requester[:500], batch).custodian_rows
     shutil.rmtree(tmp_path / "u")

@@ -16,7 +16,7 @@ from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import Decisions, PairStatus, decide, link
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
-from blindlink.matching.evidence import PairEvidence
+from blindlink.matching.evidence import PairEvidence, PartyKeys
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import solve_one_to_one
 from blindlink.matching.match_model import (
@@ -225,9 +225,8 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
     custodian = np.array([7, 7, 7, 7, 7, 9, 0, 8, 5], dtype=np.uint64)  # 0: no key
     requester = np.array([9, 7, 7, 0, 5], dtype=np.uint64)
     partners = np.array([5, 0, 7, 0, 8])
-    evidence = PairEvidence.of(
-        np.full(5, 0.9), np.arange(5), partners, requester[:, None], custodian[:, None]
-    )
+    keys = PartyKeys.counted(requester[:, None], custodian[:, None])
+    evidence = PairEvidence.of(np.full(5, 0.9), np.arange(5), partners, keys)
     # shared by 1 custodian record, by 5, different, missing, shared by 1
     assert evidence.levels[:, 1].tolist() == [2, 4, 1, 0, 2]
     # As if custodian row 1 (key 7) and row 7 (key 8) were not there: key 7 is shared by 4.
@@ -235,15 +234,18 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
         np.full(5, 0.9),
         np.arange(5),
         partners,
-        requester[:, None],
-        custodian[:, None],
+        keys,
         absent=np.array([1, 1, 1, 1, 7]),
     )
     assert without.levels[:, 1].tolist() == [2, 3, 1, 0, 2]
     # -1: no record to leave out (not the last custodian row).
     five = np.full((5, 1), 7, dtype=np.uint64)
     nobody = PairEvidence.of(
-        np.full(1, 0.9), np.zeros(1, int), np.zeros(1, int), five[:1], five, absent=np.full(1, -1)
+        np.full(1, 0.9),
+        np.zeros(1, int),
+        np.zeros(1, int),
+        PartyKeys.counted(five[:1], five),
+        absent=np.full(1, -1),
     )
     assert nobody.levels[:, 1].tolist() == [4]  # shared by all 5
 
@@ -254,7 +256,7 @@ def _keyed_run(
     overlap: float,
     seed: int = 5,
     corruption: CorruptionRates | None = None,
-) -> tuple[Candidates, tuple[np.ndarray, np.ndarray], set[tuple[int, int]]]:
+) -> tuple[Candidates, PartyKeys, set[tuple[int, int]]]:
     """Generated parties with the default schema's blocking keys: the candidates a calibrated
     run decides among, both parties' keys, and the true pairs. The encoder shuffles each
     party's rows at random; here they are put in the order of their encodings, so the same
@@ -272,7 +274,7 @@ def _keyed_run(
         )
     )
     candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
-    return candidates, keys, truth
+    return candidates, PartyKeys.counted(*keys), truth
 
 
 def _in_encoding_order(encodings: np.ndarray) -> np.ndarray:
@@ -386,7 +388,9 @@ def test_blocking_keys_are_used_only_where_the_model_expects_them_to_do_better(
     for _ in range(3):
         rows = np.sort(rng.choice(20_000, 1_000, replace=False))
         batch = _requester_batch(candidates, rows, 20_000)
-        with_keys = decide(batch, 1_000, rule, (keys[0][rows], keys[1]))
+        with_keys = decide(
+            batch, 1_000, rule, PartyKeys.counted(keys.requester[rows], keys.custodian)
+        )
         dice_only = decide(batch, 1_000, rule)
         assert with_keys.estimates is not None and dice_only.estimates is not None
         assert with_keys.estimates.f_star >= dice_only.estimates.f_star

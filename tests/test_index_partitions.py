@@ -40,6 +40,7 @@ from blindlink.index.partitions import (
     gather_on_partition,
     partition_of,
 )
+from blindlink.matching.blocking import custodian_key_counts
 from blindlink.matching.decision import link
 from blindlink.matching.executors import DaskExecutor, SerialExecutor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
@@ -121,9 +122,10 @@ def test_a_partition_rebuilt_at_the_same_path_is_read_afresh(tmp_path: Path) -> 
         build_index(source, f"u{number}", 2, tmp_path / f"u{number}")
         shutil.rmtree(partition, ignore_errors=True)
         build_partition(tmp_path / f"u{number}", 0, 1, partition)
-        found, found_keys = gather_on_partition(str(partition), custodian_keys[:5])
+        found, found_keys, counts = gather_on_partition(str(partition), custodian_keys[:5])
         assert found.tolist() == [0, 1, 2, 3, 4]
         assert np.array_equal(found_keys, custodian_keys[:5])
+        assert np.array_equal(counts, custodian_key_counts(custodian_keys[:5], custodian_keys))
 
 
 def test_a_batch_matched_on_the_partitions_is_decided_as_on_one_machine(
@@ -140,6 +142,9 @@ def test_a_batch_matched_on_the_partitions_is_decided_as_on_one_machine(
             assert batch.shared.custodian.nbytes == 0  # the encodings stay on the partitions
             assert np.array_equal(batch.custodian_rows, local.custodian_rows)
             assert np.array_equal(batch.shared.custodian_keys, local.shared.custodian_keys)
+            # Each value's count comes from its partition's postings, whole.
+            counts = custodian_key_counts(keys, pair.custodian_keys)
+            assert np.array_equal(batch.shared.key_counts, counts)
             assert batch.executor is not None
             for rule in (CALIBRATED, DecisionRule(FixedThreshold(0.8))):
                 expected = local.in_custodian_rows(

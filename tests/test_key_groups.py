@@ -20,7 +20,13 @@ from blindlink.agreement.signing import parse_signed
 from blindlink.cli.main import main
 from blindlink.client.linkage_client import LinkageClient
 from blindlink.encoding.schema import LinkageSchema
-from blindlink.matching.blocking import KeyBlocking, KeyGroup, describe_key_loads, key_loads
+from blindlink.matching.blocking import (
+    KeyBlocking,
+    KeyGroup,
+    custodian_key_counts,
+    describe_key_loads,
+    key_loads,
+)
 from blindlink.matching.engine import MatchingLimits
 from blindlink.matching.executors import SerialExecutor
 from blindlink.server.app import RunningServer, ServerTls, start_server
@@ -38,7 +44,9 @@ KEY_VALUES = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 def test_key_loads_are_each_keys_comparisons_and_largest_groups() -> None:
     requester = np.array([[5, 1], [5, 1], [5, 2], [7, 0], [9, 3]], dtype=np.uint64)
     custodian = np.array([[5, 1], [7, 2], [7, 2], [7, 0], [8, 0]], dtype=np.uint64)
-    loads = key_loads(KeyBlocking.from_document(KEYS), requester, custodian, top=2)
+    counts = custodian_key_counts(requester, custodian)
+    assert counts.tolist() == [[1, 1], [1, 1], [1, 2], [3, 0], [0, 0]]
+    loads = key_loads(KeyBlocking.from_document(KEYS), requester, counts, top=2)
 
     assert [load.key for load in loads] == [
         "given_name + surname",

@@ -5,9 +5,11 @@ is discarded and rebuilt."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,20 @@ from server_process import encodings_file, keyed_rows, server_launcher, signed_a
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
+from blindlink.encoding.encodings_file import read_header
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.index.build import build_index
 from blindlink.index.custodian import CustodianIndex
-from blindlink.index.layout import FORMAT_VERSION, MANIFEST, PARTIAL_SUFFIX
+from blindlink.index.directory import CustodianIndexes
+from blindlink.index.layout import FORMAT_VERSION, MANIFEST, PARTIAL_SUFFIX, IndexUnusable
+from blindlink.matching.blocking import custodian_key_counts
 from blindlink.matching.decision import link
 from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 from blindlink.store.directory import INDEX_DIR
 from blindlink.store.reports import key_group_reports, open_read_only
+from blindlink.store.sqlite import UploadRecord
 
 CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 RECORDS = 3_000
@@ -75,6 +81,11 @@ def test_the_index_holds_the_encodings_and_every_key_values_records(tmp_path: Pa
         ((keys == batch[:, None, :]) & (batch[:, None, :] != 0)).any(2).any(0)
     )
     assert index.candidate_rows(batch).tolist() == expected.tolist()
+    # The custodian's count of each of the batch's key values, read from the postings, is the
+    # one counted among its records (0 for a value it lacks, and for no value).
+    counts = index.key_counts(batch)
+    assert counts.tolist() == custodian_key_counts(batch, keys).tolist()
+    assert counts[1, 2] == 0 and counts[0].min() > 0
     # Only the server's user can read it.
     for path in [tmp_path / "upload-1", *(tmp_path / "upload-1").iterdir()]:
         assert path.stat().st_mode & 0o077 == 0, path
@@ -89,6 +100,7 @@ def test_a_batch_decided_through_the_index_is_decided_as_against_the_whole_custo
         requester, keys = pair.requester[rows], pair.requester_keys[rows]
         whole = SharedEncodings.of(requester, pair.custodian, keys, pair.custodian_keys)
         batch = index.batch(requester, keys)
+        assert np.array_equal(batch.shared.key_counts, whole.key_counts)
         if rows != slice(None):  # a small batch reads a small part of the custodian
             assert len(batch.custodian_rows) < RECORDS / 4
         for rule in (CALIBRATED, DecisionRule(FixedThreshold(0.8))):
@@ -110,6 +122,41 @@ def test_a_batch_sharing_no_key_value_with_the_custodian_reads_none_of_its_recor
     )
     whole = SharedEncodings.of(pair.requester[:50], pair.custodian, keys, pair.custodian_keys)
     assert_same(decisions, link(whole, CALIBRATED, SerialExecutor(), 1, BLOCKING))
+
+
+def test_runs_share_an_opened_index_until_its_directory_is_removed_or_rebuilt(
+    tmp_path: Path, pair: EncodedPair
+) -> None:
+    source = pair.directory / "custodian.bin"
+    header = read_header(source)
+    upload = UploadRecord(
+        "u", "p", "custodian", RECORDS, header.bit_length, header.content_sha256, source, 0.0
+    )
+    keys = len(BLOCKING.keys)
+    indexes = CustodianIndexes(tmp_path)
+    first = indexes.ensure(upload, keys)
+    assert indexes.open(upload, keys) is first  # kept open: the pages runs read stay mapped
+    # Removed (with its encodings, say): closed, so that its files are freed.
+    shutil.rmtree(tmp_path / "u")
+    indexes.let_go_of_removed()
+    closed = weakref.ref(first)
+    del first
+    gc.collect()
+    assert closed() is None
+    with pytest.raises(IndexUnusable):
+        indexes.open(upload, keys)
+    # Rebuilt under the same name: opened afresh.
+    rebuilt = indexes.ensure(upload, keys)
+    shutil.rmtree(tmp_path / "u")
+    build_index(source, "u", keys, tmp_path / "u")
+    again = indexes.open(upload, keys)
+    assert again is not rebuilt and indexes.open(upload, keys) is again
+    # Retired: closed too.
+    indexes.retire("u", 0)
+    closed = weakref.ref(again)
+    del again, rebuilt
+    gc.collect()
+    assert closed() is None
 
 
 launch_fixture = pytest.fixture(name="launch")(server_launcher)

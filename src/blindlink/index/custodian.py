@@ -49,7 +49,10 @@ class Postings:
 
     def rows_of(self, wanted: np.ndarray) -> np.ndarray:
         """The custodian rows that have any value in `wanted`, grouped by value."""
-        starts, ends = self.ranges(wanted)
+        return self.rows_in(*self.ranges(wanted))
+
+    def rows_in(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """The custodian rows in `rows[starts[i]:ends[i]]` for every i, in that order."""
         counts = ends - starts
         if not counts.sum():
             return np.empty(0, dtype=np.int64)
@@ -106,24 +109,39 @@ class CustodianIndex:
     def candidate_rows(self, requester_keys: np.ndarray) -> np.ndarray:
         """The custodian rows (increasing) that share a value of at least one blocking key with
         a requester record; `requester_keys` is (records, keys), 0 where a record has none."""
-        found = [
-            postings.rows_of(_distinct_values(requester_keys[:, key]))
-            for key, postings in enumerate(self.postings)
-        ]
-        rows = np.sort(np.concatenate([np.empty(0, dtype=np.int64), *found]))
+        return self.look_up(requester_keys)[0]
+
+    def key_counts(self, requester_keys: np.ndarray) -> np.ndarray:
+        """Per requester record and key, how many custodian records have its value, from the
+        postings' offsets (as blocking.custodian_key_counts counts them among the records)."""
+        return self.look_up(requester_keys)[1]
+
+    def look_up(self, requester_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`candidate_rows` and `key_counts`, from one search of each key's postings for the
+        batch's distinct values."""
+        found = [np.empty(0, dtype=np.int64)]
+        counts = np.empty(requester_keys.shape, dtype=np.int64)
+        for key, postings in enumerate(self.postings):
+            values, inverse = np.unique(requester_keys[:, key], return_inverse=True)
+            starts, ends = postings.ranges(values)  # 0, which no record has, finds none
+            counts[:, key] = (ends - starts)[inverse]
+            found.append(postings.rows_in(starts, ends))
+        rows = np.sort(np.concatenate(found))
         # np.unique would hash first: ten times the time of a sort at a million rows.
-        return rows[np.r_[True, rows[1:] != rows[:-1]]] if len(rows) else rows
+        return (rows[np.r_[True, rows[1:] != rows[:-1]]] if len(rows) else rows), counts
 
     def batch(self, requester: np.ndarray, requester_keys: np.ndarray) -> IndexedBatch:
         """The batch (encodings, keys) against the custodian records it shares a key value
-        with, read from the memory-mapped arrays."""
-        rows = self.candidate_rows(requester_keys)
+        with, read from the memory-mapped arrays; the counts of its key values from the
+        postings."""
+        rows, counts = self.look_up(requester_keys)
         shared = SharedEncodings(
             requester,
             np.ascontiguousarray(self.encodings[rows]),
             requester_keys,
             np.ascontiguousarray(self.keys[rows]),
             batch_key(self.manifest, requester, requester_keys),
+            counts,
         )
         return IndexedBatch(shared, rows)
 
@@ -136,8 +154,3 @@ def batch_key(manifest: Manifest, requester: np.ndarray, requester_keys: np.ndar
     for array in (requester, requester_keys):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
-
-
-def _distinct_values(column: np.ndarray) -> np.ndarray:
-    values = np.unique(column)
-    return values[values != 0]

@@ -155,10 +155,16 @@ def _partition(directory: str) -> Partition:
 
 def gather_on_partition(directory: str, requester_keys: np.ndarray) -> tuple[np.ndarray, ...]:
     """On a worker: the rows in the whole index (increasing) and the keys of the partition's
-    records sharing a value with `requester_keys`."""
+    records sharing a value with `requester_keys`, and per requester record and key the
+    partition's records with its value (every record with it: a value's group is whole in its
+    partition)."""
     partition = _partition(directory)
     local = partition.index.candidate_rows(requester_keys)
-    return np.asarray(partition.members[local]), np.asarray(partition.index.keys[local])
+    return (
+        np.asarray(partition.members[local]),
+        np.asarray(partition.index.keys[local]),
+        partition.index.key_counts(requester_keys),
+    )
 
 
 def run_on_partition(
@@ -300,12 +306,18 @@ class PartitionedIndex:
         matched on those partitions by the batch's `executor`."""
         with _client(self.address) as client:
             placement = self.place(client)
+            shares = list(placement.shares(requester_keys))
             found = client.gather(
                 [
                     placement.submit(client, gather_on_partition, part, placement.path(part), keys)
-                    for part, _, keys in placement.shares(requester_keys)
+                    for part, _, keys in shares
                 ]
             )
+        # Each value is counted in its own partition, 0 in the others (their shares of the
+        # batch's keys have 0 for it).
+        counts = np.zeros(requester_keys.shape, dtype=np.int64)
+        for (_, batch_rows, _), (_, _, partition_counts) in zip(shares, found, strict=True):
+            counts[batch_rows] += partition_counts
         rows = np.concatenate([np.empty(0, np.int64), *(f[0] for f in found)])
         keys = np.concatenate(
             [np.empty((0, requester_keys.shape[1]), np.uint64), *(f[1] for f in found)]
@@ -317,7 +329,7 @@ class PartitionedIndex:
         rows, keys = rows[first], keys[first]
         key = batch_key(self.index.manifest, requester, requester_keys)
         shared = SharedEncodings(
-            requester, np.empty((len(rows), 0), np.uint8), requester_keys, keys, key
+            requester, np.empty((len(rows), 0), np.uint8), requester_keys, keys, key, counts
         )
         return IndexedBatch(shared, rows, PartitionExecutor(placement, rows))
 

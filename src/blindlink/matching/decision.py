@@ -30,6 +30,7 @@ from blindlink.matching.engine import (
 from blindlink.matching.evidence import (
     FellegiSunter,
     PairEvidence,
+    PartyKeys,
     fit_fellegi_sunter,
 )
 from blindlink.matching.executors import Executor
@@ -183,23 +184,24 @@ def candidates(
     )
 
 
-def blocking_keys(shared: SharedEncodings) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both parties' blocking keys, if the encodings carry them."""
+def blocking_keys(shared: SharedEncodings) -> PartyKeys | None:
+    """Both parties' blocking keys and the custodian's counts of the requester's key values, if
+    the encodings carry keys."""
     if shared.requester_keys is None or shared.custodian_keys is None:
         return None
-    return shared.requester_keys, shared.custodian_keys
+    return PartyKeys(shared.requester_keys, shared.custodian_keys, shared.key_counts)
 
 
 def decide(
     candidates: Candidates,
     requester_records: int,
     rule: DecisionRule,
-    keys: tuple[np.ndarray, np.ndarray] | None = None,
+    keys: PartyKeys | None = None,
     blocking: Blocking | None = None,
 ) -> Decisions:
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
 
-    With a calibrated rule and the parties' blocking keys (`keys`: requester's, custodian's),
+    With a calibrated rule and the parties' blocking keys (`keys`),
     pairs are also scored by a Fellegi-Sunter model of their Dice score and the keys they
     share, and the run decides on that score where the match model expects its threshold to
     meet the target better than Dice's (measured on 10,000-record batches against a million
@@ -296,7 +298,7 @@ class _Scored:
 
 def _uncompared(
     solved: Matches,
-    keys: tuple[np.ndarray, np.ndarray] | None,
+    keys: PartyKeys | None,
     blocking: Blocking | None,
     model: MatchModel | None,
 ) -> float | None:
@@ -304,7 +306,7 @@ def _uncompared(
     from the keys the solved pairs share, weighted by their Dice match probabilities."""
     if keys is None or model is None or not isinstance(blocking, KeyBlocking):
         return None
-    mine, theirs = keys[0][solved.requester_rows], keys[1][solved.custodian_rows]
+    mine, theirs = keys.requester[solved.requester_rows], keys.custodian[solved.custodian_rows]
     shared = (mine == theirs) & (mine != 0)
     return missed_share(blocking, shared, model.probability(solved.similarities))
 
@@ -357,7 +359,7 @@ def _solve_floor(rule: DecisionRule, model: MatchModel | None) -> float:
 
 def _scored_with_keys(
     candidates: Candidates,
-    keys: tuple[np.ndarray, np.ndarray],
+    keys: PartyKeys,
     by_dice: MatchModel,
     dice_floor: float,
 ) -> _Scored | None:
@@ -377,7 +379,7 @@ def _scored_with_keys(
         candidates.requester_rows,
         candidates.custodian_rows,
     )
-    evidence = PairEvidence.of(sim, rows0, rows1, *keys)
+    evidence = PairEvidence.of(sim, rows0, rows1, keys)
     model = fit_fellegi_sunter(evidence, by_dice.probability(sim))
     if model is None:
         return None
@@ -385,7 +387,7 @@ def _scored_with_keys(
     order = np.lexsort((rows1, rows0, -sim, -score))
     score, rows0, rows1, sim = score[order], rows0[order], rows1[order], sim[order]
     by_score = solve_one_to_one(score, rows0, rows1)
-    scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys[0]))
+    scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys.requester))
     scores = _without_partners(scores, (sim, rows0, rows1), by_score, keys, model)
     try:
         fitted = fit_match_model(scores)
@@ -411,7 +413,7 @@ def _without_partners(
     scores: RecordScores,
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     solved: Matches,
-    keys: tuple[np.ndarray, np.ndarray],
+    keys: PartyKeys,
     model: FellegiSunter,
 ) -> RecordScores:
     """`scores` with each runner-up scored as if its record's solved partner were not among
@@ -426,7 +428,7 @@ def _without_partners(
     partner = np.full(len(scores.best), -1)
     partner[solved.requester_rows] = solved.custodian_rows
     evidence = PairEvidence.of(
-        sim[index], rows0[index], rows1[index], *keys, absent=partner[records]
+        sim[index], rows0[index], rows1[index], keys, absent=partner[records]
     )
     runner_up = scores.runner_up.copy()
     runner_up[records] = _as_score(model.log_odds(evidence))

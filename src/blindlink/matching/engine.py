@@ -21,6 +21,7 @@ from blindlink.matching.blocking import (
     Blocking,
     KeyBlocking,
     LshBlocking,
+    custodian_key_counts,
     key_loads,
     split_records,
 )
@@ -76,6 +77,18 @@ class SharedEncodings:
     requester_keys: np.ndarray | None = None  # uint64, (records, blocking keys); 0: no key
     custodian_keys: np.ndarray | None = None
     key: str = field(default="")
+    # Per requester record and blocking key, the custodian records with its value, when a
+    # custodian index read them from its postings (`key_counts` counts them otherwise).
+    custodian_counts: np.ndarray | None = None
+
+    @cached_property
+    def key_counts(self) -> np.ndarray:
+        """Per requester record and blocking key, how many custodian records have its value
+        (blocking.custodian_key_counts): the custodian's group sizes of the batch's keys."""
+        if self.custodian_counts is not None:
+            return self.custodian_counts
+        assert self.requester_keys is not None and self.custodian_keys is not None
+        return custodian_key_counts(self.requester_keys, self.custodian_keys)
 
     @classmethod
     def of(
@@ -375,8 +388,8 @@ def planned_comparisons(shared: SharedEncodings, blocking: KeyBlocking | None) -
     shares)."""
     if blocking is None:
         return len(shared.requester) * len(shared.custodian)
-    assert shared.requester_keys is not None and shared.custodian_keys is not None
-    loads = key_loads(blocking, shared.requester_keys, shared.custodian_keys, top=0)
+    assert shared.requester_keys is not None
+    loads = key_loads(blocking, shared.requester_keys, shared.key_counts, top=0)
     return sum(load.comparisons for load in loads)
 
 

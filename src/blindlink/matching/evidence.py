@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blindlink.matching.blocking import custodian_key_counts
+
 # Dice bands of the model: below the first edge, then one band per edge.
 DICE_EDGES = np.round(np.arange(0.3, 1.0, 0.025), 3)
 # Agreement levels of a key: 0 a record lacks it, 1 different, 2.. shared by a custodian
@@ -24,6 +26,22 @@ SHARED_BY = (1, 4, 19, 99)
 ITERATIONS = 100
 TOLERANCE = 1e-7
 SMOOTHING = 1e-3  # pseudo-count per level, so that no level is impossible in either class
+
+
+@dataclass(frozen=True)
+class PartyKeys:
+    """Both parties' blocking keys ((records, keys), 0 where a record has none) and, per
+    requester record and key, how many custodian records have its value
+    (blocking.custodian_key_counts)."""
+
+    requester: np.ndarray
+    custodian: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def counted(cls, requester: np.ndarray, custodian: np.ndarray) -> PartyKeys:
+        """The keys, with the counts counted among the custodian's keys given."""
+        return cls(requester, custodian, custodian_key_counts(requester, custodian))
 
 
 @dataclass(frozen=True)
@@ -40,39 +58,25 @@ class PairEvidence:
         similarities: np.ndarray,
         requester_rows: np.ndarray,
         custodian_rows: np.ndarray,
-        requester_keys: np.ndarray,
-        custodian_keys: np.ndarray,
+        keys: PartyKeys,
         absent: np.ndarray | None = None,
     ) -> PairEvidence:
         """The evidence of each pair; with `absent` (a custodian row per pair, -1 for none), as
         if that record were not in the custodian's population."""
         columns = [np.digitize(similarities, DICE_EDGES)]
-        for k in range(requester_keys.shape[1]):
-            ours = requester_keys[requester_rows, k]
-            discount = None
+        for k in range(keys.requester.shape[1]):
+            ours = keys.requester[requester_rows, k]
+            shared_by = keys.counts[requester_rows, k]
             if absent is not None:
-                theirs = custodian_keys[np.maximum(absent, 0), k]
-                discount = ((theirs == ours) & (ours != 0) & (absent >= 0)).astype(np.int64)
-            columns.append(
-                _key_levels(ours, custodian_keys[custodian_rows, k], custodian_keys[:, k], discount)
-            )
-        sizes = (len(DICE_EDGES) + 1,) + (2 + len(SHARED_BY) + 1,) * requester_keys.shape[1]
+                theirs = keys.custodian[np.maximum(absent, 0), k]
+                shared_by = shared_by - ((theirs == ours) & (ours != 0) & (absent >= 0))
+            columns.append(_key_levels(ours, keys.custodian[custodian_rows, k], shared_by))
+        sizes = (len(DICE_EDGES) + 1,) + (2 + len(SHARED_BY) + 1,) * keys.requester.shape[1]
         return cls(np.stack(columns, axis=1), sizes)
 
 
-def _key_levels(
-    ours: np.ndarray, theirs: np.ndarray, population: np.ndarray, discount: np.ndarray | None = None
-) -> np.ndarray:
-    """One key's agreement level for each pair, by how many custodian records share it
-    (less `discount` of them)."""
-    values, counts = np.unique(population[population != 0], return_counts=True)
-    shared_by = np.zeros(len(ours), dtype=np.int64)
-    if len(values):
-        where = np.minimum(np.searchsorted(values, ours), len(values) - 1)
-        found = values[where] == ours
-        shared_by[found] = counts[where[found]]
-    if discount is not None:
-        shared_by = shared_by - discount
+def _key_levels(ours: np.ndarray, theirs: np.ndarray, shared_by: np.ndarray) -> np.ndarray:
+    """One key's agreement level for each pair, by how many custodian records share it."""
     return np.where(
         (ours == 0) | (theirs == 0),
         0,

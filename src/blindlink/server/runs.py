@@ -110,6 +110,8 @@ class RunInterrupted(Exception):
     """The server is stopping; the run stays unfinished and is resumed at the next start."""
 
 
+# How long the worker waits for a job before closing removed indexes it kept open.
+IDLE_S = 10.0
 # How long a stopping worker gets, beyond the grace period, to leave a run it was told to drop.
 INTERRUPT_TIMEOUT_S = 30.0
 
@@ -201,8 +203,17 @@ class RunQueue:
         with self._lock:
             self._progress.pop(run_id, None)
 
+    def _next_job(self) -> _Job | None:
+        """The next job; while none comes, every IDLE_S the indexes kept open whose
+        directories were removed are closed."""
+        while True:
+            try:
+                return self._queue.get(timeout=IDLE_S)
+            except queue.Empty:
+                self.indexes.let_go_of_removed()
+
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None and not self._stopping.is_set():
+        while (job := self._next_job()) is not None and not self._stopping.is_set():
             project_id, run_id = job.project_id, job.run_id
             if not run_id:
                 self._prepare(project_id)
@@ -318,8 +329,8 @@ class RunQueue:
         they reveal) before matching, so that a run refused for a limit has them too."""
         if keyed is None:
             return planned_comparisons(shared, None)
-        assert shared.requester_keys is not None and shared.custodian_keys is not None
-        loads = key_loads(keyed, shared.requester_keys, shared.custodian_keys)
+        assert shared.requester_keys is not None
+        loads = key_loads(keyed, shared.requester_keys, shared.key_counts)
         log.info("run %s blocking key groups: %s", run_id[:12], describe_key_loads(loads))
         self._on_key_loads(loads)
         return sum(load.comparisons for load in loads)

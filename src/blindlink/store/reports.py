@@ -22,7 +22,7 @@ from blindlink.encoding.encodings_file import read_records
 from blindlink.errors import BlindlinkError
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import IndexUnusable, index_name
-from blindlink.matching.blocking import KeyLoad, key_loads, split_records
+from blindlink.matching.blocking import KeyLoad, custodian_key_counts, key_loads, split_records
 from blindlink.store.directory import DATABASE_NAME, ENCODINGS_DIR, INDEX_DIR
 
 
@@ -203,7 +203,7 @@ def key_group_reports(
         (project_id,),
     ).fetchone()
     custodian = (
-        _custodian_keys(conn, Path(data_dir), live, len(blocking.keys), keys) if live else None
+        _custodian_counts(conn, Path(data_dir), live, len(blocking.keys), keys) if live else None
     )
     reports = []
     for run_id, state, name in conn.execute(
@@ -221,17 +221,17 @@ def key_group_reports(
     return reports
 
 
-def _custodian_keys(
+def _custodian_counts(
     conn: sqlite3.Connection,
     data_dir: Path,
     live: tuple[str, str, int, bytes],
     key_count: int,
     keys: Callable[[str], np.ndarray | None],
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Per batch (its keys), the keys of the custodian's records a run's key groups are made of:
-    from the custodian's standing index, those sharing a key value with the batch (every group
-    whole, as in the run); without a usable index, all of them, from the encodings file
-    (`live`: the custodian's upload ID, file name, records and content hash)."""
+    """Per batch (its keys), the custodian's counts of its key values
+    (blocking.custodian_key_counts): from the custodian's standing index, its postings, as in
+    the run; without a usable index, counted among all the custodian's records, from the
+    encodings file (`live`: the custodian's upload ID, file name, records and content hash)."""
     upload_id, name, count, content_sha256 = live
     version, appended = _custodian_version(conn, upload_id)
     try:
@@ -242,7 +242,7 @@ def _custodian_keys(
     except IndexUnusable:
         usable = False
     if usable:
-        return lambda batch: np.asarray(index.keys[index.candidate_rows(batch)])
+        return index.key_counts
     if version:
         raise BlindlinkError(
             f"project's custodian encodings were updated, and their index (version {version}) "
@@ -250,7 +250,7 @@ def _custodian_keys(
         )
     everyone = keys(name)
     assert everyone is not None
-    return lambda batch: everyone
+    return lambda batch: custodian_key_counts(batch, everyone)
 
 
 def _custodian_version(conn: sqlite3.Connection, upload_id: str) -> tuple[int, int]:
