@@ -146,7 +146,8 @@ class RunQueue:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._current = ""
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when any run's progress changes
+        self._changes = 0
         self._stopping = threading.Event()
         self._interrupt = threading.Event()
         self._thread = threading.Thread(target=self._work, name="blindlink-runs", daemon=True)
@@ -195,13 +196,30 @@ class RunQueue:
         with self._lock:
             return sum(p.state == QUEUED for p in self._progress.values())
 
+    def changes(self) -> int:
+        """How many times runs' progress changed so far (see wait_for_change)."""
+        with self._lock:
+            return self._changes
+
+    def wait_for_change(self, seen: int, timeout: float) -> bool:
+        """Whether runs' progress changed after `seen` changes (a run progressed, or finished
+        or failed and was stored) within `timeout` seconds; returns as soon as it does."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._changes != seen, timeout)
+
     def _set(self, run_id: str, progress: RunProgress) -> None:
         with self._lock:
             self._progress[run_id] = progress
+            self._changed()
 
     def _forget(self, run_id: str) -> None:
         with self._lock:
             self._progress.pop(run_id, None)
+            self._changed()
+
+    def _changed(self) -> None:
+        self._changes += 1
+        self._lock.notify_all()
 
     def _next_job(self) -> _Job | None:
         """The next job; while none comes, every IDLE_S the indexes kept open whose

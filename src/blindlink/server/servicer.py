@@ -70,6 +70,8 @@ from blindlink.store.sqlite import (
 )
 
 MAX_AGREEMENT_BYTES = 1 << 20
+# A run's watch wakes when its progress changes; at the latest after this, to notice a client
+# gone or the server stopping.
 WATCH_INTERVAL_S = 0.2
 PROGRESS_PARTS = 1000  # a run's progress is shown to parties in thousandths
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # project IDs (the agreement's hash), schema hashes
@@ -567,6 +569,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
     ) -> Iterator[pb.RunProgress]:
         last = None
         while context.is_active():
+            seen = self._runs.changes()
             if self._stopping.is_set():
                 raise ServiceError(
                     grpc.StatusCode.UNAVAILABLE,
@@ -581,7 +584,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                 last = progress
             if progress.state in (pb.RUN_STATE_DONE, pb.RUN_STATE_FAILED):
                 return
-            time.sleep(WATCH_INTERVAL_S)
+            self._runs.wait_for_change(seen, WATCH_INTERVAL_S)
 
     def _progress(self, run: RunRecord) -> pb.RunProgress:
         live = self._runs.progress(run.run_id)

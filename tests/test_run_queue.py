@@ -1,0 +1,30 @@
+"""The run queue tells watchers of a change as it happens, not at their next poll."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from blindlink.server.runs import MatchingSettings, RunQueue
+from blindlink.store.sqlite import Store
+
+
+def test_a_watch_wakes_when_a_run_progresses(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store = Store(data_dir, Ed25519PrivateKey.generate())
+    try:
+        runs = RunQueue(store, MatchingSettings.local(1))
+        seen = runs.changes()
+        assert not runs.wait_for_change(seen, 0.01)  # nothing happened
+        queued = threading.Timer(0.05, runs.enqueue, ("project", "run"))
+        queued.start()
+        # Wakes when the run is queued, long before this timeout.
+        assert runs.wait_for_change(seen, 600)
+        queued.join()
+        assert runs.changes() == seen + 1
+        assert not runs.wait_for_change(runs.changes(), 0.01)
+    finally:
+        store.close()
