@@ -33,6 +33,7 @@ from blindlink.encoding.encodings_file import (
 from blindlink.errors import EncodingsFileError
 
 _CHUNK_RECORDS = 1 << 16
+_NONE = np.empty(0, np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +87,10 @@ def stored_files(conn: sqlite3.Connection, encodings_dir: Path, upload_id: str) 
     stored, first_row = [], 0
     for name, records, sha256, erased in files:
         if name is not None:
-            file = StoredFile(
-                encodings_dir / name, first_row, records, sha256, np.empty(0, np.int64)
+            file = StoredFile(encodings_dir / name, first_row, records, sha256, _NONE)
+            stored.append(
+                dataclasses.replace(file, applied=file.rows_in(removed)) if erased else file
             )
-            held = file.rows_in(removed) if erased else file.applied
-            stored.append(dataclasses.replace(file, applied=held))
         first_row += records
     return stored
 
@@ -107,9 +107,11 @@ def payload_hashes(path: Path, *zeroed: np.ndarray) -> tuple[EncodingsHeader, li
         for digest, rows in zip(digests, zeroed, strict=True):
             local = rows[(rows >= start) & (rows < end)] - start
             if len(local):
-                records = records.copy()
-                records[local] = 0
-            digest.update(records.tobytes() if len(local) else chunk)
+                erased = records.copy()
+                erased[local] = 0
+                digest.update(erased.tobytes())
+            else:
+                digest.update(chunk)
         start = end
     return header, [digest.digest() for digest in digests]
 
