@@ -11,6 +11,9 @@ Invariants:
   place, its audit entry) after its index version was built; at start-up only each live upload's
   current version stays in index/, so a crash leaves the version before the update or after it.
   Deleting the custodian's encodings deletes its updates' appended files too.
+- The records of rows a committed update removed are then overwritten with zeros in the files
+  that hold them (erasure.py; the hashes the files have once erased are recorded in the update's
+  transaction) and a `rows_erased` entry is appended; at start-up, rows not erased yet are.
 - A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
 - Reads are per project (and per run); what a party may see is the caller's policy.
