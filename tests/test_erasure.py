@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from conftest import Identities
@@ -180,6 +181,25 @@ def test_the_integrity_check_verifies_erased_files_and_detects_altered_bytes(
     (problem,) = problems_after(erased.upload_file, 7)
     assert "still holds records of the 1 rows the custodian removed" in problem
     assert verify_data_dir(data_dir, server.public_key, in_use=True).problems == []
+
+
+def test_an_update_is_refused_when_the_file_it_would_erase_from_was_altered(
+    server: RunningServer, custodian: LinkageClient, erased: Erased
+) -> None:
+    """The hash recorded for the erased file is computed from verified content only."""
+    with open(erased.upload_file, "r+b") as f:
+        f.seek(HEADER_SIZE + 5 * erased.records.shape[1])
+        f.write(bytes([erased.records[5, 0] ^ 1]))
+    index_dir = server.store.data_dir / INDEX_DIR
+    before = sorted(p.name for p in index_dir.iterdir())
+    with pytest.raises(ServerError) as refused:
+        custodian.update(erased.project, RECORDS + APPENDED, remove=[9])
+    assert refused.value.code == grpc.StatusCode.DATA_LOSS
+    assert "do not match their recorded content hash" in refused.value.details
+    upload_id = erased.upload_file.stem
+    assert len(server.store.custodian_updates(upload_id)) == 2
+    assert sorted(p.name for p in index_dir.iterdir()) == before
+    assert erased.records[9].tobytes() in erased.upload_file.read_bytes()
 
 
 def test_an_index_rebuilt_from_the_erased_files_decides_as_the_one_updates_built(

@@ -559,10 +559,12 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         try:
             return self._store.erasure_hashes(reference.upload_id, removed)
         except EncodingsFileError as exc:
+            log.error("custodian update refused: %s", exc)
             raise ServiceError(
                 grpc.StatusCode.DATA_LOSS,
-                f"the custodian's stored encodings are damaged ({exc}); the operator runs "
-                "`blindlink admin verify`",
+                "the custodian's stored encodings do not match their recorded content hash "
+                "(corrupt or altered); nothing was changed: the operator runs `blindlink admin "
+                "verify`",
             ) from None
 
     def _erase_removed_rows(self, reference: UploadRecord) -> None:
