@@ -71,12 +71,13 @@ from blindlink.store.sqlite import (
     UploadRecord,
 )
 
+log = logging.getLogger("blindlink.server")
+
 MAX_AGREEMENT_BYTES = 1 << 20
 # A run's watch wakes when its progress changes; at the latest after this, to notice a client
 # gone or the server stopping.
 WATCH_INTERVAL_S = 0.2
 PROGRESS_PARTS = 1000  # a run's progress is shown to parties in thousandths
-log = logging.getLogger("blindlink.server")
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # project IDs (the agreement's hash), schema hashes
 _RUN_ID = re.compile(r"[0-9a-f]{32}")  # a requester batch's upload ID
