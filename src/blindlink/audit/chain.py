@@ -53,6 +53,7 @@ KINDS = frozenset(
         "upload_committed",
         "upload_repeated",
         "custodian_updated",
+        "rows_erased",
         "run_started",
         "run_finished",
         "run_failed",

@@ -122,7 +122,7 @@ def finish_staged(
         )
     header = EncodingsHeader(bit_length, size // record_bytes, schema_sha256, digest.digest())
     with open(staged, "r+b") as f:
-        f.write(_pack(header))
+        f.write(pack_header(header))
         f.flush()
         os.fsync(f.fileno())
     os.replace(staged, path)
@@ -136,7 +136,7 @@ def _check_bit_length(bit_length: int) -> int:
     return bit_length // 8
 
 
-def _pack(header: EncodingsHeader) -> bytes:
+def pack_header(header: EncodingsHeader) -> bytes:
     return _HEADER.pack(
         MAGIC,
         header.bit_length,

@@ -33,11 +33,20 @@ CHUNK_RECORDS = 1 << 16
 log = logging.getLogger("blindlink.index")
 
 
-def build_index(source: Path, upload_id: str, key_count: int, destination: Path) -> Manifest:
+def build_index(
+    source: Path,
+    upload_id: str,
+    key_count: int,
+    destination: Path,
+    content_sha256: bytes | None = None,
+) -> Manifest:
     """Index the encodings file `source` (custodian upload `upload_id`, whose records carry
-    `key_count` blocking keys) at `destination`, which must not exist (see `write_atomically`)."""
+    `key_count` blocking keys) at `destination`, which must not exist (see `write_atomically`).
+    `content_sha256`: the upload's content hash as committed, which the manifest records
+    (default: the file header's, which differs once removed rows were erased from the file)."""
     return write_atomically(
-        destination, lambda partial: _write(source, upload_id, key_count, partial)
+        destination,
+        lambda partial: _write(source, upload_id, key_count, partial, content_sha256),
     )
 
 
@@ -118,17 +127,20 @@ def write_atomically(destination: Path, write: Callable[[Path], Manifest]) -> Ma
     return manifest
 
 
-def _write(source: Path, upload_id: str, key_count: int, directory: Path) -> Manifest:
+def _write(
+    source: Path, upload_id: str, key_count: int, directory: Path, content_sha256: bytes | None
+) -> Manifest:
     """The index's arrays in `directory`; the source's content is checked against its header
     while it is copied."""
     header = read_header(source)
+    uploaded = content_sha256 or header.content_sha256
     encoding_bytes = _encoding_bytes(source, header, key_count)
     encodings = new_array(directory / ENCODINGS, np.uint8, (header.count, encoding_bytes))
     keys = new_array(directory / KEYS, np.uint64, (header.count, key_count))
     _copy_records(source, header, encodings, keys, 0)
     for key in range(key_count):
         _write_postings(np.array(keys[:, key]), key, directory)
-    return Manifest(upload_id, header.content_sha256.hex(), header.count, encoding_bytes, key_count)
+    return Manifest(upload_id, uploaded.hex(), header.count, encoding_bytes, key_count)
 
 
 def _write_extended(

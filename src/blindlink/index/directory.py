@@ -108,7 +108,13 @@ class CustodianIndexes:
     ) -> None:
         built = self.path(upload.upload_id)
         shutil.rmtree(built, ignore_errors=True)
-        build_index(upload.path, upload.upload_id, key_count, built)  # type: ignore[arg-type]
+        build_index(
+            upload.path,  # type: ignore[arg-type]
+            upload.upload_id,
+            key_count,
+            built,
+            upload.content_sha256,
+        )
         for update in updates:
             following = self.path(upload.upload_id, update.version)
             shutil.rmtree(following, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
@@ -69,11 +71,14 @@ from blindlink.store.sqlite import (
     UploadRecord,
 )
 
+log = logging.getLogger("blindlink.server")
+
 MAX_AGREEMENT_BYTES = 1 << 20
 # A run's watch wakes when its progress changes; at the latest after this, to notice a client
 # gone or the server stopping.
 WATCH_INTERVAL_S = 0.2
 PROGRESS_PARTS = 1000  # a run's progress is shown to parties in thousandths
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # project IDs (the agreement's hash), schema hashes
 _RUN_ID = re.compile(r"[0-9a-f]{32}")  # a requester batch's upload ID
 
@@ -471,7 +476,8 @@ class LinkageServicer(pb_grpc.LinkageServicer):
         reference: UploadRecord,
     ) -> pb.UpdateReceipt:
         """Check the removals, receive the appended records, build the custodian index's next
-        version and commit the update; the index version before it is retired once it is."""
+        version and commit the update; the index version before it is retired once it is, and
+        the removed rows are erased from the stored files before the receipt is sent."""
         project_id = header.project_id
         updates = self._store.custodian_updates(reference.upload_id)
         key_count = len(agreement.blocking_keys.keys)  # type: ignore[union-attr]
@@ -502,6 +508,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             if append is not None and incoming is not None:
                 reservation = self._reserve(project_id, "custodian", count, check_limits)
                 self._stage(request_iterator, append, "custodian", incoming)
+            erased = self._erasure_hashes(reference, removed)
             built = CustodianIndex(indexes.extend(reference, key_count, updates, incoming, removed))
             details = {
                 "upload_id": reference.upload_id,
@@ -515,7 +522,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             with indexes.lock:  # runs open the new version from the commit on, never the old
                 try:
                     entry = self._store.commit_custodian_update(
-                        reference, version, incoming, count, removed, check_limits, details
+                        reference, version, incoming, count, removed, check_limits, details, erased
                     )
                 except BaseException:
                     indexes.retire(reference.upload_id, version)
@@ -537,6 +544,7 @@ class LinkageServicer(pb_grpc.LinkageServicer):
                     self._reservations.pop(reservation)
             if incoming is not None:
                 incoming.unlink(missing_ok=True)
+        self._erase_removed_rows(reference)
         manifest = built.manifest
         return pb.UpdateReceipt(
             project_id=project_id,
@@ -547,6 +555,30 @@ class LinkageServicer(pb_grpc.LinkageServicer):
             records=manifest.records - manifest.removed,
             receipt=receipt_json(entry),
         )
+
+    def _erasure_hashes(self, reference: UploadRecord, removed: np.ndarray) -> dict[Path, bytes]:
+        try:
+            return self._store.erasure_hashes(reference.upload_id, removed)
+        except EncodingsFileError as exc:
+            log.error("custodian update refused: %s", exc)
+            raise ServiceError(
+                grpc.StatusCode.DATA_LOSS,
+                "the custodian's stored encodings do not match their recorded content hash "
+                "(corrupt or altered); nothing was changed: the operator runs `blindlink admin "
+                "verify`",
+            ) from None
+
+    def _erase_removed_rows(self, reference: UploadRecord) -> None:
+        """Erase the rows the update removed; a failure leaves them to the next start (the
+        update is committed, and its hashes recorded)."""
+        try:
+            self._store.erase_removed_rows(reference.upload_id)
+        except (OSError, EncodingsFileError) as exc:
+            log.error(
+                "removed rows of upload %s not erased (the next start erases them): %s",
+                reference.upload_id[:12],
+                exc,
+            )
 
     def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext

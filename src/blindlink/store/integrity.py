@@ -1,8 +1,10 @@
 """Checking a data directory: the database's integrity and foreign keys, every encodings file
-against its recorded count, bit length and content hash, files without rows and rows without
-files, the stored matches against the runs' counts, the audit log's hash chain and signatures
-against the server's public key, its newest entries against the signed checkpoint, and the
-tables against what the audit entries committed to (`audited_state`).
+(uploads' and those custodian updates appended) against its recorded count, bit length and
+content hash, with the records of the rows the custodian removed erased (erasure.py), files
+without rows and rows without files, the stored matches against the runs' counts, the audit
+log's hash chain and signatures against the server's public key, its newest entries against
+the signed checkpoint, and the tables against what the audit entries committed to
+(`audited_state`).
 
 The database is read in one read-only transaction, so the check is safe while the server runs;
 files written or deleted during the check may then show as problems (run it again to confirm).
@@ -10,11 +12,12 @@ files written or deleted during the check may then show as problems (run it agai
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from blindlink.audit.chain import AuditFormatError, read_entries
 from blindlink.audit.checkpoint import (
@@ -25,15 +28,20 @@ from blindlink.audit.checkpoint import (
 )
 from blindlink.audit.commitments import commitment_key
 from blindlink.audit.verify import verify_entries
-from blindlink.encoding.encodings_file import iter_payload_chunks, read_header
 from blindlink.errors import BlindlinkError, EncodingsFileError
 from blindlink.security.keys import load_private_key
 from blindlink.store.audited_state import state_problems
 from blindlink.store.directory import ENCODINGS_DIR, INCOMING_DIR, SIGNING_KEY_NAME
+from blindlink.store.erasure import (
+    StoredFile,
+    committed_removals,
+    payload_hashes,
+    still_held,
+    stored_files,
+)
 from blindlink.store.reports import open_read_only
 
 _FILE_NAME = re.compile(r"[0-9a-f]{32}\.bin")
-_READ_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,11 +125,11 @@ def _file_problems(conn: sqlite3.Connection, data_dir: Path, in_use: bool) -> tu
         if not _FILE_NAME.fullmatch(name):
             problems.append(f"upload {upload_id}: recorded file name {name!r} is not valid")
             continue
-        problem = _encodings_problem(
-            data_dir / ENCODINGS_DIR / name, count, bit_length, content_sha256
-        )
-        if problem:
-            problems.append(f"upload {upload_id}: {problem}")
+        files, removed = _stored(conn, data_dir, upload_id, name, count, content_sha256)
+        for stored in files:
+            problem = _encodings_problem(stored, bit_length, stored.rows_in(removed))
+            if problem:
+                problems.append(f"upload {upload_id}: {problem}")
     names = {name for _, name, *_ in recorded} | _appended_files(conn)
     problems += [
         f"{ENCODINGS_DIR}/{path.name}: no upload records this file (orphan)"
@@ -146,25 +154,48 @@ def _appended_files(conn: sqlite3.Connection) -> set[str]:
     return {name for (name,) in rows}
 
 
-def _encodings_problem(
-    path: Path, count: int, bit_length: int, content_sha256: bytes
-) -> str | None:
-    """What is wrong with one committed encodings file, if anything."""
+def _stored(
+    conn: sqlite3.Connection,
+    data_dir: Path,
+    upload_id: str,
+    name: str,
+    count: int,
+    content_sha256: bytes,
+) -> tuple[list[StoredFile], np.ndarray]:
+    """An upload's stored files (its own, then those its custodian updates appended) and the
+    rows its updates removed."""
+    try:
+        files = stored_files(conn, data_dir / ENCODINGS_DIR, upload_id)
+        return files, committed_removals(conn, upload_id)
+    except sqlite3.OperationalError:  # a database from before erasures, not opened since
+        path = data_dir / ENCODINGS_DIR / name
+        return [StoredFile(path, 0, count, content_sha256, np.empty(0, np.int64))], np.empty(0)
+
+
+def _encodings_problem(stored: StoredFile, bit_length: int, removed: np.ndarray) -> str | None:
+    """What is wrong with one committed encodings file, if anything: its payload, with the
+    records its recorded hash has erased read as zeros, must have that hash, and the records
+    of rows the custodian removed (`removed`) must be zeros, with that hash in the header."""
+    path = stored.path
     if not path.is_file():
         return f"encodings file {path.name} is missing"
     try:
-        header = read_header(path)
+        header, (digest,) = payload_hashes(path, stored.applied)
     except EncodingsFileError as exc:
         return str(exc)
-    if (header.count, header.bit_length) != (count, bit_length):
+    if (header.count, header.bit_length) != (stored.records, bit_length):
         return (
             f"file header says {header.count} encodings of {header.bit_length} bits; the "
-            f"database records {count} of {bit_length}"
+            f"database records {stored.records} of {bit_length}"
         )
-    digest = hashlib.sha256()
-    for chunk in iter_payload_chunks(path, _READ_BYTES):
-        digest.update(chunk)
-    if digest.digest() != content_sha256 or header.content_sha256 != content_sha256:
+    if digest != stored.sha256:
+        return "content hash does not match the recorded content_sha256 (corrupt or altered)"
+    if len(removed) and (still_held(path, removed) or header.content_sha256 != stored.sha256):
+        return (
+            f"{path.name} still holds records of the {len(removed)} rows the custodian removed "
+            "from it: not yet erased (the server erases them when it starts)"
+        )
+    if header.content_sha256 != stored.sha256:
         return "content hash does not match the recorded content_sha256 (corrupt or altered)"
     return None
 

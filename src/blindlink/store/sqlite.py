@@ -11,6 +11,9 @@ Invariants:
   place, its audit entry) after its index version was built; at start-up only each live upload's
   current version stays in index/, so a crash leaves the version before the update or after it.
   Deleting the custodian's encodings deletes its updates' appended files too.
+- The records of rows a committed update removed are then overwritten with zeros in the files
+  that hold them (erasure.py; the hashes the files have once erased are recorded in the update's
+  transaction) and a `rows_erased` entry is appended; at start-up, rows not erased yet are.
 - A run's matches are stored in the transaction that marks it done: a run is either done with
   all its matches or not done.
 - Reads are per project (and per run); what a party may see is the caller's policy.
@@ -32,7 +35,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +56,7 @@ from blindlink.audit.checkpoint import (
     write_checkpoint,
 )
 from blindlink.audit.commitments import commitment_key, match_set_sha256
-from blindlink.errors import BlindlinkError
+from blindlink.errors import BlindlinkError, EncodingsFileError
 from blindlink.index.layout import index_name
 from blindlink.matching.decision import Decisions, DecisionSummary, PairStatus
 from blindlink.security.keys import public_key_text
@@ -67,6 +70,12 @@ from blindlink.store.directory import (
     lock_data_dir,
     make_private,
     sync_to_disk,
+)
+from blindlink.store.erasure import (
+    committed_removals,
+    erase_records,
+    erased_hashes,
+    stored_files,
 )
 
 SCHEMA = """
@@ -83,7 +92,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     bit_length INTEGER NOT NULL,
     content_sha256 BLOB NOT NULL,
     file TEXT,  -- NULL once the encodings were deleted
-    committed_at REAL NOT NULL
+    committed_at REAL NOT NULL,
+    erased_sha256 BLOB  -- the file's payload hash once removed rows are erased (erasure.py)
 );
 CREATE INDEX IF NOT EXISTS uploads_by_project ON uploads(project_id, party);
 CREATE TABLE IF NOT EXISTS runs (
@@ -112,7 +122,8 @@ CREATE TABLE IF NOT EXISTS matches (
 );
 CREATE INDEX IF NOT EXISTS matches_by_run ON matches(run_id);
 -- The custodian's updates of its live upload: version 1, 2, ... in order; appended records get
--- the rows after the last one, removed rows stay numbered (blindlink.index applies them).
+-- the rows after the last one, removed rows stay numbered (blindlink.index applies them), and
+-- their records are erased from the files that hold them once the update is committed.
 CREATE TABLE IF NOT EXISTS custodian_updates (
     update_id TEXT PRIMARY KEY,
     upload_id TEXT NOT NULL REFERENCES uploads(upload_id) ON DELETE CASCADE,
@@ -121,6 +132,8 @@ CREATE TABLE IF NOT EXISTS custodian_updates (
     removed_rows BLOB NOT NULL,  -- int64 little-endian
     file TEXT,  -- the appended encodings; NULL when none were appended or they were deleted
     committed_at REAL NOT NULL,
+    erased_sha256 BLOB,  -- as uploads.erased_sha256, for the appended file
+    erased_at REAL,  -- when its removed rows were erased from every file; NULL until then
     UNIQUE (upload_id, version)
 );
 CREATE TABLE IF NOT EXISTS releases (
@@ -242,6 +255,25 @@ def _add_decisions(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE matches ADD COLUMN probability REAL")
 
 
+def _record_erased_hashes(db: sqlite3.Connection, erased: Mapping[Path, bytes]) -> None:
+    for path, sha256 in erased.items():
+        for table in ("uploads", "custodian_updates"):
+            db.execute(f"UPDATE {table} SET erased_sha256=? WHERE file=?", (sha256, path.name))
+
+
+def _add_erasures(db: sqlite3.Connection) -> None:
+    """Databases from before removed rows were erased from the files: their erasures are
+    pending (the store records the files' hashes and erases them at start)."""
+    for table, columns in (
+        ("uploads", ("erased_sha256 BLOB",)),
+        ("custodian_updates", ("erased_sha256 BLOB", "erased_at REAL")),
+    ):
+        held = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        for column in columns:
+            if held and column.split()[0] not in held:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
 def _add_batch_ids(db: sqlite3.Connection) -> None:
     """Databases from before runs had IDs of their own: a run's ID was its batch's upload ID."""
     columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
@@ -288,6 +320,7 @@ class Store:
         self._db.execute("PRAGMA secure_delete=ON")
         _add_batch_ids(self._db)
         _add_decisions(self._db)
+        _add_erasures(self._db)
         add_project_links(self._db)
         self._db.executescript(SCHEMA + AUDIT_SCHEMA)
         self._checkpoint_path = self.data_dir / CHECKPOINT_NAME
@@ -298,6 +331,7 @@ class Store:
             raise
         self._appended: list[AuditEntry] = []  # by the transaction in progress
         self._remove_orphan_files()
+        self._complete_erasures()
 
     def _open_checkpoint(self) -> Checkpoint:
         """Check the log against its checkpoint, then write the checkpoint of the log as it is
@@ -550,7 +584,8 @@ class Store:
                 os.replace(path, final)
                 sync_to_disk(self.encodings_dir)
                 db.execute(
-                    "INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO uploads (upload_id, project_id, party, count, bit_length, "
+                    "content_sha256, file, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         upload_id,
                         project_id,
@@ -663,10 +698,13 @@ class Store:
         removed_rows: np.ndarray,
         check_limits: Callable[[list[tuple[float, int]]], None],
         details: dict[str, Any],
+        erased: Mapping[Path, bytes],
     ) -> AuditEntry:
         """Record update `version` of the custodian's `upload`, moving the verified file of
         appended encodings at `appended` (if any) into place, atomically, with a
-        `custodian_updated` entry holding `details`.
+        `custodian_updated` entry holding `details` and the hashes the files holding
+        `removed_rows` will have once they are erased (`erased`, from `erasure_hashes`):
+        `erase_removed_rows` erases them next.
 
         MUST raise NotFound, storing nothing, when the upload's encodings were deleted or its
         project meanwhile, and AlreadyExists when another update took `version` first.
@@ -695,7 +733,8 @@ class Store:
                     os.replace(appended, final)
                     sync_to_disk(self.encodings_dir)
                 db.execute(
-                    "INSERT INTO custodian_updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO custodian_updates (update_id, upload_id, version, appended, "
+                    "removed_rows, file, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         update_id,
                         upload.upload_id,
@@ -706,6 +745,7 @@ class Store:
                         time.time(),
                     ),
                 )
+                _record_erased_hashes(db, erased)
                 return self._audit(
                     db,
                     "custodian_updated",
@@ -719,6 +759,78 @@ class Store:
             if final is not None:
                 final.unlink(missing_ok=True)
             raise
+
+    def erasure_hashes(self, upload_id: str, removed: np.ndarray) -> dict[Path, bytes]:
+        """Per stored file of a custodian upload holding one of the rows `removed`, its hash
+        once they are erased (for `commit_custodian_update`); EncodingsFileError if the file
+        does not match its recorded hash."""
+        with self._lock:
+            files = stored_files(self._db, self.encodings_dir, upload_id)
+        return erased_hashes(files, removed)
+
+    def erase_removed_rows(self, upload_id: str) -> list[AuditEntry]:
+        """Overwrite with zeros the records of the rows the committed updates of a custodian
+        upload removed, in every stored file that holds them, then record each update whose
+        rows were not erased yet as erased, with a `rows_erased` entry (the update, how many
+        rows and files; no record content). Idempotent: after a crash the next start finishes
+        it. An update from before erasures gets its files' erased hashes recorded first."""
+        with self._lock:
+            pending = self._db.execute(
+                "SELECT c.update_id, c.version, c.removed_rows, u.project_id FROM "
+                "custodian_updates c JOIN uploads u USING (upload_id) WHERE c.upload_id=? AND "
+                "u.file IS NOT NULL AND c.erased_at IS NULL AND length(c.removed_rows) > 0 "
+                "ORDER BY c.version",
+                (upload_id,),
+            ).fetchall()
+            files = stored_files(self._db, self.encodings_dir, upload_id)
+            removed = committed_removals(self._db, upload_id)
+        if not pending:
+            return []
+        unrecorded = [f for f in files if len(np.setdiff1d(f.rows_in(removed), f.applied))]
+        if unrecorded:
+            with self._transaction() as db:
+                _record_erased_hashes(db, erased_hashes(unrecorded, removed))
+            with self._lock:
+                files = stored_files(self._db, self.encodings_dir, upload_id)
+        for stored in files:
+            if len(stored.applied):
+                erase_records(stored.path, stored.applied, stored.sha256)
+        entries = []
+        with self._transaction() as db:
+            for update_id, version, rows, project_id in pending:
+                rows = np.frombuffer(rows, "<i8")
+                db.execute(
+                    "UPDATE custodian_updates SET erased_at=? WHERE update_id=?",
+                    (time.time(), update_id),
+                )
+                details = {
+                    "update_id": update_id,
+                    "upload_id": upload_id,
+                    "version": version,
+                    "erased": len(rows),
+                    "files": sum(bool(len(f.rows_in(rows))) for f in files),
+                }
+                entries.append(self._audit(db, "rows_erased", project_id, "custodian", details))
+        return entries
+
+    def _complete_erasures(self) -> None:
+        """Erase the removed rows that updates committed before a crash left in the files."""
+        uploads = self._read(
+            "SELECT DISTINCT c.upload_id FROM custodian_updates c JOIN uploads u USING "
+            "(upload_id) WHERE u.file IS NOT NULL AND c.erased_at IS NULL AND "
+            "length(c.removed_rows) > 0"
+        )
+        for (upload_id,) in uploads:
+            try:
+                erased = self.erase_removed_rows(upload_id)
+            except (OSError, EncodingsFileError) as exc:
+                log.error("removed rows of upload %s not erased: %s", upload_id[:12], exc)
+                continue
+            log.info(
+                "erased the rows %d committed custodian updates of upload %s removed",
+                len(erased),
+                upload_id[:12],
+            )
 
     def upload(self, upload_id: str) -> UploadRecord | None:
         rows = self._read("SELECT project_id FROM uploads WHERE upload_id=?", (upload_id,))
