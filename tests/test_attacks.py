@@ -10,6 +10,7 @@ from blindlink.attacks import AttackResult, pattern_mining_attack, seeded_simila
 from blindlink.attacks.block_frequency import attackable, block_frequency_attack
 from blindlink.attacks.name_tables import build_table
 from blindlink.attacks.plaintext import tokenize, weighted_dice
+from blindlink.attacks.similarity_graph import link_by_profiles
 from blindlink.benchmarking.record_pairs import LinkedPair, generated_pair
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.hardening import encode_with_steps
@@ -78,6 +79,18 @@ def test_pattern_mining_beats_guessing_on_unhardened_encodings(
         encode_with_steps(population.custodian, schema, SECRET, DIFFUSION), truth, schema
     )
     assert hardened.reidentification_rate < result.chance_rate
+
+
+def test_profile_linking_stops_when_every_encoding_is_an_anchor(
+    small: LinkedPair, schema: LinkageSchema
+) -> None:
+    """Seeds that cover every encoding leave nothing to link, and the attack says so instead
+    of failing on an empty score matrix."""
+    encodings = encode_with_steps(small.custodian[:20], schema, SECRET, [])
+    bits = np.unpackbits(encodings, axis=1).astype(np.float32)
+    anchors = [(row, row) for row in range(20)]
+    guesses = link_by_profiles(bits, tokenize(small.requester[:30], schema), anchors)
+    assert len(guesses.confident) == 0
 
 
 def test_weighted_dice_weights_tokens_by_their_bits(schema: LinkageSchema) -> None:

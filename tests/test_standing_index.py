@@ -241,7 +241,7 @@ def test_a_server_builds_the_index_at_the_custodians_upload_and_serves_projects_
         built_at = (index / MANIFEST).stat().st_mtime_ns
         path, expected = batches[0]
         assert run_batch(server, parties, project, path) == expected
-        assert expected[1]["rule"].startswith("calibrated on match score")
+        assert expected[1]["rule"].startswith("calibrated on")  # a fitted model decided
         assert (index / MANIFEST).stat().st_mtime_ns == built_at  # read, not rebuilt
     finally:
         for client in parties.values():

@@ -67,6 +67,9 @@ def link_by_profiles(
         free_p = np.setdiff1d(all_plaintext, plain_anchor)
         sub = scores[np.ix_(free_t, free_p)]
         rows, cols = linear_sum_assignment(sub, maximize=True)
+        if not sub.size:  # every record on one side is an anchor already
+            mutual = np.zeros(0, dtype=bool)
+            break
         mutual = (sub.argmax(1)[rows] == cols) & (sub.argmax(0)[cols] == rows)
         if round_ == rounds:
             break

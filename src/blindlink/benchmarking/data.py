@@ -61,7 +61,8 @@ def encoded_pair(
     key_count = len(blocking.keys) if blocking else 0
     if not (directory / "custodian.bin").exists():
         files = generate_datasets(directory, records, overlap, seed, corruption)
-        for role, csv_path in (("requester", files.requester), ("custodian", files.custodian)):
+        roles = (("requester", files.requester), ("custodian", files.custodian))
+        for number, (role, csv_path) in enumerate(roles):
             encode_csv(
                 csv_path,
                 schema,
@@ -70,6 +71,7 @@ def encoded_pair(
                 directory / f"{role}.ids.json",
                 hardening=hardening,
                 blocking=blocking,
+                shuffle_seed=2 * seed + number,  # the same data for the same seed
             )
     arrays = {}
     keys = {}

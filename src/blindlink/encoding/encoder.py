@@ -208,6 +208,7 @@ def encode_csv(
     hardening: list[dict[str, Any]] | None = None,
     blocking: KeyBlocking | None = None,
     columns: Mapping[str, str] | None = None,
+    shuffle_seed: int | None = None,
 ) -> EncodeResult:
     """Check and encode every record of `path`, apply the agreement's hardening steps, append
     its blocking keys to each record, and write the encodings file and the local ID map; raise
@@ -218,7 +219,8 @@ def encode_csv(
     other columns are ignored.
 
     Rows are written in a random order so that a row reference reveals nothing about the
-    record's position in the party's file.
+    record's position in the party's file. `shuffle_seed` makes that order reproducible, for
+    benchmark and test data only: whoever knows the seed knows each row's position.
     """
     layout = read_layout(Path(path), schema, id_column, columns)
     job = _Job(Path(path), schema, secret, hardening or [], blocking, layout)
@@ -239,7 +241,8 @@ def encode_csv(
         for part in parts:
             spool.write(part)
         spool.flush()
-        order = np.random.default_rng(secrets.randbits(128)).permutation(len(job.ids))
+        seed = secrets.randbits(128) if shuffle_seed is None else shuffle_seed
+        order = np.random.default_rng(seed).permutation(len(job.ids))
         header = write_encodings(out, bit_length, origin, _shuffled(spool, bit_length, order))
     ids = job.ids
     write_id_map(id_map_out, IdMap(header.content_sha256.hex(), [ids[i] for i in order]))
