@@ -75,6 +75,8 @@ def test_keys_that_do_not_determine_the_missed_share_give_no_estimate(
     assert missed_share(blocking, shared, np.ones(len(shared))) is None
 
 
-def test_too_few_matches_give_no_estimate() -> None:
+def test_too_few_matches_or_too_many_fields_give_no_estimate() -> None:
     shared = np.ones((10, 4), dtype=bool)
     assert missed_share(DEFAULT_KEYS, shared, np.ones(10)) is None
+    many = KeyBlocking.from_document([[{"field": f"f{i}"}, {"field": f"g{i}"}] for i in range(9)])
+    assert missed_share(many, np.ones((100, 9), dtype=bool), np.ones(100)) is None

@@ -13,7 +13,7 @@ probability, with the unobserved pattern's count part of the fit (a truncated sa
 A key's field counts whole whatever its prefix. Where the keys do not determine the missed
 share (one key, or fields that only ever appear together with the same other fields in a way
 the patterns cannot separate), two fits from different starting points disagree, and no
-estimate is made.
+estimate is made; nor with more than MAX_FIELDS fields in the keys.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ TOLERANCE = 1e-10
 STARTS = (0.6, 0.95)  # agreement rates the two fits start from
 AGREE = 1e-3  # largest difference between the two fits' missed shares that counts as agreement
 MIN_PAIRS = 20.0  # expected matches below this: no estimate
+MAX_FIELDS = 16  # the fit enumerates 2**fields agreement states; more fields: no estimate
 
 
 def missed_share(
@@ -39,9 +40,9 @@ def missed_share(
     """The estimated share of matches that share no blocking key, from the solved pairs'
     shared keys (`shared_keys`: pairs x keys, bool) and match probabilities; None where the
     keys do not determine it or there are too few matches."""
-    if len(blocking.keys) < 2 or probabilities.sum() < MIN_PAIRS:
-        return None
     fields = sorted({part.field for key in blocking.keys for part in key})
+    if len(blocking.keys) < 2 or len(fields) > MAX_FIELDS or probabilities.sum() < MIN_PAIRS:
+        return None
     member = np.array([[f in {p.field for p in key} for f in fields] for key in blocking.keys])
     states = np.array(list(itertools.product((False, True), repeat=len(fields))))
     # Per state of the fields (agree or not), the pattern of shared keys it gives.
