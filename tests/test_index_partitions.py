@@ -104,7 +104,9 @@ def test_each_partition_holds_its_key_values_groups_whole_and_no_others(tmp_path
             assert not seen[key] & set(values)
             seen[key] |= set(values)
             for value in values:
-                rows = members[postings.rows_of(np.array([value], dtype=np.uint64))]
+                rows = members[
+                    postings.rows_in(*postings.ranges(np.array([value], dtype=np.uint64)))
+                ]
                 assert rows.tolist() == np.flatnonzero(keys[:, key] == value).tolist()
     for key in range(3):
         assert seen[key] == set(keys[:, key].tolist()) - {0}

@@ -72,7 +72,7 @@ def test_the_index_holds_the_encodings_and_every_key_values_records(tmp_path: Pa
     for key, postings in enumerate(index.postings):
         assert postings.values.tolist() == sorted(set(keys[:, key].tolist()) - {0})
         for value in postings.values:
-            rows = postings.rows_of(np.array([value], dtype=np.uint64))
+            rows = postings.rows_in(*postings.ranges(np.array([value], dtype=np.uint64)))
             assert rows.tolist() == np.flatnonzero(keys[:, key] == value).tolist()
     # A batch's candidates: every custodian record sharing any key value with it, in order.
     batch = keys[[7, 1_500]].copy()

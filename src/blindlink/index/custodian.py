@@ -47,10 +47,6 @@ class Postings:
         found = self.values[at] == wanted
         return np.where(found, self.offsets[at], 0), np.where(found, self.offsets[at + 1], 0)
 
-    def rows_of(self, wanted: np.ndarray) -> np.ndarray:
-        """The custodian rows that have any value in `wanted`, grouped by value."""
-        return self.rows_in(*self.ranges(wanted))
-
     def rows_in(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """The custodian rows in `rows[starts[i]:ends[i]]` for every i, in that order."""
         counts = ends - starts
