@@ -395,5 +395,7 @@ def test_recall_estimates_count_the_partners_blocking_never_compared(tmp_path: P
     assert decisions.estimates is not None and compared_only.estimates is not None
     assert abs(decisions.estimates.recall - recall) <= 0.01
     assert compared_only.estimates.recall - recall > 0.02
-    # The same pairs are released: only the count of partners changes.
+    # The same pairs are released: only the count of partners changes, and the run says so.
     assert np.array_equal(decisions.status, compared_only.status)
+    assert "partners sharing no blocking key, never compared: about " in decisions.note
+    assert "never compared" not in compared_only.note

@@ -229,6 +229,8 @@ def decide(
                 scored, choice = with_keys, keyed_choice
     solved, probabilities = scored.solved, scored.probabilities
     threshold, note = choice.threshold, choice.note
+    if uncompared is not None and scored.fitted:
+        note += f"; partners sharing no blocking key, never compared: about {uncompared:.1%}"
     matched = (scored.scores >= threshold) & scored.eligible
     possible = np.zeros(len(solved), dtype=bool)
     if rule.possible_band is not None and scored.fitted:
