@@ -91,11 +91,11 @@ def test_a_new_index_version_holds_the_final_records_and_a_run_keeps_the_one_it_
     assert np.array_equal(updated.encodings[rows], pair.custodian[rows])
     # The counts of the batch's key values read from the postings are the final records'.
     final_counts = custodian_key_counts(batch, pair.custodian_keys[kept])
-    assert np.array_equal(updated.key_counts(batch), final_counts)
+    assert np.array_equal(updated.look_up(batch)[1], final_counts)
     assert np.array_equal(
         updated.batch(pair.requester[:500], batch).shared.key_counts, final_counts
     )
-    assert not np.array_equal(before.key_counts(batch), final_counts)
+    assert not np.array_equal(before.look_up(batch)[1], final_counts)
     # A run that opened version 0 keeps reading it after the update retired it.
     expected = before.batch(pair.requester[:500], batch).custodian_rows
     shutil.rmtree(tmp_path / "u")

@@ -83,7 +83,7 @@ def test_the_index_holds_the_encodings_and_every_key_values_records(tmp_path: Pa
     assert index.candidate_rows(batch).tolist() == expected.tolist()
     # The custodian's count of each of the batch's key values, read from the postings, is the
     # one counted among its records (0 for a value it lacks, and for no value).
-    counts = index.key_counts(batch)
+    counts = index.look_up(batch)[1]
     assert counts.tolist() == custodian_key_counts(batch, keys).tolist()
     assert counts[1, 2] == 0 and counts[0].min() > 0
     # Only the server's user can read it.

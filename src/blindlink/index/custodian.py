@@ -107,14 +107,10 @@ class CustodianIndex:
         a requester record; `requester_keys` is (records, keys), 0 where a record has none."""
         return self.look_up(requester_keys)[0]
 
-    def key_counts(self, requester_keys: np.ndarray) -> np.ndarray:
-        """Per requester record and key, how many custodian records have its value, from the
-        postings' offsets (as blocking.custodian_key_counts counts them among the records)."""
-        return self.look_up(requester_keys)[1]
-
     def look_up(self, requester_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`candidate_rows` and `key_counts`, from one search of each key's postings for the
-        batch's distinct values."""
+        """`candidate_rows`, and per requester record and key how many custodian records have
+        its value, read from the postings' offsets (as blocking.custodian_key_counts counts
+        them among the records): one search of each key's postings for the batch's values."""
         found = [np.empty(0, dtype=np.int64)]
         counts = np.empty(requester_keys.shape, dtype=np.int64)
         for key, postings in enumerate(self.postings):

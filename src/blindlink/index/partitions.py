@@ -159,12 +159,8 @@ def gather_on_partition(directory: str, requester_keys: np.ndarray) -> tuple[np.
     partition's records with its value (every record with it: a value's group is whole in its
     partition)."""
     partition = _partition(directory)
-    local = partition.index.candidate_rows(requester_keys)
-    return (
-        np.asarray(partition.members[local]),
-        np.asarray(partition.index.keys[local]),
-        partition.index.key_counts(requester_keys),
-    )
+    local, counts = partition.index.look_up(requester_keys)
+    return np.asarray(partition.members[local]), np.asarray(partition.index.keys[local]), counts
 
 
 def run_on_partition(

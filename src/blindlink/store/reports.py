@@ -242,7 +242,7 @@ def _custodian_counts(
     except IndexUnusable:
         usable = False
     if usable:
-        return index.key_counts
+        return lambda batch: index.look_up(batch)[1]
     if version:
         raise BlindlinkError(
             f"project's custodian encodings were updated, and their index (version {version}) "
