@@ -146,7 +146,7 @@ class RunQueue:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._progress: dict[str, RunProgress] = {}
         self._current = ""
-        self._lock = threading.Condition()  # notified when any run's progress changes
+        self._lock = threading.Condition()  # notified when a run's state or stage changes
         self._changes = 0
         self._stopping = threading.Event()
         self._interrupt = threading.Event()
@@ -197,20 +197,24 @@ class RunQueue:
             return sum(p.state == QUEUED for p in self._progress.values())
 
     def changes(self) -> int:
-        """How many times runs' progress changed so far (see wait_for_change)."""
+        """How many times a run changed state or stage so far (see wait_for_change)."""
         with self._lock:
             return self._changes
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
-        """Whether runs' progress changed after `seen` changes (a run progressed, or finished
-        or failed and was stored) within `timeout` seconds; returns as soon as it does."""
+        """Whether a run changed state or stage after `seen` changes (it was queued, started,
+        moved to another stage, or finished or failed and was stored) within `timeout`
+        seconds; returns as soon as one does. Progress within a stage (work done, time left)
+        wakes no one: it is published at every task, and watchers read it at their pace."""
         with self._lock:
             return self._lock.wait_for(lambda: self._changes != seen, timeout)
 
     def _set(self, run_id: str, progress: RunProgress) -> None:
         with self._lock:
+            before = self._progress.get(run_id)
             self._progress[run_id] = progress
-            self._changed()
+            if before is None or (before.state, before.stage) != (progress.state, progress.stage):
+                self._changed()
 
     def _forget(self, run_id: str) -> None:
         with self._lock:

@@ -74,8 +74,8 @@ from blindlink.store.sqlite import (
 log = logging.getLogger("blindlink.server")
 
 MAX_AGREEMENT_BYTES = 1 << 20
-# A run's watch wakes when its progress changes; at the latest after this, to notice a client
-# gone or the server stopping.
+# A run's watch wakes when a run changes state or stage; at the latest after this, to show
+# progress within a stage and to notice a client gone or the server stopping.
 WATCH_INTERVAL_S = 0.2
 PROGRESS_PARTS = 1000  # a run's progress is shown to parties in thousandths
 
