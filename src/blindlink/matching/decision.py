@@ -201,15 +201,15 @@ def decide(
 ) -> Decisions:
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
 
-    With a calibrated rule and the parties' blocking keys (`keys`),
-    pairs are also scored by a Fellegi-Sunter model of their Dice score and the keys they
-    share, and the run decides on that score where the match model expects its threshold to
-    meet the target better than Dice's (measured on 10,000-record batches against a million
-    heavily corrupted records, a tenth with a partner: the keys' model, fitted on few
-    matches, would have released at an estimated F* of 0.65 against Dice's 0.81, true 0.57
-    against 0.72); otherwise the threshold applies to Dice. With keyed `blocking`, the
-    estimated number of requester records with a partner includes the partners that share no
-    key (never compared), where the keys determine how many there are (blocking_loss.py)."""
+    With a calibrated rule and the parties' blocking keys (`keys`), pairs are also scored by
+    a Fellegi-Sunter model of their Dice score and the keys they share, and the run decides
+    on that score where the match model expects its threshold to meet the target better
+    than Dice's (measured on 10,000-record batches against a million heavily corrupted
+    records, a tenth with a partner: the keys' model, fitted on few matches, would have
+    released at an estimated F* of 0.65 against Dice's 0.81, true 0.57 against 0.72);
+    otherwise the threshold applies to Dice. With keyed `blocking`, the estimated number of
+    requester records with a partner includes the partners that share no key (never
+    compared), where the keys determine how many there are (blocking_loss.py)."""
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
