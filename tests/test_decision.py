@@ -14,7 +14,13 @@ from blindlink.benchmarking.calibration import calibrated_rule
 from blindlink.benchmarking.data import encoded_pair
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching.blocking import KeyBlocking
-from blindlink.matching.decision import Decisions, PairStatus, decide, link
+from blindlink.matching.decision import (
+    Decisions,
+    DecisionSummary,
+    PairStatus,
+    decide,
+    link,
+)
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
 from blindlink.matching.evidence import PairEvidence, PartyKeys
 from blindlink.matching.executors import SerialExecutor
@@ -218,7 +224,54 @@ def test_summary_holds_aggregates_only() -> None:
     candidates, _ = simulated_run(8, 1000, 400, _well_separated)
     summary = decide(candidates, 1000, CALIBRATED).summary().to_dict()
     assert set(summary) == {"threshold", "rule", "matches", "withheld", "possible", "estimates"}
-    assert set(summary["estimates"]) == {"precision", "recall", "f_star"}
+    assert set(summary["estimates"]) == {
+        f"{name}{suffix}"
+        for name in ("precision", "recall", "f_star")
+        for suffix in ("", "_interval")
+    }
+    # Each interval is two numbers in [0, 1]: nothing per record.
+    for name in ("precision", "recall", "f_star"):
+        low, high = summary["estimates"][f"{name}_interval"]
+        assert 0.0 <= low <= high <= 1.0
+
+
+def test_estimates_intervals_hold_the_truth_and_narrow_with_more_matches() -> None:
+    """The intervals show how far the estimates move with which records were in the run and
+    which released pairs are matches: with overlapping scores (seeds 1 to 3) they hold the
+    true precision to 0.005 and the true recall to 0.01 (the model's own bias: partners that
+    score like non-matches are counted as records without one), and they are wider with 300
+    matches among 2000 records than with 1000."""
+    widths = {}
+    for matched in (300, 1000):
+        for seed in (1, 2, 3):
+            candidates, truth = simulated_run(seed, 2000, matched, _overlapping)
+            decisions = decide(candidates, 2000, CALIBRATED)
+            precision, recall = _true_quality(decisions, truth)
+            estimates = decisions.estimates
+            assert estimates is not None
+            assert estimates.precision_interval is not None
+            assert estimates.recall_interval is not None
+            low, high = estimates.precision_interval
+            assert low - 0.005 <= precision <= high + 0.005
+            low, high = estimates.recall_interval
+            assert low - 0.01 <= recall <= high + 0.01
+            widths.setdefault(matched, []).append(
+                estimates.recall_interval[1] - estimates.recall_interval[0]
+            )
+    assert min(widths[300]) > max(widths[1000])
+
+
+def test_estimates_read_back_from_a_summary_with_or_without_intervals() -> None:
+    candidates, _ = simulated_run(8, 1000, 400, _well_separated)
+    summary = decide(candidates, 1000, CALIBRATED).summary()
+    again = DecisionSummary.from_dict(summary.to_dict())
+    assert again == DecisionSummary.from_dict(again.to_dict())
+    assert again.estimates is not None and again.estimates.recall_interval is not None
+    older = summary.to_dict()  # as decisions were recorded before intervals existed
+    older["estimates"] = {k: older["estimates"][k] for k in ("precision", "recall", "f_star")}
+    read = DecisionSummary.from_dict(older).estimates
+    assert read is not None and read.recall_interval is None
+    assert read.recall == older["estimates"]["recall"]
 
 
 def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -> None:

@@ -37,10 +37,12 @@ from blindlink.matching.executors import Executor
 from blindlink.matching.linkage import Matches, ambiguous, pair_values, solve_one_to_one
 from blindlink.matching.match_model import (
     RANKED,
+    RESAMPLING_SEED,
     MatchModel,
     ModelUnfit,
     RecordScores,
     fit_match_model,
+    resampled_models,
 )
 from blindlink.matching.rules import (
     STEP,
@@ -71,13 +73,48 @@ class PairStatus(IntEnum):
     POSSIBLE = 2  # in the possible-match band
 
 
+# The estimates' intervals hold this central share of the resampled models' estimates.
+INTERVAL = 0.9
+
+Interval = tuple[float, float]
+
+
 @dataclass(frozen=True)
 class Estimates:
-    """The model's estimates for the released matches of a run."""
+    """The model's estimates for the released matches of a run, each with an interval: the
+    central INTERVAL of the estimates of the model refitted to resamplings of the run's
+    records (match_model.resampled_models). An interval shows how far the estimate moves with
+    which records happened to be in the run, not the model's own bias (the limits in
+    match_model's docstring). Decisions recorded before intervals existed have none."""
 
     precision: float
     recall: float
     f_star: float
+    precision_interval: Interval | None = None
+    recall_interval: Interval | None = None
+    f_star_interval: Interval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            name: None if value is None else _rounded(value) for name, value in vars(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Estimates:
+        intervals = (
+            _interval(data.get(f"{name}_interval")) for name in ("precision", "recall", "f_star")
+        )
+        return cls(data["precision"], data["recall"], data["f_star"], *intervals)
+
+
+def _rounded(value: float | Interval) -> float | list[float]:
+    if isinstance(value, tuple):
+        return [round(v, 4) for v in value]
+    return round(value, 4)
+
+
+def _interval(value: list[float] | None) -> Interval | None:
+    return None if value is None else (float(value[0]), float(value[1]))
 
 
 @dataclass(frozen=True)
@@ -129,9 +166,7 @@ class DecisionSummary:
             "matches": self.matches,
             "withheld": self.withheld,
             "possible": self.possible,
-            "estimates": None
-            if estimates is None
-            else {k: round(v, 4) for k, v in vars(estimates).items()},
+            "estimates": None if estimates is None else estimates.to_dict(),
         }
 
     @classmethod
@@ -143,7 +178,7 @@ class DecisionSummary:
             data["matches"],
             data["withheld"],
             data["possible"],
-            None if estimates is None else Estimates(**estimates),
+            None if estimates is None else Estimates.from_dict(estimates),
         )
 
 
@@ -216,9 +251,11 @@ def decide(
         candidates.custodian_rows,
     )
     solved_all = solve_one_to_one(sim, rows0, rows1)
-    by_dice, unfit = _dice_model(candidates, solved_all, requester_records)
+    dice_scores = RecordScores.after_solving(sim, rows0, rows1, solved_all, requester_records)
+    by_dice, unfit = _fitted(dice_scores)
     uncompared = _uncompared(solved_all, keys, blocking, by_dice)
-    scored = _scored_by_dice(solved_all, rule, by_dice, unfit).with_uncompared(uncompared)
+    scored = _scored_by_dice(solved_all, rule, by_dice, unfit, dice_scores)
+    scored = scored.with_uncompared(uncompared)
     choice = _threshold(rule, scored)
     if keys is not None and by_dice is not None and isinstance(rule.threshold, CalibratedThreshold):
         with_keys = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0])
@@ -250,9 +287,7 @@ def decide(
     status[matched] = PairStatus.MATCH
     status[withheld] = PairStatus.WITHHELD
     released = status == PairStatus.MATCH
-    estimates = (
-        _estimates(probabilities[released], scored.matched_records) if scored.fitted else None
-    )
+    estimates = _estimates(scored, released) if scored.fitted else None
     keep = status >= 0
     return Decisions(
         solved.requester_rows[keep],
@@ -286,6 +321,8 @@ class _Scored:
     eligible: np.ndarray
     scale: str  # what the threshold applies to
     unfit: str  # why no model was fitted, "" if one was
+    fitted_to: RecordScores | None = None  # what the model was fitted to
+    uncompared: float = 0.0  # the estimated share of partners never compared
 
     @property
     def fitted(self) -> bool:
@@ -295,7 +332,7 @@ class _Scored:
         """The records with a partner counted again, if a `share` of them was never compared."""
         if share is None or not self.fitted:
             return self
-        return replace(self, matched_records=self.matched_records / (1.0 - share))
+        return replace(self, matched_records=self.matched_records / (1.0 - share), uncompared=share)
 
 
 def _uncompared(
@@ -313,18 +350,8 @@ def _uncompared(
     return missed_share(blocking, shared, model.probability(solved.similarities))
 
 
-def _dice_model(
-    candidates: Candidates, solved: Matches, requester_records: int
-) -> tuple[MatchModel | None, str]:
-    """The match model of the candidates' Dice scores after 1:1 solving (`solved`), or None
-    and why it cannot be fitted."""
-    scores = RecordScores.after_solving(
-        candidates.similarities,
-        candidates.requester_rows,
-        candidates.custodian_rows,
-        solved,
-        requester_records,
-    )
+def _fitted(scores: RecordScores) -> tuple[MatchModel | None, str]:
+    """The match model of `scores`, or None and why it cannot be fitted."""
     try:
         return fit_match_model(scores), ""
     except ModelUnfit as reason:
@@ -332,7 +359,11 @@ def _dice_model(
 
 
 def _scored_by_dice(
-    solved_all: Matches, rule: DecisionRule, model: MatchModel | None, unfit: str
+    solved_all: Matches,
+    rule: DecisionRule,
+    model: MatchModel | None,
+    unfit: str,
+    fitted_to: RecordScores,
 ) -> _Scored:
     """Solved pairs scored by Dice, with the model's probabilities (NaN without a model), at
     or above the lowest Dice score the rule could release or call possible."""
@@ -343,7 +374,14 @@ def _scored_by_dice(
         return _Scored(solved, solved.similarities, nothing, 0.0, everyone, DICE, unfit)
     probabilities = model.probability(solved.similarities)
     return _Scored(
-        solved, solved.similarities, probabilities, model.matched_records, everyone, DICE, ""
+        solved,
+        solved.similarities,
+        probabilities,
+        model.matched_records,
+        everyone,
+        DICE,
+        "",
+        fitted_to,
     )
 
 
@@ -391,11 +429,8 @@ def _scored_with_keys(
     by_score = solve_one_to_one(score, rows0, rows1)
     scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys.requester))
     scores = _without_partners(scores, (sim, rows0, rows1), by_score, keys, model)
-    try:
-        fitted = fit_match_model(scores)
-    except ModelUnfit:
-        return None
-    if abs(fitted.matched_records / by_dice.matched_records - 1.0) > MODELS_AGREE:
+    fitted, _ = _fitted(scores)
+    if fitted is None or abs(fitted.matched_records / by_dice.matched_records - 1.0) > MODELS_AGREE:
         return None
     dice = pair_values(sim, rows0, rows1, by_score.requester_rows, by_score.custodian_rows)
     solved = Matches(by_score.requester_rows, by_score.custodian_rows, dice)
@@ -408,6 +443,7 @@ def _scored_with_keys(
         dice >= dice_floor,
         "match score from Dice and shared blocking keys",
         "",
+        scores,
     )
 
 
@@ -495,10 +531,44 @@ def _threshold(rule: DecisionRule, scored: _Scored) -> _Choice:
     )
 
 
-def _estimates(probabilities: np.ndarray, matched_records: float) -> Estimates:
+def _estimates(scored: _Scored, released: np.ndarray) -> Estimates:
+    """The estimates for the `released` of `scored`'s pairs, and their intervals: per model
+    refitted to resampled records, the estimates of one draw of which released pairs are
+    matches (each with its probability), so that they hold the run's realised quality."""
+    point = _quality(scored.probabilities[released], scored.matched_records)
+    if scored.fitted_to is None:
+        return Estimates(*point)
+    models = resampled_models(scored.fitted_to)
+    draws = np.random.default_rng(RESAMPLING_SEED).standard_normal(len(models))
+    replicas = np.array(
+        [
+            _quality(
+                model.probability(scored.scores[released]),
+                model.matched_records / (1.0 - scored.uncompared),
+                draw,
+            )
+            for model, draw in zip(models, draws, strict=True)
+        ]
+    ).reshape(-1, 3)
+    if not len(replicas):
+        return Estimates(*point)
+    tail = (1.0 - INTERVAL) / 2
+    low, high = np.quantile(replicas, [tail, 1.0 - tail], axis=0)
+    intervals = [(float(lo), float(hi)) for lo, hi in zip(low, high, strict=True)]
+    return Estimates(*point, *intervals)
+
+
+def _quality(
+    probabilities: np.ndarray, matched_records: float, draw: float = 0.0
+) -> tuple[float, float, float]:
+    """Estimated precision, recall and F* of released pairs with these match probabilities,
+    when `matched_records` requester records have a partner. With `draw` (a standard normal
+    value), the number of true matches among them is that draw of its distribution (normal
+    approximation) rather than its expectation."""
     released = len(probabilities)
-    true = float(probabilities.sum())
+    spread = float(np.sqrt((probabilities * (1.0 - probabilities)).sum()))
+    true = float(np.clip(probabilities.sum() + draw * spread, 0.0, released))
     precision = true / released if released else 1.0
     recall = min(true / matched_records, 1.0) if matched_records > 0 else 1.0
     denominator = released + matched_records - true
-    return Estimates(precision, recall, true / denominator if denominator > 0 else 1.0)
+    return precision, recall, true / denominator if denominator > 0 else 1.0

@@ -67,6 +67,9 @@ TAIL_SAMPLES = 60.0
 # the shape bounded at -0.25 rather than -0.5, F* fell 0.034 at 1M.
 SHAPE_SAMPLES = 200.0
 MIN_SHAPE = -0.5
+# The estimates' intervals: the model refitted to this many resamplings of the records.
+REPLICATES = 50
+RESAMPLING_SEED = 20261202
 
 
 class ModelUnfit(Exception):
@@ -161,17 +164,54 @@ class MatchModel:
 
 
 def fit_match_model(scores: RecordScores) -> MatchModel:
-    """Fit the model to one run's scores; raises ModelUnfit when they cannot support one.
+    """Fit the model to one run's scores; raises ModelUnfit when they cannot support one."""
+    model = _fit(_joint_histogram(scores), _start_bin(scores))
+    _check_separation(
+        scores, model.probabilities[score_bins(scores.top)] >= 0.5, model.matched_records
+    )
+    return model
 
-    A record's weight depends only on its best score's bin, so the work is on the joint
-    histogram of (best bin, runner-up bin), whatever the number of records."""
+
+def resampled_models(scores: RecordScores, replicates: int = REPLICATES) -> list[MatchModel]:
+    """The model refitted to `replicates` resamplings of the requester records (drawn with
+    replacement, as many as there are; a fixed seed, so deterministic), leaving out those that
+    cannot be fitted: how much the model's estimates owe to which records happened to be in
+    the run. The resamplings keep the run's own separation check: they are the same run."""
+    joint = _joint_histogram(scores)
+    start = _start_bin(scores)
+    total = joint.sum()
+    draws = np.random.default_rng(RESAMPLING_SEED).multinomial(
+        int(total), joint.ravel() / total, size=replicates
+    )
+    models = []
+    for draw in draws:
+        try:
+            models.append(_fit(draw.reshape(BINS, BINS).astype(np.float64), start))
+        except ModelUnfit:
+            continue
+    return models
+
+
+def _joint_histogram(scores: RecordScores) -> np.ndarray:
+    """Records per (best bin, runner-up bin). A record's weight depends only on its best
+    score's bin, so the fit works on this histogram, whatever the number of records."""
     best_bins, runner_bins = score_bins(scores.best), score_bins(scores.runner_up)
-    records = len(best_bins)
     joint = np.bincount(best_bins * BINS + runner_bins, minlength=BINS * BINS)
-    joint = joint.reshape(BINS, BINS).astype(np.float64)
+    return joint.reshape(BINS, BINS).astype(np.float64)
+
+
+def _start_bin(scores: RecordScores) -> int:
+    """The fit starts from the records whose best score lies above this bin: above nearly all
+    runner-ups."""
+    return int(score_bins(np.array([np.quantile(scores.runner_up, 0.99)]))[0])
+
+
+def _fit(joint: np.ndarray, start: int) -> MatchModel:
+    """The model of a (best bin, runner-up bin) histogram, iterated from the records whose
+    best score lies above bin `start`."""
     counts = joint.sum(axis=1)
-    first_bin = int(score_bins(np.array([np.quantile(scores.runner_up, 0.99)]))[0])
-    weights = (np.arange(BINS) > first_bin).astype(np.float64)  # per best bin
+    records = float(counts.sum())
+    weights = (np.arange(BINS) > start).astype(np.float64)  # per best bin
     for _ in range(ITERATIONS):
         runner_ups = weights @ joint  # the weighted runner-ups' histogram
         if runner_ups.sum() < MIN_SUPPORT:
@@ -187,9 +227,7 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
         excess = 1.0 - np.divide(unmatched * non_match, counts, out=np.ones(BINS), where=counts > 0)
         weights = np.clip(_isotonic(excess, counts), 0.0, 1.0)
         weights[0] = 0.0
-    matched = float(counts @ weights)
-    _check_separation(scores, weights[score_bins(scores.top)] >= 0.5, matched)
-    return MatchModel(weights, matched)
+    return MatchModel(weights, float(counts @ weights))
 
 
 def _check_separation(scores: RecordScores, likely: np.ndarray, matched: float) -> None:
