@@ -84,6 +84,13 @@ def test_calibrated_run_reports_its_threshold_and_estimates_to_each_party_and_th
     assert finished.details["estimates"]["precision"] == pytest.approx(
         decision.estimates.precision, abs=1e-4
     )
+    # Each estimate comes with its interval, to the parties and in the log.
+    for name in ("precision", "recall", "f_star"):
+        interval = getattr(decision.estimates, f"{name}_interval")
+        assert decision.estimates.HasField(f"{name}_interval")
+        assert 0.0 <= interval.low <= interval.high <= 1.0
+        logged = finished.details["estimates"][f"{name}_interval"]
+        assert logged == pytest.approx([interval.low, interval.high], abs=1e-4)
 
 
 def test_run_without_enough_matches_falls_back_and_says_why(

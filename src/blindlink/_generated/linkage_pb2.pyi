@@ -218,14 +218,28 @@ class RunDecision(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., rule: _Optional[str] = ..., possible_count: _Optional[int] = ..., estimates: _Optional[_Union[Estimates, _Mapping]] = ...) -> None: ...
 
 class Estimates(_message.Message):
-    __slots__ = ("precision", "recall", "f_star")
+    __slots__ = ("precision", "recall", "f_star", "precision_interval", "recall_interval", "f_star_interval")
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     RECALL_FIELD_NUMBER: _ClassVar[int]
     F_STAR_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    F_STAR_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     precision: float
     recall: float
     f_star: float
-    def __init__(self, precision: _Optional[float] = ..., recall: _Optional[float] = ..., f_star: _Optional[float] = ...) -> None: ...
+    precision_interval: Interval
+    recall_interval: Interval
+    f_star_interval: Interval
+    def __init__(self, precision: _Optional[float] = ..., recall: _Optional[float] = ..., f_star: _Optional[float] = ..., precision_interval: _Optional[_Union[Interval, _Mapping]] = ..., recall_interval: _Optional[_Union[Interval, _Mapping]] = ..., f_star_interval: _Optional[_Union[Interval, _Mapping]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: float
+    high: float
+    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
 
 class GetReleaseRequest(_message.Message):
     __slots__ = ("project_id", "run_id")

@@ -15,6 +15,7 @@ from typing import Any
 from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.errors import InputError
 from blindlink.matching.blocking import describe_key_loads
+from blindlink.matching.decision import Estimates
 from blindlink.security.keys import load_private_key, load_public_key_text
 from blindlink.server.config import read_config_file
 from blindlink.store.directory import SIGNING_KEY_NAME, data_dir_in_use
@@ -165,9 +166,7 @@ def _decision_text(decision: dict[str, Any] | None) -> str:
     quality = (
         "no estimates"
         if estimates is None
-        else "estimated precision {precision:.3f}, recall {recall:.3f}, F* {f_star:.3f}".format(
-            **estimates
-        )
+        else "estimated " + Estimates.from_dict(estimates).text()
     )
     return (
         f"threshold {decision['threshold']} ({decision['rule']}); {decision['possible']} "

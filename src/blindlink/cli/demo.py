@@ -286,7 +286,16 @@ def _decision_json(decision: pb.RunDecision) -> dict[str, object]:
         "possible_matches": decision.possible_count,
         "estimated_precision": None if estimates is None else round(estimates.precision, 4),
         "estimated_recall": None if estimates is None else round(estimates.recall, 4),
+        "estimated_precision_interval": _interval_json(estimates, "precision_interval"),
+        "estimated_recall_interval": _interval_json(estimates, "recall_interval"),
     }
+
+
+def _interval_json(estimates: pb.Estimates | None, name: str) -> list[float] | None:
+    if estimates is None or not estimates.HasField(name):
+        return None
+    interval = getattr(estimates, name)
+    return [round(interval.low, 4), round(interval.high, 4)]
 
 
 def _verify_audit(work: Path, dirs: dict[str, Path]) -> int:
@@ -363,6 +372,10 @@ def _print_summary(summary: dict[str, object]) -> None:
             "  (the run's own estimates, without ground truth)"
         )
     print(f"estimated by the run       {estimated}")
+    intervals = decision["estimated_precision_interval"], decision["estimated_recall_interval"]
+    if all(isinstance(interval, list) for interval in intervals):
+        text = " / ".join(f"{low:.4f}-{high:.4f}" for low, high in intervals)  # type: ignore[union-attr]
+        print(f"  their intervals          {text}  (the estimates' sampling error)")
     print(f"decision                   threshold {decision['threshold']} ({decision['rule']})")
     print(
         f"audit log                  {summary['audit_entries_verified']} entries verified "

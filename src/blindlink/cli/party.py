@@ -17,6 +17,7 @@ from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.model import Agreement
 from blindlink.agreement.signing import parse_signed
 from blindlink.cli.progress import bar
+from blindlink.client.client import estimates_of
 from blindlink.client.linkage_client import ClientTls, LinkageClient, ServerError
 from blindlink.encoding.csv_input import expected_records
 from blindlink.encoding.encoder import encode_csv
@@ -280,8 +281,7 @@ def describe_decision(decision: pb.RunDecision) -> str:
     if decision.possible_count:
         text += f", {decision.possible_count} possible matches withheld"
     if decision.HasField("estimates"):
-        e = decision.estimates
-        text += f"; estimated precision {e.precision:.3f}, recall {e.recall:.3f}, F* {e.f_star:.3f}"
+        text += "; estimated " + estimates_of(decision.estimates).text()
     return text
 
 

@@ -160,9 +160,7 @@ class Client:
             tuple(release.possible_other_rows),
             decision.threshold if decision else None,
             decision.rule if decision else "",
-            Estimates(estimates.precision, estimates.recall, estimates.f_star)
-            if estimates
-            else None,
+            estimates_of(estimates) if estimates else None,
             release.receipt,
         )
 
@@ -174,3 +172,22 @@ class Client:
 def _ids(encoded: Encoded, rows: Sequence[int]) -> tuple[str, ...]:
     """The party's own IDs of released row references."""
     return tuple(IdMap("", list(encoded.ids)).lookup(list(rows)))
+
+
+def estimates_of(message: pb.Estimates) -> Estimates:
+    """A run's estimates as the server sent them (intervals where it sent them)."""
+
+    def interval(name: str) -> tuple[float, float] | None:
+        if not message.HasField(name):
+            return None
+        field = getattr(message, name)
+        return (field.low, field.high)
+
+    return Estimates(
+        message.precision,
+        message.recall,
+        message.f_star,
+        interval("precision_interval"),
+        interval("recall_interval"),
+        interval("f_star_interval"),
+    )

@@ -99,6 +99,18 @@ class Estimates:
             name: None if value is None else _rounded(value) for name, value in vars(self).items()
         }
 
+    def text(self) -> str:
+        """ "precision 0.990 (0.985-0.994), recall ...": each estimate and its interval."""
+        parts = []
+        for label, value, interval in (
+            ("precision", self.precision, self.precision_interval),
+            ("recall", self.recall, self.recall_interval),
+            ("F*", self.f_star, self.f_star_interval),
+        ):
+            bounds = "" if interval is None else f" ({interval[0]:.3f}-{interval[1]:.3f})"
+            parts.append(f"{label} {value:.3f}{bounds}")
+        return ", ".join(parts)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Estimates:
         intervals = (

@@ -44,7 +44,7 @@ from blindlink.errors import AgreementError, EncodingsFileError
 from blindlink.index.build import InvalidUpdate, check_removals
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import IndexUnusable
-from blindlink.matching.decision import DecisionSummary, PairStatus
+from blindlink.matching.decision import DecisionSummary, Estimates, PairStatus
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
@@ -754,14 +754,26 @@ def _decision_message(summary: DecisionSummary) -> pb.RunDecision:
         threshold=summary.threshold, rule=summary.rule, possible_count=summary.possible
     )
     if summary.estimates is not None:
-        decision.estimates.CopyFrom(
-            pb.Estimates(
-                precision=summary.estimates.precision,
-                recall=summary.estimates.recall,
-                f_star=summary.estimates.f_star,
-            )
-        )
+        decision.estimates.CopyFrom(_estimates_message(summary.estimates))
     return decision
+
+
+def _estimates_message(estimates: Estimates) -> pb.Estimates:
+    intervals = {
+        f"{name}_interval": pb.Interval(low=interval[0], high=interval[1])
+        for name, interval in (
+            ("precision", estimates.precision_interval),
+            ("recall", estimates.recall_interval),
+            ("f_star", estimates.f_star_interval),
+        )
+        if interval is not None
+    }
+    return pb.Estimates(
+        precision=estimates.precision,
+        recall=estimates.recall,
+        f_star=estimates.f_star,
+        **intervals,
+    )
 
 
 def _deleted_meanwhile() -> ServiceError:
