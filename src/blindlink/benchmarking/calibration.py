@@ -207,6 +207,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         },
         "oracle": oracle,
         "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
+        "covered": _covered(estimated, true),
         "met": {
             "f_star": oracle["f_star"] - true["f_star"] <= F_STAR_GAP,
             "precision": _within(errors["precision_error"]),
@@ -228,6 +229,21 @@ def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[
     return {
         "precision_error": estimated["precision"] - true["precision"],
         "recall_error": estimated["recall"] - true["recall"],
+    }
+
+
+def _covered(estimated: dict[str, Any] | None, true: dict[str, float]) -> dict[str, Any]:
+    """Per estimate, whether its interval holds the true value (None without one)."""
+    names = ("precision", "recall", "f_star")
+    if estimated is None:
+        return dict.fromkeys(names)
+    return {
+        name: None
+        if estimated[f"{name}_interval"] is None
+        else bool(
+            estimated[f"{name}_interval"][0] <= true[name] <= estimated[f"{name}_interval"][1]
+        )
+        for name in names
     }
 
 
@@ -275,7 +291,21 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
         for target, missed in per_target.items()
     }
     bias = {key: _bias(cases, key) for key in ("precision_error", "recall_error", "f_star")}
-    return {**result, "all_met": not any(per_target.values()), "bias": bias}
+    return {
+        **result,
+        "all_met": not any(per_target.values()),
+        "bias": bias,
+        "intervals_hold_truth": _coverage(cases),
+    }
+
+
+def _coverage(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per estimate, in how many of the cases with an interval it held the true value."""
+    result = {}
+    for name in ("precision", "recall", "f_star"):
+        known = [c["covered"][name] for c in cases if c.get("covered", {}).get(name) is not None]
+        result[name] = {"held": sum(known), "of": len(known)}
+    return result
 
 
 def _bias(cases: list[dict[str, Any]], key: str) -> dict[str, float | None]:
