@@ -25,7 +25,13 @@ from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import parse_schema
 from blindlink.hardening import encode_with_steps
 from blindlink.matching.blocking import KeyBlocking
-from blindlink.matching.decision import PairStatus, blocking_keys, candidates, decide
+from blindlink.matching.decision import (
+    ESTIMATED,
+    PairStatus,
+    blocking_keys,
+    candidates,
+    decide,
+)
 from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import Executor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
@@ -234,16 +240,12 @@ def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[
 
 def _covered(estimated: dict[str, Any] | None, true: dict[str, float]) -> dict[str, Any]:
     """Per estimate, whether its interval holds the true value (None without one)."""
-    names = ("precision", "recall", "f_star")
     if estimated is None:
-        return dict.fromkeys(names)
+        return dict.fromkeys(ESTIMATED)
+    intervals = {name: estimated[f"{name}_interval"] for name in ESTIMATED}
     return {
-        name: None
-        if estimated[f"{name}_interval"] is None
-        else bool(
-            estimated[f"{name}_interval"][0] <= true[name] <= estimated[f"{name}_interval"][1]
-        )
-        for name in names
+        name: None if interval is None else bool(interval[0] <= true[name] <= interval[1])
+        for name, interval in intervals.items()
     }
 
 
@@ -302,7 +304,7 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
 def _coverage(cases: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per estimate, in how many of the cases with an interval it held the true value."""
     result = {}
-    for name in ("precision", "recall", "f_star"):
+    for name in ESTIMATED:
         known = [c["covered"][name] for c in cases if c.get("covered", {}).get(name) is not None]
         result[name] = {"held": sum(known), "of": len(known)}
     return result

@@ -26,6 +26,7 @@ from blindlink.agreement.model import PartyInfo, new_agreement_document
 from blindlink.agreement.signing import SignedAgreement
 from blindlink.audit.export import read_export
 from blindlink.cli.party import describe_decision
+from blindlink.client.client import estimates_of
 from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import default_schema_path, load_schema
@@ -279,23 +280,16 @@ def _run_decision(address: str, pki: PkiFiles, project_id: str) -> pb.RunDecisio
 
 
 def _decision_json(decision: pb.RunDecision) -> dict[str, object]:
-    estimates = decision.estimates if decision.HasField("estimates") else None
+    estimates = estimates_of(decision.estimates).to_dict() if decision.HasField("estimates") else {}
     return {
         "threshold": round(decision.threshold, 4),
         "rule": decision.rule,
         "possible_matches": decision.possible_count,
-        "estimated_precision": None if estimates is None else round(estimates.precision, 4),
-        "estimated_recall": None if estimates is None else round(estimates.recall, 4),
-        "estimated_precision_interval": _interval_json(estimates, "precision_interval"),
-        "estimated_recall_interval": _interval_json(estimates, "recall_interval"),
+        **{
+            f"estimated_{name}": estimates.get(name)
+            for name in ("precision", "recall", "precision_interval", "recall_interval")
+        },
     }
-
-
-def _interval_json(estimates: pb.Estimates | None, name: str) -> list[float] | None:
-    if estimates is None or not estimates.HasField(name):
-        return None
-    interval = getattr(estimates, name)
-    return [round(interval.low, 4), round(interval.high, 4)]
 
 
 def _verify_audit(work: Path, dirs: dict[str, Path]) -> int:

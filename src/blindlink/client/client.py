@@ -15,7 +15,7 @@ from blindlink.client.linkage_client import ClientTls, LinkageClient
 from blindlink.encoded import Encoded
 from blindlink.encoding.id_map import IdMap
 from blindlink.errors import BlindlinkError
-from blindlink.matching.decision import Estimates
+from blindlink.matching.decision import ESTIMATED, Estimates
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -178,16 +178,11 @@ def estimates_of(message: pb.Estimates) -> Estimates:
     """A run's estimates as the server sent them (intervals where it sent them)."""
 
     def interval(name: str) -> tuple[float, float] | None:
-        if not message.HasField(name):
+        if not message.HasField(f"{name}_interval"):
             return None
-        field = getattr(message, name)
+        field = getattr(message, f"{name}_interval")
         return (field.low, field.high)
 
     return Estimates(
-        message.precision,
-        message.recall,
-        message.f_star,
-        interval("precision_interval"),
-        interval("recall_interval"),
-        interval("f_star_interval"),
+        *(getattr(message, name) for name in ESTIMATED), *(interval(name) for name in ESTIMATED)
     )

@@ -77,6 +77,7 @@ class PairStatus(IntEnum):
 INTERVAL = 0.9
 
 Interval = tuple[float, float]
+ESTIMATED = ("precision", "recall", "f_star")  # what Estimates holds, each with an interval
 
 
 @dataclass(frozen=True)
@@ -99,24 +100,24 @@ class Estimates:
             name: None if value is None else _rounded(value) for name, value in vars(self).items()
         }
 
+    def interval(self, name: str) -> Interval | None:
+        """The interval of the estimate `name` (one of ESTIMATED)."""
+        interval: Interval | None = getattr(self, f"{name}_interval")
+        return interval
+
     def text(self) -> str:
         """ "precision 0.990 (0.985-0.994), recall ...": each estimate and its interval."""
         parts = []
-        for label, value, interval in (
-            ("precision", self.precision, self.precision_interval),
-            ("recall", self.recall, self.recall_interval),
-            ("F*", self.f_star, self.f_star_interval),
-        ):
+        for label, name in zip(("precision", "recall", "F*"), ESTIMATED, strict=True):
+            value, interval = getattr(self, name), self.interval(name)
             bounds = "" if interval is None else f" ({interval[0]:.3f}-{interval[1]:.3f})"
             parts.append(f"{label} {value:.3f}{bounds}")
         return ", ".join(parts)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Estimates:
-        intervals = (
-            _interval(data.get(f"{name}_interval")) for name in ("precision", "recall", "f_star")
-        )
-        return cls(data["precision"], data["recall"], data["f_star"], *intervals)
+        intervals = (_interval(data.get(f"{name}_interval")) for name in ESTIMATED)
+        return cls(*(data[name] for name in ESTIMATED), *intervals)
 
 
 def _rounded(value: float | Interval) -> float | list[float]:

@@ -44,7 +44,7 @@ from blindlink.errors import AgreementError, EncodingsFileError
 from blindlink.index.build import InvalidUpdate, check_removals
 from blindlink.index.custodian import CustodianIndex
 from blindlink.index.layout import IndexUnusable
-from blindlink.matching.decision import DecisionSummary, Estimates, PairStatus
+from blindlink.matching.decision import ESTIMATED, DecisionSummary, Estimates, PairStatus
 from blindlink.security.tls import peer_fingerprint
 from blindlink.server.identity import PartyResolver
 from blindlink.server.logs import current_call
@@ -759,21 +759,14 @@ def _decision_message(summary: DecisionSummary) -> pb.RunDecision:
 
 
 def _estimates_message(estimates: Estimates) -> pb.Estimates:
-    intervals = {
-        f"{name}_interval": pb.Interval(low=interval[0], high=interval[1])
-        for name, interval in (
-            ("precision", estimates.precision_interval),
-            ("recall", estimates.recall_interval),
-            ("f_star", estimates.f_star_interval),
-        )
-        if interval is not None
-    }
-    return pb.Estimates(
-        precision=estimates.precision,
-        recall=estimates.recall,
-        f_star=estimates.f_star,
-        **intervals,
-    )
+    message = pb.Estimates(**{name: getattr(estimates, name) for name in ESTIMATED})
+    for name in ESTIMATED:
+        interval = estimates.interval(name)
+        if interval is not None:
+            getattr(message, f"{name}_interval").CopyFrom(
+                pb.Interval(low=interval[0], high=interval[1])
+            )
+    return message
 
 
 def _deleted_meanwhile() -> ServiceError:
