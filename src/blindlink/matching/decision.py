@@ -36,8 +36,8 @@ from blindlink.matching.evidence import (
 from blindlink.matching.executors import Executor
 from blindlink.matching.linkage import Matches, ambiguous, pair_values, solve_one_to_one
 from blindlink.matching.match_model import (
+    OUTCOME_SEED,
     RANKED,
-    RESAMPLING_SEED,
     MatchModel,
     ModelUnfit,
     RecordScores,
@@ -552,7 +552,7 @@ def _estimates(scored: _Scored, released: np.ndarray) -> Estimates:
     if scored.fitted_to is None:
         return Estimates(*point)
     models = resampled_models(scored.fitted_to)
-    draws = np.random.default_rng(RESAMPLING_SEED).standard_normal(len(models))
+    draws = np.random.default_rng(OUTCOME_SEED).standard_normal(len(models))
     replicas = np.array(
         [
             _quality(
