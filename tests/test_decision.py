@@ -18,6 +18,7 @@ from blindlink.matching.decision import (
     Decisions,
     DecisionSummary,
     PairStatus,
+    _quality,
     decide,
     link,
 )
@@ -259,6 +260,17 @@ def test_estimates_intervals_hold_the_truth_and_narrow_with_more_matches() -> No
                 estimates.recall_interval[1] - estimates.recall_interval[0]
             )
     assert min(widths[300]) > max(widths[1000])
+
+
+def test_a_draw_of_the_true_matches_counts_no_more_than_the_records_with_a_partner() -> None:
+    """A high draw of how many released pairs are matches stops at the number of records
+    with a partner: precision, recall and F* stay within [0, 1] (a 2000-record demo once
+    showed an F* interval ending at 1.002)."""
+    probabilities = np.full(960, 0.99)
+    for draw in (-4.0, 0.0, 4.0):
+        precision, recall, f_star = _quality(probabilities, 955.0, draw)
+        assert 0.0 <= precision <= 1.0 and 0.0 <= recall <= 1.0 and 0.0 <= f_star <= 1.0
+    assert _quality(probabilities, 955.0, 4.0) == (955 / 960, 1.0, 955 / 960)
 
 
 def test_estimates_read_back_from_a_summary_with_or_without_intervals() -> None:

@@ -577,10 +577,10 @@ def _quality(
     """Estimated precision, recall and F* of released pairs with these match probabilities,
     when `matched_records` requester records have a partner. With `draw` (a standard normal
     value), the number of true matches among them is that draw of its distribution (normal
-    approximation) rather than its expectation."""
+    approximation) rather than its expectation, never more than `matched_records`."""
     released = len(probabilities)
     spread = float(np.sqrt((probabilities * (1.0 - probabilities)).sum()))
-    true = float(np.clip(probabilities.sum() + draw * spread, 0.0, released))
+    true = float(np.clip(probabilities.sum() + draw * spread, 0.0, min(released, matched_records)))
     precision = true / released if released else 1.0
     recall = min(true / matched_records, 1.0) if matched_records > 0 else 1.0
     denominator = released + matched_records - true
