@@ -57,11 +57,21 @@ ITERATIONS = 30
 # Fewer records that look matched than this, and B cannot be estimated.
 MIN_SUPPORT = 10
 MIN_MATCHES = 5
-# The records that look matched must beat their runner-ups by SEPARATION times the others'
-# margin (medians). The best of many non-matches beats the second best by little; the highest
-# such bests by up to about 5 times the typical margin (measured with no matches at all),
-# true matches by 12 to 120 times (generated, FEBRL, hardened or not, blocked or not).
+# The records that look matched must beat their runner-ups by SEPARATION times the margin of
+# the others (medians); where they are the majority, of those below UNLIKELY. The best of many
+# non-matches beats the second best by little, the highest such bests by more: measured on the
+# calibration cases with their true pairs removed, 2.6 to 7.9 times the typical margin, except
+# the generated 10k runs with the recommended hardening, 17 to 21 times (a handful of
+# look-alikes, then fitted: README). True matches: 10 to 600 times on the calibration cases.
 SEPARATION = 8.0
+# Where most records look matched, the others are mostly partners that score low, whose best
+# candidate stands further above the next than a non-match's. Measured on FEBRL2 and FEBRL3
+# linked duplicates to originals, unhardened: 5.9 and 7.2 times the others' margin, refused;
+# 8.4 and 10.6 times that of the records below UNLIKELY. Runs without partners never have a
+# majority that looks matched (measured: at most 1.1% of records), nor do runs with a few:
+# there, records below UNLIKELY alone can be too few to show a non-match's margin (500
+# records with 3 partners were then fitted and released at an estimated precision of 0.2).
+UNLIKELY = 0.1
 # The runner-ups that fit the upper tail of the best non-match distribution: this
 # share of them (measured on the calibration benchmark's 10k cases: 0.2 against 0.05 and 0.5),
 # and at least TAIL_SAMPLES. 60 rather than 30 changes only runs with fewer than 300 runner-ups:
@@ -177,9 +187,7 @@ class MatchModel:
 def fit_match_model(scores: RecordScores) -> MatchModel:
     """Fit the model to one run's scores; raises ModelUnfit when they cannot support one."""
     model = _fit(_joint_histogram(scores), _start_bin(scores))
-    _check_separation(
-        scores, model.probabilities[score_bins(scores.top)] >= 0.5, model.matched_records
-    )
+    _check_separation(scores, model.probabilities[score_bins(scores.top)], model.matched_records)
     return model
 
 
@@ -244,18 +252,20 @@ def _fit(joint: np.ndarray, start: int) -> MatchModel:
     return MatchModel(weights, float(counts @ weights))
 
 
-def _check_separation(scores: RecordScores, likely: np.ndarray, matched: float) -> None:
+def _check_separation(scores: RecordScores, top_probabilities: np.ndarray, matched: float) -> None:
     """Refuse a fit whose matches are not told apart from the rest: a true match's best
-    candidate stands well above its second best, a non-match's barely. `likely`: the records
-    whose best candidate looks matched. The margins are taken before solving: after it, a
-    record's next free candidate may lie far below its solved one whether or not that is a
-    match (measured: no-match runs up to 13 times the others' median margin after solving, real
-    runs as low as 4.6)."""
+    candidate stands well above its second best, a non-match's barely. `top_probabilities`:
+    per record, the match probability of its best candidate's score. The margins are taken
+    before solving: after it, a record's next free candidate may lie far below its solved one
+    whether or not that is a match (measured: no-match runs up to 13 times the others' median
+    margin after solving, real runs as low as 4.6)."""
+    likely = top_probabilities >= 0.5
     if matched < MIN_MATCHES or likely.sum() < MIN_MATCHES:
         raise ModelUnfit(f"about {matched:.0f} matches: too few to model")
     compared = scores.second >= 0
     margin = scores.top - scores.second
-    ours, theirs = margin[likely & compared], margin[~likely & compared]
+    others = ~likely if likely.sum() <= len(likely) / 2 else top_probabilities < UNLIKELY
+    ours, theirs = margin[likely & compared], margin[others & compared]
     if len(ours) and len(theirs) and np.median(ours) <= SEPARATION * np.median(theirs):
         raise ModelUnfit(
             "the records that look matched stand no further above their runner-ups than the "
