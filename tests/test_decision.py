@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from blindlink.agreement.document import RECOMMENDED_HARDENING
 from blindlink.benchmarking.calibration import calibrated_rule
 from blindlink.benchmarking.data import encoded_pair
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
@@ -165,6 +166,21 @@ def test_too_few_matches_fall_back_to_the_agreed_threshold(matched: int) -> None
     assert decisions.estimates is None
     assert np.isnan(decisions.probabilities).all()
     assert decisions.count(PairStatus.MATCH) == matched
+
+
+def test_a_handful_of_look_alikes_among_many_records_is_not_modelled(tmp_path: Path) -> None:
+    """4000 records per party, nobody shared, the recommended hardening: a dozen requester
+    records have a best candidate that stands apart like a match. Their dozen runner-ups
+    cannot show the best non-match of the other records (about 50 of those would score above
+    every runner-up), so the model refuses, where it used to release the look-alikes at an
+    estimated precision of 1.000."""
+    data = encoded_pair(tmp_path, 4000, 0.0, 1, None, RECOMMENDED_HARDENING)
+    shared = SharedEncodings.of(data.requester, data.custodian)
+    rule = calibrated_rule(hardened=True)
+    decisions = decide(candidates(shared, rule, SerialExecutor(), 1, None), 4000, rule)
+    assert decisions.estimates is None
+    assert decisions.note.startswith("fallback threshold: about ")
+    assert "too few to show the best non-match" in decisions.note
 
 
 def test_no_candidates_at_all_fall_back() -> None:
