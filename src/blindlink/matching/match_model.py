@@ -201,10 +201,10 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
 
 
 def _check_unseen(joint: np.ndarray, model: MatchModel) -> None:
-    """Refuse a fit whose runner-ups are too few to describe the best non-match of the
-    records without a partner: of those W records, about W / (runner-ups + 1) score above
-    every runner-up, where the model sees no non-match, and they must be fewer than UNSEEN
-    times the matches."""
+    """Refuse a fit whose runner-ups (each weighted by its record's match probability) are
+    too few to describe the best non-match of the records without a partner: of those W
+    records, about W / (runner-ups + 1) score above every runner-up, where the model sees no
+    non-match, and they must be fewer than UNSEEN times the matches."""
     runner_ups = float((model.probabilities @ joint).sum())
     unseen = (joint.sum() - model.matched_records) / (runner_ups + 1.0)
     if unseen > UNSEEN * model.matched_records:
