@@ -196,7 +196,9 @@ def how(executor: Executor) -> str:
         "threshold, note and estimates (and their 90% intervals: the model refitted to 50 "
         "resamplings of the records, each with a draw of which released pairs are matches) as "
         "the run reports them; true precision, recall and F* "
-        "of its released matches (benchmarking.quality.released_quality). Oracle: the same "
+        "of its released matches (benchmarking.quality.released_quality). Without partners: "
+        "the same candidates without the true pairs, decided by the same rule; whether the "
+        "model was fitted (it should refuse) and how many pairs were released. Oracle: the same "
         f"candidates decided at FixedThreshold({FLOOR}); the Dice threshold of the "
         f"{THRESHOLDS[0]:.2f}..{THRESHOLDS[-1]:.2f} grid (step 0.01) with the best true F* of "
         "its solved pairs (benchmarking.quality.curve_of). "
@@ -252,6 +254,15 @@ def report(document: dict[str, Any]) -> None:
         for name in counts["missed"]:
             print(f"      missed: {name}")
     print(f"  all met: {summary['all_met']}")
+    nobody = [c["without_partners"] for c in document["cases"] if "without_partners" in c]
+    print(
+        f"  the same runs with their true pairs removed: modelled in "
+        f"{len(summary['modelled_without_partners'])} of {len(nobody)} (should be none), "
+        f"{sum(n['released'] for n in nobody)} pairs released in all (the fallback threshold "
+        "where refused)"
+    )
+    for name in summary["modelled_without_partners"]:
+        print(f"      modelled: {name}")
     for key, bias in summary["bias"].items():
         if bias["mean"] is not None:
             print(

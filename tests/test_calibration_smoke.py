@@ -76,6 +76,18 @@ def test_summary_counts_every_case_and_data_set(document: dict[str, Any]) -> Non
     assert summary["all_met"] == all(
         not summary[t]["missed"] for t in ("f_star", "precision", "recall", "hardening")
     )
+    modelled = [c["name"] for c in cases if c["without_partners"]["modelled"]]
+    assert summary["modelled_without_partners"] == modelled
+
+
+def test_the_runs_without_their_partners_are_refused(document: dict[str, Any]) -> None:
+    """Each case's candidates without the true pairs, decided by the same rule: nothing
+    there is a match, so the model refuses and the agreed fallback threshold says so."""
+    for case in document["cases"]:
+        nobody = case["without_partners"]
+        assert not nobody["modelled"], case["name"]
+        assert nobody["note"].startswith("fallback threshold: "), case["name"]
+        assert nobody["released"] >= 0
 
 
 def test_the_plot_is_written(out: Path) -> None:

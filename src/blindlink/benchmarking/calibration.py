@@ -36,7 +36,7 @@ from blindlink.matching.decision import (
     candidates,
     decide,
 )
-from blindlink.matching.engine import SharedEncodings
+from blindlink.matching.engine import Candidates, SharedEncodings
 from blindlink.matching.executors import Executor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 from blindlink.synthetic import CorruptionRates
@@ -208,6 +208,9 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     # At the grid's floor, a lower threshold might have done better still.
     oracle["at_floor"] = oracle["threshold"] == FLOOR
     true = released_quality(calibrated, data.truth)
+    # The same run had nobody been shared: there is nothing to model, so the model should
+    # refuse rather than take look-alikes for matches.
+    nobody = decide(_without_pairs(found, data.truth), records, rule, keys, data.blocking)
     estimated = None if calibrated.estimates is None else asdict(calibrated.estimates)
     errors = _errors(estimated, true)
     return {
@@ -226,6 +229,11 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
             "true": true,
         },
         "oracle": oracle,
+        "without_partners": {
+            "modelled": nobody.estimates is not None,
+            "released": nobody.count(PairStatus.MATCH),
+            "note": nobody.note,
+        },
         "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
         "covered": _covered(estimated, true),
         "met": {
@@ -240,6 +248,22 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates:
+    """`found` without the `truth` pairs."""
+    rows = [(r, c) for r, c in truth] or [(0, 0)]
+    width = max(int(found.custodian_rows.max(initial=0)), max(c for _, c in rows)) + 1
+    keys = found.requester_rows.astype(np.int64) * width + found.custodian_rows
+    true = np.array([r * width + c for r, c in rows], dtype=np.int64)
+    keep = ~np.isin(keys, true) if truth else np.ones(len(keys), dtype=bool)
+    return Candidates(
+        found.similarities[keep],
+        found.requester_rows[keep],
+        found.custodian_rows[keep],
+        found.comparisons,
+        found.all_pairs,
+    )
 
 
 def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[str, Any]:
@@ -312,6 +336,9 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
         "all_met": not any(per_target.values()),
         "bias": bias,
         "intervals_hold_truth": _coverage(cases),
+        "modelled_without_partners": [
+            c["name"] for c in cases if c.get("without_partners", {}).get("modelled")
+        ],
     }
 
 
