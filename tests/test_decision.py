@@ -33,8 +33,10 @@ from blindlink.matching.match_model import (
     RecordScores,
     _tail_survival,
     fit_match_model,
+    non_match_ceiling,
 )
 from blindlink.matching.rules import (
+    STEP,
     CalibratedThreshold,
     DecisionRule,
     FixedThreshold,
@@ -173,7 +175,8 @@ def test_a_handful_of_look_alikes_among_many_records_is_not_modelled(tmp_path: P
     records have a best candidate that stands apart like a match. Their dozen runner-ups
     cannot show the best non-match of the other records (about 50 of those would score above
     every runner-up), so the model refuses, where it used to release the look-alikes at an
-    estimated precision of 1.000."""
+    estimated precision of 1.000. The fallback is raised above the run's best non-match
+    scores: the agreed 0.6 alone released 50 look-alikes; raised to 0.645, 4."""
     data = encoded_pair(tmp_path, 4000, 0.0, 1, None, RECOMMENDED_HARDENING)
     shared = SharedEncodings.of(data.requester, data.custodian)
     rule = calibrated_rule(hardened=True)
@@ -181,6 +184,48 @@ def test_a_handful_of_look_alikes_among_many_records_is_not_modelled(tmp_path: P
     assert decisions.estimates is None
     assert decisions.note.startswith("fallback threshold: about ")
     assert "too few to show the best non-match" in decisions.note
+    assert "; raised from 0.6 to " in decisions.note
+    assert decisions.threshold > 0.6
+    assert decisions.count(PairStatus.MATCH) <= 5
+
+
+def test_a_few_partners_among_many_records_are_released_without_the_look_alikes(
+    tmp_path: Path,
+) -> None:
+    """4000 records per party, 40 shared, the recommended hardening: too few partners to
+    model, so the fallback applies, raised above the other records' best scores. Most of the
+    partners stand above it; the look-alikes the agreed 0.6 would release do not (measured:
+    36 partners and 4 others released, against 37 and 49 at 0.6)."""
+    data = encoded_pair(tmp_path, 4000, 0.01, 1, None, RECOMMENDED_HARDENING)
+    shared = SharedEncodings.of(data.requester, data.custodian)
+    rule = calibrated_rule(hardened=True)
+    found = candidates(shared, rule, SerialExecutor(), 1, None)
+    truth = set(
+        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
+    )
+    raised = decide(found, 4000, rule)
+    assert raised.estimates is None and "; raised from 0.6 to " in raised.note
+    agreed = decide(found, 4000, DecisionRule(FixedThreshold(0.6)))
+    precision_raised, recall_raised = _true_quality(raised, truth)
+    precision_agreed, recall_agreed = _true_quality(agreed, truth)
+    assert len(truth) == 40
+    assert recall_raised >= 0.8 * recall_agreed
+    assert precision_raised >= 0.85 > 0.6 >= precision_agreed
+
+
+def test_the_non_match_ceiling_holds_the_best_scores_and_ignores_the_few_partners_above() -> None:
+    """Best scores of 20,000 records without a partner, an exponential tail above 0.55 (scale
+    0.03): about half a record of a fresh run scores above the ceiling (0.55 + 0.03 ln 40000,
+    about 0.87). 150 partners near 1, and 5,000 records without a candidate, leave it there."""
+    rng = np.random.default_rng(7)
+    others = np.minimum(0.55 + rng.exponential(0.03, 20000), 1.0)
+    ceiling = non_match_ceiling(others)
+    assert 0.84 <= ceiling <= 0.9
+    fresh = 0.55 + rng.exponential(0.03, 20000)
+    assert (fresh >= ceiling).sum() <= 3
+    mixed = np.r_[others, rng.uniform(0.9, 1.0, 150), np.full(5000, -1.0)]
+    assert abs(non_match_ceiling(mixed) - ceiling) <= 2 * STEP
+    assert non_match_ceiling(np.full(10, -1.0)) > 1.0
 
 
 def test_no_candidates_at_all_fall_back() -> None:

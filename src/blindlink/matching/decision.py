@@ -6,7 +6,9 @@ A rule is a fixed threshold (as agreed), or a calibrated one: the match model, f
 run's own scores, chooses the threshold within agreed bounds that meets the agreed target
 (best estimated F*, or the lowest threshold whose estimated precision reaches a minimum). When
 the model cannot be fitted, a calibrated rule falls back to its agreed fallback threshold and
-the decision says why.
+the decision says why; where the model found few matches, the fallback is raised (up to the
+agreed upper bound) above the scores the run's records without a partner are expected to reach
+(match_model.non_match_ceiling).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from blindlink.matching.match_model import (
     ModelUnfit,
     RecordScores,
     fit_match_model,
+    non_match_ceiling,
     resampled_models,
 )
 from blindlink.matching.rules import (
@@ -336,6 +339,8 @@ class _Scored:
     unfit: str  # why no model was fitted, "" if one was
     fitted_to: RecordScores | None = None  # what the model was fitted to
     uncompared: float = 0.0  # the estimated share of partners never compared
+    # Unfitted for few matches: the score fewer than half a record without a partner reaches.
+    ceiling: float = 0.0
 
     @property
     def fitted(self) -> bool:
@@ -363,28 +368,39 @@ def _uncompared(
     return missed_share(blocking, shared, model.probability(solved.similarities))
 
 
-def _fitted(scores: RecordScores) -> tuple[MatchModel | None, str]:
+def _fitted(scores: RecordScores) -> tuple[MatchModel | None, ModelUnfit | None]:
     """The match model of `scores`, or None and why it cannot be fitted."""
     try:
-        return fit_match_model(scores), ""
+        return fit_match_model(scores), None
     except ModelUnfit as reason:
-        return None, str(reason)
+        return None, reason
 
 
 def _scored_by_dice(
     solved_all: Matches,
     rule: DecisionRule,
     model: MatchModel | None,
-    unfit: str,
+    unfit: ModelUnfit | None,
     fitted_to: RecordScores,
 ) -> _Scored:
     """Solved pairs scored by Dice, with the model's probabilities (NaN without a model), at
-    or above the lowest Dice score the rule could release or call possible."""
+    or above the lowest Dice score the rule could release or call possible. Without a model
+    for few matches, with the run's non-match ceiling."""
     solved = solved_all.subset(solved_all.similarities >= _solve_floor(rule, model))
     everyone = np.ones(len(solved), dtype=bool)
     if model is None:
         nothing = np.full(len(solved), np.nan)
-        return _Scored(solved, solved.similarities, nothing, 0.0, everyone, DICE, unfit)
+        few = unfit is not None and unfit.few_matches
+        return _Scored(
+            solved,
+            solved.similarities,
+            nothing,
+            0.0,
+            everyone,
+            DICE,
+            str(unfit),
+            ceiling=non_match_ceiling(fitted_to.top) if few else 0.0,
+        )
     probabilities = model.probability(solved.similarities)
     return _Scored(
         solved,
@@ -509,7 +525,7 @@ def _threshold(rule: DecisionRule, scored: _Scored) -> _Choice:
         note = "fixed threshold" + (f"; no estimates: {scored.unfit}" if scored.unfit else "")
         return _Choice(chosen.threshold, note)
     if scored.unfit:
-        return _Choice(chosen.fallback_threshold, f"fallback threshold: {scored.unfit}")
+        return _fallback(chosen, scored)
     scores = np.where(scored.eligible, scored.scores, -np.inf)
     if scored.scale == DICE:
         low, high = chosen.bounds
@@ -542,6 +558,19 @@ def _threshold(rule: DecisionRule, scored: _Scored) -> _Choice:
     return _Choice(
         float(grid[same[len(same) // 2]]), f"{on}: best estimated F*", float(f_star.max())
     )
+
+
+def _fallback(chosen: CalibratedThreshold, scored: _Scored) -> _Choice:
+    """The agreed fallback threshold, raised to the run's non-match ceiling where it has one
+    (never above the agreed upper bound)."""
+    note = f"fallback threshold: {scored.unfit}"
+    raised = min(max(chosen.fallback_threshold, scored.ceiling), chosen.bounds[1])
+    if raised > chosen.fallback_threshold:
+        note += (
+            f"; raised from {chosen.fallback_threshold:g} to {raised:.3f}, where fewer than "
+            "half a record without a partner is expected to score"
+        )
+    return _Choice(raised, note)
 
 
 def _estimates(scored: _Scored, released: np.ndarray) -> Estimates:

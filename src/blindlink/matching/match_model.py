@@ -100,8 +100,27 @@ REPLICATES = 50
 RESAMPLING_SEED, OUTCOME_SEED = np.random.SeedSequence(20261202).spawn(2)
 
 
+# Where the model finds few matches, a run's best scores are nearly all non-matches, and the
+# fallback releases only what lies above the score that fewer than CEILING_EXPECTED of its
+# records are expected to reach with their best non-match (non_match_ceiling): the tail of the
+# top CEILING_SHARE of the best scores (at least TAIL_SAMPLES) below that score. Measured on the
+# calibration cases at 10k per party with 0, 30 and 100 partners kept: the agreed fallback
+# released 118 to 233 records without a partner; with this ceiling, 0 to 4 (0 to 13 with the
+# top 0.2, 0 to 4 with the top 0.05 but 10% fewer partners at 100).
+CEILING_EXPECTED = 0.5
+CEILING_SHARE = 0.1
+# The ceiling's first guess, as a quantile of the best scores: the partners of a run with few
+# lie above it, and the repetitions leave them out of the tail.
+CEILING_START = 0.99
+
+
 class ModelUnfit(Exception):
-    """The run's scores do not support a model; the message says why."""
+    """The run's scores do not support a model; the message says why. `few_matches`: the
+    reason is that the model found few matches (not that they lack separation)."""
+
+    def __init__(self, reason: str, few_matches: bool = False) -> None:
+        super().__init__(reason)
+        self.few_matches = few_matches
 
 
 @dataclass(frozen=True)
@@ -211,7 +230,8 @@ def _check_unseen(joint: np.ndarray, model: MatchModel) -> None:
         raise ModelUnfit(
             f"about {model.matched_records:.0f} matches, too few to show the best non-match "
             f"of the other records: about {unseen:.0f} of those would score above every "
-            "runner-up, unseen"
+            "runner-up, unseen",
+            few_matches=True,
         )
 
 
@@ -260,7 +280,8 @@ def _fit(joint: np.ndarray, start: int) -> MatchModel:
         runner_ups = (weights * describe_b) @ joint  # the weighted runner-ups' histogram
         if runner_ups.sum() < MIN_SUPPORT:
             raise ModelUnfit(
-                f"fewer than {MIN_SUPPORT} records look matched: too few matches to model"
+                f"fewer than {MIN_SUPPORT} records look matched: too few matches to model",
+                few_matches=True,
             )
         non_match = _non_match_distribution(runner_ups)
         below = non_match.cumsum()  # P(B in bin k or lower)
@@ -285,7 +306,7 @@ def _check_separation(scores: RecordScores, top_probabilities: np.ndarray, match
     margin after solving, real runs as low as 4.6)."""
     likely = top_probabilities >= 0.5
     if matched < MIN_MATCHES or likely.sum() < MIN_MATCHES:
-        raise ModelUnfit(f"about {matched:.0f} matches: too few to model")
+        raise ModelUnfit(f"about {matched:.0f} matches: too few to model", few_matches=True)
     compared = scores.second >= 0
     margin = scores.top - scores.second
     others = ~likely if likely.sum() <= len(likely) / 2 else top_probabilities < UNLIKELY
@@ -335,6 +356,41 @@ def _tail_survival(excess: np.ndarray, tail: np.ndarray, at: np.ndarray) -> np.n
         return np.exp(-at / mean)
     scale = 0.5 * mean * (mean**2 / spread + 1)
     return np.maximum(1 + shape * at / scale, 0.0) ** (-1 / shape)
+
+
+def non_match_ceiling(top: np.ndarray) -> float:
+    """The lowest score that fewer than CEILING_EXPECTED records are expected to reach with
+    their best non-match, each record's best candidate score (`top`, negative for none) taken
+    as a non-match's: for runs where the model finds few matches. The tail is fitted to the
+    scores below the ceiling, found by repetition from the CEILING_START quantile, so that the
+    few partners above it do not lift it. Above 1 where no score is low enough."""
+    histogram = np.bincount(score_bins(top), minlength=BINS).astype(np.float64)
+    histogram[0] = 0.0  # records without a candidate
+    scored = top[top >= 0]
+    if not len(scored):
+        return 1.0 + STEP
+    ceiling = int(score_bins(np.array([np.quantile(scored, CEILING_START)]))[0])
+    for _ in range(ITERATIONS):
+        below = np.r_[histogram[:ceiling], np.zeros(BINS - ceiling)]
+        lifted = _ceiling_bin(below) if below.sum() else ceiling
+        if lifted == ceiling:
+            break
+        ceiling = lifted
+    return (ceiling - 1) * STEP
+
+
+def _ceiling_bin(histogram: np.ndarray) -> int:
+    """The first bin that fewer than CEILING_EXPECTED of `histogram`'s scores are expected to
+    reach (BINS if none), from a generalised Pareto tail fitted to its top CEILING_SHARE."""
+    at_or_above = histogram[::-1].cumsum()[::-1]
+    tail_mass = max(TAIL_SAMPLES, CEILING_SHARE * histogram.sum())
+    start = max(int(np.flatnonzero(at_or_above >= min(tail_mass, at_or_above[1]))[-1]), 1)
+    tail = histogram[start:]
+    origin = (start - 1) * STEP
+    centres = (np.arange(start, BINS) - 0.5) * STEP
+    expected = tail.sum() * _tail_survival(centres - origin, tail, centres - STEP / 2 - origin)
+    reaching = np.flatnonzero(expected < CEILING_EXPECTED)
+    return start + int(reaching[0]) if len(reaching) else BINS
 
 
 def _anchor_quantile(samples: float) -> float:
