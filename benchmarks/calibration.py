@@ -254,15 +254,16 @@ def report(document: dict[str, Any]) -> None:
         for name in counts["missed"]:
             print(f"      missed: {name}")
     print(f"  all met: {summary['all_met']}")
-    nobody = [c["without_partners"] for c in document["cases"] if "without_partners" in c]
-    print(
-        f"  the same runs with their true pairs removed: modelled in "
-        f"{len(summary['modelled_without_partners'])} of {len(nobody)} (should be none), "
-        f"{sum(n['released'] for n in nobody)} pairs released in all (the fallback threshold "
-        "where refused)"
-    )
-    for name in summary["modelled_without_partners"]:
-        print(f"      modelled: {name}")
+    for name, sparse in summary["sparse_runs"].items():
+        agreed = sparse["agreed_fallback"]
+        print(
+            f"  {name.replace('_', ' ')} ({sparse['partners']} true pairs kept in "
+            f"{sparse['runs']} runs): modelled in {len(sparse['modelled'])}; released "
+            f"{sparse['released']} pairs, {sparse['true_released']} true (the agreed fallback "
+            f"alone: {agreed['released']}, {agreed['true_released']} true)"
+        )
+        for case in sparse["modelled"]:
+            print(f"      modelled: {case}")
     for key, bias in summary["bias"].items():
         if bias["mean"] is not None:
             print(

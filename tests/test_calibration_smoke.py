@@ -76,18 +76,31 @@ def test_summary_counts_every_case_and_data_set(document: dict[str, Any]) -> Non
     assert summary["all_met"] == all(
         not summary[t]["missed"] for t in ("f_star", "precision", "recall", "hardening")
     )
-    modelled = [c["name"] for c in cases if c["without_partners"]["modelled"]]
-    assert summary["modelled_without_partners"] == modelled
+    for name in ("without_partners", "few_partners"):
+        sparse = summary["sparse_runs"][name]
+        assert sparse["modelled"] == [c["name"] for c in cases if c[name]["modelled"]]
+        assert sparse["released"] == sum(c[name]["released"] for c in cases)
 
 
 def test_the_runs_without_their_partners_are_refused(document: dict[str, Any]) -> None:
     """Each case's candidates without the true pairs, decided by the same rule: nothing
-    there is a match, so the model refuses and the agreed fallback threshold says so."""
+    there is a match, so the model refuses, the fallback threshold says so, and it releases
+    no more than the agreed fallback alone would."""
     for case in document["cases"]:
         nobody = case["without_partners"]
         assert not nobody["modelled"], case["name"]
         assert nobody["note"].startswith("fallback threshold: "), case["name"]
-        assert nobody["released"] >= 0
+        assert nobody["true_released"] == 0
+        assert nobody["released"] <= nobody["agreed_fallback"]["released"]
+
+
+def test_runs_with_a_few_partners_keep_them_among_what_they_release(
+    document: dict[str, Any],
+) -> None:
+    for case in document["cases"]:
+        few = case["few_partners"]
+        assert few["partners"] == min(30, case["true_pairs"])
+        assert 0 <= few["true_released"] <= min(few["released"], few["partners"])
 
 
 def test_the_plot_is_written(out: Path) -> None:

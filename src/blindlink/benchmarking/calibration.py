@@ -16,7 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from blindlink.agreement.document import RECOMMENDED_HARDENING, recommended_thresholds
+from blindlink.agreement.document import (
+    RECOMMENDED_HARDENING,
+    ThresholdRange,
+    recommended_thresholds,
+)
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
 from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
 from blindlink.benchmarking.record_pairs import (
@@ -31,12 +35,14 @@ from blindlink.hardening import encode_with_steps
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import (
     ESTIMATED,
+    Decisions,
     PairStatus,
     blocking_keys,
     candidates,
     decide,
 )
 from blindlink.matching.engine import Candidates, SharedEncodings
+from blindlink.matching.evidence import PartyKeys
 from blindlink.matching.executors import Executor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 from blindlink.synthetic import CorruptionRates
@@ -60,6 +66,11 @@ QUICK_FEBRL_CUT = 500
 
 # Targets.
 F_STAR_GAP = 0.005  # calibrated F* at most this far below the oracle's
+# Each case is also decided with only this many of its true pairs (a seeded draw), and with
+# none: too few to model, so the fallback applies.
+FEW_PARTNERS = 30
+FEW_SEED = 20261203
+SPARSE_RUNS = ("without_partners", "few_partners")
 ESTIMATE_ERROR = 0.01  # |estimated - true| precision and recall
 HARDENING_GAP = 0.01  # hardened calibrated F* at most this far below the unhardened oracle's
 
@@ -185,9 +196,13 @@ def _batch_of(data: EncodedPair, records: int) -> EncodedPair:
     )
 
 
+def _defaults(hardened: bool) -> ThresholdRange:
+    return recommended_thresholds(RECOMMENDED_HARDENING if hardened else [])
+
+
 def calibrated_rule(hardened: bool) -> DecisionRule:
     """The rule `agreement new` agrees by default for the hardening."""
-    defaults = recommended_thresholds(RECOMMENDED_HARDENING if hardened else [])
+    defaults = _defaults(hardened)
     return DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, defaults.bounds, defaults.fallback))
 
 
@@ -208,9 +223,13 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     # At the grid's floor, a lower threshold might have done better still.
     oracle["at_floor"] = oracle["threshold"] == FLOOR
     true = released_quality(calibrated, data.truth)
-    # The same run had nobody been shared: there is nothing to model, so the model should
-    # refuse rather than take look-alikes for matches.
-    nobody = decide(_without_pairs(found, data.truth), records, rule, keys, data.blocking)
+    # The same run had few or nobody been shared: too little to model, so the model should
+    # refuse rather than take look-alikes for matches, and the fallback should not release them.
+    fallback = DecisionRule(FixedThreshold(_defaults(case.hardened).fallback))
+    sparse = {
+        name: _sparse_run(found, records, (rule, fallback), keys, data, kept)
+        for name, kept in zip(SPARSE_RUNS, (set(), _few(data.truth)), strict=True)
+    }
     estimated = None if calibrated.estimates is None else asdict(calibrated.estimates)
     errors = _errors(estimated, true)
     return {
@@ -229,11 +248,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
             "true": true,
         },
         "oracle": oracle,
-        "without_partners": {
-            "modelled": nobody.estimates is not None,
-            "released": nobody.count(PairStatus.MATCH),
-            "note": nobody.note,
-        },
+        **sparse,
         "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
         "covered": _covered(estimated, true),
         "met": {
@@ -248,6 +263,44 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _few(truth: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """FEW_PARTNERS of the true pairs, drawn with a fixed seed."""
+    pairs = sorted(truth)
+    drawn = np.random.default_rng(FEW_SEED).permutation(len(pairs))[:FEW_PARTNERS]
+    return {pairs[i] for i in drawn.tolist()}
+
+
+def _sparse_run(
+    found: Candidates,
+    records: int,
+    rules: tuple[DecisionRule, DecisionRule],
+    keys: PartyKeys | None,
+    data: Prepared,
+    kept: set[tuple[int, int]],
+) -> dict[str, Any]:
+    """The run with only the `kept` true pairs among its candidates, decided by the calibrated
+    rule and by its agreed fallback threshold alone (`rules`): whether the model was fitted,
+    and how many pairs each released, and how many of those are kept true pairs."""
+    sparse = _without_pairs(found, data.truth - kept)
+    calibrated, fallback = rules
+    decided = decide(sparse, records, calibrated, keys, data.blocking)
+    agreed = decide(sparse, records, fallback)
+    return {
+        "partners": len(kept),
+        "modelled": decided.estimates is not None,
+        "threshold": decided.threshold,
+        "note": decided.note,
+        **_released(decided, kept),
+        "agreed_fallback": _released(agreed, kept),
+    }
+
+
+def _released(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[str, int]:
+    released = decisions.count(PairStatus.MATCH)
+    right = round(released_quality(decisions, truth)["precision"] * released)
+    return {"released": released, "true_released": right}
 
 
 def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates:
@@ -336,9 +389,28 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
         "all_met": not any(per_target.values()),
         "bias": bias,
         "intervals_hold_truth": _coverage(cases),
-        "modelled_without_partners": [
-            c["name"] for c in cases if c.get("without_partners", {}).get("modelled")
-        ],
+        "sparse_runs": {name: _sparse_summary(cases, name) for name in SPARSE_RUNS},
+    }
+
+
+def _sparse_summary(cases: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Over the cases' `name` runs: which were modelled, and the pairs released in all (and
+    how many were true) by the calibrated rule and by the agreed fallback alone."""
+    runs = [c[name] for c in cases if name in c]
+
+    def total(key: str, of: str = "") -> int:
+        return sum((run[of] if of else run)[key] for run in runs)
+
+    return {
+        "runs": len(runs),
+        "partners": total("partners"),
+        "modelled": [c["name"] for c in cases if c.get(name, {}).get("modelled")],
+        "released": total("released"),
+        "true_released": total("true_released"),
+        "agreed_fallback": {
+            "released": total("released", "agreed_fallback"),
+            "true_released": total("true_released", "agreed_fallback"),
+        },
     }
 
 
