@@ -396,7 +396,7 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
 def _sparse_summary(cases: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """Over the cases' `name` runs: which were modelled, and the pairs released in all (and
     how many were true) by the calibrated rule and by the agreed fallback alone."""
-    runs = [c[name] for c in cases if name in c]
+    runs = [c[name] for c in cases if "partners" in c.get(name, {})]  # older results lack them
 
     def total(key: str, of: str = "") -> int:
         return sum((run[of] if of else run)[key] for run in runs)
