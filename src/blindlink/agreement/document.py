@@ -236,7 +236,8 @@ class CalibratedDecision(_Section):
     """rule calibrated: each run's match model, fitted to the run's own scores, chooses the
     threshold within bounds [low, high] towards target (best_f_star: the best estimated F*;
     min_precision: the lowest threshold whose estimated precision reaches min_precision, else
-    high); a run whose model cannot be fitted uses fallback_threshold. Bounds and fallback
+    high); a run whose model cannot be fitted uses fallback_threshold, raised where the model
+    finds few matches (decision._fallback). Bounds and fallback
     default to those recommended for the hardening."""
 
     rule: Literal["calibrated"]
@@ -265,7 +266,9 @@ class CalibratedDecision(_Section):
     fallback_threshold: Annotated[
         DiceThreshold,
         Field(
-            description="the threshold of a run whose match model cannot be fitted; within bounds"
+            description="the threshold of a run whose match model cannot be fitted; within "
+            "bounds. Where the model finds too few matches, the run raises it (up to the upper "
+            "bound) above the scores its records without a partner are expected to reach"
         ),
     ]
 

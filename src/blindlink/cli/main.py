@@ -323,8 +323,9 @@ def _add_decision_arguments(new: argparse.ArgumentParser) -> None:
         "--fallback-threshold",
         type=float,
         metavar="F",
-        help="the threshold of a run whose match model cannot be fitted, within the bounds "
-        f"(default: {HARDENED.fallback:g} with the default hardening, {PLAIN.fallback:g} "
+        help="the threshold of a run whose match model cannot be fitted, within the bounds; "
+        "raised where the model finds few matches, above the scores of the run's records "
+        f"without a partner (default: {HARDENED.fallback:g} with the default hardening, {PLAIN.fallback:g} "
         "without)",
     )
     decision.add_argument(
