@@ -1,7 +1,7 @@
 """The calibrated decision against the truth: estimated vs true precision and recall, and
 calibrated vs oracle F*, on generated data and FEBRL's data sets, unhardened and hardened.
 
-Generated cases: `--sizes` records per party (10k all pairs; larger sizes with the default
+Generated cases: `--sizes` records per party (1k and 10k all pairs; larger sizes with the default
 schema's keyed blocking keys), default and heavy (2x) corruption, overlaps 0.1, 0.5, 0.9.
 FEBRL cases (with the febrl extra): FEBRL4's full 5000 x 5000 and cuts of 2500 per party at the
 same overlaps, all pairs; FEBRL1-3 (de-duplication sets) linked as each person's first
@@ -12,7 +12,8 @@ unless measured again, so sizes can be run one at a time. Prints a table and
 writes calibration.json and calibration.png (default: benchmarks/results/; with --quick:
 <workdir>/results/, and no earlier cases are kept).
 
-    python benchmarks/calibration.py [--sizes 10000,100000,1000000] [--datasets generated,febrl4]
+    python benchmarks/calibration.py [--sizes 1000,10000,100000,1000000]
+        [--datasets generated,febrl4]
     python benchmarks/calibration.py --quick --out DIR
 """
 

@@ -47,7 +47,7 @@ from blindlink.matching.executors import Executor
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 from blindlink.synthetic import CorruptionRates
 
-SIZES = (10_000, 100_000, 1_000_000)
+SIZES = (1_000, 10_000, 100_000, 1_000_000)
 OVERLAPS = (0.1, 0.5, 0.9)
 ALL_PAIRS_UP_TO = 10_000  # larger generated cases compare only records sharing a blocking key
 CORRUPTION = {"default": CorruptionRates(), "heavy": CorruptionRates.scaled(2.0)}

@@ -325,8 +325,8 @@ def _add_decision_arguments(new: argparse.ArgumentParser) -> None:
         metavar="F",
         help="the threshold of a run whose match model cannot be fitted, within the bounds; "
         "raised where the model finds few matches, above the scores of the run's records "
-        f"without a partner (default: {HARDENED.fallback:g} with the default hardening, {PLAIN.fallback:g} "
-        "without)",
+        f"without a partner (default: {HARDENED.fallback:g} with the default hardening, "
+        f"{PLAIN.fallback:g} without)",
     )
     decision.add_argument(
         "--allow-unusual-threshold",

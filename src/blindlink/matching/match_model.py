@@ -102,16 +102,17 @@ RESAMPLING_SEED, OUTCOME_SEED = np.random.SeedSequence(20261202).spawn(2)
 
 # Where the model finds few matches, a run's best scores are nearly all non-matches, and the
 # fallback releases only what lies above the score that fewer than CEILING_EXPECTED of its
-# records are expected to reach with their best non-match (non_match_ceiling): the tail of the
-# top CEILING_SHARE of the best scores (at least TAIL_SAMPLES) below that score. Measured on the
-# calibration cases at 10k per party with 0, 30 and 100 partners kept: the agreed fallback
-# released 118 to 233 records without a partner; with this ceiling, 0 to 4 (0 to 13 with the
-# top 0.2, 0 to 4 with the top 0.05 but 10% fewer partners at 100).
+# records are expected to reach with their best non-match (non_match_ceiling). Of the N records
+# with a score, the tail is the CEILING_TAIL * sqrt(N) best (at least TAIL_SAMPLES) below that
+# score, first guessed above the CEILING_TRIM * sqrt(N) best: a run refused for few matches has
+# fewer partners than about that (UNSEEN), and the repetitions keep them out of the tail.
+# Measured on the calibration cases with every true pair removed: the agreed fallback released
+# 118 to 260 records at 10k per party, 80,000 to 112,000 at 1M; this ceiling, 4 to 6 and 19 to
+# 20. With the tail the top tenth and the first guess the top 1% instead: the same at 10k,
+# 28 to 568 at 1M (the tail's shape, fitted far below the scores that matter, ended too soon).
 CEILING_EXPECTED = 0.5
-CEILING_SHARE = 0.1
-# The ceiling's first guess, as a quantile of the best scores: the partners of a run with few
-# lie above it, and the repetitions leave them out of the tail.
-CEILING_START = 0.99
+CEILING_TAIL = 10.0
+CEILING_TRIM = 2.0
 
 
 class ModelUnfit(Exception):
@@ -362,28 +363,30 @@ def non_match_ceiling(top: np.ndarray) -> float:
     """The lowest score that fewer than CEILING_EXPECTED records are expected to reach with
     their best non-match, each record's best candidate score (`top`, negative for none) taken
     as a non-match's: for runs where the model finds few matches. The tail is fitted to the
-    scores below the ceiling, found by repetition from the CEILING_START quantile, so that the
-    few partners above it do not lift it. Above 1 where no score is low enough."""
+    scores below the ceiling, found by repetition from a first guess above which the few
+    partners lie, so that they do not lift it. Above 1 where no score is low enough."""
     histogram = np.bincount(score_bins(top), minlength=BINS).astype(np.float64)
     histogram[0] = 0.0  # records without a candidate
-    scored = top[top >= 0]
+    scored = np.sort(top[top >= 0])
     if not len(scored):
         return 1.0 + STEP
-    ceiling = int(score_bins(np.array([np.quantile(scored, CEILING_START)]))[0])
+    root = np.sqrt(len(scored))
+    trimmed = min(int(CEILING_TRIM * root), len(scored) - 1)
+    ceiling = int(score_bins(scored[len(scored) - 1 - trimmed : len(scored) - trimmed])[0])
+    tail_mass = max(TAIL_SAMPLES, CEILING_TAIL * root)
     for _ in range(ITERATIONS):
         below = np.r_[histogram[:ceiling], np.zeros(BINS - ceiling)]
-        lifted = _ceiling_bin(below) if below.sum() else ceiling
+        lifted = _ceiling_bin(below, tail_mass) if below.sum() else ceiling
         if lifted == ceiling:
             break
         ceiling = lifted
     return (ceiling - 1) * STEP
 
 
-def _ceiling_bin(histogram: np.ndarray) -> int:
+def _ceiling_bin(histogram: np.ndarray, tail_mass: float) -> int:
     """The first bin that fewer than CEILING_EXPECTED of `histogram`'s scores are expected to
-    reach (BINS if none), from a generalised Pareto tail fitted to its top CEILING_SHARE."""
+    reach (BINS if none), from a generalised Pareto tail fitted to its `tail_mass` highest."""
     at_or_above = histogram[::-1].cumsum()[::-1]
-    tail_mass = max(TAIL_SAMPLES, CEILING_SHARE * histogram.sum())
     start = max(int(np.flatnonzero(at_or_above >= min(tail_mass, at_or_above[1]))[-1]), 1)
     tail = histogram[start:]
     origin = (start - 1) * STEP
