@@ -79,6 +79,17 @@ UNLIKELY = 0.1
 # 21 times the others' margin, so separated) were fitted on 17 to 31 look-alikes and
 # estimated a precision of 1.000 for releases that were all wrong.
 UNSEEN = 0.25
+# Runs with a partner for few of a few thousand records or fewer: the runner-ups describe the
+# best non-match poorly, the number of records without a partner comes out low, and the excess
+# spreads over the whole range of non-match scores as a small match probability. The share of
+# the estimated matches from records below a match probability of 0.5 must be at most
+# DOUBTFUL. Measured: at most 0.23 on the calibration cases (FEBRL4's 2500-record cut with a
+# tenth shared, hardened); 0.54 to 0.83 on FEBRL4 with 30 true pairs kept, fitted on
+# look-alikes. On generated runs (seed 3) of 100 to 10,000 records with 2% to 10% shared:
+# above 0.5 where the released precision fell to 0.03 to 0.83, which the fallback and its
+# non-match ceiling raise to 0.82 to 1.00, and in one run at 1.00 (0.501; it then releases at
+# 0.96 with recall 0.93 instead of 0.89); 0.40 to 0.49 where it was 0.79 to 1.00.
+DOUBTFUL = 0.5
 # The runner-ups that fit the upper tail of the best non-match distribution: this
 # share of them (measured on the calibration benchmark's 10k cases: 0.2 against 0.05 and 0.5),
 # and at least TAIL_SAMPLES. 60 rather than 30 changes only runs with fewer than 300 runner-ups:
@@ -215,9 +226,25 @@ def fit_match_model(scores: RecordScores) -> MatchModel:
     """Fit the model to one run's scores; raises ModelUnfit when they cannot support one."""
     joint = _joint_histogram(scores)
     model = _fit(joint, _start_bin(scores))
+    _check_doubtful(joint, model)
     _check_unseen(joint, model)
     _check_separation(scores, model.probabilities[score_bins(scores.top)], model.matched_records)
     return model
+
+
+def _check_doubtful(joint: np.ndarray, model: MatchModel) -> None:
+    """Refuse a fit whose estimated matches come mostly (more than DOUBTFUL) from records it
+    gives a match probability below 0.5: a thin excess over the whole range of non-match
+    scores, from too few runner-ups to place it, rather than matches."""
+    counts = joint.sum(axis=1)
+    doubtful = model.probabilities < 0.5
+    share = float(counts[doubtful] @ model.probabilities[doubtful]) / model.matched_records
+    if share > DOUBTFUL:
+        raise ModelUnfit(
+            f"about {model.matched_records:.0f} matches, {share:.0%} of them from records more "
+            "likely not matched: an excess spread over the non-match scores, not matches",
+            few_matches=True,
+        )
 
 
 def _check_unseen(joint: np.ndarray, model: MatchModel) -> None:
