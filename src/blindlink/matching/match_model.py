@@ -238,7 +238,9 @@ def _check_doubtful(joint: np.ndarray, model: MatchModel) -> None:
     scores, from too few runner-ups to place it, rather than matches."""
     counts = joint.sum(axis=1)
     doubtful = model.probabilities < 0.5
-    share = float(counts[doubtful] @ model.probabilities[doubtful]) / model.matched_records
+    share = float(counts[doubtful] @ model.probabilities[doubtful]) / max(
+        model.matched_records, 1e-12
+    )
     if share > DOUBTFUL:
         raise ModelUnfit(
             f"about {model.matched_records:.0f} matches, {share:.0%} of them from records more "
@@ -398,8 +400,8 @@ def non_match_ceiling(top: np.ndarray) -> float:
     if not len(scored):
         return 1.0 + STEP
     root = np.sqrt(len(scored))
-    trimmed = min(int(CEILING_TRIM * root), len(scored) - 1)
-    ceiling = int(score_bins(scored[len(scored) - 1 - trimmed : len(scored) - trimmed])[0])
+    first_guess = scored[max(len(scored) - 1 - int(CEILING_TRIM * root), 0)]
+    ceiling = int(score_bins(np.array([first_guess]))[0])
     tail_mass = max(TAIL_SAMPLES, CEILING_TAIL * root)
     for _ in range(ITERATIONS):
         below = np.r_[histogram[:ceiling], np.zeros(BINS - ceiling)]
