@@ -180,13 +180,16 @@ def test_a_handful_of_look_alikes_among_many_records_is_not_modelled(tmp_path: P
     data = encoded_pair(tmp_path, 4000, 0.0, 1, None, RECOMMENDED_HARDENING)
     shared = SharedEncodings.of(data.requester, data.custodian)
     rule = calibrated_rule(hardened=True)
-    decisions = decide(candidates(shared, rule, SerialExecutor(), 1, None), 4000, rule)
+    found = candidates(shared, rule, SerialExecutor(), 1, None)
+    decisions = decide(found, 4000, rule)
     assert decisions.estimates is None
     assert decisions.note.startswith("fallback threshold: about ")
     assert "too few to show the best non-match" in decisions.note
     assert "; raised from 0.6 to " in decisions.note
     assert decisions.threshold > 0.6
     assert decisions.count(PairStatus.MATCH) <= 5
+    capped = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.62), 0.6))
+    assert decide(found, 4000, capped).threshold == 0.62  # never above the agreed upper bound
 
 
 def test_a_few_partners_among_many_records_are_released_without_the_look_alikes(
