@@ -97,6 +97,15 @@ DOUBTFUL = 0.5
 # instead of 0.042 and 0.044.
 TAIL_SHARE = 0.2
 TAIL_SAMPLES = 60.0
+# With fewer than 2 TAIL_SAMPLES runner-ups, the tail is the top half of them, from
+# MIN_TAIL_SAMPLES up (below, the histogram alone: every score above the highest runner-up
+# then looks certainly matched). Measured on the 1k calibration cases with a tenth shared
+# (about 60 runner-ups), where the histogram alone had estimated precision 1.000 against a
+# true 0.933 to 0.950: errors of -0.029 to +0.025, and F* up to 0.044 higher; on generated
+# runs of 100 to 10,000 records (seed 3, 2% to 100% shared), released precision rose in 22 of
+# 120 (by up to 0.45) and fell in 5 (by 0.02 to 0.05), and the mean precision error of the
+# fitted runs fell from 0.045 to 0.026.
+MIN_TAIL_SAMPLES = 20.0
 # The tail is a generalised Pareto distribution whose shape is estimated from at least
 # SHAPE_SAMPLES runner-ups, else exponential. Measured on the calibration cases at 10k and
 # 100k per party, FEBRL4, and 1M with a tenth matched: precision estimates within 0.01 in 31
@@ -350,17 +359,18 @@ def _check_separation(scores: RecordScores, top_probabilities: np.ndarray, match
 
 def _non_match_distribution(runner_ups: np.ndarray) -> np.ndarray:
     """Per bin, the share of best non-match scores: the weighted runner-ups' histogram, with
-    its upper tail (the top TAIL_SHARE of the runner-ups, at least TAIL_SAMPLES of them) a
-    generalised Pareto distribution fitted to them (the tail of a maximum). Fewer runner-ups
+    its upper tail (the top TAIL_SHARE of the runner-ups, at least TAIL_SAMPLES of them or, if
+    they are fewer than twice that, half of them) a generalised Pareto distribution fitted to
+    them (the tail of a maximum). Fewer runner-ups
     than records without a partner would otherwise leave the highest of those records' scores
     in bins the sample never reached, and the histogram's noise where matches and non-matches
     overlap would move the threshold."""
     total = runner_ups.sum()
     scored = runner_ups[1:].sum()  # runner-ups that exist
-    if scored < 2 * TAIL_SAMPLES:
+    if scored < MIN_TAIL_SAMPLES:
         return runner_ups / total
     at_or_above = runner_ups[::-1].cumsum()[::-1]
-    tail_mass = max(TAIL_SAMPLES, TAIL_SHARE * scored)
+    tail_mass = max(min(TAIL_SAMPLES, scored / 2), TAIL_SHARE * scored)
     start = max(int(np.flatnonzero(at_or_above >= tail_mass)[-1]), 1)
     tail = runner_ups[start:]
     centres = (np.arange(start, BINS) - 0.5) * STEP
