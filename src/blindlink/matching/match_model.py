@@ -79,18 +79,17 @@ UNLIKELY = 0.1
 # 21 times the others' margin, so separated) were fitted on 17 to 31 look-alikes and
 # estimated a precision of 1.000 for releases that were all wrong.
 UNSEEN = 0.25
-# Runs with a partner for few of a few thousand records or fewer: the runner-ups describe the
-# best non-match poorly, the number of records without a partner comes out low, and the excess
-# spreads over the whole range of non-match scores as a small match probability. The share of
-# the estimated matches from records below a match probability of 0.5 must be at most
-# DOUBTFUL. Measured: at most 0.23 on the calibration cases (FEBRL4's 2500-record cut with a
-# tenth shared, hardened); up to 0.96 on FEBRL4 with 30 true pairs kept, which were fitted on
-# look-alikes and released at true precisions of 0.22 to 0.64. On generated runs (seed 3) of
-# 100 to 10,000 records with 2% to 10% shared (these before MIN_TAIL_SAMPLES, with B's tail
-# from 120 runner-ups only):
-# above 0.5 where the released precision fell to 0.03 to 0.83, which the fallback and its
-# non-match ceiling raise to 0.82 to 1.00, and in one run at 1.00 (0.501; it then releases at
-# 0.96 with recall 0.93 instead of 0.89); 0.40 to 0.49 where it was 0.79 to 1.00.
+# Runs with a partner for few of a few thousand records or fewer: the runner-ups describe the best
+# non-match poorly, the number of records without a partner comes out low, and the excess spreads
+# over the whole range of non-match scores as a small match probability. The share of the estimated
+# matches from records below a match probability of 0.5 must be at most DOUBTFUL. Measured: at most
+# 0.23 on the calibration cases (FEBRL4's 2500-record cut with a tenth shared, hardened); up to 0.96
+# on FEBRL4 with 30 true pairs kept, which were fitted on look-alikes and released at true
+# precisions of 0.22 to 0.64. On generated runs (seed 3) of 100 to 10,000 records with 2% to 10%
+# shared (these before MIN_TAIL_SAMPLES, with B's tail from 120 runner-ups only): above 0.5 where
+# the released precision fell to 0.03 to 0.83, which the fallback and its non-match ceiling raise to
+# 0.82 to 1.00, and in one run at 1.00 (0.501; it then releases at 0.96 with recall 0.93 instead of
+# 0.89); 0.40 to 0.49 where it was 0.79 to 1.00.
 DOUBTFUL = 0.5
 # The runner-ups that fit the upper tail of the best non-match distribution: this
 # share of them (measured on the calibration benchmark's 10k cases: 0.2 against 0.05 and 0.5),
