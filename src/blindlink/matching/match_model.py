@@ -370,9 +370,7 @@ def _non_match_distribution(runner_ups: np.ndarray) -> np.ndarray:
     scored = runner_ups[1:].sum()  # runner-ups that exist
     if scored < MIN_TAIL_SAMPLES:
         return runner_ups / total
-    at_or_above = runner_ups[::-1].cumsum()[::-1]
-    tail_mass = max(min(TAIL_SAMPLES, scored / 2), TAIL_SHARE * scored)
-    start = max(int(np.flatnonzero(at_or_above >= tail_mass)[-1]), 1)
+    start = _tail_start(runner_ups, max(min(TAIL_SAMPLES, scored / 2), TAIL_SHARE * scored))
     tail = runner_ups[start:]
     centres = (np.arange(start, BINS) - 0.5) * STEP
     origin = (start - 1) * STEP
@@ -426,14 +424,20 @@ def non_match_ceiling(top: np.ndarray) -> float:
 def _ceiling_bin(histogram: np.ndarray, tail_mass: float) -> int:
     """The first bin that fewer than CEILING_EXPECTED of `histogram`'s scores are expected to
     reach (BINS if none), from a generalised Pareto tail fitted to its `tail_mass` highest."""
-    at_or_above = histogram[::-1].cumsum()[::-1]
-    start = max(int(np.flatnonzero(at_or_above >= min(tail_mass, at_or_above[1]))[-1]), 1)
+    start = _tail_start(histogram, tail_mass)
     tail = histogram[start:]
     origin = (start - 1) * STEP
     centres = (np.arange(start, BINS) - 0.5) * STEP
     expected = tail.sum() * _tail_survival(centres - origin, tail, centres - STEP / 2 - origin)
     reaching = np.flatnonzero(expected < CEILING_EXPECTED)
     return start + int(reaching[0]) if len(reaching) else BINS
+
+
+def _tail_start(histogram: np.ndarray, mass: float) -> int:
+    """The bin at which `histogram`'s highest `mass` scores begin (all its scores if fewer);
+    never bin 0, the records without a score."""
+    at_or_above = histogram[::-1].cumsum()[::-1]
+    return max(int(np.flatnonzero(at_or_above >= min(mass, at_or_above[1]))[-1]), 1)
 
 
 def _anchor_quantile(samples: float) -> float:
