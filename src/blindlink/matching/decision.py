@@ -385,12 +385,13 @@ def _scored_by_dice(
 ) -> _Scored:
     """Solved pairs scored by Dice, with the model's probabilities (NaN without a model), at
     or above the lowest Dice score the rule could release or call possible. Without a model
-    for few matches, with the run's non-match ceiling."""
+    for few matches, a calibrated rule's scores carry the run's non-match ceiling."""
     solved = solved_all.subset(solved_all.similarities >= _solve_floor(rule, model))
     everyone = np.ones(len(solved), dtype=bool)
     if model is None:
         nothing = np.full(len(solved), np.nan)
-        few = unfit is not None and unfit.few_matches
+        raises = isinstance(rule.threshold, CalibratedThreshold)
+        few = raises and unfit is not None and unfit.few_matches
         return _Scored(
             solved,
             solved.similarities,
