@@ -22,7 +22,7 @@ from blindlink.agreement.document import (
     recommended_thresholds,
 )
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
-from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality
+from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality, released_right
 from blindlink.benchmarking.record_pairs import (
     febrl_duplicates_pair,
     febrl_pair,
@@ -298,18 +298,19 @@ def _sparse_run(
 
 
 def _released(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[str, int]:
-    released = decisions.count(PairStatus.MATCH)
-    right = round(released_quality(decisions, truth)["precision"] * released)
-    return {"released": released, "true_released": right}
+    return {
+        "released": decisions.count(PairStatus.MATCH),
+        "true_released": released_right(decisions, truth),
+    }
 
 
 def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates:
     """`found` without the `truth` pairs."""
-    rows = [(r, c) for r, c in truth] or [(0, 0)]
-    width = max(int(found.custodian_rows.max(initial=0)), max(c for _, c in rows)) + 1
+    if not truth:
+        return found
+    width = max(int(found.custodian_rows.max(initial=0)), max(c for _, c in truth)) + 1
     keys = found.requester_rows.astype(np.int64) * width + found.custodian_rows
-    true = np.array([r * width + c for r, c in rows], dtype=np.int64)
-    keep = ~np.isin(keys, true) if truth else np.ones(len(keys), dtype=bool)
+    keep = ~np.isin(keys, np.array([r * width + c for r, c in truth], dtype=np.int64))
     return Candidates(
         found.similarities[keep],
         found.requester_rows[keep],

@@ -96,14 +96,18 @@ def curve_of(decisions: Decisions, truth: set[tuple[int, int]]) -> QualityCurve:
 
 def released_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[str, float]:
     """True precision, recall and F* of a run's released matches."""
-    released = decisions.status == PairStatus.MATCH
-    right = int((_right(decisions, truth) & released).sum())
-    count = int(released.sum())
+    right = released_right(decisions, truth)
+    count = decisions.count(PairStatus.MATCH)
     return {
         "precision": right / count if count else 1.0,
         "recall": right / len(truth) if truth else 1.0,
         "f_star": right / (count + len(truth) - right) if count + len(truth) else 1.0,
     }
+
+
+def released_right(decisions: Decisions, truth: set[tuple[int, int]]) -> int:
+    """How many of a run's released matches are `truth` pairs."""
+    return int((_right(decisions, truth) & (decisions.status == PairStatus.MATCH)).sum())
 
 
 def _right(decisions: Decisions, truth: set[tuple[int, int]]) -> np.ndarray:
