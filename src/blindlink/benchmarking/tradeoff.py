@@ -7,7 +7,8 @@ One task is one (configuration, repeat): a fresh 256-bit secret, then
   measured on the evaluation set at the policy threshold and at the calibrated one;
 - the seeded similarity-profile attack at each attacker strength (overlap, seeds);
 - the pattern-mining attack on a larger encoded population.
-Tasks run on a process pool; medians over repeats are what the report shows.
+Tasks run on a process pool; medians over repeats are what the report shows. With a
+`secret_seed`, each task's secret is derived from it instead, so that a run can be repeated.
 """
 
 from __future__ import annotations
@@ -83,10 +84,13 @@ Progress = Callable[[str], None]
 
 
 def run_sweep(
-    configs: list[EncodingConfig], size: SweepSize, progress: Progress = lambda line: None
+    configs: list[EncodingConfig],
+    size: SweepSize,
+    progress: Progress = lambda line: None,
+    secret_seed: int | None = None,
 ) -> dict[str, Any]:
     """Measure every configuration `size.repeats` times; the raw results with how they were
-    measured."""
+    measured. Each task's secret is fresh, or derived from `secret_seed` if given."""
     with_febrl = febrl_available()
     # Longest encodings first, so that no long task is left running alone at the end.
     tasks = sorted(
@@ -100,7 +104,8 @@ def run_sweep(
         ProcessPoolExecutor(size.workers, mp_context=multiprocessing.get_context("spawn")) as pool,
     ):
         futures = [
-            pool.submit(measure, config, repeat, size, with_febrl) for config, repeat in tasks
+            pool.submit(measure, config, repeat, size, with_febrl, _secret(secret_seed, task))
+            for task, (config, repeat) in enumerate(tasks)
         ]
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
@@ -114,7 +119,7 @@ def run_sweep(
     return {
         "configs": [config.to_dict() for config in configs],
         "results": results,
-        "method": _method(size, with_febrl),
+        "method": _method(size, with_febrl, secret_seed),
         "machine": machine(),
         "wall_seconds": time.perf_counter() - started,
     }
@@ -137,11 +142,17 @@ def _one_blas_thread_per_worker() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _secret(seed: int | None, task: int) -> bytes:
+    """A task's 256-bit secret: fresh, or the `task`th derived from `seed`."""
+    if seed is None:
+        return secrets.token_bytes(32)
+    return np.random.default_rng([seed, task]).bytes(32)
+
+
 def measure(
-    config: EncodingConfig, repeat: int, size: SweepSize, with_febrl: bool
+    config: EncodingConfig, repeat: int, size: SweepSize, with_febrl: bool, secret: bytes
 ) -> dict[str, Any]:
-    """Every number of one (configuration, repeat), with a fresh secret."""
-    secret = secrets.token_bytes(32)
+    """Every number of one (configuration, repeat), with its own secret."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     schema = parse_schema(config.schema_document(generated_schema_document()))
@@ -244,11 +255,16 @@ def _febrl(config: EncodingConfig, repeat: int, size: SweepSize, secret: bytes) 
     return result
 
 
-def _method(size: SweepSize, with_febrl: bool) -> dict[str, Any]:
+def _method(size: SweepSize, with_febrl: bool, secret_seed: int | None) -> dict[str, Any]:
+    secret = (
+        "a fresh random 256-bit secret"
+        if secret_seed is None
+        else f"a 256-bit secret derived from seed {secret_seed}"
+    )
     return {
         "sizes": asdict(size),
-        "repeats": f"{size.repeats} per configuration, each with a fresh random 256-bit secret "
-        "and its own data seeds; summaries are medians over repeats",
+        "repeats": f"{size.repeats} per configuration, each with {secret} and its own data "
+        "seeds; summaries are medians over repeats",
         "generated_data": "blindlink.synthetic.generate_datasets with the default corruption "
         f"rates; linkage: {size.linkage_records} records per party, overlap {LINKAGE_OVERLAP}",
         "febrl4": (
@@ -317,11 +333,16 @@ class TradeoffResult:
 
 
 def tradeoff_benchmark(
-    out: Path, *, quick: bool = False, progress: Progress = lambda line: None
+    out: Path,
+    *,
+    quick: bool = False,
+    progress: Progress = lambda line: None,
+    secret_seed: int | None = None,
 ) -> TradeoffResult:
     """Run the sweep (`quick`: a few configurations, small data, one run each, about a minute)
-    and write tradeoff.json, tradeoff.csv, tradeoff.md and the figures into `out`."""
-    sweep = run_sweep(sweep_configs(quick), sweep_size(quick), progress)
+    and write tradeoff.json, tradeoff.csv, tradeoff.md and the figures into `out`. Secrets are
+    fresh for each run, or derived from `secret_seed` so that the run can be repeated."""
+    sweep = run_sweep(sweep_configs(quick), sweep_size(quick), progress, secret_seed)
     summaries = summarise(sweep)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
