@@ -115,7 +115,7 @@ MIN_TAIL_SAMPLES = 20.0
 # the shape bounded at -0.25 rather than -0.5, F* fell 0.034 at 1M.
 # The estimate is raised by one standard error (1 / sqrt(n) at shape 0), towards the heavier
 # tail, so that from fewer samples the tail errs long and precision low. Measured on the 74
-# calibration cases, with 100 rather than 200 samples: F* within 0.005 of the oracle in 57
+# calibration cases, with 100 rather than 200 samples: F* within 0.005 of the oracle in 56
 # against 55, precision estimates within 0.01 in 63 against 61, none newly missed (the runs
 # with a tenth shared at 10k per party and in 10k batches against 1M, with 100 to 200
 # runner-ups in their tail: precision errors -0.001 to -0.030 against -0.006 to -0.060). On
