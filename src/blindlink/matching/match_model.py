@@ -376,10 +376,9 @@ def _non_match_distribution(runner_ups: np.ndarray) -> np.ndarray:
     """Per bin, the share of best non-match scores: the weighted runner-ups' histogram, with
     its upper tail (the top TAIL_SHARE of the runner-ups, at least TAIL_SAMPLES of them or, if
     they are fewer than twice that, half of them) a generalised Pareto distribution fitted to
-    them (the tail of a maximum). Fewer runner-ups
-    than records without a partner would otherwise leave the highest of those records' scores
-    in bins the sample never reached, and the histogram's noise where matches and non-matches
-    overlap would move the threshold."""
+    them (the tail of a maximum). Fewer runner-ups than records without a partner would
+    otherwise leave the highest of those records' scores in bins the sample never reached, and
+    the histogram's noise where matches and non-matches overlap would move the threshold."""
     total = runner_ups.sum()
     scored = runner_ups[1:].sum()  # runner-ups that exist
     if scored < MIN_TAIL_SAMPLES:
