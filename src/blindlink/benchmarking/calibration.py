@@ -24,6 +24,7 @@ from blindlink.agreement.document import (
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
 from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality, released_right
 from blindlink.benchmarking.record_pairs import (
+    febrl_custodian_duplicates_pair,
     febrl_duplicates_pair,
     febrl_pair,
     febrl_schema_document,
@@ -39,6 +40,7 @@ from blindlink.matching.decision import (
     PairStatus,
     blocking_keys,
     candidates,
+    custodian_encodings,
     decide,
 )
 from blindlink.matching.engine import Candidates, SharedEncodings
@@ -60,6 +62,9 @@ FEBRL_CUT = 2500  # records per party of the FEBRL4 cuts: 2 * 2500 - 0.1 * 2500 
 # FEBRL1-3 linked as duplicates (requester) to originals (custodian): data sets of another
 # make, where nearly every requester record has a partner.
 FEBRL_DUPLICATES = ("febrl1", "febrl2", "febrl3")
+# FEBRL2 and FEBRL3 linked as duplicates (requester) to every other record (custodian): a
+# custodian that holds people more than once (FEBRL1 has no second duplicates).
+CUSTODIAN_DUPLICATES = ("febrl2-custodian", "febrl3-custodian")
 SEED = 1
 QUICK_RECORDS = 1000
 QUICK_FEBRL_CUT = 500
@@ -79,8 +84,8 @@ HARDENING_GAP = 0.01  # hardened calibrated F* at most this far below the unhard
 class Case:
     """One measurement: a data set, unhardened or with the recommended hardening."""
 
-    dataset: str  # "generated", "febrl4" or one of FEBRL_DUPLICATES
-    records: int  # per party (FEBRL_DUPLICATES: 0, the data set's own)
+    dataset: str  # "generated", "febrl4" or one of FEBRL_DUPLICATES, CUSTODIAN_DUPLICATES
+    records: int  # per party (FEBRL1-3: 0, the data set's own)
     overlap: float
     corruption: str  # a CORRUPTION name, or the FEBRL data set's name
     keyed: bool  # compare only records sharing a blocking key, else all pairs
@@ -93,7 +98,7 @@ class Case:
         blocking = "keys" if self.keyed else "all-pairs"
         if self.dataset == "febrl4":
             return f"febrl4-{self.records}-{self.overlap}"
-        if self.dataset in FEBRL_DUPLICATES:
+        if self.dataset in FEBRL_DUPLICATES + CUSTODIAN_DUPLICATES:
             return f"{self.dataset}-duplicates"
         batch = f"-batch{self.batch}" if self.batch else ""
         return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}{batch}"
@@ -126,7 +131,10 @@ def plan(sizes: list[int], datasets: list[str], quick: bool) -> list[Case]:
         ]
         sets += [Case("febrl4", FEBRL_RECORDS, 1.0, "febrl4", False, False)]
         sets += [Case("febrl4", FEBRL_CUT, o, "febrl4", False, False) for o in OVERLAPS]
-        sets += [Case(name, 0, 1.0, name, False, False) for name in FEBRL_DUPLICATES]
+        sets += [
+            Case(name, 0, 1.0, name, False, False)
+            for name in FEBRL_DUPLICATES + CUSTODIAN_DUPLICATES
+        ]
     chosen = [case for case in sets if case.dataset in datasets]
     return [Case(**{**asdict(c), "hardened": h}) for c in chosen for h in (False, True)]
 
@@ -143,11 +151,13 @@ def prepare(case: Case, workdir: Path) -> Prepared:
     """The case's encodings (generated ones cached under `workdir`) and truth."""
     steps = RECOMMENDED_HARDENING if case.hardened else []
     if case.dataset.startswith("febrl"):
-        pair = (
-            febrl_pair(case.records, case.overlap, SEED)
-            if case.dataset == "febrl4"
-            else febrl_duplicates_pair(int(case.dataset[-1]))
-        )
+        number = int(case.dataset[5])
+        if case.dataset == "febrl4":
+            pair = febrl_pair(case.records, case.overlap, SEED)
+        elif case.dataset in CUSTODIAN_DUPLICATES:
+            pair = febrl_custodian_duplicates_pair(number)
+        else:
+            pair = febrl_duplicates_pair(number)
         schema = parse_schema(febrl_schema_document())
         shared = SharedEncodings.of(
             encode_with_steps(pair.requester, schema, BENCHMARK_SECRET, steps),
@@ -212,10 +222,13 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     rule = calibrated_rule(case.hardened)
     records = len(data.shared.requester)
     keys = blocking_keys(data.shared)
+    custodian = custodian_encodings(data.shared)
     candidates_seconds, found = timed(
         lambda: candidates(data.shared, rule, executor, workers, data.blocking)
     )
-    decide_seconds, calibrated = timed(lambda: decide(found, records, rule, keys, data.blocking))
+    decide_seconds, calibrated = timed(
+        lambda: decide(found, records, rule, keys, data.blocking, custodian)
+    )
     # The oracle: the same candidates, decided at every fixed Dice threshold of the grid.
     fixed = decide(found, records, DecisionRule(FixedThreshold(FLOOR)))
     curve = curve_of(fixed, data.truth)
@@ -285,7 +298,9 @@ def _sparse_run(
     and how many pairs each released, and how many of those are kept true pairs."""
     sparse = _without_pairs(found, data.truth - kept)
     calibrated, fallback = rules
-    decided = decide(sparse, records, calibrated, keys, data.blocking)
+    decided = decide(
+        sparse, records, calibrated, keys, data.blocking, custodian_encodings(data.shared)
+    )
     agreed = decide(sparse, records, fallback)
     return {
         "partners": len(kept),

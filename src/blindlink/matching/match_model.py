@@ -173,24 +173,29 @@ class RecordScores:
         custodian_rows: np.ndarray,
         solved: Matches,
         requester_records: int,
+        copies: np.ndarray | None = None,
     ) -> RecordScores:
         """The scores of each requester record's first two available candidates among its
         first RANKED (the first only if among its first RANKED - 1). The candidates are in
         solving order (best first, ties by requester row then custodian row) and `solved` is
-        their greedy 1:1 solution."""
+        their greedy 1:1 solution. Candidates marked in `copies` (the same person as their
+        record's solved custodian record, a custodian's duplicate) are neither runner-up nor
+        second best: those must be non-matches."""
         best = np.full(requester_records, -1.0)
         runner_up = np.full(requester_records, -1.0)
         order = np.argsort(requester_rows, kind="stable")  # solving order within each record
         rows = requester_rows[order]
-        starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
-        group = np.flatnonzero(starts)
-        rank = np.arange(len(rows)) - np.repeat(group, np.diff(np.r_[group, len(rows)]))
+        rank = _ranks(rows)
         ranked = similarities[order]
+        other = np.ones(len(rows), dtype=bool) if copies is None else ~copies[order]
         top = np.full(requester_records, -1.0)
         top[rows[rank == 0]] = ranked[rank == 0]
         second = np.full(requester_records, -1.0)
-        second[rows[rank == 1]] = ranked[rank == 1]
-        seen = (rank < RANKED) & _available(requester_rows, custodian_rows, solved)[order]
+        after_top = np.flatnonzero((rank > 0) & other)
+        records, first = np.unique(rows[after_top], return_index=True)
+        second[records] = ranked[after_top[first]]
+        available = _available(requester_rows, custodian_rows, solved)[order]
+        seen = (rank < RANKED) & available & other
         rows, sims, rank, pairs = rows[seen], ranked[seen], rank[seen], order[seen]
         starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
         first = starts & (rank < RANKED - 1)
@@ -200,6 +205,13 @@ class RecordScores:
         runner_up_pair = np.full(requester_records, -1)
         runner_up_pair[rows[after]] = pairs[after]
         return cls(best, runner_up, top, second, runner_up_pair)
+
+
+def _ranks(rows: np.ndarray) -> np.ndarray:
+    """Each candidate's rank within its record's candidates (`rows` grouped by record)."""
+    starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
+    group = np.flatnonzero(starts)
+    return np.arange(len(rows)) - np.repeat(group, np.diff(np.r_[group, len(rows)]))
 
 
 def _available(
