@@ -71,16 +71,12 @@ LOG_ODDS_SPAN = 30.0
 
 # A custodian may hold a person more than once. The match model takes a record's runner-up for
 # its best non-match, so a candidate that is another of the custodian's records of the person its
-# record was solved to (a copy) is no runner-up. A candidate is a copy where its custodian record
-# and the solved one score what the model gives a match probability of COPY_PROBABILITY or more:
-# first per the model fitted with every candidate or, if none fits, per the agreed threshold;
-# then, COPY_ROUNDS times, per the model fitted without the copies (kept unless it no longer
-# fits). Measured on FEBRL2 and FEBRL3, each person's first duplicate against every other record
-# (60% to 70% of runner-ups were the person again): the model had been refused and the raised
-# fallback released at F* 0.38 to 0.49; with the copies set aside, 0.91 to 0.97 against the best
-# fixed threshold's 0.91 to 0.99. Where the custodian holds nobody twice, the candidates marked
-# are look-alikes as close as matches; on the calibration cases they changed no estimate by more
-# than 0.01.
+# record was solved to (a copy) is no runner-up. Where the model fits, a candidate is a copy
+# where its custodian record and the solved one score what the model gives a match probability of
+# COPY_PROBABILITY or more (or, where no score reaches it, the agreed upper bound); the model is
+# refitted without the copies, COPY_ROUNDS times at most, as long as one fits. Where no model fits
+# at first, nothing is set aside: a run with nobody shared, its look-alikes set aside at the
+# agreed fallback threshold (0.6, hardened), was fitted on the rest and released 2490 pairs.
 COPY_PROBABILITY = 0.99
 COPY_ROUNDS = 2
 # Reads the custodian's encodings of the given rows.
@@ -301,7 +297,7 @@ def decide(
         candidates.custodian_rows,
     )
     solved_all = solve_one_to_one(sim, rows0, rows1)
-    copies = _Copies(custodian, _agreed_threshold(rule))
+    copies = _Copies(custodian, _surest_threshold(rule))
     dice_scores, by_dice, unfit = copies.fitted((sim, rows0, rows1), solved_all, requester_records)
     uncompared = _uncompared(solved_all, keys, blocking, by_dice)
     scored = _scored_by_dice(solved_all, rule, by_dice, unfit, dice_scores)
@@ -417,9 +413,9 @@ Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 @dataclass
 class _Copies:
     """Which candidates are the custodian's copies of the person their record was solved to:
-    those whose custodian record scores at least `threshold` against the solved one. The
-    threshold starts at the agreed one and follows the Dice model (COPY_PROBABILITY); the
-    blocking-key model's runner-ups set aside the copies at the Dice model's threshold."""
+    those whose custodian record scores at least `threshold` against the solved one, the score
+    the Dice model gives a match probability of COPY_PROBABILITY (else the agreed upper
+    bound). The blocking-key model's runner-ups set aside the copies at the Dice model's."""
 
     custodian: CustodianEncodings | None
     threshold: float
@@ -427,12 +423,12 @@ class _Copies:
     def fitted(
         self, pairs: Pairs, solved: Matches, records: int
     ) -> tuple[RecordScores, MatchModel | None, ModelUnfit | None]:
-        """The record scores of solved `pairs` without the copies, and their model (or why
-        none fits). Each round marks the copies at the threshold of the last model fitted, and
-        keeps the new fit unless it lost a model the round before had."""
+        """The record scores of solved `pairs`, and their model (or why none fits): where a
+        model fits, without the copies it marks, refitted COPY_ROUNDS times at most and kept
+        while a model fits."""
         scores = RecordScores.after_solving(*pairs, solved, records)
         model, unfit = _fitted(scores)
-        if self.custodian is None:
+        if self.custodian is None or model is None:
             return scores, model, unfit
         marked = np.zeros(len(pairs[0]), dtype=bool)
         for _ in range(COPY_ROUNDS):
@@ -442,18 +438,15 @@ class _Copies:
                 self.threshold = threshold
                 break
             refit = RecordScores.after_solving(*pairs, solved, records, copies)
-            refitted, reason = _fitted(refit)
-            if refitted is None and model is not None:
+            refitted, _ = _fitted(refit)
+            if refitted is None:
                 break
-            marked, scores, model, unfit = copies, refit, refitted, reason
-            self.threshold = threshold
-        return scores, model, unfit
+            marked, scores, model, self.threshold = copies, refit, refitted, threshold
+        return scores, model, None
 
-    def threshold_of(self, model: MatchModel | None) -> float:
-        """The score of a match probability of COPY_PROBABILITY, or, where `model` gives none
-        that high, the threshold the copies were last marked at."""
-        if model is None:
-            return self.threshold
+    def threshold_of(self, model: MatchModel) -> float:
+        """The score `model` gives a match probability of COPY_PROBABILITY, or, where none
+        reaches it, the threshold the copies were last marked at."""
         reaching = model.lowest_score(COPY_PROBABILITY)
         return reaching if reaching <= 1.0 else self.threshold
 
@@ -472,23 +465,26 @@ class _Copies:
         copies = np.zeros(len(requester_rows), dtype=bool)
         if not len(compared):
             return copies
-        rows, positions = np.unique(
-            np.r_[theirs[compared], custodian_rows[compared]], return_inverse=True
-        )
-        encodings = self.custodian(rows)
+        solved_to, candidate = theirs[compared], custodian_rows[compared]
+        needed = np.zeros(max(int(solved_to.max()), int(candidate.max())) + 1, dtype=bool)
+        needed[solved_to] = needed[candidate] = True
+        position = np.cumsum(needed) - 1  # of each needed row among those read
+        encodings = self.custodian(np.flatnonzero(needed))
         counts = kernel.popcounts(encodings)
-        first, second = np.split(positions, 2)
-        similar = kernel.pair_dice(encodings, encodings, first, second, counts, counts)
+        similar = kernel.pair_dice(
+            encodings, encodings, position[solved_to], position[candidate], counts, counts
+        )
         copies[compared] = similar >= threshold
         return copies
 
 
-def _agreed_threshold(rule: DecisionRule) -> float:
-    """The rule's fixed threshold, or its agreed fallback."""
+def _surest_threshold(rule: DecisionRule) -> float:
+    """The highest Dice threshold the rule agrees: a fixed rule's, or a calibrated rule's upper
+    bound."""
     chosen = rule.threshold
     if isinstance(chosen, FixedThreshold):
         return chosen.threshold
-    return chosen.fallback_threshold
+    return chosen.bounds[1]
 
 
 def _scored_by_dice(
