@@ -414,11 +414,13 @@ Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 class _Copies:
     """Which candidates are the custodian's copies of the person their record was solved to:
     those whose custodian record scores at least `threshold` against the solved one, the score
-    the Dice model gives a match probability of COPY_PROBABILITY (else the agreed upper
-    bound). The blocking-key model's runner-ups set aside the copies at the Dice model's."""
+    the Dice model gives a match probability of COPY_PROBABILITY (else `fallback`, the agreed
+    upper bound); infinite while the Dice model sets none aside. The blocking-key model's
+    runner-ups set aside the copies at the Dice model's threshold."""
 
     custodian: CustodianEncodings | None
-    threshold: float
+    fallback: float
+    threshold: float = np.inf
 
     def fitted(
         self, pairs: Pairs, solved: Matches, records: int
@@ -432,10 +434,10 @@ class _Copies:
             return scores, model, unfit
         marked = np.zeros(len(pairs[0]), dtype=bool)
         for _ in range(COPY_ROUNDS):
-            threshold = self.threshold_of(model)
+            reaching = model.lowest_score(COPY_PROBABILITY)
+            threshold = reaching if reaching <= 1.0 else self.fallback
             copies = self.of(pairs, solved, records, threshold)
             if np.array_equal(copies, marked):
-                self.threshold = threshold
                 break
             refit = RecordScores.after_solving(*pairs, solved, records, copies)
             refitted, _ = _fitted(refit)
@@ -444,26 +446,16 @@ class _Copies:
             marked, scores, model, self.threshold = copies, refit, refitted, threshold
         return scores, model, None
 
-    def threshold_of(self, model: MatchModel) -> float:
-        """The score `model` gives a match probability of COPY_PROBABILITY, or, where none
-        reaches it, the threshold the copies were last marked at."""
-        reaching = model.lowest_score(COPY_PROBABILITY)
-        return reaching if reaching <= 1.0 else self.threshold
-
-    def of(
-        self, pairs: Pairs, solved: Matches, records: int, threshold: float | None = None
-    ) -> np.ndarray:
-        """Per candidate, whether its custodian record scores at least `threshold` (by default
-        the one the copies were last marked at) against its record's solved one."""
-        threshold = self.threshold if threshold is None else threshold
+    def of(self, pairs: Pairs, solved: Matches, records: int, threshold: float) -> np.ndarray:
+        """Per candidate, whether its custodian record scores at least `threshold` against its
+        record's solved one."""
         _, requester_rows, custodian_rows = pairs
-        assert self.custodian is not None
         partner = np.full(records, -1)
         partner[solved.requester_rows] = solved.custodian_rows
         theirs = partner[requester_rows]
         compared = np.flatnonzero((theirs >= 0) & (theirs != custodian_rows))
         copies = np.zeros(len(requester_rows), dtype=bool)
-        if not len(compared):
+        if self.custodian is None or not len(compared) or threshold > 1.0:
             return copies
         solved_to, candidate = theirs[compared], custodian_rows[compared]
         needed = np.zeros(max(int(solved_to.max()), int(candidate.max())) + 1, dtype=bool)
@@ -570,9 +562,7 @@ def _scored_with_keys(
     score, rows0, rows1, sim = score[order], rows0[order], rows1[order], sim[order]
     by_score = solve_one_to_one(score, rows0, rows1)
     records = len(keys.requester)
-    marked = np.zeros(len(score), dtype=bool)
-    if copies.custodian is not None:
-        marked = copies.of((score, rows0, rows1), by_score, records)
+    marked = copies.of((score, rows0, rows1), by_score, records, copies.threshold)
     scores = RecordScores.after_solving(score, rows0, rows1, by_score, records, marked)
     scores = _without_partners(scores, (sim, rows0, rows1), by_score, keys, model)
     fitted, _ = _fitted(scores)
