@@ -40,7 +40,6 @@ from blindlink.matching.decision import (
     PairStatus,
     blocking_keys,
     candidates,
-    custodian_encodings,
     decide,
 )
 from blindlink.matching.engine import Candidates, SharedEncodings
@@ -222,13 +221,10 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     rule = calibrated_rule(case.hardened)
     records = len(data.shared.requester)
     keys = blocking_keys(data.shared)
-    custodian = custodian_encodings(data.shared)
     candidates_seconds, found = timed(
         lambda: candidates(data.shared, rule, executor, workers, data.blocking)
     )
-    decide_seconds, calibrated = timed(
-        lambda: decide(found, records, rule, keys, data.blocking, custodian)
-    )
+    decide_seconds, calibrated = timed(lambda: decide(found, records, rule, keys, data.blocking))
     # The oracle: the same candidates, decided at every fixed Dice threshold of the grid.
     fixed = decide(found, records, DecisionRule(FixedThreshold(FLOOR)))
     curve = curve_of(fixed, data.truth)
@@ -298,9 +294,7 @@ def _sparse_run(
     and how many pairs each released, and how many of those are kept true pairs."""
     sparse = _without_pairs(found, data.truth - kept)
     calibrated, fallback = rules
-    decided = decide(
-        sparse, records, calibrated, keys, data.blocking, custodian_encodings(data.shared)
-    )
+    decided = decide(sparse, records, calibrated, keys, data.blocking)
     agreed = decide(sparse, records, fallback)
     return {
         "partners": len(kept),

@@ -327,7 +327,7 @@ class PartitionedIndex:
         shared = SharedEncodings(
             requester, np.empty((len(rows), 0), np.uint8), requester_keys, keys, key, counts
         )
-        return IndexedBatch(shared, rows, PartitionExecutor(placement, rows), self.index.encodings)
+        return IndexedBatch(shared, rows, PartitionExecutor(placement, rows))
 
 
 class PartitionExecutor:

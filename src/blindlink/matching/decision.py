@@ -13,14 +13,12 @@ agreed upper bound) above the scores the run's records without a partner are exp
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
 import numpy as np
 
-from blindlink.matching import kernel
 from blindlink.matching.blocking import Blocking, KeyBlocking
 from blindlink.matching.blocking_loss import missed_share
 from blindlink.matching.engine import (
@@ -68,19 +66,6 @@ MODELS_AGREE = 0.05
 # The blocking-key model's log-odds become a score in [0, 1] linearly, +-LOG_ODDS_SPAN at the
 # ends: 0.3 of log-odds per bin of the match model.
 LOG_ODDS_SPAN = 30.0
-
-# A custodian may hold a person more than once. The match model takes a record's runner-up for
-# its best non-match, so a candidate that is another of the custodian's records of the person its
-# record was solved to (a copy) is no runner-up. Where the model fits, a candidate is a copy
-# where its custodian record and the solved one score what the model gives a match probability of
-# COPY_PROBABILITY or more (or, where no score reaches it, the agreed upper bound); the model is
-# refitted without the copies, COPY_ROUNDS times at most, as long as one fits. Where no model fits
-# at first, nothing is set aside: a run with nobody shared, its look-alikes set aside at the
-# agreed fallback threshold (0.6, hardened), was fitted on the rest and released 2490 pairs.
-COPY_PROBABILITY = 0.99
-COPY_ROUNDS = 2
-# Reads the custodian's encodings of the given rows.
-CustodianEncodings = Callable[[np.ndarray], np.ndarray]
 
 
 class PairStatus(IntEnum):
@@ -221,15 +206,10 @@ def link(
     blocking: Blocking | None = None,
     limits: MatchingLimits = DEFAULT_LIMITS,
     progress: Progress = lambda done, total: None,
-    custodian: CustodianEncodings | None = None,
 ) -> Decisions:
-    """Candidates for the rule, then decisions. The custodian's encodings are read from
-    `shared`, or by `custodian` where `shared` holds none (an index partitioned across
-    workers)."""
+    """Candidates for the rule, then decisions."""
     found = candidates(shared, rule, executor, workers, blocking, limits, progress)
-    custodian = custodian or custodian_encodings(shared)
-    keys = blocking_keys(shared)
-    return decide(found, len(shared.requester), rule, keys, blocking, custodian)
+    return decide(found, len(shared.requester), rule, blocking_keys(shared), blocking)
 
 
 def candidates(
@@ -255,13 +235,6 @@ def candidates(
     )
 
 
-def custodian_encodings(shared: SharedEncodings) -> CustodianEncodings | None:
-    """A reader of `shared`'s custodian encodings, if it holds them."""
-    if not shared.custodian.shape[1]:
-        return None
-    return lambda rows: shared.custodian[rows]
-
-
 def blocking_keys(shared: SharedEncodings) -> PartyKeys | None:
     """Both parties' blocking keys and the custodian's counts of the requester's key values, if
     the encodings carry keys."""
@@ -276,7 +249,6 @@ def decide(
     rule: DecisionRule,
     keys: PartyKeys | None = None,
     blocking: Blocking | None = None,
-    custodian: CustodianEncodings | None = None,
 ) -> Decisions:
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
 
@@ -288,23 +260,21 @@ def decide(
     released at an estimated F* of 0.65 against Dice's 0.81, true 0.57 against 0.72);
     otherwise the threshold applies to Dice. With keyed `blocking`, the estimated number of
     requester records with a partner includes the partners that share no key (never
-    compared), where the keys determine how many there are (blocking_loss.py). With the
-    `custodian`'s encodings, the model sets aside the custodian's copies of a person
-    (COPY_PROBABILITY)."""
+    compared), where the keys determine how many there are (blocking_loss.py)."""
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
         candidates.custodian_rows,
     )
     solved_all = solve_one_to_one(sim, rows0, rows1)
-    copies = _Copies(custodian, _surest_threshold(rule))
-    dice_scores, by_dice, unfit = copies.fitted((sim, rows0, rows1), solved_all, requester_records)
+    dice_scores = RecordScores.after_solving(sim, rows0, rows1, solved_all, requester_records)
+    by_dice, unfit = _fitted(dice_scores)
     uncompared = _uncompared(solved_all, keys, blocking, by_dice)
     scored = _scored_by_dice(solved_all, rule, by_dice, unfit, dice_scores)
     scored = scored.with_uncompared(uncompared)
     choice = _threshold(rule, scored)
     if keys is not None and by_dice is not None and isinstance(rule.threshold, CalibratedThreshold):
-        with_keys = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0], copies)
+        with_keys = _scored_with_keys(candidates, keys, by_dice, rule.threshold.bounds[0])
         if with_keys is not None:
             with_keys = with_keys.with_uncompared(uncompared)
             keyed_choice = _threshold(rule, with_keys)
@@ -406,79 +376,6 @@ def _fitted(scores: RecordScores) -> tuple[MatchModel | None, ModelUnfit | None]
         return None, reason
 
 
-# Candidate pairs: similarities (or scores), requester rows, custodian rows.
-Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@dataclass
-class _Copies:
-    """Which candidates are the custodian's copies of the person their record was solved to:
-    those whose custodian record scores at least `threshold` against the solved one, the score
-    the Dice model gives a match probability of COPY_PROBABILITY (else `fallback`, the agreed
-    upper bound); infinite while the Dice model sets none aside. The blocking-key model's
-    runner-ups set aside the copies at the Dice model's threshold."""
-
-    custodian: CustodianEncodings | None
-    fallback: float
-    threshold: float = np.inf
-
-    def fitted(
-        self, pairs: Pairs, solved: Matches, records: int
-    ) -> tuple[RecordScores, MatchModel | None, ModelUnfit | None]:
-        """The record scores of solved `pairs`, and their model (or why none fits): where a
-        model fits, without the copies it marks, refitted COPY_ROUNDS times at most and kept
-        while a model fits."""
-        scores = RecordScores.after_solving(*pairs, solved, records)
-        model, unfit = _fitted(scores)
-        if self.custodian is None or model is None:
-            return scores, model, unfit
-        marked = np.zeros(len(pairs[0]), dtype=bool)
-        for _ in range(COPY_ROUNDS):
-            reaching = model.lowest_score(COPY_PROBABILITY)
-            threshold = reaching if reaching <= 1.0 else self.fallback
-            copies = self.of(pairs, solved, records, threshold)
-            if np.array_equal(copies, marked):
-                break
-            refit = RecordScores.after_solving(*pairs, solved, records, copies)
-            refitted, _ = _fitted(refit)
-            if refitted is None:
-                break
-            marked, scores, model, self.threshold = copies, refit, refitted, threshold
-        return scores, model, None
-
-    def of(self, pairs: Pairs, solved: Matches, records: int, threshold: float) -> np.ndarray:
-        """Per candidate, whether its custodian record scores at least `threshold` against its
-        record's solved one."""
-        _, requester_rows, custodian_rows = pairs
-        partner = np.full(records, -1)
-        partner[solved.requester_rows] = solved.custodian_rows
-        theirs = partner[requester_rows]
-        compared = np.flatnonzero((theirs >= 0) & (theirs != custodian_rows))
-        copies = np.zeros(len(requester_rows), dtype=bool)
-        if self.custodian is None or not len(compared) or threshold > 1.0:
-            return copies
-        solved_to, candidate = theirs[compared], custodian_rows[compared]
-        needed = np.zeros(max(int(solved_to.max()), int(candidate.max())) + 1, dtype=bool)
-        needed[solved_to] = needed[candidate] = True
-        position = np.cumsum(needed) - 1  # of each needed row among those read
-        encodings = self.custodian(np.flatnonzero(needed))
-        counts = kernel.popcounts(encodings)
-        similar = kernel.pair_dice(
-            encodings, encodings, position[solved_to], position[candidate], counts, counts
-        )
-        copies[compared] = similar >= threshold
-        return copies
-
-
-def _surest_threshold(rule: DecisionRule) -> float:
-    """The highest Dice threshold the rule agrees: a fixed rule's, or a calibrated rule's upper
-    bound."""
-    chosen = rule.threshold
-    if isinstance(chosen, FixedThreshold):
-        return chosen.threshold
-    return chosen.bounds[1]
-
-
 def _scored_by_dice(
     solved_all: Matches,
     rule: DecisionRule,
@@ -535,7 +432,6 @@ def _scored_with_keys(
     keys: PartyKeys,
     by_dice: MatchModel,
     dice_floor: float,
-    copies: _Copies,
 ) -> _Scored | None:
     """Pairs scored by a Fellegi-Sunter model of their Dice score and shared keys, fitted from
     the Dice model's probabilities, solved 1:1 by that score, and given match probabilities by
@@ -561,9 +457,7 @@ def _scored_with_keys(
     order = np.lexsort((rows1, rows0, -sim, -score))
     score, rows0, rows1, sim = score[order], rows0[order], rows1[order], sim[order]
     by_score = solve_one_to_one(score, rows0, rows1)
-    records = len(keys.requester)
-    marked = copies.of((score, rows0, rows1), by_score, records, copies.threshold)
-    scores = RecordScores.after_solving(score, rows0, rows1, by_score, records, marked)
+    scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys.requester))
     scores = _without_partners(scores, (sim, rows0, rows1), by_score, keys, model)
     fitted, _ = _fitted(scores)
     if fitted is None or abs(fitted.matched_records / by_dice.matched_records - 1.0) > MODELS_AGREE:

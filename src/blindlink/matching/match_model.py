@@ -173,49 +173,33 @@ class RecordScores:
         custodian_rows: np.ndarray,
         solved: Matches,
         requester_records: int,
-        copies: np.ndarray | None = None,
     ) -> RecordScores:
         """The scores of each requester record's first two available candidates among its
         first RANKED (the first only if among its first RANKED - 1). The candidates are in
         solving order (best first, ties by requester row then custodian row) and `solved` is
-        their greedy 1:1 solution. Candidates marked in `copies` (the same person as their
-        record's solved custodian record, a custodian's duplicate) are neither runner-up nor
-        second best: those must be non-matches. A record left without a runner-up by them has
-        none known (NaN), rather than none at all: its non-matches were not seen."""
+        their greedy 1:1 solution."""
+        best = np.full(requester_records, -1.0)
+        runner_up = np.full(requester_records, -1.0)
         order = np.argsort(requester_rows, kind="stable")  # solving order within each record
         rows = requester_rows[order]
-        rank = _ranks(rows)
+        starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
+        group = np.flatnonzero(starts)
+        rank = np.arange(len(rows)) - np.repeat(group, np.diff(np.r_[group, len(rows)]))
         ranked = similarities[order]
-        other = np.ones(len(rows), dtype=bool) if copies is None else ~copies[order]
         top = np.full(requester_records, -1.0)
         top[rows[rank == 0]] = ranked[rank == 0]
         second = np.full(requester_records, -1.0)
-        after_top = np.flatnonzero((rank > 0) & other)
-        records, first = np.unique(rows[after_top], return_index=True)
-        second[records] = ranked[after_top[first]]
-        available = (rank < RANKED) & _available(requester_rows, custodian_rows, solved)[order]
-        set_aside = np.zeros(requester_records, dtype=bool)
-        set_aside[rows[available & ~other]] = True
-        seen = available & other
+        second[rows[rank == 1]] = ranked[rank == 1]
+        seen = (rank < RANKED) & _available(requester_rows, custodian_rows, solved)[order]
         rows, sims, rank, pairs = rows[seen], ranked[seen], rank[seen], order[seen]
         starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
         first = starts & (rank < RANKED - 1)
         after = np.r_[False, first[:-1]] & ~starts
-        best = np.full(requester_records, -1.0)
         best[rows[first]] = sims[first]
-        runner_up = np.full(requester_records, -1.0)
         runner_up[rows[after]] = sims[after]
-        runner_up[set_aside & (runner_up < 0) & (best >= 0)] = np.nan
         runner_up_pair = np.full(requester_records, -1)
         runner_up_pair[rows[after]] = pairs[after]
         return cls(best, runner_up, top, second, runner_up_pair)
-
-
-def _ranks(rows: np.ndarray) -> np.ndarray:
-    """Each candidate's rank within its record's candidates (`rows` grouped by record)."""
-    starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
-    group = np.flatnonzero(starts)
-    return np.arange(len(rows)) - np.repeat(group, np.diff(np.r_[group, len(rows)]))
 
 
 def _available(
@@ -289,7 +273,7 @@ def _check_unseen(joint: np.ndarray, model: MatchModel) -> None:
     too few to describe the best non-match of the records without a partner: of those W
     records, about W / (runner-ups + 1) score above every runner-up, where the model sees no
     non-match, and they must be fewer than UNSEEN times the matches."""
-    runner_ups = float((model.probabilities @ joint[:, :BINS]).sum())
+    runner_ups = float((model.probabilities @ joint).sum())
     unseen = (joint.sum() - model.matched_records) / (runner_ups + 1.0)
     if unseen > UNSEEN * model.matched_records:
         raise ModelUnfit(
@@ -314,22 +298,18 @@ def resampled_models(scores: RecordScores, replicates: int = REPLICATES) -> list
     models = []
     for draw in draws:
         try:
-            models.append(_fit(draw.reshape(BINS, BINS + 1).astype(np.float64), start))
+            models.append(_fit(draw.reshape(BINS, BINS).astype(np.float64), start))
         except ModelUnfit:
             continue
     return models
 
 
 def _joint_histogram(scores: RecordScores) -> np.ndarray:
-    """Records per (best bin, runner-up bin), the last runner-up column for the records whose
-    runner-up is unknown (NaN: set aside as a copy). A record's weight depends only on its
-    best score's bin, so the fit works on this histogram, whatever the number of records."""
-    unknown = np.isnan(scores.runner_up)
-    runner_bins = np.where(unknown, BINS, score_bins(np.where(unknown, -1.0, scores.runner_up)))
-    joint = np.bincount(
-        score_bins(scores.best) * (BINS + 1) + runner_bins, minlength=BINS * (BINS + 1)
-    )
-    return joint.reshape(BINS, BINS + 1).astype(np.float64)
+    """Records per (best bin, runner-up bin). A record's weight depends only on its best
+    score's bin, so the fit works on this histogram, whatever the number of records."""
+    best_bins, runner_bins = score_bins(scores.best), score_bins(scores.runner_up)
+    joint = np.bincount(best_bins * BINS + runner_bins, minlength=BINS * BINS)
+    return joint.reshape(BINS, BINS).astype(np.float64)
 
 
 def _start_bin(scores: RecordScores) -> int:
@@ -339,9 +319,7 @@ def _start_bin(scores: RecordScores) -> int:
     agree exactly with their record: people who share a name. Starting above them, the fit
     started from no records and was refused, and the fallback released at F* 0.46 where the
     model, started from the exact agreements, releases at 0.69 (the best fixed threshold's)."""
-    known = scores.runner_up[~np.isnan(scores.runner_up)]
-    highest = np.quantile(known, 0.99) if len(known) else 1.0
-    above_runner_ups = int(score_bins(np.array([highest]))[0])
+    above_runner_ups = int(score_bins(np.array([np.quantile(scores.runner_up, 0.99)]))[0])
     return min(above_runner_ups, BINS - 2)
 
 
@@ -353,7 +331,7 @@ def _fit(joint: np.ndarray, start: int) -> MatchModel:
     weights = (np.arange(BINS) > start).astype(np.float64)  # per best bin
     describe_b = np.ones(BINS, dtype=bool)  # the best bins whose runner-ups describe B
     for _ in range(ITERATIONS):
-        runner_ups = (weights * describe_b) @ joint[:, :BINS]  # weighted runner-ups' histogram
+        runner_ups = (weights * describe_b) @ joint  # the weighted runner-ups' histogram
         if runner_ups.sum() < MIN_SUPPORT:
             raise ModelUnfit(
                 f"fewer than {MIN_SUPPORT} records look matched: too few matches to model",
