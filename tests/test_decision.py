@@ -18,10 +18,13 @@ from blindlink.benchmarking.record_pairs import LinkedPair
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import (
+    DICE,
     Decisions,
     DecisionSummary,
     PairStatus,
     _quality,
+    _Scored,
+    _threshold,
     candidates,
     decide,
     link,
@@ -29,7 +32,7 @@ from blindlink.matching.decision import (
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
 from blindlink.matching.evidence import PairEvidence, PartyKeys
 from blindlink.matching.executors import SerialExecutor
-from blindlink.matching.linkage import solve_one_to_one
+from blindlink.matching.linkage import Matches, solve_one_to_one
 from blindlink.matching.match_model import (
     ModelUnfit,
     RecordScores,
@@ -249,6 +252,55 @@ def test_a_thin_excess_over_the_non_matches_is_not_taken_for_matches(tmp_path: P
     assert "more likely not matched" in decisions.note and decisions.threshold >= 0.8
     precision, recall = _true_quality(decisions, truth)
     assert precision >= 0.9 and recall >= 0.8
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8),
+        CalibratedThreshold(Target.MIN_PRECISION, (0.5, 0.95), 0.8, 0.9),
+    ],
+)
+def test_neither_target_releases_a_pair_more_likely_not_matched(
+    target: CalibratedThreshold,
+) -> None:
+    """100 pairs at 0.95, certain, and 5 at 0.7 of match probability 0.49, with 110 records
+    that have a partner: releasing all 105 has the higher estimated F* (0.910 against 0.909)
+    and meets precision 0.9, but 5 of them are more likely not matched."""
+    scores = np.r_[np.full(100, 0.95), np.full(5, 0.7)]
+    rows = np.arange(len(scores))
+    scored = _Scored(
+        Matches(rows, rows, scores),
+        scores,
+        np.r_[np.ones(100), np.full(5, 0.49)],
+        110.0,
+        np.ones(len(scores), dtype=bool),
+        DICE,
+        "",
+    )
+    assert 0.7 < _threshold(DecisionRule(target), scored).threshold <= 0.95
+
+
+def test_no_pair_more_likely_not_matched_is_released(tmp_path: Path) -> None:
+    """1000 records per party, 100 shared, unhardened (seed 4): the model counts about 170
+    records with a partner, many of them as small probabilities spread over the best
+    non-matches, and its best estimated F* lay at 0.74, releasing 160 pairs at a precision of
+    0.625 (estimated 0.771), down to a match probability of 0.38. No threshold may release a
+    pair below 0.5: it now lies at 0.795, releasing 101 pairs at 0.970 (estimated 0.982)."""
+    data = encoded_pair(tmp_path, 1000, 0.1, 4)
+    shared = SharedEncodings.of(data.requester, data.custodian)
+    rule = calibrated_rule(hardened=False)
+    decisions = decide(candidates(shared, rule, SerialExecutor(), 1, None), 1000, rule)
+    truth = set(
+        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
+    )
+    released = decisions.status == PairStatus.MATCH
+    assert decisions.estimates is not None
+    assert decisions.note.endswith("best estimated F* without a pair below match probability 0.5")
+    assert decisions.probabilities[released].min() >= 0.5
+    precision, recall = _true_quality(decisions, truth)
+    assert precision >= 0.9 and recall >= 0.9
+    assert abs(decisions.estimates.precision - precision) <= 0.03
 
 
 def test_no_candidates_at_all_fall_back() -> None:

@@ -236,8 +236,9 @@ class CalibratedDecision(_Section):
     """rule calibrated: each run's match model, fitted to the run's own scores, chooses the
     threshold within bounds [low, high] towards target (best_f_star: the best estimated F*;
     min_precision: the lowest threshold whose estimated precision reaches min_precision, else
-    high); a run whose model cannot be fitted uses fallback_threshold, raised where the model
-    finds few matches (decision._fallback). Bounds and fallback
+    high), never one that releases a pair of match probability below 0.5
+    (decision.LEAST_PROBABILITY); a run whose model cannot be fitted uses fallback_threshold,
+    raised where the model finds few matches (decision._fallback). Bounds and fallback
     default to those recommended for the hardening."""
 
     rule: Literal["calibrated"]

@@ -303,7 +303,8 @@ def _add_decision_arguments(new: argparse.ArgumentParser) -> None:
         "--target",
         choices=[target.value.replace("_", "-") for target in Target],
         help="what a calibrated threshold aims for: the best estimated F* (default), or the "
-        "lowest threshold whose estimated precision reaches --min-precision",
+        "lowest threshold whose estimated precision reaches --min-precision; either way, no "
+        "pair of match probability below 0.5 is released",
     )
     decision.add_argument(
         "--min-precision",
