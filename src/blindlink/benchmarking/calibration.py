@@ -51,7 +51,19 @@ from blindlink.synthetic import CorruptionRates
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 OVERLAPS = (0.1, 0.5, 0.9)
 ALL_PAIRS_UP_TO = 10_000  # larger generated cases compare only records sharing a blocking key
-CORRUPTION = {"default": CorruptionRates(), "heavy": CorruptionRates.scaled(2.0)}
+CORRUPTION = {
+    "default": CorruptionRates(),
+    "heavy": CorruptionRates.scaled(2.0),
+    # Shapes of data the model was not built on, at SHAPE_RECORDS only: a third of the
+    # custodian's records moved house (address, town and postcode), or a fifth of each field
+    # is blank.
+    "moved": CorruptionRates(moved=0.35),
+    "missing": CorruptionRates(missing=0.2),
+}
+SCALED = ("default", "heavy")  # the corruptions measured at every size
+SHAPES = tuple(name for name in CORRUPTION if name not in SCALED)
+SHAPE_RECORDS = 5000
+SHAPE_OVERLAPS = (0.1, 0.5)
 # Requester batches drawn from the largest generated requester file and matched against the
 # whole custodian file: the verification service's case, where 1:1 solving cannot protect a
 # batch record without a partner (the custodian records it resembles are free).
@@ -65,6 +77,9 @@ FEBRL_DUPLICATES = ("febrl1", "febrl2", "febrl3")
 # custodian that holds people more than once (FEBRL1 has no second duplicates).
 CUSTODIAN_DUPLICATES = ("febrl2-custodian", "febrl3-custodian")
 SEED = 1
+# More draws of the smallest runs with a tenth shared (default corruption, all pairs), whose
+# estimates vary most from one draw to the next.
+SEED_DRAWS = tuple(range(2, 17))
 QUICK_RECORDS = 1000
 QUICK_FEBRL_CUT = 500
 
@@ -90,6 +105,7 @@ class Case:
     keyed: bool  # compare only records sharing a blocking key, else all pairs
     hardened: bool
     batch: int = 0  # requester records drawn from the requester file (0: all of them)
+    seed: int = SEED  # of the generated data
 
     @property
     def data_set(self) -> str:
@@ -100,7 +116,8 @@ class Case:
         if self.dataset in FEBRL_DUPLICATES + CUSTODIAN_DUPLICATES:
             return f"{self.dataset}-duplicates"
         batch = f"-batch{self.batch}" if self.batch else ""
-        return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}{batch}"
+        seed = f"-seed{self.seed}" if self.seed != SEED else ""
+        return f"generated-{self.records}-{self.corruption}-{self.overlap}-{blocking}{batch}{seed}"
 
     @property
     def name(self) -> str:
@@ -119,15 +136,25 @@ def plan(sizes: list[int], datasets: list[str], quick: bool) -> list[Case]:
         sets = [
             Case("generated", size, overlap, corruption, size > ALL_PAIRS_UP_TO, False)
             for size in sizes
-            for corruption in CORRUPTION
+            for corruption in SCALED
             for overlap in OVERLAPS
         ]
         sets += [
             Case("generated", max(sizes), overlap, corruption, True, False, BATCH_RECORDS)
-            for corruption in CORRUPTION
+            for corruption in SCALED
             for overlap in OVERLAPS
             if max(sizes) > max(ALL_PAIRS_UP_TO, BATCH_RECORDS)
         ]
+        if min(sizes) <= ALL_PAIRS_UP_TO:  # with the all-pairs sizes, their other draws
+            sets += [
+                Case("generated", SHAPE_RECORDS, overlap, shape, False, False)
+                for shape in SHAPES
+                for overlap in SHAPE_OVERLAPS
+            ]
+            sets += [
+                Case("generated", min(sizes), 0.1, "default", False, False, seed=seed)
+                for seed in SEED_DRAWS
+            ]
         sets += [Case("febrl4", FEBRL_RECORDS, 1.0, "febrl4", False, False)]
         sets += [Case("febrl4", FEBRL_CUT, o, "febrl4", False, False) for o in OVERLAPS]
         sets += [
@@ -168,7 +195,7 @@ def prepare(case: Case, workdir: Path) -> Prepared:
         workdir,
         case.records,
         case.overlap,
-        SEED,
+        case.seed,
         blocking,
         steps,
         CORRUPTION[case.corruption],
