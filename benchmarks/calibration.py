@@ -135,7 +135,7 @@ def code_version() -> dict[str, Any]:
     """The commit measured and the files that differed from it."""
 
     def git(*command: str) -> str:
-        repository = Path(__file__).resolve().parent
+        repository = Path(__file__).resolve().parent.parent  # paths below are from its root
         done = subprocess.run(["git", *command], cwd=repository, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
