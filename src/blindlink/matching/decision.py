@@ -545,7 +545,7 @@ def _threshold(rule: DecisionRule, scored: _Scored) -> _Choice:
     last = np.maximum(released - 1, 0)
     true = np.where(released > 0, np.cumsum(probabilities)[last], 0.0)
     precision = np.divide(true, released, out=np.ones(len(grid)), where=released > 0)
-    least = np.minimum.accumulate(probabilities) if len(probabilities) else probabilities
+    least = np.minimum.accumulate(probabilities)  # of the pairs each threshold releases
     sure = (released == 0) | (least[last] >= LEAST_PROBABILITY)
     on = f"calibrated on {scored.scale}"
     if chosen.target is Target.MIN_PRECISION:

@@ -83,8 +83,8 @@ UNSEEN = 0.25
 # non-match poorly, the number of records without a partner comes out low, and the excess spreads
 # over the whole range of non-match scores as a small match probability. The share of the estimated
 # matches from records below a match probability of 0.5 must be at most DOUBTFUL. Measured: at most
-# 0.23 on the calibration cases (FEBRL4's 2500-record cut with a tenth shared, hardened) but their
-# 16 draws of 1000 records with a tenth shared, up to 0.44 on those (decision.LEAST_PROBABILITY
+# 0.23 on the calibration cases (FEBRL4's 2500-record cut with a tenth shared, hardened), except
+# their 16 draws of 1000 records with a tenth shared: up to 0.44 (decision.LEAST_PROBABILITY
 # keeps such fits from releasing their doubtful pairs); up to 0.96
 # on FEBRL4 with 30 true pairs kept, which were fitted on look-alikes and released at true
 # precisions of 0.22 to 0.64. On generated runs (seed 3) of 100 to 10,000 records with 2% to 10%
