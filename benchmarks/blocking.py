@@ -122,9 +122,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     peak_gib = memory.stop()
     log = server.log.read_text()
     run_line = next((line for line in log.splitlines() if " done on " in line), "")
-    truth = set(
-        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
-    )
+    truth = data.truth_pairs
     quality = pair_quality(pairs, truth)
     privacy = key_attacks(data, blocking) if isinstance(blocking, KeyBlocking) else {}
     result = {

@@ -208,9 +208,7 @@ def test_a_few_partners_among_many_records_are_released_without_the_look_alikes(
     shared = SharedEncodings.of(data.requester, data.custodian)
     rule = calibrated_rule(hardened=True)
     found = candidates(shared, rule, SerialExecutor(), 1, None)
-    truth = set(
-        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
-    )
+    truth = data.truth_pairs
     raised = decide(found, 4000, rule)
     assert raised.estimates is None and "; raised from 0.6 to " in raised.note
     agreed = decide(found, 4000, DecisionRule(FixedThreshold(0.6)))
@@ -245,9 +243,7 @@ def test_a_thin_excess_over_the_non_matches_is_not_taken_for_matches(tmp_path: P
     shared = SharedEncodings.of(data.requester, data.custodian)
     rule = calibrated_rule(hardened=False)
     decisions = decide(candidates(shared, rule, SerialExecutor(), 1, None), 300, rule)
-    truth = set(
-        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
-    )
+    truth = data.truth_pairs
     assert decisions.estimates is None
     assert "more likely not matched" in decisions.note and decisions.threshold >= 0.8
     precision, recall = _true_quality(decisions, truth)
@@ -291,9 +287,7 @@ def test_no_pair_more_likely_not_matched_is_released(tmp_path: Path) -> None:
     shared = SharedEncodings.of(data.requester, data.custodian)
     rule = calibrated_rule(hardened=False)
     decisions = decide(candidates(shared, rule, SerialExecutor(), 1, None), 1000, rule)
-    truth = set(
-        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
-    )
+    truth = data.truth_pairs
     released = decisions.status == PairStatus.MATCH
     assert decisions.estimates is not None
     assert decisions.note.endswith("best estimated F* without a pair below match probability 0.5")
@@ -466,9 +460,7 @@ def _keyed_run(
     pair = encoded_pair(tmp_path, records, overlap, seed, blocking, corruption=corruption)
     keys = (pair.requester_keys, pair.custodian_keys)
     shared = SharedEncodings.of(pair.requester, pair.custodian, *keys)
-    truth = set(
-        zip(pair.true_requester_rows.tolist(), pair.true_custodian_rows.tolist(), strict=True)
-    )
+    truth = pair.truth_pairs
     candidates = find_candidates(shared, 1.5, SerialExecutor(), 1, blocking, best=4)
     return candidates, PartyKeys.counted(*keys), truth
 

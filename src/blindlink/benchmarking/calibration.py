@@ -202,9 +202,7 @@ def prepare(case: Case, workdir: Path) -> Prepared:
     )
     if case.batch:
         data = _batch_of(data, case.batch)
-    truth = set(
-        zip(data.true_requester_rows.tolist(), data.true_custodian_rows.tolist(), strict=True)
-    )
+    truth = data.truth_pairs
     if blocking is None:
         return Prepared(SharedEncodings.of(data.requester, data.custodian), truth, None, 1.0)
     keys_a = data.requester_keys[data.true_requester_rows]

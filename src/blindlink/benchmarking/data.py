@@ -34,6 +34,12 @@ class EncodedPair:
     true_custodian_rows: np.ndarray
     directory: Path
 
+    @property
+    def truth_pairs(self) -> set[tuple[int, int]]:
+        """(requester row, custodian row) of every true match."""
+        requester, custodian = self.true_requester_rows, self.true_custodian_rows
+        return set(zip(requester.tolist(), custodian.tolist(), strict=True))
+
 
 def encoded_pair(
     workdir: Path,
