@@ -205,7 +205,9 @@ def how(executor: Executor) -> str:
         "threshold, note and estimates (and their 90% intervals: the model refitted to 50 "
         "resamplings of the records, each with a draw of which released pairs are matches) as "
         "the run reports them; true precision, recall and F* "
-        "of its released matches (benchmarking.quality.released_quality). Without partners, and "
+        "of its released matches (benchmarking.quality.released_quality); per band of the "
+        "model's match probability, its released matches, how many the model expects true "
+        "and how many are (benchmarking.quality.reliability). Without partners, and "
         f"with {cal.FEW_PARTNERS} partners (true pairs drawn with seed {cal.FEW_SEED}): the "
         "same candidates without the other true pairs, decided by the same rule and by its "
         "agreed fallback threshold alone; whether the model was fitted, and how many pairs "
@@ -275,6 +277,15 @@ def report(document: dict[str, Any]) -> None:
         )
         for case in sparse["modelled"]:
             print(f"      modelled: {case}")
+    print("  released matches by the model's match probability (expected true / true):")
+    for blocking, bands in summary["reliability"].items():
+        for band in bands:
+            if band["released"]:
+                low, high = band["band"]
+                print(
+                    f"      {blocking:<9} [{low:.2f}, {high:.2f}): {band['released']} released, "
+                    f"{band['expected_true']:.1f} / {band['true']} true"
+                )
     for key, bias in summary["bias"].items():
         if bias["mean"] is not None:
             print(

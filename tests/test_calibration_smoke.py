@@ -105,3 +105,24 @@ def test_runs_with_a_few_partners_keep_them_among_what_they_release(
 
 def test_the_plot_is_written(out: Path) -> None:
     assert (out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reliability_bands_hold_every_released_match_of_a_fitted_run(
+    document: dict[str, Any],
+) -> None:
+    pooled: dict[str, int] = {"all pairs": 0, "keys": 0}
+    for case in document["cases"]:
+        bands = case["reliability"]
+        calibrated = case["calibrated"]
+        if calibrated["estimated"] is None:
+            assert bands == [], case["name"]
+            continue
+        assert sum(band["released"] for band in bands) == calibrated["released"]
+        for band in bands:
+            low, high = band["band"]
+            assert low * band["released"] <= band["expected_true"] <= high * band["released"]
+            assert 0 <= band["true"] <= band["released"]
+        pooled[case["blocking"]] += calibrated["released"]
+    for blocking, released in pooled.items():
+        summary = document["summary"]["reliability"][blocking]
+        assert sum(band["released"] for band in summary) == released

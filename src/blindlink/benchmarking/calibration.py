@@ -22,7 +22,13 @@ from blindlink.agreement.document import (
     recommended_thresholds,
 )
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
-from blindlink.benchmarking.quality import FLOOR, curve_of, released_quality, released_right
+from blindlink.benchmarking.quality import (
+    FLOOR,
+    curve_of,
+    released_quality,
+    released_right,
+    reliability,
+)
 from blindlink.benchmarking.record_pairs import (
     febrl_custodian_duplicates_pair,
     febrl_duplicates_pair,
@@ -282,6 +288,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
             "true": true,
         },
         "oracle": oracle,
+        "reliability": reliability(calibrated, data.truth),
         **sparse,
         "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
         "covered": _covered(estimated, true),
@@ -424,8 +431,26 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
         "all_met": not any(per_target.values()),
         "bias": bias,
         "intervals_hold_truth": _coverage(cases),
+        "reliability": {
+            blocking: _pooled_reliability([c for c in cases if c["blocking"] == blocking])
+            for blocking in ("all pairs", "keys")
+        },
         "sparse_runs": {name: _sparse_summary(cases, name) for name in SPARSE_RUNS},
     }
+
+
+def _pooled_reliability(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cases' reliability bands added up: released matches, expected and truly true."""
+    pooled: dict[tuple[float, float], dict[str, Any]] = {}
+    for case in cases:
+        for band in case.get("reliability", []):  # older results lack them
+            total = pooled.setdefault(
+                tuple(band["band"]),
+                {"band": band["band"], "released": 0, "expected_true": 0.0, "true": 0},
+            )
+            for key in ("released", "expected_true", "true"):
+                total[key] += band[key]
+    return list(pooled.values())
 
 
 def _sparse_summary(cases: list[dict[str, Any]], name: str) -> dict[str, Any]:

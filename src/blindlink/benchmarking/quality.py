@@ -8,7 +8,9 @@ gives the whole precision-recall curve.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,9 @@ from blindlink.matching.rules import DecisionRule, FixedThreshold
 
 FLOOR = 0.5
 THRESHOLDS = np.round(np.arange(FLOOR, 1.0, 0.01), 2)
+# The lower edges of the bands of match probability in which a run's released matches are
+# compared with the truth (the last band reaches 1).
+PROBABILITY_BANDS = (0.0, 0.5, 0.9, 0.99)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,31 @@ def released_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[
         "recall": right / with_partner if truth else 1.0,
         "f_star": right / (count + with_partner - right) if count + with_partner else 1.0,
     }
+
+
+def reliability(decisions: Decisions, truth: set[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Per band of match probability (PROBABILITY_BANDS): how many released matches lie in it,
+    how many of them the model expects to be true (their probabilities' sum) and how many are.
+    A model whose pairs of probability 0.7 are true 7 times in 10 is calibrated. Empty where
+    no model was fitted (the run has no probabilities)."""
+    released = decisions.status == PairStatus.MATCH
+    probability = decisions.probabilities[released]
+    if np.isnan(probability).any():
+        return []
+    right = _right(decisions, truth)[released]
+    edges = (*PROBABILITY_BANDS, np.inf)
+    bands = []
+    for low, high in itertools.pairwise(edges):
+        inside = (probability >= low) & (probability < high)
+        bands.append(
+            {
+                "band": [low, min(high, 1.0)],
+                "released": int(inside.sum()),
+                "expected_true": float(probability[inside].sum()),
+                "true": int(right[inside].sum()),
+            }
+        )
+    return bands
 
 
 def partners(truth: set[tuple[int, int]]) -> int:

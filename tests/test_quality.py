@@ -1,0 +1,43 @@
+"""Benchmark measures of a run's decisions against the truth."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from blindlink.benchmarking.quality import reliability
+from blindlink.matching.decision import Decisions, PairStatus
+
+
+def _decisions(probabilities: list[float], status: list[PairStatus]) -> Decisions:
+    rows = np.arange(len(probabilities))
+    return Decisions(
+        rows,
+        rows,
+        np.full(len(rows), 0.9),
+        np.array(probabilities),
+        np.array(status, dtype=np.int8),
+        0.8,
+        None,
+        "calibrated on Dice: best estimated F*",
+    )
+
+
+def test_reliability_sets_each_released_match_in_its_band_of_match_probability() -> None:
+    """Released matches only, each in the band of its probability; expected true is the
+    probabilities' sum, true the matches that are truth pairs."""
+    match, possible = PairStatus.MATCH, PairStatus.POSSIBLE
+    decisions = _decisions(
+        [0.6, 0.7, 0.95, 0.995, 1.0, 0.6],
+        [match, match, match, match, match, possible],
+    )
+    truth = {(0, 0), (2, 2), (3, 3), (4, 4), (5, 5)}  # (1, 1) is wrong; 5 is not released
+    bands = reliability(decisions, truth)
+    assert [band["band"] for band in bands] == [[0.0, 0.5], [0.5, 0.9], [0.9, 0.99], [0.99, 1.0]]
+    assert [band["released"] for band in bands] == [0, 2, 1, 2]
+    assert [band["true"] for band in bands] == [0, 1, 1, 2]
+    np.testing.assert_allclose([band["expected_true"] for band in bands], [0.0, 1.3, 0.95, 1.995])
+
+
+def test_a_run_without_a_model_has_no_reliability() -> None:
+    decisions = _decisions([float("nan")], [PairStatus.MATCH])
+    assert reliability(decisions, {(0, 0)}) == []
