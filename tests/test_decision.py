@@ -22,15 +22,17 @@ from blindlink.matching.decision import (
     Decisions,
     DecisionSummary,
     PairStatus,
+    _as_score,
     _quality,
     _Scored,
     _threshold,
+    _without_partners,
     candidates,
     decide,
     link,
 )
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
-from blindlink.matching.evidence import PairEvidence, PartyKeys
+from blindlink.matching.evidence import DICE_EDGES, FellegiSunter, PairEvidence, PartyKeys
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import Matches, solve_one_to_one
 from blindlink.matching.match_model import (
@@ -445,6 +447,32 @@ def test_shared_key_levels_grade_agreement_by_how_many_records_share_the_key() -
         absent=np.full(1, -1),
     )
     assert nobody.levels[:, 1].tolist() == [4]  # shared by all 5
+
+
+def test_a_runner_up_on_the_keys_score_is_the_best_of_its_records_other_candidates() -> None:
+    """Free or taken: record 0's second candidate (custodian 1) is taken by record 1 before
+    solving reaches it, yet it, not the free third, is record 0's runner-up on the keys'
+    score, scored as if record 0's partner (custodian 0) were absent. A record with one
+    candidate keeps no runner-up."""
+    pairs = [(0, 0, 0.95), (1, 1, 0.9), (0, 1, 0.7), (0, 2, 0.6), (2, 3, 0.5)]
+    rows0, rows1, sim = (np.array(column) for column in zip(*pairs, strict=True))
+    solved = solve_one_to_one(sim, rows0, rows1)
+    scores = RecordScores.after_solving(sim, rows0, rows1, solved, 3)
+    assert scores.runner_up.tolist() == [0.6, -1.0, -1.0]  # the first free candidate
+    keys = PartyKeys.counted(np.array([[7], [8], [9]], dtype=np.uint64), np.full((4, 1), 7))
+    bands = len(DICE_EDGES) + 1
+    rising = np.arange(1, bands + 1, dtype=np.float64)  # the higher the Dice band, the likelier
+    flat = np.ones(7)  # the key says nothing
+    model = FellegiSunter(
+        0.5, [rising / rising.sum(), flat / 7], [np.ones(bands) / bands, flat / 7]
+    )
+    rescored = _without_partners(scores, (sim, rows0, rows1), solved, keys, model)
+    others = PairEvidence.of(
+        np.array([0.7, 0.6]), np.zeros(2, int), np.array([1, 2]), keys, absent=np.zeros(2, int)
+    )
+    taken, free = _as_score(model.log_odds(others)).tolist()
+    assert taken > free
+    assert rescored.runner_up.tolist() == pytest.approx([taken, -1.0, -1.0])
 
 
 def _keyed_run(

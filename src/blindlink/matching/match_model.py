@@ -165,7 +165,6 @@ class RecordScores:
     runner_up: np.ndarray
     top: np.ndarray
     second: np.ndarray
-    runner_up_pair: np.ndarray  # the runner-up's index among the candidates, -1 if none
 
     @classmethod
     def after_solving(
@@ -193,15 +192,13 @@ class RecordScores:
         second = np.full(requester_records, -1.0)
         second[rows[rank == 1]] = ranked[rank == 1]
         seen = (rank < RANKED) & _available(requester_rows, custodian_rows, solved)[order]
-        rows, sims, rank, pairs = rows[seen], ranked[seen], rank[seen], order[seen]
+        rows, sims, rank = rows[seen], ranked[seen], rank[seen]
         starts = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
         first = starts & (rank < RANKED - 1)
         after = np.r_[False, first[:-1]] & ~starts
         best[rows[first]] = sims[first]
         runner_up[rows[after]] = sims[after]
-        runner_up_pair = np.full(requester_records, -1)
-        runner_up_pair[rows[after]] = pairs[after]
-        return cls(best, runner_up, top, second, runner_up_pair)
+        return cls(best, runner_up, top, second)
 
 
 def _available(
