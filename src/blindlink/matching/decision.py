@@ -507,10 +507,10 @@ def _without_partners(
     lack a key), and the match model, which takes the one for the other, overstated the
     probabilities of its pairs (those between 0.5 and 0.9 were true in 556 of 1,000 where it
     expected 686). The best of all other candidates reaches 0.403: on the calibration cases
-    the surest pairs (0.99 and above) decided on this score held 3,950 wrong pairs where 2,009
-    were expected, against 24,164 and 4,362 with the first free candidate, and the precision
-    estimates of the 1M runs with doubled corruption, half shared, went from 0.009 and 0.008 too
-    high to 0.003 and 0.007 too low."""
+    with keyed blocking, the surest released pairs (0.99 and above) held 3,950 wrong pairs where
+    2,009 were expected, against 24,164 and 4,362 with the first free candidate, and the
+    precision estimates of the 1M runs with doubled corruption, half shared, went from 0.009
+    and 0.008 too high to 0.003 and 0.007 too low."""
     sim, rows0, rows1 = pairs
     partner = np.full(len(scores.best), -1)
     partner[solved.requester_rows] = solved.custodian_rows
