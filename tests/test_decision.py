@@ -32,7 +32,13 @@ from blindlink.matching.decision import (
     link,
 )
 from blindlink.matching.engine import Candidates, SharedEncodings, find_candidates
-from blindlink.matching.evidence import DICE_EDGES, FellegiSunter, PairEvidence, PartyKeys
+from blindlink.matching.evidence import (
+    DICE_EDGES,
+    SHARED_BY,
+    FellegiSunter,
+    PairEvidence,
+    PartyKeys,
+)
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import Matches, solve_one_to_one
 from blindlink.matching.match_model import (
@@ -462,10 +468,9 @@ def test_a_runner_up_on_the_keys_score_is_the_best_of_its_records_other_candidat
     keys = PartyKeys.counted(np.array([[7], [8], [9]], dtype=np.uint64), np.full((4, 1), 7))
     bands = len(DICE_EDGES) + 1
     rising = np.arange(1, bands + 1, dtype=np.float64)  # the higher the Dice band, the likelier
-    flat = np.ones(7)  # the key says nothing
-    model = FellegiSunter(
-        0.5, [rising / rising.sum(), flat / 7], [np.ones(bands) / bands, flat / 7]
-    )
+    levels = 2 + len(SHARED_BY) + 1  # missing, different, then each count of sharers
+    flat = np.full(levels, 1 / levels)  # the key says nothing
+    model = FellegiSunter(0.5, [rising / rising.sum(), flat], [np.ones(bands) / bands, flat])
     rescored = _without_partners(scores, (sim, rows0, rows1), solved, keys, model)
     others = PairEvidence.of(
         np.array([0.7, 0.6]), np.zeros(2, int), np.array([1, 2]), keys, absent=np.zeros(2, int)
