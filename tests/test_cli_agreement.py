@@ -61,7 +61,9 @@ def test_defaults_to_a_calibrated_threshold_with_the_recommended_hardening(
         "fallback_threshold": 0.6,
     }
     assert "possible_matches" not in written["matching"]
+    assert "custodian_duplicates" not in written["matching"]
     assert written["release"]["possible_matches"] == "count"
+    assert not decision(written).custodian_duplicates
 
 
 # options -> the decision rule written
@@ -108,6 +110,20 @@ def test_fixed_threshold_with_a_floor_and_a_possible_match_band(
     agreement = agreement_from_document(written)
     assert agreement.decision == DecisionRule(FixedThreshold(0.62), (0.3, 0.9))
     assert (agreement.threshold_floor, agreement.possible_release) == (0.55, "list")
+
+
+def test_a_custodian_that_may_hold_people_repeatedly_is_stated_and_agreed(
+    parties: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, written, err = new_agreement(
+        capsys, parties, tmp_path / "a.json", "--custodian-duplicates"
+    )
+    assert code == 0, err
+    assert written["matching"]["custodian_duplicates"] is True
+    agreement = agreement_from_document(written)
+    assert agreement.decision.custodian_duplicates
+    stated_false = {**written, "matching": {**written["matching"], "custodian_duplicates": False}}
+    assert not agreement_from_document(stated_false).decision.custodian_duplicates
 
 
 # options -> words of the refusal
@@ -247,6 +263,7 @@ SAME_INPUTS: list[tuple[list[str], dict[str, Any]]] = [
             "--ambiguity-margin",
             "0.02",
             "--custodian-approval",
+            "--custodian-duplicates",
             "--max-records-per-upload",
             "500",
             "--period-seconds",
@@ -274,6 +291,7 @@ SAME_INPUTS: list[tuple[list[str], dict[str, Any]]] = [
             "custodian_release": "nothing",
             "ambiguity_margin": 0.02,
             "custodian_approval": True,
+            "custodian_duplicates": True,
             "max_records_per_upload": 500,
             "period_seconds": 3600,
             "max_uploads_per_period": 3,

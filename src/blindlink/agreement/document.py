@@ -367,6 +367,20 @@ class Matching(_Section):
     ) = None
     blocking: BlockingSection = Field(default_factory=lambda: NoBlockingSection(method="none"))
     solver: Literal["greedy"] = "greedy"
+    custodian_duplicates: (
+        Annotated[
+            bool,
+            Field(
+                description="the custodian may hold a person more than once: each run sets "
+                "aside a requester record's candidates that are, by the run's match model, the "
+                "same person as its best candidate (its other records), so that they neither "
+                "count as the best non-match the model learns from nor withhold the match as "
+                "rivals. Only for custodians that do hold people repeatedly: look-alikes of "
+                "different people are set aside too. Absent: false"
+            ),
+        ]
+        | SkipJsonSchema[None]
+    ) = None
 
     @model_validator(mode="after")
     def _band_not_empty(self) -> Matching:

@@ -193,6 +193,7 @@ def _decision(model: AgreementDocument) -> tuple[DecisionRule, float | None]:
         threshold,
         None if band is None else (band[0], band[1]),
         model.release.ambiguity_margin,
+        bool(model.matching.custodian_duplicates),
     ), floor
 
 
@@ -271,6 +272,7 @@ def new_agreement_document(
     possible_matches: tuple[float, float] | None = None,
     possible_release: str | None = None,
     blocking: dict[str, Any] | None = None,
+    custodian_duplicates: bool | None = None,
     requester_release: str | None = None,
     custodian_release: str | None = None,
     ambiguity_margin: float | None = None,
@@ -298,6 +300,7 @@ def new_agreement_document(
     its threshold towards `target` (default best_f_star) within `threshold_bounds`, else
     `fallback_threshold`; bounds and fallback default to recommended_thresholds(hardening).
     `possible_matches`: a band of match probabilities whose pairs are possible matches.
+    `custodian_duplicates`: the custodian may hold a person more than once (matching/kin.py).
 
     With `require_purpose` (implied by the two after it), each requester batch must declare its
     purpose: free text of at most `purpose_max_length` characters (default 200), or one of
@@ -321,6 +324,7 @@ def new_agreement_document(
             "decision": _decision_settings(threshold, threshold_floor, calibration),
             "possible_matches": possible_matches and list(possible_matches),
             "blocking": blocking,
+            "custodian_duplicates": custodian_duplicates,
         },
         "release": {
             "requester": requester_release,

@@ -240,22 +240,29 @@ def _defaults(hardened: bool) -> ThresholdRange:
     return recommended_thresholds(RECOMMENDED_HARDENING if hardened else [])
 
 
-def calibrated_rule(hardened: bool) -> DecisionRule:
-    """The rule `agreement new` agrees by default for the hardening."""
+def calibrated_rule(hardened: bool, custodian_duplicates: bool = False) -> DecisionRule:
+    """The rule `agreement new` agrees by default for the hardening (with
+    --custodian-duplicates where the custodian may hold people repeatedly)."""
     defaults = _defaults(hardened)
-    return DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, defaults.bounds, defaults.fallback))
+    return DecisionRule(
+        CalibratedThreshold(Target.BEST_F_STAR, defaults.bounds, defaults.fallback),
+        custodian_duplicates=custodian_duplicates,
+    )
 
 
 def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict[str, Any]:
     """One case: the calibrated run against the truth and against the oracle."""
     data_seconds, data = timed(lambda: prepare(case, workdir))
-    rule = calibrated_rule(case.hardened)
+    rule = calibrated_rule(case.hardened, case.dataset in CUSTODIAN_DUPLICATES)
     records = len(data.shared.requester)
     keys = blocking_keys(data.shared)
     candidates_seconds, found = timed(
         lambda: candidates(data.shared, rule, executor, workers, data.blocking)
     )
-    decide_seconds, calibrated = timed(lambda: decide(found, records, rule, keys, data.blocking))
+    custodian = data.shared.custodian
+    decide_seconds, calibrated = timed(
+        lambda: decide(found, records, rule, keys, data.blocking, custodian)
+    )
     # The oracle: the same candidates, decided at every fixed Dice threshold of the grid.
     fixed = decide(found, records, DecisionRule(FixedThreshold(FLOOR)))
     curve = curve_of(fixed, data.truth)
@@ -326,7 +333,7 @@ def _sparse_run(
     and how many pairs each released, and how many of those are kept true pairs."""
     sparse = _without_pairs(found, data.truth - kept)
     calibrated, fallback = rules
-    decided = decide(sparse, records, calibrated, keys, data.blocking)
+    decided = decide(sparse, records, calibrated, keys, data.blocking, data.shared.custodian)
     agreed = decide(sparse, records, fallback)
     return {
         "partners": len(kept),

@@ -347,6 +347,14 @@ def _add_decision_arguments(new: argparse.ArgumentParser) -> None:
         help="what parties receive of the possible matches: their count (default), or also "
         "the list, in the form of each party's own release",
     )
+    decision.add_argument(
+        "--custodian-duplicates",
+        action="store_true",
+        default=None,
+        help="the custodian may hold a person more than once: runs set aside a record's "
+        "candidates that are the same person as its best one. Only for such custodians: "
+        "look-alikes of different people are set aside too",
+    )
 
 
 def _pair(numbers: tuple[float, float]) -> str:

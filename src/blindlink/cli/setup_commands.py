@@ -127,6 +127,7 @@ _SETTINGS = (
     "fallback_threshold",
     "possible_matches",
     "possible_release",
+    "custodian_duplicates",
     "requester_release",
     "custodian_release",
     "ambiguity_margin",

@@ -36,6 +36,7 @@ from blindlink.matching.evidence import (
     fit_fellegi_sunter,
 )
 from blindlink.matching.executors import Executor
+from blindlink.matching.kin import KIN_CANDIDATES, without_kin
 from blindlink.matching.linkage import Matches, ambiguous, pair_values, solve_one_to_one
 from blindlink.matching.match_model import (
     OUTCOME_SEED,
@@ -215,7 +216,9 @@ def link(
 ) -> Decisions:
     """Candidates for the rule, then decisions."""
     found = candidates(shared, rule, executor, workers, blocking, limits, progress)
-    return decide(found, len(shared.requester), rule, blocking_keys(shared), blocking)
+    return decide(
+        found, len(shared.requester), rule, blocking_keys(shared), blocking, shared.custodian
+    )
 
 
 def candidates(
@@ -228,7 +231,8 @@ def candidates(
     progress: Progress = lambda done, total: None,
 ) -> Candidates:
     """The pairs a rule decides among: at or above a fixed threshold, and each requester
-    record's RANKED best (the match model's)."""
+    record's RANKED best (the match model's), KIN_CANDIDATES where the custodian may hold people
+    repeatedly."""
     return find_candidates(
         shared,
         rule.candidate_threshold,
@@ -237,7 +241,7 @@ def candidates(
         blocking,
         limits,
         progress,
-        best=RANKED,
+        best=KIN_CANDIDATES if rule.custodian_duplicates else RANKED,
     )
 
 
@@ -255,8 +259,13 @@ def decide(
     rule: DecisionRule,
     keys: PartyKeys | None = None,
     blocking: Blocking | None = None,
+    custodian: np.ndarray | None = None,
 ) -> Decisions:
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
+
+    Where the rule says the custodian may hold people repeatedly, the kin of each requester
+    record's best candidate are first set aside (kin.py), which needs the `custodian`'s
+    encodings.
 
     With a calibrated rule and the parties' blocking keys (`keys`), pairs are also scored by
     a Fellegi-Sunter model of their Dice score and the keys they share, and the run decides
@@ -267,6 +276,18 @@ def decide(
     otherwise the threshold applies to Dice. With keyed `blocking`, the estimated number of
     requester records with a partner includes the partners that share no key (never
     compared), where the keys determine how many there are (blocking_loss.py)."""
+    kin_note = ""
+    if rule.custodian_duplicates:
+        if custodian is None:
+            raise ValueError("setting kin aside needs the custodian's encodings")
+        candidates, cut = without_kin(
+            candidates,
+            custodian,
+            requester_records,
+            rule,
+            lambda kept: _dice_threshold(kept, requester_records, rule),
+        )
+        kin_note = f"; candidates within Dice {cut:.3f} of a record's best one set aside as its kin"
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
@@ -287,7 +308,7 @@ def decide(
             if keyed_choice.objective > choice.objective:
                 scored, choice = with_keys, keyed_choice
     solved, probabilities = scored.solved, scored.probabilities
-    threshold, note = choice.threshold, choice.note
+    threshold, note = choice.threshold, choice.note + kin_note
     if uncompared is not None and scored.fitted:
         note += f"; partners sharing no blocking key, never compared: about {uncompared:.1%}"
     matched = (scored.scores >= threshold) & scored.eligible
@@ -324,6 +345,24 @@ def decide(
 
 
 DICE = "Dice"
+
+
+def _dice_threshold(
+    candidates: Candidates, requester_records: int, rule: DecisionRule
+) -> float | None:
+    """The Dice threshold `rule` chooses on `candidates` by the match model of their Dice
+    scores; None where the model cannot be fitted."""
+    sim, rows0, rows1 = (
+        candidates.similarities,
+        candidates.requester_rows,
+        candidates.custodian_rows,
+    )
+    solved = solve_one_to_one(sim, rows0, rows1)
+    scores = RecordScores.after_solving(sim, rows0, rows1, solved, requester_records)
+    model, unfit = _fitted(scores)
+    if model is None:
+        return None
+    return _threshold(rule, _scored_by_dice(solved, rule, model, unfit, scores)).threshold
 
 
 def _lowest(values: np.ndarray) -> float:

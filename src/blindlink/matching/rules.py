@@ -39,6 +39,8 @@ class DecisionRule:
     # Pairs whose match probability lies in [low, high) are possible matches, not matches.
     possible_band: tuple[float, float] | None = None
     ambiguity_margin: float = 0.0
+    # The custodian may hold a person more than once: kin are set aside (kin.py).
+    custodian_duplicates: bool = False
 
     @property
     def candidate_threshold(self) -> float:
