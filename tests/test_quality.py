@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from blindlink.benchmarking.quality import reliability
-from blindlink.matching.decision import Decisions, PairStatus
+from blindlink.matching.decision import Decisions, Estimates, PairStatus
+
+FITTED = Estimates(0.9, 0.9, 0.8)
 
 
-def _decisions(probabilities: list[float], status: list[PairStatus]) -> Decisions:
+def _decisions(
+    probabilities: list[float], status: list[PairStatus], estimates: Estimates | None = FITTED
+) -> Decisions:
     rows = np.arange(len(probabilities))
     return Decisions(
         rows,
@@ -17,7 +21,7 @@ def _decisions(probabilities: list[float], status: list[PairStatus]) -> Decision
         np.array(probabilities),
         np.array(status, dtype=np.int8),
         0.8,
-        None,
+        estimates,
         "calibrated on Dice: best estimated F*",
     )
 
@@ -39,5 +43,6 @@ def test_reliability_sets_each_released_match_in_its_band_of_match_probability()
 
 
 def test_a_run_without_a_model_has_no_reliability() -> None:
-    decisions = _decisions([float("nan")], [PairStatus.MATCH])
+    decisions = _decisions([float("nan")], [PairStatus.MATCH], None)
     assert reliability(decisions, {(0, 0)}) == []
+    assert reliability(_decisions([], [], None), set()) == []  # none released either

@@ -115,11 +115,11 @@ def reliability(decisions: Decisions, truth: set[tuple[int, int]]) -> list[dict[
     """Per band of match probability (PROBABILITY_BANDS): how many released matches lie in it,
     how many of them the model expects to be true (their probabilities' sum) and how many are.
     A model whose pairs of probability 0.7 are true 7 times in 10 is calibrated. Empty where
-    no model was fitted (the run has no probabilities)."""
+    no model was fitted (the run has no estimates)."""
+    if decisions.estimates is None:
+        return []
     released = decisions.status == PairStatus.MATCH
     probability = decisions.probabilities[released]
-    if np.isnan(probability).any():
-        return []
     right = _right(decisions, truth)[released]
     edges = (*PROBABILITY_BANDS, np.inf)
     bands = []
