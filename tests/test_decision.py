@@ -688,7 +688,8 @@ def _febrl_decided(
     )
     rule = calibrated_rule(hardened=False, custodian_duplicates=custodian_duplicates)
     found = candidates(shared, rule, SerialExecutor(), 1, None)
-    return decide(found, len(pair.requester), rule, custodian=shared.custodian), found
+    custodian = shared.custodian.__getitem__
+    return decide(found, len(pair.requester), rule, custodian=custodian), found
 
 
 def test_a_custodian_that_holds_people_several_times_is_refused_not_misled() -> None:

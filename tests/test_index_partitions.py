@@ -8,6 +8,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,21 @@ def test_a_batch_matched_on_the_partitions_is_decided_as_on_one_machine(
             counts = custodian_key_counts(keys, pair.custodian_keys)
             assert np.array_equal(batch.shared.key_counts, counts)
             assert batch.executor is not None
-            for rule in (CALIBRATED, DecisionRule(FixedThreshold(0.8))):
+            # Setting kin aside reads the encodings of the candidates from the index.
+            kin = replace(CALIBRATED, custodian_duplicates=True)
+            for rule in (CALIBRATED, DecisionRule(FixedThreshold(0.8)), kin):
                 expected = local.in_custodian_rows(
                     link(local.shared, rule, SerialExecutor(), 1, BLOCKING)
                 )
                 found = batch.in_custodian_rows(
-                    link(batch.shared, rule, batch.executor, 1, BLOCKING)
+                    link(
+                        batch.shared,
+                        rule,
+                        batch.executor,
+                        1,
+                        BLOCKING,
+                        custodian=batch.custodian_encodings,
+                    )
                 )
                 assert_same(found, expected)
             assert expected.summary().matches > 100

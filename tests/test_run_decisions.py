@@ -93,6 +93,27 @@ def test_calibrated_run_reports_its_threshold_and_estimates_to_each_party_and_th
         assert logged == pytest.approx([interval.low, interval.high], abs=1e-4)
 
 
+def test_a_run_under_an_agreement_whose_custodian_holds_people_repeatedly_sets_kin_aside(
+    server: RunningServer,
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    make_agreement: Agreements,
+    shared_half: EncodedPair,
+) -> None:
+    """This custodian holds each person once: setting kin aside changes little, and says so."""
+    agreement = make_agreement(hardening=[], custodian_duplicates=True)
+    project, run_id = _link(requester, custodian, agreement, shared_half)
+    decision = _run(requester, project).decision
+    assert decision.rule.startswith("calibrated on Dice: best estimated F*")
+    assert decision.rule.endswith("of a record's best one set aside as its kin")
+    release = requester.release(project, run_id)
+    truth = set(shared_half.true_requester_rows.tolist())
+    right = sum(row in truth for row in release.own_rows)
+    assert right / len(release.own_rows) >= 0.98 and right / len(truth) >= 0.9
+    (finished,) = [e for e in _audit(server, project) if e.kind == "run_finished"]
+    assert finished.details["rule"] == decision.rule
+
+
 def test_run_without_enough_matches_falls_back_and_says_why(
     server: RunningServer,
     requester: LinkageClient,

@@ -259,7 +259,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     candidates_seconds, found = timed(
         lambda: candidates(data.shared, rule, executor, workers, data.blocking)
     )
-    custodian = data.shared.custodian
+    custodian = data.shared.custodian.__getitem__
     decide_seconds, calibrated = timed(
         lambda: decide(found, records, rule, keys, data.blocking, custodian)
     )
@@ -333,7 +333,9 @@ def _sparse_run(
     and how many pairs each released, and how many of those are kept true pairs."""
     sparse = _without_pairs(found, data.truth - kept)
     calibrated, fallback = rules
-    decided = decide(sparse, records, calibrated, keys, data.blocking, data.shared.custodian)
+    decided = decide(
+        sparse, records, calibrated, keys, data.blocking, data.shared.custodian.__getitem__
+    )
     agreed = decide(sparse, records, fallback)
     return {
         "partners": len(kept),

@@ -67,10 +67,18 @@ class IndexedBatch:
     shared: SharedEncodings
     custodian_rows: np.ndarray
     executor: Executor | None = None
+    # The index's encodings (memory-mapped), where `shared` holds none.
+    index_encodings: np.ndarray | None = None
 
     def in_custodian_rows(self, decisions: Decisions) -> Decisions:
         """Decisions on `shared` with the custodian's own row references."""
         return replace(decisions, custodian_rows=self.custodian_rows[decisions.custodian_rows])
+
+    def custodian_encodings(self, rows: np.ndarray) -> np.ndarray:
+        """The encodings of `shared`'s custodian rows `rows`."""
+        if self.index_encodings is None:
+            return self.shared.custodian[rows]
+        return np.asarray(self.index_encodings[self.custodian_rows[rows]])
 
 
 class CustodianIndex:

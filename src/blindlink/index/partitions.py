@@ -327,7 +327,8 @@ class PartitionedIndex:
         shared = SharedEncodings(
             requester, np.empty((len(rows), 0), np.uint8), requester_keys, keys, key, counts
         )
-        return IndexedBatch(shared, rows, PartitionExecutor(placement, rows))
+        executor = PartitionExecutor(placement, rows)
+        return IndexedBatch(shared, rows, executor, self.index.encodings)
 
 
 class PartitionExecutor:

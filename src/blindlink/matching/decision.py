@@ -36,7 +36,7 @@ from blindlink.matching.evidence import (
     fit_fellegi_sunter,
 )
 from blindlink.matching.executors import Executor
-from blindlink.matching.kin import KIN_CANDIDATES, without_kin
+from blindlink.matching.kin import KIN_CANDIDATES, EncodingsOf, without_kin
 from blindlink.matching.linkage import Matches, ambiguous, pair_values, solve_one_to_one
 from blindlink.matching.match_model import (
     OUTCOME_SEED,
@@ -213,12 +213,13 @@ def link(
     blocking: Blocking | None = None,
     limits: MatchingLimits = DEFAULT_LIMITS,
     progress: Progress = lambda done, total: None,
+    custodian: EncodingsOf | None = None,
 ) -> Decisions:
-    """Candidates for the rule, then decisions."""
+    """Candidates for the rule, then decisions. `custodian`: the custodian's encodings of given
+    rows of `shared`, where `shared` holds none (an index partitioned across workers)."""
     found = candidates(shared, rule, executor, workers, blocking, limits, progress)
-    return decide(
-        found, len(shared.requester), rule, blocking_keys(shared), blocking, shared.custodian
-    )
+    encodings = custodian or (lambda rows: shared.custodian[rows])
+    return decide(found, len(shared.requester), rule, blocking_keys(shared), blocking, encodings)
 
 
 def candidates(
@@ -259,13 +260,13 @@ def decide(
     rule: DecisionRule,
     keys: PartyKeys | None = None,
     blocking: Blocking | None = None,
-    custodian: np.ndarray | None = None,
+    custodian: EncodingsOf | None = None,
 ) -> Decisions:
     """Score and solve 1:1, choose the threshold, apply the band and the ambiguity rule.
 
     Where the rule says the custodian may hold people repeatedly, the kin of each requester
     record's best candidate are first set aside (kin.py), which needs the `custodian`'s
-    encodings.
+    encodings of the candidates' rows.
 
     With a calibrated rule and the parties' blocking keys (`keys`), pairs are also scored by
     a Fellegi-Sunter model of their Dice score and the keys they share, and the run decides

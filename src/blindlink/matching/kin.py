@@ -44,13 +44,15 @@ from blindlink.matching.rules import CalibratedThreshold, DecisionRule
 # of most records are gone.
 KIN_CANDIDATES = 2 * RANKED
 ITERATIONS = 20
+# The custodian's encodings of the given rows (of the candidates' custodian records).
+EncodingsOf = Callable[[np.ndarray], np.ndarray]
 # The first cut is sought from the fallback threshold down in steps of this.
 SEARCH_STEP = 0.01
 
 
 def without_kin(
     candidates: Candidates,
-    custodian: np.ndarray,
+    custodian: EncodingsOf,
     requester_records: int,
     rule: DecisionRule,
     threshold_of: Callable[[Candidates], float | None],
@@ -102,13 +104,22 @@ def _best_candidates(candidates: Candidates, requester_records: int) -> np.ndarr
     return best
 
 
-def _kin_scores(candidates: Candidates, custodian: np.ndarray, best: np.ndarray) -> np.ndarray:
+def _kin_scores(candidates: Candidates, custodian: EncodingsOf, best: np.ndarray) -> np.ndarray:
     """Per candidate, the Dice score between its custodian record and its requester record's
-    best candidate (1 for the best candidate itself)."""
-    counts = kernel.popcounts(custodian)
+    best candidate (1 for the best candidate itself), from the encodings of those records."""
     partner = best[candidates.requester_rows]
+    rows = np.unique(np.r_[partner, candidates.custodian_rows])
+    encodings = custodian(rows)
+    if len(rows) and not encodings.shape[1]:
+        raise ValueError(f"no encodings for the {len(rows)} custodian records of the candidates")
+    counts = kernel.popcounts(encodings)
     return kernel.pair_dice(
-        custodian, custodian, partner, candidates.custodian_rows, counts, counts
+        encodings,
+        encodings,
+        np.searchsorted(rows, partner),
+        np.searchsorted(rows, candidates.custodian_rows),
+        counts,
+        counts,
     )
 
 

@@ -301,6 +301,7 @@ class RunQueue:
             agreement.blocking,
             self._matching.limits,
             report,
+            None if indexed is None else indexed.custodian_encodings,
         )
         if indexed is not None:
             decisions = indexed.in_custodian_rows(decisions)
