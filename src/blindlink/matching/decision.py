@@ -281,13 +281,7 @@ def decide(
     if rule.custodian_duplicates:
         if custodian is None:
             raise ValueError("setting kin aside needs the custodian's encodings")
-        candidates, cut = without_kin(
-            candidates,
-            custodian,
-            requester_records,
-            rule,
-            lambda kept: _dice_threshold(kept, requester_records, rule),
-        )
+        candidates, cut = without_kin(candidates, custodian, requester_records, rule)
         kin_note = f"; candidates within Dice {cut:.3f} of a record's best one set aside as its kin"
     sim, rows0, rows1 = (
         candidates.similarities,
@@ -346,24 +340,6 @@ def decide(
 
 
 DICE = "Dice"
-
-
-def _dice_threshold(
-    candidates: Candidates, requester_records: int, rule: DecisionRule
-) -> float | None:
-    """The Dice threshold `rule` chooses on `candidates` by the match model of their Dice
-    scores; None where the model cannot be fitted."""
-    sim, rows0, rows1 = (
-        candidates.similarities,
-        candidates.requester_rows,
-        candidates.custodian_rows,
-    )
-    solved = solve_one_to_one(sim, rows0, rows1)
-    scores = RecordScores.after_solving(sim, rows0, rows1, solved, requester_records)
-    model, unfit = _fitted(scores)
-    if model is None:
-        return None
-    return _threshold(rule, _scored_by_dice(solved, rule, model, unfit, scores)).threshold
 
 
 def _lowest(values: np.ndarray) -> float:
