@@ -1,6 +1,6 @@
-"""The one decision pipeline: candidates -> 1:1 solving -> match model -> threshold -> possible
-match band -> ambiguity rule. The server, the demo, the benchmarks and the tests all decide
-matches here.
+"""The one decision pipeline: candidates -> (a custodian's other records of one person set
+aside, kin.py) -> 1:1 solving -> match model -> threshold -> possible match band -> ambiguity
+rule. The server, the demo, the benchmarks and the tests all decide matches here.
 
 A rule is a fixed threshold (as agreed), or a calibrated one: the match model, fitted to the
 run's own scores, chooses the threshold within agreed bounds that meets the agreed target
