@@ -10,24 +10,21 @@ to 0.99). The agreement says whether the custodian may hold people repeatedly
 (`matching.custodian_duplicates`); only then are kin set aside, because look-alikes of
 different people (namesakes, family members at one address) would be set aside too, and the
 model would no longer see them (measured on Splink's fake_20000 linked one record per person on
-each side: with a tenth shared, runs the model refuses otherwise were fitted with kin set aside
-and released at precision 0.82 to 1.00, estimated up to 0.11 too high).
+each side, hardened: with a tenth shared, runs the model refuses otherwise were fitted with kin
+set aside and released at precision 0.82 and 0.88, estimated 0.11 and 0.04 too high).
 
 A candidate is kin of the record's best candidate when the Dice score of the two custodian
-records reaches the kin cut. For a fixed threshold the cut is the threshold: what the agreement
-calls a match. For a calibrated rule it is where the run's match model is all but sure
-(KIN_PROBABILITY) that two records are one person, and that model depends on what is set aside:
-- the first cut is the highest, from the agreed fallback threshold down to the agreed lower
-  bound, at which the model of the candidates left can be fitted and is that sure at the cut
-  (higher up, the person's other records left among the runner-ups keep the model from
-  fitting, or from being sure); failing that, the highest at which it can be fitted;
-- then the cut becomes the lowest score at which the model is that sure, until it stops moving
-  or the model can no longer be fitted. It never rises: each rise lets more kin back among the
-  runner-ups and raises it again.
-Taking the run's threshold as the cut instead (where the model is only more sure than not)
-set aside look-alikes, whose absence among the runner-ups lowered the threshold, which set
-aside more: on generated data of 10k per party whose custodian holds a fifth of its people
-twice, unhardened, released precision fell to 0.13 with a tenth shared and 0.68 with half.
+records reaches the kin cut: the agreed threshold, or for a calibrated rule the agreed fallback
+threshold, the score the parties agreed to call a match when the model cannot judge. The cut is
+not the model's own: searching it (from the fallback threshold down until the model could be
+fitted and was 0.99 sure at the cut, then following that score down) decided FEBRL2 and FEBRL3
+against every other record better (F* 0.037, 0.003, 0.041 and 0.001 below the best fixed
+threshold's, against 0.091, 0.003, 0.041 and 0.001 with the fallback threshold), but the same
+runs with every true pair removed were then fitted on look-alikes and released 217 to 1,062
+wrong pairs each, where with the fallback threshold as the cut they are refused and release 3
+to 7. Taking the run's own threshold as the cut was worse: look-alikes set aside lowered the
+threshold, which set aside more (generated data, 10k per party, unhardened: released precision
+0.13 with a tenth shared).
 """
 
 from __future__ import annotations
@@ -39,22 +36,14 @@ import numpy as np
 
 from blindlink.matching import kernel
 from blindlink.matching.engine import Candidates
-from blindlink.matching.linkage import solve_one_to_one
-from blindlink.matching.match_model import RANKED, ModelUnfit, RecordScores, fit_match_model
+from blindlink.matching.match_model import RANKED
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule
 
-# How sure the match model must be that a custodian record is the same person as a requester
-# record's best candidate, at the Dice score between the two, to set it aside. Measured on the
-# cases below: 0.9 sets aside the same records as 0.99.
-KIN_PROBABILITY = 0.99
 # Candidates found per requester record when kin are set aside: the model's RANKED once the kin
 # of most records are gone.
 KIN_CANDIDATES = 2 * RANKED
-ITERATIONS = 20
 # The custodian's encodings of the given rows (of the candidates' custodian records).
 EncodingsOf = Callable[[np.ndarray], np.ndarray]
-# The first cut is sought from the fallback threshold down in steps of this.
-SEARCH_STEP = 0.01
 
 
 def without_kin(
@@ -65,58 +54,8 @@ def without_kin(
     best = _best_candidates(candidates, requester_records)
     kin_scores = _kin_scores(candidates, custodian, best)
     chosen = rule.threshold
-    if not isinstance(chosen, CalibratedThreshold):
-        cut = chosen.threshold
-        return _kept(candidates, best, kin_scores, cut), cut
-
-    def sure_from(cut: float) -> float | None:
-        return _sure_from(_kept(candidates, best, kin_scores, cut), requester_records)
-
-    cut = _start(chosen, sure_from)
-    sure = sure_from(cut)
-    for _ in range(ITERATIONS):
-        if sure is None or sure >= cut:
-            break
-        following = sure_from(sure)
-        if following is None:
-            break  # the last cut at which the model could be fitted
-        cut, sure = sure, following
+    cut = chosen.fallback_threshold if isinstance(chosen, CalibratedThreshold) else chosen.threshold
     return _kept(candidates, best, kin_scores, cut), cut
-
-
-def _start(chosen: CalibratedThreshold, sure_from: Callable[[float], float | None]) -> float:
-    """The first cut: from the fallback threshold down by SEARCH_STEP to the lower bound, the
-    highest at which the model is sure of everything set aside (it can be fitted, and its
-    match probability reaches KIN_PROBABILITY at the cut); else the highest at which it can be
-    fitted; else the fallback threshold."""
-    fitted = None
-    cut = chosen.fallback_threshold
-    while cut >= chosen.bounds[0] - 1e-9:
-        sure = sure_from(cut)
-        if sure is not None and sure <= cut:
-            return cut
-        if sure is not None and fitted is None:
-            fitted = cut
-        cut = round(cut - SEARCH_STEP, 6)
-    return chosen.fallback_threshold if fitted is None else fitted
-
-
-def _sure_from(candidates: Candidates, requester_records: int) -> float | None:
-    """The lowest score at which the match model of `candidates` gives a match probability of
-    KIN_PROBABILITY (above 1: none); None if it cannot be fitted."""
-    sim, rows0, rows1 = (
-        candidates.similarities,
-        candidates.requester_rows,
-        candidates.custodian_rows,
-    )
-    solved = solve_one_to_one(sim, rows0, rows1)
-    try:
-        model = fit_match_model(
-            RecordScores.after_solving(sim, rows0, rows1, solved, requester_records)
-        )
-    except ModelUnfit:
-        return None
-    return model.lowest_score(KIN_PROBABILITY)
 
 
 def _best_candidates(candidates: Candidates, requester_records: int) -> np.ndarray:
