@@ -9,7 +9,8 @@ a tenth shared.
 FEBRL cases (with the febrl extra): FEBRL4's full 5000 x 5000 and cuts of 2500 per party at the
 same overlaps, all pairs; FEBRL1-3 (de-duplication sets) linked as each person's first
 duplicate (requester) against the originals (custodian), and FEBRL2-3 against every other
-record (a custodian that holds people more than once), all pairs. Each case is run
+record (a custodian that holds people more than once; decided with the agreement saying so,
+matching.custodian_duplicates), all pairs. Each case is run
 unhardened and with the recommended hardening.
 Generated encodings are cached under --workdir. Cases already in the results file stay there
 unless measured again, so sizes can be run one at a time. Prints a table and
@@ -194,7 +195,9 @@ def how(executor: Executor) -> str:
         "FEBRL1-3 as febrl_duplicates_pair (each person's first duplicate against every "
         "original) and FEBRL2-3 as febrl_custodian_duplicates_pair (against every other "
         "record: originals and further duplicates, so the custodian holds people more than "
-        "once; recall counts requester records with a partner); encoded with the default "
+        "once, decided under an agreement saying so: matching.custodian_duplicates, each "
+        "record's best eight compared records, kin set aside at the fallback threshold; "
+        "recall counts requester records with a partner); encoded with the default "
         "schema's settings on FEBRL's columns, all pairs. "
         "Each case "
         f"unhardened and hardened with {json.dumps(cal.RECOMMENDED_HARDENING)}. Candidates: "
