@@ -28,18 +28,18 @@ def _people(rng: np.random.Generator, count: int) -> np.ndarray:
     return rng.random((count, BITS)) < 0.25
 
 
-def held_repeatedly(seed: int) -> tuple[SharedEncodings, set[tuple[int, int]]]:
-    """1500 requester records, 600 of whose people the custodian holds; the custodian holds
-    each of its 2000 people one to three times (in shuffled order); true pairs: every
+def held_repeatedly(seed: int, shared: int = 600) -> tuple[SharedEncodings, set[tuple[int, int]]]:
+    """1500 requester records, `shared` of whose people the custodian holds; the custodian
+    holds each of its 2000 people one to three times (in shuffled order); true pairs: every
     custodian record of a requester record's person."""
     rng = np.random.default_rng(seed)
     custodian_people = _people(rng, 2000)
-    requester = [_copy(rng, person) for person in custodian_people[:600]]
-    requester += [_copy(rng, person) for person in _people(rng, 900)]
+    requester = [_copy(rng, person) for person in custodian_people[:shared]]
+    requester += [_copy(rng, person) for person in _people(rng, 1500 - shared)]
     owners = np.repeat(np.arange(2000), rng.integers(1, 4, 2000))
     owners = owners[rng.permutation(len(owners))]
     custodian = [_copy(rng, custodian_people[owner]) for owner in owners]
-    truth = {(int(owner), row) for row, owner in enumerate(owners.tolist()) if owner < 600}
+    truth = {(int(owner), row) for row, owner in enumerate(owners.tolist()) if owner < shared}
     shared = SharedEncodings.of(np.packbits(requester, axis=1), np.packbits(custodian, axis=1))
     return shared, truth
 
@@ -76,6 +76,16 @@ def test_a_custodian_that_holds_people_repeatedly_is_decided_by_the_model() -> N
     assert precision >= 0.99 and recall >= 0.98
     assert abs(decisions.estimates.precision - precision) <= 0.01
     assert abs(decisions.estimates.recall - recall) <= 0.05
+
+
+def test_without_partners_the_people_held_repeatedly_are_not_taken_for_matches() -> None:
+    """Nobody shared: each record's best candidate and its kin are all another person. Setting
+    the kin aside leaves runner-ups that show the best non-match, so nothing is modelled or
+    released."""
+    shared, _ = held_repeatedly(4, shared=0)
+    decisions = link(shared, CALIBRATED, SerialExecutor(), 1)
+    assert decisions.estimates is None
+    assert decisions.count(PairStatus.MATCH) == 0
 
 
 def test_each_requester_record_is_released_with_one_custodian_record_of_its_person() -> None:
