@@ -713,6 +713,8 @@ INVALID_VALUES = [
     ("matching.solver", "optimal", "Input should be 'greedy'"),
     ("release.ambiguity_margin", -0.1, "greater than or equal to 0"),
     ("release.custodian_approval", 1, "a valid boolean"),
+    ("matching.custodian_duplicates", "yes", "a valid boolean"),
+    ("matching.custodian_duplicates", 1, "a valid boolean"),
     ("encoding.bit_length", 1001, "a multiple of 8"),
     ("encoding.bit_length", 0, "greater than or equal to 8"),
     ("encoding.bit_length", "1024", "a valid integer"),

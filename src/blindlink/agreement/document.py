@@ -860,9 +860,10 @@ def _message(error: ErrorDetails) -> str:
     """A pydantic error as a refusal that names the key."""
     names: list[str] = []
     for part in error["loc"]:
-        # Union members' tags ("fixed", "lsh") and pydantic's names of types ("constrained-float")
+        # Union members' tags ("fixed", "lsh") and pydantic's names of types ("constrained-float",
+        # "bool" for an optional boolean)
         if (names and names[-1] in _TAGGED and part in _TAGS) or (
-            isinstance(part, str) and not part.isidentifier()
+            isinstance(part, str) and (not part.isidentifier() or part in _TYPE_NAMES)
         ):
             continue
         names.append(f"[{part}]" if isinstance(part, int) else str(part))
@@ -887,6 +888,7 @@ def _message(error: ErrorDetails) -> str:
 
 
 _TAGS = {"fixed", "calibrated", "none", "lsh", "keys"}
+_TYPE_NAMES = {"bool", "int", "float", "str"}
 
 
 def _join(parts: list[str]) -> str:
