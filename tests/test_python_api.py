@@ -21,6 +21,8 @@ import pytest
 from conftest import Identities
 
 import blindlink as bl
+from blindlink.agreement.document import RECOMMENDED_HARDENING
+from blindlink.agreement.model import default_rule
 from blindlink.agreement.signing import parse_signed
 from blindlink.encoding.schema import LinkageSchema, default_schema_path
 from blindlink.extras import EXTRA_OF_MODULE
@@ -102,6 +104,44 @@ def test_link_gives_exactly_the_server_matches_for_the_same_agreement(
     released = served.to_pandas()
     assert list(released.columns) == ["id", "other_row", "status"]
     assert set(released["id"]) == set(served.ids)
+
+
+@pytest.mark.parametrize("hardening", [[], RECOMMENDED_HARDENING], ids=["unhardened", "hardened"])
+def test_a_new_agreement_decides_by_the_default_rule(
+    make_agreement: Callable[..., bytes], hardening: list[dict[str, Any]]
+) -> None:
+    agreement = parse_signed(make_agreement(hardening=hardening)).agreement
+    assert agreement.decision == default_rule(hardening)
+
+
+def test_link_without_an_agreement_or_threshold_calibrates_as_a_new_agreement_would(
+    make_agreement: Callable[..., bytes], schema: LinkageSchema, files: GeneratedFiles
+) -> None:
+    ours = bl.encode(files.requester, schema, SECRET)
+    theirs = bl.encode(files.custodian, schema, SECRET)
+    agreement = parse_signed(make_agreement(hardening=[])).agreement
+
+    result = bl.link(ours, theirs)
+
+    agreed = bl.link(ours, theirs, agreement=agreement)
+    assert result.matches() == agreed.matches()
+    assert (result.threshold, result.rule, result.estimates) == (
+        agreed.threshold,
+        agreed.rule,
+        agreed.estimates,
+    )
+    assert result.rule.startswith("calibrated")
+    assert result.estimates is not None
+    with open(files.truth, encoding="utf-8", newline="") as f:
+        truth = {(row["requester_id"], row["custodian_id"]) for row in csv.DictReader(f)}
+    released = set(result.matches())
+    precision, recall = len(released & truth) / len(released), len(released & truth) / len(truth)
+    assert precision > 0.95 and recall > 0.9
+    assert result.estimates.precision == pytest.approx(precision, abs=0.03)
+    assert result.estimates.recall == pytest.approx(recall, abs=0.05)
+    fixed = bl.link(ours, theirs, threshold=0.95)
+    assert fixed.threshold == 0.95 and not fixed.rule.startswith("calibrated")
+    assert len(fixed.matches()) < len(released)
 
 
 def test_a_dataframe_and_rows_encode_as_their_csv_file(
@@ -190,7 +230,8 @@ def test_the_readme_example_runs(files: GeneratedFiles, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "matches at threshold" in done.stdout
+    assert "matches at threshold" in done.stdout and "calibrated" in done.stdout
+    assert "estimated precision" in done.stdout
 
 
 def test_import_is_light_and_every_public_name_resolves() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from blindlink.agreement.model import Agreement
+from blindlink.agreement.model import Agreement, default_rule
 from blindlink.agreement.policy import run_threshold
 from blindlink.encoded import Encoded
 from blindlink.errors import InputError
@@ -83,11 +83,13 @@ def link_locally(
 ) -> LinkResult:
     """Link the requester's records to the custodian's as a server run under `agreement`
     would: its decision rule (a requested `threshold` as a requester batch may ask for) and its
-    blocking. Without an agreement, decide at the fixed Dice `threshold`, without blocking."""
+    blocking. Without an agreement, compare all pairs and decide at the fixed Dice `threshold`
+    or, without one, as a new agreement does by default for encodings without hardening (what
+    `encode` makes without an agreement): the run's match model calibrates the threshold and
+    estimates precision and recall. Encodings made with an agreement are linked with it."""
     if agreement is None:
-        if threshold is None:
-            raise ValueError("link needs an agreement or a threshold")
-        rule, blocking = DecisionRule(FixedThreshold(threshold)), None
+        rule = default_rule([]) if threshold is None else DecisionRule(FixedThreshold(threshold))
+        blocking = None
     else:
         for party in (requester, custodian):
             if party.origin != agreement.encodings_id:

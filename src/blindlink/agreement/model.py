@@ -36,7 +36,7 @@ from blindlink.agreement.document import (
 from blindlink.errors import AgreementError
 from blindlink.hardening.steps import encodings_id
 from blindlink.matching.blocking import Blocking, KeyBlocking, LshBlocking
-from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,20 @@ def _decision(model: AgreementDocument) -> tuple[DecisionRule, float | None]:
         model.release.ambiguity_margin,
         bool(model.matching.custodian_duplicates),
     ), floor
+
+
+def default_rule(
+    hardening: list[dict[str, Any]], custodian_duplicates: bool = False
+) -> DecisionRule:
+    """The rule a new agreement decides by unless it states one, for encodings made with these
+    hardening steps: calibrated towards the best estimated F*, within the bounds and with the
+    fallback threshold recommended for them (recommended_thresholds), no possible-match band, no
+    ambiguity margin."""
+    recommended = recommended_thresholds(hardening)
+    return DecisionRule(
+        CalibratedThreshold(Target.BEST_F_STAR, recommended.bounds, recommended.fallback),
+        custodian_duplicates=custodian_duplicates,
+    )
 
 
 def _blocking(

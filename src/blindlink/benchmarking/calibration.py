@@ -18,9 +18,9 @@ import numpy as np
 
 from blindlink.agreement.document import (
     RECOMMENDED_HARDENING,
-    ThresholdRange,
     recommended_thresholds,
 )
+from blindlink.agreement.model import default_rule
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
 from blindlink.benchmarking.quality import (
     FLOOR,
@@ -51,7 +51,7 @@ from blindlink.matching.decision import (
 from blindlink.matching.engine import Candidates, SharedEncodings
 from blindlink.matching.evidence import PartyKeys
 from blindlink.matching.executors import Executor
-from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
+from blindlink.matching.rules import DecisionRule, FixedThreshold
 from blindlink.synthetic import CorruptionRates
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
@@ -181,7 +181,7 @@ class Prepared:
 
 def prepare(case: Case, workdir: Path) -> Prepared:
     """The case's encodings (generated ones cached under `workdir`) and truth."""
-    steps = RECOMMENDED_HARDENING if case.hardened else []
+    steps = _hardening(case.hardened)
     if case.dataset.startswith("febrl"):
         number = int(case.dataset[5])
         if case.dataset == "febrl4":
@@ -236,18 +236,14 @@ def _batch_of(data: EncodedPair, records: int) -> EncodedPair:
     )
 
 
-def _defaults(hardened: bool) -> ThresholdRange:
-    return recommended_thresholds(RECOMMENDED_HARDENING if hardened else [])
+def _hardening(hardened: bool) -> list[dict[str, Any]]:
+    return RECOMMENDED_HARDENING if hardened else []
 
 
 def calibrated_rule(hardened: bool, custodian_duplicates: bool = False) -> DecisionRule:
     """The rule `agreement new` agrees by default for the hardening (with
     --custodian-duplicates where the custodian may hold people repeatedly)."""
-    defaults = _defaults(hardened)
-    return DecisionRule(
-        CalibratedThreshold(Target.BEST_F_STAR, defaults.bounds, defaults.fallback),
-        custodian_duplicates=custodian_duplicates,
-    )
+    return default_rule(_hardening(hardened), custodian_duplicates)
 
 
 def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict[str, Any]:
@@ -272,7 +268,8 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
     true = released_quality(calibrated, data.truth)
     # The same run had few or nobody been shared: too little to model, so the model should
     # refuse rather than take look-alikes for matches, and the fallback should not release them.
-    fallback = DecisionRule(FixedThreshold(_defaults(case.hardened).fallback))
+    agreed = recommended_thresholds(_hardening(case.hardened)).fallback
+    fallback = DecisionRule(FixedThreshold(agreed))
     sparse = {
         name: _sparse_run(found, records, (rule, fallback), keys, data, kept)
         for name, kept in zip(SPARSE_RUNS, (set(), _few(data.truth)), strict=True)
@@ -284,7 +281,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         "data_set": case.data_set,
         **asdict(case),
         "blocking": "keys" if case.keyed else "all pairs",
-        "hardening": RECOMMENDED_HARDENING if case.hardened else [],
+        "hardening": _hardening(case.hardened),
         "true_pairs": len(data.truth),
         "pair_completeness": data.pair_completeness,
         "calibrated": {
