@@ -23,6 +23,7 @@ def test_the_tutorial_notebook_runs_without_errors(tmp_path: Path) -> None:
     client.execute()  # raises CellExecutionError at the first cell that fails
     printed = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "server and local linkage agree on" in printed
+    assert printed.count("estimated by the run: precision") == 2  # locally, unhardened and not
 
 
 def test_the_notebook_is_committed_without_outputs() -> None:
