@@ -256,7 +256,12 @@ def test_validity_starts_now_unless_given() -> None:
 def test_project_id_is_the_sha256_of_the_rfc8785_bytes() -> None:
     """An auditor recomputes a project ID with any RFC 8785 (JCS) library: numbers in their
     shortest ECMAScript form (0, not 0.0; 1e-7, not 1e-07), keys sorted, no whitespace."""
-    doc = document(reference="Überweisung № 7", threshold=1.0, threshold_floor=1e-7)
+    doc = document(
+        reference="Überweisung № 7",
+        threshold=1.0,
+        threshold_floor=1e-7,
+        allow_unusual_threshold=True,
+    )
     agreement = parse_agreement(json.dumps(doc).encode())
     assert agreement.format_version == FORMAT_VERSION == 2
     assert agreement.canonical_bytes == rfc8785.dumps(json.loads(json.dumps(doc)))
@@ -611,7 +616,9 @@ def test_new_calibrated_agreement_with_explicit_settings() -> None:
 def test_default_fallback_moves_into_explicit_bounds(
     bounds: tuple[float, float], fallback: float
 ) -> None:
-    agreement = agreement_from_document(document(hardening=DIFFUSION, threshold_bounds=bounds))
+    agreement = agreement_from_document(
+        document(hardening=DIFFUSION, threshold_bounds=bounds, allow_unusual_threshold=True)
+    )
     assert agreement.decision.threshold == CalibratedThreshold(Target.BEST_F_STAR, bounds, fallback)
 
 
@@ -653,11 +660,21 @@ def test_new_agreement_refuses_conflicting_decision_settings(
     ],
 )
 def test_unusual_thresholds_for_the_hardening(settings: dict[str, Any], words: str | None) -> None:
-    problem = unusual_thresholds(agreement_from_document(document(**settings)))
+    problem = unusual_thresholds(
+        agreement_from_document(document(**settings, allow_unusual_threshold=True))
+    )
     if words is None:
         assert problem is None
+        document(**settings)
     else:
         assert problem is not None and words in problem, problem
+        with pytest.raises(AgreementError) as refused:
+            document(**settings)
+        assert str(refused.value) == (
+            f"{problem}, so runs would lose recall or precision. Leave out the threshold "
+            "settings to let each run calibrate its threshold within the recommended bounds, "
+            "or pass allow_unusual_threshold=True to agree on these settings anyway"
+        )
 
 
 # --- invalid documents: every refusal names the path -----------------------------------------

@@ -239,7 +239,9 @@ def test_capped_run_fails_cleanly_on_the_server(tmp_path: Path, make_agreement, 
             LinkageClient(address, "requester", None) as requester,
             LinkageClient(address, "custodian", None) as custodian,
         ):
-            project = requester.create_project(make_agreement(threshold=0.5)).project_id
+            project = requester.create_project(
+                make_agreement(threshold=0.5, allow_unusual_threshold=True)
+            ).project_id
             rows = random_rows(20, 1)
             custodian.upload(project, make_encodings(tmp_path / "c.bin", rows, schema.sha256))
             run_id = requester.upload(

@@ -177,7 +177,7 @@ def test_count_for_both_parties(
 
 # --- matching.decision: the threshold of a run ----------------------------------------------
 
-FIXED = {"threshold": 0.9, "threshold_floor": 0.7}
+FIXED = {"threshold": 0.9, "threshold_floor": 0.7, "hardening": []}
 BEFORE_DECISION = Path(__file__).parent / "data" / "agreement-before-decision.json"  # 0.85, 0.75
 
 

@@ -251,6 +251,18 @@ def unusual_thresholds(agreement: Agreement) -> str | None:
     return None
 
 
+def refuse_unusual_thresholds(agreement: Agreement, override: str) -> None:
+    """No silent bad settings: thresholds far from those measured for the hardening lose recall
+    or precision, so they need an explicit `override` (how the caller says so)."""
+    problem = unusual_thresholds(agreement)
+    if problem:
+        raise AgreementError(
+            f"{problem}, so runs would lose recall or precision. Leave out the threshold "
+            f"settings to let each run calibrate its threshold within the recommended bounds, "
+            f"or {override} to agree on these settings anyway"
+        )
+
+
 def _describe_hardening(steps: list[dict[str, Any]]) -> str:
     """Steps as words, e.g. "diffusion t=3"."""
     words = [
@@ -303,6 +315,7 @@ def new_agreement_document(
     require_purpose: bool | None = None,
     purpose_max_length: int | None = None,
     allowed_purposes: Sequence[str] | None = None,
+    allow_unusual_threshold: bool = False,
 ) -> dict[str, Any]:
     """A new, validated agreement document (format 2). A setting left None takes the agreement
     model's default (agreement/document.py), as `blindlink agreement new` does for an option
@@ -315,6 +328,8 @@ def new_agreement_document(
     `fallback_threshold`; bounds and fallback default to recommended_thresholds(hardening).
     `possible_matches`: a band of match probabilities whose pairs are possible matches.
     `custodian_duplicates`: the custodian may hold a person more than once (matching/kin.py).
+    Thresholds far from those measured for the hardening (unusual_thresholds) are refused
+    unless `allow_unusual_threshold`.
 
     With `require_purpose` (implied by the two after it), each requester batch must declare its
     purpose: free text of at most `purpose_max_length` characters (default 200), or one of
@@ -361,7 +376,12 @@ def new_agreement_document(
         },
         "batch_purpose": _purpose_settings(require_purpose, purpose_max_length, allowed_purposes),
     }
-    return new_document(_given(settings))
+    document = new_document(_given(settings))
+    if not allow_unusual_threshold:
+        refuse_unusual_thresholds(
+            agreement_from_document(document), "pass allow_unusual_threshold=True"
+        )
+    return document
 
 
 def _purpose_settings(

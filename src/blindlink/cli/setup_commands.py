@@ -15,7 +15,7 @@ from blindlink.agreement.document import (
     default_hardening,
     load_json,
 )
-from blindlink.agreement.model import Agreement, new_agreement_document, unusual_thresholds
+from blindlink.agreement.model import new_agreement_document, refuse_unusual_thresholds
 from blindlink.agreement.signing import SignedAgreement, parse_signed, party_info, sign_with_files
 from blindlink.cli.party import connect
 from blindlink.cli.progress import bar
@@ -106,9 +106,11 @@ def agreement_new(args: argparse.Namespace) -> int:
         blocking=_blocking(args.blocking, schema),
         target=args.target and args.target.replace("-", "_"),
         **{name: getattr(args, name) for name in _SETTINGS},
+        allow_unusual_threshold=True,  # checked below, naming this command's option
     )
     signed = SignedAgreement.unsigned(document)
-    _check_usual_thresholds(signed.agreement, args.allow_unusual_threshold)
+    if not args.allow_unusual_threshold:
+        refuse_unusual_thresholds(signed.agreement, "pass --allow-unusual-threshold")
     _write_signed(args.out, signed)
     print(
         f"wrote {args.out}; its project ID is {signed.agreement.project_id}; each party now "
@@ -144,18 +146,6 @@ _SETTINGS = (
     "purpose_max_length",
     "allowed_purposes",
 )
-
-
-def _check_usual_thresholds(agreement: Agreement, allowed: bool) -> None:
-    """No silent bad settings: thresholds far from those measured for the hardening lose
-    recall or precision, so they need --allow-unusual-threshold."""
-    problem = unusual_thresholds(agreement)
-    if problem and not allowed:
-        raise AgreementError(
-            f"{problem}, so runs would lose recall or precision. Leave out the threshold "
-            "options to let each run calibrate its threshold within the recommended bounds, or "
-            "pass --allow-unusual-threshold to agree on these settings anyway"
-        )
 
 
 def number_pair(text: str) -> tuple[float, float]:
