@@ -23,6 +23,15 @@ class Quality:
         actual = self.true_positives + self.false_negatives
         return self.true_positives / actual if actual else 1.0
 
+    @property
+    def f_star(self) -> float:
+        """TP / (TP + FP + FN)."""
+        counted = self.true_positives + self.false_positives + self.false_negatives
+        return self.true_positives / counted if counted else 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"precision": self.precision, "recall": self.recall, "f_star": self.f_star}
+
 
 def read_truth(path: Path) -> list[tuple[str, str]]:
     """(requester ID, custodian ID) pairs from a truth file."""
