@@ -17,10 +17,10 @@ import numpy as np
 
 from blindlink.agreement.document import RECOMMENDED_HARDENING
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.benchmarking.quality import FLOOR, THRESHOLDS
+from blindlink.benchmarking.quality import FLOOR, curve_from
 from blindlink.encoded import encode
 from blindlink.encoding.schema import LinkageSchema
-from blindlink.evaluation import Quality, pair_quality, read_truth
+from blindlink.evaluation import Quality, read_truth
 from blindlink.local_linkage import LinkResult, link_locally
 
 # Stand-ins for the parties' certificates: the agreement is only read, never signed.
@@ -91,7 +91,7 @@ def measure(files: LabelledFiles, hardened: bool, secret_index: int) -> dict[str
             "threshold": calibrated.threshold,
             "rule": calibrated.rule,
             "released": len(calibrated.matches()),
-            "true": pair_quality(set(calibrated.matches()), set(files.truth)).to_dict(),
+            "true": _released(calibrated, files.truth),
             "estimated": None if estimates is None else estimates.to_dict(),
         },
         "oracle": _oracle(every, files.truth),
@@ -101,13 +101,19 @@ def measure(files: LabelledFiles, hardened: bool, secret_index: int) -> dict[str
 def _oracle(every: LinkResult, truth: frozenset[tuple[str, str]]) -> dict[str, float]:
     """The fixed Dice threshold of the grid with the best true F*, from one run at the lowest:
     solving takes the most similar pairs first, so a higher threshold releases those above it."""
-    pairs = list(zip(every.requester_ids, every.custodian_ids, strict=True))
+    pairs = zip(every.requester_ids, every.custodian_ids, strict=True)
     right = np.array([pair in truth for pair in pairs], dtype=bool)
-    best: dict[str, float] = {}
-    for threshold in THRESHOLDS:
-        kept = every.dice >= threshold
-        hits = int((right & kept).sum())
-        quality = Quality(hits, int(kept.sum()) - hits, len(truth) - hits)
-        if not best or quality.f_star > best["f_star"]:
-            best = {"threshold": float(threshold), **quality.to_dict()}
-    return best
+    curve = curve_from(right, every.dice, _partners(truth))
+    return curve.at(curve.best_threshold())
+
+
+def _released(result: LinkResult, truth: frozenset[tuple[str, str]]) -> dict[str, float]:
+    """True precision, recall and F* of a run's matches."""
+    released = set(result.matches())
+    right = len(released & truth)
+    return Quality(right, len(released) - right, _partners(truth) - right).to_dict()
+
+
+def _partners(truth: frozenset[tuple[str, str]]) -> int:
+    """Requester records with a partner: each can be released with one at most."""
+    return len({requester for requester, _ in truth})

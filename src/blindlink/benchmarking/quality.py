@@ -92,11 +92,15 @@ def quality_curve(
 def curve_of(decisions: Decisions, truth: set[tuple[int, int]]) -> QualityCurve:
     """True and false positives per threshold of a run's solved pairs, every one of which is
     at or above the lowest threshold of the curve."""
-    right = _right(decisions, truth)
-    similarity = decisions.similarities
+    return curve_from(_right(decisions, truth), decisions.similarities, partners(truth))
+
+
+def curve_from(right: np.ndarray, similarity: np.ndarray, true_pairs: int) -> QualityCurve:
+    """True and false positives per threshold of solved pairs with these `similarity` scores,
+    of which those marked `right` are true pairs, when `true_pairs` records have a partner."""
     tp = np.array([(right & (similarity >= t)).sum() for t in THRESHOLDS])
     fp = np.array([(~right & (similarity >= t)).sum() for t in THRESHOLDS])
-    return QualityCurve(THRESHOLDS, tp, fp, partners(truth))
+    return QualityCurve(THRESHOLDS, tp, fp, true_pairs)
 
 
 def released_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> dict[str, float]:
