@@ -8,7 +8,8 @@ columns) or, without it, the records whose ID (--id-column) appears on both side
 per linkage and writes labelled-NAME.json (default: benchmarks/results/).
 
     python benchmarks/labelled.py REQUESTER.csv CUSTODIAN.csv --schema SCHEMA.json
-        [--id-column id] [--truth TRUTH.csv] [--secrets 2] [--name NAME] [--out DIR]
+        [--id-column id] [--truth TRUTH.csv] [--secrets 2] [--name NAME] [--source TEXT]
+        [--out DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", type=Path, help="requester_id,custodian_id pairs")
     parser.add_argument("--secrets", type=int, default=2, help="linkages per hardening")
     parser.add_argument("--name", help="results name (default: the requester file's stem)")
+    parser.add_argument("--source", default="", help="where the files come from, for the record")
     parser.add_argument("--out", type=Path, help="results directory")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             "oracle is the fixed Dice threshold (grid of 0.01 from 0.5) with the best true F*"
         ),
         "files": {
+            "source": args.source,
             "requester": args.requester.name,
             "custodian": args.custodian.name,
             "schema_sha256": files.schema.sha256,
