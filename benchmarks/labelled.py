@@ -15,6 +15,7 @@ per linkage and writes labelled-NAME.json (default: benchmarks/results/).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from blindlink.benchmarking.labelled import (
 )
 from blindlink.benchmarking.results import results_dir, write_result
 from blindlink.encoding.schema import load_schema
+from blindlink.errors import BlindlinkError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,4 +97,8 @@ def row(linkage: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BlindlinkError as exc:  # a file, column or schema the linkage cannot use
+        print(f"labelled.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -15,6 +15,7 @@ import pytest
 
 from blindlink.benchmarking.labelled import same_ids
 from blindlink.encoding.schema import default_schema_path
+from blindlink.errors import InputError
 from blindlink.synthetic import GeneratedFiles, generate_datasets
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "labelled.py"
@@ -81,3 +82,5 @@ def test_without_a_truth_file_records_with_the_same_id_on_both_sides_are_pairs(
             writer.writerows([i, "x"] for i in ids)
     pairs = same_ids(tmp_path / "a.csv", tmp_path / "b.csv", "rec")
     assert pairs == {("1", "1"), ("3", "3")}
+    with pytest.raises(InputError, match=r"a\.csv.*no record ID column 'id'"):
+        same_ids(tmp_path / "a.csv", tmp_path / "b.csv", "id")

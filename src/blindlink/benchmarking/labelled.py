@@ -20,6 +20,7 @@ from blindlink.agreement.model import PartyInfo, agreement_from_document, new_ag
 from blindlink.benchmarking.quality import FLOOR, curve_from
 from blindlink.encoded import encode
 from blindlink.encoding.schema import LinkageSchema
+from blindlink.errors import InputError
 from blindlink.evaluation import Quality, read_truth
 from blindlink.local_linkage import LinkResult, link_locally
 
@@ -47,7 +48,10 @@ def same_ids(requester: Path, custodian: Path, id_column: str) -> frozenset[tupl
 
     def ids(path: Path) -> set[str]:
         with open(path, newline="", encoding="utf-8") as f:
-            return {row[id_column] for row in csv.DictReader(f)}
+            reader = csv.DictReader(f)
+            if id_column not in (reader.fieldnames or []):
+                raise InputError(str(path), f"no record ID column {id_column!r}", line=1)
+            return {row[id_column] for row in reader}
 
     return frozenset((i, i) for i in ids(requester) & ids(custodian))
 
