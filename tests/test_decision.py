@@ -17,6 +17,7 @@ from blindlink.benchmarking.data import encoded_pair
 from blindlink.benchmarking.quality import released_quality
 from blindlink.benchmarking.record_pairs import LinkedPair
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
+from blindlink.matching import match_model
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import (
     DICE,
@@ -43,8 +44,11 @@ from blindlink.matching.evidence import (
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.linkage import Matches, solve_one_to_one
 from blindlink.matching.match_model import (
+    BINS,
     ModelUnfit,
     RecordScores,
+    _rank_sum_z,
+    _shifted,
     _tail_survival,
     fit_match_model,
     non_match_ceiling,
@@ -71,12 +75,20 @@ def _overlapping(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def simulated_run(
-    seed: int, records: int, matched: int, partner_score: ScoreDraw, others: int = 2000
+    seed: int,
+    records: int,
+    matched: int,
+    partner_score: ScoreDraw,
+    others: int = 2000,
+    partners_lower_by: float = 0.0,
 ) -> tuple[Candidates, set[tuple[int, int]]]:
     """Each requester record's four best unrelated custodian records (Dice of unrelated
-    records ~ N(0.5, 0.02)), and the first `matched` records' partners."""
+    records ~ N(0.5, 0.02), `partners_lower_by` lower for records with a partner), and the
+    first `matched` records' partners."""
     rng = np.random.default_rng(seed)
-    scores = np.round(rng.normal(0.5, 0.02, (records, others)), 4)
+    scores = rng.normal(0.5, 0.02, (records, others))
+    scores[:matched] -= partners_lower_by
+    scores = np.round(scores, 4)
     rows1 = np.argsort(-scores, axis=1)[:, :4]
     sims = np.take_along_axis(scores, rows1, axis=1)
     partners = rng.permutation(others)[:matched]
@@ -304,6 +316,54 @@ def test_no_pair_more_likely_not_matched_is_released(tmp_path: Path) -> None:
     precision, recall = _true_quality(decisions, truth)
     assert precision >= 0.9 and recall >= 0.9
     assert abs(decisions.estimates.precision - precision) <= 0.03
+
+
+# The records with a partner draw their unrelated scores a quarter of those scores' spread
+# lower than the records without one (as where the records with a partner are the corrupted
+# ones): their runner-ups then understate the others' best non-match.
+@pytest.mark.parametrize("draw", [_well_separated, _overlapping])
+def test_records_with_a_partner_unlike_the_others_are_not_modelled(
+    draw: ScoreDraw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    candidates, truth = simulated_run(1, 2000, 600, draw, partners_lower_by=0.005)
+    decisions = decide(candidates, 2000, CALIBRATED)
+    assert decisions.estimates is None
+    assert decisions.note.startswith(
+        "fallback threshold: the records that look matched score lower with their best "
+        "non-matches than the other records do"
+    )
+    assert decisions.threshold == 0.8
+    assert _true_quality(decisions, truth)[0] == 1.0
+    # Without the check the model releases look-alikes and overstates their precision.
+    monkeypatch.setattr(match_model, "LIKE_PRECISION", np.inf)
+    unchecked = decide(candidates, 2000, CALIBRATED)
+    assert unchecked.estimates is not None
+    assert unchecked.estimates.precision - _true_quality(unchecked, truth)[0] > 0.15
+
+
+def test_records_with_a_partner_like_the_others_are_modelled_without_the_check() -> None:
+    candidates, _ = simulated_run(1, 2000, 600, _overlapping)
+    checked = decide(candidates, 2000, CALIBRATED)
+    assert checked.estimates is not None
+    assert checked.note == "calibrated on Dice: best estimated F*"
+
+
+def test_a_shifted_score_distribution_keeps_its_mass_and_its_missing_share() -> None:
+    distribution = np.zeros(BINS)
+    distribution[0], distribution[101], distribution[BINS - 1] = 0.3, 0.6, 0.1
+    moved = _shifted(distribution, 1.5 * STEP)
+    assert moved.sum() == pytest.approx(1.0)
+    assert moved[0] == 0.3
+    assert moved[102] == pytest.approx(0.3) and moved[103] == pytest.approx(0.3)
+    assert moved[BINS - 1] == pytest.approx(0.1)
+
+
+def test_rank_sum_z_is_positive_where_the_first_sample_scores_higher() -> None:
+    rng = np.random.default_rng(3)
+    low, high = rng.normal(0.5, 0.02, 400), rng.normal(0.51, 0.02, 400)
+    assert _rank_sum_z(high, low) > 3.0
+    assert _rank_sum_z(low, high) < -3.0
+    assert abs(_rank_sum_z(low[:200], low[200:])) < 3.0
 
 
 def test_no_candidates_at_all_fall_back() -> None:
