@@ -50,6 +50,7 @@ from blindlink.matching.match_model import (
     _rank_sum_z,
     _shifted,
     _tail_survival,
+    _truncated_shift,
     fit_match_model,
     non_match_ceiling,
 )
@@ -356,6 +357,17 @@ def test_a_shifted_score_distribution_keeps_its_mass_and_its_missing_share() -> 
     assert moved[0] == 0.3
     assert moved[102] == pytest.approx(0.3) and moved[103] == pytest.approx(0.3)
     assert moved[BINS - 1] == pytest.approx(0.1)
+
+
+def test_a_shift_seen_below_a_cut_is_measured_whole() -> None:
+    rng = np.random.default_rng(4)
+    ours = np.sort(rng.normal(0.5, 0.02, 20000))
+    theirs = rng.normal(0.51, 0.02, 20000)
+    cut = float(np.quantile(ours, 0.8))
+    seen = theirs[theirs <= cut]
+    assert np.median(seen) - np.median(ours[ours <= cut]) < 0.007  # the cut hides a third
+    assert _truncated_shift(ours, float(np.median(seen)), cut) == pytest.approx(0.01, abs=0.001)
+    assert _truncated_shift(ours, float(np.median(ours[ours <= cut])), cut) < 0.0005
 
 
 def test_rank_sum_z_is_positive_where_the_first_sample_scores_higher() -> None:

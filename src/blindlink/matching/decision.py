@@ -390,10 +390,12 @@ def _uncompared(
     return missed_share(blocking, shared, model.probability(solved.similarities))
 
 
-def _fitted(scores: RecordScores) -> tuple[MatchModel | None, ModelUnfit | None]:
+def _fitted(
+    scores: RecordScores, raw_runner_ups: bool = True
+) -> tuple[MatchModel | None, ModelUnfit | None]:
     """The match model of `scores`, or None and why it cannot be fitted."""
     try:
-        return fit_match_model(scores), None
+        return fit_match_model(scores, raw_runner_ups), None
     except ModelUnfit as reason:
         return None, reason
 
@@ -481,7 +483,7 @@ def _scored_with_keys(
     by_score = solve_one_to_one(score, rows0, rows1)
     scores = RecordScores.after_solving(score, rows0, rows1, by_score, len(keys.requester))
     scores = _without_partners(scores, (sim, rows0, rows1), by_score, keys, model)
-    fitted, _ = _fitted(scores)
+    fitted, _ = _fitted(scores, raw_runner_ups=False)
     if fitted is None or abs(fitted.matched_records / by_dice.matched_records - 1.0) > MODELS_AGREE:
         return None
     dice = pair_values(sim, rows0, rows1, by_score.requester_rows, by_score.custodian_rows)
