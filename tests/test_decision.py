@@ -335,11 +335,20 @@ def test_records_with_a_partner_unlike_the_others_are_not_modelled(
     )
     assert decisions.threshold == 0.8
     assert _true_quality(decisions, truth)[0] == 1.0
+    # A lower fallback is raised to the refused model's threshold, which errs bold.
+    low_fallback = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.5))
+    raised = decide(candidates, 2000, low_fallback)
+    assert raised.estimates is None
+    assert raised.note.endswith(
+        f"; raised from 0.5 to {raised.threshold:.3f}, the threshold the model chose, which "
+        "takes too many pairs for matches"
+    )
     # Without the check the model releases look-alikes and overstates their precision.
     monkeypatch.setattr(match_model, "LIKE_PRECISION", np.inf)
     unchecked = decide(candidates, 2000, CALIBRATED)
     assert unchecked.estimates is not None
     assert unchecked.estimates.precision - _true_quality(unchecked, truth)[0] > 0.15
+    assert unchecked.threshold == raised.threshold > 0.5
 
 
 def test_records_with_a_partner_like_the_others_are_modelled_without_the_check() -> None:

@@ -8,7 +8,8 @@ run's own scores, chooses the threshold within agreed bounds that meets the agre
 the model cannot be fitted, a calibrated rule falls back to its agreed fallback threshold and
 the decision says why; where the model found few matches, the fallback is raised (up to the
 agreed upper bound) above the scores the run's records without a partner are expected to reach
-(match_model.non_match_ceiling).
+(match_model.non_match_ceiling), and where the model was refused because it takes too many
+pairs for matches, to the threshold it chose.
 """
 
 from __future__ import annotations
@@ -361,8 +362,9 @@ class _Scored:
     unfit: str  # why no model was fitted, "" if one was
     fitted_to: RecordScores | None = None  # what the model was fitted to
     uncompared: float = 0.0  # the estimated share of partners never compared
-    # Unfitted for few matches: the score fewer than half a record without a partner reaches.
+    # Unfitted, the score the fallback is raised to (0 for none), and why that score.
     ceiling: float = 0.0
+    ceiling_reason: str = ""
 
     @property
     def fitted(self) -> bool:
@@ -408,24 +410,46 @@ def _scored_by_dice(
     fitted_to: RecordScores,
 ) -> _Scored:
     """Solved pairs scored by Dice, with the model's probabilities (NaN without a model), at
-    or above the lowest Dice score the rule could release or call possible. Without a model
-    for few matches, a calibrated rule's scores carry the run's non-match ceiling."""
-    solved = solved_all.subset(solved_all.similarities >= _solve_floor(rule, model))
+    or above the lowest Dice score the rule could release or call possible. Without a model,
+    a calibrated rule's scores carry the score its fallback is raised to: the model's threshold
+    where it was refused because it takes too many pairs for matches, the run's non-match
+    ceiling where it found few matches."""
+    bold = None if unfit is None else unfit.bold
+    solved = solved_all.subset(
+        solved_all.similarities >= _solve_floor(rule, model if bold is None else bold)
+    )
     everyone = np.ones(len(solved), dtype=bool)
     if model is None:
-        nothing = np.full(len(solved), np.nan)
-        raises = isinstance(rule.threshold, CalibratedThreshold)
-        few = raises and unfit is not None and unfit.few_matches
-        return _Scored(
+        unfitted = _Scored(
             solved,
             solved.similarities,
-            nothing,
+            np.full(len(solved), np.nan),
             0.0,
             everyone,
             DICE,
             str(unfit),
-            ceiling=non_match_ceiling(fitted_to.top) if few else 0.0,
         )
+        if not isinstance(rule.threshold, CalibratedThreshold) or unfit is None:
+            return unfitted
+        if bold is not None:
+            bound = _threshold(rule, _by_model(solved, bold, fitted_to)).threshold
+            return replace(unfitted, ceiling=bound, ceiling_reason=BOLD)
+        if unfit.few_matches:
+            return replace(
+                unfitted, ceiling=non_match_ceiling(fitted_to.top), ceiling_reason=NON_MATCHES
+            )
+        return unfitted
+    return _by_model(solved, model, fitted_to)
+
+
+# Why a fallback was raised: the run's non-match ceiling, or the refused model's threshold.
+NON_MATCHES = "where fewer than half a record without a partner is expected to score"
+BOLD = "the threshold the model chose, which takes too many pairs for matches"
+
+
+def _by_model(solved: Matches, model: MatchModel, fitted_to: RecordScores) -> _Scored:
+    """Solved pairs scored by Dice with `model`'s match probabilities."""
+    everyone = np.ones(len(solved), dtype=bool)
     probabilities = model.probability(solved.similarities)
     return _Scored(
         solved,
@@ -613,14 +637,13 @@ def _threshold(rule: DecisionRule, scored: _Scored) -> _Choice:
 
 
 def _fallback(chosen: CalibratedThreshold, scored: _Scored) -> _Choice:
-    """The agreed fallback threshold, raised to the run's non-match ceiling where it has one
-    (never above the agreed upper bound)."""
+    """The agreed fallback threshold, raised to the run's ceiling where it has one (never
+    above the agreed upper bound)."""
     note = f"fallback threshold: {scored.unfit}"
     raised = min(max(chosen.fallback_threshold, scored.ceiling), chosen.bounds[1])
     if raised > chosen.fallback_threshold:
         note += (
-            f"; raised from {chosen.fallback_threshold:g} to {raised:.3f}, where fewer than "
-            "half a record without a partner is expected to score"
+            f"; raised from {chosen.fallback_threshold:g} to {raised:.3f}, {scored.ceiling_reason}"
         )
     return _Choice(raised, note)
 

@@ -168,11 +168,16 @@ CEILING_TRIM = 2.0
 
 class ModelUnfit(Exception):
     """The run's scores do not support a model; the message says why. `few_matches`: the
-    reason is that the model found few matches (not that they lack separation)."""
+    reason is that the model found few matches (not that they lack separation). `bold`: the
+    model, where it was refused because it takes too many pairs for matches; a release should
+    go no lower than the threshold it would choose."""
 
-    def __init__(self, reason: str, few_matches: bool = False) -> None:
+    def __init__(
+        self, reason: str, few_matches: bool = False, bold: MatchModel | None = None
+    ) -> None:
         super().__init__(reason)
         self.few_matches = few_matches
+        self.bold = bold
 
 
 @dataclass(frozen=True)
@@ -429,7 +434,8 @@ def _check_like_non_matches(
             "the records that look matched score lower with their best non-matches than the "
             f"other records do (by {shift:.3f}), so their runner-ups understate the others' "
             f"best non-match: precision would be estimated {precision:.3f} where B "
-            f"{shift:.3f} higher gives {lowered:.3f}"
+            f"{shift:.3f} higher gives {lowered:.3f}",
+            bold=model,
         )
 
 
