@@ -351,6 +351,23 @@ def test_records_with_a_partner_unlike_the_others_are_not_modelled(
     assert unchecked.threshold == raised.threshold > 0.5
 
 
+def test_runner_ups_rescored_without_the_partner_are_not_compared_with_second_candidates() -> None:
+    candidates, _ = simulated_run(1, 2000, 600, _well_separated, partners_lower_by=0.005)
+    sim, rows0, rows1 = (
+        candidates.similarities,
+        candidates.requester_rows,
+        candidates.custodian_rows,
+    )
+    scores = RecordScores.after_solving(
+        sim, rows0, rows1, solve_one_to_one(sim, rows0, rows1), 2000
+    )
+    with pytest.raises(ModelUnfit, match="score lower with their best non-matches") as refused:
+        fit_match_model(scores)
+    assert refused.value.bold is not None and not refused.value.few_matches
+    unchecked = fit_match_model(scores, raw_runner_ups=False)
+    np.testing.assert_array_equal(unchecked.probabilities, refused.value.bold.probabilities)
+
+
 def test_records_with_a_partner_like_the_others_are_modelled_without_the_check() -> None:
     candidates, _ = simulated_run(1, 2000, 600, _overlapping)
     checked = decide(candidates, 2000, CALIBRATED)
