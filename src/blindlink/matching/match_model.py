@@ -102,13 +102,14 @@ DOUBTFUL = 0.5
 # records that look matched lie lower than the others' by LIKE_Z standard errors or more, the
 # fit is refused if B that much higher lowers the precision of the records it deems matched by
 # more than LIKE_PRECISION, the tolerance the estimates aim for (_check_like_non_matches).
-# Measured: on the anonlink entity service's tutorial files, whose records with a partner
-# carry the typos and the blanks, z 4.1 to 15.6 and drops of 0.047 to 0.363 in the 15 runs
-# fitted without the check (precision estimated 0.08 to 0.20 too high), and on its alice, bob
-# and charlie files z 3.6 to 9.5, drops 0.014 to 0.115: all refused. On the calibration cases
-# below a million records per party, z reaches 3 in 3 runs, with drops of 0.002 to 0.015; the
-# one refused (a batch of 10k against 1M, half shared, doubled corruption, unhardened) then
-# releases at F* 0.011 rather than 0.007 below the best fixed threshold's.
+# Measured (two secrets per pairing): on the anonlink entity service's tutorial files, whose
+# records with a partner carry the typos and the blanks, z 4.1 to 15.6 and drops of 0.047 to
+# 0.363 in the 15 runs fitted without the check (precision estimated 0.08 to 0.20 too high),
+# all refused; on its alice, bob and charlie files z 2.7 to 9.9 (precision estimated 0.04 to
+# 0.12 too high), 11 of 12 refused. Of the 116 calibration cases two are refused, batches of
+# 10k against 1M, unhardened (drops of 0.011 and 0.016; they release at their model's
+# threshold or the agreed fallback); of the 108 below 1M x 1M, z reaches 3 in two more
+# batches, with drops of 0.002 and 0.008.
 LIKE_Z = 3.0
 LIKE_PRECISION = 0.01
 SHIFT_STEPS = 20  # bisection steps of that shift: 0.1 / 2**20 apart at the end
