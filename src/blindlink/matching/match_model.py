@@ -112,7 +112,8 @@ DOUBTFUL = 0.5
 # batches, with drops of 0.002 and 0.008.
 LIKE_Z = 3.0
 LIKE_PRECISION = 0.01
-SHIFT_STEPS = 20  # bisection steps of that shift: 0.1 / 2**20 apart at the end
+MAX_SHIFT = 0.1  # the largest shift measured
+SHIFT_STEPS = 20  # bisection steps of that shift: MAX_SHIFT / 2**20 apart at the end
 # The runner-ups that fit the upper tail of the best non-match distribution: this
 # share of them (measured on the calibration benchmark's 10k cases: 0.2 against 0.05 and 0.5),
 # and at least TAIL_SAMPLES. 60 rather than 30 changes only runs with fewer than 300 runner-ups:
@@ -443,14 +444,14 @@ def _check_like_non_matches(
 def _truncated_shift(ours: np.ndarray, their_median: float, cut: float) -> float:
     """How much higher `ours` (sorted) must lie for the median of those of them then at or
     below `cut` to be `their_median`, the median of a sample seen only up to `cut` (by
-    bisection, up to 0.1; 0 if none). Comparing the two medians below the cut directly
+    bisection, up to MAX_SHIFT; 0 if none). Comparing the two medians below the cut directly
     understates a shift, since the cut keeps more of the lower sample."""
 
     def below_median(shift: float) -> float:
         kept = ours[: np.searchsorted(ours, cut - shift, side="right")]
         return float(np.median(kept)) + shift if len(kept) else cut
 
-    low, high = 0.0, 0.1
+    low, high = 0.0, MAX_SHIFT
     if below_median(low) >= their_median:
         return 0.0
     for _ in range(SHIFT_STEPS):
