@@ -112,7 +112,7 @@ DOUBTFUL = 0.5
 # batches, with drops of 0.002 and 0.008.
 LIKE_Z = 3.0
 LIKE_PRECISION = 0.01
-MAX_SHIFT = 0.1  # the largest shift measured
+MAX_SHIFT = 0.1  # the largest shift between the two that the check measures
 SHIFT_STEPS = 20  # bisection steps of that shift: MAX_SHIFT / 2**20 apart at the end
 # The runner-ups that fit the upper tail of the best non-match distribution: this
 # share of them (measured on the calibration benchmark's 10k cases: 0.2 against 0.05 and 0.5),
