@@ -351,6 +351,22 @@ def test_records_with_a_partner_unlike_the_others_are_not_modelled(
     assert unchecked.threshold == raised.threshold > 0.5
 
 
+def test_look_alikes_taken_for_matches_do_not_hide_the_records_with_a_partner_being_unlike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fitted unchecked, the model takes some 375 look-alikes for matches: among all it takes
+    # for matches the difference does not show (2.1 standard errors), among its surest it does.
+    candidates, truth = simulated_run(1, 2000, 600, _well_separated, partners_lower_by=0.003)
+    decisions = decide(candidates, 2000, CALIBRATED)
+    assert decisions.estimates is None
+    assert "score lower with their best non-matches" in decisions.note
+    assert _true_quality(decisions, truth)[0] == 1.0
+    monkeypatch.setattr(match_model, "LOOKS_MATCHED", (0.5,))
+    unchecked = decide(candidates, 2000, CALIBRATED)
+    assert unchecked.estimates is not None
+    assert unchecked.estimates.precision - _true_quality(unchecked, truth)[0] > 0.15
+
+
 def test_runner_ups_rescored_without_the_partner_are_not_compared_with_second_candidates() -> None:
     candidates, _ = simulated_run(1, 2000, 600, _well_separated, partners_lower_by=0.005)
     sim, rows0, rows1 = (
