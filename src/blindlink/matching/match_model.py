@@ -420,8 +420,8 @@ def _check_like_non_matches(
     the other records': their runner-ups stand for the others' best non-match. Before
     solving, a matched record's second candidate and another record's first are each its
     best non-match; below B's ANCHOR_QUANTILE (few matches there) the two must be alike. Where
-    the matched records' lie significantly lower (LIKE_Z), the model is refitted with B that
-    much higher, and the fit is refused if the precision of the records it deems matched
+    the matched records' (at either of LOOKS_MATCHED) lie significantly lower (LIKE_Z), the
+    model is refitted with B that much higher, and the fit is refused if the precision of the records it deems matched
     falls by more than LIKE_PRECISION."""
     probabilities = model.probability(scores.best)
     counts = joint.sum(axis=1) * (model.probabilities >= 0.5)
