@@ -421,8 +421,8 @@ def _check_like_non_matches(
     solving, a matched record's second candidate and another record's first are each its
     best non-match; below B's ANCHOR_QUANTILE (few matches there) the two must be alike. Where
     the matched records' (at either of LOOKS_MATCHED) lie significantly lower (LIKE_Z), the
-    model is refitted with B that much higher, and the fit is refused if the precision of the records it deems matched
-    falls by more than LIKE_PRECISION."""
+    model is refitted with B that much higher, and the fit is refused if the precision of the
+    records it deems matched falls by more than LIKE_PRECISION."""
     probabilities = model.probability(scores.best)
     counts = joint.sum(axis=1) * (model.probabilities >= 0.5)
     released = max(float(counts.sum()), 1.0)
