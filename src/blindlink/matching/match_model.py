@@ -103,13 +103,14 @@ DOUBTFUL = 0.5
 # fit is refused if B that much higher lowers the precision of the records it deems matched by
 # more than LIKE_PRECISION, the tolerance the estimates aim for (_check_like_non_matches).
 # Measured (two secrets per pairing): on the anonlink entity service's tutorial files, whose
-# records with a partner carry the typos and the blanks, z 4.1 to 15.6 and drops of 0.047 to
-# 0.363 in the 15 runs fitted without the check (precision estimated 0.08 to 0.20 too high),
-# all refused; on its alice, bob and charlie files z 2.7 to 9.9 (precision estimated 0.04 to
-# 0.12 too high), 11 of 12 refused. Of the 116 calibration cases two are refused, batches of
-# 10k against 1M, unhardened (drops of 0.011 and 0.016; they release at their model's
-# threshold or the agreed fallback); of the 108 below 1M x 1M, z reaches 3 in two more
-# batches, with drops of 0.002 and 0.008.
+# records with a partner carry the typos and the blanks, z 4.1 to 15.6 (at probability 0.9:
+# 6.2 to 16.7) and drops of 0.047 to 0.363 in the 15 runs fitted without the check (precision
+# estimated 0.08 to 0.20 too high), all refused; on its alice, bob and charlie files z 2.7 to
+# 9.9 (2.4 to 10.6; precision estimated 0.04 to 0.12 too high), 11 of 12 refused. Of the 116
+# calibration cases, none below a million custodian records reaches z 3 (at most 2.1); against
+# a million, 11 of 24 do (at 1M x 1M z up to 24.8, with drops of 0.008 at most), and two are
+# refused, batches of 10k, unhardened (drops of 0.011 and 0.015; they release at their model's
+# threshold or the agreed fallback).
 LIKE_Z = 3.0
 LIKE_PRECISION = 0.01
 # The records that look matched, at either match probability: at 0.5, all the model takes for
