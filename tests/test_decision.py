@@ -4,7 +4,6 @@ the partner at a score drawn from a chosen distribution."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from blindlink.benchmarking.calibration import calibrated_rule
 from blindlink.benchmarking.data import encoded_pair
 from blindlink.benchmarking.quality import released_quality
 from blindlink.benchmarking.record_pairs import LinkedPair
+from blindlink.benchmarking.simulated import ScoreDraw, overlapping, simulated_run, well_separated
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching import match_model
 from blindlink.matching.blocking import KeyBlocking
@@ -64,45 +64,6 @@ from blindlink.matching.rules import (
 from blindlink.synthetic.corruption import CorruptionRates
 
 CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
-ScoreDraw = Callable[[np.random.Generator, int], np.ndarray]
-
-
-def _well_separated(rng: np.random.Generator, n: int) -> np.ndarray:
-    return 1.0 - 0.25 * rng.beta(1.0, 6.0, n)
-
-
-def _overlapping(rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.clip(rng.normal(0.66, 0.06, n), 0.0, 1.0)
-
-
-def simulated_run(
-    seed: int,
-    records: int,
-    matched: int,
-    partner_score: ScoreDraw,
-    others: int = 2000,
-    partners_lower_by: float = 0.0,
-) -> tuple[Candidates, set[tuple[int, int]]]:
-    """Each requester record's four best unrelated custodian records (Dice of unrelated
-    records ~ N(0.5, 0.02), `partners_lower_by` lower for records with a partner), and the
-    first `matched` records' partners."""
-    rng = np.random.default_rng(seed)
-    scores = rng.normal(0.5, 0.02, (records, others))
-    scores[:matched] -= partners_lower_by
-    scores = np.round(scores, 4)
-    rows1 = np.argsort(-scores, axis=1)[:, :4]
-    sims = np.take_along_axis(scores, rows1, axis=1)
-    partners = rng.permutation(others)[:matched]
-    truth = {(i, int(p)) for i, p in enumerate(partners)}
-    true_scores = np.round(partner_score(rng, matched), 4)
-    rows0 = np.repeat(np.arange(records), 4)
-    sim, r0, r1 = sims.ravel(), rows0, rows1.ravel()
-    keep = ~np.isin(r0 * others + r1, [i * others + p for i, p in truth])
-    sim = np.concatenate([sim[keep], true_scores])
-    r0 = np.concatenate([r0[keep], np.arange(matched)])
-    r1 = np.concatenate([r1[keep], partners])
-    order = np.lexsort((r1, r0, -sim))
-    return Candidates(sim[order], r0[order], r1[order], records * others, records * others), truth
 
 
 def _true_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> tuple[float, float]:
@@ -139,10 +100,10 @@ def _oracle_f_star(candidates: Candidates, truth: set[tuple[int, int]]) -> float
 @pytest.mark.parametrize(
     ("draw", "matched", "recall_error"),
     [
-        (_well_separated, 300, 0.03),
-        (_well_separated, 1000, 0.03),
-        (_overlapping, 300, 0.15),
-        (_overlapping, 1000, 0.06),
+        (well_separated, 300, 0.03),
+        (well_separated, 1000, 0.03),
+        (overlapping, 300, 0.15),
+        (overlapping, 1000, 0.06),
     ],
 )
 def test_calibrated_decision_estimates_its_own_quality(
@@ -160,15 +121,15 @@ def test_calibrated_decision_estimates_its_own_quality(
     assert true_f_star >= _oracle_f_star(candidates, truth) - 0.015
 
 
-def test_well_separated_scores_put_the_threshold_between_them() -> None:
-    candidates, truth = simulated_run(2, 2000, 800, _well_separated)
+def testwell_separated_scores_put_the_threshold_between_them() -> None:
+    candidates, truth = simulated_run(2, 2000, 800, well_separated)
     decisions = decide(candidates, 2000, CALIBRATED)
     assert 0.58 <= decisions.threshold <= 0.75
     assert _true_quality(decisions, truth) >= (0.995, 0.99)
 
 
 def test_min_precision_target_chooses_the_lowest_threshold_that_reaches_it() -> None:
-    candidates, truth = simulated_run(3, 2000, 800, _overlapping)
+    candidates, truth = simulated_run(3, 2000, 800, overlapping)
     best = decide(candidates, 2000, CALIBRATED)
     strict = DecisionRule(CalibratedThreshold(Target.MIN_PRECISION, (0.5, 0.95), 0.8, 0.995))
     decisions = decide(candidates, 2000, strict)
@@ -179,7 +140,7 @@ def test_min_precision_target_chooses_the_lowest_threshold_that_reaches_it() -> 
 
 @pytest.mark.parametrize("matched", [0, 3])
 def test_too_few_matches_fall_back_to_the_agreed_threshold(matched: int) -> None:
-    candidates, _ = simulated_run(4, 1000, matched, _well_separated)
+    candidates, _ = simulated_run(4, 1000, matched, well_separated)
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
@@ -322,7 +283,7 @@ def test_no_pair_more_likely_not_matched_is_released(tmp_path: Path) -> None:
 # The records with a partner draw their unrelated scores a quarter of those scores' spread
 # lower than the records without one (as where the records with a partner are the corrupted
 # ones): their runner-ups then understate the others' best non-match.
-@pytest.mark.parametrize("draw", [_well_separated, _overlapping])
+@pytest.mark.parametrize("draw", [well_separated, overlapping])
 def test_records_with_a_partner_unlike_the_others_are_not_modelled(
     draw: ScoreDraw, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -356,7 +317,7 @@ def test_look_alikes_taken_for_matches_do_not_hide_the_records_with_a_partner_be
 ) -> None:
     # Fitted unchecked, the model takes some 375 look-alikes for matches: among all it takes
     # for matches the difference does not show (2.1 standard errors), among its surest it does.
-    candidates, truth = simulated_run(1, 2000, 600, _well_separated, partners_lower_by=0.003)
+    candidates, truth = simulated_run(1, 2000, 600, well_separated, partners_lower_by=0.003)
     decisions = decide(candidates, 2000, CALIBRATED)
     assert decisions.estimates is None
     assert "score lower with their best non-matches" in decisions.note
@@ -368,7 +329,7 @@ def test_look_alikes_taken_for_matches_do_not_hide_the_records_with_a_partner_be
 
 
 def test_runner_ups_rescored_without_the_partner_are_not_compared_with_second_candidates() -> None:
-    candidates, _ = simulated_run(1, 2000, 600, _well_separated, partners_lower_by=0.005)
+    candidates, _ = simulated_run(1, 2000, 600, well_separated, partners_lower_by=0.005)
     sim, rows0, rows1 = (
         candidates.similarities,
         candidates.requester_rows,
@@ -385,7 +346,7 @@ def test_runner_ups_rescored_without_the_partner_are_not_compared_with_second_ca
 
 
 def test_records_with_a_partner_like_the_others_are_modelled_without_the_check() -> None:
-    candidates, _ = simulated_run(1, 2000, 600, _overlapping)
+    candidates, _ = simulated_run(1, 2000, 600, overlapping)
     checked = decide(candidates, 2000, CALIBRATED)
     assert checked.estimates is not None
     assert checked.note == "calibrated on Dice: best estimated F*"
@@ -435,7 +396,7 @@ def test_scores_without_separation_cannot_be_modelled() -> None:
 
 
 def test_decisions_are_deterministic() -> None:
-    candidates, _ = simulated_run(6, 1500, 600, _overlapping)
+    candidates, _ = simulated_run(6, 1500, 600, overlapping)
     rule = DecisionRule(CALIBRATED.threshold, possible_band=(0.2, 0.6), ambiguity_margin=0.01)
     first, second = decide(candidates, 1500, rule), decide(candidates, 1500, rule)
     for name in ("requester_rows", "custodian_rows", "similarities", "probabilities", "status"):
@@ -448,7 +409,7 @@ def test_decisions_are_deterministic() -> None:
 
 
 def test_possible_band_withholds_pairs_between_the_agreed_probabilities() -> None:
-    candidates, _ = simulated_run(7, 2000, 800, _overlapping)
+    candidates, _ = simulated_run(7, 2000, 800, overlapping)
     plain = decide(candidates, 2000, CALIBRATED)
     banded = decide(candidates, 2000, DecisionRule(CALIBRATED.threshold, possible_band=(0.1, 0.9)))
     possible = banded.status == PairStatus.POSSIBLE
@@ -476,7 +437,7 @@ def test_fixed_threshold_matches_are_those_of_the_threshold_alone() -> None:
 
 
 def test_summary_holds_aggregates_only() -> None:
-    candidates, _ = simulated_run(8, 1000, 400, _well_separated)
+    candidates, _ = simulated_run(8, 1000, 400, well_separated)
     summary = decide(candidates, 1000, CALIBRATED).summary().to_dict()
     assert set(summary) == {"threshold", "rule", "matches", "withheld", "possible", "estimates"}
     assert set(summary["estimates"]) == {
@@ -500,7 +461,7 @@ def test_estimates_intervals_hold_the_truth_and_narrow_with_more_matches() -> No
     widths = {}
     for matched in (300, 1000):
         for seed in (1, 2, 3):
-            candidates, truth = simulated_run(seed, 2000, matched, _overlapping)
+            candidates, truth = simulated_run(seed, 2000, matched, overlapping)
             decisions = decide(candidates, 2000, CALIBRATED)
             precision, recall = _true_quality(decisions, truth)
             estimates = decisions.estimates
@@ -529,7 +490,7 @@ def test_a_draw_of_the_true_matches_counts_no_more_than_the_records_with_a_partn
 
 
 def test_estimates_read_back_from_a_summary_with_or_without_intervals() -> None:
-    candidates, _ = simulated_run(8, 1000, 400, _well_separated)
+    candidates, _ = simulated_run(8, 1000, 400, well_separated)
     summary = decide(candidates, 1000, CALIBRATED).summary()
     again = DecisionSummary.from_dict(summary.to_dict())
     assert again == DecisionSummary.from_dict(again.to_dict())
