@@ -121,7 +121,7 @@ def test_calibrated_decision_estimates_its_own_quality(
     assert true_f_star >= _oracle_f_star(candidates, truth) - 0.015
 
 
-def testwell_separated_scores_put_the_threshold_between_them() -> None:
+def test_well_separated_scores_put_the_threshold_between_them() -> None:
     candidates, truth = simulated_run(2, 2000, 800, well_separated)
     decisions = decide(candidates, 2000, CALIBRATED)
     assert 0.58 <= decisions.threshold <= 0.75
