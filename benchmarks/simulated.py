@@ -37,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results directory")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    matched_counts = [int(m) for m in args.matched.split(",")]
     runs = [
-        measure(seed, RECORDS, int(matched), draw, RULE)
-        for matched in args.matched.split(",")
+        measure(seed, RECORDS, matched, draw, RULE)
+        for matched in matched_counts
         for draw in DRAWS
         for seed in range(1, args.seeds + 1)
     ]
-    groups = [summary(runs, int(m), draw) for m in args.matched.split(",") for draw in DRAWS]
+    groups = [summary(runs, matched, draw) for matched in matched_counts for draw in DRAWS]
     for group in groups:
         print(line(group))
     path = write_result(
