@@ -218,7 +218,11 @@ def how(executor: Executor) -> str:
         f"candidates decided at FixedThreshold({FLOOR}); the Dice threshold of the "
         f"{THRESHOLDS[0]:.2f}..{THRESHOLDS[-1]:.2f} grid (step 0.01) with the best true F* of "
         "its solved pairs (benchmarking.quality.curve_of). "
-        "F* = TP / (TP + FP + FN). Recall counts every true pair, compared or not. Wall "
+        "F* = TP / (TP + FP + FN). Recall counts every true pair, compared or not. Partners "
+        "unseen (benchmarking.calibration.partners_unseen): of the requester records with a "
+        "partner, the shares whose partner was compared but is not among the record's "
+        "candidates, and whose partner scores below the record's best candidate; a model of "
+        "the scores counts both as records without a partner. Wall "
         "times: data preparation (generation and encoding unless cached), candidate "
         f"generation on a {executor.describe()} (pool start-up included, if a pool), the "
         "calibrated decision. One measurement per case."
@@ -270,6 +274,12 @@ def report(document: dict[str, Any]) -> None:
         for name in counts["missed"]:
             print(f"      missed: {name}")
     print(f"  all met: {summary['all_met']}")
+    misses = summary["recall_misses"]
+    print(
+        f"  recall estimated too high in {misses['too_high']} cases "
+        f"({misses['too_high_with_partners_unseen']} with more than {cal.ESTIMATE_ERROR} of "
+        f"their partners unseen by the scores), too low in {misses['too_low']}"
+    )
     for name, sparse in summary["sparse_runs"].items():
         agreed = sparse["agreed_fallback"]
         print(

@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+from blindlink.benchmarking.calibration import partners_unseen
+from blindlink.matching.engine import Candidates
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
 
@@ -57,6 +61,8 @@ def test_every_case_has_its_numbers(document: dict[str, Any]) -> None:
         assert set(case["met"]) == {"f_star", "precision", "recall"}
         assert all(seconds >= 0 for seconds in case["seconds"].values())
         assert 0 < case["pair_completeness"] <= 1
+        unseen = case["partners_unseen"]
+        assert 0 <= unseen["not_candidates"] + unseen["below_a_non_match"] <= 1
 
 
 def test_generated_all_pairs_links_well(document: dict[str, Any]) -> None:
@@ -76,6 +82,9 @@ def test_summary_counts_every_case_and_data_set(document: dict[str, Any]) -> Non
     assert summary["all_met"] == all(
         not summary[t]["missed"] for t in ("f_star", "precision", "recall", "hardening")
     )
+    misses = summary["recall_misses"]
+    assert misses["too_high"] + misses["too_low"] == len(summary["recall"]["missed"])
+    assert 0 <= misses["too_high_with_partners_unseen"] <= misses["too_high"]
     for name in ("without_partners", "few_partners"):
         sparse = summary["sparse_runs"][name]
         assert sparse["modelled"] == [c["name"] for c in cases if c[name]["modelled"]]
@@ -126,3 +135,19 @@ def test_reliability_bands_hold_every_released_match_of_a_fitted_run(
     for blocking, released in pooled.items():
         summary = document["summary"]["reliability"][blocking]
         assert sum(band["released"] for band in summary) == released
+
+
+def test_partners_unseen_counts_records_whose_partner_no_score_shows() -> None:
+    """Record 0's partner is its best candidate; record 1's scores below a non-match; record
+    2's is not among its candidates; record 3's was never compared (a quarter of them)."""
+    found = Candidates(
+        np.array([0.9, 0.8, 0.7, 0.6, 0.5]),
+        np.array([0, 1, 1, 2, 0]),
+        np.array([10, 12, 11, 13, 14]),
+        comparisons=5,
+        all_pairs=20,
+    )
+    truth = {(0, 10), (1, 11), (2, 20), (3, 30)}
+    unseen = partners_unseen(found, truth, compared=0.75)
+    assert unseen == pytest.approx({"not_candidates": 0.25, "below_a_non_match": 0.25})
+    assert partners_unseen(found, set(), 1.0) == {"not_candidates": 0.0, "below_a_non_match": 0.0}

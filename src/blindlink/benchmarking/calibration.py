@@ -284,6 +284,7 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         "hardening": _hardening(case.hardened),
         "true_pairs": len(data.truth),
         "pair_completeness": data.pair_completeness,
+        "partners_unseen": partners_unseen(found, data.truth, data.pair_completeness),
         "calibrated": {
             "threshold": calibrated.threshold,
             "note": calibrated.note,
@@ -308,6 +309,34 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def partners_unseen(
+    found: Candidates, truth: set[tuple[int, int]], compared: float
+) -> dict[str, float]:
+    """Of the requester records with a partner, the shares whose partner a model of the scores
+    cannot see: compared (a `compared` share of them is) but not among the record's
+    candidates, its score below theirs, all non-matches; and among them, but below the
+    record's best candidate, a non-match. A record's partner is its best-scoring true pair. The
+    recall estimate counts both as records without a partner."""
+    partners = {r for r, _ in truth}
+    if not partners:
+        return {"not_candidates": 0.0, "below_a_non_match": 0.0}
+    top: dict[int, float] = {}
+    scored: dict[int, float] = {}
+    rows = zip(
+        found.requester_rows.tolist(),
+        found.custodian_rows.tolist(),
+        found.similarities.tolist(),
+        strict=True,
+    )
+    for requester, custodian, score in rows:
+        top[requester] = max(top.get(requester, score), score)
+        if (requester, custodian) in truth:
+            scored[requester] = max(scored.get(requester, score), score)
+    outside = 1.0 - len(scored) / len(partners)
+    below = sum(score < top[r] for r, score in scored.items()) / len(partners)
+    return {"not_candidates": max(outside - (1.0 - compared), 0.0), "below_a_non_match": below}
 
 
 def _few(truth: set[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -442,6 +471,21 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
             for blocking in ("all pairs", "keys")
         },
         "sparse_runs": {name: _sparse_summary(cases, name) for name in SPARSE_RUNS},
+        "recall_misses": _recall_misses(cases),
+    }
+
+
+def _recall_misses(cases: list[dict[str, Any]]) -> dict[str, int]:
+    """The recall estimates more than ESTIMATE_ERROR too high and too low, and how many of the
+    too high have more than that share of their partners unseen by the scores."""
+    errors = [(c["gaps"]["recall_error"], c.get("partners_unseen")) for c in cases]
+    high = [unseen for error, unseen in errors if error is not None and error > ESTIMATE_ERROR]
+    return {
+        "too_high": len(high),
+        "too_high_with_partners_unseen": sum(
+            unseen is not None and sum(unseen.values()) > ESTIMATE_ERROR for unseen in high
+        ),
+        "too_low": sum(error is not None and error < -ESTIMATE_ERROR for error, _ in errors),
     }
 
 
