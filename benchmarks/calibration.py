@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few small cases (smoke test)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/blindlink-calibration"))
     parser.add_argument("--out", type=Path, help="results directory")
+    parser.add_argument(
+        "--reuse-candidates",
+        action="store_true",
+        help="keep each case's candidates under the workdir and read them back while candidate "
+        "generation is unchanged: re-measures a changed decision in minutes",
+    )
     args = parser.parse_args(argv)
     args.out = args.out or (args.workdir / "results" if args.quick else results_dir())
     args.argv = sys.argv[1:] if argv is None else argv
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = earlier(args.out, args.quick)
     measured: list[dict[str, Any]] = []
     for number, case in enumerate(cases, start=1):
-        measured.append(cal.measure(case, args.workdir, executor, workers))
+        measured.append(cal.measure(case, args.workdir, executor, workers, args.reuse_candidates))
         print(f"[{number}/{len(cases)}] {row(measured[-1])}", flush=True)
         # Written after every case, so that an interrupted run keeps what it measured.
         document = save(previous, measured, args, executor, time.perf_counter() - started)
@@ -224,8 +230,9 @@ def how(executor: Executor) -> str:
         "candidates, and whose partner scores below the record's best candidate; a model of "
         "the scores counts both as records without a partner. Wall "
         "times: data preparation (generation and encoding unless cached), candidate "
-        f"generation on a {executor.describe()} (pool start-up included, if a pool), the "
-        "calibrated decision. One measurement per case."
+        f"generation on a {executor.describe()} (pool start-up included, if a pool; where "
+        "candidates_reused, reading them back from an earlier run of the same candidate "
+        "generation), the calibrated decision. One measurement per case."
     )
 
 

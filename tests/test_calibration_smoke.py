@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from blindlink.benchmarking import calibration as cal
 from blindlink.benchmarking.calibration import partners_unseen
 from blindlink.matching.engine import Candidates
 
@@ -151,3 +152,26 @@ def test_partners_unseen_counts_records_whose_partner_no_score_shows() -> None:
     unseen = partners_unseen(found, truth, compared=0.75)
     assert unseen == pytest.approx({"not_candidates": 0.25, "below_a_non_match": 0.25})
     assert partners_unseen(found, set(), 1.0) == {"not_candidates": 0.0, "below_a_non_match": 0.0}
+
+
+def test_cached_candidates_are_read_back_only_for_the_same_generation(tmp_path: Path) -> None:
+    case = cal.Case("generated", 1000, 0.5, "default", False, False)
+    rule = cal.calibrated_rule(False)
+    made = Candidates(np.array([0.9, 0.4]), np.array([0, 1]), np.array([3, 2]), 4, 9)
+    generated: list[int] = []
+
+    def generate() -> Candidates:
+        generated.append(1)
+        return made
+
+    assert cal.cached_candidates(case, rule, generate, None) == (made, False)
+    first, reused = cal.cached_candidates(case, rule, generate, tmp_path)
+    assert not reused and first is made
+    again, reused = cal.cached_candidates(case, rule, generate, tmp_path)
+    assert reused and len(generated) == 2
+    for name in ("similarities", "requester_rows", "custodian_rows"):
+        assert np.array_equal(getattr(again, name), getattr(made, name))
+    assert (again.comparisons, again.all_pairs) == (4, 9)
+    other = cal.Case("generated", 1000, 0.5, "default", False, True)  # hardened: another case
+    assert cal.cached_candidates(other, rule, generate, tmp_path)[1] is False
+    assert len(list(tmp_path.glob("*.npz"))) == 2

@@ -9,6 +9,8 @@ each fixed Dice threshold of the 0.50..0.99 grid give the oracle: the one with t
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +41,7 @@ from blindlink.benchmarking.results import timed
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.encoding.schema import parse_schema
 from blindlink.hardening import encode_with_steps
+from blindlink.matching import blocking, engine, kernel
 from blindlink.matching.blocking import KeyBlocking
 from blindlink.matching.decision import (
     ESTIMATED,
@@ -246,14 +249,23 @@ def calibrated_rule(hardened: bool, custodian_duplicates: bool = False) -> Decis
     return default_rule(_hardening(hardened), custodian_duplicates)
 
 
-def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict[str, Any]:
-    """One case: the calibrated run against the truth and against the oracle."""
+def measure(
+    case: Case, workdir: Path, executor: Executor, workers: int, reuse_candidates: bool = False
+) -> dict[str, Any]:
+    """One case: the calibrated run against the truth and against the oracle. With
+    `reuse_candidates`, the case's candidates are kept under `workdir` and read back by later
+    measurements of the same candidate generation (cached_candidates)."""
     data_seconds, data = timed(lambda: prepare(case, workdir))
     rule = calibrated_rule(case.hardened, case.dataset in CUSTODIAN_DUPLICATES)
     records = len(data.shared.requester)
     keys = blocking_keys(data.shared)
-    candidates_seconds, found = timed(
-        lambda: candidates(data.shared, rule, executor, workers, data.blocking)
+
+    def generate() -> Candidates:
+        return candidates(data.shared, rule, executor, workers, data.blocking)
+
+    cache = workdir / CANDIDATES_DIR if reuse_candidates else None
+    candidates_seconds, (found, reused) = timed(
+        lambda: cached_candidates(case, rule, generate, cache)
     )
     custodian = data.shared.custodian.__getitem__
     decide_seconds, calibrated = timed(
@@ -307,8 +319,56 @@ def measure(case: Case, workdir: Path, executor: Executor, workers: int) -> dict
             "candidates": candidates_seconds,
             "decision": decide_seconds,
         },
+        "candidates_reused": reused,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+CANDIDATES_DIR = "candidates"
+# What candidate generation depends on beyond the case's data: these modules' sources.
+CANDIDATE_SOURCES = (
+    Path(engine.__file__),
+    Path(kernel.__file__),
+    Path(kernel.__file__).with_name("_dice.c"),
+    Path(blocking.__file__),
+)
+
+
+def cached_candidates(
+    case: Case,
+    rule: DecisionRule,
+    generate: Callable[[], Candidates],
+    directory: Path | None,
+) -> tuple[Candidates, bool]:
+    """The case's candidates, and whether they were read back from `directory` rather than
+    generated (never without a directory). They are kept under a name that changes with the
+    case, the rule's candidate settings and the sources of candidate generation
+    (CANDIDATE_SOURCES), so that a changed engine never reuses them."""
+    if directory is None:
+        return generate(), False
+    digest = hashlib.sha256(
+        repr((asdict(case), rule.candidate_threshold, rule.custodian_duplicates)).encode()
+    )
+    for source in CANDIDATE_SOURCES:
+        digest.update(source.read_bytes())
+    path = directory / f"{case.name}-{digest.hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as kept:
+            arrays = [kept[name] for name in ("similarities", "requester_rows", "custodian_rows")]
+            counts = kept["counts"]
+        return Candidates(*arrays, int(counts[0]), int(counts[1])), True
+    found = generate()
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(
+        partial,
+        similarities=found.similarities,
+        requester_rows=found.requester_rows,
+        custodian_rows=found.custodian_rows,
+        counts=np.array([found.comparisons, found.all_pairs]),
+    )
+    partial.replace(path)
+    return found, False
 
 
 def partners_unseen(
