@@ -354,9 +354,15 @@ def cached_candidates(
     path = directory / f"{case.name}-{digest.hexdigest()[:16]}.npz"
     if path.exists():
         with np.load(path) as kept:
-            arrays = [kept[name] for name in ("similarities", "requester_rows", "custodian_rows")]
-            counts = kept["counts"]
-        return Candidates(*arrays, int(counts[0]), int(counts[1])), True
+            comparisons, all_pairs = (int(count) for count in kept["counts"])
+            read = Candidates(
+                kept["similarities"],
+                kept["requester_rows"],
+                kept["custodian_rows"],
+                comparisons,
+                all_pairs,
+            )
+        return read, True
     found = generate()
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
