@@ -26,6 +26,7 @@ from test_server_api import (
     run_project,
     secure_channel,
     state,
+    state_changes,
 )
 
 from blindlink._generated import linkage_pb2 as pb
@@ -65,7 +66,8 @@ def expect_refusal(
     assert err.value.details.startswith(f"{rule}:"), err.value.details
     new = audit(server, project)[logged_before:]
     assert [(e.kind, e.details.get("rule")) for e in new] == [("request_refused", rule)]
-    assert state(server) == before
+    after = state(server)
+    assert after == before, state_changes(before, after)
     return err.value.details
 
 

@@ -71,6 +71,23 @@ def state(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
     return [r for r in rows if not r.startswith('INSERT INTO "audit_log"')], files
 
 
+def state_changes(
+    before: tuple[list[str], dict[str, bytes]], after: tuple[list[str], dict[str, bytes]]
+) -> str:
+    """What differs between two `state`s: rows gone and new, files gone, new and changed (by
+    name), so that a failed comparison says what changed rather than dumping both."""
+    rows = set(before[0]), set(after[0])
+    files = before[1], after[1]
+    changed = sorted(
+        name for name in files[0].keys() & files[1].keys() if files[0][name] != files[1][name]
+    )
+    return (
+        f"rows gone {sorted(rows[0] - rows[1])}, rows new {sorted(rows[1] - rows[0])}; "
+        f"files gone {sorted(files[0].keys() - files[1].keys())}, "
+        f"new {sorted(files[1].keys() - files[0].keys())}, changed {changed}"
+    )
+
+
 def secure_channel(address: str, identities: Identities, role: str) -> grpc.Channel:
     tls = identities.tls(role)
     return grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key))
@@ -781,3 +798,11 @@ def test_kept_uploads_expire_and_go_with_their_project(server: RunningServer, pr
     os.utime(old, (day_ago, day_ago))
     server.store.remove_expired_staged()
     assert sorted(staged.iterdir()) == [fresh]
+
+
+def test_state_changes_names_what_differs() -> None:
+    before = (["INSERT a", "INSERT b"], {"x.bin": b"1", "y.bin": b"2"})
+    after = (["INSERT a", "INSERT c"], {"x.bin": b"9", "z.bin": b"3"})
+    text = state_changes(before, after)
+    assert "rows gone ['INSERT b'], rows new ['INSERT c']" in text
+    assert "files gone ['y.bin'], new ['z.bin'], changed ['x.bin']" in text
