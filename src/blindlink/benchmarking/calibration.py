@@ -385,23 +385,18 @@ def partners_unseen(
     candidates, its score below theirs, all non-matches; and among them, but below the
     record's best candidate, a non-match. A record's partner is its best-scoring true pair. The
     recall estimate counts both as records without a partner."""
-    partners = {r for r, _ in truth}
+    partners = len({r for r, _ in truth})
     if not partners:
         return {"not_candidates": 0.0, "below_a_non_match": 0.0}
-    top: dict[int, float] = {}
-    scored: dict[int, float] = {}
-    rows = zip(
-        found.requester_rows.tolist(),
-        found.custodian_rows.tolist(),
-        found.similarities.tolist(),
-        strict=True,
-    )
-    for requester, custodian, score in rows:
-        top[requester] = max(top.get(requester, score), score)
-        if (requester, custodian) in truth:
-            scored[requester] = max(scored.get(requester, score), score)
-    outside = 1.0 - len(scored) / len(partners)
-    below = sum(score < top[r] for r, score in scored.items()) / len(partners)
+    rows = int(max(found.requester_rows.max(initial=0), max(r for r, _ in truth))) + 1
+    top = np.full(rows, -np.inf)
+    np.maximum.at(top, found.requester_rows, found.similarities)
+    true = _true_pairs(found, truth)
+    partner = np.full(rows, -np.inf)
+    np.maximum.at(partner, found.requester_rows[true], found.similarities[true])
+    seen = partner > -np.inf
+    outside = 1.0 - int(seen.sum()) / partners
+    below = int((partner[seen] < top[seen]).sum()) / partners
     return {"not_candidates": max(outside - (1.0 - compared), 0.0), "below_a_non_match": below}
 
 
@@ -450,9 +445,7 @@ def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates
     """`found` without the `truth` pairs."""
     if not truth:
         return found
-    width = max(int(found.custodian_rows.max(initial=0)), max(c for _, c in truth)) + 1
-    keys = found.requester_rows.astype(np.int64) * width + found.custodian_rows
-    keep = ~np.isin(keys, np.array([r * width + c for r, c in truth], dtype=np.int64))
+    keep = ~_true_pairs(found, truth)
     return Candidates(
         found.similarities[keep],
         found.requester_rows[keep],
@@ -460,6 +453,15 @@ def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates
         found.comparisons,
         found.all_pairs,
     )
+
+
+def _true_pairs(found: Candidates, truth: set[tuple[int, int]]) -> np.ndarray:
+    """Per candidate of `found`, whether it is one of the `truth` pairs."""
+    if not truth:
+        return np.zeros(len(found.similarities), dtype=bool)
+    width = max(int(found.custodian_rows.max(initial=0)), max(c for _, c in truth)) + 1
+    keys = found.requester_rows.astype(np.int64) * width + found.custodian_rows
+    return np.isin(keys, np.array([r * width + c for r, c in truth], dtype=np.int64))
 
 
 def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[str, Any]:
