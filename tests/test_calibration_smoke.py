@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from blindlink.benchmarking import calibration as cal
-from blindlink.benchmarking.calibration import partners_unseen
 from blindlink.matching.engine import Candidates
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
@@ -149,9 +148,10 @@ def test_partners_unseen_counts_records_whose_partner_no_score_shows() -> None:
         all_pairs=20,
     )
     truth = {(0, 10), (1, 11), (2, 20), (3, 30)}
-    unseen = partners_unseen(found, truth, compared=0.75)
+    unseen = cal.partners_unseen(found, truth, compared=0.75)
     assert unseen == pytest.approx({"not_candidates": 0.25, "below_a_non_match": 0.25})
-    assert partners_unseen(found, set(), 1.0) == {"not_candidates": 0.0, "below_a_non_match": 0.0}
+    nobody = cal.partners_unseen(found, set(), 1.0)
+    assert nobody == {"not_candidates": 0.0, "below_a_non_match": 0.0}
 
 
 def test_cached_candidates_are_read_back_only_for_the_same_generation(tmp_path: Path) -> None:
