@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from blindlink.benchmarking.results import results_dir, write_result
-from blindlink.benchmarking.simulated import DRAWS, measure
-from blindlink.matching.rules import CalibratedThreshold, DecisionRule, Target
+from blindlink.benchmarking.simulated import DRAWS, RULE, measure
 
 NAME = "simulated"
 RECORDS = 2000
 TOLERANCE = 0.01  # the calibration benchmark's target for the precision estimate
-RULE = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     matched_counts = [int(m) for m in args.matched.split(",")]
     runs = [
-        measure(seed, RECORDS, matched, draw, RULE)
+        measure(seed, RECORDS, matched, draw)
         for matched in matched_counts
         for draw in DRAWS
         for seed in range(1, args.seeds + 1)
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         NAME,
         {
             "how": __doc__.split("\n\n")[1].replace("\n", " "),
-            "rule": "best estimated F*, bounds 0.5-0.95, fallback 0.8",
+            "rule": asdict(RULE.threshold),
             "groups": groups,
             "runs": runs,
             "seconds": time.perf_counter() - started,

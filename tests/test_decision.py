@@ -15,6 +15,7 @@ from blindlink.benchmarking.calibration import calibrated_rule
 from blindlink.benchmarking.data import encoded_pair
 from blindlink.benchmarking.quality import released_quality
 from blindlink.benchmarking.record_pairs import LinkedPair
+from blindlink.benchmarking.simulated import RULE as CALIBRATED
 from blindlink.benchmarking.simulated import ScoreDraw, overlapping, simulated_run, well_separated
 from blindlink.encoding.blocking_keys import DEFAULT_SCHEMA_KEYS
 from blindlink.matching import match_model
@@ -62,8 +63,6 @@ from blindlink.matching.rules import (
     Target,
 )
 from blindlink.synthetic.corruption import CorruptionRates
-
-CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 
 
 def _true_quality(decisions: Decisions, truth: set[tuple[int, int]]) -> tuple[float, float]:

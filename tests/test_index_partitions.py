@@ -26,6 +26,7 @@ from index_support import (
 )
 from server_process import encodings_file, keyed_rows
 
+from blindlink.agreement.model import default_rule
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
 from blindlink.encoding.schema import LinkageSchema
@@ -44,13 +45,13 @@ from blindlink.index.partitions import (
 from blindlink.matching.blocking import custodian_key_counts
 from blindlink.matching.decision import link
 from blindlink.matching.executors import DaskExecutor, SerialExecutor
-from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
+from blindlink.matching.rules import DecisionRule, FixedThreshold
 from blindlink.server.runs import MatchingSettings
 from blindlink.store.directory import INDEX_DIR
 
 distributed = pytest.importorskip("dask.distributed")
 
-CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
+CALIBRATED = default_rule([])  # what `agreement new` agrees for unhardened encodings
 RECORDS = 3_000
 TOP = 2**64 - 1
 

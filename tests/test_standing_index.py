@@ -28,6 +28,7 @@ from index_support import (
 from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
+from blindlink.agreement.model import default_rule
 from blindlink.agreement.signing import parse_signed
 from blindlink.benchmarking.data import EncodedPair, encoded_pair
 from blindlink.encoding.encodings_file import read_header
@@ -40,12 +41,12 @@ from blindlink.matching.blocking import custodian_key_counts
 from blindlink.matching.decision import link
 from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import SerialExecutor
-from blindlink.matching.rules import CalibratedThreshold, DecisionRule, FixedThreshold, Target
+from blindlink.matching.rules import DecisionRule, FixedThreshold
 from blindlink.store.directory import INDEX_DIR
 from blindlink.store.reports import key_group_reports, open_read_only
 from blindlink.store.sqlite import UploadRecord
 
-CALIBRATED = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
+CALIBRATED = default_rule([])  # what `agreement new` agrees for unhardened encodings
 RECORDS = 3_000
 KILL_RECORDS = 500_000  # about half a second to index
 

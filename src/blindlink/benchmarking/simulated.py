@@ -12,10 +12,13 @@ import numpy as np
 from blindlink.benchmarking.quality import released_quality
 from blindlink.matching.decision import decide
 from blindlink.matching.engine import Candidates
-from blindlink.matching.rules import DecisionRule
+from blindlink.matching.rules import CalibratedThreshold, DecisionRule, Target
 
 ScoreDraw = Callable[[np.random.Generator, int], np.ndarray]
 CANDIDATES = 4  # unrelated custodian records kept per requester record (its best ones)
+# The rule simulated runs are decided by: towards the best estimated F*, with bounds from 0.5,
+# wide enough for the overlapping partners' scores, and the unhardened fallback threshold.
+RULE = DecisionRule(CalibratedThreshold(Target.BEST_F_STAR, (0.5, 0.95), 0.8))
 
 
 def well_separated(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -61,10 +64,10 @@ def simulated_run(
     return Candidates(sim[order], r0[order], r1[order], records * others, records * others), truth
 
 
-def measure(seed: int, records: int, matched: int, draw: str, rule: DecisionRule) -> dict[str, Any]:
-    """One simulated run decided by `rule`: its threshold, estimates and true quality."""
+def measure(seed: int, records: int, matched: int, draw: str) -> dict[str, Any]:
+    """One simulated run decided by RULE: its threshold, estimates and true quality."""
     candidates, truth = simulated_run(seed, records, matched, DRAWS[draw])
-    decisions = decide(candidates, records, rule)
+    decisions = decide(candidates, records, RULE)
     estimated = None if decisions.estimates is None else decisions.estimates.to_dict()
     true = released_quality(decisions, truth)
     error = None if estimated is None else estimated["precision"] - true["precision"]
