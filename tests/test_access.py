@@ -14,6 +14,7 @@ from conftest import Identities
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_server_api import (
+    assert_unchanged,
     audit,
     make_encodings,
     random_rows,
@@ -126,7 +127,7 @@ def test_outsider_cannot_create_a_project_it_is_not_named_in(
         outsider.create_project(make_agreement())
     assert err.value.code == DENIED
     assert err.value.details.startswith("parties:")
-    assert state(server) == before
+    assert_unchanged(before, state(server))
     assert server.store.project_ids() == []
 
 
@@ -169,7 +170,7 @@ def test_outsider_is_refused_on_an_existing_project(
     assert [(e.kind, e.party, e.details) for e in new] == [
         ("request_refused", "", {"rule": "parties", "method": method, "certificate_sha256": tried})
     ]
-    assert state(server) == before
+    assert_unchanged(before, state(server))
     # The parties are unaffected.
     assert [r.run_id for r in requester.status(project).runs] == [run_id]
     assert not requester.status(project).runs[0].approved
@@ -202,7 +203,7 @@ def test_create_project_needs_both_signatures(
         assert err.value.details.startswith("signatures:")
         for role in missing:
             assert f"the {role} has not signed" in err.value.details
-    assert state(server) == before
+    assert_unchanged(before, state(server))
     assert custodian.create_project(make_agreement()).project_id
 
 
@@ -221,7 +222,7 @@ def test_create_project_refuses_signatures_over_other_bytes(
         assert f"the {role}'s signature is not made with the key of the {role}'s certificate" in (
             err.value.details
         )
-    assert state(server) == before
+    assert_unchanged(before, state(server))
 
 
 # --- CreateProject: only the holder of a named certificate signs for it -----------------------
@@ -274,7 +275,7 @@ def test_a_certificate_holder_cannot_sign_for_a_certificate_she_does_not_hold(
     assert err.value.details.startswith("signatures:")
     assert "the custodian's" in err.value.details
     assert "the requester's" not in err.value.details
-    assert state(server) == before
+    assert_unchanged(before, state(server))
 
 
 def test_agreements_with_separate_signing_keys_create_no_projects(
@@ -303,7 +304,7 @@ def test_agreements_with_separate_signing_keys_create_no_projects(
             "certificate"
         ) in err.value.details
     assert "write a new agreement" in err.value.details
-    assert state(server) == before
+    assert_unchanged(before, state(server))
 
 
 def test_one_party_cannot_sign_for_the_other(
@@ -327,7 +328,7 @@ def test_one_party_cannot_sign_for_the_other(
         assert err.value.code == DENIED
         assert "the custodian's" in err.value.details
         assert "the requester's" not in err.value.details
-    assert state(server) == before
+    assert_unchanged(before, state(server))
     with pytest.raises(AgreementError, match="not the custodian's certificate"):
         sign_with_files(
             genuine, "custodian", pki.party_certs["requester"], pki.party_keys["requester"]
@@ -360,7 +361,7 @@ def test_certificates_must_come_from_the_servers_client_ca(
         err.value.details
     )
     assert "the requester's" not in err.value.details
-    assert state(server) == before
+    assert_unchanged(before, state(server))
 
 
 def test_projects_of_agreements_with_separate_signing_keys_keep_working(

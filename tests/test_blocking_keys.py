@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import Cli, RunningServer
-from test_server_api import snapshot
+from test_server_api import assert_unchanged, snapshot
 
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.blocking_keys import BlockingKeyMaker
@@ -196,7 +196,7 @@ def test_upload_without_the_agreed_keys_is_refused_and_changes_nothing(
             requester.upload(project, path)
         assert err.value.code == code
         assert "blocking keys" in err.value.details
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 def test_key_blocking_through_the_cli(cli: Cli, tmp_path: Path) -> None:

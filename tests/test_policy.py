@@ -19,6 +19,7 @@ import pytest
 from conftest import Identities
 from test_server_api import (
     _shared_rows,
+    assert_unchanged,
     audit,
     header_for,
     make_encodings,
@@ -26,7 +27,6 @@ from test_server_api import (
     run_project,
     secure_channel,
     state,
-    state_changes,
 )
 
 from blindlink._generated import linkage_pb2 as pb
@@ -66,8 +66,7 @@ def expect_refusal(
     assert err.value.details.startswith(f"{rule}:"), err.value.details
     new = audit(server, project)[logged_before:]
     assert [(e.kind, e.details.get("rule")) for e in new] == [("request_refused", rule)]
-    after = state(server)
-    assert after == before, state_changes(before, after)
+    assert_unchanged(before, state(server))
     return err.value.details
 
 

@@ -88,6 +88,13 @@ def state_changes(
     )
 
 
+def assert_unchanged(
+    before: tuple[list[str], dict[str, bytes]], after: tuple[list[str], dict[str, bytes]]
+) -> None:
+    """That nothing changed between two snapshots; if something did, which rows and files."""
+    assert after == before, state_changes(before, after)
+
+
 def secure_channel(address: str, identities: Identities, role: str) -> grpc.Channel:
     tls = identities.tls(role)
     return grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key))
@@ -153,7 +160,7 @@ def test_invalid_agreement_is_refused(requester: LinkageClient, server: RunningS
         requester.create_project(b'{"blindlink_agreement": 1, "reference": "x"}')
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "parties" in err.value.details
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +184,7 @@ def test_agreement_with_nan_or_a_lone_surrogate_is_refused_as_invalid(
         requester.create_project(signed.replace(*replace))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert words in err.value.details
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 def test_upload_to_unknown_project(
@@ -188,7 +195,7 @@ def test_upload_to_unknown_project(
     with pytest.raises(ServerError) as err:
         requester.upload("0" * 64, path)
     assert err.value.code == grpc.StatusCode.NOT_FOUND
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 @pytest.mark.parametrize(
@@ -227,7 +234,7 @@ def test_bad_upload_header_is_refused_and_changes_nothing(
         )
     assert err.value.code() == code
     assert words in err.value.details()
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 def test_wrong_bit_length_encodings_file_is_refused(
@@ -243,7 +250,7 @@ def test_wrong_bit_length_encodings_file_is_refused(
         requester.upload(project, path)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "the agreement says 1024" in err.value.details
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 @pytest.mark.parametrize("kind", ["oversized", "altered", "no header", "two headers"])
@@ -269,7 +276,7 @@ def test_bad_upload_stream_is_refused_and_changes_nothing(
         raw_upload(address, identities, messages)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details()
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
     # The refused upload left the project as it was: a correct one is accepted.
     assert raw_upload(address, identities, [header, pb.UploadRequest(encodings=data)]).run_id
 
@@ -465,7 +472,7 @@ def test_duplicate_custodian_upload_is_refused_and_keeps_the_first(
         with pytest.raises(ServerError) as err:
             custodian.upload(project, path)
         assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 def test_a_repeated_batch_returns_its_run_and_stores_nothing_new(
@@ -491,7 +498,7 @@ def test_a_repeated_batch_returns_its_run_and_stores_nothing_new(
     assert receipt["kind"] == "upload_repeated"
     assert receipt["details"]["upload_id"] == batch.upload_id
     assert receipt["details"]["run_id"] == run_id
-    assert state(server) == before
+    assert_unchanged(before, state(server))
     assert [e.kind for e in audit(server, project)[entries:]] == ["upload_repeated"]
     # Anything else is a new batch, and the limit of one per period applies to it.
     other = make_encodings(tmp_path / "other.bin", random_rows(20, 99), schema.sha256)
@@ -699,7 +706,7 @@ def test_unhardened_encodings_are_refused_when_hardening_is_agreed(
         requester.upload(project, path)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "hardening" in err.value.details
-    assert snapshot(server) == before
+    assert_unchanged(before, snapshot(server))
 
 
 def test_a_data_dir_from_before_runs_had_their_own_ids_still_works(
@@ -800,9 +807,12 @@ def test_kept_uploads_expire_and_go_with_their_project(server: RunningServer, pr
     assert sorted(staged.iterdir()) == [fresh]
 
 
-def test_state_changes_names_what_differs() -> None:
+def test_a_changed_state_is_named() -> None:
     before = (["INSERT a", "INSERT b"], {"x.bin": b"1", "y.bin": b"2"})
     after = (["INSERT a", "INSERT c"], {"x.bin": b"9", "z.bin": b"3"})
     text = state_changes(before, after)
     assert "rows gone ['INSERT b'], rows new ['INSERT c']" in text
     assert "files gone ['y.bin'], new ['z.bin'], changed ['x.bin']" in text
+    assert_unchanged(before, (list(before[0]), dict(before[1])))
+    with pytest.raises(AssertionError, match=r"rows gone \['INSERT b'\]"):
+        assert_unchanged(before, after)
