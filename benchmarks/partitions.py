@@ -257,7 +257,13 @@ def serve_on_cluster(
                 found_candidates = candidates(indexed.shared, RULE, indexed.executor, 1, BLOCKING)
                 compared = time.perf_counter()
                 found = indexed.in_custodian_rows(
-                    decide(found_candidates, len(requester), RULE, blocking_keys(indexed.shared))
+                    decide(
+                        found_candidates,
+                        len(requester),
+                        RULE,
+                        blocking_keys(indexed.shared),
+                        BLOCKING,
+                    )
                 )
                 decided = time.perf_counter()
                 on_cluster.append(decided - clock)
