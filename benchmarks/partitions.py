@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000, help="custodian records")
     parser.add_argument("--parts", type=int, default=4, help="partitions")
     parser.add_argument("--workdir", type=Path, help="keep generated and encoded data here")
+    parser.add_argument("--out", type=Path, help="results directory")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run(args, args.workdir or Path(tmp), Path(tmp))
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
         # Other work shares this machine: its load (1, 5, 15 min) before and after.
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
-    path = write_result("partitions", result)
+    path = write_result("partitions", result, args.out)
     print(
         f"{args.parts} partitions: {replication:.2f} copies of each record on average, "
         f"{sum(p['disk_bytes'] for p in partitions) / 2**20:.0f} MiB on disk in all "
