@@ -281,6 +281,12 @@ def report(document: dict[str, Any]) -> None:
         for name in counts["missed"]:
             print(f"      missed: {name}")
     print(f"  all met: {summary['all_met']}")
+    chance = summary["precision_by_chance"]
+    print(
+        f"  precision within {cal.ESTIMATE_ERROR} by chance alone, were every match probability "
+        f"exact: expected in {chance['expected_met']:.1f} of the {chance['fitted']} fitted "
+        f"cases, in all of them with probability {chance['all_met']:.4f}"
+    )
     misses = summary["recall_misses"]
     print(
         f"  recall estimated too high in {misses['too_high']} cases "

@@ -4,6 +4,7 @@ its numbers are plausible."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from blindlink.benchmarking import calibration as cal
+from blindlink.matching.decision import Decisions, Estimates, PairStatus
 from blindlink.matching.engine import Candidates
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
@@ -63,6 +65,8 @@ def test_every_case_has_its_numbers(document: dict[str, Any]) -> None:
         assert 0 < case["pair_completeness"] <= 1
         unseen = case["partners_unseen"]
         assert 0 <= unseen["not_candidates"] + unseen["below_a_non_match"] <= 1
+        chance = case["precision_by_chance"]
+        assert chance["sd"] >= 0 and 0 <= chance["within"] <= 1, case["name"]
 
 
 def test_generated_all_pairs_links_well(document: dict[str, Any]) -> None:
@@ -82,6 +86,11 @@ def test_summary_counts_every_case_and_data_set(document: dict[str, Any]) -> Non
     assert summary["all_met"] == all(
         not summary[t]["missed"] for t in ("f_star", "precision", "recall", "hardening")
     )
+    chance = summary["precision_by_chance"]
+    within = [c["precision_by_chance"]["within"] for c in cases]
+    assert chance["fitted"] == len(cases)
+    assert chance["expected_met"] == pytest.approx(sum(within))
+    assert chance["all_met"] == pytest.approx(float(np.prod(within)))
     misses = summary["recall_misses"]
     assert misses["too_high"] + misses["too_low"] == len(summary["recall"]["missed"])
     assert 0 <= misses["too_high_with_partners_unseen"] <= misses["too_high"]
@@ -152,6 +161,30 @@ def test_partners_unseen_counts_records_whose_partner_no_score_shows() -> None:
     assert unseen == pytest.approx({"not_candidates": 0.25, "below_a_non_match": 0.25})
     nobody = cal.partners_unseen(found, set(), 1.0)
     assert nobody == {"not_candidates": 0.0, "below_a_non_match": 0.0}
+
+
+def _released_at(probabilities: np.ndarray, estimates: Estimates | None) -> Decisions:
+    """Decisions releasing one pair per probability."""
+    rows = np.arange(len(probabilities))
+    status = np.full(len(rows), PairStatus.MATCH, dtype=np.int8)
+    return Decisions(rows, rows, probabilities, probabilities, status, 0.8, estimates, "test")
+
+
+def test_precision_by_chance_is_the_spread_of_the_released_matches_true_count() -> None:
+    """100 released pairs each true with probability 0.903: the true count is binomial, and
+    the share of its outcomes within 0.01 of the expected precision (90.3 +- 1 true pairs, so
+    90 or 91) is what the normal approximation gives."""
+    estimates = Estimates(0.903, 0.9, 0.85)
+    chance = cal.precision_by_chance(_released_at(np.full(100, 0.903), estimates))
+    assert chance is not None
+    assert chance["sd"] == pytest.approx(math.sqrt(0.903 * 0.097 / 100))
+    exact = sum(math.comb(100, k) * 0.903**k * 0.097 ** (100 - k) for k in (90, 91))
+    assert chance["within"] == pytest.approx(exact, abs=0.02)
+    assert cal.precision_by_chance(_released_at(np.ones(50), estimates)) == {
+        "sd": 0.0,
+        "within": 1.0,
+    }
+    assert cal.precision_by_chance(_released_at(np.full(100, 0.903), None)) is None
 
 
 def test_cached_candidates_are_read_back_only_for_the_same_generation(tmp_path: Path) -> None:

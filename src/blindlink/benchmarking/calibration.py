@@ -10,6 +10,7 @@ each fixed Dice threshold of the 0.50..0.99 grid give the oracle: the one with t
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -309,6 +310,7 @@ def measure(
         **sparse,
         "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
         "covered": _covered(estimated, true),
+        "precision_by_chance": precision_by_chance(calibrated),
         "met": {
             "f_star": oracle["f_star"] - true["f_star"] <= F_STAR_GAP,
             "precision": _within(errors["precision_error"]),
@@ -489,6 +491,24 @@ def _within(error: float | None) -> bool:
     return error is not None and abs(error) <= ESTIMATE_ERROR
 
 
+def precision_by_chance(decisions: Decisions) -> dict[str, float] | None:
+    """How far the true precision of the released matches strays from its estimate by chance
+    alone, were every match probability exact (each match true, independently, with its
+    probability): the standard deviation of that precision, and the probability that it lies
+    within ESTIMATE_ERROR of the estimate (normal approximation). So even a model that knew
+    the true match probability of every score would miss the target in about 1 - `within`
+    of such runs. None without a model."""
+    if decisions.estimates is None:
+        return None
+    probabilities = decisions.probabilities[decisions.status == PairStatus.MATCH]
+    released = len(probabilities)
+    spread = math.sqrt(float((probabilities * (1.0 - probabilities)).sum()))
+    if not released or spread == 0.0:
+        return {"sd": 0.0, "within": 1.0}
+    allowed = ESTIMATE_ERROR * released  # true pairs off the expected number
+    return {"sd": spread / released, "within": math.erf(allowed / (spread * math.sqrt(2.0)))}
+
+
 def hardening_gaps(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per data set with both: hardened calibrated F* minus unhardened oracle F*."""
     by_name = {c["name"]: c for c in cases}
@@ -534,6 +554,7 @@ def summary(cases: list[dict[str, Any]], gaps: list[dict[str, Any]]) -> dict[str
         "all_met": not any(per_target.values()),
         "bias": bias,
         "intervals_hold_truth": _coverage(cases),
+        "precision_by_chance": _by_chance(cases),
         "reliability": {
             blocking: _pooled_reliability([c for c in cases if c["blocking"] == blocking])
             for blocking in ("all pairs", "keys")
@@ -589,6 +610,17 @@ def _sparse_summary(cases: list[dict[str, Any]], name: str) -> dict[str, Any]:
             "released": total("released", "agreed_fallback"),
             "true_released": total("true_released", "agreed_fallback"),
         },
+    }
+
+
+def _by_chance(cases: list[dict[str, Any]]) -> dict[str, float]:
+    """Over the fitted cases: in how many the precision target is expected to be met by chance
+    alone were every match probability exact, and the probability that it is met in all."""
+    within = [c["precision_by_chance"]["within"] for c in cases if c.get("precision_by_chance")]
+    return {
+        "fitted": len(within),
+        "expected_met": float(sum(within)),
+        "all_met": float(np.prod(within)),
     }
 
 
