@@ -285,7 +285,7 @@ def report(document: dict[str, Any]) -> None:
     print(
         f"  precision within {cal.ESTIMATE_ERROR} by chance alone, were every match probability "
         f"exact: expected in {chance['expected_met']:.1f} of the {chance['fitted']} fitted "
-        f"cases, in all of them with probability {chance['all_met']:.4f}"
+        f"cases, in all of them with probability {chance['all_met']:.2g}"
     )
     misses = summary["recall_misses"]
     print(
