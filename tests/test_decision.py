@@ -48,6 +48,7 @@ from blindlink.matching.match_model import (
     BINS,
     ModelUnfit,
     RecordScores,
+    _isotonic,
     _rank_sum_z,
     _shifted,
     _tail_survival,
@@ -378,6 +379,27 @@ def test_rank_sum_z_is_positive_where_the_first_sample_scores_higher() -> None:
     assert _rank_sum_z(high, low) > 3.0
     assert _rank_sum_z(low, high) < -3.0
     assert abs(_rank_sum_z(low[:200], low[200:])) < 3.0
+
+
+def test_isotonic_fit_is_the_least_squares_non_decreasing_sequence() -> None:
+    """Against the closed form of weighted isotonic regression: the value at i is the largest,
+    over blocks starting at or before i, of the smallest weighted mean of a block from there
+    to i or beyond. Weightless values take their neighbours' block."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        size = int(rng.integers(1, 40))
+        values = np.cumsum(rng.normal(0, 1, size)) * rng.random() + rng.normal(0, 1, size)
+        weights = rng.integers(1, 6, size).astype(np.float64)
+        sums, totals = np.r_[0.0, np.cumsum(values * weights)], np.r_[0.0, np.cumsum(weights)]
+        means = (sums[None, 1:] - sums[:-1, None]) / np.maximum(
+            totals[None, 1:] - totals[:-1, None], 1e-300
+        )  # means[j, k]: the block j..k (k >= j)
+        expected = [
+            max(min(means[j, k] for k in range(i, size)) for j in range(i + 1)) for i in range(size)
+        ]
+        assert _isotonic(values, weights) == pytest.approx(expected)
+    pooled = _isotonic(np.array([0.2, 0.9, 0.0, 0.4]), np.array([1.0, 1.0, 0.0, 1.0]))
+    assert pooled.tolist() == pytest.approx([0.2, 0.65, 0.65, 0.65])
 
 
 def test_no_candidates_at_all_fall_back() -> None:
