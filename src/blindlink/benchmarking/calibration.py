@@ -51,6 +51,7 @@ from blindlink.matching.decision import (
     blocking_keys,
     candidates,
     decide,
+    true_matches_spread,
 )
 from blindlink.matching.engine import Candidates, SharedEncodings
 from blindlink.matching.evidence import PartyKeys
@@ -502,7 +503,7 @@ def precision_by_chance(decisions: Decisions) -> dict[str, float] | None:
         return None
     probabilities = decisions.probabilities[decisions.status == PairStatus.MATCH]
     released = len(probabilities)
-    spread = math.sqrt(float((probabilities * (1.0 - probabilities)).sum()))
+    spread = true_matches_spread(probabilities)
     if not released or spread == 0.0:
         return {"sd": 0.0, "within": 1.0}
     allowed = ESTIMATE_ERROR * released  # true pairs off the expected number

@@ -675,6 +675,12 @@ def _estimates(scored: _Scored, released: np.ndarray) -> Estimates:
     return Estimates(*point, *intervals)
 
 
+def true_matches_spread(probabilities: np.ndarray) -> float:
+    """The standard deviation of the number of true matches among pairs each true,
+    independently, with its match probability."""
+    return float(np.sqrt((probabilities * (1.0 - probabilities)).sum()))
+
+
 def _quality(
     probabilities: np.ndarray, matched_records: float, draw: float = 0.0
 ) -> tuple[float, float, float]:
@@ -683,7 +689,7 @@ def _quality(
     value), the number of true matches among them is that draw of its distribution (normal
     approximation) rather than its expectation, never more than `matched_records`."""
     released = len(probabilities)
-    spread = float(np.sqrt((probabilities * (1.0 - probabilities)).sum()))
+    spread = true_matches_spread(probabilities)
     true = float(np.clip(probabilities.sum() + draw * spread, 0.0, min(released, matched_records)))
     precision = true / released if released else 1.0
     recall = min(true / matched_records, 1.0) if matched_records > 0 else 1.0
