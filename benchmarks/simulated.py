@@ -19,12 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from blindlink.benchmarking.calibration import ESTIMATE_ERROR as TOLERANCE
 from blindlink.benchmarking.results import results_dir, write_result
 from blindlink.benchmarking.simulated import DRAWS, RULE, measure
 
 NAME = "simulated"
 RECORDS = 2000
-TOLERANCE = 0.01  # the calibration benchmark's target for the precision estimate
 
 
 def main(argv: list[str] | None = None) -> int:
