@@ -45,7 +45,7 @@ from blindlink.index.partitions import (
     run_on_partition,
 )
 from blindlink.matching.blocking import split_records
-from blindlink.matching.decision import Decisions, blocking_keys, candidates, decide, link
+from blindlink.matching.decision import Decisions, link
 from blindlink.matching.engine import BandTask, compare_bands
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.match_model import RANKED
@@ -244,6 +244,7 @@ def serve_on_cluster(
         clock = time.perf_counter()
         partitioned.prepare()
         build = time.perf_counter() - clock
+        candidates_found: list[float] = []  # when each run's candidates were found
         for size, group in batches.items():
             on_cluster, single, same = [], [], True
             candidate_rows: list[int] = []
@@ -254,19 +255,17 @@ def serve_on_cluster(
                 indexed = partitioned.batch(requester, keys)
                 gathered = time.perf_counter()
                 assert indexed.executor is not None
-                # link(), in its two steps, to time them apart.
-                found_candidates = candidates(indexed.shared, RULE, indexed.executor, 1, BLOCKING)
-                compared = time.perf_counter()
                 found = indexed.in_custodian_rows(
-                    decide(
-                        found_candidates,
-                        len(requester),
+                    link(
+                        indexed.shared,
                         RULE,
-                        blocking_keys(indexed.shared),
+                        indexed.executor,
+                        1,
                         BLOCKING,
+                        deciding=lambda: candidates_found.append(time.perf_counter()),
                     )
                 )
-                decided = time.perf_counter()
+                decided, compared = time.perf_counter(), candidates_found[-1]
                 on_cluster.append(decided - clock)
                 phases.append((gathered - clock, compared - gathered, decided - compared))
                 clock = time.perf_counter()

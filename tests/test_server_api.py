@@ -28,6 +28,7 @@ from blindlink.encoding.encodings_file import read_payload, write_encodings
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.security.tls import channel_credentials
 from blindlink.server.app import RunningServer, ServerTls, start_server
+from blindlink.server.runs import RunProgress
 from blindlink.store.directory import STAGED_TTL_S
 
 BITS = 1024
@@ -581,6 +582,29 @@ def test_requester_batch_waits_for_the_custodian(
     custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
     assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
     assert list(requester.release(project, run_id).own_rows) == list(range(10))
+
+
+def test_a_run_passes_through_its_stages_in_order(
+    requester: LinkageClient,
+    custodian: LinkageClient,
+    server: RunningServer,
+    make_agreement: Callable[..., bytes],
+    schema: LinkageSchema,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every stage a run enters, as the run queue records it (a watcher may miss a short one)."""
+    stages: list[str] = []
+    record = server.runs._set
+
+    def recording(run_id: str, progress: RunProgress) -> None:
+        if not stages or stages[-1] != progress.stage:
+            stages.append(progress.stage)
+        record(run_id, progress)
+
+    monkeypatch.setattr(server.runs, "_set", recording)
+    run_project(requester, custodian, make_agreement(), schema, tmp_path)
+    assert stages == ["", "loading", "comparing", "deciding", "storing"]
 
 
 def test_own_rows_for_requester_count_for_custodian(

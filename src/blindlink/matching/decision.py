@@ -14,6 +14,7 @@ pairs for matches, to the threshold it chose.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
@@ -215,10 +216,13 @@ def link(
     limits: MatchingLimits = DEFAULT_LIMITS,
     progress: Progress = lambda done, total: None,
     custodian: EncodingsOf | None = None,
+    deciding: Callable[[], None] = lambda: None,
 ) -> Decisions:
     """Candidates for the rule, then decisions. `custodian`: the custodian's encodings of given
-    rows of `shared`, where `shared` holds none (an index partitioned across workers)."""
+    rows of `shared`, where `shared` holds none (an index partitioned across workers).
+    `deciding` is called between the two, when the candidates are found."""
     found = candidates(shared, rule, executor, workers, blocking, limits, progress)
+    deciding()
     encodings = custodian or (lambda rows: shared.custodian[rows])
     return decide(found, len(shared.requester), rule, blocking_keys(shared), blocking, encodings)
 

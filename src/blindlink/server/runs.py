@@ -302,6 +302,7 @@ class RunQueue:
             self._matching.limits,
             report,
             None if indexed is None else indexed.custodian_encodings,
+            lambda: self._publish(run_id, RunProgress(RUNNING, "deciding")),
         )
         if indexed is not None:
             decisions = indexed.in_custodian_rows(decisions)
