@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blindlink.benchmarking.quality import reliability
+from blindlink.benchmarking.quality import covered, in_truth, reliability
 from blindlink.matching.decision import Decisions, Estimates, PairStatus
 
 FITTED = Estimates(0.9, 0.9, 0.8)
@@ -46,3 +46,22 @@ def test_a_run_without_a_model_has_no_reliability() -> None:
     decisions = _decisions([float("nan")], [PairStatus.MATCH], None)
     assert reliability(decisions, {(0, 0)}) == []
     assert reliability(_decisions([], [], None), set()) == []  # none released either
+
+
+def test_in_truth_marks_exactly_the_truth_pairs() -> None:
+    rng = np.random.default_rng(3)
+    requester, custodian = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
+    # Truth pairs with custodian rows beyond any candidate's, and one never a candidate.
+    truth = {(int(r), int(c)) for r, c in zip(requester[:300], custodian[:300], strict=True)}
+    truth |= {(1, 39_999), (49, 70)}
+    expected = [(int(r), int(c)) in truth for r, c in zip(requester, custodian, strict=True)]
+    assert in_truth(requester, custodian, truth).tolist() == expected
+    assert not in_truth(requester, custodian, set()).any()
+    assert in_truth(requester[:0], custodian[:0], truth).tolist() == []
+
+
+def test_covered_says_per_estimate_whether_its_interval_holds_the_truth() -> None:
+    estimates = Estimates(0.9, 0.8, 0.7, (0.88, 0.92), (0.75, 0.79), None)
+    true = {"precision": 0.92, "recall": 0.8, "f_star": 0.7}
+    assert covered(estimates, true) == {"precision": True, "recall": False, "f_star": None}
+    assert covered(None, true) == {"precision": None, "recall": None, "f_star": None}

@@ -27,7 +27,9 @@ from blindlink.agreement.model import default_rule
 from blindlink.benchmarking.data import BENCHMARK_SECRET, EncodedPair, encoded_pair
 from blindlink.benchmarking.quality import (
     FLOOR,
+    covered,
     curve_of,
+    in_truth,
     released_quality,
     released_right,
     reliability,
@@ -310,7 +312,7 @@ def measure(
         "reliability": reliability(calibrated, data.truth),
         **sparse,
         "gaps": {"f_star": true["f_star"] - oracle["f_star"], **errors},
-        "covered": _covered(estimated, true),
+        "covered": covered(calibrated.estimates, true),
         "precision_by_chance": precision_by_chance(calibrated),
         "met": {
             "f_star": oracle["f_star"] - true["f_star"] <= F_STAR_GAP,
@@ -394,7 +396,7 @@ def partners_unseen(
     rows = int(max(found.requester_rows.max(initial=0), max(r for r, _ in truth))) + 1
     top = np.full(rows, -np.inf)
     np.maximum.at(top, found.requester_rows, found.similarities)
-    true = _true_pairs(found, truth)
+    true = in_truth(found.requester_rows, found.custodian_rows, truth)
     partner = np.full(rows, -np.inf)
     np.maximum.at(partner, found.requester_rows[true], found.similarities[true])
     seen = partner > -np.inf
@@ -448,7 +450,7 @@ def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates
     """`found` without the `truth` pairs."""
     if not truth:
         return found
-    keep = ~_true_pairs(found, truth)
+    keep = ~in_truth(found.requester_rows, found.custodian_rows, truth)
     return Candidates(
         found.similarities[keep],
         found.requester_rows[keep],
@@ -458,15 +460,6 @@ def _without_pairs(found: Candidates, truth: set[tuple[int, int]]) -> Candidates
     )
 
 
-def _true_pairs(found: Candidates, truth: set[tuple[int, int]]) -> np.ndarray:
-    """Per candidate of `found`, whether it is one of the `truth` pairs."""
-    if not truth:
-        return np.zeros(len(found.similarities), dtype=bool)
-    width = max(int(found.custodian_rows.max(initial=0)), max(c for _, c in truth)) + 1
-    keys = found.requester_rows.astype(np.int64) * width + found.custodian_rows
-    return np.isin(keys, np.array([r * width + c for r, c in truth], dtype=np.int64))
-
-
 def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[str, Any]:
     """Estimated minus true precision and recall (None without estimates)."""
     if estimated is None:
@@ -474,17 +467,6 @@ def _errors(estimated: dict[str, float] | None, true: dict[str, float]) -> dict[
     return {
         "precision_error": estimated["precision"] - true["precision"],
         "recall_error": estimated["recall"] - true["recall"],
-    }
-
-
-def _covered(estimated: dict[str, Any] | None, true: dict[str, float]) -> dict[str, Any]:
-    """Per estimate, whether its interval holds the true value (None without one)."""
-    if estimated is None:
-        return dict.fromkeys(ESTIMATED)
-    intervals = {name: estimated[f"{name}_interval"] for name in ESTIMATED}
-    return {
-        name: None if interval is None else bool(interval[0] <= true[name] <= interval[1])
-        for name, interval in intervals.items()
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from blindlink.matching.decision import Decisions, PairStatus, link
+from blindlink.matching.decision import ESTIMATED, Decisions, Estimates, PairStatus, link
 from blindlink.matching.engine import SharedEncodings
 from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.rules import DecisionRule, FixedThreshold
@@ -152,6 +152,29 @@ def released_right(decisions: Decisions, truth: set[tuple[int, int]]) -> int:
     return int((_right(decisions, truth) & (decisions.status == PairStatus.MATCH)).sum())
 
 
+def covered(estimates: Estimates | None, true: dict[str, float]) -> dict[str, bool | None]:
+    """Per estimate (ESTIMATED), whether its interval holds the `true` value; None where it has
+    no interval."""
+    intervals = {
+        name: None if estimates is None else estimates.interval(name) for name in ESTIMATED
+    }
+    return {
+        name: None if interval is None else bool(interval[0] <= true[name] <= interval[1])
+        for name, interval in intervals.items()
+    }
+
+
+def in_truth(
+    requester_rows: np.ndarray, custodian_rows: np.ndarray, truth: set[tuple[int, int]]
+) -> np.ndarray:
+    """Per pair of rows (requester_rows[i], custodian_rows[i]), whether it is a `truth` pair."""
+    if not truth or not len(requester_rows):
+        return np.zeros(len(requester_rows), dtype=bool)
+    pairs = np.array(list(truth), dtype=np.int64)
+    width = max(int(custodian_rows.max()), int(pairs[:, 1].max())) + 1
+    keys = requester_rows.astype(np.int64) * width + custodian_rows
+    return np.isin(keys, pairs[:, 0] * width + pairs[:, 1])
+
+
 def _right(decisions: Decisions, truth: set[tuple[int, int]]) -> np.ndarray:
-    pairs = zip(decisions.requester_rows.tolist(), decisions.custodian_rows.tolist(), strict=True)
-    return np.array([pair in truth for pair in pairs], dtype=bool)
+    return in_truth(decisions.requester_rows, decisions.custodian_rows, truth)

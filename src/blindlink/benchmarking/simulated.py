@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from blindlink.benchmarking.quality import released_quality
+from blindlink.benchmarking.quality import covered, in_truth, released_quality
 from blindlink.matching.decision import decide
 from blindlink.matching.engine import Candidates
 from blindlink.matching.rules import CalibratedThreshold, DecisionRule, Target
@@ -56,7 +56,7 @@ def simulated_run(
     true_scores = np.round(partner_score(rng, matched), 4)
     rows0 = np.repeat(np.arange(records), CANDIDATES)
     sim, r0, r1 = sims.ravel(), rows0, rows1.ravel()
-    keep = ~np.isin(r0 * others + r1, [i * others + p for i, p in truth])
+    keep = ~in_truth(r0, r1, truth)
     sim = np.concatenate([sim[keep], true_scores])
     r0 = np.concatenate([r0[keep], np.arange(matched)])
     r1 = np.concatenate([r1[keep], partners])
@@ -81,4 +81,5 @@ def measure(seed: int, records: int, matched: int, draw: str) -> dict[str, Any]:
         "estimated": estimated,
         "true": true,
         "precision_error": error,
+        "covered": covered(decisions.estimates, true),
     }
