@@ -1,7 +1,9 @@
-"""The native Dice kernel (src/blindlink/matching/_dice.c); everything else is in pyproject.toml.
+"""The native parts (C, under src/blindlink/matching/); everything else is in pyproject.toml:
+the Dice kernel (_dice.c) and the match model's isotonic fit (_isotonic.c).
 
-The extension is optional: where it cannot be compiled (no C compiler), the install still
-succeeds and blindlink matches with anonlink and numpy instead (blindlink/matching/kernel.py).
+Both are optional: where they cannot be compiled (no C compiler), the install still succeeds
+and blindlink computes the same results in Python: it matches with anonlink and numpy
+(blindlink/matching/kernel.py) and fits with match_model._isotonic_python.
 """
 
 from setuptools import Extension, setup
@@ -12,6 +14,13 @@ setup(
             "blindlink.matching._dice",
             sources=["src/blindlink/matching/_dice.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "blindlink.matching._isotonic",
+            sources=["src/blindlink/matching/_isotonic.c"],
+            # No fused multiply-adds: the results are bit-identical to the Python fallback's.
+            extra_compile_args=["-ffp-contract=off"],
+            optional=True,
+        ),
     ]
 )

@@ -4,6 +4,9 @@ the partner at a score drawn from a chosen distribution."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,6 @@ from blindlink.matching.match_model import (
     BINS,
     ModelUnfit,
     RecordScores,
-    _isotonic,
     _rank_sum_z,
     _shifted,
     _tail_survival,
@@ -381,7 +383,16 @@ def test_rank_sum_z_is_positive_where_the_first_sample_scores_higher() -> None:
     assert abs(_rank_sum_z(low[:200], low[200:])) < 3.0
 
 
-def test_isotonic_fit_is_the_least_squares_non_decreasing_sequence() -> None:
+ISOTONIC_FITS = [
+    pytest.param(match_model._isotonic, id="native"),
+    pytest.param(match_model._isotonic_python, id="python"),
+]
+
+
+@pytest.mark.parametrize("isotonic", ISOTONIC_FITS)
+def test_isotonic_fit_is_the_least_squares_non_decreasing_sequence(
+    isotonic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> None:
     """Against the closed form of weighted isotonic regression: the value at i is the largest,
     over blocks starting at or before i, of the smallest weighted mean of a block from there
     to i or beyond. Weightless values take their neighbours' block."""
@@ -397,9 +408,47 @@ def test_isotonic_fit_is_the_least_squares_non_decreasing_sequence() -> None:
         expected = [
             max(min(means[j, k] for k in range(i, size)) for j in range(i + 1)) for i in range(size)
         ]
-        assert _isotonic(values, weights) == pytest.approx(expected)
-    pooled = _isotonic(np.array([0.2, 0.9, 0.0, 0.4]), np.array([1.0, 1.0, 0.0, 1.0]))
+        assert isotonic(values, weights) == pytest.approx(expected)
+    pooled = isotonic(np.array([0.2, 0.9, 0.0, 0.4]), np.array([1.0, 1.0, 0.0, 1.0]))
     assert pooled.tolist() == pytest.approx([0.2, 0.65, 0.65, 0.65])
+    assert isotonic(np.empty(0), np.empty(0)).tolist() == []
+
+
+def test_the_native_isotonic_fit_is_built_and_bit_identical_to_python() -> None:
+    """The development install compiles _isotonic.c (setup.py); its results are the Python
+    fallback's to the bit, weightless values included, so no decision depends on which ran."""
+    assert match_model._native_isotonic is not None
+    rng = np.random.default_rng(5)
+    for trial in range(2000):
+        size = int(rng.integers(0, 250))
+        values = np.cumsum(rng.normal(0.01, 0.05, size)) if trial % 2 else rng.normal(0, 1, size)
+        weights = rng.integers(0, 50, size) * (rng.random(size) < 0.7).astype(np.float64)
+        native, python = (
+            fit(values, weights) for fit in (match_model._isotonic, match_model._isotonic_python)
+        )
+        assert native.tobytes() == python.tobytes()
+
+
+def test_without_the_native_isotonic_fit_the_model_fits_in_python() -> None:
+    """An install without a C compiler has no _isotonic module: the same fit, in Python."""
+    code = (
+        "import sys; sys.modules['blindlink.matching._isotonic'] = None\n"
+        "import numpy as np\n"
+        "from blindlink.matching import match_model\n"
+        "assert match_model._native_isotonic is None\n"
+        "print(match_model._isotonic(np.array([0.2, 0.9, 0.0]), np.ones(3)).tolist())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0.2, 0.45, 0.45]"
+
+
+def test_the_native_isotonic_fit_refuses_mismatched_buffers() -> None:
+    assert match_model._native_isotonic is not None
+    with pytest.raises(ValueError, match="weights must be 3 contiguous float64 values"):
+        match_model._native_isotonic(np.zeros(3), np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="values must be contiguous float64 values"):
+        match_model._native_isotonic(np.zeros(3, dtype=np.float32), np.zeros(3), np.zeros(3))
 
 
 def test_no_candidates_at_all_fall_back() -> None:

@@ -52,6 +52,13 @@ import numpy as np
 from blindlink.matching.linkage import Matches
 from blindlink.matching.rules import STEP
 
+try:
+    from blindlink.matching._isotonic import (  # type: ignore[import-not-found]
+        isotonic as _native_isotonic,
+    )
+except ImportError:  # not compiled (no C compiler at install): the same results in Python
+    _native_isotonic = None
+
 # Each requester record's candidates the model sees (the decision pipeline finds this many).
 RANKED = 4
 BINS = round(1 / STEP) + 2  # bin 0: no candidate at all; bin k: [(k-1) STEP, k STEP)
@@ -593,10 +600,24 @@ def _anchor_quantile(samples: float) -> float:
 
 
 def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The non-decreasing sequence closest to `values` in weighted least squares (pool
-    adjacent violators: a stack of pooled blocks, each with its mean, weight and first index;
-    an incoming value pools with the blocks above it while they exceed it). The decision's
-    intervals run it 1,500 times a run, hence the preallocated stack."""
+    """The non-decreasing sequence closest to `values` in weighted least squares, natively
+    where the extension was compiled (the decision's intervals run it 1,500 times a run)."""
+    if _native_isotonic is None:
+        return _isotonic_python(values, weights)
+    out = np.empty(len(values))
+    _native_isotonic(
+        np.ascontiguousarray(values, dtype=np.float64),
+        np.ascontiguousarray(weights, dtype=np.float64),
+        out,
+    )
+    return out
+
+
+def _isotonic_python(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """_isotonic by pool adjacent violators (as _isotonic.c, with the same arithmetic): a stack
+    of pooled blocks, each with its mean, weight and first index; an incoming value pools with
+    the blocks above it while they exceed it, into their weighted mean (the larger mean where
+    both weigh nothing)."""
     size = len(values)
     means, totals, starts = [0.0] * size, [0.0] * size, [0] * size
     top = -1
@@ -604,11 +625,7 @@ def _isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         start = index
         while top >= 0 and means[top] > mean:
             pooled = totals[top] + total
-            mean = (
-                (means[top] * totals[top] + mean * total) / pooled
-                if pooled > 0
-                else max(means[top], mean)
-            )
+            mean = (means[top] * totals[top] + mean * total) / pooled if pooled > 0 else means[top]
             total, start = pooled, starts[top]
             top -= 1
         top += 1
