@@ -65,6 +65,7 @@ from blindlink.store.directory import INDEX_DIR
 from blindlink.synthetic import generate_batches
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
+SEED = 1  # of the generated people, and of the encoded rows' order
 SMALL_BATCHES, SMALL_RECORDS = 20, 1_000
 MEDIUM_BATCHES, MEDIUM_RECORDS = 5, 10_000
 LARGE_RECORDS = 100_000
@@ -114,12 +115,12 @@ class Custodian:
 def prepare(workdir: Path, records: int, sizes: dict[int, int]) -> Custodian:
     """A custodian of `records` and batches (`sizes`: records per batch -> how many), encoded
     once per work directory: one generated batch, its rows cut into the batches in turn."""
-    directory = workdir / f"custodian-{records}"
+    directory = workdir / f"custodian-{records}-seed-{SEED}"
     generated = directory / "-".join(f"batches-{size}x{count}" for size, count in sizes.items())
     schema = load_schema(default_schema_path())
     if not (generated / "requester.bin").exists():
         total = sum(size * count for size, count in sizes.items())
-        made = generate_batches(generated, records, 1, total, 0.5, seed=1)
+        made = generate_batches(generated, records, 1, total, 0.5, seed=SEED)
         encode_csv(
             made.requesters[0],
             schema,
@@ -127,6 +128,7 @@ def prepare(workdir: Path, records: int, sizes: dict[int, int]) -> Custodian:
             generated / "requester.bin",
             generated / "requester.ids.json",
             blocking=BLOCKING,
+            shuffle_seed=SEED,  # the same rows for the same seed, so the same decisions
         )
         if not (directory / "custodian.bin").exists():
             encode_csv(
@@ -136,6 +138,7 @@ def prepare(workdir: Path, records: int, sizes: dict[int, int]) -> Custodian:
                 directory / "custodian.bin",
                 directory / "custodian.ids.json",
                 blocking=BLOCKING,
+                shuffle_seed=SEED + 1,
             )
         made.custodian.unlink()  # the same custodian for every batch plan (the seed's)
     keys = split_records(read_records(directory / "custodian.bin"), len(BLOCKING.keys))[1]
@@ -237,7 +240,8 @@ def run(args: argparse.Namespace, workdir: Path, scratch: Path) -> None:
     result = {
         "method": (
             "generated custodians (generate_batches, overlap 0.5, default corruption, seed 1) "
-            "and requester batches cut from one generated batch per size, default schema with "
+            "and requester batches cut from one generated batch per size, their encoded rows in "
+            "the order of shuffle seeds 1 (batch) and 2 (custodian), default schema with "
             "its four keyed blocking keys, calibrated runs; one `blindlink serve` process with "
             "mutual TLS on this machine, batches uploaded one at a time; latency = start of "
             "the requester's upload to its fetched release (wall clock in the client); upload + "
