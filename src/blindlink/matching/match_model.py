@@ -62,6 +62,9 @@ except ImportError:  # not compiled (no C compiler at install): the same results
 # Each requester record's candidates the model sees (the decision pipeline finds this many).
 RANKED = 4
 BINS = round(1 / STEP) + 2  # bin 0: no candidate at all; bin k: [(k-1) STEP, k STEP)
+_BIN_INDEX = np.arange(BINS)
+_CENTRES = (_BIN_INDEX - 0.5) * STEP  # the middle of bin k's scores
+_LOWER_EDGES = (np.arange(BINS + 1) - 1) * STEP  # bin k's lowest score; the last, the top's end
 # B's quantile below which a record's best score is taken as non-match evidence.
 ANCHOR_QUANTILE = 0.8
 ANCHOR_ERROR = 0.01
@@ -377,19 +380,20 @@ def _fit(joint: np.ndarray, start: int, shift: float = 0.0) -> MatchModel:
     than the runner-ups show (to measure how much the model owes to their level)."""
     counts = joint.sum(axis=1)
     records = float(counts.sum())
-    weights = (np.arange(BINS) > start).astype(np.float64)  # per best bin
+    weights = (start < _BIN_INDEX).astype(np.float64)  # per best bin
     describe_b = np.ones(BINS, dtype=bool)  # the best bins whose runner-ups describe B
     for _ in range(ITERATIONS):
         runner_ups = (weights * describe_b) @ joint  # the weighted runner-ups' histogram
-        if runner_ups.sum() < MIN_SUPPORT:
+        support = runner_ups.sum()
+        if support < MIN_SUPPORT:
             raise ModelUnfit(
                 f"fewer than {MIN_SUPPORT} records look matched: too few matches to model",
                 few_matches=True,
             )
         non_match = _shifted(_non_match_distribution(runner_ups), shift)
         below = non_match.cumsum()  # P(B in bin k or lower)
-        anchor = int(np.searchsorted(below, _anchor_quantile(runner_ups.sum()) - 1e-12))
-        describe_b = np.arange(BINS) > np.searchsorted(below, ANCHOR_QUANTILE - 1e-12)
+        anchor = int(np.searchsorted(below, _anchor_quantile(support) - 1e-12))
+        describe_b = np.searchsorted(below, ANCHOR_QUANTILE - 1e-12) < _BIN_INDEX
         unmatched = min(records, float(counts[: anchor + 1].sum()) / below[anchor])
         # Per bin, the share of best scores beyond what `unmatched` records' best non-matches
         # put there; noisy, so made non-decreasing before it is clipped to a probability.
@@ -520,12 +524,12 @@ def _non_match_distribution(runner_ups: np.ndarray) -> np.ndarray:
         return runner_ups / total
     start = _tail_start(runner_ups, max(min(TAIL_SAMPLES, scored / 2), TAIL_SHARE * scored))
     tail = runner_ups[start:]
-    centres = (np.arange(start, BINS) - 0.5) * STEP
     origin = (start - 1) * STEP
-    edges = np.maximum((np.arange(BINS + 1) - 1) * STEP, origin)
+    edges = np.maximum(_LOWER_EDGES, origin)
     edges[-1] = np.inf  # the last bin holds everything above
-    survival = _tail_survival(centres - origin, tail, edges - origin)
-    body = np.r_[runner_ups[:start], np.zeros(BINS - start)]
+    survival = _tail_survival(_CENTRES[start:] - origin, tail, edges - origin)
+    body = runner_ups.copy()
+    body[start:] = 0.0
     return (body + tail.sum() * (survival[:-1] - survival[1:])) / total
 
 
