@@ -4,6 +4,7 @@ a loopback port."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,18 @@ def custodian(address: str, identities: Identities) -> Iterator[LinkageClient]:
 
 
 # --- the command line, as the parties run it -----------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, every: float = 0.002) -> bool:
+    """Whether `condition` holds within `timeout` seconds, checked every `every` seconds (often
+    enough to catch a file that exists for a moment). Generous: a passing test never waits it
+    out, and a loaded machine gets the time it needs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities
+from conftest import Identities, wait_until
 from server_process import (
     ServerProcess,
     encodings_file,
@@ -219,10 +219,9 @@ def test_upload_broken_by_a_restart_continues_by_itself(
     uploader.start()
     assert halfway.wait(10)
     staged = server.data_dir / "staged"
-    deadline = time.monotonic() + 10
-    while not any(p.stat().st_size > HEADER_SIZE for p in staged.iterdir()):
-        assert time.monotonic() < deadline, "no bytes of the upload reached the server"
-        time.sleep(0.02)
+    assert wait_until(
+        lambda: any(p.stat().st_size > HEADER_SIZE for p in staged.iterdir()), every=0.02
+    ), "no bytes of the upload reached the server"
     server.kill()
     server.start()
     with server.client("requester") as requester:
@@ -317,10 +316,7 @@ def test_matching_workers_end_soon_after_the_server_is_killed(
     assert len(_processes_in_group(group)) > 1  # the server and its pool
     server.process.kill()
     server.process.wait()
-    deadline = time.monotonic() + 10
-    while _processes_in_group(group) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _processes_in_group(group) == []
+    assert wait_until(lambda: _processes_in_group(group) == [], every=0.2)
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)

@@ -10,7 +10,6 @@ import json
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import Cli, Identities, tls_args
+from conftest import Cli, Identities, tls_args, wait_until
 from index_support import keyed_agreement
 from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
 
@@ -372,7 +371,7 @@ def test_a_server_killed_during_an_update_keeps_the_version_before_it_and_recove
     with server.client("requester") as requester, server.client("custodian") as custodian:
         project = requester.create_project(terms).project_id
         upload_id = custodian.upload(project, source).upload_id
-        _wait_for(lambda: (index_dir / upload_id).exists())
+        assert wait_until(lambda: (index_dir / upload_id).exists())
         failures: list[BaseException] = []
 
         def update() -> None:
@@ -383,7 +382,7 @@ def test_a_server_killed_during_an_update_keeps_the_version_before_it_and_recove
 
         updating = threading.Thread(target=update)
         updating.start()
-        _wait_for(lambda: any(p.name.endswith(PARTIAL_SUFFIX) for p in index_dir.iterdir()))
+        assert wait_until(lambda: any(p.name.endswith(PARTIAL_SUFFIX) for p in index_dir.iterdir()))
         server.kill()
         updating.join()
     assert failures and not (index_dir / f"{upload_id}.1").exists()
@@ -415,13 +414,6 @@ def test_a_server_killed_during_an_update_keeps_the_version_before_it_and_recove
         assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
         assert matched(run_id) == copied[50:].tolist()
     server.terminate()
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 def test_the_cli_appends_encoded_records_removes_rows_and_extends_the_id_map(

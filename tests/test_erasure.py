@@ -10,7 +10,6 @@ import json
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities
+from conftest import Identities, wait_until
 from server_process import encodings_file, keyed_rows, server_launcher
 from server_process import signed_agreement as sign
 
@@ -278,7 +277,7 @@ def test_a_server_killed_while_erasing_finishes_the_erasure_when_it_starts(
 
         updating = threading.Thread(target=update)
         updating.start()
-        _wait_for(lambda: server.rows("SELECT count(*) FROM custodian_updates") == [(1,)])
+        assert wait_until(lambda: server.rows("SELECT count(*) FROM custodian_updates") == [(1,)])
         server.kill()
         updating.join()
     assert failures, "the update's receipt arrived before the kill: nothing was interrupted"
@@ -353,10 +352,3 @@ def _verified(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`blindlink admin verify` finds nothing wrong with the stopped server's data directory."""
     assert main(["admin", "verify", "--data-dir", str(data_dir)]) == 0, capsys.readouterr().out
     assert "data directory OK" in capsys.readouterr().out
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Identities
+from conftest import Identities, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -560,10 +560,7 @@ def crowd(crowd_server: Crowd) -> Iterator[Crowd]:
     yield crowd_server
     admission = crowd_server.server.admission
     assert admission is not None
-    deadline = time.monotonic() + 10
-    while admission.open_calls() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert admission.open_calls() == 0
+    assert wait_until(lambda: admission.open_calls() == 0, every=0.05)
 
 
 def _trickle(first: pb.UploadRequest, release: threading.Event) -> Iterator[pb.UploadRequest]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Identities
+from conftest import Identities, wait_until
 from index_support import (
     BLOCKING,
     assert_same,
@@ -213,10 +212,9 @@ def test_a_server_with_a_dask_scheduler_serves_batches_from_the_partitions(
         upload_id = parties["custodian"].upload(project, pair.directory / "custodian.bin").upload_id
         # The index is partitioned when the custodian's upload commits, before any batch.
         partitions = tmp_path / "data" / INDEX_DIR / upload_id / PARTITIONS_DIR / "2"
-        deadline = time.monotonic() + 30
-        while not all((partitions / str(p) / MANIFEST).exists() for p in range(2)):
-            assert time.monotonic() < deadline, "the index was not partitioned"
-            time.sleep(0.05)
+        assert wait_until(
+            lambda: all((partitions / str(p) / MANIFEST).exists() for p in range(2)), every=0.05
+        ), "the index was not partitioned"
         for number, rows in enumerate((slice(0, 1_000), slice(1_000, 1_500))):
             records = keyed_rows(pair.requester[rows], pair.requester_keys[rows])
             path = encodings_file(tmp_path / f"batch{number}.bin", records, terms.encodings_id)

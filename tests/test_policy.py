@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities
+from conftest import Identities, wait_until
 from test_server_api import (
     _shared_rows,
     assert_unchanged,
@@ -87,15 +87,6 @@ def upload(
 
 def run_summary(client: LinkageClient, project: str, run_id: str) -> pb.RunSummary:
     return next(r for r in client.status(project).runs if r.run_id == run_id)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def flipped(row: np.ndarray, bits: int, seed: int) -> np.ndarray:
@@ -604,7 +595,7 @@ def test_uploads_still_streaming_hold_their_quota_from_the_header_on(
     with secure_channel(address, identities, "requester") as channel:
         stub = pb_grpc.LinkageStub(channel)
         calls = [stub.Upload.future(messages(random_rows(4, 80 + i))) for i in range(4)]
-        assert wait_until(lambda: sum(call.done() for call in calls) == 3, timeout=10)
+        assert wait_until(lambda: sum(call.done() for call in calls) == 3)
         refused = [call for call in calls if call.done()]
         assert {call.exception().code() for call in refused} == {
             grpc.StatusCode.FAILED_PRECONDITION
@@ -830,7 +821,7 @@ def test_encodings_ttl_deletes_encodings_and_later_batches_fail(
     agreement = make_agreement(encodings_ttl_seconds=1, delete_encodings_after_release=False)
     project, run_id = run_project(requester, custodian, agreement, schema, tmp_path)
     assert len(list(server.store.encodings_dir.iterdir())) == 2
-    assert wait_until(lambda: not list(server.store.encodings_dir.iterdir()), timeout=5)
+    assert wait_until(lambda: not list(server.store.encodings_dir.iterdir()))
     deleted = [e.details for e in audit(server, project) if e.kind == "data_deleted"]
     assert sorted((d["what"], d["party"], d["reason"]) for d in deleted) == [
         ("encodings", "custodian", "retention.encodings_ttl_seconds"),
@@ -841,7 +832,7 @@ def test_encodings_ttl_deletes_encodings_and_later_batches_fail(
     # A batch uploaded now has nothing to be matched against: its run fails, saying why.
     late = upload(requester, project, random_rows(5, 63), schema, tmp_path).run_id
     wait_until(
-        lambda: run_summary(requester, project, late).state == pb.RUN_STATE_FAILED, timeout=3
+        lambda: run_summary(requester, project, late).state == pb.RUN_STATE_FAILED, every=0.05
     )
     summary = run_summary(requester, project, late)
     assert summary.state == pb.RUN_STATE_FAILED, summary
@@ -866,7 +857,7 @@ def test_results_ttl_deletes_results_and_refuses_releases(
             for e in audit(server, project)
         )
 
-    assert wait_until(results_deleted, timeout=5)
+    assert wait_until(results_deleted)
     for client in (requester, custodian):
         expect_refusal(
             server,

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities
+from conftest import Identities, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -341,15 +341,12 @@ def test_cancelled_upload_stream_commits_nothing_and_keeps_what_arrived(
 
     with secure_channel(address, identities, "requester") as channel:
         future = pb_grpc.LinkageStub(channel).Upload.future(messages())
-        deadline = time.monotonic() + 10
-        while not sent_half and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: bool(sent_half), every=0.01)
         time.sleep(0.2)
         future.cancel()
-    deadline = time.monotonic() + 10
-    while upload_offset(address, identities, project, rows, "requester") < 640:
-        assert time.monotonic() < deadline, "the server did not keep the bytes that arrived"
-        time.sleep(0.05)
+    assert wait_until(
+        lambda: upload_offset(address, identities, project, rows, "requester") >= 640, every=0.05
+    ), "the server did not keep the bytes that arrived"
     assert snapshot(server)[0] == before  # nothing committed, no run
     # The other party learns nothing of it.
     assert upload_offset(address, identities, project, rows, "custodian") == 0
@@ -802,9 +799,7 @@ def test_deleting_a_project_while_an_upload_streams_ends_the_upload_cleanly(
     def delete() -> None:
         halfway.wait(10)
         # Once the server has taken the header in and is storing the stream.
-        deadline = time.monotonic() + 10
-        while not any(server.store.staged_dir.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: any(server.store.staged_dir.iterdir()), every=0.01)
         custodian.delete(project)
         deleted.set()
 
