@@ -4,7 +4,6 @@ a loopback port."""
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,28 +75,40 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
     )
 
 
+def agreement_bytes(
+    identities: Identities,
+    schema: LinkageSchema,
+    reference: str,
+    signers: tuple[str, ...] = ROLES,
+    **settings: object,
+) -> bytes:
+    """An agreement for the default schema signed by `signers`; `settings` are settings of
+    `new_agreement_document`. Unhardened unless the settings name hardening: the tests make
+    their encodings without it."""
+    settings.setdefault("hardening", [])
+    document = new_agreement_document(
+        reference=reference,
+        requester=identities.party("requester"),
+        custodian=identities.party("custodian"),
+        schema_sha256=schema.sha256,
+        bit_length=schema.bit_length,
+        **settings,
+    )  # type: ignore[arg-type]
+    signed = SignedAgreement(agreement_from_document(document), {})
+    for role in signers:
+        signed = identities.sign(signed, role)
+    return signed.to_bytes()
+
+
 @pytest.fixture
 def make_agreement(identities: Identities, schema: LinkageSchema) -> Callable[..., bytes]:
-    """Signed agreement bytes for the default schema; keyword arguments are settings of
-    `new_agreement_document`, plus `signers` (default: both parties). Unhardened unless the
-    settings name hardening: the tests make their encodings without it."""
+    """agreement_bytes for this test's parties: keyword arguments are its settings, plus
+    `signers` (default: both parties)."""
 
     def make(
         reference: str = "test agreement", signers: tuple[str, ...] = ROLES, **settings: object
     ) -> bytes:
-        settings.setdefault("hardening", [])
-        document = new_agreement_document(
-            reference=reference,
-            requester=identities.party("requester"),
-            custodian=identities.party("custodian"),
-            schema_sha256=schema.sha256,
-            bit_length=schema.bit_length,
-            **settings,
-        )  # type: ignore[arg-type]
-        signed = SignedAgreement(agreement_from_document(document), {})
-        for role in signers:
-            signed = identities.sign(signed, role)
-        return signed.to_bytes()
+        return agreement_bytes(identities, schema, reference, signers, **settings)
 
     return make
 
@@ -133,18 +144,6 @@ def custodian(address: str, identities: Identities) -> Iterator[LinkageClient]:
 
 
 # --- the command line, as the parties run it -----------------------------------------------------
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, every: float = 0.002) -> bool:
-    """Whether `condition` holds within `timeout` seconds, checked every `every` seconds (often
-    enough to catch a file that exists for a moment). Generous: a passing test never waits it
-    out, and a loaded machine gets the time it needs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every)
-    return condition()
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> str:

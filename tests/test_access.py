@@ -13,14 +13,9 @@ import pytest
 from conftest import Identities
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_server_api import (
-    assert_unchanged,
-    audit,
-    make_encodings,
-    random_rows,
-    run_project,
-    state,
-)
+from support.calls import run_project
+from support.encodings import encodings_file, random_rows
+from support.server_state import assert_unchanged, audit, state
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
@@ -47,7 +42,7 @@ OTHER_KEY = public_key_text(Ed25519PrivateKey.from_private_bytes(b"\x07" * 32))
 
 
 def encodings(tmp_path: Path, name: str, rows: np.ndarray, schema: LinkageSchema) -> Path:
-    return make_encodings(tmp_path / f"{name}.bin", rows, schema.sha256)
+    return encodings_file(tmp_path / f"{name}.bin", rows, schema.sha256)
 
 
 def uploads_by_party(status: pb.ProjectStatus) -> dict[str, list[pb.PartyUpload]]:

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import Cli, RunningServer
-from test_server_api import assert_unchanged, snapshot
+from support.server_state import assert_unchanged, snapshot
 
 from blindlink.client.linkage_client import LinkageClient, ServerError
 from blindlink.encoding.blocking_keys import BlockingKeyMaker

@@ -14,7 +14,7 @@ from clkhash.field_formats import InvalidEntryError
 from clkhash.key_derivation import generate_key_lists
 from conftest import clkhash_schema
 from hypothesis import HealthCheck, given, settings
-from schema_strategies import schema_with_rows
+from support.schema_strategies import schema_with_rows
 
 from blindlink.encoding.clk_encoder import CACHE_ENTRIES, ClkEncoder, ValueProblem
 from blindlink.encoding.fields import InvalidValue

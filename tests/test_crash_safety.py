@@ -16,14 +16,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities, wait_until
-from server_process import (
-    ServerProcess,
-    encodings_file,
-    planted_pairs,
-    server_launcher,
-    signed_agreement,
-)
+from conftest import Identities
+from support.encodings import encodings_file, planted_pairs
+from support.server_process import ServerProcess, server_launcher, signed_agreement
+from support.waiting import wait_until
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc

@@ -18,9 +18,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import Cli, Identities, tls_args, wait_until
-from index_support import keyed_agreement
-from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
+from conftest import Cli, Identities, tls_args
+from support.encodings import encodings_file, keyed_rows
+from support.index import keyed_agreement
+from support.server_process import server_launcher, signed_agreement
+from support.waiting import wait_until
 
 import blindlink
 from blindlink import Client, Encoded

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from encoding_strategies import EncodingPair, encoding_pairs, thresholds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.encoding_strategies import EncodingPair, encoding_pairs, thresholds
 
 from blindlink.errors import BlindlinkError
 from blindlink.matching import blocking, kernel

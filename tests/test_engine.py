@@ -229,7 +229,7 @@ def test_memory_cap_refuses_before_starting() -> None:
 
 
 def test_capped_run_fails_cleanly_on_the_server(tmp_path: Path, make_agreement, schema) -> None:
-    from test_server_api import make_encodings, random_rows
+    from support.encodings import encodings_file, random_rows
 
     settings = MatchingSettings(SerialExecutor(), 1, MatchingLimits(max_candidate_pairs=5))
     server = start_server(tmp_path / "server", "127.0.0.1:0", None, matching=settings)
@@ -243,9 +243,9 @@ def test_capped_run_fails_cleanly_on_the_server(tmp_path: Path, make_agreement, 
                 make_agreement(threshold=0.5, allow_unusual_threshold=True)
             ).project_id
             rows = random_rows(20, 1)
-            custodian.upload(project, make_encodings(tmp_path / "c.bin", rows, schema.sha256))
+            custodian.upload(project, encodings_file(tmp_path / "c.bin", rows, schema.sha256))
             run_id = requester.upload(
-                project, make_encodings(tmp_path / "r.bin", rows, schema.sha256)
+                project, encodings_file(tmp_path / "r.bin", rows, schema.sha256)
             ).run_id
             final = requester.wait(project, run_id)
             assert final.state == pb.RUN_STATE_FAILED

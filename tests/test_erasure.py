@@ -19,9 +19,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities, wait_until
-from server_process import encodings_file, keyed_rows, server_launcher
-from server_process import signed_agreement as sign
+from conftest import Identities
+from support.encodings import encodings_file, keyed_rows
+from support.server_process import server_launcher
+from support.server_process import signed_agreement as sign
+from support.waiting import wait_until
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed

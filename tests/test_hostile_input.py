@@ -19,13 +19,15 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Identities, wait_until
+from conftest import Identities
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from request_strategies import NASTY_TEXT, Call, Target, calls
-from server_process import encodings_file, planted_pairs, signed_agreement
-from test_server_api import assert_unchanged
+from support.encodings import encodings_file, planted_pairs
+from support.request_strategies import NASTY_TEXT, Call, Target, calls
+from support.server_process import signed_agreement
+from support.server_state import assert_unchanged
+from support.waiting import wait_until
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc

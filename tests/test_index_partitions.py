@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Identities, wait_until
-from index_support import (
+from conftest import Identities
+from support.encodings import encodings_file, keyed_rows
+from support.index import (
     BLOCKING,
     assert_same,
     clients,
@@ -23,7 +24,7 @@ from index_support import (
     run_batch,
     serve,
 )
-from server_process import encodings_file, keyed_rows
+from support.waiting import wait_until
 
 from blindlink.agreement.model import default_rule
 from blindlink.agreement.signing import parse_signed

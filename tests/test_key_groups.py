@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import Identities
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import encodings_file, signed_agreement
+from support.encodings import encodings_file
+from support.server_process import signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.signing import parse_signed

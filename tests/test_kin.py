@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from index_support import assert_same
+from support.index import assert_same
 
 from blindlink.benchmarking.quality import released_quality
 from blindlink.matching.decision import Decisions, PairStatus, candidates, decide, link

@@ -29,14 +29,9 @@ import pytest
 from conftest import Identities
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import (
-    ServerProcess,
-    encodings_file,
-    planted_pairs,
-    server_launcher,
-    signed_agreement,
-)
-from test_privacy import found_in, identity_values
+from support.encodings import encodings_file, planted_pairs
+from support.leaks import found_in, identity_values
+from support.server_process import ServerProcess, server_launcher, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc

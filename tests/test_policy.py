@@ -16,18 +16,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities, wait_until
-from test_server_api import (
-    _shared_rows,
-    assert_unchanged,
-    audit,
-    header_for,
-    make_encodings,
-    random_rows,
-    run_project,
-    secure_channel,
-    state,
-)
+from conftest import Identities
+from support.calls import header_for, run_project, secure_channel, shared_rows
+from support.encodings import encodings_file, random_rows
+from support.server_state import assert_unchanged, audit, state
+from support.waiting import wait_until
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
@@ -71,7 +64,7 @@ def expect_refusal(
 
 
 def encodings(tmp_path: Path, rows: np.ndarray, schema: LinkageSchema) -> Path:
-    return make_encodings(tmp_path / f"{uuid.uuid4().hex}.bin", rows, schema.sha256)
+    return encodings_file(tmp_path / f"{uuid.uuid4().hex}.bin", rows, schema.sha256)
 
 
 def upload(
@@ -870,5 +863,5 @@ def test_results_ttl_deletes_results_and_refuses_releases(
 
 
 def test_shared_rows_premise() -> None:
-    requester_rows, custodian_rows = _shared_rows()
+    requester_rows, custodian_rows = shared_rows()
     assert all((custodian_rows[j] == requester_rows[i]).all() for i, j in PAIRS)

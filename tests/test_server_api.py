@@ -15,116 +15,23 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import Identities, wait_until
+from conftest import Identities
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.calls import header_for, raw_upload, run_project, secure_channel, shared_rows
+from support.encodings import encodings_file, random_rows
+from support.server_state import assert_unchanged, audit, snapshot, state, state_changes
+from support.waiting import wait_until
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink._generated import linkage_pb2_grpc as pb_grpc
-from blindlink.audit.chain import AuditEntry, read_entries
 from blindlink.audit.checkpoint import CHECKPOINT_NAME
 from blindlink.client.linkage_client import LinkageClient, ServerError
-from blindlink.encoding.encodings_file import read_payload, write_encodings
+from blindlink.encoding.encodings_file import read_payload
 from blindlink.encoding.schema import LinkageSchema
-from blindlink.security.tls import channel_credentials
 from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.runs import RunProgress
 from blindlink.store.directory import STAGED_TTL_S
-
-BITS = 1024
-
-
-def make_encodings(path: Path, rows: np.ndarray, schema_sha256: str) -> Path:
-    write_encodings(path, rows.shape[1] * 8, schema_sha256, [rows.tobytes()])
-    return path
-
-
-def random_rows(n: int, seed: int, bits: int = BITS) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
-
-
-def snapshot(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
-    """Every row of every table and every file under the data dir but the database and the audit
-    checkpoint (which names the newest audit entries). The checkpoint's name also covers the
-    file it is written through, which exists for a moment after any audited commit, such as a
-    retention sweep's in the background."""
-    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
-    rows = [line for line in db.iterdump() if line.startswith("INSERT")]
-    db.close()
-    files = {
-        str(p.relative_to(server.store.data_dir)): p.read_bytes()
-        for p in server.store.data_dir.rglob("*")
-        if p.is_file()
-        and not p.name.startswith("blindlink.db")
-        and not p.name.startswith(CHECKPOINT_NAME)
-    }
-    return rows, files
-
-
-def audit(server: RunningServer, project: str | None = None) -> list[AuditEntry]:
-    """The audit log's entries (of one project, if given), read from the server's database."""
-    db = sqlite3.connect(server.store.data_dir / "blindlink.db")
-    try:
-        return read_entries(db, project)
-    finally:
-        db.close()
-
-
-def state(server: RunningServer) -> tuple[list[str], dict[str, bytes]]:
-    """Every table row but the audit log's, and every file: what a refusal must not change."""
-    rows, files = snapshot(server)
-    return [r for r in rows if not r.startswith('INSERT INTO "audit_log"')], files
-
-
-def state_changes(
-    before: tuple[list[str], dict[str, bytes]], after: tuple[list[str], dict[str, bytes]]
-) -> str:
-    """What differs between two `state`s: rows gone and new, files gone, new and changed (by
-    name), so that a failed comparison says what changed rather than dumping both."""
-    rows = set(before[0]), set(after[0])
-    files = before[1], after[1]
-    changed = sorted(
-        name for name in files[0].keys() & files[1].keys() if files[0][name] != files[1][name]
-    )
-    return (
-        f"rows gone {sorted(rows[0] - rows[1])}, rows new {sorted(rows[1] - rows[0])}; "
-        f"files gone {sorted(files[0].keys() - files[1].keys())}, "
-        f"new {sorted(files[1].keys() - files[0].keys())}, changed {changed}"
-    )
-
-
-def assert_unchanged(
-    before: tuple[list[str], dict[str, bytes]], after: tuple[list[str], dict[str, bytes]]
-) -> None:
-    """That nothing changed between two snapshots; if something did, which rows and files."""
-    assert after == before, state_changes(before, after)
-
-
-def secure_channel(address: str, identities: Identities, role: str) -> grpc.Channel:
-    tls = identities.tls(role)
-    return grpc.secure_channel(address, channel_credentials(tls.ca, tls.cert, tls.key))
-
-
-def raw_upload(
-    address: str, identities: Identities, messages: list[pb.UploadRequest], role: str = "requester"
-) -> pb.UploadReceipt:
-    with secure_channel(address, identities, role) as channel:
-        return pb_grpc.LinkageStub(channel).Upload(iter(messages))
-
-
-def header_for(
-    project_id: str, rows: np.ndarray, schema_hash: str, **changes: object
-) -> pb.UploadRequest:
-    header = pb.UploadHeader(
-        project_id=project_id,
-        count=len(rows),
-        bit_length=rows.shape[1] * 8,
-        schema_sha256=schema_hash,
-        content_sha256=hashlib.sha256(rows.tobytes()).digest(),
-    )
-    for name, value in changes.items():
-        setattr(header, name, value)
-    return pb.UploadRequest(header=header)
 
 
 @pytest.fixture
@@ -195,7 +102,7 @@ def test_agreement_with_nan_or_a_lone_surrogate_is_refused_as_invalid(
 def test_upload_to_unknown_project(
     requester: LinkageClient, server: RunningServer, schema: LinkageSchema, tmp_path: Path
 ) -> None:
-    path = make_encodings(tmp_path / "e.bin", random_rows(5, 1), schema.sha256)
+    path = encodings_file(tmp_path / "e.bin", random_rows(5, 1), schema.sha256)
     before = snapshot(server)
     with pytest.raises(ServerError) as err:
         requester.upload("0" * 64, path)
@@ -249,7 +156,7 @@ def test_wrong_bit_length_encodings_file_is_refused(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    path = make_encodings(tmp_path / "e.bin", random_rows(5, 3, bits=512), schema.sha256)
+    path = encodings_file(tmp_path / "e.bin", random_rows(5, 3, bits=512), schema.sha256)
     before = snapshot(server)
     with pytest.raises(ServerError) as err:
         requester.upload(project, path)
@@ -376,7 +283,7 @@ def test_truncated_upload_is_kept_and_the_client_continues_it(
     assert upload_offset(address, identities, project, rows, "requester") == 300
     sent: list[int] = []
     receipt = requester.upload(
-        project, make_encodings(tmp_path / "e.bin", rows, schema.sha256), progress=sent.append
+        project, encodings_file(tmp_path / "e.bin", rows, schema.sha256), progress=sent.append
     )
     assert committed_payload(server, receipt.upload_id) == data
     assert sum(sent) == len(data)
@@ -397,7 +304,7 @@ def test_continued_upload_is_checked_whole(
     rows = random_rows(10, 9)
     wrong = bytes(b ^ 1 for b in rows.tobytes()[:300])
     broken_off_upload(address, identities, project, schema, rows, wrong)
-    path = make_encodings(tmp_path / "e.bin", rows, schema.sha256)
+    path = encodings_file(tmp_path / "e.bin", rows, schema.sha256)
     before, _ = snapshot(server)
     with pytest.raises(ServerError) as refused:
         requester.upload(project, path)
@@ -466,10 +373,10 @@ def test_duplicate_custodian_upload_is_refused_and_keeps_the_first(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    first = make_encodings(tmp_path / "a.bin", random_rows(5, 6), schema.sha256)
+    first = encodings_file(tmp_path / "a.bin", random_rows(5, 6), schema.sha256)
     custodian.upload(project, first)
     before = snapshot(server)
-    second = make_encodings(tmp_path / "b.bin", random_rows(5, 7), schema.sha256)
+    second = encodings_file(tmp_path / "b.bin", random_rows(5, 7), schema.sha256)
     for path in (first, second):
         with pytest.raises(ServerError) as err:
             custodian.upload(project, path)
@@ -503,7 +410,7 @@ def test_a_repeated_batch_returns_its_run_and_stores_nothing_new(
     assert_unchanged(before, state(server))
     assert [e.kind for e in audit(server, project)[entries:]] == ["upload_repeated"]
     # Anything else is a new batch, and the limit of one per period applies to it.
-    other = make_encodings(tmp_path / "other.bin", random_rows(20, 99), schema.sha256)
+    other = encodings_file(tmp_path / "other.bin", random_rows(20, 99), schema.sha256)
     for path, threshold in ((other, 0.0), (tmp_path / "r.bin", 0.6)):
         with pytest.raises(ServerError) as err:
             requester.upload(project, path, threshold)
@@ -527,36 +434,11 @@ def test_a_batch_uploaded_again_after_its_encodings_were_deleted_is_a_new_run(
     assert requester.wait(project, again.run_id).state == pb.RUN_STATE_DONE
 
 
-def _shared_rows() -> tuple[np.ndarray, np.ndarray]:
-    """Requester rows 0-9 appear, in reverse, as custodian rows 10-19; the rest are distinct."""
-    requester_rows = random_rows(20, 10)
-    custodian_rows = np.concatenate([random_rows(10, 11), requester_rows[9::-1]])
-    return requester_rows, custodian_rows
-
-
-def run_project(
-    requester: LinkageClient,
-    custodian: LinkageClient,
-    agreement: bytes,
-    schema: LinkageSchema,
-    tmp_path: Path,
-) -> tuple[str, str]:
-    """Create a project, upload both sides, wait for the run: (project ID, run ID)."""
-    project = requester.create_project(agreement).project_id
-    req_rows, cus_rows = _shared_rows()
-    custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
-    run_id = requester.upload(
-        project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256)
-    ).run_id
-    assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
-    return project, run_id
-
-
 def test_release_before_the_run_is_refused(
     requester: LinkageClient, project: str, schema: LinkageSchema, tmp_path: Path
 ) -> None:
     run_id = requester.upload(
-        project, make_encodings(tmp_path / "r.bin", random_rows(5, 8), schema.sha256)
+        project, encodings_file(tmp_path / "r.bin", random_rows(5, 8), schema.sha256)
     ).run_id
     with pytest.raises(ServerError) as err:
         requester.release(project, run_id)
@@ -571,12 +453,12 @@ def test_requester_batch_waits_for_the_custodian(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    req_rows, cus_rows = _shared_rows()
+    req_rows, cus_rows = shared_rows()
     run_id = requester.upload(
-        project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256)
+        project, encodings_file(tmp_path / "r.bin", req_rows, schema.sha256)
     ).run_id
     assert next(requester.watch(project, run_id)).state == pb.RUN_STATE_WAITING_FOR_UPLOADS
-    custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
+    custodian.upload(project, encodings_file(tmp_path / "c.bin", cus_rows, schema.sha256))
     assert requester.wait(project, run_id).state == pb.RUN_STATE_DONE
     assert list(requester.release(project, run_id).own_rows) == list(range(10))
 
@@ -661,7 +543,7 @@ def test_status_hides_the_other_partys_count(
     schema: LinkageSchema,
     tmp_path: Path,
 ) -> None:
-    requester.upload(project, make_encodings(tmp_path / "r.bin", random_rows(7, 12), schema.sha256))
+    requester.upload(project, encodings_file(tmp_path / "r.bin", random_rows(7, 12), schema.sha256))
     own = {u.party: u for u in requester.status(project).uploads}
     other = {u.party: u for u in custodian.status(project).uploads}
     assert own["requester"].uploaded and own["requester"].count == 7
@@ -725,7 +607,7 @@ def test_unhardened_encodings_are_refused_when_hardening_is_agreed(
     project = requester.create_project(
         make_agreement(hardening=[{"kind": "diffusion", "t": 3}])
     ).project_id
-    path = make_encodings(tmp_path / "plain.bin", random_rows(5, 13), schema.sha256)
+    path = encodings_file(tmp_path / "plain.bin", random_rows(5, 13), schema.sha256)
     before = snapshot(server)
     with pytest.raises(ServerError) as err:
         requester.upload(project, path)
@@ -745,12 +627,12 @@ def test_a_data_dir_from_before_runs_had_their_own_ids_still_works(
     pki = identities.pki
     tls = ServerTls(pki.server_cert, pki.server_key, pki.ca_cert)
     data = tmp_path / "data"
-    req_rows, cus_rows = _shared_rows()
+    req_rows, cus_rows = shared_rows()
 
     server = start_server(data, "127.0.0.1:0", tls)
     with LinkageClient(f"127.0.0.1:{server.port}", "requester", identities.tls("requester")) as c:
         project = c.create_project(make_agreement()).project_id
-        batch = c.upload(project, make_encodings(tmp_path / "r.bin", req_rows, schema.sha256))
+        batch = c.upload(project, encodings_file(tmp_path / "r.bin", req_rows, schema.sha256))
     server.stop(grace=1)
     db = sqlite3.connect(data / "blindlink.db")
     with db:
@@ -766,7 +648,7 @@ def test_a_data_dir_from_before_runs_had_their_own_ids_still_works(
             LinkageClient(address, "custodian", identities.tls("custodian")) as custodian,
         ):
             assert [r.run_id for r in requester.status(project).runs] == [batch.upload_id]
-            custodian.upload(project, make_encodings(tmp_path / "c.bin", cus_rows, schema.sha256))
+            custodian.upload(project, encodings_file(tmp_path / "c.bin", cus_rows, schema.sha256))
             assert requester.wait(project, batch.upload_id).state == pb.RUN_STATE_DONE
             assert list(requester.release(project, batch.upload_id).own_rows) == list(range(10))
     finally:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import Identities
-from index_support import (
+from support.encodings import encodings_file, keyed_rows
+from support.index import (
     BLOCKING,
     assert_same,
     clients,
@@ -25,7 +26,7 @@ from index_support import (
     run_batch,
     serve,
 )
-from server_process import encodings_file, keyed_rows, server_launcher, signed_agreement
+from support.server_process import server_launcher, signed_agreement
 
 from blindlink._generated import linkage_pb2 as pb
 from blindlink.agreement.model import default_rule

@@ -18,7 +18,8 @@ import grpc
 import numpy
 import pytest
 from conftest import Identities
-from server_process import encodings_file, planted_pairs, signed_agreement
+from support.encodings import encodings_file, planted_pairs
+from support.server_process import signed_agreement
 
 from blindlink.cli.main import main
 from blindlink.client.linkage_client import LinkageClient, ServerError

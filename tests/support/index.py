@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 from conftest import ROLES, Identities
-from server_process import signed_agreement
 
 from blindlink.benchmarking.data import EncodedPair
 from blindlink.client.linkage_client import LinkageClient
@@ -22,6 +21,7 @@ from blindlink.matching.executors import SerialExecutor
 from blindlink.matching.rules import DecisionRule
 from blindlink.server.app import RunningServer, ServerTls, start_server
 from blindlink.server.runs import MatchingSettings
+from support.server_process import signed_agreement
 
 BLOCKING = KeyBlocking.from_document(DEFAULT_SCHEMA_KEYS)
 

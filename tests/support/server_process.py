@@ -1,5 +1,5 @@
-"""`blindlink serve` as a real process, for tests that signal or kill it, and encodings with
-known matches for them."""
+"""`blindlink serve` as a real process, for tests that signal or kill it, and agreements for
+it."""
 
 from __future__ import annotations
 
@@ -15,19 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
-from conftest import ROLES, Identities
+from conftest import Identities, agreement_bytes
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blindlink.agreement.model import agreement_from_document, new_agreement_document
-from blindlink.agreement.signing import SignedAgreement
 from blindlink.client.linkage_client import LinkageClient
-from blindlink.encoding.encodings_file import write_encodings
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.security.tls import channel_credentials
 
 START_TIMEOUT_S = 30.0
-BYTES = 128  # 1024-bit encodings
 
 
 class ServerProcess:
@@ -142,51 +137,13 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def planted_pairs(
-    n: int, shared: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """Requester and custodian encodings (n each, random) where `shared` requester rows appear
-    again among the custodian's: (requester, custodian, [(requester row, custodian row)])."""
-    rng = np.random.default_rng(seed)
-    requester = rng.integers(0, 256, size=(n, BYTES), dtype=np.uint8)
-    custodian = rng.integers(0, 256, size=(n, BYTES), dtype=np.uint8)
-    requester_rows = rng.choice(n, shared, replace=False)
-    custodian_rows = rng.choice(n, shared, replace=False)
-    custodian[custodian_rows] = requester[requester_rows]
-    pairs = sorted(zip(requester_rows.tolist(), custodian_rows.tolist(), strict=True))
-    return requester, custodian, pairs
-
-
-def encodings_file(path: Path, rows: np.ndarray, schema_sha256: str) -> Path:
-    write_encodings(path, rows.shape[1] * 8, schema_sha256, [rows.tobytes()])
-    return path
-
-
-def keyed_rows(encodings: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Records as uploaded: each encoding followed by its keys."""
-    return np.hstack([encodings, keys.astype("<u8").view(np.uint8)])
-
-
 def signed_agreement(
     identities: Identities, schema: LinkageSchema, reference: str, **settings: Any
 ) -> bytes:
-    """An agreement both parties signed (like conftest's make_agreement, for any scope). Its
-    runs decide at a fixed threshold of 0.8 unless `settings` say otherwise: the tests that use
-    it plant exact copies among random encodings and check the server's lifecycle, not how it
-    decides (tests/test_decision.py and test_run_decisions.py do). Unhardened unless `settings`
-    name hardening, as the tests make their encodings."""
-    settings.setdefault("hardening", [])
+    """An agreement both parties signed (conftest's agreement_bytes, for any scope). Its runs
+    decide at a fixed threshold of 0.8 unless `settings` say otherwise: the tests that use it
+    plant exact copies among random encodings and check the server's lifecycle, not how it
+    decides (tests/test_decision.py and test_run_decisions.py do)."""
     if not {"threshold", "target", "threshold_bounds", "fallback_threshold"} & set(settings):
         settings = {"threshold": 0.8, **settings}
-    document = new_agreement_document(
-        reference=reference,
-        requester=identities.party("requester"),
-        custodian=identities.party("custodian"),
-        schema_sha256=schema.sha256,
-        bit_length=schema.bit_length,
-        **settings,
-    )
-    signed = SignedAgreement(agreement_from_document(document), {})
-    for role in ROLES:
-        signed = identities.sign(signed, role)
-    return signed.to_bytes()
+    return agreement_bytes(identities, schema, reference, **settings)
