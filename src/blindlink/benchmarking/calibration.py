@@ -30,6 +30,7 @@ from blindlink.benchmarking.quality import (
     covered,
     curve_of,
     in_truth,
+    partners,
     released_quality,
     released_right,
     reliability,
@@ -390,8 +391,8 @@ def partners_unseen(
     candidates, its score below theirs, all non-matches; and among them, but below the
     record's best candidate, a non-match. A record's partner is its best-scoring true pair. The
     recall estimate counts both as records without a partner."""
-    partners = len({r for r, _ in truth})
-    if not partners:
+    with_partner = partners(truth)
+    if not with_partner:
         return {"not_candidates": 0.0, "below_a_non_match": 0.0}
     rows = int(max(found.requester_rows.max(initial=0), max(r for r, _ in truth))) + 1
     top = np.full(rows, -np.inf)
@@ -400,8 +401,8 @@ def partners_unseen(
     partner = np.full(rows, -np.inf)
     np.maximum.at(partner, found.requester_rows[true], found.similarities[true])
     seen = partner > -np.inf
-    outside = 1.0 - int(seen.sum()) / partners
-    below = int((partner[seen] < top[seen]).sum()) / partners
+    outside = 1.0 - int(seen.sum()) / with_partner
+    below = int((partner[seen] < top[seen]).sum()) / with_partner
     return {"not_candidates": max(outside - (1.0 - compared), 0.0), "below_a_non_match": below}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from blindlink.agreement.document import RECOMMENDED_HARDENING
 from blindlink.agreement.model import PartyInfo, agreement_from_document, new_agreement_document
-from blindlink.benchmarking.quality import FLOOR, curve_from
+from blindlink.benchmarking.quality import FLOOR, curve_from, partners
 from blindlink.encoded import encode
 from blindlink.encoding.schema import LinkageSchema
 from blindlink.errors import InputError
@@ -107,7 +107,7 @@ def _oracle(every: LinkResult, truth: frozenset[tuple[str, str]]) -> dict[str, f
     solving takes the most similar pairs first, so a higher threshold releases those above it."""
     pairs = zip(every.requester_ids, every.custodian_ids, strict=True)
     right = np.array([pair in truth for pair in pairs], dtype=bool)
-    curve = curve_from(right, every.dice, _partners(truth))
+    curve = curve_from(right, every.dice, partners(truth))
     return curve.at(curve.best_threshold())
 
 
@@ -115,9 +115,4 @@ def _released(result: LinkResult, truth: frozenset[tuple[str, str]]) -> dict[str
     """True precision, recall and F* of a run's matches."""
     released = set(result.matches())
     right = len(released & truth)
-    return Quality(right, len(released) - right, _partners(truth) - right).to_dict()
-
-
-def _partners(truth: frozenset[tuple[str, str]]) -> int:
-    """Requester records with a partner: each can be released with one at most."""
-    return len({requester for requester, _ in truth})
+    return Quality(right, len(released) - right, partners(truth) - right).to_dict()

@@ -9,6 +9,7 @@ gives the whole precision-recall curve.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +141,7 @@ def reliability(decisions: Decisions, truth: set[tuple[int, int]]) -> list[dict[
     return bands
 
 
-def partners(truth: set[tuple[int, int]]) -> int:
+def partners(truth: AbstractSet[tuple[object, object]]) -> int:
     """The requester records with a true partner: recall's denominator, as 1:1 solving
     releases at most one pair per record, whichever of a person's records the custodian holds
     it pairs with."""
